@@ -1,0 +1,27 @@
+# Quick start: `make demo` and `make test` each set up .venv on a fresh machine first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench quality clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/refscope demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+quality: $(STAMP)
+	$(PY) benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,32 @@
+"""Exceptions raised by the daemon side of refscope.
+
+Every message names the file (or state directory) concerned and says what is wrong with it, so that the
+daemon can log it and move on to the next frame without showing a traceback to the microscope operator.
+"""
+from __future__ import annotations
+
+__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "StateError"]
+
+
+class RefscopeError(Exception):
+    """Base class of every error refscope reports to the operator."""
+
+
+class InputFileError(RefscopeError):
+    """An input image file cannot be used.
+
+    The message always starts with the file path, e.g. ``"/data/frame_012.tif: is RGB (shape (768, 1024, 3));
+    refscope needs one grayscale channel"``.
+    """
+
+
+class IncompleteFileError(InputFileError):
+    """An input file is empty or shorter than its header says (truncated TIFF/PNG).
+
+    A subclass of :class:`InputFileError`: the file may still be being written by the microscope, so a watcher
+    may retry it later instead of rejecting it for good.
+    """
+
+
+class StateError(RefscopeError):
+    """Saved state (a fitted model) is missing, unreadable or fails its checksum."""

@@ -1,0 +1,254 @@
+"""Library-based non-local means reconstruction (Qian et al., Algorithm 2, eqs. 2-3) and its variants.
+
+Every method works on an LR image already in library intensity units (see :mod:`refscope.models.intensity`)
+and returns an (S·H, S·W) float64 image. Three methods:
+
+* :func:`reconstruct_paired_faithful` — the paper as written: weights from the upsampled-LR keys ``P_r``
+  (eq. 2, temperature ``2 n² σ_n²``), value = centre pixel of ``P_h`` (eq. 3), search restricted to the
+  category whose mean key is nearest to the query.
+* :func:`reconstruct_original` — the original LB-NLM of Sreehari et al.: weights *and* values from ``P_h``.
+* :func:`reconstruct_paired` — refscope's default for real, noisy pairs: zero-mean keys, σ matched to the
+  measured noise, whole HR patches averaged over all output positions they cover (patch aggregation), search
+  over the few nearest categories. See :class:`PairedConfig`.
+
+References
+----------
+Y. Qian et al., IEEE TIP (2020), Algorithm 2, eqs. (2)-(3). S. Sreehari et al., "Multi-resolution data fusion
+for super-resolution electron microscopy", CVPRW (2017).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image_ops import upsample_bicubic
+from .library import PairedLibrary
+from .patches import aggregate_patches, extract_patches, pad_for_patches, patch_grid
+
+__all__ = ["PairedConfig", "PairedRegressors", "fit_paired_regressors", "nlm_average", "reconstruct_paired_faithful", "reconstruct_original", "reconstruct_paired"]
+
+_CHUNK = 4096  # queries per block: bounds the (chunk, L_category) distance matrix to a few tens of MB
+
+
+def nlm_average(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, *, temperature: float,
+                top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted average of ``values`` with weights ``exp(-||q - k||² / temperature)`` (eqs. 2-3).
+
+    queries (m, d), keys (L, d), values (L, v) -> (estimates (m, v), nearest squared distance (m,)).
+    Weights are normalised per query; the minimum distance is subtracted first, which leaves the normalised
+    weights unchanged and avoids underflow. ``top_k`` keeps only the k largest weights per query.
+    """
+    q = queries.astype(np.float64, copy=False)
+    k = keys.astype(np.float64, copy=False)
+    dist = np.einsum("ij,ij->i", q, q)[:, None] - 2.0 * (q @ k.T) + np.einsum("ij,ij->i", k, k)[None, :]
+    np.maximum(dist, 0.0, out=dist)
+    if top_k is not None and top_k < dist.shape[1]:
+        part = np.argpartition(dist, top_k - 1, axis=1)[:, :top_k]
+        sub = np.take_along_axis(dist, part, axis=1)
+        nearest = sub.min(axis=1)
+        w = np.exp(-(sub - nearest[:, None]) / temperature)
+        w /= w.sum(axis=1, keepdims=True)
+        est = np.einsum("ml,mlv->mv", w, values[part].astype(np.float64))
+        return est, nearest
+    nearest = dist.min(axis=1)
+    w = np.exp(-(dist - nearest[:, None]) / temperature)
+    w /= w.sum(axis=1, keepdims=True)
+    return w @ values.astype(np.float64, copy=False), nearest
+
+
+def _nearest_categories(queries: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.ndarray:
+    """(m, n_probe) indices of the categories whose centroid is nearest to each query (Euclidean)."""
+    finite = np.all(np.isfinite(centroids), axis=1)
+    c = np.where(finite[:, None], centroids, 0.0)
+    dist = np.einsum("ij,ij->i", c, c)[None, :] - 2.0 * queries.astype(np.float64) @ c.T
+    dist[:, ~finite] = np.inf
+    if n_probe >= c.shape[0]:
+        return np.argsort(dist, axis=1)
+    return np.argsort(dist, axis=1)[:, :n_probe]
+
+
+def _category_restricted(queries: np.ndarray, library: PairedLibrary, keys: np.ndarray, values: np.ndarray,
+                         centroids: np.ndarray, *, temperature: float, n_probe: int = 1,
+                         top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run :func:`nlm_average` per query against the members of its ``n_probe`` nearest categories."""
+    out = np.empty((len(queries), values.shape[1]))
+    nearest = np.empty(len(queries))
+    for start in range(0, len(queries), _CHUNK):
+        block = queries[start:start + _CHUNK]
+        probes = _nearest_categories(block, centroids, n_probe)
+        # group queries by their probe set so each group shares one key matrix
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, probe in enumerate(map(tuple, np.sort(probes, axis=1))):
+            groups.setdefault(probe, []).append(row)
+        for probe, rows in groups.items():
+            members = np.flatnonzero(np.isin(library.categories, probe))
+            est, near = nlm_average(block[rows], keys[members], values[members], temperature=temperature,
+                                    top_k=top_k)
+            out[start + np.asarray(rows)] = est
+            nearest[start + np.asarray(rows)] = near
+    return out, nearest
+
+
+def _all_pixel_patches(upsampled: np.ndarray, patch_size: int) -> np.ndarray:
+    return extract_patches(upsampled, patch_size, padded=pad_for_patches(upsampled, patch_size), dtype=np.float64)
+
+
+def reconstruct_paired_faithful(lr: np.ndarray, library: PairedLibrary, *, scale: int, sigma_n: float = 1.0) -> np.ndarray:
+    """Paired LB-NLM exactly as Algorithm 2: per output pixel, eq. (2) weights over the nearest category's
+    keys ``P_r`` with temperature ``2 n² σ_n²`` and eq. (3) average of the HR centre pixels.
+
+    lr: (H, W) in library units (0-255 scale: σ_n = 1 means one 255th of the training LR's robust range).
+    """
+    n = library.patch_size
+    upsampled = upsample_bicubic(lr, scale)
+    queries = _all_pixel_patches(upsampled, n)
+    centre = library.values[:, (n * n) // 2: (n * n) // 2 + 1]
+    est, _ = _category_restricted(queries, library, library.keys, centre, library.key_centroids(),
+                                  temperature=2.0 * n * n * sigma_n ** 2)
+    return est[:, 0].reshape(upsampled.shape)
+
+
+def reconstruct_original(lr: np.ndarray, library: PairedLibrary, *, scale: int, sigma_n: float = 1.0) -> np.ndarray:
+    """Original LB-NLM (Sreehari et al.): weights from the HR patches ``P_h`` themselves, HR centre values,
+    nearest category by mean HR patch. Same temperature convention as :func:`reconstruct_paired_faithful`."""
+    n = library.patch_size
+    upsampled = upsample_bicubic(lr, scale)
+    queries = _all_pixel_patches(upsampled, n)
+    centre = library.values[:, (n * n) // 2: (n * n) // 2 + 1]
+    est, _ = _category_restricted(queries, library, library.values, centre, library.value_centroids(),
+                                  temperature=2.0 * n * n * sigma_n ** 2)
+    return est[:, 0].reshape(upsampled.shape)
+
+
+@dataclass(frozen=True)
+class PairedConfig:
+    """Options of refscope's default paired reconstruction (each measured on real pairs; benchmarks/RESULTS.md).
+
+    The default replaces the local-*constant* NLM average of eq. (3) by a local-*linear* one: within each
+    library category a ridge regression maps the (zero-mean, PCA-reduced) upsampled-LR key patch to the whole
+    HR patch, the predictions of the ``n_probe`` nearest categories are blended with NLM weights
+    ``exp(-d² / (2 d_pca (sigma_n·σ)²))`` (σ = measured noise), and whole predicted patches are overlap-added
+    (patch aggregation). With noisy HR references a least-squares fit averages their noise away instead of
+    copying it, which the single-nearest-patch estimate of eq. (3) cannot do.
+
+    sigma_n: NLM strength of the category blend, relative to the measured noise σ of the query.
+    stride: spacing of query patches on the output grid (px); each output pixel is covered by ≥ 1 patch.
+    pca_dims: dimensions kept of the zero-mean key patches (noise-robust matching and regression).
+    ridge: Tikhonov weight, relative to the mean eigenvalue of the category's feature covariance.
+    n_probe: categories blended per query.
+    """
+
+    sigma_n: float = 1.0
+    stride: int = 2
+    pca_dims: int = 32
+    ridge: float = 1e-3
+    n_probe: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("sigma_n", "ridge"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PairedConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("stride", "pca_dims", "n_probe"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"PairedConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class PairedRegressors:
+    """Per-category linear maps fitted on a library: features = [(P_r - mean) @ basis - feature_mean, 1].
+
+    basis (n*n, d), feature_mean (d,), centroids (k, d+1) in feature space (inf for empty categories),
+    weights (k, d+1, n*n).
+    """
+
+    basis: np.ndarray
+    feature_mean: np.ndarray
+    centroids: np.ndarray
+    weights: np.ndarray
+
+    def features(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(m, n*n) patches -> ((m, d+1) features, (m, 1) patch means)."""
+        mean = patches.mean(axis=1, keepdims=True)
+        feats = (patches - mean) @ self.basis - self.feature_mean
+        return np.hstack([feats, np.ones((len(feats), 1))]), mean
+
+
+def _ridge(features: np.ndarray, targets: np.ndarray, strength: float) -> np.ndarray:
+    gram = features.T @ features
+    lam = strength * np.trace(gram) / gram.shape[0]
+    return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), features.T @ targets)
+
+
+def fit_paired_regressors(library: PairedLibrary, config: PairedConfig = PairedConfig()) -> PairedRegressors:
+    """Fit the per-category ridge maps of :func:`reconstruct_paired` on a library (k small solves)."""
+    keys = library.keys.astype(np.float64)
+    key_mean = keys.mean(axis=1, keepdims=True)
+    centred = keys - key_mean
+    targets = library.values.astype(np.float64) - key_mean
+    step = max(1, len(centred) // 20000)
+    _, _, vt = np.linalg.svd(centred[::step] - centred[::step].mean(axis=0), full_matrices=False)
+    basis = vt[: min(config.pca_dims, vt.shape[0])].T
+    proj = centred @ basis
+    feature_mean = proj.mean(axis=0)
+    feats = np.hstack([proj - feature_mean, np.ones((len(proj), 1))])
+    global_weights = _ridge(feats, targets, config.ridge)
+    k = library.config.n_categories
+    weights = np.repeat(global_weights[None], k, axis=0)
+    centroids = np.full((k, feats.shape[1]), np.inf)
+    for c in range(k):
+        members = library.categories == c
+        if not members.any():
+            continue
+        centroids[c] = feats[members].mean(axis=0)
+        if members.sum() >= 3 * feats.shape[1]:  # enough pairs for a stable category-specific fit
+            weights[c] = _ridge(feats[members], targets[members], config.ridge)
+    return PairedRegressors(basis, feature_mean, centroids, weights)
+
+
+def reconstruct_paired(lr: np.ndarray, library: PairedLibrary, *, scale: int, config: PairedConfig = PairedConfig(),
+                       noise_sigma: float | None = None, regressors: PairedRegressors | None = None,
+                       return_support: bool = False):
+    """refscope's default paired reconstruction (see :class:`PairedConfig`).
+
+    lr: (H, W) in library units; noise_sigma: σ of the LR noise in library units (estimated from ``lr`` when
+    None). Returns (S·H, S·W) float64 and, with ``return_support``, the per-pixel squared feature distance
+    to the nearest category centroid (a no-reference measure of how well the library covers the frame).
+    """
+    n = library.patch_size
+    if regressors is None:
+        regressors = fit_paired_regressors(library, config)
+    if noise_sigma is None:
+        from .noise import estimate_noise_sigma
+        noise_sigma = estimate_noise_sigma(lr)
+    upsampled = upsample_bicubic(lr, scale)
+    centres = patch_grid(upsampled.shape, config.stride)
+    padded = pad_for_patches(upsampled, n)
+    dim = regressors.basis.shape[1]
+    temperature = 2.0 * dim * (config.sigma_n * max(noise_sigma, 1e-6)) ** 2
+    estimates = np.empty((len(centres), n * n))
+    nearest = np.empty(len(centres))
+    finite = np.all(np.isfinite(regressors.centroids), axis=1)
+    cents = np.where(finite[:, None], regressors.centroids, 0.0)
+    probe = min(config.n_probe, int(finite.sum()))
+    for start in range(0, len(centres), _CHUNK):
+        patches = extract_patches(upsampled, n, centres[start:start + _CHUNK], padded=padded, dtype=np.float64)
+        feats, mean = regressors.features(patches)
+        dist = (np.einsum("ij,ij->i", feats, feats)[:, None] - 2.0 * feats @ cents.T
+                + np.einsum("ij,ij->i", cents, cents)[None, :])
+        dist[:, ~finite] = np.inf
+        order = np.argsort(dist, axis=1)[:, :probe]
+        d_near = np.take_along_axis(dist, order, axis=1)
+        w = np.exp(-(d_near - d_near[:, :1]) / temperature)
+        w /= w.sum(axis=1, keepdims=True)
+        block = np.zeros((len(feats), n * n))
+        for j in range(probe):
+            block += w[:, j:j + 1] * np.einsum("md,mdv->mv", feats, regressors.weights[order[:, j]])
+        estimates[start:start + len(feats)] = block + mean
+        nearest[start:start + len(feats)] = np.maximum(d_near[:, 0], 0.0)
+    total, weight = aggregate_patches(estimates, centres, upsampled.shape)
+    out = total / np.maximum(weight, 1e-12)
+    if return_support:
+        support, _ = aggregate_patches(np.repeat(nearest[:, None], n * n, axis=1), centres, upsampled.shape)
+        return out, support / np.maximum(weight, 1e-12) / (n * n)
+    return out

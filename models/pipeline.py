@@ -1,0 +1,209 @@
+"""Fit a paired library from LR/HR reference pairs and enhance LR frames with it (arrays in, arrays out).
+
+This is the one implementation used by ``refscope fit/enhance/evaluate``, the daemon and the benchmarks:
+
+1. :func:`register_reference` places an HR reference in the LR frame (global registration, known factor);
+2. :func:`training_grids` cuts the overlap, resamples the HR onto the S-times LR grid and calibrates its
+   intensity into LR units;
+3. :func:`fit_library` matches patches locally (eq. 1) and builds or extends the paired library (Algorithm 1);
+4. :func:`enhance` reconstructs a frame with one of the :data:`METHODS`.
+
+Intensities: every model works in *library units*, the LR frame's robust range (0.5-99.5 percentiles of the
+first training frame) mapped linearly onto 0-255, so σ_n = 1 means 1/255 of that range whatever the bit depth
+(for a 16-bit frame spanning the full range, σ_n = 1 ≈ 257 counts). Outputs are returned in LR units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .errors import ImageError
+from .image_ops import as_gray_float, upsample_bicubic
+from .library import LibraryConfig, PairedLibrary
+from .local_registration import matched_patches, register_local
+from .metrics import fit_intensity_coefficients
+from .nlm import (PairedConfig, PairedRegressors, fit_paired_regressors, reconstruct_original, reconstruct_paired,
+                  reconstruct_paired_faithful)
+from .noise import estimate_noise_sigma
+from .registration import PairGeometry, overlap_box, register_global, resample_hr_to_lr_grid
+
+__all__ = ["METHODS", "IntensityScale", "FitConfig", "FittedModel", "default_patch_size", "register_reference",
+           "training_grids", "fit_library", "fit", "enhance"]
+
+METHODS = ("paired", "paired-faithful", "original", "bicubic")
+"""Reconstruction methods: refscope's default, Algorithm 2 as published, Sreehari's LB-NLM, the baseline."""
+
+
+def default_patch_size(scale: int) -> int:
+    """Patch side on the output grid that covers about 4 LR pixels: 4·S + 1 (9 at S=2, 17 at S=4)."""
+    return 4 * int(scale) + 1
+
+
+@dataclass(frozen=True)
+class IntensityScale:
+    """Linear map from LR units to library units: ``(x - low) * 255 / (high - low)``."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def from_image(cls, image: np.ndarray) -> "IntensityScale":
+        low, high = np.percentile(image, [0.5, 99.5])
+        if not high > low:
+            low, high = float(np.min(image)), float(np.max(image))
+        return cls(float(low), float(high))
+
+    def to_units(self, image: np.ndarray) -> np.ndarray:
+        return (np.asarray(image, dtype=np.float64) - self.low) * (255.0 / (self.high - self.low))
+
+    def from_units(self, image: np.ndarray) -> np.ndarray:
+        return np.asarray(image, dtype=np.float64) * ((self.high - self.low) / 255.0) + self.low
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How references are turned into a library.
+
+    scale: integer output scale S. library: Algorithm 1 options (patch size defaults to 4·S + 1 when None).
+    paired: options of the default reconstruction. search_radius: local-registration search (grid px).
+    candidate_stride: spacing of candidate patches on the grid (px). max_rotation_deg: global search range.
+    """
+
+    scale: int = 2
+    library: LibraryConfig | None = None
+    paired: PairedConfig = field(default_factory=PairedConfig)
+    search_radius: int = 2
+    candidate_stride: int = 2
+    max_rotation_deg: float = 3.0
+
+    def __post_init__(self) -> None:
+        if int(self.scale) != self.scale or not 2 <= self.scale <= 8:
+            raise ValueError(f"scale must be an integer from 2 to 8, got {self.scale!r}")
+
+    @property
+    def library_config(self) -> LibraryConfig:
+        return self.library if self.library is not None else LibraryConfig(patch_size=default_patch_size(self.scale))
+
+
+@dataclass
+class FittedModel:
+    """A fitted paired model: library, intensity map, scale, measured LR noise (library units), geometries."""
+
+    library: PairedLibrary
+    intensity: IntensityScale
+    scale: int
+    noise_sigma: float
+    paired: PairedConfig = field(default_factory=PairedConfig)
+    geometries: list[PairGeometry] = field(default_factory=list)
+    _regressors: PairedRegressors | None = field(default=None, repr=False)
+
+    @property
+    def regressors(self) -> PairedRegressors:
+        """Per-category regressors of the default method, fitted once per library."""
+        if self._regressors is None:
+            self._regressors = fit_paired_regressors(self.library, self.paired)
+        return self._regressors
+
+
+def register_reference(lr: np.ndarray, hr: np.ndarray, *, factor: float, config: FitConfig = FitConfig()) -> PairGeometry:
+    """Global registration of an HR reference in an LR frame; ``factor`` = LR pixel size / HR pixel size."""
+    if factor < config.scale * 0.999:
+        raise ImageError(f"mismatched scale: the HR reference is only {factor:.3g}x finer than the LR frame, "
+                         f"less than the requested output scale {config.scale}")
+    return register_global(lr, hr, factor=factor, max_rotation_deg=config.max_rotation_deg)
+
+
+def training_grids(lr: np.ndarray, hr: np.ndarray, geometry: PairGeometry, *, scale: int
+                   ) -> tuple[tuple[tuple[int, int], tuple[int, int]], np.ndarray]:
+    """The LR overlap box ((y0, y1), (x0, x1)) and the HR resampled onto it S times finer (LR-grid aligned)."""
+    box = overlap_box(geometry, lr.shape, hr.shape)
+    (y0, y1), (x0, x1) = box
+    if y1 - y0 < 8 or x1 - x0 < 8:
+        raise ImageError(f"the HR reference overlaps only {y1 - y0}x{x1 - x0} LR px of the frame; need at least 8x8")
+    return box, resample_hr_to_lr_grid(hr, geometry, box, scale)
+
+
+def _candidates(lr_region_units: np.ndarray, hr_grid: np.ndarray, intensity_fit: bool, config: FitConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Matched (HR, upsampled-LR) candidate patches of one training region, HR calibrated into LR units."""
+    lib = config.library_config
+    lr_up = upsample_bicubic(lr_region_units, config.scale)
+    if lr_up.shape != hr_grid.shape:
+        raise ImageError(f"HR grid {hr_grid.shape} does not match the {config.scale}x upsampled LR {lr_up.shape}")
+    if intensity_fit:
+        a, b = fit_intensity_coefficients(hr_grid, lr_up)
+        hr_grid = a * hr_grid + b
+    matches = register_local(hr_grid, lr_up, patch_size=lib.patch_size, search_radius=config.search_radius,
+                             stride=config.candidate_stride)
+    return matched_patches(hr_grid, lr_up, matches, lib.patch_size)
+
+
+def fit_library(regions: list[tuple[np.ndarray, np.ndarray]], *, config: FitConfig = FitConfig(),
+                model: FittedModel | None = None, geometries: list[PairGeometry] | None = None) -> FittedModel:
+    """Build (or, given ``model``, incrementally extend) a paired library from training regions.
+
+    regions: list of (LR region (h, w) in LR units, HR grid (S·h, S·w) on that region's S-times grid).
+    """
+    if not regions:
+        raise ImageError("no training pair given")
+    if model is None:
+        intensity = IntensityScale.from_image(regions[0][0])
+        noise = estimate_noise_sigma(intensity.to_units(regions[0][0]))
+    else:
+        intensity, noise = model.intensity, model.noise_sigma
+    hr_all, lr_all = [], []
+    for lr_region, hr_grid in regions:
+        hr_p, lr_p = _candidates(intensity.to_units(lr_region), hr_grid, True, config)
+        hr_all.append(hr_p)
+        lr_all.append(lr_p)
+    hr_patches, lr_patches = np.concatenate(hr_all), np.concatenate(lr_all)
+    if model is None:
+        library = PairedLibrary.build(hr_patches, lr_patches, config.library_config)
+        return FittedModel(library, intensity, config.scale, noise, config.paired, list(geometries or []))
+    library = model.library.add(hr_patches, lr_patches)
+    return FittedModel(library, intensity, model.scale, noise, model.paired, model.geometries + list(geometries or []))
+
+
+def fit(lr: np.ndarray, references: list[tuple[np.ndarray, float]], *, config: FitConfig = FitConfig(),
+        model: FittedModel | None = None) -> FittedModel:
+    """Register each (HR, factor) reference in ``lr`` and fit a library on the overlaps."""
+    lr = as_gray_float(lr, name="LR frame")
+    regions, geometries = [], []
+    for index, (hr, factor) in enumerate(references):
+        hr = as_gray_float(hr, name=f"HR reference {index + 1}")
+        geometry = register_reference(lr, hr, factor=factor, config=config)
+        box, hr_grid = training_grids(lr, hr, geometry, scale=config.scale)
+        (y0, y1), (x0, x1) = box
+        regions.append((lr[y0:y1, x0:x1], hr_grid))
+        geometries.append(geometry)
+    return fit_library(regions, config=config, model=model, geometries=geometries)
+
+
+def enhance(lr: np.ndarray, model: FittedModel | None, *, method: str = "paired", scale: int | None = None,
+            sigma_n: float | None = None) -> np.ndarray:
+    """Super-resolve an (H, W) LR frame; returns (S·H, S·W) float64 in LR units.
+
+    ``bicubic`` needs no model (give ``scale``). ``sigma_n`` overrides the method's filtering strength
+    (library units for the NLM methods; relative to the noise for ``paired``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    lr = as_gray_float(lr, name="LR frame")
+    if method == "bicubic":
+        factor = scale if scale is not None else (model.scale if model is not None else None)
+        if factor is None:
+            raise ValueError("bicubic needs a scale when no model is given")
+        return upsample_bicubic(lr, factor)
+    if model is None:
+        raise ValueError(f"method {method!r} needs a fitted model")
+    units = model.intensity.to_units(lr)
+    if method == "paired-faithful":
+        out = reconstruct_paired_faithful(units, model.library, scale=model.scale, sigma_n=sigma_n or 1.0)
+    elif method == "original":
+        out = reconstruct_original(units, model.library, scale=model.scale, sigma_n=sigma_n or 1.0)
+    else:
+        cfg = model.paired if sigma_n is None else replace(model.paired, sigma_n=sigma_n)
+        out = reconstruct_paired(units, model.library, scale=model.scale, config=cfg,
+                                 noise_sigma=model.noise_sigma, regressors=model.regressors)
+    return model.intensity.from_units(out)
