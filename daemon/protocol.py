@@ -39,7 +39,7 @@ Output (enhanced) messages, published by refscope on its PUB socket, use the sam
 the header has ``role: "enhanced"`` and says which input and which model produced it::
 
     {"v": 1, "seq": 7, "dtype": "float32", "shape": [1536, 2048], "pixel_size_m": 2.45e-9,
-     "role": "enhanced", "model": "sparse-coding", "model_version": "2024-06-10T12:00:00Z#3",
+     "role": "enhanced", "model": "paired", "model_version": "3",
      "latency_s": 0.31, "source_seq": 42, "t": 1718000000.25,
      "confidence": "low"}          # optional flag, a short label; absent when there is nothing to say
 

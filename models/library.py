@@ -78,10 +78,13 @@ def kmeans(data: np.ndarray, k: int, *, rng: np.random.Generator, iterations: in
         new_labels = np.argmin(dist, axis=1)
         counts = np.bincount(new_labels, minlength=k)
         for empty in np.flatnonzero(counts == 0):
-            far = int(np.argmax(dist[np.arange(n_points), new_labels]))
+            # move the point farthest from its centroid, never emptying its own cluster
+            cost = dist[np.arange(n_points), new_labels].copy()
+            cost[counts[new_labels] < 2] = -np.inf
+            far = int(np.argmax(cost))
+            counts[new_labels[far]] -= 1
             new_labels[far] = empty
-            dist[far] = -np.inf  # do not pick the same point twice
-            counts = np.bincount(new_labels, minlength=k)
+            counts[empty] = 1
         sums = np.zeros_like(centroids)
         np.add.at(sums, new_labels, data)
         centroids = sums / counts[:, None]
@@ -188,25 +191,22 @@ class PairedLibrary:
         """(k,) number of members per category."""
         return np.bincount(self.categories, minlength=self.config.n_categories)
 
-    def key_centroids(self) -> np.ndarray:
-        """(k, n*n) mean upsampled-LR patch of each category (the paper's nearest-category test); empty -> inf."""
-        k = self.config.n_categories
-        sums = np.zeros((k, self.keys.shape[1]))
-        np.add.at(sums, self.categories, self.keys)
+    def category_means(self, patches: np.ndarray) -> np.ndarray:
+        """(k, d) mean of the rows of ``patches`` (L, d) in each category; empty categories -> inf."""
+        sums = np.zeros((self.config.n_categories, patches.shape[1]))
+        np.add.at(sums, self.categories, patches)
         sizes = self.category_sizes()
         out = np.full_like(sums, np.inf)
         out[sizes > 0] = sums[sizes > 0] / sizes[sizes > 0, None]
         return out
 
+    def key_centroids(self) -> np.ndarray:
+        """(k, n*n) mean upsampled-LR patch of each category (the paper's nearest-category test); empty -> inf."""
+        return self.category_means(self.keys)
+
     def value_centroids(self) -> np.ndarray:
         """(k, n*n) mean HR patch of each category; empty -> inf."""
-        k = self.config.n_categories
-        sums = np.zeros((k, self.values.shape[1]))
-        np.add.at(sums, self.categories, self.values)
-        sizes = self.category_sizes()
-        out = np.full_like(sums, np.inf)
-        out[sizes > 0] = sums[sizes > 0] / sizes[sizes > 0, None]
-        return out
+        return self.category_means(self.values)
 
     # ------------------------------------------------------------------ persistence (arrays only; no files)
     def to_arrays(self) -> dict[str, np.ndarray]:

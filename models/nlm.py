@@ -90,8 +90,15 @@ def _category_restricted(queries: np.ndarray, library: PairedLibrary, keys: np.n
     return out, nearest
 
 
-def _all_pixel_patches(upsampled: np.ndarray, patch_size: int) -> np.ndarray:
-    return extract_patches(upsampled, patch_size, padded=pad_for_patches(upsampled, patch_size), dtype=np.float64)
+def _centre_pixel_nlm(lr: np.ndarray, library: PairedLibrary, keys: np.ndarray, centroids: np.ndarray, *,
+                      scale: int, sigma_n: float) -> np.ndarray:
+    """Per output pixel: eq. (2) weights over the nearest category's ``keys``, eq. (3) mean of HR centre pixels."""
+    n = library.patch_size
+    upsampled = upsample_bicubic(lr, scale)
+    queries = extract_patches(upsampled, n, padded=pad_for_patches(upsampled, n), dtype=np.float64)
+    centre = library.values[:, (n * n) // 2: (n * n) // 2 + 1]
+    est, _ = _category_restricted(queries, library, keys, centre, centroids, temperature=2.0 * n * n * sigma_n ** 2)
+    return est[:, 0].reshape(upsampled.shape)
 
 
 def reconstruct_paired_faithful(lr: np.ndarray, library: PairedLibrary, *, scale: int, sigma_n: float = 1.0) -> np.ndarray:
@@ -100,25 +107,13 @@ def reconstruct_paired_faithful(lr: np.ndarray, library: PairedLibrary, *, scale
 
     lr: (H, W) in library units (0-255 scale: σ_n = 1 means one 255th of the training LR's robust range).
     """
-    n = library.patch_size
-    upsampled = upsample_bicubic(lr, scale)
-    queries = _all_pixel_patches(upsampled, n)
-    centre = library.values[:, (n * n) // 2: (n * n) // 2 + 1]
-    est, _ = _category_restricted(queries, library, library.keys, centre, library.key_centroids(),
-                                  temperature=2.0 * n * n * sigma_n ** 2)
-    return est[:, 0].reshape(upsampled.shape)
+    return _centre_pixel_nlm(lr, library, library.keys, library.key_centroids(), scale=scale, sigma_n=sigma_n)
 
 
 def reconstruct_original(lr: np.ndarray, library: PairedLibrary, *, scale: int, sigma_n: float = 1.0) -> np.ndarray:
     """Original LB-NLM (Sreehari et al.): weights from the HR patches ``P_h`` themselves, HR centre values,
     nearest category by mean HR patch. Same temperature convention as :func:`reconstruct_paired_faithful`."""
-    n = library.patch_size
-    upsampled = upsample_bicubic(lr, scale)
-    queries = _all_pixel_patches(upsampled, n)
-    centre = library.values[:, (n * n) // 2: (n * n) // 2 + 1]
-    est, _ = _category_restricted(queries, library, library.values, centre, library.value_centroids(),
-                                  temperature=2.0 * n * n * sigma_n ** 2)
-    return est[:, 0].reshape(upsampled.shape)
+    return _centre_pixel_nlm(lr, library, library.values, library.value_centroids(), scale=scale, sigma_n=sigma_n)
 
 
 @dataclass(frozen=True)
@@ -195,12 +190,9 @@ def fit_paired_regressors(library: PairedLibrary, config: PairedConfig = PairedC
     global_weights = _ridge(feats, targets, config.ridge)
     k = library.config.n_categories
     weights = np.repeat(global_weights[None], k, axis=0)
-    centroids = np.full((k, feats.shape[1]), np.inf)
+    centroids = library.category_means(feats)
     for c in range(k):
         members = library.categories == c
-        if not members.any():
-            continue
-        centroids[c] = feats[members].mean(axis=0)
         if members.sum() >= 3 * feats.shape[1]:  # enough pairs for a stable category-specific fit
             weights[c] = _ridge(feats[members], targets[members], config.ridge)
     return PairedRegressors(basis, feature_mean, centroids, weights)
@@ -243,7 +235,9 @@ def reconstruct_paired(lr: np.ndarray, library: PairedLibrary, *, scale: int, co
         w /= w.sum(axis=1, keepdims=True)
         block = np.zeros((len(feats), n * n))
         for j in range(probe):
-            block += w[:, j:j + 1] * np.einsum("md,mdv->mv", feats, regressors.weights[order[:, j]])
+            for c in np.unique(order[:, j]):
+                rows = np.flatnonzero(order[:, j] == c)
+                block[rows] += w[rows, j:j + 1] * (feats[rows] @ regressors.weights[c])
         estimates[start:start + len(feats)] = block + mean
         nearest[start:start + len(feats)] = np.maximum(d_near[:, 0], 0.0)
     total, weight = aggregate_patches(estimates, centres, upsampled.shape)

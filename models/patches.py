@@ -64,11 +64,19 @@ def aggregate_patches(patches: np.ndarray, centres: np.ndarray, shape: tuple[int
     acc = np.zeros((height + 2 * half, width + 2 * half), dtype=np.float64)
     cnt = np.zeros_like(acc)
     w = np.ones(len(centres)) if weights is None else np.asarray(weights, dtype=np.float64)
-    blocks = patches.reshape(-1, n, n) * w[:, None, None]
+    blocks = np.ascontiguousarray((patches.reshape(-1, n, n) * w[:, None, None]).transpose(1, 2, 0))  # (n, n, N)
     cy = np.asarray(centres[:, 0], dtype=np.intp)
     cx = np.asarray(centres[:, 1], dtype=np.intp)
+    flat = cy * acc.shape[1] + cx
+    unique = len(np.unique(flat)) == len(flat)
+    acc_flat, cnt_flat = acc.reshape(-1), cnt.reshape(-1)
     for dy in range(n):
         for dx in range(n):
-            np.add.at(acc, (cy + dy, cx + dx), blocks[:, dy, dx])
-            np.add.at(cnt, (cy + dy, cx + dx), w)
+            target = flat + (dy * acc.shape[1] + dx)
+            if unique:  # distinct centres: each target appears once per offset, plain fancy-index add is exact
+                acc_flat[target] += blocks[dy, dx]
+                cnt_flat[target] += w
+            else:
+                np.add.at(acc_flat, target, blocks[dy, dx])
+                np.add.at(cnt_flat, target, w)
     return acc[half:half + height, half:half + width], cnt[half:half + height, half:half + width]

@@ -197,11 +197,13 @@ def enhance(lr: np.ndarray, model: FittedModel | None, *, method: str = "paired"
         return upsample_bicubic(lr, factor)
     if model is None:
         raise ValueError(f"method {method!r} needs a fitted model")
+    if sigma_n is not None and not sigma_n > 0:
+        raise ValueError(f"sigma_n must be > 0, got {sigma_n!r}")
     units = model.intensity.to_units(lr)
     if method == "paired-faithful":
-        out = reconstruct_paired_faithful(units, model.library, scale=model.scale, sigma_n=sigma_n or 1.0)
+        out = reconstruct_paired_faithful(units, model.library, scale=model.scale, sigma_n=1.0 if sigma_n is None else sigma_n)
     elif method == "original":
-        out = reconstruct_original(units, model.library, scale=model.scale, sigma_n=sigma_n or 1.0)
+        out = reconstruct_original(units, model.library, scale=model.scale, sigma_n=1.0 if sigma_n is None else sigma_n)
     else:
         cfg = model.paired if sigma_n is None else replace(model.paired, sigma_n=sigma_n)
         out = reconstruct_paired(units, model.library, scale=model.scale, config=cfg,

@@ -1,0 +1,466 @@
+"""The ``refscope`` command line: fit a paired library, enhance frames, evaluate a pair, run the offline demo.
+
+::
+
+    refscope fit LR.tif HR.tif [HR2.tif ...] -o STATE_DIR [--scale S] [--lr-pixel-size NM --hr-pixel-size NM]
+    refscope enhance STATE_DIR IN.tif [IN2.tif | FOLDER ...] -o OUT [--method M] [--sigma-n X]
+    refscope evaluate LR.tif HR.tif [--scale S] [--methods a,b] [--no-in-sample] [--json F] [--csv F] [--plot F]
+    refscope demo [--seed N] [--json F] [--small]
+
+Pixel sizes are in nm, read from the FEI/Zeiss/ImageJ metadata unless the flags give them. A bad input file
+ends the command with one line ``refscope <cmd>: error: <file>: <problem>`` on stderr and exit code 2.
+This module only parses arguments and glues :mod:`refscope.models` to the file helpers
+(:mod:`.tiff_io`, :mod:`.model_store`) and writes the evaluation reports; nothing here modifies an input file.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from refscope.models.errors import RefscopeModelError
+from refscope.models.evaluation import EvaluationReport, evaluate_pair
+from refscope.models.image_ops import as_gray_float
+from refscope.models.library import LibraryConfig
+from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_patch_size, enhance, fit_library,
+                                      register_reference, training_grids)
+from refscope.models.registration import PairGeometry
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .errors import InputFileError, RefscopeError
+from .model_store import load_model, save_model
+from .tiff_io import LoadedImage, read_image, write_tiff
+
+__all__ = ["main", "build_parser", "load_frame", "fit_files", "enhance_files", "evaluate_files", "format_table",
+           "write_json", "write_csv", "write_plot"]
+
+log = logging.getLogger("refscope.cli")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+# ----------------------------------------------------------------------------------------------- file glue
+
+
+def load_frame(path: str | Path, *, pixel_size_nm: float | None = None, flag: str | None = None) -> LoadedImage:
+    """Read a grayscale frame as float64; with ``flag`` (e.g. ``--lr-pixel-size``) its pixel size is required."""
+    image = read_image(path, pixel_size_nm=pixel_size_nm)
+    data = as_gray_float(image.data, name=str(image.path))  # constant / too small -> "<file>: is constant ..."
+    if flag is not None and image.pixel_size_nm is None:
+        raise InputFileError(f"{image.path}: pixel size unknown (no FEI/Zeiss/ImageJ calibration in the file); "
+                             f"pass {flag} NM")
+    log.info("%s: %dx%d %s, pixel %s nm (%s)", image.path, *data.shape, image.data.dtype, image.pixel_size_nm,
+             image.metadata.pixel_size_source)
+    return replace(image, data=data)
+
+
+def _about(path: Path, exc: Exception) -> InputFileError:
+    """Re-raise a models error as an input error naming ``path``."""
+    return InputFileError(f"{path}: {exc}")
+
+
+def _register(lr: LoadedImage, hr: LoadedImage, config: FitConfig) -> tuple[float, PairGeometry]:
+    """(factor, geometry) of ``hr`` inside ``lr``; registration problems are reported against the HR file."""
+    factor = lr.pixel_size_nm / hr.pixel_size_nm  # type: ignore[operator]
+    try:
+        return factor, register_reference(lr.data, hr.data, factor=factor, config=config)
+    except RefscopeModelError as exc:
+        raise _about(hr.path, exc) from exc
+
+
+def fit_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig) -> FittedModel:
+    """Register every reference in ``lr`` and fit one library on all overlaps (as ``pipeline.fit``)."""
+    regions, geometries = [], []
+    for hr in references:
+        _, geometry = _register(lr, hr, config)
+        try:
+            box, hr_grid = training_grids(lr.data, hr.data, geometry, scale=config.scale)
+        except RefscopeModelError as exc:
+            raise _about(hr.path, exc) from exc
+        (y0, y1), (x0, x1) = box
+        regions.append((lr.data[y0:y1, x0:x1], hr_grid))
+        geometries.append(geometry)
+    try:
+        return fit_library(regions, config=config, geometries=geometries)
+    except RefscopeModelError as exc:
+        raise _about(lr.path, exc) from exc
+
+
+def _expand(inputs: list[str], scale: int) -> list[Path]:
+    """Input files, with folders replaced by their frames (sorted; hidden files and ``*_x{S}`` outputs skipped)."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.name.startswith(".") and not p.stem.endswith(f"_x{scale}"))
+        if not found:
+            raise InputFileError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} frames to enhance")
+        files.extend(found)
+    return files
+
+
+def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> list[Path]:
+    """Output path of each input; refuses duplicates and any output that is also an input."""
+    if single:
+        outputs = [out]
+    else:
+        if out.suffix.lower() in (".tif", ".tiff"):
+            raise InputFileError(f"{out}: several frames (or a folder) need an output folder, not a .tif file")
+        if out.exists() and not out.is_dir():
+            raise InputFileError(f"{out}: exists and is not a folder")
+        outputs = [out / f"{p.stem}_x{scale}.tif" for p in inputs]
+    sources = {p.resolve(): p for p in inputs}
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(inputs, outputs):
+        key = dst.resolve()
+        if key in sources:
+            raise InputFileError(f"{dst}: is also an input file; refusing to overwrite an input")
+        if key in seen:
+            raise InputFileError(f"{dst}: would be written from both {seen[key]} and {src}")
+        seen[key] = src
+    return outputs
+
+
+def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
+                  sigma_n: float | None = None, command: str = "enhance") -> int:
+    """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed)."""
+    scale = model.scale
+    files = _expand(inputs, scale)
+    out_path = Path(out)
+    single = len(files) == 1 and not Path(inputs[0]).is_dir() and out_path.suffix.lower() in (".tif", ".tiff")
+    outputs = _plan_outputs(files, out_path, scale, single)
+    (out_path.parent if single else out_path).mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for src, dst in zip(files, outputs):
+        try:
+            frame = load_frame(src)
+            start = time.perf_counter()
+            result = enhance(frame.data, model, method=method, sigma_n=sigma_n)
+            seconds = time.perf_counter() - start
+        except (RefscopeError, ValueError) as exc:
+            if len(files) == 1:
+                raise
+            print(f"refscope {command}: error: {_one_line(exc)}", file=sys.stderr)
+            failed += 1
+            continue
+        pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
+        write_tiff(dst, result.astype(np.float32), pixel_size_nm=pixel,
+                   metadata={"method": method, "scale": scale, "source": str(src)})
+        size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
+        print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {method}, {seconds:.2f} s")
+    return 2 if failed else 0
+
+
+def evaluate_files(lr: LoadedImage, hr: LoadedImage, *, scale: int | None, methods: tuple[str, ...],
+                   in_sample: bool) -> EvaluationReport:
+    """Run the 3x4 subimage protocol on a pair; ``scale`` defaults to min(floor(factor), 4)."""
+    factor = lr.pixel_size_nm / hr.pixel_size_nm  # type: ignore[operator]
+    if scale is None:
+        scale = max(2, min(math.floor(factor * 1.001), 4))
+    config = FitConfig(scale=scale)
+    _, geometry = _register(lr, hr, config)
+    try:
+        return evaluate_pair(lr.data, hr.data, factor=factor, scale=scale, methods=methods, in_sample=in_sample,
+                             config=config, geometry=geometry)
+    except RefscopeModelError as exc:
+        raise _about(hr.path, exc) from exc
+
+
+# ----------------------------------------------------------------------------------------------- reports
+
+_COLUMNS = (("d_psnr", "dPSNR dB"), ("d_ssim", "dSSIM"), ("d_ms_ssim", "dMS-SSIM"), ("d_edge_sim", "dEdge"),
+            ("d_frc_mean", "dFRC"), ("d_fg_psnr", "fg dPSNR"), ("d_bg_psnr", "bg dPSNR"))
+
+
+def _baseline_rows(report: EvaluationReport) -> list[dict]:
+    """Bicubic rows (absolute PSNR, zero differences) recovered from the first method's scores - deltas."""
+    rows = []
+    first = report.results[0].method if report.results else None
+    for sample in (True, False):
+        sel = [r for r in report.results if r.method == first and r.in_sample == sample]
+        if sel:
+            psnr = float(np.mean([r.scores.psnr - r.delta.psnr for r in sel]))
+            rows.append({"method": "bicubic", "sample": "in" if sample else "out", "n": len(sel), "psnr": psnr,
+                         **{key: 0.0 for key, _ in _COLUMNS}})
+    return rows
+
+
+def format_table(report: EvaluationReport) -> str:
+    """Plain-text table: one row per (method, in/out-of-sample), bicubic first; d* = method - bicubic."""
+    rows = _baseline_rows(report) + [r for r in report.summary() if r["method"] != "bicubic"]
+    rows.sort(key=lambda r: (r["sample"] != "in", r["method"] != "bicubic"))
+    head = f"{'method':<16}{'sample':>7}{'n':>3}{'PSNR dB':>9}" + "".join(f"{t:>10}" for _, t in _COLUMNS)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = "".join(f"{r[k]:>10.3f}" if math.isfinite(r[k]) else f"{'n/a':>10}" for k, _ in _COLUMNS)
+        lines.append(f"{r['method']:<16}{r['sample']:>7}{r['n']:>3}{r['psnr']:>9.2f}{cells}")
+    return "\n".join(lines)
+
+
+def _finite(value):
+    """JSON-safe copy: NaN/inf -> None (strict JSON has neither), tuples -> lists."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str, report: EvaluationReport, settings: dict) -> None:
+    """Every subimage score, the summary (bicubic rows included), geometry and settings; NaN stored as null."""
+    document = {"settings": settings, "scale": report.scale, "factor": report.factor,
+                "geometry": asdict(report.geometry), "lr_box": report.lr_box, "library_size": report.library_size,
+                "noise_sigma": report.noise_sigma,
+                "summary": _baseline_rows(report) + [r for r in report.summary() if r["method"] != "bicubic"],
+                "results": [asdict(r) for r in report.results]}
+    atomic_write_json(path, _finite(document))
+
+
+def write_csv(path: str, report: EvaluationReport, settings: dict) -> None:
+    """The summary rows (mean score and mean difference to bicubic of every metric) as CSV."""
+    rows = report.summary()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["method"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def write_plot(path: str, report: EvaluationReport, settings: dict) -> None:
+    """PNG bar chart of the mean PSNR gain over bicubic per method (dark: out-of-sample, light: in-sample)."""
+    from PIL import Image, ImageDraw, ImageFont  # Pillow comes with scikit-image
+
+    methods = list(dict.fromkeys(r.method for r in report.results))
+    bars = [(m, s, report.mean_delta(m, "psnr", in_sample=s)) for m in methods for s in (False, True)]
+    bars = [b for b in bars if math.isfinite(b[2])]
+    width, height, top, bottom, left = 200 + 150 * len(methods), 420, 50, 60, 60
+    span = max([abs(v) for *_, v in bars] + [0.05]) * 1.25
+    to_y = lambda v: top + (span - v) / (2 * span) * (height - top - bottom)  # noqa: E731
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((left, 12), f"PSNR gain over bicubic (dB), x{report.scale}; dark = out-of-sample", fill="black",
+              font=font)
+    for i, method in enumerate(methods):
+        x0 = left + 40 + 150 * i
+        for j, sample in enumerate((False, True)):
+            value = next((v for m, s, v in bars if m == method and s == sample), None)
+            if value is None:
+                continue
+            color = ((40, 90, 170) if value >= 0 else (190, 60, 50)) if not sample else (160, 185, 225)
+            bx = x0 + 50 * j
+            draw.rectangle([bx, min(to_y(0), to_y(value)), bx + 44, max(to_y(0), to_y(value))], fill=color)
+            draw.text((bx, to_y(value) + (-16 if value >= 0 else 4)), f"{value:+.2f}", fill="black", font=font)
+        draw.text((x0, height - bottom + 10), method, fill="black", font=font)
+    draw.line([left, to_y(0), width - 20, to_y(0)], fill="black", width=2)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
+    refs = [load_frame(p, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size") for p in args.hr]
+    try:
+        library = LibraryConfig(patch_size=args.patch_size or default_patch_size(args.scale), size=args.library_size,
+                                seed=args.seed)
+    except ValueError as exc:
+        raise ValueError(f"--patch-size/--library-size: {exc}") from exc
+    start = time.perf_counter()
+    model = fit_files(lr, refs, FitConfig(scale=args.scale, library=library))
+    save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs])
+    for hr, g in zip(refs, model.geometries):
+        print(f"{hr.path}: x{lr.pixel_size_nm / hr.pixel_size_nm:.3g} at LR offset (y, x) = "
+              f"({g.offset_yx[0]:.2f}, {g.offset_yx[1]:.2f}) px, rotation {g.rotation_deg:+.2f} deg, NCC {g.score:.3f}")
+    print(f"library: {len(model.library)} patch pairs ({library.patch_size}x{library.patch_size} px, "
+          f"{library.n_categories} categories), scale x{model.scale}, noise sigma {model.noise_sigma:.2f} "
+          f"(library units), fitted in {time.perf_counter() - start:.1f} s")
+    print(f"saved model to {args.output}")
+    return 0
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    model = load_model(args.state_dir)
+    return enhance_files(model, args.inputs, args.output, method=args.method, sigma_n=args.sigma_n)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
+    hr = load_frame(args.hr, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size")
+    start = time.perf_counter()
+    report = evaluate_files(lr, hr, scale=args.scale, methods=args.methods, in_sample=not args.no_in_sample)
+    seconds = time.perf_counter() - start
+    g = report.geometry
+    print(f"{hr.path} in {lr.path}: x{report.factor:.3g}, offset (y, x) = ({g.offset_yx[0]:.2f}, "
+          f"{g.offset_yx[1]:.2f}) LR px, rotation {g.rotation_deg:+.2f} deg, NCC {g.score:.3f}")
+    print(f"scale x{report.scale}, library {report.library_size} pairs, noise sigma {report.noise_sigma:.2f}; "
+          f"differences to bicubic (positive = better), {seconds:.1f} s")
+    print(format_table(report))
+    settings = {"lr": str(lr.path), "hr": str(hr.path), "lr_pixel_size_nm": lr.pixel_size_nm,
+                "hr_pixel_size_nm": hr.pixel_size_nm, "protocol": args.protocol, "methods": list(args.methods),
+                "in_sample": not args.no_in_sample, "elapsed_s": seconds}
+    for path, writer in ((args.json, write_json), (args.csv, write_csv), (args.plot, write_plot)):
+        if path:
+            writer(path, report, settings)
+            print(f"wrote {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # demo calls back into this module's commands
+
+    return run_demo(seed=args.seed, json_path=args.json, small=args.small, workdir=args.workdir)
+
+
+# ----------------------------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line ``refscope <cmd>: error: <problem>`` (exit code 2), like input errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _scale(text: str) -> int:
+    if not text.isdigit() or not 2 <= int(text) <= 8:
+        raise argparse.ArgumentTypeError(f"must be an integer from 2 to 8, got {text!r}")
+    return int(text)
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from "
+                                         f"{', '.join(METHODS)}")
+    return names
+
+
+def _pixel_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lr-pixel-size", type=_positive, metavar="NM", help="LR pixel size in nm (overrides the file)")
+    parser.add_argument("--hr-pixel-size", type=_positive, metavar="NM", help="HR pixel size in nm (overrides the file)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``refscope`` argument parser with its fit/enhance/evaluate/demo subcommands."""
+    parser = _Parser(prog="refscope", description="Super-resolution of SEM frames learned from paired HR reference "
+                     "scans (Qian et al., IEEE TIP 2020).")
+    parser.add_argument("--version", action="version", version=f"refscope {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress to stderr (-vv: debug)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("fit", parents=[common], help="fit a paired library from an LR frame and HR reference(s)",
+                       description="Register each HR reference in the LR frame and fit a paired patch library.")
+    p.add_argument("lr", metavar="LR.tif", help="low-resolution frame")
+    p.add_argument("hr", metavar="HR.tif", nargs="+", help="high-resolution reference scan(s) inside the LR field")
+    p.add_argument("-o", "--output", metavar="STATE_DIR", required=True, help="folder to save the model in")
+    p.add_argument("--scale", type=_scale, default=2, metavar="S", help="output scale, 2-8 (default 2)")
+    _pixel_flags(p)
+    p.add_argument("--library-size", type=int, default=8000, metavar="L", help="patch pairs kept (default 8000)")
+    p.add_argument("--patch-size", type=int, metavar="N", help="odd patch side on the output grid (default 4*S+1)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the library sampling (default 0)")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("enhance", parents=[common], help="super-resolve frames with a fitted model",
+                       description="Super-resolve LR frames (files or folders) with the model in STATE_DIR.")
+    p.add_argument("state_dir", metavar="STATE_DIR", help="folder written by `refscope fit`")
+    p.add_argument("inputs", metavar="IN", nargs="+", help="LR frame(s) (TIFF/PNG) or folder(s) of frames")
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="output .tif for one input; otherwise a folder receiving <stem>_x<S>.tif")
+    p.add_argument("--method", choices=METHODS, default="paired", help="reconstruction method (default paired)")
+    p.add_argument("--sigma-n", type=_positive, metavar="X", help="NLM strength: relative to the measured noise for paired (default 1), "
+                   "in library units (1/255 of the LR range) for paired-faithful/original (default 1)")
+    p.set_defaults(handler=_cmd_enhance)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score the methods on one LR/HR pair (3x4 subimages)",
+                       description="Paper protocol: fit on the left 9 subimages of the overlap, score all 12 "
+                       "against the HR reference; differences to bicubic, positive = better.")
+    p.add_argument("lr", metavar="LR.tif")
+    p.add_argument("hr", metavar="HR.tif")
+    p.add_argument("--scale", type=_scale, metavar="S", help="output scale (default min(floor(factor), 4))")
+    p.add_argument("--protocol", choices=("subimages",), default="subimages", help="evaluation protocol")
+    p.add_argument("--methods", type=_methods, default=("paired", "paired-faithful", "original"),
+                   metavar="M1,M2", help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--no-in-sample", action="store_true", help="score only the 3 out-of-sample subimages (faster)")
+    p.add_argument("--json", metavar="F", help="write every score, the summary, geometry and settings as JSON")
+    p.add_argument("--csv", metavar="F", help="write the summary rows as CSV")
+    p.add_argument("--plot", metavar="F.png", help="write a bar chart of the PSNR gains as PNG")
+    _pixel_flags(p)
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("demo", parents=[common], help="offline demo on a synthetic SEM pair",
+                       description="Make a synthetic LR/HR pair, then run fit, enhance and evaluate on it.")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the synthetic pair (default 0)")
+    p.add_argument("--json", metavar="F", help="also write the evaluation as JSON to F")
+    p.add_argument("--small", action="store_true", help="a small pair (a few seconds)")
+    p.add_argument("--workdir", metavar="DIR", help="folder for the files (default: a new temporary folder)")
+    p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("refscope")
+    except Exception:  # noqa: BLE001 - not installed: running from a checkout
+        return "unknown"
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``refscope`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code (2 for bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argument errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except (RefscopeError, ValueError, OSError) as exc:
+        print(f"refscope {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"refscope {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,669 @@
+"""Where enhanced frames go: TIFF files in an output folder, a ZMQ stream for viewers, and a ZMQ event feed.
+
+:class:`FolderPublisher` -- lossless. A worker thread writes each enhanced frame as an ImageJ TIFF carrying its
+pixel size (:func:`~refscope.daemon.tiff_io.write_tiff`, atomic: a reader never sees a partial file and a
+failed write leaves no temporary file). Overflow policy: frames wait in a bounded queue of ``queue_limit``
+frames; :meth:`FolderPublisher.submit` blocks up to ``block_s`` seconds while the queue is full, and only if it
+is still full after that is the frame dropped -- counted under ``"queue_full"`` and logged, never silently.
+A failed write (disk full, permission denied...) is logged and counted by reason; the worker goes on with the
+next frame.
+
+Output names and the no-overwrite rule: the enhanced frame of ``/acq/frame_012.tif`` at scale S is
+``<out_dir>/frame_012_x{S}.tif`` (and ``frame_012_x{S}_confidence.tif`` when a confidence map is given). Every
+output carries, in its ImageJ ``Info`` metadata, the ``source`` and acquisition time ``source_t`` of the frame
+it came from. Before writing, the candidate name is checked:
+
+* absent: the frame is written there;
+* present and written by refscope from the same frame (same ``source`` and ``source_t``): it is replaced
+  atomically (re-processing after a restart, or with a newer model, neither duplicates nor corrupts it;
+  counted as ``replaced``);
+* present and anything else (not refscope's, or another frame whose file has the same stem, e.g. two
+  sub-folders both holding ``image_001.tif``): never touched; the next name ``frame_012_x{S}-2.tif``,
+  ``-3``... is tried the same way.
+
+Only the publisher's own worker writes to ``out_dir``, so the check and the write do not race with each other.
+
+:class:`StreamPublisher` -- lossy by design. A PUB socket with ``SNDHWM`` = ``hwm`` sends each enhanced frame
+in the v1 wire format (:func:`~refscope.daemon.protocol.encode_enhanced`) without blocking; a frame that cannot
+be queued because a viewer is ``hwm`` frames behind is dropped and counted (``ZMQ_XPUB_NODROP`` makes libzmq
+report it instead of dropping silently). Viewers therefore always get recent frames and refscope never waits
+for them. Note: while any connected viewer is ``hwm`` frames behind, frames are dropped for all viewers, so a
+viewer must keep reading (or disconnect).
+
+:class:`EventPublisher` -- a PUB socket of JSON events, each a two-part message ``[b"event", json]`` with
+``{"type": ..., "t": <unix seconds>, "payload": {...}}``; same non-blocking, counted-drop policy.
+
+All sockets bind to the endpoint given (``tcp://127.0.0.1:*`` picks a free port; read ``bound_endpoint``).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import zmq
+
+from .atomic import to_jsonable
+from .errors import RefscopeError
+from .protocol import encode_enhanced
+from .tiff_io import write_tiff
+
+__all__ = [
+    "PUBLISH_LOGGER",
+    "EVENT_TYPES",
+    "PublishedFile",
+    "PublishStats",
+    "StreamStats",
+    "FolderPublisher",
+    "StreamPublisher",
+    "EventPublisher",
+    "output_stem",
+    "output_names",
+]
+
+PUBLISH_LOGGER = "refscope.publish"
+_log = logging.getLogger(PUBLISH_LOGGER)
+
+EVENT_TYPES: tuple[str, ...] = (
+    "frame_enhanced",
+    "pair_learned",
+    "pair_rejected",
+    "model_promoted",
+    "model_rejected",
+    "reference_requested",
+    "output_dropped",
+    "error",
+)
+"""Event types the daemon emits. Other names matching ``[a-z][a-z0-9_]*`` are allowed too."""
+
+_EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_MAX_NAME_TRIES = 1000
+_INFO_KEY = "refscope"  # key of refscope's metadata in the ImageJ "Info" JSON (as in tiff_io)
+
+
+# ------------------------------------------------------------------------------------------------ naming
+
+
+def output_stem(source: str) -> str:
+    """File-name stem for the outputs of a frame from ``source``: the file's stem for a path
+    (``/acq/frame_012.tif`` -> ``frame_012``), a sanitised form otherwise (``zmq:tcp://h:5555#42`` ->
+    ``zmq_tcp_h_5555_42``)."""
+    if "://" not in source and not source.startswith("zmq:"):
+        stem = Path(source).stem
+    else:
+        stem = source
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "frame"
+    return stem[:200]
+
+
+def output_names(stem: str, scale: int, attempt: int = 1) -> tuple[str, str]:
+    """(image name, confidence name) of the ``attempt``-th candidate: ``stem_x2.tif`` /
+    ``stem_x2_confidence.tif``, then ``stem_x2-2.tif`` / ``stem_x2-2_confidence.tif``..."""
+    base = f"{stem}_x{scale}" + (f"-{attempt}" if attempt > 1 else "")
+    return f"{base}.tif", f"{base}_confidence.tif"
+
+
+def _owner(path: Path) -> tuple[str, float] | None:
+    """(source, source_t) recorded by refscope in an existing output, or None if it is not refscope's."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ij = tif.imagej_metadata if tif.is_imagej else None
+    except Exception:  # unreadable or not a TIFF: not ours
+        return None
+    info = ij.get("Info") if isinstance(ij, dict) else None
+    if not isinstance(info, str):
+        return None
+    try:
+        document = json.loads(info)
+    except json.JSONDecodeError:
+        return None
+    meta = document.get(_INFO_KEY) if isinstance(document, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
+        return None
+    source_t = meta.get("source_t")
+    if not isinstance(source_t, (int, float)) or isinstance(source_t, bool):
+        return None
+    return meta["source"], float(source_t)
+
+
+def _is_own(path: Path, source: str, t: float) -> bool:
+    owner = _owner(path)
+    return owner is not None and owner[0] == source and math.isclose(owner[1], t, rel_tol=0, abs_tol=1e-6)
+
+
+def _error_reason(exc: BaseException) -> str:
+    """Reason code of a failed write."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return "disk_full"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "permission"
+        return "os_error"
+    if isinstance(exc, ValueError):
+        return "invalid_image"
+    return "unexpected"
+
+
+# ------------------------------------------------------------------------------------------- folder output
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One enhanced frame written to the output folder (passed to ``on_written``).
+
+    Attributes:
+        source: the input frame's source (file path or ``zmq:...``).
+        path: the enhanced TIFF written.
+        confidence_path: the confidence TIFF, or None (not requested, or its write failed).
+        replaced: True when an earlier output of the same frame was replaced.
+    """
+
+    source: str
+    path: Path
+    confidence_path: Path | None
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class PublishStats:
+    """Counters of a :class:`FolderPublisher` since it started.
+
+    Attributes:
+        written: frames written (their enhanced image at least).
+        replaced: of those, frames that replaced an earlier output of the same frame.
+        dropped: frames not written because the queue stayed full (or :meth:`FolderPublisher.stop` without
+            draining); by reason in ``dropped_by_reason`` (``"queue_full"``, ``"stopped"``).
+        errors: failed writes; by reason in ``errors_by_reason`` (``"disk_full"``, ``"permission"``,
+            ``"os_error"``, ``"invalid_image"``, ``"name_conflict"``).
+        queue_depth: frames waiting now.
+        last_error: message of the latest failure, or None.
+    """
+
+    written: int
+    replaced: int
+    dropped: int
+    errors: int
+    queue_depth: int
+    dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
+    errors_by_reason: Mapping[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Job:
+    image: np.ndarray
+    source: str
+    t: float
+    scale: int
+    pixel_size_nm: float | None
+    stem: str
+    confidence: np.ndarray | None
+    metadata: Mapping[str, Any]
+
+
+_STOP = object()
+
+
+class FolderPublisher:
+    """Writes enhanced frames as TIFFs in ``out_dir`` on a worker thread (lossless; see the module docstring).
+
+    Args:
+        out_dir: output folder, created (with parents) if missing.
+        queue_limit: frames waiting to be written before :meth:`submit` blocks, >= 1.
+        block_s: how long :meth:`submit` waits on a full queue before dropping the frame, seconds.
+        on_written: called on the worker thread with a :class:`PublishedFile` after each write (e.g. to mark
+            the frame enhanced in the catalogue). An exception from it stops the worker and is re-raised on the
+            owner's thread by the next :meth:`submit`, :meth:`check` or :meth:`stop`.
+        poll_interval_s: how often, at most, the idle worker checks for stop, seconds.
+
+    Use: ``start()``, ``submit(...)`` per frame, ``stop(drain=True)`` (or as a context manager).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        queue_limit: int = 64,
+        block_s: float = 5.0,
+        on_written: Callable[[PublishedFile], None] | None = None,
+        poll_interval_s: float = 0.1,
+    ) -> None:
+        if int(queue_limit) != queue_limit or queue_limit < 1:
+            raise ValueError(f"folder publisher {out_dir}: queue_limit must be an integer >= 1, got {queue_limit!r}")
+        if not block_s >= 0 or not poll_interval_s > 0:
+            raise ValueError(f"folder publisher {out_dir}: block_s must be >= 0 and poll_interval_s > 0")
+        self.out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
+        self.queue_limit = int(queue_limit)
+        self.block_s = float(block_s)
+        self._on_written = on_written
+        self._poll_s = float(poll_interval_s)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.queue_limit)
+        self._lock = threading.Lock()
+        self._written = 0
+        self._replaced = 0
+        self._dropped: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._last_error: str | None = None
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        """Create ``out_dir`` and start the writer thread. Raises RefscopeError naming the folder if it cannot
+        be created."""
+        if self._thread is not None:
+            raise RefscopeError(f"folder publisher {self.out_dir}: already started")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RefscopeError(f"{self.out_dir}: cannot create the output folder ({exc.strerror or exc})") from exc
+        if not os.access(self.out_dir, os.W_OK):
+            raise RefscopeError(f"{self.out_dir}: output folder is not writable")
+        self._stop.clear()
+        self._abandon.clear()
+        self._thread = threading.Thread(target=self._run, name=f"refscope-publish {self.out_dir}", daemon=True)
+        self._thread.start()
+        _log.info("writing enhanced frames to %s (queue limit %d)", self.out_dir, self.queue_limit)
+
+    def submit(
+        self,
+        image: np.ndarray,
+        *,
+        source: str,
+        t: float,
+        scale: int,
+        pixel_size_nm: float | None,
+        confidence: np.ndarray | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        stem: str | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Queue one enhanced frame for writing; return True if queued, False if dropped.
+
+        Args:
+            image: (H, W) enhanced pixels (uint8, uint16 or real; written as float32 unless 8/16-bit).
+            source: the input frame's source (``Frame.source``), recorded in the output's metadata.
+            t: the input frame's acquisition time (``Frame.t``), unix seconds; with ``source`` it identifies
+                the frame (see the no-overwrite rule).
+            scale: output scale S, used in the name ``<stem>_x{S}.tif``.
+            pixel_size_nm: output pixel size in nm (input pixel size / S), or None if unknown.
+            confidence: optional (H, W) confidence map, written as ``<stem>_x{S}_confidence.tif``.
+            metadata: extra JSON-serialisable provenance (model, method...) stored in the TIFF.
+            stem: output name stem; default :func:`output_stem` of ``source`` (give one for ZMQ frames).
+            timeout: seconds to wait while the queue is full; default ``block_s``.
+
+        Blocks at most ``timeout`` seconds. The arrays are queued without copying: do not modify them after
+        submitting. Re-raises a failure of the worker thread.
+        """
+        self.check()
+        if self._thread is None:
+            raise RefscopeError(f"folder publisher {self.out_dir}: not started")
+        if self._stop.is_set():
+            raise RefscopeError(f"folder publisher {self.out_dir}: stopped")
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ValueError(f"{source}: an enhanced frame must be a 2-D (H, W) array, got shape {image.shape}")
+        if confidence is not None:
+            confidence = np.asarray(confidence)
+            if confidence.ndim != 2:
+                raise ValueError(f"{source}: a confidence map must be a 2-D (H, W) array, got shape {confidence.shape}")
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"{source}: scale must be an integer >= 1, got {scale!r}")
+        job = _Job(image=image, source=str(source), t=float(t), scale=int(scale), pixel_size_nm=pixel_size_nm,
+                   stem=stem if stem else output_stem(str(source)), confidence=confidence,
+                   metadata=dict(metadata or {}))
+        wait = self.block_s if timeout is None else max(0.0, float(timeout))
+        try:
+            if wait > 0:
+                self._queue.put(job, timeout=wait)
+            else:
+                self._queue.put_nowait(job)
+            return True
+        except queue.Full:
+            self._count_drop("queue_full", f"{source}: output queue still full ({self.queue_limit} frames) after {wait:g} s; "
+                             f"enhanced frame not written to {self.out_dir}")
+            return False
+
+    def check(self) -> None:
+        """Re-raise, on the caller's thread, the exception that stopped the worker (if any)."""
+        if self._error is not None:
+            raise self._error
+
+    def stats(self) -> PublishStats:
+        """Current counters (any thread)."""
+        with self._lock:
+            return PublishStats(
+                written=self._written,
+                replaced=self._replaced,
+                dropped=sum(self._dropped.values()),
+                errors=sum(self._errors.values()),
+                queue_depth=self._queue.qsize(),
+                dropped_by_reason=dict(self._dropped),
+                errors_by_reason=dict(self._errors),
+                last_error=self._last_error,
+            )
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the worker. With ``drain`` it first writes every queued frame; otherwise queued frames are
+        dropped (counted under ``"stopped"``). Waits up to ``timeout`` seconds (None: as long as draining
+        takes), then re-raises a failure of the worker. Idempotent."""
+        self._stop.set()
+        if not drain:
+            self._abandon.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                _log.error("folder publisher %s: writer thread did not stop within %s s", self.out_dir, timeout)
+        self.check()
+
+    def __enter__(self) -> FolderPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(drain=True)
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _count_drop(self, reason: str, message: str) -> None:
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            total = sum(self._dropped.values())
+            self._last_error = message
+        _log.warning("dropped (%s, %d so far): %s", reason, total, message)
+
+    def _count_error(self, reason: str, message: str) -> None:
+        with self._lock:
+            self._errors[reason] = self._errors.get(reason, 0) + 1
+            self._last_error = message
+        _log.error("write failed (%s): %s", reason, message)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._abandon.is_set():
+                    self._discard_queue()
+                    return
+                try:
+                    job = self._queue.get(timeout=self._poll_s)
+                except queue.Empty:
+                    if self._stop.is_set():
+                        return
+                    continue
+                self._write(job)
+        except BaseException as exc:  # re-raised by submit()/check()/stop() on the owner's thread
+            _log.exception("folder publisher %s: writer thread failed", self.out_dir)
+            self._error = exc
+
+    def _discard_queue(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._count_drop("stopped", f"{job.source}: publisher stopped before the enhanced frame was written")
+
+    def _choose(self, job: _Job) -> tuple[Path, Path, bool] | None:
+        """(image path, confidence path, replaces own) of the first usable name, or None."""
+        for attempt in range(1, _MAX_NAME_TRIES + 1):
+            name, conf_name = output_names(job.stem, job.scale, attempt)
+            path, conf_path = self.out_dir / name, self.out_dir / conf_name
+            taken = [p for p in (path, conf_path) if os.path.lexists(p)]
+            if not taken:
+                return path, conf_path, False
+            if all(p.is_file() and not p.is_symlink() and _is_own(p, job.source, job.t) for p in taken):
+                return path, conf_path, True
+        return None
+
+    def _write(self, job: _Job) -> None:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)  # recreated if someone removed it
+            chosen = self._choose(job)
+        except OSError as exc:
+            self._count_error(_error_reason(exc), f"{self.out_dir}: cannot prepare output for {job.source} ({exc})")
+            return
+        if chosen is None:
+            self._count_error("name_conflict", f"{job.source}: {_MAX_NAME_TRIES} names for {job.stem}_x{job.scale}.tif "
+                                               f"in {self.out_dir} are taken by other files")
+            return
+        path, conf_path, replaced = chosen
+        meta: dict[str, Any] = {**job.metadata, "source": job.source, "source_t": job.t, "scale": job.scale}
+        try:
+            write_tiff(path, job.image, pixel_size_nm=job.pixel_size_nm, metadata={**meta, "kind": "enhanced"})
+        except (OSError, ValueError) as exc:
+            self._count_error(_error_reason(exc), f"{path}: enhanced frame of {job.source} not written ({exc})")
+            return
+        written_conf: Path | None = None
+        if job.confidence is not None:
+            try:
+                write_tiff(conf_path, job.confidence, pixel_size_nm=job.pixel_size_nm,
+                           metadata={**meta, "kind": "confidence"})
+                written_conf = conf_path
+            except (OSError, ValueError) as exc:
+                self._count_error(_error_reason(exc), f"{conf_path}: confidence map of {job.source} not written ({exc})")
+        with self._lock:
+            self._written += 1
+            self._replaced += int(replaced)
+        _log.debug("wrote %s%s", path, " (replaced)" if replaced else "")
+        if self._on_written is not None:
+            self._on_written(PublishedFile(source=job.source, path=path, confidence_path=written_conf, replaced=replaced))
+
+
+# ------------------------------------------------------------------------------------------- ZMQ output
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Counters of a PUB publisher: messages ``sent``, ``dropped`` (a subscriber ``hwm`` messages behind)."""
+
+    sent: int
+    dropped: int
+
+
+class _PubSocket:
+    """A bound PUB socket with a send high-water mark that reports (rather than hides) drops."""
+
+    def __init__(self, endpoint: str, *, hwm: int, what: str, context: zmq.Context | None) -> None:
+        if int(hwm) != hwm or hwm < 1:
+            raise ValueError(f"{what} {endpoint}: hwm must be an integer >= 1, got {hwm!r}")
+        self.endpoint = endpoint
+        self.hwm = int(hwm)
+        self._what = what
+        self._own_context = context is None
+        self._context = context
+        self._socket: zmq.Socket | None = None
+        self._bound = endpoint
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._dropped = 0
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint actually bound (the real port after ``:*``)."""
+        return self._bound
+
+    def start(self) -> None:
+        """Create and bind the socket; RefscopeError naming the endpoint if it cannot be bound."""
+        if self._socket is not None:
+            raise RefscopeError(f"{self._what} {self.endpoint}: already started")
+        if self._context is None:
+            self._context = zmq.Context()
+        sock = self._context.socket(zmq.PUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.setsockopt(zmq.XPUB_NODROP, 1)  # report a full subscriber queue as zmq.Again instead of hiding it
+            sock.bind(self.endpoint)
+            last = sock.getsockopt(zmq.LAST_ENDPOINT)
+            self._bound = last.decode() if isinstance(last, bytes) and last else self.endpoint
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self._release_context()
+            raise RefscopeError(f"{self._what}: cannot bind {self.endpoint}: {exc}") from exc
+        self._socket = sock
+        _log.info("%s bound to %s (hwm %d)", self._what, self._bound, self.hwm)
+
+    def send(self, parts: list[bytes]) -> bool:
+        """Send without blocking; False (and counted) when a subscriber is ``hwm`` messages behind."""
+        with self._lock:
+            if self._socket is None:
+                raise RefscopeError(f"{self._what} {self.endpoint}: not started")
+            try:
+                self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
+            except zmq.Again:
+                self._dropped += 1
+                return False
+            self._sent += 1
+            return True
+
+    def stats(self) -> StreamStats:
+        with self._lock:
+            return StreamStats(sent=self._sent, dropped=self._dropped)
+
+    def stop(self) -> None:
+        """Close the socket (linger 0) and terminate the context if it is ours. Idempotent."""
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close(linger=0)
+                self._socket = None
+        self._release_context()
+
+    def _release_context(self) -> None:
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+
+class StreamPublisher:
+    """Streams enhanced frames to viewers on a PUB socket (lossy by design; see the module docstring).
+
+    Args:
+        endpoint: endpoint to bind, e.g. ``"tcp://127.0.0.1:5561"`` or ``"tcp://127.0.0.1:*"``.
+        hwm: frames queued per subscriber (``SNDHWM``) before new frames are dropped, >= 1.
+        context: a shared ``zmq.Context`` (not terminated by :meth:`stop`); default: an own one.
+
+    Thread-safe: :meth:`publish` may be called from any thread.
+    """
+
+    def __init__(self, endpoint: str, *, hwm: int = 4, context: zmq.Context | None = None) -> None:
+        self._pub = _PubSocket(endpoint, hwm=hwm, what="enhanced-frame stream", context=context)
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint actually bound (the real port after ``:*``)."""
+        return self._pub.bound_endpoint
+
+    def start(self) -> None:
+        """Bind the PUB socket (RefscopeError naming the endpoint if impossible)."""
+        self._pub.start()
+
+    def publish(
+        self,
+        data: np.ndarray,
+        *,
+        seq: int,
+        pixel_size_m: float,
+        model: str,
+        model_version: str,
+        latency_s: float,
+        source_seq: int,
+        t: float,
+        confidence: str | None = None,
+    ) -> bool:
+        """Send one enhanced frame (fields as :func:`~refscope.daemon.protocol.encode_enhanced`: output pixel
+        size in metres, latency in seconds, acquisition time ``t`` in unix seconds) without blocking.
+
+        Returns True if queued for sending, False if dropped because a viewer is ``hwm`` frames behind
+        (counted in :meth:`stats`). Raises ProtocolError for values the wire format refuses.
+        """
+        parts = encode_enhanced(data, seq=seq, pixel_size_m=pixel_size_m, model=model, model_version=model_version,
+                                latency_s=latency_s, source_seq=source_seq, t=t, confidence=confidence)
+        return self._pub.send(parts)
+
+    def stats(self) -> StreamStats:
+        """Frames sent and dropped so far."""
+        return self._pub.stats()
+
+    def stop(self) -> None:
+        """Close the socket. Idempotent."""
+        self._pub.stop()
+
+    def __enter__(self) -> StreamPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class EventPublisher:
+    """Publishes JSON events ``[b"event", {"type", "t", "payload"}]`` on a PUB socket for the TUI and scripts.
+
+    Args:
+        endpoint: endpoint to bind, e.g. ``"tcp://127.0.0.1:5562"`` or ``"tcp://127.0.0.1:*"``.
+        hwm: events queued per subscriber before new ones are dropped (counted), >= 1.
+        context: a shared ``zmq.Context`` (not terminated by :meth:`stop`); default: an own one.
+
+    Thread-safe: :meth:`emit` may be called from any thread.
+    """
+
+    TOPIC = b"event"
+
+    def __init__(self, endpoint: str, *, hwm: int = 1000, context: zmq.Context | None = None) -> None:
+        self._pub = _PubSocket(endpoint, hwm=hwm, what="event feed", context=context)
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint actually bound (the real port after ``:*``)."""
+        return self._pub.bound_endpoint
+
+    def start(self) -> None:
+        """Bind the PUB socket (RefscopeError naming the endpoint if impossible)."""
+        self._pub.start()
+
+    @staticmethod
+    def encode(type: str, payload: Mapping[str, Any] | None = None, *, t: float | None = None) -> list[bytes]:
+        """The two message parts of an event (see the class docstring); ValueError for a bad type or payload."""
+        if not isinstance(type, str) or not _EVENT_TYPE_RE.match(type):
+            raise ValueError(f"event type must match [a-z][a-z0-9_]* (e.g. {EVENT_TYPES[1]!r}), got {type!r}")
+        document = {"type": type, "t": time.time() if t is None else float(t), "payload": dict(payload or {})}
+        try:
+            body = json.dumps(document, allow_nan=False, default=to_jsonable, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event {type!r}: payload is not JSON-serialisable ({exc})") from exc
+        return [EventPublisher.TOPIC, body.encode("utf-8")]
+
+    def emit(self, type: str, payload: Mapping[str, Any] | None = None, *, t: float | None = None) -> bool:
+        """Publish one event (``t``: unix seconds, default now) without blocking; False if dropped."""
+        return self._pub.send(self.encode(type, payload, t=t))
+
+    def stats(self) -> StreamStats:
+        """Events sent and dropped so far."""
+        return self._pub.stats()
+
+    def stop(self) -> None:
+        """Close the socket. Idempotent."""
+        self._pub.stop()
+
+    def __enter__(self) -> EventPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

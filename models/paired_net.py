@@ -1,0 +1,258 @@
+"""refscope's default paired reconstruction as a fully convolutional PyTorch module, exportable to ONNX.
+
+:class:`PairedLibraryNet` computes what :func:`refscope.models.nlm.reconstruct_paired` computes (the NumPy
+function is the oracle), on float32 (N, 1, H, W) input in *library units*, as fixed convolutions:
+
+1. Keys bicubic upsampling by S (a = -0.5, pixel-edge aligned, half-sample symmetric borders, as
+   :func:`refscope.models.image_ops.upsample_bicubic`): 2-px symmetric padding built with slices + ``cat``, one
+   5x5 convolution with S² phase kernels, ``PixelShuffle(S)``.
+2. Patch features on the query grid: reflect padding by n//2 and one strided convolution. Mean removal folds
+   into the kernels, ``(P - mean P)·b = P·(b - sum(b)/n²)``; an extra box-filter channel gives ``mean P``.
+3. Category blend: ``-||f - c||² + ||f||² = 2 f·c - ||c||²`` is a 1x1 convolution; ``TopK`` picks the
+   ``n_probe`` nearest centroids, weights ``exp(-(d - d_min)/T)`` normalised (empty categories are dropped).
+4. Per-category ridge maps and patch aggregation in one step: a transposed convolution (stride = the query
+   stride) whose kernels are the category's (d+1, n²) regression matrix, applied to ``w_c · [f, 1]``; the patch
+   mean and the coverage count come from one more grouped transposed convolution with all-ones kernels.
+
+The NumPy grid (:func:`refscope.models.patches.patch_grid`) is the strided lattice plus the last row and
+column. A strided convolution yields only the lattice, so the extra row, column and corner are computed from the
+last n rows / columns of the padded image and added to the bottom / right strips, multiplied by a 0/1 mask that
+is 0 when the last row (column) already lies on the lattice. The result equals the oracle everywhere, borders
+included (float32 rounding only; :mod:`tests.models.test_paired_net`).
+
+Receptive field: an output pixel depends on LR pixels within ``(2·(n//2) + stride)/S + 3`` px. The query
+lattice is anchored at the frame's top-left corner, so tiled serving reproduces the untiled output only when
+every tile window starts at a multiple of ``stride / gcd(S, stride)`` LR px (always true when ``stride``
+divides S, e.g. the default S = 2, stride = 2).
+
+:func:`export_paired_model` exports a fitted model with the intensity map in the manifest, so that
+:class:`refscope.daemon.runtime.OnnxModel` feeds raw LR intensities and gets LR intensities back.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .image_ops import keys_kernel
+from .nlm import PairedConfig, PairedRegressors, fit_paired_regressors
+from .patches import check_patch_size
+
+__all__ = ["PAIRED_KIND", "PairedLibraryNet", "bicubic_phase_kernels", "receptive_radius", "export_paired_model"]
+
+#: Manifest ``kind`` of an exported paired-library model.
+PAIRED_KIND = "paired-library"
+
+
+def bicubic_phase_kernels(scale: int) -> np.ndarray:
+    """(S², 1, 5, 5) float64 kernels: output phase (r_y, r_x) of Keys upsampling over the 5x5 LR neighbourhood.
+
+    Output pixel S·i + r samples the input at ``i + δ_r``, ``δ_r = (r + 0.5)/S - 0.5``; its weight on input
+    ``i + t`` (t = -2..2) is ``keys(δ_r - t)`` (zero beyond the 4 taps the NumPy matrix uses).
+    """
+    taps = np.arange(-2, 3)
+    one_d = np.stack([keys_kernel((r + 0.5) / scale - 0.5 - taps) for r in range(scale)])  # (S, 5)
+    phases = np.einsum("ay,bx->abyx", one_d, one_d).reshape(scale * scale, 1, 5, 5)
+    return phases
+
+
+def receptive_radius(scale: int, patch_size: int, stride: int) -> int:
+    """Input (LR) pixels on each side an output pixel depends on; use it as the minimum tiling halo."""
+    half = patch_size // 2
+    return int(math.ceil((2 * half + stride) / scale)) + 3
+
+
+def _symmetric_pad2(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Half-sample symmetric padding by 2 along ``dim`` (x[1], x[0] | x | x[-1], x[-2]), ONNX friendly."""
+    size = x.shape[dim]
+    first, second = x.narrow(dim, 0, 1), x.narrow(dim, 1, 1)
+    last, before = x.narrow(dim, size - 1, 1), x.narrow(dim, size - 2, 1)
+    return torch.cat([second, first, x, last, before], dim=dim)
+
+
+class PairedLibraryNet(torch.nn.Module):
+    """Fully convolutional :func:`~refscope.models.nlm.reconstruct_paired`: (N, 1, H, W) -> (N, 1, S·H, S·W).
+
+    Input and output are float32 in library units (0-255 = the training LR's robust range). All arrays are
+    stored as buffers (no trainable parameters).
+
+    Parameters
+    ----------
+    regressors : PairedRegressors
+        basis (n², d), feature_mean (d,), centroids (k, d+1) (inf rows = empty categories), weights (k, d+1, n²).
+    patch_size : int
+        n, odd.
+    scale : int
+        S >= 1.
+    config : PairedConfig
+        ``stride``, ``n_probe`` and ``sigma_n`` are used.
+    noise_sigma : float
+        Measured LR noise σ (library units); temperature ``T = 2 d (sigma_n · max(σ, 1e-6))²`` as the oracle.
+    dtype : torch.dtype
+        Buffer precision (float32 for serving; float64 for checking against the oracle).
+    """
+
+    def __init__(self, regressors: PairedRegressors, *, patch_size: int, scale: int, config: PairedConfig,
+                 noise_sigma: float, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        n = check_patch_size(patch_size)
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        basis = np.asarray(regressors.basis, dtype=np.float64)
+        if basis.shape[0] != n * n:
+            raise ValueError(f"regressor basis has {basis.shape[0]} rows; patch size {n} needs {n * n}")
+        dim = basis.shape[1]
+        centroids = np.asarray(regressors.centroids, dtype=np.float64)
+        weights = np.asarray(regressors.weights, dtype=np.float64)
+        finite = np.all(np.isfinite(centroids), axis=1)
+        if not finite.any():
+            raise ValueError("every library category is empty; fit the regressors on a non-empty library")
+        centroids, weights = centroids[finite], weights[finite]  # an empty category is never among the nearest
+        self.scale = int(scale)
+        self.patch_size = n
+        self.stride = int(config.stride)
+        self.n_categories = int(finite.sum())
+        self.n_probe = min(int(config.n_probe), self.n_categories)
+        self.dim = dim
+        self.temperature = float(2.0 * dim * (config.sigma_n * max(float(noise_sigma), 1e-6)) ** 2)
+
+        def buf(name: str, array: np.ndarray) -> None:
+            self.register_buffer(name, torch.as_tensor(np.ascontiguousarray(array), dtype=dtype))
+
+        buf("up_kernel", bicubic_phase_kernels(self.scale))
+        # features: d channels (P - mean P)·basis - feature_mean, then mean P
+        kernels = basis - basis.sum(axis=0, keepdims=True) / (n * n)
+        feat = np.concatenate([kernels.T, np.full((1, n * n), 1.0 / (n * n))]).reshape(dim + 1, 1, n, n)
+        buf("feat_kernel", feat)
+        buf("feat_bias", np.r_[-np.asarray(regressors.feature_mean, dtype=np.float64), 0.0])
+        # scores 2 f·c - ||c||² over [f, 1] (larger = nearer): 1x1 conv on the d feature channels
+        buf("score_kernel", (2.0 * centroids[:, :dim]).reshape(-1, dim, 1, 1))
+        buf("score_bias", 2.0 * centroids[:, dim] - np.einsum("ij,ij->i", centroids, centroids))
+        # overlap-add kernels: category c, feature e (e = d: the constant 1) -> n x n predicted patch
+        buf("patch_kernel", weights.reshape(-1, dim + 1, 1, n, n))
+        buf("ones_kernel", np.ones((2, 1, n, n)))
+        self.fused = True
+        buf("fused_kernel", weights.reshape(-1, 1, n, n))
+
+    # -------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_library(cls, library, *, scale: int, config: PairedConfig = PairedConfig(), noise_sigma: float,
+                     regressors: PairedRegressors | None = None, dtype: torch.dtype = torch.float32
+                     ) -> "PairedLibraryNet":
+        """From a :class:`~refscope.models.library.PairedLibrary` (regressors fitted when not given)."""
+        if regressors is None:
+            regressors = fit_paired_regressors(library, config)
+        return cls(regressors, patch_size=library.patch_size, scale=scale, config=config, noise_sigma=noise_sigma,
+                   dtype=dtype)
+
+    @classmethod
+    def from_fitted(cls, model, *, dtype: torch.dtype = torch.float32) -> "PairedLibraryNet":
+        """From a :class:`~refscope.models.pipeline.FittedModel` (its paired config, noise and regressors)."""
+        return cls(model.regressors, patch_size=model.library.patch_size, scale=model.scale, config=model.paired,
+                   noise_sigma=model.noise_sigma, dtype=dtype)
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels of context an output pixel depends on (minimum halo for tiling)."""
+        return receptive_radius(self.scale, self.patch_size, self.stride)
+
+    # -------------------------------------------------------------------------------------------- pieces
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys bicubic upsampling, (N, 1, H, W) -> (N, 1, S·H, S·W); equals ``upsample_bicubic`` per image."""
+        padded = _symmetric_pad2(_symmetric_pad2(x, 2), 3)
+        if self.scale == 1:
+            return F.conv2d(padded, self.up_kernel)
+        return F.pixel_shuffle(F.conv2d(padded, self.up_kernel), self.scale)
+
+    def _aggregate(self, region: torch.Tensor, stride: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict the patches of the queries of ``region`` (padded image rows/cols) on a ``stride`` lattice and
+        overlap-add them: returns (sum, coverage), each (N, 1, ·, ·) starting at the first query minus n//2."""
+        feats = F.conv2d(region, self.feat_kernel, self.feat_bias, stride=stride)  # (N, d+1, h, w)
+        f, mean = feats[:, : self.dim], feats[:, self.dim:]
+        scores = F.conv2d(f, self.score_kernel, self.score_bias)  # (N, k, h, w)
+        top = torch.topk(scores, self.n_probe, dim=1).values
+        # exp(-(d - d_min)/T) for the n_probe nearest (score >= the n_probe-th best), 0 for the others
+        w = torch.exp((scores - top[:, :1]) / self.temperature) * (scores >= top[:, -1:]).to(scores.dtype)
+        w = w / w.sum(dim=1, keepdim=True)
+        f_ext = torch.cat([f, torch.ones_like(mean)], dim=1)
+        total = F.conv_transpose2d(torch.cat([mean, torch.ones_like(mean)], dim=1), self.ones_kernel,
+                                   stride=stride, groups=2)  # (mean overlap-add, coverage)
+        acc, cov = total[:, :1], total[:, 1:]
+        if self.fused:  # one transposed convolution over [w_c·f_ext for every c]: one GEMM, one col2im
+            z = (w.unsqueeze(2) * f_ext.unsqueeze(1)).flatten(1, 2)
+            acc = acc + F.conv_transpose2d(z, self.fused_kernel, stride=stride)
+        else:
+            for c in range(self.n_categories):
+                acc = acc + F.conv_transpose2d(w[:, c:c + 1] * f_ext, self.patch_kernel[c], stride=stride)
+        short = max(0, self.stride - self.patch_size // 2 - 1)  # lattice too sparse to reach the last pixel
+        if short:
+            acc, cov = F.pad(acc, (0, short, 0, short)), F.pad(cov, (0, short, 0, short))
+        return acc, cov
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, half, s = self.patch_size, self.patch_size // 2, self.stride
+        up = self.upsample(x)
+        height, width = up.shape[2], up.shape[3]
+        padded = F.pad(up, (half, half, half, half), mode="reflect")
+        # lattice rows 0, s, 2s, ... (< H): the last row H-1 is an extra query row unless it is on the lattice
+        ramp_y = torch.cumsum(torch.ones_like(up[:1, :1, :, :1]), dim=2)
+        ramp_x = torch.cumsum(torch.ones_like(up[:1, :1, :1, :]), dim=3)
+        extra_y = (ramp_y[:, :, -1:] != ramp_y[:, :, ::s][:, :, -1:]).to(up.dtype)  # (1, 1, 1, 1) 0/1
+        extra_x = (ramp_x[..., -1:] != ramp_x[..., ::s][..., -1:]).to(up.dtype)
+
+        acc, cov = self._aggregate(padded, (s, s))
+        acc = acc[:, :, half:half + height, half:half + width]
+        cov = cov[:, :, half:half + height, half:half + width]
+        # extra row (query row H-1 at every lattice column): affects the last half+1 output rows
+        row_acc, row_cov = self._aggregate(padded[:, :, -n:], (1, s))
+        row_acc = row_acc[:, :, : half + 1, half:half + width] * extra_y
+        row_cov = row_cov[:, :, : half + 1, half:half + width] * extra_y
+        acc = torch.cat([acc[:, :, : -(half + 1)], acc[:, :, -(half + 1):] + row_acc], dim=2)
+        cov = torch.cat([cov[:, :, : -(half + 1)], cov[:, :, -(half + 1):] + row_cov], dim=2)
+        # extra column (query column W-1 at every lattice row) and the corner (H-1, W-1)
+        col_acc, col_cov = self._aggregate(padded[:, :, :, -n:], (s, 1))
+        col_acc = col_acc[:, :, half:half + height, : half + 1] * extra_x
+        col_cov = col_cov[:, :, half:half + height, : half + 1] * extra_x
+        cor_acc, cor_cov = self._aggregate(padded[:, :, -n:, -n:], (1, 1))
+        corner = extra_x * extra_y
+        cor_acc = cor_acc[:, :, : half + 1, : half + 1] * corner
+        cor_cov = cor_cov[:, :, : half + 1, : half + 1] * corner
+        col_acc = torch.cat([col_acc[:, :, : -(half + 1)], col_acc[:, :, -(half + 1):] + cor_acc], dim=2)
+        col_cov = torch.cat([col_cov[:, :, : -(half + 1)], col_cov[:, :, -(half + 1):] + cor_cov], dim=2)
+        acc = torch.cat([acc[..., : -(half + 1)], acc[..., -(half + 1):] + col_acc], dim=3)
+        cov = torch.cat([cov[..., : -(half + 1)], cov[..., -(half + 1):] + col_cov], dim=3)
+        return acc / torch.clamp(cov, min=1e-12)
+
+
+def export_paired_model(model, *, opset: int = 17, version: str = "1", validation=(),
+                        sample_shape: tuple[int, int] = (16, 16)):
+    """Export a fitted model's default (``paired``) reconstruction to ONNX.
+
+    Parameters
+    ----------
+    model : FittedModel
+        Library, intensity map, scale, noise and paired config (:mod:`refscope.models.pipeline`).
+    opset : int
+        ai.onnx opset (TopK, Pad reflect, DepthToSpace and ConvTranspose need nothing newer than 11).
+    version, validation
+        Manifest fields.
+    sample_shape : (int, int)
+        Tracing sample (LR px); at least 8 per side.
+
+    Returns
+    -------
+    (bytes, ModelManifest)
+        The model maps library units to library units; the manifest carries the intensity map
+        ``x_norm = (x - low) · 255 / (high - low)`` (``input_offset = low``, ``input_scale = 255/(high - low)``)
+        so :class:`refscope.daemon.runtime.OnnxModel` takes and returns LR intensities. ``kind`` is
+        ``"paired-library"``, ``library_size`` = len(library).
+    """
+    from .onnx_export import export_torch_module
+
+    net = PairedLibraryNet.from_fitted(model)
+    low, high = float(model.intensity.low), float(model.intensity.high)
+    return export_torch_module(net, scale=model.scale, opset=opset, kind=PAIRED_KIND, input_offset=low,
+                               input_scale=255.0 / (high - low), library_size=len(model.library), version=version,
+                               validation=validation, sample_shape=sample_shape)

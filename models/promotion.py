@@ -1,0 +1,91 @@
+"""Learning safely from a new reference: held-out split, validation and the promotion decision (pure).
+
+A new physical pair (LR overlap region, HR grid S times finer) is split like the paper's protocol: the left
+9 of 3x4 subimages are learned from, the right 3 are held out. A candidate model is promoted only if its mean
+ΔPSNR over bicubic on the held-out subimages beats both the serving model's and bicubic's (ΔPSNR 0) by
+``margin`` dB; otherwise the champion keeps serving and the reason is recorded.
+
+Models are passed as *predictors*: callables mapping an (h, w) LR array to its (S·h, S·w) reconstruction, so
+paired libraries, networks and ONNX sessions are judged by one rule.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluation import COLS, ROWS, split_subimages
+from .image_ops import upsample_bicubic
+from .metrics import fit_intensity, psnr
+
+__all__ = ["Predictor", "HeldOutSplit", "split_for_validation", "held_out_delta_psnr", "PromotionDecision",
+           "decide_promotion"]
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """train: (LR (h, w), HR grid (S·h, S·w)) of the left 3/4; held_out: the right column's 3 subimage pairs."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    held_out: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+def split_for_validation(lr_region: np.ndarray, hr_grid: np.ndarray, *, scale: int) -> HeldOutSplit:
+    """Split a pair's overlap region (LR (h, w), HR grid (S·h, S·w)) into training area and held-out subimages."""
+    h, w = lr_region.shape
+    if hr_grid.shape != (h * scale, w * scale):
+        raise ValueError(f"HR grid {hr_grid.shape} is not {scale}x the LR region {lr_region.shape}")
+    ys, xs = split_subimages(((0, h), (0, w)))
+    x_split = xs[COLS - 1]
+    held = tuple((lr_region[ys[r]:ys[r + 1], x_split:], hr_grid[ys[r] * scale:ys[r + 1] * scale, x_split * scale:])
+                 for r in range(ROWS))
+    return HeldOutSplit((lr_region[:, :x_split], hr_grid[:, : x_split * scale]), held)
+
+
+def held_out_delta_psnr(predict: Predictor | None, held_out: tuple[tuple[np.ndarray, np.ndarray], ...], *,
+                        scale: int) -> float:
+    """Mean PSNR gain (dB) of ``predict`` over bicubic on the held-out pairs, after a linear intensity fit.
+
+    ``predict=None`` means bicubic itself and returns 0.0.
+    """
+    if predict is None:
+        return 0.0
+    deltas = []
+    for lr_sub, hr_sub in held_out:
+        base = psnr(hr_sub, fit_intensity(upsample_bicubic(lr_sub, scale), hr_sub))
+        est = np.asarray(predict(lr_sub), dtype=np.float64)
+        if est.shape != hr_sub.shape:
+            raise ValueError(f"predictor returned {est.shape}, expected {hr_sub.shape}")
+        if not np.all(np.isfinite(est)):
+            return float("-inf")  # a model producing NaN/inf is never promoted
+        deltas.append(psnr(hr_sub, fit_intensity(est, hr_sub)) - base)
+    return float(np.mean(deltas))
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Whether to promote, the held-out ΔPSNR (dB) of candidate and champion, and why."""
+
+    promote: bool
+    candidate_delta_db: float
+    champion_delta_db: float
+    reason: str
+
+
+def decide_promotion(candidate_delta_db: float, champion_delta_db: float, *, margin_db: float = 0.0) -> PromotionDecision:
+    """Promote only if the candidate beats the champion and bicubic (0 dB) by more than ``margin_db``."""
+    bar = max(champion_delta_db, 0.0) + margin_db
+    if not np.isfinite(candidate_delta_db):
+        reason = "candidate produced non-finite output on held-out reference area"
+        return PromotionDecision(False, candidate_delta_db, champion_delta_db, reason)
+    if candidate_delta_db > bar:
+        reason = (f"held-out ΔPSNR {candidate_delta_db:+.2f} dB beats serving model ({champion_delta_db:+.2f} dB) "
+                  f"and bicubic")
+        return PromotionDecision(True, candidate_delta_db, champion_delta_db, reason)
+    loser = "bicubic" if champion_delta_db < 0 or bar == margin_db else "the serving model"
+    reason = (f"held-out ΔPSNR {candidate_delta_db:+.2f} dB does not beat {loser} "
+              f"({max(champion_delta_db, 0.0):+.2f} dB{f' + {margin_db:.2f} dB margin' if margin_db else ''})")
+    return PromotionDecision(False, candidate_delta_db, champion_delta_db, reason)

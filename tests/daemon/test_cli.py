@@ -1,0 +1,191 @@
+"""The `refscope` command line, run in-process: fit -> enhance -> evaluate on small synthetic pairs, the demo,
+and one-line errors with exit code 2 for every kind of bad input."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from refscope.daemon.cli import main
+from refscope.daemon.tiff_io import read_image, write_tiff
+from refscope.models.synthetic import make_pair
+
+LR_SHAPE = (96, 128)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A calibrated synthetic pair (10 nm LR, 5 nm HR), a second LR frame and assorted bad files."""
+    folder = tmp_path_factory.mktemp("pair")
+    pair = make_pair(rng=np.random.default_rng(3), lr_shape=LR_SHAPE, factor=2.0)
+    other = make_pair(rng=np.random.default_rng(23), lr_shape=LR_SHAPE, factor=2.0)  # NCC 0.20 < 0.3
+    paths = {name: folder / f"{name}.tif" for name in ("lr", "hr", "other_hr", "big_hr", "constant", "uncalibrated")}
+    write_tiff(paths["lr"], pair.lr.astype(np.float32), pixel_size_nm=pair.lr_pixel_size_nm)
+    write_tiff(paths["hr"], pair.hr.astype(np.float32), pixel_size_nm=pair.hr_pixel_size_nm)
+    write_tiff(paths["other_hr"], other.hr.astype(np.float32), pixel_size_nm=other.hr_pixel_size_nm)
+    big = np.random.default_rng(0).normal(100, 10, (2 * LR_SHAPE[0] + 40, 2 * LR_SHAPE[1] + 40))
+    write_tiff(paths["big_hr"], big.astype(np.float32), pixel_size_nm=5.0)
+    write_tiff(paths["constant"], np.full(LR_SHAPE, 7, np.float32), pixel_size_nm=5.0)
+    write_tiff(paths["uncalibrated"], pair.hr.astype(np.float32), pixel_size_nm=None)
+    frames = folder / "frames"
+    frames.mkdir()
+    write_tiff(frames / "a.tif", pair.lr.astype(np.float32), pixel_size_nm=10.0)
+    write_tiff(frames / "b.tif", other.lr.astype(np.float32), pixel_size_nm=10.0)
+    paths["frames"] = frames
+    paths["text"] = folder / "notes.tif"
+    paths["text"].write_text("this is not an image\n")
+    data = paths["lr"].read_bytes()
+    paths["truncated"] = folder / "truncated.tif"
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    paths["rgb"] = folder / "rgb.tif"
+    tifffile.imwrite(paths["rgb"], np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def state(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("state") / "model"
+    assert main(["fit", str(files["lr"]), str(files["hr"]), "-o", str(folder), "--library-size", "1000"]) == 0
+    return folder
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fit_prints_registration_and_saves_model(files, tmp_path: Path, capsys) -> None:
+    before = _digest(files["lr"]), _digest(files["hr"])
+    code = main(["fit", str(files["lr"]), str(files["hr"]), str(files["hr"]), "-o", str(tmp_path / "s"),
+                 "--library-size", "500", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("NCC") == 2 and "library: 500 patch pairs" in out and "noise sigma" in out
+    assert (tmp_path / "s" / "library.json").is_file() and (tmp_path / "s" / "library.npz").is_file()
+    assert (_digest(files["lr"]), _digest(files["hr"])) == before  # inputs untouched
+
+
+def test_enhance_one_file(files, state, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sub" / "lr_sr.tif"
+    assert main(["enhance", str(state), str(files["lr"]), "-o", str(out)]) == 0
+    assert "paired" in capsys.readouterr().out
+    image = read_image(out)
+    assert image.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1]) and image.data.dtype == np.float32
+    assert image.pixel_size_nm == pytest.approx(5.0)
+    assert image.metadata.extra == {"method": "paired", "scale": 2, "source": str(files["lr"])}
+
+
+def test_enhance_folder_writes_one_output_per_frame(files, state, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["enhance", str(state), str(files["frames"]), "-o", str(out), "--method", "bicubic"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.tif", "b_x2.tif"]
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    assert read_image(out / "b_x2.tif").metadata.extra["method"] == "bicubic"
+
+
+def test_enhance_folder_keeps_going_past_a_bad_frame(files, state, tmp_path: Path, capsys) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "a.tif").write_bytes(files["lr"].read_bytes())
+    (frames / "b.tif").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["enhance", str(state), str(frames), "-o", str(out), "--method", "paired", "--sigma-n", "2"]) == 2
+    captured = capsys.readouterr()
+    assert [p.name for p in out.iterdir()] == ["a_x2.tif"] and "a_x2.tif" in captured.out
+    assert captured.err.strip().splitlines() == [captured.err.strip()] and str(frames / "b.tif") in captured.err
+
+
+def test_saved_model_gives_the_same_output_as_a_fresh_fit(files, state, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    assert main(["fit", str(files["lr"]), str(files["hr"]), "-o", str(again), "--library-size", "1000"]) == 0
+    assert main(["enhance", str(state), str(files["lr"]), "-o", str(tmp_path / "a.tif")]) == 0
+    assert main(["enhance", str(again), str(files["lr"]), "-o", str(tmp_path / "b.tif")]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif").data, read_image(tmp_path / "b.tif").data)
+
+
+def test_enhance_refuses_to_overwrite_an_input(files, state, tmp_path: Path, capsys) -> None:
+    target = tmp_path / "frame.tif"
+    target.write_bytes(files["lr"].read_bytes())
+    assert main(["enhance", str(state), str(target), "-o", str(target)]) == 2
+    assert "refusing to overwrite an input" in capsys.readouterr().err
+    assert target.read_bytes() == files["lr"].read_bytes()
+
+
+def test_evaluate_writes_json_csv_and_png(files, tmp_path: Path, capsys) -> None:
+    paths = {k: tmp_path / f"e.{k}" for k in ("json", "csv", "png")}
+    code = main(["evaluate", str(files["lr"]), str(files["hr"]), "--no-in-sample", "--methods", "paired,original",
+                 "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--plot", str(paths["png"])])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "bicubic" in out and "paired" in out and "dPSNR" in out
+    report = json.loads(paths["json"].read_text())
+    row = next(r for r in report["summary"] if r["method"] == "paired" and r["sample"] == "out")
+    assert isinstance(row["d_psnr"], float) and np.isfinite(row["d_psnr"])
+    assert report["scale"] == 2 and report["factor"] == pytest.approx(2.0)
+    assert report["geometry"]["score"] > 0.5 and report["settings"]["in_sample"] is False
+    assert len(report["results"]) == 2 * 3  # 2 methods x 3 out-of-sample subimages
+    assert paths["csv"].read_text().splitlines()[0].startswith("method,sample,n,")
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_prints_the_table(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--small", "--seed", "2", "--workdir", str(tmp_path), "--json", str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    assert "paired" in out and "bicubic" in out and str(tmp_path) in out
+    assert (tmp_path / "lr_x2.tif").is_file() and (tmp_path / "model" / "library.json").is_file()
+    assert json.loads((tmp_path / "d.json").read_text())["summary"]
+
+
+def _bad(files: dict[str, Path], state: Path, out: Path) -> dict[str, tuple[list[str], str]]:
+    """Case -> (argv, text the one-line error must contain)."""
+    lr, hr = str(files["lr"]), str(files["hr"])
+    return {
+        "text file": (["fit", str(files["text"]), hr, "-o", str(out)], str(files["text"])),
+        "truncated tiff": (["fit", lr, str(files["truncated"]), "-o", str(out)], str(files["truncated"])),
+        "rgb": (["enhance", str(state), str(files["rgb"]), "-o", str(out / "x.tif")], str(files["rgb"])),
+        "scale above factor": (["fit", lr, hr, "-o", str(out), "--scale", "4"], "mismatched scale"),
+        "hr not finer": (["evaluate", lr, hr, "--hr-pixel-size", "10"], hr),
+        "other scene": (["fit", lr, str(files["other_hr"]), "-o", str(out)], str(files["other_hr"])),
+        "hr field larger": (["evaluate", lr, str(files["big_hr"])], str(files["big_hr"])),
+        "constant": (["fit", lr, str(files["constant"]), "-o", str(out)], str(files["constant"])),
+        "no pixel size": (["fit", lr, str(files["uncalibrated"]), "-o", str(out)], "--hr-pixel-size"),
+        "missing file": (["evaluate", str(out / "nope.tif"), hr], "nope.tif"),
+        "missing state": (["enhance", str(out / "nostate"), lr, "-o", str(out / "x.tif")], "nostate"),
+        "unknown method": (["enhance", str(state), lr, "-o", str(out / "x.tif"), "--method", "magic"], "magic"),
+        "unknown methods": (["evaluate", lr, hr, "--methods", "paired,magic"], "magic"),
+    }
+
+
+@pytest.mark.parametrize("case", ["text file", "truncated tiff", "rgb", "scale above factor", "hr not finer",
+                                  "other scene", "hr field larger", "constant", "no pixel size", "missing file",
+                                  "missing state", "unknown method", "unknown methods"])
+def test_bad_input_gives_one_line_and_exit_code_2(case: str, files, state, tmp_path: Path, capsys) -> None:
+    argv, expected = _bad(files, state, tmp_path)[case]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"refscope {argv[0]}: error: ") and expected in lines[0]
+    assert "Traceback" not in captured.err and not (tmp_path / "x.tif").exists()
+
+
+def test_help_and_version(capsys) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("refscope ")
+    for command in ("fit", "enhance", "evaluate", "demo"):
+        assert main([command, "--help"]) == 0
+        assert f"usage: refscope {command}" in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_entry_point_runs_as_a_module() -> None:
+    result = subprocess.run([sys.executable, "-m", "refscope.daemon.cli", "--help"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0
+    for command in ("fit", "enhance", "evaluate", "demo"):
+        assert command in result.stdout
