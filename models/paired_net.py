@@ -10,9 +10,10 @@ function is the oracle), on float32 (N, 1, H, W) input in *library units*, as fi
    into the kernels, ``(P - mean P)·b = P·(b - sum(b)/n²)``; an extra box-filter channel gives ``mean P``.
 3. Category blend: ``-||f - c||² + ||f||² = 2 f·c - ||c||²`` is a 1x1 convolution; ``TopK`` picks the
    ``n_probe`` nearest centroids, weights ``exp(-(d - d_min)/T)`` normalised (empty categories are dropped).
-4. Per-category ridge maps and patch aggregation in one step: a transposed convolution (stride = the query
-   stride) whose kernels are the category's (d+1, n²) regression matrix, applied to ``w_c · [f, 1]``; the patch
-   mean and the coverage count come from one more grouped transposed convolution with all-ones kernels.
+4. Per-category ridge maps, mean restoration and patch aggregation in one step: a single transposed convolution
+   (stride = the query stride) over the k·(d+2) channels ``w_c · [f, 1, mean P]``, whose kernels are each
+   category's (d+1, n²) regression matrix plus an all-ones kernel for ``mean P`` (the weights sum to 1). The
+   coverage count is separable (the query grid is a product of row and column sets): two 1-D counts.
 
 The NumPy grid (:func:`refscope.models.patches.patch_grid`) is the strided lattice plus the last row and
 column. A strided convolution yields only the lattice, so the extra row, column and corner are computed from the
@@ -20,10 +21,12 @@ last n rows / columns of the padded image and added to the bottom / right strips
 is 0 when the last row (column) already lies on the lattice. The result equals the oracle everywhere, borders
 included (float32 rounding only; :mod:`tests.models.test_paired_net`).
 
-Receptive field: an output pixel depends on LR pixels within ``(2·(n//2) + stride)/S + 3`` px. The query
-lattice is anchored at the frame's top-left corner, so tiled serving reproduces the untiled output only when
-every tile window starts at a multiple of ``stride / gcd(S, stride)`` LR px (always true when ``stride``
-divides S, e.g. the default S = 2, stride = 2).
+Receptive field: an output pixel depends on LR pixels within ``ceil(2·(n//2)/S) + 3`` px
+(:func:`receptive_radius`), frame-edge handling included. The query lattice is anchored at the frame's top-left
+corner, so tiled serving (:func:`refscope.models.tiling.process_tiled`) reproduces the untiled output only when
+every tile window starts at a multiple of ``stride / gcd(S, stride)`` LR px: always when the stride divides S
+(the default S = 2, stride = 2); at S = 3 with stride 2 tiles starting at odd LR columns/rows see a shifted
+lattice and differ slightly from the untiled output.
 
 :func:`export_paired_model` exports a fitted model with the intensity map in the manifest, so that
 :class:`refscope.daemon.runtime.OnnxModel` feeds raw LR intensities and gets LR intensities back.
@@ -31,6 +34,7 @@ divides S, e.g. the default S = 2, stride = 2).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -59,9 +63,16 @@ def bicubic_phase_kernels(scale: int) -> np.ndarray:
 
 
 def receptive_radius(scale: int, patch_size: int, stride: int) -> int:
-    """Input (LR) pixels on each side an output pixel depends on; use it as the minimum tiling halo."""
-    half = patch_size // 2
-    return int(math.ceil((2 * half + stride) / scale)) + 3
+    """LR pixels on each side that an output pixel depends on; the minimum tiling halo.
+
+    Queries within n//2 output px of a pixel contribute to it, and each reads n//2 px further: 2·(n//2) output
+    px = 2·(n//2)/S LR px, plus 2 LR px of bicubic support and 1 px for the LR pixel's own extent. (The stride
+    does not widen it; it is a parameter so that the bound can be revised without changing callers.)
+    """
+    half = check_patch_size(patch_size) // 2
+    if stride < 1 or scale < 1:
+        raise ValueError(f"scale and stride must be >= 1, got {scale!r}, {stride!r}")
+    return int(math.ceil(2 * half / scale)) + 3
 
 
 def _symmetric_pad2(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -130,11 +141,11 @@ class PairedLibraryNet(torch.nn.Module):
         # scores 2 f·c - ||c||² over [f, 1] (larger = nearer): 1x1 conv on the d feature channels
         buf("score_kernel", (2.0 * centroids[:, :dim]).reshape(-1, dim, 1, 1))
         buf("score_bias", 2.0 * centroids[:, dim] - np.einsum("ij,ij->i", centroids, centroids))
-        # overlap-add kernels: category c, feature e (e = d: the constant 1) -> n x n predicted patch
-        buf("patch_kernel", weights.reshape(-1, dim + 1, 1, n, n))
-        buf("ones_kernel", np.ones((2, 1, n, n)))
-        self.fused = True
-        buf("fused_kernel", weights.reshape(-1, 1, n, n))
+        # overlap-add kernels: category c, input [f (d), 1, mean P] -> n x n predicted patch (one transposed conv)
+        per_category = np.concatenate([weights, np.ones((len(weights), 1, n * n))], axis=1)  # (k, d+2, n²)
+        buf("patch_kernel", per_category.reshape(-1, 1, n, n))
+        buf("ones_kernel", np.ones((1, 1, n, n)))
+        self.short = max(0, self.stride - n // 2 - 1)  # a lattice too sparse for the ConvT to reach the last pixel
 
     # -------------------------------------------------------------------------------------------- building
     @classmethod
@@ -167,8 +178,12 @@ class PairedLibraryNet(torch.nn.Module):
         return F.pixel_shuffle(F.conv2d(padded, self.up_kernel), self.scale)
 
     def _aggregate(self, region: torch.Tensor, stride: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict the patches of the queries of ``region`` (padded image rows/cols) on a ``stride`` lattice and
-        overlap-add them: returns (sum, coverage), each (N, 1, ·, ·) starting at the first query minus n//2."""
+        """Predict the patches of the queries of ``region`` (rows/cols of the padded upsampled image) on a
+        ``stride`` lattice and overlap-add them.
+
+        Returns the (N, 1, ·, ·) sum, whose first row/column is the first query's centre minus n//2, and a
+        (1, 1, h, w) tensor of ones with the lattice's shape.
+        """
         feats = F.conv2d(region, self.feat_kernel, self.feat_bias, stride=stride)  # (N, d+1, h, w)
         f, mean = feats[:, : self.dim], feats[:, self.dim:]
         scores = F.conv2d(f, self.score_kernel, self.score_bias)  # (N, k, h, w)
@@ -176,54 +191,58 @@ class PairedLibraryNet(torch.nn.Module):
         # exp(-(d - d_min)/T) for the n_probe nearest (score >= the n_probe-th best), 0 for the others
         w = torch.exp((scores - top[:, :1]) / self.temperature) * (scores >= top[:, -1:]).to(scores.dtype)
         w = w / w.sum(dim=1, keepdim=True)
-        f_ext = torch.cat([f, torch.ones_like(mean)], dim=1)
-        total = F.conv_transpose2d(torch.cat([mean, torch.ones_like(mean)], dim=1), self.ones_kernel,
-                                   stride=stride, groups=2)  # (mean overlap-add, coverage)
-        acc, cov = total[:, :1], total[:, 1:]
-        if self.fused:  # one transposed convolution over [w_c·f_ext for every c]: one GEMM, one col2im
-            z = (w.unsqueeze(2) * f_ext.unsqueeze(1)).flatten(1, 2)
-            acc = acc + F.conv_transpose2d(z, self.fused_kernel, stride=stride)
-        else:
-            for c in range(self.n_categories):
-                acc = acc + F.conv_transpose2d(w[:, c:c + 1] * f_ext, self.patch_kernel[c], stride=stride)
-        short = max(0, self.stride - self.patch_size // 2 - 1)  # lattice too sparse to reach the last pixel
-        if short:
-            acc, cov = F.pad(acc, (0, short, 0, short)), F.pad(cov, (0, short, 0, short))
-        return acc, cov
+        # [f, 1, mean P]: the weights sum to 1, so the mean rides along as one more all-ones kernel per category
+        f_ext = torch.cat([f, torch.ones_like(mean), mean], dim=1)
+        z = (w.unsqueeze(2) * f_ext.unsqueeze(1)).flatten(1, 2)  # (N, k·(d+2), h, w)
+        acc = F.conv_transpose2d(z, self.patch_kernel, stride=stride)  # one GEMM and one col2im
+        if self.short:
+            acc = F.pad(acc, (0, self.short, 0, self.short))
+        return acc, torch.ones_like(mean[:1])
+
+    def _coverage(self, ones: torch.Tensor, extra: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+        """Patches covering each output row (dim=2) or column (dim=3): lattice count + the extra last query."""
+        half, s = self.patch_size // 2, self.stride
+        line = ones.narrow(5 - dim, 0, 1)  # (1, 1, h, 1) or (1, 1, 1, w)
+        kernel = self.ones_kernel[:, :, :, :1] if dim == 2 else self.ones_kernel[:, :, :1, :]
+        step = (s, 1) if dim == 2 else (1, s)
+        count = F.conv_transpose2d(line, kernel, stride=step)
+        if self.short:
+            count = F.pad(count, (0, self.short) if dim == 3 else (0, 0, 0, self.short))
+        count = count.narrow(dim, half, size)
+        tail = count.narrow(dim, size - half - 1, half + 1) + extra
+        return torch.cat([count.narrow(dim, 0, size - half - 1), tail], dim=dim)
+
+    def _off_lattice(self, size: torch.Tensor) -> torch.Tensor:
+        """1.0 where index ``size - 1`` is not a multiple of the stride, else 0.0 (shape-derived, ONNX friendly)."""
+        q = (size - 1.0) / float(self.stride)
+        return (q != torch.floor(q)).to(size.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) library units -> (N, 1, S·H, S·W) library units, as ``reconstruct_paired``."""
         n, half, s = self.patch_size, self.patch_size // 2, self.stride
         up = self.upsample(x)
         height, width = up.shape[2], up.shape[3]
         padded = F.pad(up, (half, half, half, half), mode="reflect")
-        # lattice rows 0, s, 2s, ... (< H): the last row H-1 is an extra query row unless it is on the lattice
-        ramp_y = torch.cumsum(torch.ones_like(up[:1, :1, :, :1]), dim=2)
-        ramp_x = torch.cumsum(torch.ones_like(up[:1, :1, :1, :]), dim=3)
-        extra_y = (ramp_y[:, :, -1:] != ramp_y[:, :, ::s][:, :, -1:]).to(up.dtype)  # (1, 1, 1, 1) 0/1
-        extra_x = (ramp_x[..., -1:] != ramp_x[..., ::s][..., -1:]).to(up.dtype)
+        # lattice rows 0, s, 2s, ... (< H); the last row H-1 is an extra query row unless s divides H-1
+        extra_y = self._off_lattice(torch.cumsum(torch.ones_like(up[:1, :1, :, :1]), dim=2)[:, :, -1:])
+        extra_x = self._off_lattice(torch.cumsum(torch.ones_like(up[:1, :1, :1, :]), dim=3)[..., -1:])
 
-        acc, cov = self._aggregate(padded, (s, s))
+        acc, ones = self._aggregate(padded, (s, s))
         acc = acc[:, :, half:half + height, half:half + width]
-        cov = cov[:, :, half:half + height, half:half + width]
-        # extra row (query row H-1 at every lattice column): affects the last half+1 output rows
-        row_acc, row_cov = self._aggregate(padded[:, :, -n:], (1, s))
-        row_acc = row_acc[:, :, : half + 1, half:half + width] * extra_y
-        row_cov = row_cov[:, :, : half + 1, half:half + width] * extra_y
-        acc = torch.cat([acc[:, :, : -(half + 1)], acc[:, :, -(half + 1):] + row_acc], dim=2)
-        cov = torch.cat([cov[:, :, : -(half + 1)], cov[:, :, -(half + 1):] + row_cov], dim=2)
-        # extra column (query column W-1 at every lattice row) and the corner (H-1, W-1)
-        col_acc, col_cov = self._aggregate(padded[:, :, :, -n:], (s, 1))
-        col_acc = col_acc[:, :, half:half + height, : half + 1] * extra_x
-        col_cov = col_cov[:, :, half:half + height, : half + 1] * extra_x
-        cor_acc, cor_cov = self._aggregate(padded[:, :, -n:, -n:], (1, 1))
-        corner = extra_x * extra_y
-        cor_acc = cor_acc[:, :, : half + 1, : half + 1] * corner
-        cor_cov = cor_cov[:, :, : half + 1, : half + 1] * corner
-        col_acc = torch.cat([col_acc[:, :, : -(half + 1)], col_acc[:, :, -(half + 1):] + cor_acc], dim=2)
-        col_cov = torch.cat([col_cov[:, :, : -(half + 1)], col_cov[:, :, -(half + 1):] + cor_cov], dim=2)
-        acc = torch.cat([acc[..., : -(half + 1)], acc[..., -(half + 1):] + col_acc], dim=3)
-        cov = torch.cat([cov[..., : -(half + 1)], cov[..., -(half + 1):] + col_cov], dim=3)
-        return acc / torch.clamp(cov, min=1e-12)
+        # extra row (query row H-1 at every lattice column): adds to the last half+1 output rows
+        row, _ = self._aggregate(padded[:, :, -n:], (1, s))
+        row = row[:, :, : half + 1, half:half + width] * extra_y
+        acc = torch.cat([acc[:, :, : -(half + 1)], acc[:, :, -(half + 1):] + row], dim=2)
+        # extra column (query column W-1 at every lattice row) plus the corner query (H-1, W-1)
+        col, _ = self._aggregate(padded[:, :, :, -n:], (s, 1))
+        col = col[:, :, half:half + height, : half + 1] * extra_x
+        corner, _ = self._aggregate(padded[:, :, -n:, -n:], (1, 1))
+        corner = corner[:, :, : half + 1, : half + 1] * (extra_x * extra_y)
+        col = torch.cat([col[:, :, : -(half + 1)], col[:, :, -(half + 1):] + corner], dim=2)
+        acc = torch.cat([acc[..., : -(half + 1)], acc[..., -(half + 1):] + col], dim=3)
+        # the query grid is a product of row and column sets, so the coverage count is separable
+        coverage = self._coverage(ones, extra_y, 2, height) * self._coverage(ones, extra_x, 3, width)
+        return acc / torch.clamp(coverage, min=1e-12)
 
 
 def export_paired_model(model, *, opset: int = 17, version: str = "1", validation=(),
@@ -253,6 +272,10 @@ def export_paired_model(model, *, opset: int = 17, version: str = "1", validatio
 
     net = PairedLibraryNet.from_fitted(model)
     low, high = float(model.intensity.low), float(model.intensity.high)
-    return export_torch_module(net, scale=model.scale, opset=opset, kind=PAIRED_KIND, input_offset=low,
-                               input_scale=255.0 / (high - low), library_size=len(model.library), version=version,
-                               validation=validation, sample_shape=sample_shape)
+    with warnings.catch_warnings():
+        # torch's reflect-pad symbolic reverses its constant pad list with a steps=-1 Slice, which its constant
+        # folder then declines to fold: harmless (one tiny Slice at run time), reported as a UserWarning
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        return export_torch_module(net, scale=model.scale, opset=opset, kind=PAIRED_KIND, input_offset=low,
+                                   input_scale=255.0 / (high - low), library_size=len(model.library),
+                                   version=version, validation=validation, sample_shape=sample_shape)

@@ -12,7 +12,6 @@ import pytest
 from scipy import ndimage
 
 from refscope.models.errors import ImageError, RegistrationError
-from refscope.models.image_ops import upsample_bicubic
 from refscope.models.local_registration import PAPER_VARIANCE_THRESHOLD, matched_patches, register_local
 from refscope.models.registration import (PairGeometry, overlap_box, register_global, resample_hr_to_lr_grid)
 

@@ -1,0 +1,501 @@
+"""Learn from HR references while the daemon keeps serving: a worker thread that pairs, fits and promotes.
+
+For each HR reference handed to :meth:`Learner.submit_reference` the worker
+
+1. pairs it with a recent LR frame (:func:`~refscope.daemon.pairing.pair_reference`; the recent LR frames are
+   those fed to :meth:`Learner.note_lr` *before* the reference was submitted);
+2. splits the pair's overlap into a training area and held-out subimages
+   (:func:`~refscope.models.promotion.split_for_validation`);
+3. fits a candidate by extending the serving model's library with the training area (incremental: no
+   re-clustering; the first reference builds a library);
+4. scores the serving model (bicubic when there is none) and the candidate on the held-out subimages
+   (ΔPSNR over bicubic, dB, reconstruction method ``"paired"``) and applies
+   :func:`~refscope.models.promotion.decide_promotion`;
+5. on promotion: saves the candidate atomically in ``state_dir`` (``library.npz``/``library.json`` by
+   :func:`~refscope.daemon.model_store.save_model`, then ``model_version.json``), records it, emits
+   ``model_promoted`` and calls ``on_promoted`` (which must return quickly: serving swaps models, the learner
+   never waits for it). On rejection the candidate is discarded and the serving model stays the champion.
+
+Every pair learned from is recorded (``catalogue.record_pair``, event ``pair_learned``). A reference that cannot
+be used (no matching LR frame, mismatched scale, too little texture...) is counted by reason, logged on
+``refscope.learner``, recorded and announced as event ``pair_rejected``; the worker carries on. Only a failure
+of the learner itself (a bug, an exception from ``on_promoted``, the catalogue failing) stops the worker; it is
+stored and re-raised on the owner's thread by :meth:`Learner.check` and :meth:`Learner.stop`.
+
+Queue policy: at most ``queue_size`` references wait; when a new one arrives on a full queue, the *oldest*
+waiting reference is dropped (counted in ``references_dropped`` and logged), so the newest references are kept.
+
+Restart: :func:`load_initial` reads the saved model and its version back (missing state: bicubic, version 0).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refscope.models.errors import RefscopeModelError
+from refscope.models.pipeline import FitConfig, FittedModel, enhance, fit_library
+from refscope.models.promotion import (PromotionDecision, decide_promotion, held_out_delta_psnr,
+                                       split_for_validation)
+
+from .atomic import atomic_write_json
+from .catalogue import Catalogue
+from .errors import RefscopeError, StateError
+from .frames import Frame
+from .model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model
+from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
+from .publish import EventPublisher
+from .state_store import has_state, state_paths
+
+__all__ = [
+    "LEARNER_LOGGER",
+    "MODEL_VERSION_FILE",
+    "LEARN_METHOD",
+    "LearnerStatus",
+    "Learner",
+    "load_initial",
+]
+
+LEARNER_LOGGER = "refscope.learner"
+MODEL_VERSION_FILE = "model_version.json"
+"""``<state_dir>/model_version.json``: version, held-out ΔPSNR and checksum of the saved model."""
+LEARN_METHOD = "paired"
+"""Reconstruction method used to judge candidates and champions."""
+
+_log = logging.getLogger(LEARNER_LOGGER)
+
+OnPromoted = Callable[[FittedModel, int, PromotionDecision], None]
+
+
+@dataclass(frozen=True)
+class LearnerStatus:
+    """A snapshot of the learner (any thread may ask).
+
+    Attributes:
+        pairs_learned: references paired and fitted (whether or not the candidate was promoted).
+        references_rejected: references that could not be learned from.
+        rejected_by_reason: ``references_rejected`` by reason slug (:data:`~refscope.daemon.pairing.PAIRING_REASONS`
+            or ``"fit_failed"``); a copy.
+        references_dropped: references dropped unprocessed because the queue was full.
+        queued: references waiting.
+        busy: a reference is being processed now.
+        library_size: pairs in the serving model's library (0: bicubic).
+        model_version: version of the serving model (0: bicubic, no learned model).
+        held_out_delta_db: the serving model's ΔPSNR over bicubic (dB) on the held-out area of the latest
+            reference it was judged on; 0.0 for bicubic; None when not measured yet.
+        last_decision_reason: why the latest candidate was (not) promoted, or None.
+        last_error: the latest rejection or failure message, or None.
+        models_promoted: candidates promoted so far.
+        models_rejected: candidates not promoted so far.
+    """
+
+    pairs_learned: int = 0
+    references_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    references_dropped: int = 0
+    queued: int = 0
+    busy: bool = False
+    library_size: int = 0
+    model_version: int = 0
+    held_out_delta_db: float | None = None
+    last_decision_reason: str | None = None
+    last_error: str | None = None
+    models_promoted: int = 0
+    models_rejected: int = 0
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN/inf: non-finite values become None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _predictor(model: FittedModel) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda lr: enhance(lr, model, method=LEARN_METHOD)
+
+
+class Learner:
+    """The learning worker (see the module docstring). ``start()``, feed it, ``check()`` now and then, ``stop()``.
+
+    Args:
+        fit_config: scale, library and registration options (frozen).
+        state_dir: folder where promoted models are saved (created if missing).
+        catalogue: where pairs, models and events are recorded, or None.
+        events: where events are published (anything with ``emit(type, payload)``), or None.
+        on_promoted: called on the worker thread as ``on_promoted(model, version, decision)`` after a model is
+            saved; must return quickly. An exception from it stops the worker (re-raised by :meth:`check`).
+        hooks: which LR frames may contain an HR reference; default :class:`PairingHooks`.
+        initial_model: the model serving now (e.g. from :func:`load_initial`), None for bicubic.
+        initial_version: its version (0: bicubic).
+        queue_size: references waiting at most (>= 1); beyond it the oldest waiting one is dropped.
+        margin_db: a candidate must beat the serving model and bicubic by more than this, dB.
+        recent_lr: LR frames remembered for pairing (>= 1).
+        poll_interval_s: how often the idle worker checks for stop, seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        fit_config: FitConfig,
+        state_dir: Path,
+        catalogue: Catalogue | None,
+        events: EventPublisher | None,
+        on_promoted: OnPromoted,
+        hooks: PairingHooks | None = None,
+        initial_model: FittedModel | None = None,
+        initial_version: int = 0,
+        queue_size: int = 4,
+        margin_db: float = 0.0,
+        recent_lr: int = 16,
+        poll_interval_s: float = 0.1,
+    ) -> None:
+        if int(queue_size) != queue_size or queue_size < 1:
+            raise ValueError(f"learner: queue_size must be an integer >= 1, got {queue_size!r}")
+        if isinstance(initial_version, bool) or int(initial_version) != initial_version or initial_version < 0:
+            raise ValueError(f"learner: initial_version must be an integer >= 0, got {initial_version!r}")
+        if not math.isfinite(margin_db):
+            raise ValueError(f"learner: margin_db must be a finite number of dB, got {margin_db!r}")
+        if not poll_interval_s > 0:
+            raise ValueError(f"learner: poll_interval_s must be > 0 seconds, got {poll_interval_s!r}")
+        if initial_model is not None:
+            patch = fit_config.library_config.patch_size
+            if initial_model.scale != fit_config.scale or initial_model.library.patch_size != patch:
+                raise ValueError(
+                    f"learner: the initial model (scale {initial_model.scale}, patch size "
+                    f"{initial_model.library.patch_size}) does not match the fit configuration (scale "
+                    f"{fit_config.scale}, patch size {patch}); start without it or change the configuration")
+        self._config = fit_config
+        self._state_dir = Path(state_dir)
+        self._catalogue = catalogue
+        self._events = events
+        self._on_promoted = on_promoted
+        self._hooks = hooks if hooks is not None else PairingHooks()
+        self._margin_db = float(margin_db)
+        self._queue_size = int(queue_size)
+        self._poll_s = float(poll_interval_s)
+        self._recent = RecentFrames(recent_lr)
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[tuple[Frame, list[Frame]]] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+        self._model = initial_model
+        self._version = int(initial_version)
+        self._delta_db: float | None = 0.0 if initial_model is None else None
+        self._pairs = 0
+        self._rejected: dict[str, int] = {}
+        self._dropped = 0
+        self._busy = False
+        self._promoted = 0
+        self._not_promoted = 0
+        self._last_reason: str | None = None
+        self._last_error: str | None = None
+
+    # ------------------------------------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        """Start the worker thread (RefscopeError if already started or stopped)."""
+        if self._thread is not None or self._stop.is_set():
+            raise RefscopeError("learner: already started (or stopped); make a new Learner")
+        self._thread = threading.Thread(target=self._run, name="refscope-learner", daemon=True)
+        self._thread.start()
+        _log.info("learner started: serving model version %d (%s)", self._version,
+                  "bicubic" if self._model is None else f"library of {len(self._model.library)} pairs")
+
+    def note_lr(self, frame: Frame) -> None:
+        """Remember an LR frame as a pairing candidate for later references (cheap; any thread)."""
+        self._recent.add(frame)
+
+    def submit_reference(self, frame: Frame) -> bool:
+        """Queue an HR reference without blocking; pairs it with the LR frames noted so far.
+
+        Returns False when the learner is stopped or has failed (see :meth:`check`), True when queued (on a full
+        queue the oldest waiting reference is dropped, counted and logged to make room).
+        """
+        if self._stop.is_set() or self._error is not None:
+            return False
+        recent = self._recent.snapshot()
+        dropped: Frame | None = None
+        with self._wake:
+            if len(self._queue) >= self._queue_size:
+                dropped = self._queue.popleft()[0]
+                self._dropped += 1
+                self._last_error = (f"HR reference {dropped.source}: dropped unprocessed, the learning queue was full "
+                                    f"({self._queue_size} references waiting)")
+                total = self._dropped
+            self._queue.append((frame, recent))
+            self._wake.notify()
+        if dropped is not None:
+            _log.warning("dropped (queue_full, %d so far): HR reference %s, queue of %d full; kept the newer %s",
+                         total, dropped.source, self._queue_size, frame.source)
+        return True
+
+    def status(self) -> LearnerStatus:
+        """Current counters and serving model (any thread)."""
+        with self._lock:
+            return LearnerStatus(
+                pairs_learned=self._pairs,
+                references_rejected=sum(self._rejected.values()),
+                rejected_by_reason=dict(self._rejected),
+                references_dropped=self._dropped,
+                queued=len(self._queue),
+                busy=self._busy,
+                library_size=0 if self._model is None else len(self._model.library),
+                model_version=self._version,
+                held_out_delta_db=self._delta_db,
+                last_decision_reason=self._last_reason,
+                last_error=self._last_error,
+                models_promoted=self._promoted,
+                models_rejected=self._not_promoted,
+            )
+
+    def current_model(self) -> tuple[FittedModel | None, int]:
+        """The serving model (None: bicubic) and its version."""
+        with self._lock:
+            return self._model, self._version
+
+    def check(self) -> None:
+        """Re-raise, on the caller's thread, the exception that stopped the worker (if any)."""
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker: the reference being fitted is finished (or abandoned before its fit starts),
+        waiting ones are discarded. Waits up to ``timeout`` seconds, then re-raises a worker failure.
+        Idempotent."""
+        with self._wake:
+            self._stop.set()
+            self._wake.notify_all()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                _log.error("learner: worker did not stop within %s s", timeout)
+        with self._lock:
+            left = len(self._queue)
+            self._queue.clear()
+        if left:
+            _log.info("learner stopped; %d waiting reference(s) not processed", left)
+        self.check()
+
+    def __enter__(self) -> Learner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------------------- worker
+
+    def _next(self) -> tuple[Frame, list[Frame]] | None:
+        with self._wake:
+            if not self._queue and not self._stop.is_set():
+                self._wake.wait(self._poll_s)
+            if self._stop.is_set() or not self._queue:
+                return None
+            self._busy = True
+            return self._queue.popleft()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._next()
+                if item is None:
+                    continue
+                try:
+                    self._process(*item)
+                finally:
+                    with self._lock:
+                        self._busy = False
+        except BaseException as exc:  # re-raised by check()/stop() on the owner's thread
+            _log.exception("learner: worker failed")
+            with self._lock:
+                self._last_error = f"learner failed: {type(exc).__name__}: {exc}"
+            self._error = exc
+            try:
+                self._emit("error", {"component": "learner", "message": f"learner failed: {exc}"})
+            except Exception:  # noqa: BLE001 - best effort: the failure itself is what matters
+                pass
+
+    def _process(self, hr: Frame, recent: list[Frame]) -> None:
+        scale = self._config.scale
+        try:
+            pair = pair_reference(hr, recent, config=self._config, hooks=self._hooks)
+        except PairingError as exc:
+            self._reject(hr.source, exc.reason, str(exc), best_ncc=exc.best_ncc)
+            return
+        if self._stop.is_set():
+            return
+        champion = self._model  # only this thread replaces it
+        try:
+            split = split_for_validation(pair.lr_region, pair.hr_grid, scale=scale)
+            candidate = fit_library([split.train], config=self._config, model=champion, geometries=[pair.geometry])
+            champion_db = held_out_delta_psnr(None if champion is None else _predictor(champion), split.held_out,
+                                              scale=scale)
+            candidate_db = held_out_delta_psnr(_predictor(candidate), split.held_out, scale=scale)
+        except (RefscopeModelError, ValueError) as exc:
+            self._reject(hr.source, "fit_failed", f"HR reference {hr.source} (paired with {pair.lr_source}) could not "
+                         f"be learned from: {exc}")
+            return
+        decision = decide_promotion(candidate_db, champion_db, margin_db=self._margin_db)
+        self._record_pair(pair)
+        if decision.promote:
+            self._promote(candidate, decision, pair)
+        else:
+            self._keep_champion(candidate, decision, pair, champion_db)
+
+    # ------------------------------------------------------------------------------------------ outcomes
+
+    def _emit(self, type: str, payload: Mapping[str, Any]) -> None:
+        """Record the event in the catalogue and publish it."""
+        if self._catalogue is not None:
+            self._catalogue.record_event(type, payload)
+        if self._events is not None:
+            self._events.emit(type, payload)
+
+    def _reject(self, hr_source: str, reason: str, message: str, *, best_ncc: float | None = None) -> None:
+        with self._lock:
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self._last_error = message
+        _log.warning("reference rejected (%s): %s", reason, message)
+        self._emit("pair_rejected", {"hr": hr_source, "reason": reason, "message": message,
+                                     "best_ncc": _finite(best_ncc)})
+
+    def _record_pair(self, pair: PairResult) -> None:
+        g = pair.geometry
+        geometry = {"offset_yx": list(g.offset_yx), "factor_yx": list(g.factor_yx), "rotation_deg": g.rotation_deg,
+                    "score": _finite(g.score), "box": [list(pair.box[0]), list(pair.box[1])]}
+        with self._lock:
+            self._pairs += 1
+        _log.info("paired %s with %s: offset (%.2f, %.2f) LR px, rotation %.2f deg, NCC %.3f",
+                  pair.hr_source, pair.lr_source, g.offset_yx[0], g.offset_yx[1], g.rotation_deg, g.score)
+        if self._catalogue is not None:
+            self._catalogue.record_pair(pair.hr_source, pair.lr_source, geometry, _finite(g.score))
+        self._emit("pair_learned", {"hr": pair.hr_source, "lr": pair.lr_source, "offset": list(g.offset_yx),
+                                    "rotation": g.rotation_deg, "ncc": _finite(g.score),
+                                    "factor": list(g.factor_yx)})
+
+    def _scores(self, decision: PromotionDecision, pair: PairResult) -> dict[str, Any]:
+        return {"candidate_delta_db": _finite(decision.candidate_delta_db),
+                "champion_delta_db": _finite(decision.champion_delta_db), "margin_db": self._margin_db,
+                "hr": pair.hr_source, "lr": pair.lr_source}
+
+    def _record_model(self, version: int, candidate: FittedModel, scores: dict[str, Any], promoted: bool,
+                      reason: str) -> None:
+        if self._catalogue is not None:
+            self._catalogue.record_model(str(version), kind=MODEL_KIND, method=LEARN_METHOD,
+                                         library_size=len(candidate.library), scores=scores, promoted=promoted,
+                                         reason=reason)
+
+    def _promote(self, candidate: FittedModel, decision: PromotionDecision, pair: PairResult) -> None:
+        version = self._version + 1
+        scores = self._scores(decision, pair)
+        try:
+            save_model(self._state_dir, candidate, sources=[pair.lr_source, pair.hr_source])
+            _write_version(self._state_dir, version, decision.candidate_delta_db, len(candidate.library),
+                           [pair.lr_source, pair.hr_source])
+        except (StateError, OSError, ValueError) as exc:
+            message = (f"candidate model {version} (from {pair.hr_source}) beat the serving model but could not be "
+                       f"saved in {self._state_dir} ({exc}); the serving model is kept")
+            with self._lock:
+                self._not_promoted += 1
+                self._last_reason = message
+                self._last_error = message
+            _log.error("%s", message)
+            self._record_model(version, candidate, scores, False, message)
+            self._emit("error", {"component": "learner", "message": message})
+            return
+        with self._lock:
+            self._model = candidate
+            self._version = version
+            self._delta_db = _finite(decision.candidate_delta_db)
+            self._promoted += 1
+            self._last_reason = decision.reason
+        _log.info("promoted model %d (library of %d pairs): %s", version, len(candidate.library), decision.reason)
+        self._record_model(version, candidate, scores, True, decision.reason)
+        self._emit("model_promoted", {"version": version, "held_out_delta_db": _finite(decision.candidate_delta_db),
+                                      "reason": decision.reason, "library_size": len(candidate.library)})
+        self._on_promoted(candidate, version, decision)
+
+    def _keep_champion(self, candidate: FittedModel, decision: PromotionDecision, pair: PairResult,
+                       champion_db: float) -> None:
+        with self._lock:
+            self._not_promoted += 1
+            self._last_reason = decision.reason
+            self._delta_db = 0.0 if self._model is None else _finite(champion_db)
+            version = self._version
+        _log.info("candidate from %s not promoted (model %d keeps serving): %s", pair.hr_source, version,
+                  decision.reason)
+        self._record_model(version + 1, candidate, self._scores(decision, pair), False, decision.reason)
+        self._emit("model_rejected", {"version": version, "candidate_delta_db": _finite(decision.candidate_delta_db),
+                                      "held_out_delta_db": _finite(decision.champion_delta_db),
+                                      "reason": decision.reason, "library_size": len(candidate.library),
+                                      "hr": pair.hr_source})
+
+
+# -------------------------------------------------------------------------------------- saved version
+
+
+def _library_sha256(state_dir: Path) -> str | None:
+    """Checksum of the saved library (from its manifest), None when unreadable."""
+    try:
+        document = json.loads(state_paths(state_dir, MODEL_STATE_NAME)[1].read_text(encoding="utf-8"))
+        return str(document["refscope_state"]["npz_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_version(state_dir: Path, version: int, delta_db: float, library_size: int, sources: list[str]) -> None:
+    """Write ``model_version.json`` atomically, tied to the library just saved by its checksum."""
+    atomic_write_json(state_dir / MODEL_VERSION_FILE, {
+        "version": int(version),
+        "library_sha256": _library_sha256(state_dir),
+        "held_out_delta_db": _finite(delta_db),
+        "library_size": int(library_size),
+        "sources": sources,
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def load_initial(state_dir: str | Path) -> tuple[FittedModel | None, int]:
+    """The saved model and its version, to resume after a restart.
+
+    No saved model in ``state_dir`` (or no such folder): ``(None, 0)``, bicubic. A saved model is verified
+    (:func:`~refscope.daemon.model_store.load_model`; StateError when corrupt). Its version comes from
+    ``model_version.json`` when that file describes this very library (same checksum); a model without that
+    file (e.g. written by ``refscope fit -o``) is version 1; a model newer than the file (a save interrupted
+    before the file was written) is the file's version + 1.
+    """
+    folder = Path(state_dir)
+    if not has_state(folder, MODEL_STATE_NAME):
+        return None, 0
+    model = load_model(folder)
+    path = folder / MODEL_VERSION_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        version = int(record["version"])
+        recorded_sha = record.get("library_sha256")
+    except FileNotFoundError:
+        return model, 1
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _log.warning("%s: unreadable (%s); counting the saved model as version 1", path, exc)
+        return model, 1
+    if recorded_sha is not None and recorded_sha != _library_sha256(folder):
+        _log.warning("%s: describes version %d but the saved library is newer; resuming as version %d",
+                     path, version, version + 1)
+        return model, version + 1
+    return model, version
