@@ -25,9 +25,11 @@ from refscope.models.evaluation import evaluate_pair
 from refscope.models.pipeline import FitConfig
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results_md import write_section  # noqa: E402
+
 DATA = Path(os.environ.get("REFSCOPE_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "sem_pairs"
 METHODS = ("paired", "paired-faithful", "original")
-MARK_BEGIN, MARK_END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
 def run_pair(pair: dict, in_sample: bool) -> dict:
@@ -51,7 +53,7 @@ def _row(res: dict, method: str, sample: str) -> dict | None:
 
 
 def render(results: list[dict], command: str, elapsed: float) -> str:
-    lines = [MARK_BEGIN, "## Real-data quality (paired library, issue 2)", "",
+    lines = ["## Real-data quality (paired library, issue 2)", "",
              f"Command: `{command}` — {elapsed / 60:.1f} min on {platform.node() or 'this machine'} "
              f"({os.cpu_count()} cores, {platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.",
              "Protocol: 3x4 subimages of the overlap, library from the left 9, scored on the right 3 (out) and the 9 "
@@ -75,19 +77,7 @@ def render(results: list[dict], command: str, elapsed: float) -> str:
         if sel:
             means = [np.mean([_row(r, m, "out")["d_psnr"] for r in sel]) for m in METHODS]
             lines.append(f"| {name} ({len(sel)}) | " + " | ".join(f"{v:+.2f}" for v in means) + " |")
-    lines += ["", MARK_END]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text:
-        text = text[: text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(results, command.strip(), elapsed)
     print(section)
     if not args.no_write:
-        write_section(HERE / "RESULTS.md", section)
+        write_section("quality", section)
         (HERE / "quality_results.json").write_text(json.dumps(results, indent=1))
     return 0
 

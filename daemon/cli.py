@@ -32,6 +32,7 @@ from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_p
                                       register_reference, training_grids)
 from refscope.models.registration import PairGeometry
 
+from .daemon_cli import add_daemon_parser
 from .errors import InputFileError, RefscopeError
 from .model_store import load_model, save_model
 from .report import format_table, write_csv, write_json, write_plot
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=_scale, default=2, metavar="S", help="output scale, 2-8 (default 2)")
     _pixel_flags(p)
     p.add_argument("--library-size", type=int, default=8000, metavar="L", help="patch pairs kept (default 8000)")
-    p.add_argument("--patch-size", type=int, metavar="N", help="odd patch side on the output grid (default 4*S+1)")
+    p.add_argument("--patch-size", type=int, metavar="N", help="odd patch side on the output grid (default 9)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the library sampling (default 0)")
     p.set_defaults(handler=_cmd_fit)
 
@@ -326,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="a small pair (a few seconds)")
     p.add_argument("--workdir", metavar="DIR", help="folder for the files (default: a new temporary folder)")
     p.set_defaults(handler=_cmd_demo)
+
+    add_daemon_parser(sub)
     return parser
 
 

@@ -299,7 +299,7 @@ class ModelConfig:
         'Reconstruction method: "paired", "paired-faithful", "original" or "bicubic" (no learning).'))
     library_size: int = field(default=8000, metadata=_doc("Number of HR/LR patch pairs kept in the learned library (>= 10)."))
     patch_size: int | None = field(default=None, metadata=_doc(
-        "Patch edge in output pixels, odd and >= 3 (unset: 4 * scale + 1).", 9))
+        "Patch edge in output pixels, odd and >= 3 (unset: 9, the paper's n).", 9))
     sigma_n: float | None = field(default=None, metadata=_doc(
         "Filtering strength in normalised intensity units, > 0 (unset: the method's default).", 1.0))
 

@@ -115,5 +115,5 @@ def test_fit_config_validation_and_default_patch_size():
     for bad in (1, 9, 2.5):
         with pytest.raises(ValueError, match="scale"):
             FitConfig(scale=bad)
-    assert default_patch_size(2) == 9 and default_patch_size(4) == 17
-    assert FitConfig(scale=3).library_config.patch_size == 13
+    assert default_patch_size(2) == 9 and default_patch_size(4) == 9  # the paper's n at every scale
+    assert FitConfig(scale=3).library_config.patch_size == 9

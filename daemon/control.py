@@ -1,0 +1,492 @@
+"""The daemon's control endpoint: JSON commands over a ZMQ REP socket, and the client that sends them.
+
+Wire format: one request is a single-part message holding a UTF-8 JSON object ``{"cmd": "<name>", ...args}``
+(at most ``max_request_bytes``, default 64 KiB); the reply is a JSON object ``{"ok": true, ...result}`` or
+``{"ok": false, "error": "<one line>"}``. Non-finite numbers in results are sent as ``null``.
+
+Commands (:data:`COMMANDS`; unknown commands, unknown or ill-typed arguments get ``ok: false``):
+
+``ping``
+    ``{"pong": true, "t": <unix s>}``: the daemon is alive.
+``status``
+    ``{"status": {...}}``: counters, latencies, queue depths, model, learner, ingest (see ``Daemon.status``).
+``pause`` / ``resume``
+    ``{"paused": bool}``. Paused: frames are still received, recorded in the catalogue and learned from,
+    but not enhanced, written or streamed (they are counted under ``skipped.paused``).
+``request_reference``
+    args ``region`` (optional ``[y0, x0, y1, x1]`` in LR pixels of the newest frame) and ``note`` (optional
+    text): emits a ``reference_requested`` event with reason ``"operator"``.
+``set``
+    args ``method`` (one of the methods), ``sigma_n`` (number > 0, or null for the default), ``scale``
+    (2..8; refused while a model of another scale is loaded); at least one. Replies with the new settings.
+``snapshot``
+    writes the raw and enhanced newest frame as TIFFs into ``<state_dir>/snapshots/`` (atomically) and
+    replies ``{"raw": path, "enhanced": path}``.
+
+The server thread polls with a timeout (stop-aware), answers every request (a handler's exception becomes
+``ok: false``; it never stops the thread), and binds 127.0.0.1 unless told otherwise. Requests larger than
+``max_request_bytes`` are answered ``ok: false``; much larger ones (16x) are cut off by libzmq
+(``ZMQ_MAXMSGSIZE``) before they are read, and their sender gets no reply.
+
+:class:`ControlClient` is the REQ side used by the CLI, the TUI and the tests: one request at a time, a
+timeout on every request, and a fresh socket after a timeout (a REQ socket that missed its reply is stuck).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from refscope.models.pipeline import METHODS
+
+from .atomic import to_jsonable
+from .errors import RefscopeError
+
+__all__ = [
+    "CONTROL_LOGGER",
+    "Arg",
+    "COMMANDS",
+    "ControlError",
+    "ControlTimeout",
+    "ControlStats",
+    "validate_request",
+    "encode_reply",
+    "ControlServer",
+    "ControlClient",
+    "wait_for_daemon",
+]
+
+CONTROL_LOGGER = "refscope.control"
+_log = logging.getLogger(CONTROL_LOGGER)
+
+
+class ControlError(RefscopeError):
+    """A control request is invalid, or the daemon refused it (the message is sent back as ``error``)."""
+
+
+class ControlTimeout(RefscopeError, TimeoutError):
+    """No reply from the control endpoint within the timeout."""
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a command.
+
+    Attributes:
+        kind: ``"str"``, ``"int"``, ``"number"`` (finite int or float) or ``"region"`` ([y0, x0, y1, x1]).
+        nullable: ``null`` is accepted (passed on as None).
+        choices: allowed values (for ``"str"``), or None.
+        minimum, maximum: inclusive bounds for numbers; ``positive`` requires > 0.
+        max_chars: longest accepted string.
+    """
+
+    kind: str
+    nullable: bool = False
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False
+    max_chars: int = 1000
+
+
+COMMANDS: Mapping[str, Mapping[str, Arg]] = {
+    "ping": {},
+    "status": {},
+    "pause": {},
+    "resume": {},
+    "request_reference": {"region": Arg("region", nullable=True), "note": Arg("str", nullable=True)},
+    "set": {
+        "method": Arg("str", choices=tuple(METHODS)),
+        "sigma_n": Arg("number", nullable=True, positive=True),
+        "scale": Arg("int", minimum=2, maximum=8),
+    },
+    "snapshot": {},
+}
+"""Command name -> its arguments (all optional; ``set`` needs at least one)."""
+
+_REQUIRE_ONE = {"set"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_arg(cmd: str, name: str, spec: Arg, value: Any) -> Any:
+    where = f"{cmd}: argument {name!r}"
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ControlError(f"{where} must not be null")
+    if spec.kind == "str":
+        if not isinstance(value, str):
+            raise ControlError(f"{where} must be a string, got {type(value).__name__}")
+        if len(value) > spec.max_chars:
+            raise ControlError(f"{where} is longer than {spec.max_chars} characters")
+        if spec.choices is not None and value not in spec.choices:
+            raise ControlError(f"{where} must be one of {', '.join(spec.choices)}; got {value[:80]!r}")
+        return value
+    if spec.kind in ("int", "number"):
+        if spec.kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ControlError(f"{where} must be an integer, got {json.dumps(value)[:80]}")
+        if not _is_number(value):
+            raise ControlError(f"{where} must be a finite number, got {json.dumps(value)[:80]}")
+        if spec.positive and not value > 0:
+            raise ControlError(f"{where} must be > 0, got {value!r}")
+        if (spec.minimum is not None and value < spec.minimum) or (spec.maximum is not None and value > spec.maximum):
+            raise ControlError(f"{where} must lie in {spec.minimum:g}..{spec.maximum:g}, got {value!r}")
+        return value
+    if spec.kind == "region":
+        if not (isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)):
+            raise ControlError(f"{where} must be [y0, x0, y1, x1] (4 numbers, LR pixels)")
+        y0, x0, y1, x1 = (float(v) for v in value)
+        if not (y1 > y0 and x1 > x0 and y0 >= 0 and x0 >= 0):
+            raise ControlError(f"{where} must have 0 <= y0 < y1 and 0 <= x0 < x1, got {value!r}")
+        return [y0, x0, y1, x1]
+    raise AssertionError(f"unknown argument kind {spec.kind!r}")  # pragma: no cover - schema bug
+
+
+def validate_request(document: Any) -> tuple[str, dict[str, Any]]:
+    """Check a decoded request against :data:`COMMANDS`; return ``(cmd, args)`` or raise :class:`ControlError`."""
+    if not isinstance(document, dict):
+        raise ControlError(f"a request must be a JSON object {{\"cmd\": ...}}, got {type(document).__name__}")
+    cmd = document.get("cmd")
+    if not isinstance(cmd, str):
+        raise ControlError("a request needs a string \"cmd\"; commands: " + ", ".join(COMMANDS))
+    if cmd not in COMMANDS:
+        raise ControlError(f"unknown command {cmd[:60]!r}; commands: {', '.join(COMMANDS)}")
+    schema = COMMANDS[cmd]
+    args: dict[str, Any] = {}
+    for name, value in document.items():
+        if name == "cmd":
+            continue
+        if name not in schema:
+            allowed = ", ".join(schema) or "none"
+            raise ControlError(f"{cmd}: unknown argument {str(name)[:60]!r} (allowed: {allowed})")
+        args[name] = _check_arg(cmd, name, schema[name], value)
+    if cmd in _REQUIRE_ONE and not args:
+        raise ControlError(f"{cmd}: give at least one of {', '.join(schema)}")
+    return cmd, args
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats -> None, mappings/sequences recursed, numpy/paths via to_jsonable."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    try:
+        return _clean(to_jsonable(obj))
+    except TypeError:
+        return str(obj)
+
+
+def encode_reply(reply: Mapping[str, Any]) -> bytes:
+    """A reply as UTF-8 JSON (non-finite numbers as null, odd objects as strings)."""
+    return json.dumps(_clean(dict(reply)), allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+@dataclass(frozen=True)
+class ControlStats:
+    """Counters of a :class:`ControlServer`: requests answered, of those refused (``ok: false``) by reason."""
+
+    requests: int = 0
+    refused: int = 0
+    refused_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+Handler = Callable[..., Mapping[str, Any] | None]
+
+
+class ControlServer:
+    """A REP endpoint answering :data:`COMMANDS` with ``handlers`` on its own thread.
+
+    Args:
+        endpoint: endpoint to bind (``"tcp://127.0.0.1:5560"``, or ``:*`` for a free port: read
+            :attr:`bound_endpoint`).
+        handlers: command name -> callable taking the validated arguments as keywords and returning the
+            result mapping (merged into ``{"ok": true, ...}``). Raise ControlError/ValueError/RefscopeError to
+            refuse with that message; any other exception is logged with its traceback and answered
+            ``internal error``. Commands without a handler are answered ``not supported``.
+        context: shared ``zmq.Context`` (not terminated by :meth:`stop`); default: an own one.
+        max_request_bytes: largest request answered, bytes.
+        poll_interval_s: how often, at most, the thread checks for stop, seconds.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        handlers: Mapping[str, Handler],
+        *,
+        context: zmq.Context | None = None,
+        max_request_bytes: int = 64 * 1024,
+        poll_interval_s: float = 0.1,
+    ) -> None:
+        unknown = sorted(set(handlers) - set(COMMANDS))
+        if unknown:
+            raise ValueError(f"control server: handlers for unknown commands {unknown}")
+        if max_request_bytes < 64 or not poll_interval_s > 0:
+            raise ValueError("control server: max_request_bytes must be >= 64 and poll_interval_s > 0")
+        self.endpoint = endpoint
+        self._handlers = dict(handlers)
+        self._own_context = context is None
+        self._context = context
+        self.max_request_bytes = int(max_request_bytes)
+        self._poll_ms = max(1, int(poll_interval_s * 1000))
+        self._socket: zmq.Socket | None = None
+        self._bound = endpoint
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._refused: dict[str, int] = {}
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint actually bound (the real port after ``:*``)."""
+        return self._bound
+
+    def start(self) -> None:
+        """Bind the REP socket and start answering. RefscopeError naming the endpoint if it cannot bind."""
+        if self._thread is not None:
+            raise RefscopeError(f"control endpoint {self.endpoint}: already started")
+        if self._context is None:
+            self._context = zmq.Context()
+        sock = self._context.socket(zmq.REP)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, 16 * self.max_request_bytes)
+            sock.bind(self.endpoint)
+            last = sock.getsockopt(zmq.LAST_ENDPOINT)
+            self._bound = last.decode() if isinstance(last, bytes) and last else self.endpoint
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self._release_context()
+            raise RefscopeError(f"control endpoint: cannot bind {self.endpoint}: {exc}") from exc
+        self._socket = sock
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"refscope-control {self._bound}", daemon=True)
+        self._thread.start()
+        _log.info("control endpoint (REP) bound to %s", self._bound)
+
+    def stop(self) -> None:
+        """Stop answering and close the socket. Idempotent."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5.0 + self._poll_ms / 1000)
+            if thread.is_alive():  # pragma: no cover - a handler hangs
+                _log.error("control endpoint %s: thread did not stop (a command handler hangs?)", self._bound)
+                return
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        self._release_context()
+
+    def check(self) -> None:
+        """Re-raise, on the caller's thread, the exception that stopped the server thread (if any)."""
+        if self._error is not None:
+            raise self._error
+
+    def stats(self) -> ControlStats:
+        """Requests answered and refused so far (any thread)."""
+        with self._lock:
+            return ControlStats(self._requests, sum(self._refused.values()), dict(self._refused))
+
+    def _release_context(self) -> None:
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _count(self, refused_reason: str | None) -> None:
+        with self._lock:
+            self._requests += 1
+            if refused_reason is not None:
+                self._refused[refused_reason] = self._refused.get(refused_reason, 0) + 1
+
+    def _run(self) -> None:
+        sock = self._socket
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not dict(poller.poll(self._poll_ms)).get(sock):
+                    continue
+                try:
+                    parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                reply = self.handle(parts)
+                try:
+                    sock.send(reply, flags=zmq.NOBLOCK)
+                except zmq.Again:  # the requester vanished; REP is ready for the next request anyway
+                    _log.debug("control endpoint: reply could not be sent (requester gone)")
+        except BaseException as exc:  # stored and re-raised by check() on the owner's thread
+            _log.exception("control endpoint %s: thread failed", self._bound)
+            self._error = exc
+        finally:
+            sock.close(linger=0)
+            self._socket = None
+
+    def handle(self, parts: list[bytes]) -> bytes:
+        """Answer one request message (list of parts) with the encoded reply. Never raises."""
+        reason: str | None = None
+        try:
+            if len(parts) != 1:
+                reason = "bad_request"
+                raise ControlError(f"a request is one JSON message part, got {len(parts)} parts")
+            if len(parts[0]) > self.max_request_bytes:
+                reason = "too_large"
+                raise ControlError(f"request of {len(parts[0])} bytes refused (at most {self.max_request_bytes})")
+            try:
+                document = json.loads(parts[0].decode("utf-8"))
+            except (ValueError, RecursionError) as exc:
+                reason = "bad_json"
+                raise ControlError(f"request is not UTF-8 JSON ({str(exc).splitlines()[0][:100]})") from None
+            try:
+                cmd, args = validate_request(document)
+            except ControlError:
+                reason = "invalid"
+                raise
+            handler = self._handlers.get(cmd)
+            if handler is None:
+                reason = "unsupported"
+                raise ControlError(f"{cmd}: not supported by this daemon")
+            try:
+                result = handler(**args)
+            except (RefscopeError, ValueError) as exc:
+                reason = "refused"
+                raise ControlError(f"{cmd}: {' '.join(str(exc).split())}") from None
+            reply = {"ok": True, **dict(result or {})}
+            encoded = encode_reply(reply)
+            self._count(None)
+            return encoded
+        except ControlError as exc:
+            self._count(reason or "refused")
+            _log.info("control request refused: %s", exc)
+            return encode_reply({"ok": False, "error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - never let one request stop the endpoint
+            self._count("internal")
+            _log.exception("control request failed")
+            return encode_reply({"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"})
+
+
+# ------------------------------------------------------------------------------------------------ client
+
+
+class ControlClient:
+    """Sends commands to a daemon's control endpoint (REQ socket; one request at a time; not thread-safe).
+
+    Args:
+        endpoint: the daemon's control endpoint, e.g. ``"tcp://127.0.0.1:5560"``.
+        timeout_s: default seconds to wait for a reply.
+        context: shared ``zmq.Context``; default: an own one (terminated by :meth:`close`).
+
+    Use: ``with ControlClient(ep) as c: c.request("status")``.
+    """
+
+    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.endpoint = endpoint
+        self.timeout_s = float(timeout_s)
+        self._own_context = context is None
+        self._context = context if context is not None else zmq.Context()
+        self._socket: zmq.Socket | None = None
+
+    def _connect(self) -> zmq.Socket:
+        if self._socket is None:
+            if self._context is None:
+                raise RefscopeError(f"control client {self.endpoint}: closed")
+            sock = self._context.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def _reset(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def send_raw(self, parts: list[bytes], *, timeout: float | None = None) -> dict[str, Any]:
+        """Send a raw request message (for tests of malformed requests); returns the decoded reply."""
+        sock = self._connect()
+        wait = self.timeout_s if timeout is None else float(timeout)
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._reset()
+            raise ControlTimeout(f"control endpoint {self.endpoint}: cannot send (no daemon there?)") from None
+        if not sock.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+            self._reset()  # a REQ socket that missed its reply cannot send again
+            raise ControlTimeout(f"control endpoint {self.endpoint}: no reply within {wait:g} s (is the daemon running?)")
+        raw = sock.recv()
+        try:
+            reply = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:
+            raise ControlError(f"control endpoint {self.endpoint}: reply is not JSON ({exc})") from None
+        if not isinstance(reply, dict):
+            raise ControlError(f"control endpoint {self.endpoint}: reply is not a JSON object")
+        return reply
+
+    def request(self, cmd: str, *, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+        """Send ``{"cmd": cmd, **args}`` and return the reply dict (``ok`` true or false).
+
+        Raises :class:`ControlTimeout` when no reply comes within ``timeout`` seconds (default
+        ``timeout_s``); the socket is then replaced, so the client stays usable.
+        """
+        body = json.dumps({"cmd": cmd, **args}, allow_nan=False, default=to_jsonable).encode("utf-8")
+        return self.send_raw([body], timeout=timeout)
+
+    def call(self, cmd: str, *, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+        """Like :meth:`request`, but raises :class:`ControlError` with the daemon's message when ``ok`` is false."""
+        reply = self.request(cmd, timeout=timeout, **args)
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error") or "request refused"))
+        return reply
+
+    def close(self) -> None:
+        """Close the socket (and the context if it is ours). Idempotent."""
+        self._reset()
+        if self._own_context and self._context is not None:
+            self._context.term()
+        self._context = None
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def wait_for_daemon(endpoint: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Ping ``endpoint`` until it answers (or ``timeout_s`` seconds pass: ControlTimeout); returns the reply."""
+    deadline = time.monotonic() + timeout_s
+    with ControlClient(endpoint, timeout_s=0.5) as client:
+        while True:
+            try:
+                return client.request("ping")
+            except ControlTimeout:
+                if time.monotonic() >= deadline:
+                    raise

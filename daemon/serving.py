@@ -1,0 +1,328 @@
+"""The model the daemon serves: enhance one LR frame with the current best model, swap models atomically.
+
+:class:`ServingEngine` holds the *serving state* -- the fitted model (or none), its version, the method and the
+filtering strength -- as one immutable snapshot behind a lock. :meth:`ServingEngine.enhance` takes the snapshot
+and computes outside the lock, so a model swap (:meth:`~ServingEngine.set_model`, called from the learner's
+thread) never waits for a frame in flight and never interrupts one: a frame is enhanced entirely by the model
+that was current when it started.
+
+What serves a frame:
+
+* before any model is fitted (version 0), or with method ``"bicubic"``: Keys bicubic upsampling;
+* method ``"paired"`` with a fitted model: the model exported to ONNX (:func:`refscope.models.paired_net.
+  export_paired_model`) and run by ONNX Runtime (:class:`refscope.daemon.runtime.ModelSlot`, tiled with
+  ``serve.tile``/``serve.halo``) -- or, when the export, the load or ONNX Runtime itself is unavailable, the
+  NumPy reference :func:`refscope.models.pipeline.enhance` (the reason is logged and shown by
+  :meth:`~ServingEngine.describe`);
+* methods ``"paired-faithful"`` and ``"original"``: the NumPy reference (they have no ONNX form).
+
+A constant frame (beam blanked) is upsampled bicubically whatever the method: every method maps a constant to
+the same constant. Outputs are float32 (S·H, S·W) arrays in the input's intensity units.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from refscope.models.image_ops import upsample_bicubic
+from refscope.models.pipeline import METHODS, FittedModel, enhance
+
+from .config import ModelConfig, ServeConfig
+
+__all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX"]
+
+SERVING_LOGGER = "refscope.serving"
+_log = logging.getLogger(SERVING_LOGGER)
+
+MIN_SIDE_PX = 8
+"""Smallest LR frame side the engine accepts, pixels."""
+
+
+@dataclass(frozen=True, eq=False)
+class EnhanceResult:
+    """One enhanced frame.
+
+    Attributes:
+        image: (S·H, S·W) float32, the input's intensity units.
+        model_name: method that produced it (``"bicubic"``, ``"paired"``, ``"paired-faithful"``, ``"original"``).
+        version: version of the fitted model that produced it; 0 = none (bicubic, before any model or by choice).
+        seconds: wall time of the enhancement itself, seconds.
+        backend: ``"bicubic"``, ``"onnx"`` or ``"numpy"``.
+    """
+
+    image: np.ndarray
+    model_name: str
+    version: int
+    seconds: float
+    backend: str
+
+
+@dataclass(frozen=True, eq=False)
+class _State:
+    """One consistent serving state (replaced as a whole, never mutated)."""
+
+    fitted: FittedModel | None
+    version: int
+    method: str
+    sigma_n: float | None
+    scale: int
+    onnx: Any = None  # refscope.daemon.runtime.OnnxModel serving `fitted` with `sigma_n`, or None
+    onnx_note: str | None = None  # why ONNX is not used (None when it is, or not applicable)
+
+
+def _check_frame(lr: np.ndarray) -> np.ndarray:
+    """Validate an LR frame: 2-D, real, finite, at least :data:`MIN_SIDE_PX` per side (ValueError otherwise)."""
+    array = np.asarray(lr)
+    if array.ndim != 2:
+        raise ValueError(f"an LR frame must be a 2-D (H, W) array, got shape {array.shape}")
+    if array.dtype == np.bool_ or array.dtype.kind not in "uif":
+        raise ValueError(f"unsupported pixel type {array.dtype} (need a real-valued integer or float frame)")
+    if min(array.shape) < MIN_SIDE_PX:
+        raise ValueError(f"frame of shape {array.shape} is too small (at least {MIN_SIDE_PX} px per side)")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError("frame contains NaN or infinite pixels")
+    return array
+
+
+class ServingEngine:
+    """Enhances LR frames with the current model (see the module docstring). Thread-safe.
+
+    Args:
+        model_config: ``scale``, ``method`` and ``sigma_n`` at start.
+        serve_config: ONNX Runtime providers, threads, tile and halo (input px).
+        use_onnx: serve ``"paired"`` models through ONNX Runtime when possible (default True); False: NumPy only.
+    """
+
+    def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True) -> None:
+        self.model_config = model_config
+        self.serve_config = serve_config
+        self.use_onnx = bool(use_onnx)
+        self._lock = threading.Lock()  # guards _state
+        self._swap_lock = threading.Lock()  # serialises set_model / set_method / set_sigma (exports are slow)
+        self._state = _State(fitted=None, version=0, method=model_config.method, sigma_n=model_config.sigma_n,
+                             scale=model_config.scale)
+        self._slot: Any = None  # ModelSlot, created on first export
+        self._last_shape: tuple[int, int] | None = None  # (H, W) of the latest frame, for warm-ups
+
+    # ------------------------------------------------------------------------------------------ properties
+
+    @property
+    def scale(self) -> int:
+        """Output scale S."""
+        return self._snapshot().scale
+
+    @property
+    def version(self) -> int:
+        """Version of the model served; 0 before any model."""
+        return self._snapshot().version
+
+    @property
+    def method(self) -> str:
+        """Requested method (what serves it: see :meth:`describe`)."""
+        return self._snapshot().method
+
+    @property
+    def has_model(self) -> bool:
+        """True once a fitted model is loaded."""
+        return self._snapshot().fitted is not None
+
+    @property
+    def fitted(self) -> FittedModel | None:
+        """The fitted model served, or None."""
+        return self._snapshot().fitted
+
+    def _snapshot(self) -> _State:
+        with self._lock:
+            return self._state
+
+    # ------------------------------------------------------------------------------------------ serving
+
+    def enhance(self, lr: np.ndarray) -> EnhanceResult:
+        """Enhance one (H, W) LR frame with the current model; returns an :class:`EnhanceResult`.
+
+        Raises ValueError for a frame no method can use (not 2-D, complex/bool pixels, NaN/inf, under 8 px).
+        A failure of the ONNX session on this frame falls back to the NumPy reference for this frame (logged).
+        """
+        state = self._snapshot()
+        array = _check_frame(lr)
+        self._last_shape = (int(array.shape[0]), int(array.shape[1]))
+        start = time.perf_counter()
+        name, backend = self._served_by(state)
+        if backend != "bicubic" and float(np.ptp(array)) == 0.0:
+            name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
+        if backend == "bicubic":
+            out = upsample_bicubic(array.astype(np.float64, copy=False), state.scale)
+        elif backend == "onnx":
+            try:
+                out = state.onnx.run(array.astype(np.float32, copy=False), tile=self.serve_config.tile,
+                                     halo=self._halo(state))
+            except Exception as exc:  # noqa: BLE001 - one failed inference: fall back for this frame
+                _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
+                           type(exc).__name__, exc)
+                backend = "numpy"
+                out = enhance(array, state.fitted, method=state.method, sigma_n=state.sigma_n)
+        else:
+            out = enhance(array, state.fitted, method=state.method, sigma_n=state.sigma_n)
+        image = np.asarray(out, dtype=np.float32)
+        return EnhanceResult(image=image, model_name=name, version=state.version if backend != "bicubic" else 0,
+                             seconds=time.perf_counter() - start, backend=backend)
+
+    @staticmethod
+    def _served_by(state: _State) -> tuple[str, str]:
+        """(method name, backend) that serves frames in ``state``."""
+        if state.fitted is None or state.method == "bicubic":
+            return "bicubic", "bicubic"
+        if state.method == "paired" and state.onnx is not None:
+            return "paired", "onnx"
+        return state.method, "numpy"
+
+    def _halo(self, state: _State) -> int:
+        halo = self.serve_config.halo
+        fitted = state.fitted
+        if fitted is not None:
+            try:
+                from refscope.models.paired_net import receptive_radius
+
+                halo = max(halo, receptive_radius(fitted.scale, fitted.library.patch_size, fitted.paired.stride))
+            except ImportError:  # pragma: no cover - paired_net ships with refscope
+                pass
+        return halo
+
+    # ------------------------------------------------------------------------------------------ changes
+
+    def set_model(self, fitted: FittedModel, version: int) -> None:
+        """Serve ``fitted`` as model ``version`` (>= 1) from the next frame on.
+
+        The model is exported to ONNX and loaded first when the method is ``"paired"`` (a second or two; the
+        previous model keeps serving meanwhile); any failure there is logged and the NumPy reference serves
+        it instead. Raises ValueError (nothing changes) when its scale differs from the engine's.
+        """
+        if not isinstance(fitted, FittedModel):
+            raise TypeError(f"set_model needs a FittedModel, got {type(fitted).__name__}")
+        if int(version) != version or version < 1:
+            raise ValueError(f"model version must be an integer >= 1, got {version!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if fitted.scale != current.scale:
+                raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
+            candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None)
+            candidate = self._prepare(candidate)
+            with self._lock:
+                self._state = candidate
+        name, backend = self._served_by(candidate)
+        _log.info("serving model v%d (%s, %s backend, library %d pairs)", version, name, backend, len(fitted.library))
+
+    def set_method(self, name: str) -> None:
+        """Use method ``name`` (one of ``METHODS``) from the next frame on; ValueError for an unknown name."""
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if current.method == name:
+                return
+            candidate = self._prepare(replace(current, method=name))
+            with self._lock:
+                self._state = candidate
+        _log.info("method set to %s", name)
+
+    def set_sigma(self, sigma_n: float | None) -> None:
+        """Set the filtering strength (> 0; relative to the measured noise for ``"paired"``, library units for
+        the NLM methods); None restores the method's default. ValueError for a bad value."""
+        if sigma_n is not None:
+            sigma_n = float(sigma_n)
+            if not (np.isfinite(sigma_n) and sigma_n > 0):
+                raise ValueError(f"sigma_n must be a finite number > 0, got {sigma_n!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if current.sigma_n == sigma_n:
+                return
+            candidate = replace(current, sigma_n=sigma_n, onnx=None, onnx_note=None)
+            candidate = self._prepare(candidate)
+            with self._lock:
+                self._state = candidate
+        _log.info("sigma_n set to %s", "the method's default" if sigma_n is None else f"{sigma_n:g}")
+
+    def set_scale(self, scale: int) -> None:
+        """Change the output scale; refused (ValueError) while a model of another scale is loaded."""
+        if int(scale) != scale or not 2 <= scale <= 8:
+            raise ValueError(f"scale must be an integer from 2 to 8, got {scale!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if current.scale == scale:
+                return
+            if current.fitted is not None:
+                raise ValueError(f"scale x{scale} refused: model v{current.version} serves x{current.scale}; "
+                                 "a scale change needs a new session (another state folder)")
+            with self._lock:
+                self._state = replace(current, scale=int(scale))
+        _log.info("scale set to x%d", scale)
+
+    def _prepare(self, state: _State) -> _State:
+        """Load the ONNX form of ``state``'s model when it will be used and is not loaded yet."""
+        if state.fitted is None or state.method != "paired" or state.onnx is not None:
+            return state
+        if not self.use_onnx:
+            return replace(state, onnx_note="ONNX serving disabled")
+        try:
+            onnx_model = self._export_and_load(state)
+        except Exception as exc:  # noqa: BLE001 - any failure: serve with the NumPy reference
+            note = f"{type(exc).__name__}: {exc}"
+            _log.warning("model v%d: ONNX serving unavailable (%s); serving with the NumPy reference",
+                         state.version, note)
+            return replace(state, onnx=None, onnx_note=note)
+        return replace(state, onnx=onnx_model, onnx_note=None)
+
+    def _export_and_load(self, state: _State) -> Any:
+        from refscope.models.paired_net import export_paired_model
+
+        from .runtime import ModelSlot, RuntimeConfig
+
+        assert state.fitted is not None
+        fitted = state.fitted
+        if state.sigma_n is not None:
+            # sigma_n only sets the blend temperature: the (cached) regressors stay valid
+            fitted.regressors  # noqa: B018 - fit them once on the original, so the copy shares them
+            fitted = replace(fitted, paired=replace(fitted.paired, sigma_n=state.sigma_n))
+        start = time.perf_counter()
+        onnx_bytes, manifest = export_paired_model(fitted, version=str(state.version))
+        if self._slot is None:
+            tile = self.serve_config.tile
+            self._slot = ModelSlot(RuntimeConfig(providers=self.serve_config.providers,
+                                                 intra_op_threads=self.serve_config.intra_op_threads,
+                                                 warmup_shape=(min(tile, 64), min(tile, 64))))
+        if not self._slot.try_load(onnx_bytes, manifest):
+            raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
+        model = self._slot.model
+        shape = self._last_shape
+        if shape is not None:  # the first run at a new input shape is slow: pay it here, not on a live frame
+            ramp = np.add.outer(np.linspace(0.0, 127.5, shape[0]), np.linspace(0.0, 127.5, shape[1]))
+            model.run(model.manifest.denormalise(ramp), tile=self.serve_config.tile, halo=self._halo(state))
+        _log.info("model v%d exported to ONNX, loaded and warmed up%s in %.2f s (providers %s)", state.version,
+                  f" on {shape[0]}x{shape[1]} px" if shape else "", time.perf_counter() - start,
+                  list(model.providers))
+        return model
+
+    # ------------------------------------------------------------------------------------------ reporting
+
+    def describe(self) -> dict[str, Any]:
+        """The serving state as a JSON-able dict: ``version``, ``method`` (requested), ``served_by`` (method
+        actually used), ``backend``, ``scale``, ``sigma_n``, ``library_size``, ``providers`` (ONNX) and
+        ``onnx_note`` (why ONNX is not used, or None)."""
+        state = self._snapshot()
+        name, backend = self._served_by(state)
+        return {
+            "version": state.version,
+            "method": state.method,
+            "served_by": name,
+            "backend": backend,
+            "scale": state.scale,
+            "sigma_n": state.sigma_n,
+            "library_size": len(state.fitted.library) if state.fitted is not None else 0,
+            "providers": list(state.onnx.providers) if state.onnx is not None else [],
+            "onnx_note": state.onnx_note,
+        }

@@ -1,0 +1,453 @@
+"""End-to-end tests of the daemon (:mod:`refscope.daemon.service`): frames in, enhanced frames out, learning.
+
+Each test starts a real :class:`Daemon` on temporary folders with ephemeral ``tcp://127.0.0.1:*`` endpoints,
+feeds it like a microscope (files written slowly, via a temporary name or in chunks; ZMQ PUSH messages) and
+watches the PUB stream, the output folder and the control endpoint.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import zmq
+
+from refscope.daemon import publish as publish_module
+from refscope.daemon.config import load_config
+from refscope.daemon.control import ControlClient
+from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.protocol import decode_enhanced, encode_frame
+from refscope.daemon.publish import output_stem
+from refscope.daemon.service import Daemon
+from refscope.daemon.tiff_io import read_image, write_tiff
+from refscope.models.synthetic import make_pair
+
+LR_SHAPE = (160, 200)
+LR_NM, HR_NM = 10.0, 5.0
+EPHEMERAL = {
+    "control.endpoint": "tcp://127.0.0.1:*",
+    "control.events_endpoint": "tcp://127.0.0.1:*",
+    "publish.pub_endpoint": "tcp://127.0.0.1:*",
+}
+FAST_FOLDER = {"poll_interval_s": 0.1, "retry_s": 0.15, "max_retries": 2}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A synthetic LR frame (160x200 at 10 nm) and an HR reference at 5 nm inside it."""
+    return make_pair(rng=np.random.default_rng(7), lr_shape=LR_SHAPE, factor=2.0, lr_pixel_size_nm=LR_NM)
+
+
+def lr_frame(pair, i: int) -> np.ndarray:
+    """The LR field scanned again: the same frame with a little fresh noise (float32)."""
+    noise = np.random.default_rng(1000 + i).normal(0.0, 0.003, pair.lr.shape)
+    return (pair.lr + noise).astype(np.float32)
+
+
+def tiff_bytes(image: np.ndarray, pixel_size_nm: float, tmp: Path) -> bytes:
+    """An ImageJ TIFF with its pixel size, as bytes (written outside the watched folder)."""
+    path = tmp / f"stage-{time.monotonic_ns()}.tif"
+    write_tiff(path, image, pixel_size_nm=pixel_size_nm)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def write_slowly(path: Path, data: bytes, *, via_temp: bool, chunks: int = 4, pause_s: float = 0.05) -> None:
+    """Write like a microscope: in chunks with pauses, either to a temporary name renamed at the end, or
+    directly under the final name."""
+    target = path.with_name(path.name + ".part") if via_temp else path
+    step = max(1, len(data) // chunks + 1)
+    with open(target, "wb") as handle:
+        for start in range(0, len(data), step):
+            handle.write(data[start:start + step])
+            handle.flush()
+            time.sleep(pause_s)
+    if via_temp:
+        os.replace(target, path)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Viewer:
+    """A SUB socket on the daemon's stream collecting decoded enhanced frames."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.frames: list[Any] = []
+        time.sleep(0.3)  # PUB/SUB: let the subscription reach the publisher
+
+    def drain(self) -> list[Any]:
+        while self.socket.poll(0):
+            self.frames.append(decode_enhanced(self.socket.recv_multipart()))
+        return self.frames
+
+    def wait(self, n: int, timeout: float) -> list[Any]:
+        return wait_for(lambda: len(self.drain()) >= n and self.frames, timeout, f"{n} enhanced frames on the stream")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+def make_config(tmp_path: Path, **overrides: Any):
+    values = {**EPHEMERAL, "model.library_size": "2000", **overrides}
+    return load_config(None, values)
+
+
+def control_status(daemon: Daemon) -> dict[str, Any]:
+    with ControlClient(daemon.endpoints["control"], timeout_s=10.0) as client:
+        reply = client.request("status")
+    assert reply["ok"], reply
+    return reply["status"]
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def outputs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+# -------------------------------------------------------------------------------------------- folder e2e
+
+
+def test_folder_end_to_end_learns_from_a_reference(tmp_path, pair):
+    watch, out, staging = tmp_path / "in", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    staging.mkdir()
+    write_tiff(watch / "old_000.tif", lr_frame(pair, 99), pixel_size_nm=LR_NM)  # there before the first start
+    daemon = Daemon(make_config(tmp_path, **{"ingest.watch": str(watch), "publish.out_dir": str(out)}),
+                    folder_options=FAST_FOLDER)
+    daemon.start()
+    viewer = Viewer(daemon.endpoints["pub"])
+    try:
+        # three LR frames: temp name + rename, direct chunked write, temp name + rename
+        for i, via_temp in enumerate((True, False, True)):
+            write_slowly(watch / f"frame_{i:03d}.tif", tiff_bytes(lr_frame(pair, i), LR_NM, staging), via_temp=via_temp)
+            time.sleep(0.2)
+        frames = viewer.wait(3, timeout=20)
+        assert {f.source_seq for f in frames[:3]} == {0, 1, 2}
+        for f in frames[:3]:
+            assert f.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
+            assert f.model == "bicubic" and f.model_version == "0"
+            assert f.pixel_size_m == pytest.approx(LR_NM / 2 * 1e-9)
+            assert 0 <= f.latency_s < 10
+        wait_for(lambda: len(outputs(out)) == 3, 10, "3 output TIFFs")
+        for path in outputs(out):
+            image = read_image(path)
+            assert image.data.shape == (320, 400) and image.data.dtype == np.float32
+            assert image.pixel_size_nm == pytest.approx(LR_NM / 2, rel=1e-4)
+        assert [p.name for p in outputs(out)] == [f"frame_{i:03d}_x2.tif" for i in range(3)]
+
+        # the HR reference (pixel size half the LR's) -> model version 1
+        write_slowly(watch / "ref_000.tif", tiff_bytes(pair.hr.astype(np.float32), HR_NM, staging), via_temp=True)
+        wait_for(lambda: control_status(daemon)["model_version"] == 1, 40, "model version 1", interval=0.25)
+        status = control_status(daemon)
+        assert status["learner"]["pairs_learned"] == 1
+        assert status["library_size"] > 0
+        assert status["validation_delta_db"] > 0
+        assert status["frames"]["in_hr"] == 1
+
+        before = len(viewer.drain())
+        write_slowly(watch / "frame_100.tif", tiff_bytes(lr_frame(pair, 100), LR_NM, staging), via_temp=False)
+        frames = viewer.wait(before + 1, timeout=20)
+        assert frames[-1].model == "paired" and frames[-1].model_version == "1"
+        wait_for(lambda: (out / "frame_100_x2.tif").exists(), 10, "the output of frame_100")
+        meta = read_image(out / "frame_100_x2.tif").metadata.extra
+        assert meta["model_version"] == 1 and meta["source"] == str(watch / "frame_100.tif")
+
+        status = control_status(daemon)
+        assert status["frames"]["out"] == 4 and status["frames"]["written"] == 4
+        assert status["errors_by_reason"] == {}
+        assert status["latency"]["p50_s"] is not None and status["latency"]["p99_s"] >= status["latency"]["p50_s"]
+        assert status["queues"]["serve"] == 0
+        ingest = next(iter(status["ingest"].values()))
+        assert ingest["received"] == 5 and ingest["rejected"] == 0
+        # nothing in the watched folder was modified, nothing added to it
+        assert sorted(folder_digest(watch)) == ["frame_000.tif", "frame_001.tif", "frame_002.tif", "frame_100.tif",
+                                                "old_000.tif", "ref_000.tif"]
+        assert not (out / "old_000_x2.tif").exists()  # files from before the first start are left alone
+        digest = folder_digest(watch)
+    finally:
+        viewer.close()
+        daemon.stop()
+    assert folder_digest(watch) == digest
+    assert not (daemon.config.state_dir / "daemon.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------- ZMQ e2e
+
+
+def test_zmq_end_to_end_learns_from_a_reference(tmp_path, pair):
+    out = tmp_path / "out"
+    daemon = Daemon(make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*",
+                                             "publish.out_dir": str(out)}))
+    daemon.start()
+    viewer = Viewer(daemon.endpoints["pub"])
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(daemon.endpoints["zmq_ingest"])
+    try:
+        for i in range(3):
+            push.send_multipart(encode_frame(lr_frame(pair, i), seq=i, pixel_size_m=LR_NM * 1e-9, role="lr",
+                                             t=time.time()))
+            time.sleep(0.2)
+        viewer.wait(3, timeout=20)
+        push.send_multipart(encode_frame(pair.hr.astype(np.float32), seq=3, pixel_size_m=HR_NM * 1e-9, role="hr"))
+        wait_for(lambda: control_status(daemon)["model_version"] == 1, 40, "model version 1", interval=0.25)
+        push.send_multipart(encode_frame(lr_frame(pair, 4), seq=4, pixel_size_m=LR_NM * 1e-9, role="lr",
+                                         t=time.time()))
+        frames = wait_for(lambda: [f for f in viewer.drain() if f.source_seq == 4], 20, "frame 4 enhanced")
+        assert frames[0].model_version == "1" and frames[0].model == "paired"
+        endpoint = daemon.endpoints["zmq_ingest"]
+        expected = {f"{output_stem(f'zmq:{endpoint}#{seq}')}_x2.tif" for seq in (0, 1, 2, 4)}
+        wait_for(lambda: {p.name for p in outputs(out)} == expected, 10, "4 output TIFFs")
+        status = control_status(daemon)
+        assert status["frames"]["in"] == 5 and status["frames"]["in_hr"] == 1 and status["frames"]["out"] == 4
+        assert status["catalogue"]["frames"]["enhanced"] == 4
+        # the sender restarts its counter: seq 0 again is a new frame, enhanced into a new file (nothing overwritten)
+        push.send_multipart(encode_frame(lr_frame(pair, 5), seq=0, pixel_size_m=LR_NM * 1e-9, role="lr"))
+        second = f"{output_stem(f'zmq:{endpoint}#0')}_x2-2.tif"
+        wait_for(lambda: (out / second).exists(), 20, "the second frame with seq 0 written")
+        assert len(outputs(out)) == 5
+    finally:
+        push.close(linger=0)
+        context.term()
+        viewer.close()
+        daemon.stop()
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+
+
+def _huge_tiff_header(width: int = 70000, height: int = 70000) -> bytes:
+    """A TIFF whose header claims ``width`` x ``height`` uint8 pixels (and holds none)."""
+    import struct
+
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+               (277, 3, 1), (278, 4, height), (279, 4, min(width * height, 0xFFFFFFFF))]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        ifd += struct.pack("<HHIHH", tag, kind, 1, value, 0) if kind == 3 else struct.pack("<HHII", tag, kind, 1, value)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + bytes(64)
+
+
+def test_bad_inputs_are_counted_and_later_frames_still_served(tmp_path, pair, monkeypatch):
+    watch, out, staging = tmp_path / "in", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    staging.mkdir()
+    daemon = Daemon(make_config(tmp_path, **{"ingest.watch": str(watch), "ingest.zmq_endpoint": "tcp://127.0.0.1:*",
+                                             "publish.out_dir": str(out)}), folder_options=FAST_FOLDER)
+    daemon.start()
+    viewer = Viewer(daemon.endpoints["pub"])
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(daemon.endpoints["zmq_ingest"])
+    try:
+        good = tiff_bytes(lr_frame(pair, 0), LR_NM, staging)
+        write_slowly(watch / "good_000.tif", good, via_temp=True)
+        viewer.wait(1, timeout=20)
+
+        # broken files
+        (watch / "truncated.tif").write_bytes(good[: len(good) // 2])
+        (watch / "corrupt.tif").write_bytes(b"II*\x00" + np.random.default_rng(0).bytes(4000))
+        (watch / "empty.tif").write_bytes(b"")
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, np.ones((32, 32), np.complex64))
+        (watch / "complex.tif").write_bytes(buffer.getvalue())
+        (watch / "huge.tif").write_bytes(_huge_tiff_header())
+        # malformed ZMQ messages
+        valid = encode_frame(lr_frame(pair, 1), seq=50, pixel_size_m=LR_NM * 1e-9, role="lr")
+        push.send_multipart([valid[0]])  # one part
+        push.send_multipart([b"{not json", valid[1]])
+        push.send_multipart([valid[0], valid[1][:-10]])  # short buffer
+        header = json.loads(valid[0])
+        header["shape"] = [70000, 70000]
+        push.send_multipart([json.dumps(header).encode(), b"\x00" * 16])
+        # an HR reference of another specimen: matches no LR frame
+        other = make_pair(rng=np.random.default_rng(99), lr_shape=LR_SHAPE, factor=2.0)
+        write_slowly(watch / "stray_ref.tif", tiff_bytes(other.hr.astype(np.float32), HR_NM, staging), via_temp=True)
+
+        def reasons() -> dict[str, int]:
+            return control_status(daemon)["errors_by_reason"]
+
+        expected = {"incomplete": 2, "unreadable": 3, "part_count": 1, "bad_json": 1, "buffer_size": 1,
+                    "bad_shape": 1, "reference_no_match": 1}
+        wait_for(lambda: all(reasons().get(k, 0) >= v for k, v in expected.items()), 20,
+                 f"rejections {expected}", interval=0.2)
+
+        # a full disk on the output folder, for one write
+        real_write = publish_module.write_tiff
+        failures = {"left": 1}
+
+        def full_disk(path, *args, **kwargs):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return real_write(path, *args, **kwargs)
+
+        monkeypatch.setattr(publish_module, "write_tiff", full_disk)
+        write_slowly(watch / "good_001.tif", tiff_bytes(lr_frame(pair, 1), LR_NM, staging), via_temp=True)
+        wait_for(lambda: reasons().get("write_disk_full", 0) == 1, 20, "the disk-full write error")
+        assert not (out / "good_001_x2.tif").exists()
+
+        # the daemon keeps serving
+        before = len(viewer.drain())
+        write_slowly(watch / "good_002.tif", tiff_bytes(lr_frame(pair, 2), LR_NM, staging), via_temp=False)
+        push.send_multipart(encode_frame(lr_frame(pair, 3), seq=60, pixel_size_m=LR_NM * 1e-9, role="lr"))
+        viewer.wait(before + 2, timeout=20)
+        wait_for(lambda: (out / "good_002_x2.tif").exists(), 10, "good_002 written")
+        status = control_status(daemon)
+        assert status["running"] is True
+        assert status["learner"]["rejected_by_reason"] == {"no_match": 1}
+        assert status["publish"]["folder"]["errors_by_reason"] == {"disk_full": 1}
+        assert status["model_version"] == 0
+        names = {p.name for p in outputs(out)}
+        assert names == {"good_000_x2.tif", "good_002_x2.tif", f"{output_stem('zmq:' + daemon.endpoints['zmq_ingest'] + '#60')}_x2.tif"}
+        # the frame whose write failed is still "received" in the catalogue: it is retried after a restart
+        assert daemon.catalogue.frame(str(watch / "good_001.tif")).status == "received"
+    finally:
+        push.close(linger=0)
+        context.term()
+        viewer.close()
+        daemon.stop()
+
+
+class QueueSource:
+    """A FrameSource fed by the test through a queue."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue[Frame] = queue.Queue()
+        self._counters = IngestCounters()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._stop.clear()
+
+    def poll(self, timeout: float) -> Frame | None:
+        try:
+            frame = self.items.get(timeout=max(timeout, 0.001)) if not self._stop.is_set() else None
+        except queue.Empty:
+            return None
+        if frame is not None:
+            self._counters.accept()
+        return frame
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> IngestStats:
+        return self._counters.snapshot()
+
+
+def test_unusable_pixels_are_rejected_by_reason(tmp_path, pair):
+    source = QueueSource()
+    config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "publish.out_dir": str(tmp_path / "o")})
+    with Daemon(config, sources=[source]) as daemon:
+        viewer = Viewer(daemon.endpoints["pub"])
+        try:
+            t = time.time()
+            nan = lr_frame(pair, 0).copy()
+            nan[3, 3] = np.nan
+            source.items.put(Frame(np.ones(LR_SHAPE, np.complex64), LR_NM, "lr", "mem:complex", 0, t))
+            source.items.put(Frame(nan, LR_NM, "lr", "mem:nan", 1, t))
+            source.items.put(Frame(np.zeros((4, 300), np.float32), LR_NM, "lr", "mem:tiny", 2, t))
+            source.items.put(Frame(np.full(LR_SHAPE, 7, np.uint16), LR_NM, "lr", "mem:constant", 3, t))
+            source.items.put(Frame(lr_frame(pair, 4), None, "lr", "mem:no-pixel-size", 4, t))
+            frames = viewer.wait(2, timeout=15)
+            assert [f.source_seq for f in frames] == [3, 4]
+            assert np.allclose(frames[0].data, 7)  # a constant frame stays constant
+            status = daemon.status()
+            assert status["errors_by_reason"] == {"bad_frame": 3}
+            assert daemon.catalogue.frame("mem:nan").status == "rejected"
+        finally:
+            viewer.close()
+
+
+def test_stream_only_daemon_marks_frames_enhanced_once_streamed(tmp_path, pair):
+    source = QueueSource()
+    config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(tmp_path / "state")})
+    assert config.publish.out_dir is None
+    with Daemon(config, sources=[source]) as daemon:
+        viewer = Viewer(daemon.endpoints["pub"])
+        try:
+            source.items.put(Frame(lr_frame(pair, 0), LR_NM, "lr", "mem:a", 0, time.time()))
+            viewer.wait(1, timeout=15)
+            wait_for(lambda: daemon.catalogue.frame("mem:a").status == "enhanced", 5, "mem:a marked enhanced")
+            assert daemon.catalogue.frame("mem:a").output_path is None
+            assert daemon.status()["publish"]["folder"] is None
+        finally:
+            viewer.close()
+
+
+# ----------------------------------------------------------------------------------------------- CLI glue
+
+
+def test_daemon_cli_config_errors_exit_2_with_one_line(tmp_path, capsys):
+    from refscope.daemon.daemon_cli import main
+
+    watch = tmp_path / "in"
+    watch.mkdir()
+    assert main(["--out", str(tmp_path / "out")]) == 2  # no ingest source
+    err = capsys.readouterr().err
+    assert err.startswith("refscope daemon: error: ") and err.count("\n") == 1 and "ingest.watch" in err
+    assert main(["--watch", str(watch), "--out", str(watch / "out")]) == 2  # output inside the watched folder
+    assert "inside the watched folder" in capsys.readouterr().err
+    assert main(["--watch", str(watch), "--scale", "9"]) == 2
+    assert "model.scale" in capsys.readouterr().err
+    assert main(["--watch", str(watch), "--out", str(tmp_path / "out"), "--scale", "3", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "scale = 3" in text and str(watch) in text
+
+
+def test_daemon_cli_bind_error_exits_2(tmp_path, capsys):
+    import logging
+
+    from refscope.daemon.daemon_cli import main
+
+    root_level = logging.getLogger().level
+    context = zmq.Context()
+    busy = context.socket(zmq.REP)
+    port = busy.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        code = main(["--watch", str(tmp_path), "--out", str(tmp_path.parent / (tmp_path.name + "-out")),
+                     "--control", f"tcp://127.0.0.1:{port}", "--pub", "tcp://127.0.0.1:*",
+                     "--events", "tcp://127.0.0.1:*"])
+    finally:
+        busy.close(linger=0)
+        context.term()
+        logging.getLogger().setLevel(root_level)  # run_daemon set the log level of the process
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refscope daemon: error: ") and f"127.0.0.1:{port}" in err
