@@ -371,7 +371,7 @@ class OnnxModel:
     def _run_raw(self, image: np.ndarray) -> np.ndarray:
         return self.manifest.denormalise(self._infer(self.manifest.normalise(image)))
 
-    def run(self, image: np.ndarray, *, tile: int | None = None, halo: int = 16) -> np.ndarray:
+    def run(self, image: np.ndarray, *, tile: int | None = None, halo: int = 16, align: int = 1) -> np.ndarray:
         """Super-resolve one frame.
 
         Parameters
@@ -383,6 +383,8 @@ class OnnxModel:
             ``None`` runs the whole frame at once.
         halo : int
             Context margin per tile in input pixels (>= the network's receptive-field radius).
+        align : int
+            Tile windows start at multiples of ``align`` input pixels (models with an origin-anchored grid).
 
         Returns
         -------
@@ -396,7 +398,7 @@ class OnnxModel:
             raise ImageError(f"expected real-valued pixels, got dtype {frame.dtype}")
         if tile is None:
             return self._run_raw(frame)
-        return process_tiled(frame, self._run_raw, scale=self.scale, tile=tile, halo=halo)
+        return process_tiled(frame, self._run_raw, scale=self.scale, tile=tile, halo=halo, align=align)
 
 
 class ModelSlot:
@@ -495,11 +497,11 @@ class ModelSlot:
             )
             return True
 
-    def run(self, image: np.ndarray, *, tile: int | None = None, halo: int = 16) -> np.ndarray:
+    def run(self, image: np.ndarray, *, tile: int | None = None, halo: int = 16, align: int = 1) -> np.ndarray:
         """:meth:`OnnxModel.run` on the current model; raises :class:`NoModelError` when none is loaded."""
         model = self.model
         if model is None:
             raise NoModelError(
                 "no model loaded yet" + (f" (last load failed: {self.last_error})" if self.last_error else "")
             )
-        return model.run(image, tile=tile, halo=halo)
+        return model.run(image, tile=tile, halo=halo, align=align)

@@ -22,6 +22,7 @@ the same constant. Outputs are float32 (S·H, S·W) arrays in the input's intens
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -159,8 +160,9 @@ class ServingEngine:
             out = upsample_bicubic(array.astype(np.float64, copy=False), state.scale)
         elif backend == "onnx":
             try:
+                halo, align = self._tiling(state)
                 out = state.onnx.run(array.astype(np.float32, copy=False), tile=self.serve_config.tile,
-                                     halo=self._halo(state))
+                                     halo=halo, align=align)
             except Exception as exc:  # noqa: BLE001 - one failed inference: fall back for this frame
                 _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
                            type(exc).__name__, exc)
@@ -181,17 +183,17 @@ class ServingEngine:
             return "paired", "onnx"
         return state.method, "numpy"
 
-    def _halo(self, state: _State) -> int:
-        halo = self.serve_config.halo
+    def _tiling(self, state: _State) -> tuple[int, int]:
+        """(halo, align) in input px for tiling ``state``'s model exactly: the halo covers the model's receptive
+        field and windows start where the strided query grid of an untiled call would have a query."""
         fitted = state.fitted
-        if fitted is not None:
-            try:
-                from refscope.models.paired_net import receptive_radius
+        if fitted is None:
+            return self.serve_config.halo, 1
+        from refscope.models.paired_net import receptive_radius
 
-                halo = max(halo, receptive_radius(fitted.scale, fitted.library.patch_size, fitted.paired.stride))
-            except ImportError:  # pragma: no cover - paired_net ships with refscope
-                pass
-        return halo
+        stride = fitted.paired.stride
+        halo = max(self.serve_config.halo, receptive_radius(fitted.scale, fitted.library.patch_size, stride))
+        return halo, stride // math.gcd(fitted.scale, stride)
 
     # ------------------------------------------------------------------------------------------ changes
 
@@ -301,7 +303,8 @@ class ServingEngine:
         shape = self._last_shape
         if shape is not None:  # the first run at a new input shape is slow: pay it here, not on a live frame
             ramp = np.add.outer(np.linspace(0.0, 127.5, shape[0]), np.linspace(0.0, 127.5, shape[1]))
-            model.run(model.manifest.denormalise(ramp), tile=self.serve_config.tile, halo=self._halo(state))
+            halo, align = self._tiling(state)
+            model.run(model.manifest.denormalise(ramp), tile=self.serve_config.tile, halo=halo, align=align)
         _log.info("model v%d exported to ONNX, loaded and warmed up%s in %.2f s (providers %s)", state.version,
                   f" on {shape[0]}x{shape[1]} px" if shape else "", time.perf_counter() - start,
                   list(model.providers))

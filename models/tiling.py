@@ -61,18 +61,24 @@ def _check_params(tile: int, halo: int, scale: int | None = None) -> None:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
 
 
-def _axis_plan(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """Per-axis ``(core0, core1, win0, win1)`` tuples; every window has length ``min(length, tile + 2*halo)``."""
-    win = min(length, tile + 2 * halo)
+def _axis_plan(length: int, tile: int, halo: int, align: int = 1) -> list[tuple[int, int, int, int]]:
+    """Per-axis ``(core0, core1, win0, win1)`` tuples; every window has the same length and starts at a
+    multiple of ``align`` (so that functions whose sampling grid is anchored at the window origin, such as a
+    strided patch grid or a stride-2 network body, see the same grid as an untiled call)."""
+    if align < 1:
+        raise ValueError(f"align must be a positive integer, got {align!r}")
+    win = tile + 2 * halo + align - 1
+    win += (length - win) % align  # then length - win is a multiple of align: the last window is aligned
+    win = min(length, win)
     out = []
     for core0 in range(0, length, tile):
         core1 = min(core0 + tile, length)
-        win0 = min(max(core0 - halo, 0), length - win)
+        win0 = min((max(core0 - halo, 0) // align) * align, length - win)
         out.append((core0, core1, win0, win0 + win))
     return out
 
 
-def tile_plan(shape: tuple[int, int], tile: int = 512, halo: int = 16) -> list[TileBox]:
+def tile_plan(shape: tuple[int, int], tile: int = 512, halo: int = 16, *, align: int = 1) -> list[TileBox]:
     """Tiles covering a frame of ``shape`` = (H, W), row-major order.
 
     Parameters
@@ -83,18 +89,21 @@ def tile_plan(shape: tuple[int, int], tile: int = 512, halo: int = 16) -> list[T
         Maximum core size in pixels per side.
     halo : int
         Context margin in pixels kept around each core wherever the core is not at the frame edge.
+    align : int
+        Every window starts at a multiple of ``align`` input pixels (default 1: anywhere).
 
     Returns
     -------
     list of TileBox
-        ``ceil(H / tile) * ceil(W / tile)`` boxes whose cores partition the frame. All windows share the
-        shape ``(min(H, tile + 2*halo), min(W, tile + 2*halo))``.
+        ``ceil(H / tile) * ceil(W / tile)`` boxes whose cores partition the frame. All windows share one
+        shape: per axis ``min(L, tile + 2*halo + align - 1 + r)`` with ``0 <= r < align`` chosen so the last
+        window, flush with the frame edge, is aligned too.
     """
     _check_params(tile, halo)
     if len(shape) != 2 or min(shape) < 1:
         raise ImageError(f"tile_plan needs a 2-D frame shape (H, W) with H, W >= 1, got {tuple(shape)}")
-    rows = _axis_plan(int(shape[0]), int(tile), int(halo))
-    cols = _axis_plan(int(shape[1]), int(tile), int(halo))
+    rows = _axis_plan(int(shape[0]), int(tile), int(halo), int(align))
+    cols = _axis_plan(int(shape[1]), int(tile), int(halo), int(align))
     return [
         TileBox(core=(cy0, cy1, cx0, cx1), window=(wy0, wy1, wx0, wx1))
         for (cy0, cy1, wy0, wy1) in rows
@@ -149,6 +158,7 @@ def process_tiled(
     tile: int = 512,
     halo: int = 16,
     dtype: DTypeLike = np.float32,
+    align: int = 1,
 ) -> np.ndarray:
     """Apply an upscaling ``fn`` to ``image`` window by window and stitch the cores seamlessly.
 
@@ -168,6 +178,9 @@ def process_tiled(
         for a seam-free result identical to ``fn(image)``.
     dtype : dtype
         Working and output dtype (default float32).
+    align : int
+        Window starts are multiples of ``align`` input pixels; needed when ``fn`` samples on a grid anchored at
+        its input's origin (the paired library's query grid: ``stride / gcd(S, stride)``; a stride-2 body: 2).
 
     Returns
     -------
@@ -192,7 +205,7 @@ def process_tiled(
     s = int(scale)
     height, width = frame.shape
     out = np.empty((s * height, s * width), dtype=dtype)
-    for box in tile_plan(frame.shape, int(tile), int(halo)):
+    for box in tile_plan(frame.shape, int(tile), int(halo), align=int(align)):
         wy0, wy1, wx0, wx1 = box.window
         window = np.array(frame[wy0:wy1, wx0:wx1], dtype=dtype, order="C", copy=True)
         result = np.asarray(fn(window))

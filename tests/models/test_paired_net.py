@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,18 @@ def test_tiled_serving_equals_untiled(fitted, served):
     units = _units(model, lr)
     _assert_close(process_tiled(units, lambda w: _run(net, w, torch.float32), scale=2, tile=30, halo=halo),
                   _oracle(model, units), REL)
+
+
+def test_tiled_serving_at_scale_3_needs_aligned_windows(fitted, served):
+    """S=3, stride 2: the query grid is anchored at the window origin, so windows must start at even LR px."""
+    pair, model = fitted[3]
+    _, _, session = served[3]
+    stride = model.paired.stride
+    align = stride // math.gcd(3, stride)
+    assert align == 2
+    halo = receptive_radius(3, model.library.patch_size, stride)
+    lr = pair.lr[:61, :75]
+    whole = session.run(lr)
+    _assert_close(session.run(lr, tile=13, halo=halo, align=align), whole, REL)
+    misaligned = session.run(lr, tile=13, halo=halo)
+    assert np.max(np.abs(misaligned - whole)) > REL * float(np.ptp(whole))

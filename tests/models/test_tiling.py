@@ -152,3 +152,32 @@ def test_8192_frame_with_bounded_memory() -> None:
     assert out.shape == (16384, 16384)
     assert peak <= memory_bound_bytes(512, 16, 2, shape=image.shape) + memory_bound_bytes(512, 16, 2)
     assert out[14, 10] == 1000 and out[16383, 16383] == 0
+
+
+def test_aligned_windows_start_on_multiples_and_keep_the_halo():
+    for shape, tile, halo, align in [((517, 389), 128, 8, 2), ((300, 301), 64, 5, 3), ((90, 77), 40, 7, 2)]:
+        plan = tile_plan(shape, tile, halo, align=align)
+        windows = {(b.window[1] - b.window[0], b.window[3] - b.window[2]) for b in plan}
+        assert len(windows) == 1
+        for box in plan:
+            (cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1) = box.core, box.window
+            assert wy0 % align == 0 and wx0 % align == 0
+            assert wy0 <= cy0 and wy1 >= cy1 and wx0 <= cx0 and wx1 >= cx1
+            assert cy0 - wy0 >= halo or wy0 == 0
+            assert wy1 - cy1 >= halo or wy1 == shape[0]
+            assert cx0 - wx0 >= halo or wx0 == 0
+            assert wx1 - cx1 >= halo or wx1 == shape[1]
+
+
+def test_aligned_tiling_is_exact_for_a_function_with_an_origin_anchored_grid(rng):
+    """fn samples every 2nd input pixel from its own origin: only aligned windows reproduce the untiled call."""
+    def fn(x):
+        coarse = ndimage.uniform_filter(x, 3, mode="nearest")[::2, ::2]
+        return np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[: 2 * x.shape[0], : 2 * x.shape[1]]
+
+    image = rng.random((130, 98))
+    whole = fn(image)
+    tiled = process_tiled(image, fn, scale=2, tile=32, halo=4, dtype=np.float64, align=2)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-12)
+    misaligned = process_tiled(image, fn, scale=2, tile=31, halo=3, dtype=np.float64)
+    assert not np.allclose(misaligned, whole)
