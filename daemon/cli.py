@@ -28,14 +28,16 @@ from refscope.models.errors import RefscopeModelError
 from refscope.models.evaluation import EvaluationReport, evaluate_pair
 from refscope.models.image_ops import as_gray_float
 from refscope.models.library import LibraryConfig
-from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_patch_size, enhance, fit_library,
+from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_patch_size, fit_library,
                                       register_reference, training_grids)
 from refscope.models.registration import PairGeometry
 
 from .daemon_cli import add_daemon_parser
 from .errors import InputFileError, RefscopeError
 from .model_store import load_model, save_model
+from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
+from .serving import ServingEngine
 from .tiff_io import LoadedImage, read_image, write_tiff
 
 __all__ = ["main", "build_parser", "load_frame", "fit_files", "enhance_files", "evaluate_files", "format_table",
@@ -131,9 +133,17 @@ def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> li
 
 
 def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
-                  sigma_n: float | None = None, command: str = "enhance") -> int:
-    """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed)."""
+                  sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx") -> int:
+    """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
+
+    Frames go through the daemon's :class:`~refscope.daemon.serving.ServingEngine`, so a batch costs what live
+    serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
+    the NumPy reference implementation otherwise).
+    """
     scale = model.scale
+    server = ServingEngine(ModelConfig(scale=scale, method=method, sigma_n=sigma_n), ServeConfig(),
+                           use_onnx=engine == "onnx")
+    server.set_model(model, version=1)
     files = _expand(inputs, scale)
     out_path = Path(out)
     single = len(files) == 1 and not Path(inputs[0]).is_dir() and out_path.suffix.lower() in (".tif", ".tiff")
@@ -143,9 +153,8 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     for src, dst in zip(files, outputs):
         try:
             frame = load_frame(src)
-            start = time.perf_counter()
-            result = enhance(frame.data, model, method=method, sigma_n=sigma_n)
-            seconds = time.perf_counter() - start
+            served = server.enhance(frame.data)
+            result, seconds = served.image, served.seconds
         except (RefscopeError, ValueError) as exc:
             if len(files) == 1:
                 raise
@@ -156,7 +165,8 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
         write_tiff(dst, result.astype(np.float32), pixel_size_nm=pixel,
                    metadata={"method": method, "scale": scale, "source": str(src)})
         size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
-        print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {method}, {seconds:.2f} s")
+        print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {method} ({served.backend}), "
+              f"{seconds:.2f} s")
     return 2 if failed else 0
 
 
@@ -203,7 +213,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_enhance(args: argparse.Namespace) -> int:
     model = load_model(args.state_dir)
-    return enhance_files(model, args.inputs, args.output, method=args.method, sigma_n=args.sigma_n)
+    return enhance_files(model, args.inputs, args.output, method=args.method, sigma_n=args.sigma_n,
+                         engine=args.engine)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -302,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="paired", help="reconstruction method (default paired)")
     p.add_argument("--sigma-n", type=_positive, metavar="X", help="NLM strength: relative to the measured noise for paired (default 1), "
                    "in library units (1/255 of the LR range) for paired-faithful/original (default 1)")
+    p.add_argument("--engine", choices=("onnx", "numpy"), default="onnx",
+                   help="onnx: serve through ONNX Runtime like the daemon (default); numpy: the reference code")
     p.set_defaults(handler=_cmd_enhance)
 
     p = sub.add_parser("evaluate", parents=[common], help="score the methods on one LR/HR pair (3x4 subimages)",

@@ -100,6 +100,16 @@ def test_enhance_folder_keeps_going_past_a_bad_frame(files, state, tmp_path: Pat
     assert captured.err.strip().splitlines() == [captured.err.strip()] and str(frames / "b.tif") in captured.err
 
 
+def test_enhance_serves_through_onnx_runtime_and_matches_the_reference(files, state, tmp_path: Path, capsys) -> None:
+    onnx_out, numpy_out = tmp_path / "onnx.tif", tmp_path / "numpy.tif"
+    assert main(["enhance", str(state), str(files["lr"]), "-o", str(onnx_out)]) == 0
+    assert "(onnx)" in capsys.readouterr().out
+    assert main(["enhance", str(state), str(files["lr"]), "-o", str(numpy_out), "--engine", "numpy"]) == 0
+    assert "(numpy)" in capsys.readouterr().out
+    served, reference = read_image(onnx_out).data, read_image(numpy_out).data
+    assert np.max(np.abs(served - reference)) <= 1e-4 * float(np.ptp(reference))
+
+
 def test_saved_model_gives_the_same_output_as_a_fresh_fit(files, state, tmp_path: Path) -> None:
     again = tmp_path / "again"
     assert main(["fit", str(files["lr"]), str(files["hr"]), "-o", str(again), "--library-size", "1000"]) == 0
