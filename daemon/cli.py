@@ -239,6 +239,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench  # imports torch for the networks: only when benchmarking
+
+    if args.state_dir:
+        model = load_model(args.state_dir)
+        _, lr = bench.synthetic_model(scale=model.scale)
+    else:
+        model, lr = bench.synthetic_model()
+    height, width = args.size
+    if height % model.scale or width % model.scale:
+        raise ValueError(f"--size {width}x{height} is not a multiple of the model's scale {model.scale}")
+    frame = bench.bench_frame(lr, (height // model.scale, width // model.scale))
+    timings = bench.run_bench(model, frame, runs=args.runs, networks=tuple(args.networks.split(",")) if args.networks
+                              else bench.NETWORKS)
+    print(bench.format_timings(timings, shape_out=(height, width)))
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in output pixels, e.g. 1280x944, got {text!r}")
+    if min(width, height) < 16:
+        raise argparse.ArgumentTypeError(f"output size {text} is too small (at least 16x16)")
+    return height, width
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # demo calls back into this module's commands
 
@@ -340,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="a small pair (a few seconds)")
     p.add_argument("--workdir", metavar="DIR", help="folder for the files (default: a new temporary folder)")
     p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("bench", parents=[common], help="serving speed on this machine, as ratios to the exact code",
+                       description="Time the exact NumPy paired reconstruction (baseline), the same model served "
+                       "through ONNX Runtime as the daemon serves it, and each neural network; print p50/p99 "
+                       "latency, Mpx/s and speed-ups measured in the same run.")
+    p.add_argument("state_dir", metavar="STATE_DIR", nargs="?", help="a fitted model (default: fit a synthetic one)")
+    p.add_argument("--size", type=_size, default=(944, 1280), metavar="WxH", help="output size (default 1280x944)")
+    p.add_argument("--runs", type=int, default=5, metavar="N", help="timed runs per served path (default 5)")
+    p.add_argument("--networks", metavar="A,B", help="networks to time (default: all registered; '' for none)")
+    p.set_defaults(handler=_cmd_bench)
 
     add_daemon_parser(sub)
     return parser

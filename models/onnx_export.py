@@ -383,6 +383,8 @@ def export_torch_module(
             # The TorchScript exporter announces its own deprecation; refscope pins torch < 2.14 where it exists.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            # dynamic-shape Slice ops cannot be constant-folded; torch says so once per op, harmlessly
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             torch.onnx.export(
                 module,
                 (sample,),

@@ -184,6 +184,18 @@ def test_bad_input_gives_one_line_and_exit_code_2(case: str, files, state, tmp_p
     assert "Traceback" not in captured.err and not (tmp_path / "x.tif").exists()
 
 
+def test_bench_reports_ratios_against_the_exact_baseline(state, capsys) -> None:
+    assert main(["bench", str(state), "--size", "96x64", "--runs", "1", "--networks", "compact"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line.split() for line in out.splitlines() if line.startswith(("paired", "compact"))}
+    assert set(rows) == {"paired, exact NumPy (baseline)", "paired, served (onnx)", "compact network, ONNX Runtime"}
+    assert float(rows["paired, exact NumPy (baseline)"][-2]) == 1.0  # the baseline's own ratio, no agreement
+    served = rows["paired, served (onnx)"]
+    assert served[-1] == "dB" and float(served[-3]) > 0 and float(served[-2]) > 60  # ratio, PSNR(exact, served)
+    assert main(["bench", "--size", "95x64"]) == 2  # not a multiple of the scale
+    assert "multiple" in capsys.readouterr().err
+
+
 def test_help_and_version(capsys) -> None:
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("refscope ")
