@@ -147,6 +147,8 @@ def run(args: argparse.Namespace, work: Path) -> Run:
             if sub.poll(50):
                 parts = sub.recv_multipart()
                 now = time.time()
+                if json.loads(parts[0]).get("role") != "enhanced":
+                    continue  # the stream also carries raw LR frames and confidence maps
                 frame = decode_enhanced(parts)
                 arrivals.put((frame.t, now, f"{frame.model} v{frame.model_version}"))
 

@@ -1,14 +1,20 @@
-"""The ``refscope`` command line: fit a paired library, enhance frames, evaluate a pair, run the offline demo.
+"""The ``refscope`` command line: fit a paired library, enhance frames, evaluate a pair, run the demos.
 
 ::
 
     refscope fit LR.tif HR.tif [HR2.tif ...] -o STATE_DIR [--scale S] [--lr-pixel-size NM --hr-pixel-size NM]
-    refscope enhance STATE_DIR IN.tif [IN2.tif | FOLDER ...] -o OUT [--method M] [--sigma-n X]
-    refscope evaluate LR.tif HR.tif [--scale S] [--methods a,b] [--no-in-sample] [--json F] [--csv F] [--plot F]
-    refscope demo [--seed N] [--json F] [--small]
+                 [--method paired|net] [--budget-s N] [--network compact|emsr]
+    refscope train STATE_DIR LR.tif [HR.tif ...] --strategy real-pairs|noise-robust|lr-only|synthetic [--budget-s N]
+    refscope enhance STATE_DIR IN.tif [IN2.tif | FOLDER ...] -o OUT [--method M|net|best] [--sigma-n X]
+    refscope evaluate LR.tif HR.tif [--scale S] [--methods a,b] [--method net] [--model F.onnx] [--protocol P]
+                 [--no-in-sample] [--json F] [--csv F] [--plot F]
+    refscope demo [--headless] [--duration S] [--json F] [--small] [--seed N] [--workdir DIR]   (live)
+    refscope demo --offline [--seed N] [--json F] [--small] [--workdir DIR]
+    refscope simulate (--out DIR | --zmq EP) [--requests-dir DIR | --events EP] [...]   (see .simulate)
 
 Pixel sizes are in nm, read from the FEI/Zeiss/ImageJ metadata unless the flags give them. A bad input file
 ends the command with one line ``refscope <cmd>: error: <file>: <problem>`` on stderr and exit code 2.
+The neural commands (``--method net``, ``train``, ``evaluate --model``) live in :mod:`.net_cli`.
 This module only parses arguments and glues :mod:`refscope.models` to the file helpers
 (:mod:`.tiff_io`, :mod:`.model_store`) and hands evaluation reports to :mod:`.report`; nothing here modifies an input file.
 """
@@ -31,8 +37,10 @@ from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_patch_size, fit_library,
                                       register_reference, training_grids)
 from refscope.models.registration import PairGeometry
+from refscope.tui.cli import add_tui_parser
 
 from .daemon_cli import add_daemon_parser
+from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
 from .model_store import load_model, save_model
 from .config import ModelConfig, ServeConfig
@@ -76,8 +84,9 @@ def _register(lr: LoadedImage, hr: LoadedImage, config: FitConfig) -> tuple[floa
         raise _about(hr.path, exc) from exc
 
 
-def fit_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig) -> FittedModel:
-    """Register every reference in ``lr`` and fit one library on all overlaps (as ``pipeline.fit``)."""
+def register_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig
+                   ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[PairGeometry]]:
+    """Register every reference in ``lr``: the (LR overlap region, HR grid) training pairs and the geometries."""
     regions, geometries = [], []
     for hr in references:
         _, geometry = _register(lr, hr, config)
@@ -88,6 +97,13 @@ def fit_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig)
         (y0, y1), (x0, x1) = box
         regions.append((lr.data[y0:y1, x0:x1], hr_grid))
         geometries.append(geometry)
+    return regions, geometries
+
+
+def fit_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig,
+              registered: tuple[list, list] | None = None) -> FittedModel:
+    """Register every reference in ``lr`` and fit one library on all overlaps (as ``pipeline.fit``)."""
+    regions, geometries = registered or register_files(lr, references, config)
     try:
         return fit_library(regions, config=config, geometries=geometries)
     except RefscopeModelError as exc:
@@ -133,17 +149,20 @@ def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> li
 
 
 def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
-                  sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx") -> int:
+                  sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx", runner=None,
+                  scale: int | None = None, label: str | None = None) -> int:
     """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
 
     Frames go through the daemon's :class:`~refscope.daemon.serving.ServingEngine`, so a batch costs what live
     serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
-    the NumPy reference implementation otherwise).
+    the NumPy reference implementation otherwise). ``runner`` (``lr -> sr``, e.g. the trained network through
+    ONNX Runtime, :mod:`.net_cli`) replaces the engine; give ``scale`` with it and ``model`` may be None.
     """
-    scale = model.scale
-    server = ServingEngine(ModelConfig(scale=scale, method=method, sigma_n=sigma_n), ServeConfig(),
-                           use_onnx=engine == "onnx")
-    server.set_model(model, version=1)
+    if runner is None:
+        scale = model.scale
+        server = ServingEngine(ModelConfig(scale=scale, method=method, sigma_n=sigma_n), ServeConfig(),
+                               use_onnx=engine == "onnx")
+        server.set_model(model, version=1)
     files = _expand(inputs, scale)
     out_path = Path(out)
     single = len(files) == 1 and not Path(inputs[0]).is_dir() and out_path.suffix.lower() in (".tif", ".tiff")
@@ -153,8 +172,13 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     for src, dst in zip(files, outputs):
         try:
             frame = load_frame(src)
-            served = server.enhance(frame.data)
-            result, seconds = served.image, served.seconds
+            if runner is not None:
+                start = time.perf_counter()
+                result, backend = runner(frame.data), "onnx"
+                seconds = time.perf_counter() - start
+            else:
+                served = server.enhance(frame.data)
+                result, seconds, backend = served.image, served.seconds, served.backend
         except (RefscopeError, ValueError) as exc:
             if len(files) == 1:
                 raise
@@ -165,7 +189,7 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
         write_tiff(dst, result.astype(np.float32), pixel_size_nm=pixel,
                    metadata={"method": method, "scale": scale, "source": str(src)})
         size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
-        print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {method} ({served.backend}), "
+        print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {label or method} ({backend}), "
               f"{seconds:.2f} s")
     return 2 if failed else 0
 
@@ -199,7 +223,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ValueError(f"--patch-size/--library-size: {exc}") from exc
     start = time.perf_counter()
-    model = fit_files(lr, refs, FitConfig(scale=args.scale, library=library))
+    config = FitConfig(scale=args.scale, library=library)
+    registered = register_files(lr, refs, config)
+    model = fit_files(lr, refs, config, registered)
     save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs])
     for hr, g in zip(refs, model.geometries):
         print(f"{hr.path}: x{lr.pixel_size_nm / hr.pixel_size_nm:.3g} at LR offset (y, x) = "
@@ -208,18 +234,44 @@ def _cmd_fit(args: argparse.Namespace) -> int:
           f"{library.n_categories} categories), scale x{model.scale}, noise sigma {model.noise_sigma:.2f} "
           f"(library units), fitted in {time.perf_counter() - start:.1f} s")
     print(f"saved model to {args.output}")
+    if args.method == "net":
+        from . import net_cli
+
+        net_cli.fit_net(args, lr, refs, registered[0], config)
+        print(f"saved network, pairs and best.json to {args.output}")
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import net_cli
+
+    return net_cli.cmd_train(args)
+
+
 def _cmd_enhance(args: argparse.Namespace) -> int:
-    model = load_model(args.state_dir)
-    return enhance_files(model, args.inputs, args.output, method=args.method, sigma_n=args.sigma_n,
-                         engine=args.engine)
+    from . import net_cli
+
+    requested = args.method or ("best" if net_cli.has_net(args.state_dir) else "paired")
+    method = net_cli.resolve_method(args.state_dir, requested)
+    model, runner, scale, method = net_cli.enhance_runner(args.state_dir, method)
+    label = f"best = {method}" if requested == "best" else None
+    return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
+                         engine=args.engine, runner=runner, scale=scale, label=label)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
     hr = load_frame(args.hr, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size")
+    extra = [m for m in (args.method or []) if m not in (args.methods or ())]
+    if args.methods is None:
+        args.methods = () if args.model else ("paired", "paired-faithful", "original")
+    args.methods = tuple(args.methods) + tuple(extra)
+    if args.model or "net" in args.methods or args.protocol == "standard":
+        from . import net_cli
+
+        return net_cli.cmd_evaluate(args, lr, hr)
+    if not args.methods:
+        raise ValueError("no method to evaluate; give --methods")
     start = time.perf_counter()
     report = evaluate_files(lr, hr, scale=args.scale, methods=args.methods, in_sample=not args.no_in_sample)
     seconds = time.perf_counter() - start
@@ -268,9 +320,14 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # demo calls back into this module's commands
+    if args.offline:
+        from .demo import run_demo  # demo calls back into this module's commands
 
-    return run_demo(seed=args.seed, json_path=args.json, small=args.small, workdir=args.workdir)
+        return run_demo(seed=args.seed, json_path=args.json, small=args.small, workdir=args.workdir)
+    from .live_demo import run_live_demo
+
+    return run_live_demo(headless=args.headless, duration_s=args.duration, json_path=args.json,
+                         workdir=args.workdir, seed=args.seed, small=args.small, interval_s=args.interval)
 
 
 # ----------------------------------------------------------------------------------------------- parser
@@ -298,11 +355,33 @@ def _scale(text: str) -> int:
 
 def _methods(text: str) -> tuple[str, ...]:
     names = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHODS + ("net",)]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from "
-                                         f"{', '.join(METHODS)}")
+                                         f"{', '.join(METHODS + ('net',))}")
     return names
+
+
+def _budget(text: str) -> float:
+    value = _positive(text)
+    if value > 7 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"must be at most one week of seconds, got {text!r}")
+    return value
+
+
+#: Names of :data:`refscope.models.networks.NETWORKS` and :data:`refscope.models.net_fit.NET_STRATEGIES`, spelled
+#: out so that building the parser does not import PyTorch (a test keeps them in step with the registries).
+NETWORK_NAMES = ("compact", "emsr")
+NET_STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
+
+
+def _net_flags(parser: argparse.ArgumentParser, *, network_default: str | None = "compact") -> None:
+    parser.add_argument("--budget-s", type=_budget, default=240.0, metavar="N",
+                        help="network training time budget in seconds (default 240)")
+    parser.add_argument("--network", choices=NETWORK_NAMES, default=network_default,
+                        help="network to train (default " + (network_default or "the saved one, else compact") + ")")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for training (default: PyTorch's choice)")
 
 
 def _pixel_flags(parser: argparse.ArgumentParser) -> None:
@@ -330,7 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library-size", type=int, default=8000, metavar="L", help="patch pairs kept (default 8000)")
     p.add_argument("--patch-size", type=int, metavar="N", help="odd patch side on the output grid (default 9)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the library sampling (default 0)")
+    p.add_argument("--method", choices=("paired", "net"), default="paired",
+                   help="paired: the paired library only (default); net: also train the network on the pairs, "
+                   "validate both on held-out subimages and record the winner in STATE_DIR/best.json")
+    _net_flags(p)
     p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("train", parents=[common], help="(re)train the network in a state folder with a strategy",
+                       description="Train the network on the LR frame (and the HR reference pairs given here or "
+                       "stored by `fit --method net`) with one strategy, warm-started from the saved network. "
+                       "It replaces the saved network only if it beats it on the held-out subimages.")
+    p.add_argument("state_dir", metavar="STATE_DIR", help="state folder (created if missing)")
+    p.add_argument("lr", metavar="LR.tif", help="low-resolution frame")
+    p.add_argument("hr", metavar="HR.tif", nargs="*", help="new HR reference scan(s) inside the LR field")
+    p.add_argument("--strategy", choices=NET_STRATEGIES, required=True,
+                   help="real-pairs: LR/HR pairs, l1; noise-robust: pairs with the noisier-input branch (EMSR eq. "
+                   "16); lr-only: multi-scale pairs from the LR frame alone; synthetic: the HR grids degraded to LR")
+    p.add_argument("--scale", type=_scale, metavar="S", help="output scale of a new state (default 2)")
+    p.add_argument("--from-scratch", action="store_true", help="do not warm-start from the saved network")
+    p.add_argument("--bootstrap-fraction", type=float, default=0.3, metavar="F",
+                   help="share of the budget for LR-only pre-training when not warm-starting (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of initialisation and sampling")
+    _net_flags(p, network_default=None)
+    _pixel_flags(p)
+    p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("enhance", parents=[common], help="super-resolve frames with a fitted model",
                        description="Super-resolve LR frames (files or folders) with the model in STATE_DIR.")
@@ -338,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", metavar="IN", nargs="+", help="LR frame(s) (TIFF/PNG) or folder(s) of frames")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="output .tif for one input; otherwise a folder receiving <stem>_x<S>.tif")
-    p.add_argument("--method", choices=METHODS, default="paired", help="reconstruction method (default paired)")
+    p.add_argument("--method", choices=METHODS + ("net", "best"), default=None,
+                   help="reconstruction method: net serves the trained network through ONNX Runtime, best the "
+                   "winner recorded in best.json (default: best once a network exists, else paired)")
     p.add_argument("--sigma-n", type=_positive, metavar="X", help="NLM strength: relative to the measured noise for paired (default 1), "
                    "in library units (1/255 of the LR range) for paired-faithful/original (default 1)")
     p.add_argument("--engine", choices=("onnx", "numpy"), default="onnx",
@@ -351,9 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lr", metavar="LR.tif")
     p.add_argument("hr", metavar="HR.tif")
     p.add_argument("--scale", type=_scale, metavar="S", help="output scale (default min(floor(factor), 4))")
-    p.add_argument("--protocol", choices=("subimages",), default="subimages", help="evaluation protocol")
-    p.add_argument("--methods", type=_methods, default=("paired", "paired-faithful", "original"),
-                   metavar="M1,M2", help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--protocol", choices=("subimages", "physical", "standard"), default="subimages",
+                   help="subimages (= physical, default): the LR frame's own pixels against the registered HR; "
+                   "standard (paper 001): HR subimages nearest-neighbour degraded, over a range of zoom levels")
+    p.add_argument("--methods", type=_methods, default=None, metavar="M1,M2",
+                   help=f"comma-separated, from {', '.join(METHODS + ('net',))} (default paired,paired-faithful,"
+                   "original; none with --model)")
+    p.add_argument("--method", action="append", choices=METHODS + ("net",), metavar="M",
+                   help="add one method; net trains the network within --budget-s on the left 9 subimages only")
+    p.add_argument("--model", metavar="F.onnx", help="score any single-image SR ONNX model (N, 1, H, W) -> "
+                   "(N, 1, S*H, S*W) on all 12 subimages, with paired t-tests against bicubic")
+    p.add_argument("--model-offset", type=float, metavar="X",
+                   help="model input normalisation (x - X) * Y (default X = the LR frame's minimum)")
+    p.add_argument("--model-scale", type=float, metavar="Y",
+                   help="model input normalisation factor (default 1 / (max - min) of the LR frame)")
+    p.add_argument("--zoom-levels", type=int, default=4, metavar="N",
+                   help="zoom levels of the standard protocol, from 1/S to 1 (default 4)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the network training")
+    _net_flags(p)
     p.add_argument("--no-in-sample", action="store_true", help="score only the 3 out-of-sample subimages (faster)")
     p.add_argument("--json", metavar="F", help="write every score, the summary, geometry and settings as JSON")
     p.add_argument("--csv", metavar="F", help="write the summary rows as CSV")
@@ -361,11 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
     _pixel_flags(p)
     p.set_defaults(handler=_cmd_evaluate)
 
-    p = sub.add_parser("demo", parents=[common], help="offline demo on a synthetic SEM pair",
-                       description="Make a synthetic LR/HR pair, then run fit, enhance and evaluate on it.")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the synthetic pair (default 0)")
-    p.add_argument("--json", metavar="F", help="also write the evaluation as JSON to F")
-    p.add_argument("--small", action="store_true", help="a small pair (a few seconds)")
+    p = sub.add_parser("demo", parents=[common], help="live demo: the daemon beside a simulated microscope",
+                       description="Live (default): run the daemon beside a simulated microscope on a temporary "
+                       "folder -- enhanced frames, a reference requested when the specimen changes, the microscope "
+                       "answering it, quality recovering (TUI if available, else a status line every few seconds). "
+                       "--offline: make a synthetic LR/HR pair, then run fit, enhance and evaluate on it.")
+    p.add_argument("--offline", action="store_true", help="the offline demo (fit, enhance, evaluate one pair)")
+    p.add_argument("--headless", action="store_true", help="live: no TUI; print the timeline and figures at the end")
+    p.add_argument("--duration", type=_positive, metavar="S",
+                   help="live: run S seconds (default 60 headless, 90 with text output, until quit with the TUI)")
+    p.add_argument("--interval", type=_positive, metavar="S", help="live: seconds between frames (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the synthetic specimen (default 0)")
+    p.add_argument("--json", metavar="F", help="also write the summary (live) or the evaluation (offline) as JSON")
+    p.add_argument("--small", action="store_true", help="small frames (faster)")
     p.add_argument("--workdir", metavar="DIR", help="folder for the files (default: a new temporary folder)")
     p.set_defaults(handler=_cmd_demo)
 
@@ -380,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_bench)
 
     add_daemon_parser(sub)
+    add_simulate_parser(sub)
+    add_tui_parser(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ Sources, later ones winning key by key:
 
 1. the defaults below;
 2. a TOML file (``refscope daemon --config refscope.toml``) with top-level keys ``state_dir`` and ``log_level``
-   and the tables ``[ingest]``, ``[model]``, ``[serve]``, ``[publish]``, ``[control]``;
+   and the tables ``[ingest]``, ``[model]``, ``[serve]``, ``[publish]``, ``[control]``, ``[monitor]``;
 3. command-line overrides, given as dotted keys: ``{"ingest.watch": "/data/in", "publish.out_dir": "/data/out"}``
    (a key without a dot is a top-level key). String values are parsed for the key's type (``"3"`` for an
    integer, ``"true"``/``"false"`` for a flag, ``"a,b"`` for a list, ``"none"`` to unset an optional key).
@@ -15,7 +15,7 @@ from and what is allowed):
 * unknown keys or tables are refused, with the list of allowed keys;
 * every value must have the key's type and lie in its range (see the field docs);
 * at least one ingest source is needed: ``ingest.watch`` or ``ingest.zmq_endpoint``;
-* ``publish.out_dir`` and ``state_dir`` must not be the watched folder or inside it: refscope never writes
+* ``publish.out_dir``, ``state_dir`` and ``monitor.hook_dir`` must not be the watched folder or inside it: refscope never writes
   where the microscope writes, and its own outputs must not come back in as inputs;
 * the sockets refscope binds (``ingest.zmq_endpoint``, ``publish.pub_endpoint``, ``control.endpoint``,
   ``control.events_endpoint``) must be distinct.
@@ -56,6 +56,8 @@ __all__ = [
     "ServeConfig",
     "PublishConfig",
     "ControlConfig",
+    "MonitorConfig",
+    "HOOKS",
     "DaemonConfig",
     "load_config",
     "config_to_toml",
@@ -357,6 +359,8 @@ class PublishConfig:
         output_queue_limit: enhanced frames waiting to be written to ``out_dir`` before ingest is held back
             (>= 1; a frame is dropped, counted and logged only if the queue stays full).
         write_confidence: also write ``<stem>_x<S>_confidence.tif`` beside each enhanced frame.
+        stream_raw: also publish each raw LR frame (role ``"lr"``) on ``pub_endpoint``, just before its enhancement.
+        stream_confidence: also publish each confidence map (role ``"confidence"``) just after its enhancement.
     """
 
     SECTION: ClassVar[str] = "publish"
@@ -371,6 +375,10 @@ class PublishConfig:
         "Enhanced frames waiting to be written to out_dir; beyond this the pipeline waits, then drops (>= 1)."))
     write_confidence: bool = field(default=False, metadata=_doc(
         "Also write <stem>_x<S>_confidence.tif beside each enhanced frame."))
+    stream_raw: bool = field(default=True, metadata=_doc(
+        'Also publish each raw LR frame (role "lr") on pub_endpoint, just before its enhanced frame.'))
+    stream_confidence: bool = field(default=True, metadata=_doc(
+        'Also publish each confidence map (role "confidence", float32 in [0, 1]) just after its enhanced frame.'))
 
     def __post_init__(self) -> None:
         _check_types(self, "publish.")
@@ -400,12 +408,117 @@ class ControlConfig:
         _check_endpoint("control.events_endpoint", self.events_endpoint)
 
 
+HOOKS: tuple[str, ...] = ("log", "file", "zmq", "script")
+"""How a reference request reaches the microscope (``monitor.hook``), see :mod:`.reference_hooks`."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Quality drift of live frames, confidence maps and reference requests (see :mod:`.monitor`).
+
+    Each signal is raised when its value (the median over the last ``window`` frames) reaches ``*_on`` and
+    cleared when it falls back to ``*_off`` (hysteresis: ``*_off < *_on``). The held-out score works the other
+    way round (low is bad): raised at or below ``held_out_on_db``, cleared at or above ``held_out_off_db``.
+
+    Attributes:
+        enabled: measure the signals and the confidence map of every enhanced frame (needs a learned model).
+        window: frames whose median is compared with the thresholds (>= 1).
+        coverage_on, coverage_off: library coverage, ratio of the frame's median support distance to the
+            training frames' (1: like the training frames).
+        texture_on, texture_off: distance of the frame's patch-feature statistics from the training frames'
+            (0: alike; up to ~0.25 for other frames of the same real sample).
+        intensity_on, intensity_off: shift of mean/5th/95th percentile, in training standard deviations.
+        focus_on, focus_off: loss of sharpness, 0 (as sharp as the training frames) to 1.
+        held_out_on_db, held_out_off_db: the serving model's held-out ΔPSNR over bicubic on a new reference
+            before learning from it, dB.
+        request_on_drift: emit a reference request when a frame signal is raised.
+        request_without_model: request a first reference as soon as frames arrive while no model serves.
+        request_timeout_s: an unanswered request stops blocking new ones after this many seconds.
+        request_interval_s: least time between two automatic requests, seconds.
+        region_fraction: side of the requested region as a fraction of the LR field's (0.5: a quarter of it).
+        confidence_stride: spacing of the measured patches on the output grid, px (>= 1).
+        hook: how a request reaches the microscope: ``"log"``, ``"file"`` (a JSON file in ``hook_dir``),
+            ``"zmq"`` (a PUSH message to ``hook_endpoint``) or ``"script"`` (``hook_command`` with the JSON on stdin).
+        hook_dir, hook_endpoint, hook_command: the hook's target (required by its hook).
+        hook_timeout_s: longest a script hook may run, seconds.
+    """
+
+    SECTION: ClassVar[str] = "monitor"
+
+    enabled: bool = field(default=True, metadata=_doc(
+        "Measure quality drift and the confidence map of every enhanced frame (once a model is learned)."))
+    window: int = field(default=3, metadata=_doc("Frames whose median signal is compared with the thresholds (>= 1)."))
+    coverage_on: float = field(default=1.5, metadata=_doc(
+        "Raise 'coverage' when the frame's median support distance reaches this multiple of the training frames'."))
+    coverage_off: float = field(default=1.25, metadata=_doc("Clear 'coverage' at or below this ratio (< coverage_on)."))
+    texture_on: float = field(default=0.35, metadata=_doc(
+        "Raise 'texture' when the frame's patch statistics are this far from the training frames' (0: alike)."))
+    texture_off: float = field(default=0.2, metadata=_doc("Clear 'texture' at or below this distance (< texture_on)."))
+    intensity_on: float = field(default=1.0, metadata=_doc(
+        "Raise 'intensity' when mean/percentiles shift by this many training standard deviations."))
+    intensity_off: float = field(default=0.6, metadata=_doc("Clear 'intensity' at or below this shift (< intensity_on)."))
+    focus_on: float = field(default=0.35, metadata=_doc(
+        "Raise 'focus' when sharpness has dropped by this fraction of the training frames' (0 to 1)."))
+    focus_off: float = field(default=0.2, metadata=_doc("Clear 'focus' at or below this loss (< focus_on)."))
+    held_out_on_db: float = field(default=0.2, metadata=_doc(
+        "Raise 'held_out' when the serving model gains at most this many dB over bicubic on a new reference."))
+    held_out_off_db: float = field(default=0.4, metadata=_doc(
+        "Clear 'held_out' when the serving model gains at least this many dB (> held_out_on_db)."))
+    request_on_drift: bool = field(default=True, metadata=_doc("Request an HR reference when a frame signal is raised."))
+    request_without_model: bool = field(default=True, metadata=_doc(
+        "Request a first HR reference as soon as LR frames arrive while no model is serving."))
+    request_timeout_s: float = field(default=120.0, metadata=_doc(
+        "Seconds after which an unanswered request no longer blocks new ones (> 0)."))
+    request_interval_s: float = field(default=10.0, metadata=_doc(
+        "Least seconds between two automatic reference requests (>= 0)."))
+    region_fraction: float = field(default=0.5, metadata=_doc(
+        "Side of the requested region as a fraction of the LR field's side (0.5: a quarter of its area)."))
+    confidence_stride: int = field(default=6, metadata=_doc(
+        "Spacing of the patches measured for the confidence map, output pixels (>= 1)."))
+    hook: Literal["log", "file", "zmq", "script"] = field(default="log", metadata=_doc(
+        'How a reference request reaches the microscope: "log", "file" (JSON in hook_dir), "zmq" (PUSH to '
+        'hook_endpoint) or "script" (hook_command, JSON on stdin).'))
+    hook_dir: Path | None = field(default=None, metadata=_doc(
+        'Folder receiving request-<id>.json files (hook = "file"); not inside ingest.watch.', "/data/sem/requests"))
+    hook_endpoint: str | None = field(default=None, metadata=_doc(
+        'ZMQ endpoint the request is PUSHed to (hook = "zmq"; refscope connects).', "tcp://127.0.0.1:5570"))
+    hook_command: tuple[str, ...] | None = field(default=None, metadata=_doc(
+        'Command run with the request JSON on stdin (hook = "script").', ("/opt/sem/request_reference.sh",)))
+    hook_timeout_s: float = field(default=30.0, metadata=_doc("Longest a script hook may run, seconds (> 0)."))
+
+    def __post_init__(self) -> None:
+        _check_types(self, "monitor.")
+        _check_range("monitor.window", self.window >= 1, "an integer >= 1", self.window)
+        for name in ("coverage", "texture", "intensity", "focus"):
+            on, off = getattr(self, f"{name}_on"), getattr(self, f"{name}_off")
+            _check_range(f"monitor.{name}_on", on > 0, "a number > 0", on)
+            _check_range(f"monitor.{name}_off", 0 <= off < on, f"a number >= 0 and below {name}_on = {on:g}", off)
+        _check_range("monitor.held_out_off_db", self.held_out_off_db > self.held_out_on_db,
+                     f"above held_out_on_db = {self.held_out_on_db:g}", self.held_out_off_db)
+        _check_range("monitor.request_timeout_s", self.request_timeout_s > 0, "a number of seconds > 0",
+                     self.request_timeout_s)
+        _check_range("monitor.request_interval_s", self.request_interval_s >= 0, "a number of seconds >= 0",
+                     self.request_interval_s)
+        _check_range("monitor.region_fraction", 0 < self.region_fraction <= 1, "a fraction in (0, 1]",
+                     self.region_fraction)
+        _check_range("monitor.confidence_stride", self.confidence_stride >= 1, "an integer >= 1",
+                     self.confidence_stride)
+        _check_range("monitor.hook_timeout_s", self.hook_timeout_s > 0, "a number of seconds > 0", self.hook_timeout_s)
+        _check_endpoint("monitor.hook_endpoint", self.hook_endpoint)
+        needs = {"file": ("hook_dir", self.hook_dir), "zmq": ("hook_endpoint", self.hook_endpoint),
+                 "script": ("hook_command", self.hook_command)}
+        if self.hook in needs and needs[self.hook][1] is None:
+            name = needs[self.hook][0]
+            raise ConfigError(f"monitor.hook = {self.hook!r} needs monitor.{name}", key=f"monitor.{name}")
+
+
 SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
     "model": ModelConfig,
     "serve": ServeConfig,
     "publish": PublishConfig,
     "control": ControlConfig,
+    "monitor": MonitorConfig,
 }
 """TOML table name -> section dataclass."""
 
@@ -440,7 +553,7 @@ class DaemonConfig:
 
     Attributes:
         state_dir: folder for the catalogue, learned models and other state (absolute).
-        ingest, model, serve, publish, control: the sections.
+        ingest, model, serve, publish, control, monitor: the sections.
         log_level: ``"DEBUG"``, ``"INFO"``, ``"WARNING"`` or ``"ERROR"``.
     """
 
@@ -450,6 +563,7 @@ class DaemonConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -464,7 +578,8 @@ class DaemonConfig:
 
         watch = self.ingest.watch
         if watch is not None:
-            for key, path in (("publish.out_dir", self.publish.out_dir), ("state_dir", self.state_dir)):
+            for key, path in (("publish.out_dir", self.publish.out_dir), ("state_dir", self.state_dir),
+                              ("monitor.hook_dir", self.monitor.hook_dir)):
                 if path is not None and _inside(path, watch):
                     raise ConfigError(
                         f"{key} ({path}) is inside the watched folder ingest.watch ({watch}): refscope never writes "

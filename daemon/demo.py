@@ -1,4 +1,6 @@
-"""``refscope demo``: the whole workflow offline, on a synthetic SEM pair (no microscope, no data needed).
+"""``refscope demo --offline``: the whole workflow offline, on a synthetic SEM pair (no microscope, no data needed).
+
+(``refscope demo`` without ``--offline`` runs the live demo, :mod:`.live_demo`.)
 
 A synthetic specimen is scanned twice (:func:`refscope.models.synthetic.make_pair`): an LR frame
 (256 x 384 px at 10 nm, or 96 x 128 with ``small``) and an HR reference at 5 nm (factor 2) covering a random

@@ -16,6 +16,11 @@ For each HR reference handed to :meth:`Learner.submit_reference` the worker
    ``model_promoted`` and calls ``on_promoted`` (which must return quickly: serving swaps models, the learner
    never waits for it). On rejection the candidate is discarded and the serving model stays the champion.
 
+After each reference (learned from or not) the optional ``on_scored`` callback receives a :class:`ReferenceOutcome`:
+the serving model's held-out ΔPSNR on the new reference *before* learning from it (a true out-of-sample score of
+the model that was serving), the candidate's, and the LR region learned from (the quality monitor's training
+profile).
+
 Every pair learned from is recorded (``catalogue.record_pair``, event ``pair_learned``). A reference that cannot
 be used (no matching LR frame, mismatched scale, too little texture...) is counted by reason, logged on
 ``refscope.learner``, recorded and announced as event ``pair_rejected``; the worker carries on. Only a failure
@@ -61,6 +66,7 @@ __all__ = [
     "MODEL_VERSION_FILE",
     "LEARN_METHOD",
     "LearnerStatus",
+    "ReferenceOutcome",
     "Learner",
     "load_initial",
 ]
@@ -74,6 +80,35 @@ LEARN_METHOD = "paired"
 _log = logging.getLogger(LEARNER_LOGGER)
 
 OnPromoted = Callable[[FittedModel, int, PromotionDecision], None]
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceOutcome:
+    """What became of one HR reference (passed to ``on_scored``).
+
+    Attributes:
+        hr_source: the reference's ``Frame.source``.
+        lr_source: the LR frame it was paired with, or None (not paired).
+        lr_region: (h, w) float64 LR pixels of the pair's overlap (LR frame units), or None (not paired).
+        serving_delta_db: held-out ΔPSNR over bicubic (dB) of the model serving *before* this reference
+            (0.0 for bicubic): its out-of-sample score on new ground truth; None when not measured.
+        candidate_delta_db: the candidate's held-out ΔPSNR (dB), or None.
+        promoted: the candidate now serves.
+        version: the serving model's version after the decision.
+        reason: the promotion decision, or why the reference could not be used.
+    """
+
+    hr_source: str
+    lr_source: str | None
+    lr_region: np.ndarray | None
+    serving_delta_db: float | None
+    candidate_delta_db: float | None
+    promoted: bool
+    version: int
+    reason: str
+
+
+OnScored = Callable[[ReferenceOutcome], None]
 
 
 @dataclass(frozen=True)
@@ -96,6 +131,8 @@ class LearnerStatus:
         last_error: the latest rejection or failure message, or None.
         models_promoted: candidates promoted so far.
         models_rejected: candidates not promoted so far.
+        last_reference_delta_db: held-out ΔPSNR (dB) of the model that was serving when the newest reference
+            arrived, measured on that reference before learning from it (out-of-sample); None before any.
     """
 
     pairs_learned: int = 0
@@ -111,6 +148,7 @@ class LearnerStatus:
     last_error: str | None = None
     models_promoted: int = 0
     models_rejected: int = 0
+    last_reference_delta_db: float | None = None
 
 
 def _finite(value: float | None) -> float | None:
@@ -142,6 +180,8 @@ class Learner:
         margin_db: a candidate must beat the serving model and bicubic by more than this, dB.
         recent_lr: LR frames remembered for pairing (>= 1).
         poll_interval_s: how often the idle worker checks for stop, seconds.
+        on_scored: called on the worker thread with a :class:`ReferenceOutcome` after each reference (after
+            ``on_promoted``); must return quickly. An exception from it stops the worker like ``on_promoted``'s.
     """
 
     def __init__(
@@ -159,6 +199,7 @@ class Learner:
         margin_db: float = 0.0,
         recent_lr: int = 16,
         poll_interval_s: float = 0.1,
+        on_scored: OnScored | None = None,
     ) -> None:
         if int(queue_size) != queue_size or queue_size < 1:
             raise ValueError(f"learner: queue_size must be an integer >= 1, got {queue_size!r}")
@@ -180,6 +221,8 @@ class Learner:
         self._catalogue = catalogue
         self._events = events
         self._on_promoted = on_promoted
+        self._on_scored = on_scored
+        self._last_reference_db: float | None = None
         self._hooks = hooks if hooks is not None else PairingHooks()
         self._margin_db = float(margin_db)
         self._queue_size = int(queue_size)
@@ -261,6 +304,7 @@ class Learner:
                 last_error=self._last_error,
                 models_promoted=self._promoted,
                 models_rejected=self._not_promoted,
+                last_reference_delta_db=self._last_reference_db,
             )
 
     def current_model(self) -> tuple[FittedModel | None, int]:
@@ -337,6 +381,7 @@ class Learner:
             pair = pair_reference(hr, recent, config=self._config, hooks=self._hooks)
         except PairingError as exc:
             self._reject(hr.source, exc.reason, str(exc), best_ncc=exc.best_ncc)
+            self._scored(ReferenceOutcome(hr.source, None, None, None, None, False, self._version, str(exc)))
             return
         if self._stop.is_set():
             return
@@ -348,15 +393,27 @@ class Learner:
                                               scale=scale)
             candidate_db = held_out_delta_psnr(_predictor(candidate), split.held_out, scale=scale)
         except (RefscopeModelError, ValueError) as exc:
-            self._reject(hr.source, "fit_failed", f"HR reference {hr.source} (paired with {pair.lr_source}) could not "
-                         f"be learned from: {exc}")
+            message = f"HR reference {hr.source} (paired with {pair.lr_source}) could not be learned from: {exc}"
+            self._reject(hr.source, "fit_failed", message)
+            self._scored(ReferenceOutcome(hr.source, pair.lr_source, None, None, None, False, self._version, message))
             return
         decision = decide_promotion(candidate_db, champion_db, margin_db=self._margin_db)
+        with self._lock:
+            self._last_reference_db = _finite(champion_db)
         self._record_pair(pair)
         if decision.promote:
             self._promote(candidate, decision, pair)
         else:
             self._keep_champion(candidate, decision, pair, champion_db)
+        with self._lock:
+            version = self._version
+            promoted = self._model is candidate
+        self._scored(ReferenceOutcome(hr.source, pair.lr_source, pair.lr_region, _finite(champion_db),
+                                      _finite(candidate_db), promoted, version, decision.reason))
+
+    def _scored(self, outcome: ReferenceOutcome) -> None:
+        if self._on_scored is not None:
+            self._on_scored(outcome)
 
     # ------------------------------------------------------------------------------------------ outcomes
 
@@ -428,6 +485,7 @@ class Learner:
         _log.info("promoted model %d (library of %d pairs): %s", version, len(candidate.library), decision.reason)
         self._record_model(version, candidate, scores, True, decision.reason)
         self._emit("model_promoted", {"version": version, "held_out_delta_db": _finite(decision.candidate_delta_db),
+                                      "serving_delta_db": _finite(decision.champion_delta_db),
                                       "reason": decision.reason, "library_size": len(candidate.library)})
         self._on_promoted(candidate, version, decision)
 

@@ -43,8 +43,31 @@ the header has ``role: "enhanced"`` and says which input and which model produce
      "latency_s": 0.31, "source_seq": 42, "t": 1718000000.25,
      "confidence": "low"}          # optional flag, a short label; absent when there is nothing to say
 
-Use :func:`encode_frame` / :func:`decode_frame` for input messages and :func:`encode_enhanced` /
-:func:`decode_enhanced` for output messages. Decoders check every size limit before touching the pixel
+**The PUB stream** (``publish.pub_endpoint``) carries, per served LR frame and in this order, up to three
+messages of the same two-part form; a viewer dispatches on ``header["role"]`` (:func:`stream_role`, or
+:func:`decode_stream`) and ignores roles it does not know:
+
+1. ``role: "lr"`` -- the raw LR frame as received, in the *input* format above (:func:`encode_frame`; its ``seq``
+   is the input frame's seq, ``t`` its acquisition time, ``stage_xy_m`` when known). Optional
+   (``publish.stream_raw``, on by default).
+2. ``role: "enhanced"`` -- the enhanced frame (always sent; the header above). Its ``source_seq`` is the ``seq``
+   of message 1; ``confidence: "low"`` flags a frame served while the quality monitor reports drift.
+3. ``role: "confidence"`` -- the per-pixel confidence map of message 2 (:func:`encode_confidence`): ``float32``
+   values in [0, 1] (1: the learned library supports the pixel well, 0.5: as poorly as the worst tenth of the
+   frames it learned from), same shape and pixel size as the enhanced frame, header like the enhanced one
+   (``seq`` = the enhanced frame's ``seq``, same ``source_seq``, ``model``, ``model_version``)::
+
+       {"v": 1, "seq": 7, "dtype": "float32", "shape": [1536, 2048], "pixel_size_m": 2.45e-9,
+        "role": "confidence", "model": "paired", "model_version": "3", "latency_s": 0.35,
+        "source_seq": 42, "t": 1718000000.25}
+
+   Optional (``publish.stream_confidence``, on by default); sent only once a learned model serves.
+
+The stream is lossy (a slow viewer misses messages), so a viewer pairs messages by ``source_seq`` / ``seq``
+rather than by arrival order.
+
+Use :func:`encode_frame` / :func:`decode_frame` for input messages, :func:`encode_enhanced` /
+:func:`decode_enhanced` and :func:`encode_confidence` / :func:`decode_confidence` for output messages. Decoders check every size limit before touching the pixel
 buffer and never copy it (the returned array is a read-only view of the received bytes).
 """
 from __future__ import annotations
@@ -75,6 +98,11 @@ __all__ = [
     "decode_frame",
     "encode_enhanced",
     "decode_enhanced",
+    "encode_confidence",
+    "decode_confidence",
+    "STREAM_ROLES",
+    "stream_role",
+    "decode_stream",
     "parse_header",
 ]
 
@@ -108,6 +136,9 @@ REASON_CODES: frozenset[str] = frozenset(
 """Every :attr:`ProtocolError.reason_code`; refscope counts rejected messages under these names."""
 
 ENHANCED_ROLE = "enhanced"
+CONFIDENCE_ROLE = "confidence"
+STREAM_ROLES: tuple[str, ...] = ("lr", ENHANCED_ROLE, CONFIDENCE_ROLE)
+"""Roles of the messages on refscope's PUB stream (see the module docstring)."""
 _MAX_LABEL_CHARS = 256
 
 
@@ -290,6 +321,48 @@ def encode_enhanced(
     return [_dump(header), pixels.tobytes()]
 
 
+def encode_confidence(
+    data: np.ndarray,
+    *,
+    seq: int,
+    pixel_size_m: float,
+    model: str,
+    model_version: str,
+    latency_s: float,
+    source_seq: int,
+    t: float,
+    limits: ProtocolLimits = DEFAULT_LIMITS,
+) -> list[bytes]:
+    """Encode a confidence map (H, W) as a v1 output message with ``role: "confidence"`` (sent as float32).
+
+    Fields as :func:`encode_enhanced`: ``seq`` is the enhanced frame's, ``pixel_size_m`` its output pixel size.
+    Raises :class:`ProtocolError` for values that would not decode, ValueError for values outside [0, 1].
+    """
+    origin = "encode_confidence"
+    array = np.asarray(data)
+    if array.dtype.kind not in "uif":
+        raise ProtocolError("bad_dtype", f"{origin}: a confidence map must be real, got {array.dtype}")
+    array = array.astype("<f4", copy=False)
+    if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0.0 and array.max() <= 1.0):
+        raise ValueError(f"{origin}: confidence values must be finite and in [0, 1]")
+    name, pixels = _pixels(array, origin, limits)
+    header: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "seq": _integer(seq, "seq", origin),
+        "dtype": name,
+        "shape": [int(pixels.shape[0]), int(pixels.shape[1])],
+        "pixel_size_m": _number(pixel_size_m, "pixel_size_m", origin),
+        "role": CONFIDENCE_ROLE,
+        "model": model,
+        "model_version": model_version,
+        "latency_s": _number(latency_s, "latency_s", origin),
+        "source_seq": _integer(source_seq, "source_seq", origin),
+        "t": _number(t, "t", origin),
+    }
+    _check_enhanced_fields(header, origin, limits, role=CONFIDENCE_ROLE)
+    return [_dump(header), pixels.tobytes()]
+
+
 # ----------------------------------------------------------------------------------------------- decoding
 
 
@@ -408,13 +481,13 @@ def _check_input_fields(
 
 
 def _check_enhanced_fields(
-    header: Mapping[str, Any], origin: str, limits: ProtocolLimits
+    header: Mapping[str, Any], origin: str, limits: ProtocolLimits, *, role: str = ENHANCED_ROLE
 ) -> tuple[int, np.dtype, tuple[int, int], float]:
-    """Validate an output header; return seq, dtype, shape and pixel size (m)."""
+    """Validate an output header (``role`` enhanced or confidence); return seq, dtype, shape and pixel size (m)."""
     common = _check_common(header, origin, limits)
-    role = _require(header, "role", origin)
-    if role != ENHANCED_ROLE:
-        raise ProtocolError("bad_value", f"{origin}: role must be {ENHANCED_ROLE!r} in an output message, got {_show(role)}")
+    got = _require(header, "role", origin)
+    if got != role:
+        raise ProtocolError("bad_value", f"{origin}: role must be {role!r} in this output message, got {_show(got)}")
     _str_field(header, "model", origin)
     _str_field(header, "model_version", origin)
     latency = _float_field(header, "latency_s", origin)
@@ -537,3 +610,43 @@ def decode_enhanced(
         confidence=header.get("confidence"),
         header=MappingProxyType(header),
     )
+
+
+def decode_confidence(
+    parts: Sequence[Any], *, source: str = "confidence", limits: ProtocolLimits = DEFAULT_LIMITS
+) -> EnhancedFrame:
+    """Decode a ``role: "confidence"`` message (an :class:`EnhancedFrame` whose ``data`` is the map) without
+    copying the pixels. Raises :class:`ProtocolError` like :func:`decode_enhanced`."""
+    header = parse_header(parts, origin=source, limits=limits)
+    seq_hint = header.get("seq")
+    origin = f"{source}#{seq_hint}" if _is_int(seq_hint) else source
+    seq, dtype, shape, pixel_size_m = _check_enhanced_fields(header, origin, limits, role=CONFIDENCE_ROLE)
+    data = _pixel_view(parts[1], dtype, shape, origin)
+    return EnhancedFrame(data=data, seq=seq, pixel_size_m=pixel_size_m, model=header["model"],
+                         model_version=header["model_version"], latency_s=float(header["latency_s"]),
+                         source_seq=int(header["source_seq"]), t=float(header["t"]), header=MappingProxyType(header))
+
+
+def stream_role(parts: Sequence[Any], *, limits: ProtocolLimits = DEFAULT_LIMITS) -> str:
+    """The ``role`` of a stream message (``"lr"``, ``"enhanced"``, ``"confidence"``, or anything newer), read
+    from its header only. Raises :class:`ProtocolError` when the header is unreadable or has no string role."""
+    header = parse_header(parts, origin="stream", limits=limits)
+    role = header.get("role")
+    if not isinstance(role, str):
+        raise ProtocolError("missing_field", "stream: header lacks a string 'role'")
+    return role
+
+
+def decode_stream(parts: Sequence[Any], *, source: str = "stream",
+                  limits: ProtocolLimits = DEFAULT_LIMITS) -> tuple[str, Frame | EnhancedFrame | None]:
+    """Decode any message of refscope's PUB stream: ``(role, decoded)`` with a :class:`Frame` for ``"lr"``,
+    an :class:`EnhancedFrame` for ``"enhanced"`` and ``"confidence"``, and None for a role this version does
+    not know (skip it). Raises :class:`ProtocolError` for a malformed message."""
+    role = stream_role(parts, limits=limits)
+    if role == "lr":
+        return role, decode_frame(parts, source=source, limits=limits)
+    if role == ENHANCED_ROLE:
+        return role, decode_enhanced(parts, source=source, limits=limits)
+    if role == CONFIDENCE_ROLE:
+        return role, decode_confidence(parts, source=source, limits=limits)
+    return role, None

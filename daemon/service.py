@@ -3,9 +3,13 @@
 Data flow (one thread each, all stoppable)::
 
     sources (folder / ZMQ) --ingest--> classify --HR--> Learner (pair, fit, promote) --on_promoted--> engine
-                                              \\--LR--> note_lr + serve queue --serve--> ServingEngine.enhance
+                                              \\                                   \\--on_scored--> QualityMonitor
+                                               \\--LR--> note_lr + serve queue --serve--> ServingEngine.enhance
+                                                                                  --> QualityMonitor.observe (signals,
+                                                                                      confidence map, requests -> hook)
                                                                                   --> FolderPublisher (out_dir, lossless)
-                                                                                  --> StreamPublisher (PUB, lossy)
+                                                                                  --> StreamPublisher (PUB, lossy:
+                                                                                      lr, enhanced, confidence)
     control endpoint (REP) <-> status / pause / resume / request_reference / set / snapshot
 
 Policies:
@@ -20,7 +24,12 @@ Policies:
 * **Output folder**: :class:`~refscope.daemon.publish.FolderPublisher`, lossless bounded queue
   (``publish.output_queue_limit``; the serve loop waits, then drops and counts). A frame is marked enhanced in
   the catalogue only once its TIFF is written (``on_written``). Without an output folder, once streamed.
-* **Stream**: :class:`~refscope.daemon.publish.StreamPublisher`, lossy (viewers get the newest frames).
+* **Stream**: :class:`~refscope.daemon.publish.StreamPublisher`, lossy (viewers get the newest frames). Per
+  frame: the raw LR frame (``publish.stream_raw``), the enhanced frame, its confidence map
+  (``publish.stream_confidence``, once a model serves); formats in :mod:`.protocol`.
+* **Quality** (:mod:`.monitor`): every served frame is measured against the frames the model learned from
+  (``status()["quality"]``); drift, or frames without a model, trigger a rate-limited ``reference_requested``
+  handed to the ``monitor.hook``; the operator's ``request_reference`` goes the same way.
 * **Restart rule** (no duplicate outputs): after a restart (the catalogue exists) the folder is read from the
   start, existing files included (on the very first start, files already there are left alone), and a file
   frame is skipped when this version of it (same source, size, mtime) is already *enhanced* or *rejected* in the
@@ -71,9 +80,12 @@ from .config import DaemonConfig
 from .control import ControlServer
 from .errors import RefscopeError
 from .frames import Frame, FrameSource
-from .learner import Learner, load_initial
+from .learner import Learner, ReferenceOutcome, load_initial
+from .monitor import Observation, QualityMonitor
 from .pairing import RoleClassifier
+from .protocol import DTYPES, encode_confidence, encode_frame
 from .publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher, output_stem
+from .reference_hooks import HookRunner, make_hook
 from .serving import EnhanceResult, ServingEngine
 from .source_folder import FolderFrameSource
 from .source_zmq import ZmqFrameSource
@@ -175,6 +187,14 @@ class _Counters:
             return dict(self._values)
 
 
+class _FrameStream(StreamPublisher):
+    """The enhanced-frame stream, which also carries the raw LR frames and confidence maps (see :mod:`.protocol`)."""
+
+    def send_parts(self, parts: list[bytes]) -> bool:
+        """Send an already encoded two-part message without blocking; False when dropped (counted)."""
+        return self._pub.send(parts)
+
+
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "mean": None}
@@ -223,6 +243,8 @@ class Daemon:
         self.stream: StreamPublisher | None = None
         self.events: EventPublisher | None = None
         self.control: ControlServer | None = None
+        self.monitor: QualityMonitor | None = None
+        self._hooks: HookRunner | None = None
         self._sources: list[tuple[str, FrameSource]] = []
         self._serve_queue: queue.Queue[_Item] = queue.Queue(maxsize=SERVE_QUEUE_SIZE)
         self._threads: list[threading.Thread] = []
@@ -295,7 +317,7 @@ class Daemon:
                         "the same scale or another state folder")
                 self.engine.set_model(model, version)
             self._context = zmq.Context()
-            self.stream = StreamPublisher(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
+            self.stream = _FrameStream(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
             self.stream.start()
             self.events = EventPublisher(cfg.control.events_endpoint, context=self._context)
             self.events.start()
@@ -303,6 +325,12 @@ class Daemon:
                 self.folder = FolderPublisher(cfg.publish.out_dir, queue_limit=cfg.publish.output_queue_limit,
                                               on_written=self._on_written)
                 self.folder.start()
+            self._hooks = HookRunner(make_hook(cfg.monitor, context=self._context))
+            self._hooks.start()
+            self.monitor = QualityMonitor(cfg.monitor, emit=lambda kind, payload: self._emit(kind, payload, record=True),
+                                          hooks=self._hooks)
+            if model is not None:
+                self.monitor.set_model(model, version)
             self.learner = self._make_learner(model, version, cfg.model.scale)
             self.learner.start()
             self.control = ControlServer(cfg.control.endpoint, self._handlers(), context=self._context)
@@ -339,7 +367,7 @@ class Daemon:
                                                                       size=lib.size))
         return Learner(fit_config=fit_config, state_dir=self.config.state_dir, catalogue=self.catalogue,
                        events=self.events, on_promoted=self._on_promoted, initial_model=model,
-                       initial_version=version)
+                       initial_version=version, on_scored=self._on_scored)
 
     def _build_sources(self) -> list[tuple[str, FrameSource]]:
         if self._given_sources is not None:
@@ -379,6 +407,8 @@ class Daemon:
             self._quietly(lambda: self.folder.stop(drain=True, timeout=timeout), "output writer")
         if self.learner is not None:
             self._quietly(lambda: self.learner.stop(timeout=60.0), "learner")
+        if self._hooks is not None:
+            self._quietly(self._hooks.stop, "reference hook")
         for pub in (self.stream, self.events):
             if pub is not None:
                 self._quietly(pub.stop, "publisher")
@@ -425,6 +455,8 @@ class Daemon:
             self.folder.check()
         if self.control is not None:
             self.control.check()
+        if self._hooks is not None:
+            self._hooks.check()
 
     def run_forever(self, *, install_signals: bool = True) -> int:
         """Start (if needed) and serve until SIGTERM/SIGINT or :meth:`request_stop`; stop cleanly.
@@ -547,6 +579,8 @@ class Daemon:
                 self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
             else:
                 _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source, frame.pixel_size_nm or 0)
+                if self.monitor is not None:
+                    self.monitor.reference_arrived(frame)
             return
         self.learner.note_lr(frame)
         if known and record.status in ("enhanced", "rejected"):
@@ -585,6 +619,8 @@ class Daemon:
                         _log.warning("stopping with %d frame(s) not enhanced (they are processed after a restart)",
                                      left)
                     return
+            if self.monitor is not None:
+                self.monitor.tick()
             try:
                 item = self._serve_queue.get(timeout=0.05)
             except queue.Empty:
@@ -634,20 +670,56 @@ class Daemon:
         out_pixel_nm = frame.pixel_size_nm / scale if frame.pixel_size_nm is not None else None
         with self._newest_lock:
             self._newest = (frame, result)
+        # The quality look (an extra pass over the library) stays off the latency path: the enhanced frame is
+        # handed to the writer and the stream first, its confidence map follows -- unless the map is written
+        # beside the output TIFF, which needs it before the hand-over.
+        write_conf = self.config.publish.write_confidence
+        observation = self._observe(frame, result) if write_conf else None
         meta = {"model": result.model_name, "model_version": result.version, "backend": result.backend,
                 "model_s": round(result.seconds, 6), "source_seq": frame.seq}
         if self.folder is not None:
             stem = output_stem(frame.source)
+            confidence = observation.confidence if observation is not None else None
             if not self.folder.submit(result.image, source=frame.source, t=frame.t, scale=scale,
-                                      pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem):
+                                      pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem, confidence=confidence):
                 self._counts.add("dropped.output_queue_full")
                 self._emit("output_dropped", {"source": frame.source, "reason": "output_queue_full"})
-        self._publish_stream(frame, result, item, scale, out_pixel_nm)
+        drift = observation.drift if observation is not None else self._drift_now()
+        seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift)
+        if observation is None:
+            observation = self._observe(frame, result)
+        self._publish_confidence(frame, result, observation, seq, latency, out_pixel_nm)
         if self.folder is None:
             self._catalogue_call(lambda: catalogue.mark_enhanced(frame.source, None), frame.source)
 
+    def _observe(self, frame: Frame, result: EnhanceResult) -> Observation:
+        """The quality monitor's look at a served frame; a failure is counted (``monitor_failed``), never fatal."""
+        if self.monitor is None:
+            return Observation(None, {}, False)
+        try:
+            return self.monitor.observe(frame, out_shape=result.image.shape)
+        except Exception as exc:  # noqa: BLE001 - quality measurement must never stop serving
+            self._error("monitor_failed", f"{frame.source}: quality not measured ({type(exc).__name__}: {exc})",
+                        level=logging.ERROR, exc_info=exc)
+            return Observation(None, {}, False)
+
+    def _send(self, parts_of: Any, what: str, frame: Frame) -> None:
+        """Encode (``parts_of()``) and send an extra stream message (raw frame, confidence map); problems are
+        counted, never fatal."""
+        assert self.stream is not None
+        try:
+            if not self.stream.send_parts(parts_of()):
+                self._counts.add(f"dropped.stream_{what}")
+        except Exception as exc:  # noqa: BLE001 - ProtocolError, odd dtype...
+            self._error("stream_error", f"{frame.source}: {what} not streamed ({exc})")
+
+    def _drift_now(self) -> bool:
+        """The monitor's drift state before this frame is measured (flags the enhanced frame's header)."""
+        return bool(self.monitor is not None and self.monitor.drift)
+
     def _publish_stream(self, frame: Frame, result: EnhanceResult, item: _Item, scale: int,
-                        out_pixel_nm: float | None) -> None:
+                        out_pixel_nm: float | None, drift: bool) -> tuple[int, float, float]:
+        """Stream the raw frame and the enhanced one; returns (output seq, latency s, output pixel nm)."""
         assert self.stream is not None
         if out_pixel_nm is None:
             if not self._warned_no_pixel:
@@ -655,13 +727,21 @@ class Daemon:
                              "ingest.pixel_size_nm)", frame.source, _NOMINAL_PIXEL_NM)
                 self._warned_no_pixel = True
             out_pixel_nm = _NOMINAL_PIXEL_NM / scale
+        publish = self.config.publish
+        if publish.stream_raw:
+            raw = np.asarray(frame.data)
+            if raw.dtype.newbyteorder("<") not in DTYPES.values():
+                raw = raw.astype(np.float32)
+            self._send(lambda: encode_frame(raw, seq=frame.seq, pixel_size_m=out_pixel_nm * scale * 1e-9, role="lr",
+                                            stage_xy_m=frame.stage_xy_m, t=frame.t), "raw", frame)
         now = time.time()
         latency = max(0.0, now - item.origin_t)
         self._out_seq += 1
+        seq = self._out_seq
         try:
-            sent = self.stream.publish(result.image, seq=self._out_seq, pixel_size_m=out_pixel_nm * 1e-9,
+            sent = self.stream.publish(result.image, seq=seq, pixel_size_m=out_pixel_nm * 1e-9,
                                        model=result.model_name, model_version=str(result.version), latency_s=latency,
-                                       source_seq=frame.seq, t=frame.t)
+                                       source_seq=frame.seq, t=frame.t, confidence="low" if drift else None)
         except Exception as exc:  # noqa: BLE001 - ProtocolError (e.g. an output side over the wire limit)
             self._error("stream_error", f"{frame.source}: not streamed ({exc})")
             sent = False
@@ -672,6 +752,16 @@ class Daemon:
             self._latency.append(latency)
             self._model_s.append(result.seconds)
             self._processing_s.append(max(0.0, now - item.ingested_t))
+        return seq, latency, out_pixel_nm
+
+    def _publish_confidence(self, frame: Frame, result: EnhanceResult, observation: Observation, seq: int,
+                            latency: float, out_pixel_nm: float) -> None:
+        """Stream the confidence map of output ``seq`` (role "confidence"), when there is one."""
+        conf = observation.confidence
+        if self.config.publish.stream_confidence and conf is not None and conf.shape == result.image.shape:
+            self._send(lambda: encode_confidence(conf, seq=seq, pixel_size_m=out_pixel_nm * 1e-9, model=result.model_name,
+                                                 model_version=str(result.version), latency_s=latency,
+                                                 source_seq=frame.seq, t=frame.t), "confidence", frame)
 
     def _on_written(self, published: PublishedFile) -> None:
         """FolderPublisher callback (writer thread): the frame's output exists -> enhanced in the catalogue."""
@@ -679,6 +769,17 @@ class Daemon:
         if self.catalogue is not None:
             self._catalogue_call(lambda: self.catalogue.mark_enhanced(published.source, published.path),
                                  published.source)
+
+    def _on_scored(self, outcome: ReferenceOutcome) -> None:
+        """Learner callback (learner thread): the monitor learns the reference's scores and the new profile."""
+        if self.monitor is None:
+            return
+        try:
+            model = self.engine.fitted if self.engine.version == outcome.version else None
+            self.monitor.on_outcome(outcome, model)
+        except Exception as exc:  # noqa: BLE001 - a measurement problem must not stop the learner
+            self._error("monitor_failed", f"{outcome.hr_source}: quality profile not updated "
+                        f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
 
     def _on_promoted(self, model: FittedModel, version: int, decision: PromotionDecision) -> None:
         """Learner callback (learner thread): serve the promoted model."""
@@ -723,18 +824,13 @@ class Daemon:
         """
         with self._newest_lock:
             newest = self._newest[0] if self._newest is not None else None
-        payload: dict[str, Any] = {"reason": "operator", "region": region, "note": note,
-                                   "frame": newest.source if newest is not None else None}
         if region is not None and newest is not None:
             height, width = newest.shape
             if region[2] > height or region[3] > width:
                 raise ValueError(f"region {region} lies outside the newest frame ({height}x{width} px)")
-            if newest.pixel_size_nm is not None:
-                payload["region_nm"] = [v * newest.pixel_size_nm for v in region]
-            if newest.stage_xy_m is not None:
-                payload["stage_xy_m"] = list(newest.stage_xy_m)
-        self._emit("reference_requested", payload, record=True)
-        _log.info("reference requested by the operator%s", f" in region {region}" if region else "")
+        assert self.monitor is not None
+        payload = self.monitor.request(reason="operator", frame=newest, region=region, note=note,
+                                       detail="requested by the operator")
         return {"requested": payload}
 
     def set_options(self, method: str | None = None, sigma_n: Any = ..., scale: int | None = None) -> dict[str, Any]:
@@ -764,6 +860,8 @@ class Daemon:
             learner = self._make_learner(None, 0, scale)
             if old is not None:
                 old.stop(timeout=30.0)
+            if self.monitor is not None:
+                self.monitor.reset()
             learner.start()
             self.learner = learner
 
@@ -872,6 +970,7 @@ class Daemon:
             "ingest": ingest,
             "publish": {"folder": folder_stats, "stream": stream, "events": events},
             "control": asdict(self.control.stats()) if self.control is not None else None,
+            "quality": self.monitor.status() if self.monitor is not None else None,
             "catalogue": catalogue,
             "endpoints": self.endpoints,
             "state_dir": str(self.config.state_dir),

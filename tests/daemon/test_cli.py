@@ -144,7 +144,8 @@ def test_evaluate_writes_json_csv_and_png(files, tmp_path: Path, capsys) -> None
 
 
 def test_demo_prints_the_table(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--small", "--seed", "2", "--workdir", str(tmp_path), "--json", str(tmp_path / "d.json")]) == 0
+    assert main(["demo", "--offline", "--small", "--seed", "2", "--workdir", str(tmp_path), "--json",
+                 str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "paired" in out and "bicubic" in out and str(tmp_path) in out
     assert (tmp_path / "lr_x2.tif").is_file() and (tmp_path / "model" / "library.json").is_file()

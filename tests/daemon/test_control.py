@@ -14,7 +14,7 @@ import zmq
 from refscope.daemon.config import load_config
 from refscope.daemon.control import COMMANDS, ControlClient, ControlError, ControlServer, ControlTimeout, validate_request
 from refscope.daemon.frames import Frame, IngestCounters, IngestStats
-from refscope.daemon.protocol import decode_enhanced
+from refscope.daemon.protocol import decode_enhanced, stream_role
 from refscope.daemon.service import Daemon
 from refscope.daemon.tiff_io import read_image
 from refscope.models.library import LibraryConfig
@@ -163,6 +163,15 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
+def next_enhanced(stream):
+    """The next enhanced-frame message on the stream, skipping raw frames and confidence maps; None if none yet."""
+    while stream.poll(100):
+        parts = stream.recv_multipart()
+        if stream_role(parts) == "enhanced":
+            return parts
+    return None
+
+
 def test_every_daemon_command_round_trips(tmp_path):
     pair = make_pair(rng=np.random.default_rng(3), lr_shape=LR_SHAPE, factor=2.0)
     source = QueueSource()
@@ -198,7 +207,7 @@ def test_every_daemon_command_round_trips(tmp_path):
         assert client.request("snapshot") == {"ok": False, "error": "snapshot: no frame has been enhanced yet"}
 
         put(0)
-        first = decode_enhanced(_wait(lambda: stream.poll(100) and stream.recv_multipart(), 10, "frame 0"))
+        first = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 0"))
         assert first.source_seq == 0 and first.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
 
         # pause: inputs recorded, nothing published; resume: published again
@@ -209,7 +218,7 @@ def test_every_daemon_command_round_trips(tmp_path):
         assert daemon.catalogue.frame("mem:1").status == "rejected"
         assert client.call("resume") == {"ok": True, "paused": False}
         put(2)
-        got = decode_enhanced(_wait(lambda: stream.poll(100) and stream.recv_multipart(), 10, "frame 2"))
+        got = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 2"))
         assert got.source_seq == 2
 
         # request_reference
@@ -227,7 +236,7 @@ def test_every_daemon_command_round_trips(tmp_path):
         assert client.call("set", sigma_n=None)["model"]["sigma_n"] is None
         assert client.call("set", scale=3)["model"]["scale"] == 3
         put(3)
-        got = decode_enhanced(_wait(lambda: stream.poll(100) and stream.recv_multipart(), 10, "frame 3"))
+        got = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 3"))
         assert got.data.shape == (3 * LR_SHAPE[0], 3 * LR_SHAPE[1])
         assert client.call("set", scale=2, method="paired")["model"]["scale"] == 2
         assert daemon.learner.status().model_version == 0  # the learner restarted at the new scale

@@ -27,7 +27,7 @@ from refscope.daemon import publish as publish_module
 from refscope.daemon.config import load_config
 from refscope.daemon.control import ControlClient
 from refscope.daemon.frames import Frame, IngestCounters, IngestStats
-from refscope.daemon.protocol import decode_enhanced, encode_frame
+from refscope.daemon.protocol import decode_enhanced, encode_frame, stream_role
 from refscope.daemon.publish import output_stem
 from refscope.daemon.service import Daemon
 from refscope.daemon.tiff_io import read_image, write_tiff
@@ -93,7 +93,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 class Viewer:
-    """A SUB socket on the daemon's stream collecting decoded enhanced frames."""
+    """A SUB socket on the daemon's stream collecting decoded enhanced frames (other roles skipped)."""
 
     def __init__(self, endpoint: str) -> None:
         self.context = zmq.Context()
@@ -106,7 +106,9 @@ class Viewer:
 
     def drain(self) -> list[Any]:
         while self.socket.poll(0):
-            self.frames.append(decode_enhanced(self.socket.recv_multipart()))
+            parts = self.socket.recv_multipart()
+            if stream_role(parts) == "enhanced":  # the stream also carries raw frames and confidence maps
+                self.frames.append(decode_enhanced(parts))
         return self.frames
 
     def wait(self, n: int, timeout: float) -> list[Any]:

@@ -1,0 +1,246 @@
+"""Physics of a virtual SEM session: specimen areas, a field that drifts, contrast/focus changes, LR and HR scans.
+
+Pure functions of their arguments (time included): the simulated microscope process
+(:mod:`refscope.daemon.simulate`) calls them on a clock; tests call them at chosen times.
+
+Geometry. Each :class:`Area` is a clean specimen image (signal in [0, 1], e.g. from
+:func:`~.synthetic.render_specimen`) whose top-left specimen pixel edge sits at stage position ``origin_m``
+(x, y, metres); specimen pixels are ``specimen_nm`` nm. The stage position of a scan is the centre of its field;
+stage x runs along image columns and stage y along image rows (no scan rotation). An LR frame samples its field
+with ``lr_pixel_nm`` pixels; an HR reference scan samples ``hr_factor`` times finer.
+
+The session (:class:`Session`) moves the field: the stage sits at the centre of area 0, drifts along a bounded
+zig-zag (``drift_nm_per_s``, turning around before the field leaves the area), and at ``scene_change_s`` is moved
+to area 1 (another kind of specimen). :class:`Event` entries change the contrast (gain, offset of the detector
+signal) or the focus (extra probe blur) for a while.
+
+Noise model per pixel: ``Poisson(dose * (gain * s + offset)) / dose + Normal(0, read_noise)`` with ``s`` the
+probe-blurred specimen signal, plus a random shift of each scan line (line jitter), as
+:func:`~.synthetic.scan`; frames are returned as uint16 (signal [0, 1] -> 0..65535).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .synthetic import render_specimen, scan
+
+__all__ = ["Area", "Event", "Optics", "Session", "State", "make_areas", "specimen_from_image", "state_at",
+           "scan_lr", "scan_hr", "stage_to_area"]
+
+
+@dataclass(frozen=True, eq=False)
+class Area:
+    """One area of the specimen: ``image`` (Hs, Ws) float64 signal in [0, 1], ``origin_m`` stage (x, y) of its
+    top-left corner, ``specimen_nm`` its pixel size, ``name`` (e.g. the specimen kind)."""
+
+    image: np.ndarray
+    origin_m: tuple[float, float]
+    specimen_nm: float
+    name: str
+
+    @property
+    def size_nm(self) -> tuple[float, float]:
+        """(height, width) of the area, nm."""
+        return (self.image.shape[0] * self.specimen_nm, self.image.shape[1] * self.specimen_nm)
+
+    def centre_m(self) -> tuple[float, float]:
+        """Stage (x, y) of the area's centre, metres."""
+        h, w = self.size_nm
+        return (self.origin_m[0] + w * 0.5e-9, self.origin_m[1] + h * 0.5e-9)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A temporary change: from ``start_s`` for ``duration_s`` seconds, ``kind`` ``"contrast"`` (detector
+    ``gain`` and ``offset``) or ``"focus"`` (extra probe blur ``blur_px``, LR pixels, added in quadrature)."""
+
+    kind: str
+    start_s: float
+    duration_s: float
+    gain: float = 1.0
+    offset: float = 0.0
+    blur_px: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("contrast", "focus"):
+            raise ValueError(f"event kind must be 'contrast' or 'focus', got {self.kind!r}")
+        if not (self.duration_s > 0 and self.gain > 0 and self.blur_px >= 0):
+            raise ValueError("an event needs duration_s > 0, gain > 0 and blur_px >= 0")
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Scan settings.
+
+    Attributes:
+        lr_shape: (H, W) of an LR frame, px.
+        lr_pixel_nm: LR pixel size, nm.
+        hr_factor: HR sampling relative to the LR (2: HR pixels are half as large).
+        dose, hr_dose: electrons per unit signal per pixel of LR frames and HR references.
+        read_noise: additive Gaussian noise, signal units.
+        probe_sigma_px: probe standard deviation, LR px (HR scans: ``hr_probe_sigma_px`` HR px).
+        hr_probe_sigma_px: probe standard deviation of HR scans, HR px.
+        line_jitter_px: standard deviation of each line's shift, in the scan's own pixels.
+    """
+
+    lr_shape: tuple[int, int] = (256, 320)
+    lr_pixel_nm: float = 10.0
+    hr_factor: int = 2
+    dose: float = 300.0
+    hr_dose: float = 600.0
+    read_noise: float = 0.01
+    probe_sigma_px: float = 0.5
+    hr_probe_sigma_px: float = 0.6
+    line_jitter_px: float = 0.1
+
+    def __post_init__(self) -> None:
+        if min(self.lr_shape) < 16 or self.lr_pixel_nm <= 0 or self.hr_factor < 2:
+            raise ValueError("optics need an LR frame of at least 16x16 px, lr_pixel_nm > 0 and hr_factor >= 2")
+        if self.dose <= 0 or self.hr_dose <= 0 or self.read_noise < 0 or self.probe_sigma_px < 0:
+            raise ValueError("doses must be > 0; read_noise and probe_sigma_px >= 0")
+
+
+@dataclass(frozen=True)
+class Session:
+    """How the field moves and what changes over time (seconds from the session start).
+
+    Attributes:
+        drift_nm_per_s: stage drift speed along x and y (a bounded zig-zag), nm/s.
+        scene_change_s: time the stage moves from area 0 to area 1 (None: never).
+        events: contrast/focus changes.
+        margin_lr_px: closest the field comes to an area's border, LR px.
+    """
+
+    drift_nm_per_s: tuple[float, float] = (3.0, 1.5)
+    scene_change_s: float | None = 30.0
+    events: tuple[Event, ...] = field(default_factory=tuple)
+    margin_lr_px: float = 8.0
+
+
+@dataclass(frozen=True)
+class State:
+    """The microscope at one moment: ``area`` index, stage ``stage_xy_m`` (field centre), detector ``gain`` and
+    ``offset``, extra focus blur ``blur_px`` (LR px)."""
+
+    area: int
+    stage_xy_m: tuple[float, float]
+    gain: float
+    offset: float
+    blur_px: float
+
+
+def _zigzag(distance: float, span: float) -> float:
+    """Position in [-span, span] after travelling ``distance`` from 0 back and forth (a triangle wave)."""
+    if span <= 0:
+        return 0.0
+    period = 4.0 * span
+    phase = (distance + span) % period
+    return (phase if phase <= 2 * span else period - phase) - span
+
+
+def state_at(t: float, areas: Sequence[Area], optics: Optics, session: Session) -> State:
+    """The :class:`State` at ``t`` seconds into the session (pure)."""
+    area = 1 if (session.scene_change_s is not None and t >= session.scene_change_s and len(areas) > 1) else 0
+    since = t - session.scene_change_s if area == 1 else t
+    a = areas[area]
+    h_nm, w_nm = a.size_nm
+    field_h, field_w = optics.lr_shape[0] * optics.lr_pixel_nm, optics.lr_shape[1] * optics.lr_pixel_nm
+    margin = session.margin_lr_px * optics.lr_pixel_nm
+    span_x = max(0.0, (w_nm - field_w) / 2 - margin)
+    span_y = max(0.0, (h_nm - field_h) / 2 - margin)
+    cx, cy = a.centre_m()
+    x = cx + _zigzag(session.drift_nm_per_s[0] * since, span_x) * 1e-9
+    y = cy + _zigzag(session.drift_nm_per_s[1] * since, span_y) * 1e-9
+    gain, offset, blur = 1.0, 0.0, 0.0
+    for event in session.events:
+        if event.start_s <= t < event.start_s + event.duration_s:
+            if event.kind == "contrast":
+                gain, offset = gain * event.gain, offset + event.offset
+            else:
+                blur = math.hypot(blur, event.blur_px)
+    return State(area, (x, y), gain, offset, blur)
+
+
+def stage_to_area(stage_xy_m: Sequence[float], areas: Sequence[Area]) -> int | None:
+    """Index of the area containing stage position (x, y), or None."""
+    x, y = stage_xy_m
+    for index, a in enumerate(areas):
+        h_nm, w_nm = a.size_nm
+        if 0 <= (x - a.origin_m[0]) * 1e9 < w_nm and 0 <= (y - a.origin_m[1]) * 1e9 < h_nm:
+            return index
+    return None
+
+
+def _scan(a: Area, stage_xy_m: Sequence[float], shape: tuple[int, int], pixel_nm: float, probe_px: float,
+          dose: float, state: State, optics: Optics, rng: np.random.Generator, jitter_px: float) -> np.ndarray:
+    pixel = pixel_nm / a.specimen_nm  # specimen px per image px
+    cx = (stage_xy_m[0] - a.origin_m[0]) * 1e9 / a.specimen_nm
+    cy = (stage_xy_m[1] - a.origin_m[1]) * 1e9 / a.specimen_nm
+    box = (cy - shape[0] * pixel / 2, cx - shape[1] * pixel / 2, shape[0], shape[1])
+    clean = scan(a.image, field_box=box, pixel_size=pixel, probe_sigma_px=probe_px, dose=None, read_noise=0.0,
+                 rng=rng, line_jitter_px=jitter_px)
+    signal = np.clip(state.gain * clean + state.offset, 0.0, None)
+    noisy = rng.poisson(dose * signal) / dose + rng.normal(0.0, optics.read_noise, signal.shape)
+    return np.rint(np.clip(noisy, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def scan_lr(areas: Sequence[Area], state: State, optics: Optics, rng: np.random.Generator) -> np.ndarray:
+    """An LR frame (``optics.lr_shape``, uint16) of the field at ``state``."""
+    a = areas[state.area]
+    probe = math.hypot(optics.probe_sigma_px, state.blur_px)
+    return _scan(a, state.stage_xy_m, optics.lr_shape, optics.lr_pixel_nm, probe, optics.dose, state, optics, rng,
+                 optics.line_jitter_px)
+
+
+def scan_hr(areas: Sequence[Area], state: State, optics: Optics, rng: np.random.Generator, *,
+            centre_xy_m: Sequence[float], lr_box_shape: tuple[int, int]) -> np.ndarray:
+    """An HR reference scan (uint16) centred on stage ``centre_xy_m``, covering ``lr_box_shape`` LR pixels at
+    ``optics.hr_factor`` times the LR sampling: ``(factor * h, factor * w)`` pixels. The current contrast and
+    focus apply (focus blur scaled to HR pixels). Raises ValueError when the centre is in no area."""
+    index = stage_to_area(centre_xy_m, areas)
+    if index is None:
+        raise ValueError(f"stage position {tuple(centre_xy_m)} m lies outside every specimen area")
+    f = optics.hr_factor
+    shape = (int(lr_box_shape[0]) * f, int(lr_box_shape[1]) * f)
+    probe = math.hypot(optics.hr_probe_sigma_px, state.blur_px * f)
+    return _scan(areas[index], centre_xy_m, shape, optics.lr_pixel_nm / f, probe, optics.hr_dose, state, optics,
+                 rng, 0.0)
+
+
+def make_areas(kinds: Sequence[str], optics: Optics, *, rng: np.random.Generator, travel_lr_px: float = 48.0,
+               specimen_per_hr_px: float = 2.0) -> list[Area]:
+    """Render one area per specimen kind (:data:`~.synthetic.KINDS`), each the LR field plus ``travel_lr_px`` on
+    every side, at ``specimen_per_hr_px`` specimen pixels per HR pixel; areas sit 1 mm apart along stage x."""
+    spec_nm = optics.lr_pixel_nm / optics.hr_factor / specimen_per_hr_px
+    per_lr = optics.lr_pixel_nm / spec_nm
+    shape = (int(math.ceil((optics.lr_shape[0] + 2 * travel_lr_px) * per_lr)),
+             int(math.ceil((optics.lr_shape[1] + 2 * travel_lr_px) * per_lr)))
+    feature = 3.0 * specimen_per_hr_px  # particle radius ~ 1.5 LR px, as synthetic.make_pair
+    return [Area(render_specimen(shape, rng=rng, kind=kind, feature_px=feature), (i * 1e-3, 0.0), spec_nm, kind)
+            for i, kind in enumerate(kinds)]
+
+
+def specimen_from_image(image: np.ndarray, optics: Optics, *, name: str = "image",
+                        origin_m: tuple[float, float] = (0.0, 0.0)) -> Area:
+    """An :class:`Area` from a user's (H, W) HR image: intensities mapped to [0, 1] (0.5-99.5 percentiles), its
+    pixels taken as specimen pixels as large as fits the LR field plus margins, at most half an HR pixel.
+
+    Raises ValueError when the image is too small to hold an LR field at least at HR sampling.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"a specimen image must be 2-D grayscale, got shape {img.shape}")
+    low, high = np.percentile(img, [0.5, 99.5])
+    if not high > low:
+        raise ValueError("the specimen image is constant")
+    signal = np.clip((img - low) / (high - low), 0.0, 1.0)
+    h, w = optics.lr_shape
+    per_lr = min(2.0 * optics.hr_factor, signal.shape[0] / (h + 32), signal.shape[1] / (w + 32))
+    if per_lr < optics.hr_factor:
+        raise ValueError(f"a specimen image of {signal.shape[1]}x{signal.shape[0]} px is too small for "
+                         f"{w}x{h} px LR frames at x{optics.hr_factor} HR sampling; choose a smaller frame size")
+    return Area(signal, origin_m, optics.lr_pixel_nm / per_lr, name)

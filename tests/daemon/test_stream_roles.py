@@ -1,0 +1,110 @@
+"""The PUB stream's three roles (:mod:`refscope.daemon.protocol`): per served frame the raw LR frame, the
+enhanced frame and its confidence map; and the status' ``quality`` dict once a model serves."""
+from __future__ import annotations
+
+import queue
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from refscope.daemon.config import load_config
+from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.model_store import save_model
+from refscope.daemon.protocol import (ProtocolError, decode_stream, encode_confidence, encode_enhanced, encode_frame,
+                                      stream_role)
+from refscope.daemon.service import Daemon
+from refscope.models.library import LibraryConfig
+from refscope.models.pipeline import FitConfig, fit
+from refscope.models.synthetic import make_pair
+
+SHAPE = (96, 128)
+
+
+class QueueSource:
+    """Frames put on ``items`` are delivered by ``poll``."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue[Frame] = queue.Queue()
+        self._counters = IngestCounters()
+
+    def start(self) -> None:
+        pass
+
+    def poll(self, timeout: float) -> Frame | None:
+        try:
+            return self.items.get(timeout=timeout) if timeout > 0 else self.items.get_nowait()
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        pass
+
+    def stats(self) -> IngestStats:
+        return self._counters.snapshot()
+
+
+def test_protocol_round_trip_of_every_stream_role():
+    image = np.arange(16 * 20, dtype=np.uint16).reshape(16, 20)
+    conf = np.linspace(0, 1, 32 * 40, dtype=np.float32).reshape(32, 40)
+    raw = encode_frame(image, seq=7, pixel_size_m=1e-8, role="lr", t=5.0)
+    enhanced = encode_enhanced(conf * 100, seq=1, pixel_size_m=5e-9, model="paired", model_version="2",
+                               latency_s=0.1, source_seq=7, t=5.0, confidence="low")
+    confidence = encode_confidence(conf, seq=1, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1,
+                                   source_seq=7, t=5.0)
+    assert [stream_role(m) for m in (raw, enhanced, confidence)] == ["lr", "enhanced", "confidence"]
+    role, frame = decode_stream(raw)
+    assert role == "lr" and frame.seq == 7 and np.array_equal(frame.data, image)
+    role, enh = decode_stream(enhanced)
+    assert role == "enhanced" and enh.confidence == "low" and enh.source_seq == 7
+    role, got = decode_stream(confidence)
+    assert role == "confidence" and got.source_seq == 7 and np.array_equal(got.data, conf)
+    assert decode_stream([b'{"role": "histogram"}', b""]) == ("histogram", None)  # unknown roles are skipped
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        encode_confidence(conf + 0.5, seq=1, pixel_size_m=5e-9, model="m", model_version="1", latency_s=0.0,
+                          source_seq=7, t=5.0)
+    with pytest.raises(ProtocolError):
+        decode_stream([b"not json", b""])
+
+
+def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
+    pair = make_pair(rng=np.random.default_rng(4), lr_shape=SHAPE, factor=2.0)
+    model = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=400)))
+    state = tmp_path / "state"
+    save_model(state, model, sources=["synthetic"])
+    source = QueueSource()
+    config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state),
+                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.pub_endpoint": "tcp://127.0.0.1:*", "monitor.request_on_drift": "false",
+                                "publish.out_dir": str(tmp_path / "out"), "publish.write_confidence": "true"})
+    context = zmq.Context()
+    try:
+        with Daemon(config, sources=[source], use_onnx=False) as daemon:
+            stream = context.socket(zmq.SUB)
+            stream.setsockopt(zmq.SUBSCRIBE, b"")
+            stream.connect(daemon.endpoints["pub"])
+            time.sleep(0.3)
+            for seq in range(3):
+                noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
+                source.items.put(Frame(noisy.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
+            got: list[tuple[str, object]] = []
+            deadline = time.monotonic() + 20
+            while len(got) < 9 and time.monotonic() < deadline:
+                if stream.poll(100):
+                    got.append(decode_stream(stream.recv_multipart()))
+            quality = daemon.status()["quality"]
+        written = sorted(p.name for p in (tmp_path / "out").glob("*_confidence.tif"))
+    finally:
+        context.destroy(linger=0)
+    assert [role for role, _ in got] == ["lr", "enhanced", "confidence"] * 3
+    for i in range(3):
+        (_, raw), (_, enhanced), (_, conf) = got[3 * i: 3 * i + 3]
+        assert raw.seq == enhanced.source_seq == conf.source_seq == i and conf.seq == enhanced.seq
+        assert raw.data.shape == SHAPE and conf.data.shape == enhanced.data.shape == (2 * SHAPE[0], 2 * SHAPE[1])
+        assert conf.data.dtype == np.float32 and 0.0 <= conf.data.min() and conf.data.max() <= 1.0
+        assert enhanced.model_version == "1"
+    assert quality["model_version"] == 1 and quality["baseline"] == "first frame" and quality["frames_measured"] == 3
+    assert quality["signals"]["coverage"]["value"] == pytest.approx(1.0, abs=0.3) and quality["drift"] is False
+    assert set(quality["signals"]) == {"coverage", "texture", "intensity", "focus", "held_out"}
+    assert written == ["mem_0_x2_confidence.tif", "mem_1_x2_confidence.tif", "mem_2_x2_confidence.tif"]
