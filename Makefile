@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench quality clean
+.PHONY: venv demo demo-headless demo-offline test quality clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/refscope demo
+
+demo-headless: $(STAMP)
+	$(VENV)/bin/refscope demo --headless --duration 60 --json demo.json
+
+demo-offline: $(STAMP)
+	$(VENV)/bin/refscope demo --offline
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -302,23 +302,30 @@ def encode_enhanced(
     """
     origin = "encode_enhanced"
     name, pixels = _pixels(data, origin, limits)
-    header: dict[str, Any] = {
+    header = _output_header(ENHANCED_ROLE, name, pixels.shape, origin, seq=seq, pixel_size_m=pixel_size_m, model=model,
+                            model_version=model_version, latency_s=latency_s, source_seq=source_seq, t=t)
+    if confidence is not None:
+        header["confidence"] = confidence
+    _check_enhanced_fields(header, origin, limits)
+    return [_dump(header), pixels.tobytes()]
+
+
+def _output_header(role: str, dtype_name: str, shape: tuple[int, ...], origin: str, *, seq: int, pixel_size_m: float,
+                   model: str, model_version: str, latency_s: float, source_seq: int, t: float) -> dict[str, Any]:
+    """The v1 header fields shared by every output message (enhanced frame, confidence map)."""
+    return {
         "v": PROTOCOL_VERSION,
         "seq": _integer(seq, "seq", origin),
-        "dtype": name,
-        "shape": [int(pixels.shape[0]), int(pixels.shape[1])],
+        "dtype": dtype_name,
+        "shape": [int(shape[0]), int(shape[1])],
         "pixel_size_m": _number(pixel_size_m, "pixel_size_m", origin),
-        "role": ENHANCED_ROLE,
+        "role": role,
         "model": model,
         "model_version": model_version,
         "latency_s": _number(latency_s, "latency_s", origin),
         "source_seq": _integer(source_seq, "source_seq", origin),
         "t": _number(t, "t", origin),
     }
-    if confidence is not None:
-        header["confidence"] = confidence
-    _check_enhanced_fields(header, origin, limits)
-    return [_dump(header), pixels.tobytes()]
 
 
 def encode_confidence(
@@ -346,19 +353,8 @@ def encode_confidence(
     if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0.0 and array.max() <= 1.0):
         raise ValueError(f"{origin}: confidence values must be finite and in [0, 1]")
     name, pixels = _pixels(array, origin, limits)
-    header: dict[str, Any] = {
-        "v": PROTOCOL_VERSION,
-        "seq": _integer(seq, "seq", origin),
-        "dtype": name,
-        "shape": [int(pixels.shape[0]), int(pixels.shape[1])],
-        "pixel_size_m": _number(pixel_size_m, "pixel_size_m", origin),
-        "role": CONFIDENCE_ROLE,
-        "model": model,
-        "model_version": model_version,
-        "latency_s": _number(latency_s, "latency_s", origin),
-        "source_seq": _integer(source_seq, "source_seq", origin),
-        "t": _number(t, "t", origin),
-    }
+    header = _output_header(CONFIDENCE_ROLE, name, pixels.shape, origin, seq=seq, pixel_size_m=pixel_size_m,
+                            model=model, model_version=model_version, latency_s=latency_s, source_seq=source_seq, t=t)
     _check_enhanced_fields(header, origin, limits, role=CONFIDENCE_ROLE)
     return [_dump(header), pixels.tobytes()]
 
