@@ -48,6 +48,7 @@ from refscope.models.pipeline import METHODS
 
 from .atomic import to_jsonable
 from .errors import RefscopeError
+from .zmq_socket import open_socket
 
 __all__ = [
     "CONTROL_LOGGER",
@@ -269,17 +270,12 @@ class ControlServer:
             raise RefscopeError(f"control endpoint {self.endpoint}: already started")
         if self._context is None:
             self._context = zmq.Context()
-        sock = self._context.socket(zmq.REP)
         try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, 16 * self.max_request_bytes)
-            sock.bind(self.endpoint)
-            last = sock.getsockopt(zmq.LAST_ENDPOINT)
-            self._bound = last.decode() if isinstance(last, bytes) and last else self.endpoint
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            sock, self._bound = open_socket(self._context, zmq.REP, self.endpoint, what="control endpoint",
+                                            options={zmq.MAXMSGSIZE: 16 * self.max_request_bytes})
+        except RefscopeError:
             self._release_context()
-            raise RefscopeError(f"control endpoint: cannot bind {self.endpoint}: {exc}") from exc
+            raise
         self._socket = sock
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"refscope-control {self._bound}", daemon=True)

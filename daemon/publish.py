@@ -57,6 +57,7 @@ import zmq
 
 from .atomic import to_jsonable
 from .errors import RefscopeError
+from .zmq_socket import open_socket
 from .protocol import encode_enhanced
 from .tiff_io import write_tiff
 
@@ -504,18 +505,13 @@ class _PubSocket:
             raise RefscopeError(f"{self._what} {self.endpoint}: already started")
         if self._context is None:
             self._context = zmq.Context()
-        sock = self._context.socket(zmq.PUB)
         try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, self.hwm)
-            sock.setsockopt(zmq.XPUB_NODROP, 1)  # report a full subscriber queue as zmq.Again instead of hiding it
-            sock.bind(self.endpoint)
-            last = sock.getsockopt(zmq.LAST_ENDPOINT)
-            self._bound = last.decode() if isinstance(last, bytes) and last else self.endpoint
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            # XPUB_NODROP: report a full subscriber queue as zmq.Again instead of hiding it
+            sock, self._bound = open_socket(self._context, zmq.PUB, self.endpoint, what=self._what,
+                                            options={zmq.SNDHWM: self.hwm, zmq.XPUB_NODROP: 1})
+        except RefscopeError:
             self._release_context()
-            raise RefscopeError(f"{self._what}: cannot bind {self.endpoint}: {exc}") from exc
+            raise
         self._socket = sock
         _log.info("%s bound to %s (hwm %d)", self._what, self._bound, self.hwm)
 

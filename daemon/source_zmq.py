@@ -23,6 +23,7 @@ from typing import Literal
 import zmq
 
 from .errors import RefscopeError
+from .zmq_socket import open_socket
 from .frames import INGEST_LOGGER, Frame, IngestCounters, IngestStats, get_until_stopped
 from .protocol import ProtocolError, ProtocolLimits, decode_frame
 
@@ -100,24 +101,16 @@ class ZmqFrameSource:
         cfg = self.config
         if self._context is None:
             self._context = zmq.Context()
-        sock = self._context.socket(zmq.PULL if cfg.pattern == "pull" else zmq.SUB)
+        options: dict[int, object] = {zmq.RCVHWM: cfg.rcvhwm, zmq.MAXMSGSIZE: cfg.max_message_bytes}
+        if cfg.pattern == "sub":
+            options[zmq.SUBSCRIBE] = b""
         try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
-            sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
-            if cfg.pattern == "sub":
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            if cfg.bind:
-                sock.bind(cfg.endpoint)
-            else:
-                sock.connect(cfg.endpoint)
-            last = sock.getsockopt(zmq.LAST_ENDPOINT)
-            self._endpoint = last.decode() if isinstance(last, bytes) and last else cfg.endpoint
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            sock, self._endpoint = open_socket(self._context, zmq.PULL if cfg.pattern == "pull" else zmq.SUB,
+                                               cfg.endpoint, options=options, bind=cfg.bind,
+                                               what=f"ZMQ source ({cfg.pattern})")
+        except RefscopeError:
             self._release_context()
-            verb = "bind" if cfg.bind else "connect to"
-            raise RefscopeError(f"ZMQ source: cannot {verb} {cfg.endpoint} ({cfg.pattern}): {exc}") from exc
+            raise
         self._socket = sock
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"refscope-zmq-ingest {self._endpoint}", daemon=True)
