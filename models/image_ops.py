@@ -7,11 +7,11 @@ unless stated otherwise. Pixel-edge coordinates are used throughout refscope: pi
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import sparse
 
 from .errors import ImageError
 
-__all__ = ["as_gray_float", "keys_kernel", "upsample_bicubic", "resize_to"]
+__all__ = ["as_gray_float", "keys_kernel", "upsample_bicubic"]
 
 
 def as_gray_float(image: np.ndarray, *, name: str = "image", min_size: int = 8) -> np.ndarray:
@@ -78,14 +78,3 @@ def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     rows = _bicubic_matrix(height, height * scale)
     cols = _bicubic_matrix(width, width * scale)
     return np.asarray((cols @ (rows @ image).T).T)
-
-
-def resize_to(image: np.ndarray, shape: tuple[int, int], *, order: int = 3) -> np.ndarray:
-    """Resample (H, W) onto a grid of ``shape`` covering the same field (pixel-edge aligned), no anti-aliasing."""
-    in_h, in_w = image.shape
-    out_h, out_w = shape
-    ys = (np.arange(out_h) + 0.5) * (in_h / out_h) - 0.5
-    xs = (np.arange(out_w) + 0.5) * (in_w / out_w) - 0.5
-    # separable: interpolate along y then x using map_coordinates on 1-D lines via a full grid
-    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-    return ndimage.map_coordinates(np.asarray(image, dtype=np.float64), [grid_y, grid_x], order=order, mode="mirror")

@@ -129,16 +129,15 @@ def training_grids(lr: np.ndarray, hr: np.ndarray, geometry: PairGeometry, *, sc
     return box, resample_hr_to_lr_grid(hr, geometry, box, scale)
 
 
-def _candidates(lr_region_units: np.ndarray, hr_grid: np.ndarray, intensity_fit: bool, config: FitConfig
+def _candidates(lr_region_units: np.ndarray, hr_grid: np.ndarray, config: FitConfig
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Matched (HR, upsampled-LR) candidate patches of one training region, HR calibrated into LR units."""
     lib = config.library_config
     lr_up = upsample_bicubic(lr_region_units, config.scale)
     if lr_up.shape != hr_grid.shape:
         raise ImageError(f"HR grid {hr_grid.shape} does not match the {config.scale}x upsampled LR {lr_up.shape}")
-    if intensity_fit:
-        a, b = fit_intensity_coefficients(hr_grid, lr_up)
-        hr_grid = a * hr_grid + b
+    a, b = fit_intensity_coefficients(hr_grid, lr_up)
+    hr_grid = a * hr_grid + b
     matches = register_local(hr_grid, lr_up, patch_size=lib.patch_size, search_radius=config.search_radius,
                              stride=config.candidate_stride)
     return matched_patches(hr_grid, lr_up, matches, lib.patch_size)
@@ -159,7 +158,7 @@ def fit_library(regions: list[tuple[np.ndarray, np.ndarray]], *, config: FitConf
         intensity, noise = model.intensity, model.noise_sigma
     hr_all, lr_all = [], []
     for lr_region, hr_grid in regions:
-        hr_p, lr_p = _candidates(intensity.to_units(lr_region), hr_grid, True, config)
+        hr_p, lr_p = _candidates(intensity.to_units(lr_region), hr_grid, config)
         hr_all.append(hr_p)
         lr_all.append(lr_p)
     hr_patches, lr_patches = np.concatenate(hr_all), np.concatenate(lr_all)

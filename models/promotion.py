@@ -85,7 +85,7 @@ def decide_promotion(candidate_delta_db: float, champion_delta_db: float, *, mar
         reason = (f"held-out ΔPSNR {candidate_delta_db:+.2f} dB beats serving model ({champion_delta_db:+.2f} dB) "
                   f"and bicubic")
         return PromotionDecision(True, candidate_delta_db, champion_delta_db, reason)
-    loser = "bicubic" if champion_delta_db < 0 or bar == margin_db else "the serving model"
+    loser = "bicubic" if champion_delta_db <= 0 else "the serving model"
     reason = (f"held-out ΔPSNR {candidate_delta_db:+.2f} dB does not beat {loser} "
               f"({max(champion_delta_db, 0.0):+.2f} dB{f' + {margin_db:.2f} dB margin' if margin_db else ''})")
     return PromotionDecision(False, candidate_delta_db, champion_delta_db, reason)
