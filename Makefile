@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-headless demo-offline test quality clean
+.PHONY: venv demo demo-headless demo-offline test quality deploy-config clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 quality: $(STAMP)
 	$(PY) benchmarks/quality.py
+
+# regenerate the documented example configuration after a configuration key or its documentation changed
+deploy-config: $(STAMP)
+	$(PY) deploy/make_example_config.py > deploy/refscope.example.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -45,6 +45,8 @@ def variants(scale: int) -> list[tuple[str, LibraryConfig, PairedConfig, str]]:
         ("  … PCA 64 dims", LibraryConfig(patch_size=n), replace(default, pca_dims=64), "paired"),
         ("  … one global regression (k=1)", LibraryConfig(patch_size=n, n_categories=1), default, "paired"),
         ("  … nearest category only (no NLM blend)", LibraryConfig(patch_size=n), replace(default, n_probe=1), "paired"),
+        ("  … blend every category (full NLM weights, no top-k)", LibraryConfig(patch_size=n),
+         replace(default, n_probe=LibraryConfig().n_categories), "paired"),
         ("  … query stride 3 (fewer, less overlapping patches)", LibraryConfig(patch_size=n), replace(default, stride=3),
          "paired"),
         ("  … query stride 1 (every output pixel)", LibraryConfig(patch_size=n), replace(default, stride=1), "paired"),

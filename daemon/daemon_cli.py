@@ -5,13 +5,15 @@
     refscope daemon [--config F] [--watch DIR] [--zmq tcp://...] [--out DIR] [--state DIR] [--scale S]
                     [--method M] [--library-size L] [--pixel-size NM] [--hr-pattern GLOB] [--lr-pattern GLOB]
                     [--polling] [--control EP] [--pub EP] [--events EP] [--log-level L] [--print-config]
+                    [--no-train] [--train-round-s S]
 
 Every option is an override of one configuration key (:mod:`.config`), so ``refscope daemon --watch DIR --out
 DIR`` works without a configuration file. A configuration problem ends the command with one line
 ``refscope daemon: error: <key>: <problem>`` on stderr and exit code 2; so does an endpoint that cannot be bound
 or a state folder that cannot be used. At start the bound endpoints are printed on stdout, one ``name
 endpoint`` line each, then ``ready``. SIGTERM / Ctrl-C stop the daemon cleanly (exit code 0); exit code 1 means
-a component failed (see the log on stderr).
+a component failed (see the log on stderr). Under systemd (``Type=notify``, ``deploy/refscope.service``) it also
+sends READY=1 after ``ready``, watchdog pings while every component is healthy, and STOPPING=1 (:mod:`.sd_notify`).
 
 Also runnable as ``python -m refscope.daemon.daemon_cli ...`` (same options).
 """
@@ -22,10 +24,10 @@ import logging
 import sys
 from typing import Any
 
-from refscope.models.pipeline import METHODS
 
-from .config import ConfigError, DaemonConfig, config_to_toml, load_config
+from .config import METHODS, ConfigError, DaemonConfig, config_to_toml, load_config
 from .errors import RefscopeError
+from .sd_notify import ServiceNotifications, daemon_status_line
 
 __all__ = ["add_daemon_parser", "run_daemon", "overrides_from_args", "main"]
 
@@ -50,6 +52,8 @@ _KEYS: dict[str, str] = {
     "pub": "publish.pub_endpoint",
     "events": "control.events_endpoint",
     "log_level": "log_level",
+    "train": "trainer.enabled",
+    "train_round_s": "trainer.round_s",
 }
 
 
@@ -80,6 +84,9 @@ def add_daemon_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pub", metavar="EP", help="enhanced-frame PUB endpoint (default tcp://127.0.0.1:5561)")
     p.add_argument("--events", metavar="EP", help="event PUB endpoint (default tcp://127.0.0.1:5562)")
     p.add_argument("--log-level", metavar="L", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--no-train", dest="train", action="store_const", const="false",
+                   help="no background network training (trainer.enabled = false)")
+    p.add_argument("--train-round-s", metavar="S", help="training seconds per round (trainer.round_s)")
     p.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")
     p.set_defaults(handler=run_daemon)
     return p
@@ -131,7 +138,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         print(f"out {config.publish.out_dir}")
     print(f"state {config.state_dir}")
     print("ready", flush=True)
-    return daemon.run_forever()
+    # systemd Type=notify: READY=1, watchdog pings while daemon.check() passes, STOPPING=1 (no-op elsewhere)
+    with ServiceNotifications(daemon.check, status=lambda: daemon_status_line(daemon.status())):
+        return daemon.run_forever()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ import numpy as np
 
 from refscope.models.errors import RefscopeModelError
 from refscope.models.pipeline import FitConfig, FittedModel, enhance, fit_library
-from refscope.models.promotion import (PromotionDecision, decide_promotion, held_out_delta_psnr,
+from refscope.models.promotion import (HeldOutSplit, PromotionDecision, decide_promotion, held_out_delta_psnr,
                                        split_for_validation)
 
 from .atomic import atomic_write_json
@@ -182,6 +182,10 @@ class Learner:
         poll_interval_s: how often the idle worker checks for stop, seconds.
         on_scored: called on the worker thread with a :class:`ReferenceOutcome` after each reference (after
             ``on_promoted``); must return quickly. An exception from it stops the worker like ``on_promoted``'s.
+        on_learned: called on the worker thread as ``on_learned(split, sources)`` for every pair learned from
+            (promoted or not): its training area and held-out subimages
+            (:class:`~refscope.models.promotion.HeldOutSplit`) and ``[lr_source, hr_source]`` -- the background
+            trainer's data. An exception from it stops the worker like ``on_promoted``'s.
     """
 
     def __init__(
@@ -200,6 +204,7 @@ class Learner:
         recent_lr: int = 16,
         poll_interval_s: float = 0.1,
         on_scored: OnScored | None = None,
+        on_learned: Callable[[HeldOutSplit, list[str]], None] | None = None,
     ) -> None:
         if int(queue_size) != queue_size or queue_size < 1:
             raise ValueError(f"learner: queue_size must be an integer >= 1, got {queue_size!r}")
@@ -222,6 +227,7 @@ class Learner:
         self._events = events
         self._on_promoted = on_promoted
         self._on_scored = on_scored
+        self._on_learned = on_learned
         self._last_reference_db: float | None = None
         self._hooks = hooks if hooks is not None else PairingHooks()
         self._margin_db = float(margin_db)
@@ -401,6 +407,8 @@ class Learner:
         with self._lock:
             self._last_reference_db = _finite(champion_db)
         self._record_pair(pair)
+        if self._on_learned is not None:
+            self._on_learned(split, [pair.lr_source, pair.hr_source])
         if decision.promote:
             self._promote(candidate, decision, pair)
         else:

@@ -66,6 +66,7 @@ class LiveDemoSettings:
         seed: seed of the simulated specimen and noise.
         workdir: folder for everything (default: a new temporary folder, kept).
         sample_s: how often the daemon's status is sampled, seconds.
+        train_round_s: training seconds per round of the background network trainer (short: a demo).
     """
 
     duration_s: float | None = 60.0
@@ -78,6 +79,7 @@ class LiveDemoSettings:
     seed: int = 0
     workdir: Path | None = None
     sample_s: float = 1.0
+    train_round_s: float = 15.0
 
     @property
     def scene_change_at(self) -> float:
@@ -109,9 +111,11 @@ def _short(kind: str, payload: dict[str, Any]) -> str:
     if kind == "pair_learned":
         ncc = payload.get("ncc")
         return f"{Path(str(payload.get('hr'))).name} paired, NCC {ncc:.3f}" if ncc is not None else "paired"
+    if kind == "net_round":
+        return (f"network round {payload.get('round')} {payload.get('status')}: {payload.get('reason')}")
     if kind == "model_promoted":
         before = payload.get("serving_delta_db")
-        return (f"v{payload.get('version')}: held-out {_db(payload.get('held_out_delta_db'))} over bicubic"
+        return (f"{'network ' if payload.get('kind') == 'net' else ''}v{payload.get('version')}: held-out {_db(payload.get('held_out_delta_db'))} over bicubic"
                 + (f" (the model serving before scored {_db(before)} on this reference)" if before is not None else ""))
     if kind == "model_rejected":
         return str(payload.get("reason"))
@@ -167,6 +171,7 @@ class LiveDemo:
             "publish.pub_endpoint": "tcp://127.0.0.1:*", "model.library_size": str(s.library_size),
             "monitor.hook": "file", "monitor.hook_dir": str(requests),
             "monitor.request_interval_s": str(s.request_interval_s), "log_level": "WARNING",
+            "trainer.round_s": str(s.train_round_s),
         })
         self._t0 = time.monotonic()
         self.daemon = Daemon(config, folder_options={"poll_interval_s": 0.1, "retry_s": 0.2})
@@ -322,6 +327,10 @@ class LiveDemo:
             "models_promoted": learner.get("models_promoted", 0),
             "models_rejected": learner.get("models_rejected", 0),
             "model_version": status.get("model_version", 0),
+            "served_by": (status.get("model") or {}).get("served_by"),
+            "net_rounds": (status.get("trainer") or {}).get("rounds", 0),
+            "net_promotions": (status.get("trainer") or {}).get("promotions", 0),
+            "net_failures": (status.get("trainer") or {}).get("failures", 0),
             "held_out_delta_db": learner.get("held_out_delta_db"),
             "last_reference_delta_db": learner.get("last_reference_delta_db"),
             "promotions": [{"t": e["t"], "version": e["payload"].get("version"),
@@ -378,6 +387,8 @@ def _print_report(summary: dict[str, Any]) -> None:
           f"{summary['references_received']} received; models: {summary['models_promoted']} promoted, "
           f"{summary['models_rejected']} rejected; serving v{summary['model_version']} "
           f"(held-out {_db(summary['held_out_delta_db'])} over bicubic)")
+    print(f"background network: {summary['net_rounds']} training round(s), {summary['net_promotions']} promoted, "
+          f"{summary['net_failures']} failed; serving now: {summary['served_by']}")
     detected = summary["drift_detected_after_scene_change_s"]
     print(f"out-of-sample: the serving model scored {_db(summary['last_reference_delta_db'])} on the newest reference "
           f"before learning from it; the model serving now scores {_db(summary['held_out_delta_db'])}")

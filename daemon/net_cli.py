@@ -30,9 +30,8 @@ import numpy as np
 from refscope.models.errors import RefscopeModelError
 from refscope.models.evaluation import COLS, EvaluationReport, evaluate_pair, split_subimages
 from refscope.models.image_ops import upsample_bicubic
-from refscope.models.metrics import fit_intensity, psnr, ssim
 from refscope.models.pipeline import METHODS, FitConfig, FittedModel, enhance, fit_library, training_grids
-from refscope.models.promotion import decide_promotion, split_for_validation
+from refscope.models.promotion import decide_promotion, held_out_scores, split_for_validation, summarise_scores
 from refscope.models.stats import ttests_by_category
 # refscope.models.net_fit (PyTorch) is imported inside the functions that train or run a network, so that
 # `refscope enhance --method paired` and `--help` do not pay for importing PyTorch.
@@ -45,7 +44,7 @@ from .net_store import (SessionPairs, finite_json, has_net, load_best, load_net,
 from .state_store import has_state
 from .tiff_io import LoadedImage
 
-__all__ = ["DEFAULT_BUDGET_S", "held_out_scores", "choose_best", "fit_session_net", "resolve_method",
+__all__ = ["DEFAULT_BUDGET_S", "choose_best", "fit_session_net", "resolve_method",
            "onnx_runner", "cmd_train", "cmd_evaluate", "infer_onnx_scale"]
 
 log = logging.getLogger("refscope.cli")
@@ -61,37 +60,6 @@ def _set_threads(threads: int | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def held_out_scores(predictor, held_out, *, scale: int) -> dict[str, list[float]]:
-    """Per held-out subimage: ΔPSNR (dB) and ΔSSIM over bicubic after a linear intensity fit (the promotion
-    rule's measure, :func:`refscope.models.promotion.held_out_delta_psnr`); ``predictor=None`` is bicubic."""
-    d_psnr, d_ssim = [], []
-    for lr_sub, hr_sub in held_out:
-        base = fit_intensity(upsample_bicubic(lr_sub, scale), hr_sub)
-        if predictor is None:
-            d_psnr.append(0.0)
-            d_ssim.append(0.0)
-            continue
-        est = np.asarray(predictor(lr_sub), dtype=np.float64)
-        if est.shape != hr_sub.shape:
-            raise ValueError(f"predictor returned {est.shape}, expected {hr_sub.shape}")
-        if not np.all(np.isfinite(est)):
-            d_psnr.append(-math.inf)
-            d_ssim.append(-math.inf)
-            continue
-        est = fit_intensity(est, hr_sub)
-        d_psnr.append(psnr(hr_sub, est) - psnr(hr_sub, base))
-        d_ssim.append(ssim(hr_sub, est) - ssim(hr_sub, base))
-    return {"d_psnr_db": d_psnr, "d_ssim": d_ssim}
-
-
-def _summary(per: dict[str, list[float]] | None) -> dict | None:
-    if per is None:
-        return None
-    return {"d_psnr_db": float(np.mean(per["d_psnr_db"])) if per["d_psnr_db"] else math.nan,
-            "d_ssim": float(np.mean(per["d_ssim"])) if per["d_ssim"] else math.nan,
-            "per_subimage_d_psnr_db": list(per["d_psnr_db"]), "per_subimage_d_ssim": list(per["d_ssim"])}
-
-
 def choose_best(net: dict | None, paired: dict | None, *, margin_db: float = 0.0) -> tuple[str, str]:
     """(best, reason) from held-out scores: the network wins only if its mean ΔPSNR beats the library's and
     bicubic's (0 dB) by more than ``margin_db``; otherwise the library if it beats bicubic, else bicubic."""
@@ -155,11 +123,11 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
         validation_library = None
     paired = None
     if validation_library is not None:
-        paired = _summary(held_out_scores(lambda x: enhance(x, validation_library, method="paired"),
+        paired = summarise_scores(held_out_scores(lambda x: enhance(x, validation_library, method="paired"),
                                           pairs.held_out, scale=scale))
     fit = fit_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
                       bootstrap_fraction=bootstrap_fraction, strategy=strategy, seed=seed)
-    net = _summary(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
+    net = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     net.update({"network": network, "strategy": strategy, "budget_s": budget_s,
                 "steps": [h["steps"] for h in fit.history]})
     best, reason = choose_best(net, paired)
@@ -264,8 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_best(folder, document)
         print(f"saved the network to {folder}; not validated (no held-out pairs), so `--method best` serves {fallback}")
         return 0
-    cand = _summary(held_out_scores(net_predictor(candidate), held, scale=scale))
-    champ = _summary(held_out_scores(net_predictor(old), held, scale=scale)) if old is not None else None
+    cand = summarise_scores(held_out_scores(net_predictor(candidate), held, scale=scale))
+    champ = summarise_scores(held_out_scores(net_predictor(old), held, scale=scale)) if old is not None else None
     paired = _paired_scores(folder, held, n_old, best_doc, scale)
     replace = champ is None or cand["d_psnr_db"] > champ["d_psnr_db"]
     if replace:
@@ -305,7 +273,7 @@ def _paired_scores(folder: Path, held, n_old: int, best_doc: dict | None, scale:
     else:
         fresh = held_out_scores(lambda x: enhance(x, library, method="paired"), held[n_old:], scale=scale)
         new = {"d_psnr_db": list(old_p) + fresh["d_psnr_db"], "d_ssim": list(old_s) + fresh["d_ssim"]}
-    return _summary(new)
+    return summarise_scores(new)
 
 
 # ----------------------------------------------------------------------------------------------- enhance

@@ -8,7 +8,7 @@ Every message is a ZMQ multipart message of exactly **two parts**:
 Input header (what the microscope side sends, to refscope's PULL or SUB socket)::
 
     {"v": 1,                      # protocol version, int; must be 1
-     "seq": 42,                   # sender's frame counter, int >= 0
+     "seq": 42,                   # sender's frame counter, int 0..2**63-1
      "dtype": "uint16",           # "uint8" | "uint16" | "int16" | "float32" | "float64" (little-endian)
      "shape": [768, 1024],        # [H, W] in pixels, each 8..16384
      "pixel_size_m": 4.9e-9,      # pixel edge length in metres, finite and > 0
@@ -75,6 +75,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ CONFIDENCE_ROLE = "confidence"
 STREAM_ROLES: tuple[str, ...] = ("lr", ENHANCED_ROLE, CONFIDENCE_ROLE)
 """Roles of the messages on refscope's PUB stream (see the module docstring)."""
 _MAX_LABEL_CHARS = 256
+_MAX_INT = 2**63 - 1
+_MAX_FLOAT = sys.float_info.max
 
 
 class ProtocolError(RefscopeError):
@@ -367,7 +370,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number a float can hold (an integer beyond +-1.8e308 is refused, not an OverflowError)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= _MAX_FLOAT
+    return isinstance(value, float)
 
 
 def _require(header: Mapping[str, Any], name: str, origin: str) -> Any:
@@ -380,8 +386,8 @@ def _int_field(header: Mapping[str, Any], name: str, origin: str, *, minimum: in
     value = _require(header, name, origin)
     if not _is_int(value):
         raise ProtocolError("bad_type", f"{origin}: {name!r} must be an integer, got {_show(value)}")
-    if value < minimum:
-        raise ProtocolError("bad_value", f"{origin}: {name!r} must be >= {minimum}, got {value}")
+    if not minimum <= value <= _MAX_INT:  # counters are stored as 64-bit integers (catalogue)
+        raise ProtocolError("bad_value", f"{origin}: {name!r} must be {minimum}..2**63-1, got {_show(value)}")
     return int(value)
 
 

@@ -62,12 +62,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from refscope.models.library import LibraryConfig
@@ -76,20 +73,25 @@ from refscope.models.promotion import PromotionDecision
 
 from .atomic import TEMP_MARKER, atomic_write_json
 from .catalogue import CATALOGUE_NAME, Catalogue
+from .champion import Champion
 from .config import DaemonConfig
 from .control import ControlServer
+from .curve import daemon_context
 from .errors import RefscopeError
 from .frames import Frame, FrameSource
 from .learner import Learner, ReferenceOutcome, load_initial
-from .monitor import Observation, QualityMonitor
+from .monitor import QualityMonitor
 from .pairing import RoleClassifier
-from .protocol import DTYPES, encode_confidence, encode_frame
-from .publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher, output_stem
+from .publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher
 from .reference_hooks import HookRunner, make_hook
 from .serving import EnhanceResult, ServingEngine
 from .source_folder import FolderFrameSource
 from .source_zmq import ZmqFrameSource
-from .tiff_io import write_tiff
+from .service_control import OperatorControls
+from .service_frames import MAX_FRAME_PIXELS, SERVE_QUEUE_SIZE, FramePipeline, ServeItem
+from .service_output import FrameStream, StreamOutput
+from .service_status import StatusReport
+from .trainer import BackgroundTrainer
 
 __all__ = [
     "DAEMON_LOGGER",
@@ -106,13 +108,8 @@ _log = logging.getLogger(DAEMON_LOGGER)
 
 DAEMON_FILE = "daemon.json"
 """``<state_dir>/daemon.json``: pid and bound endpoints of the running daemon."""
-SERVE_QUEUE_SIZE = 8
-"""LR frames waiting for the serve loop."""
 LATENCY_WINDOW = 300
 """Frames over which latency percentiles are computed."""
-MAX_FRAME_PIXELS = 8192 * 8192
-"""Largest LR frame enhanced (H·W); larger frames are refused (``too_large``) to bound memory."""
-_NOMINAL_PIXEL_NM = 1.0  # stream pixel size of frames without one (the wire format needs a positive value)
 
 
 def fit_config_for(config: DaemonConfig, *, scale: int | None = None) -> FitConfig:
@@ -121,34 +118,6 @@ def fit_config_for(config: DaemonConfig, *, scale: int | None = None) -> FitConf
     s = model.scale if scale is None else int(scale)
     patch = model.patch_size if model.patch_size is not None else default_patch_size(s)
     return FitConfig(scale=s, library=LibraryConfig(patch_size=patch, size=model.library_size))
-
-
-@dataclass(frozen=True, eq=False)
-class _Item:
-    """An LR frame waiting to be served."""
-
-    frame: Frame
-    origin_t: float  # input "closed" time, unix seconds
-    ingested_t: float  # when ingest took it from its source, unix seconds
-    size: int | None
-    mtime: float | None
-
-
-def _file_version(frame: Frame) -> tuple[int | None, float | None]:
-    """(size in bytes, mtime in unix s) of a file frame; (None, None) for ZMQ/memory frames."""
-    meta = frame.metadata
-    size, mtime = meta.get("file_size_bytes"), meta.get("file_mtime")
-    if isinstance(size, int) and isinstance(mtime, (int, float)):
-        return int(size), float(mtime)
-    return None, None
-
-
-def _same_version(record: Any, size: int | None, mtime: float | None) -> bool:
-    if record.size != size:
-        return False
-    if record.mtime is None or mtime is None:
-        return record.mtime is None and mtime is None
-    return abs(float(record.mtime) - float(mtime)) <= 1e-6
 
 
 def _remove_stale_temps(folder: Path) -> None:
@@ -187,22 +156,7 @@ class _Counters:
             return dict(self._values)
 
 
-class _FrameStream(StreamPublisher):
-    """The enhanced-frame stream, which also carries the raw LR frames and confidence maps (see :mod:`.protocol`)."""
-
-    def send_parts(self, parts: list[bytes]) -> bool:
-        """Send an already encoded two-part message without blocking; False when dropped (counted)."""
-        return self._pub.send(parts)
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "mean": None}
-    array = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(array, 50)), "p99": float(np.percentile(array, 99)), "mean": float(array.mean())}
-
-
-class Daemon:
+class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
     """The refscope service (see the module docstring).
 
     Args:
@@ -239,6 +193,8 @@ class Daemon:
         self._context: zmq.Context | None = None
         self.catalogue: Catalogue | None = None
         self.learner: Learner | None = None
+        self.trainer: BackgroundTrainer | None = None
+        self.champion = Champion(self.engine, config.state_dir)
         self.folder: FolderPublisher | None = None
         self.stream: StreamPublisher | None = None
         self.events: EventPublisher | None = None
@@ -246,7 +202,7 @@ class Daemon:
         self.monitor: QualityMonitor | None = None
         self._hooks: HookRunner | None = None
         self._sources: list[tuple[str, FrameSource]] = []
-        self._serve_queue: queue.Queue[_Item] = queue.Queue(maxsize=SERVE_QUEUE_SIZE)
+        self._serve_queue: queue.Queue[ServeItem] = queue.Queue(maxsize=SERVE_QUEUE_SIZE)
         self._threads: list[threading.Thread] = []
         self._stop_ingest = threading.Event()
         self._stop_serve = threading.Event()
@@ -316,8 +272,8 @@ class Daemon:
                         f"{cfg.state_dir}: the saved model is x{model.scale} but model.scale is {cfg.model.scale}; use "
                         "the same scale or another state folder")
                 self.engine.set_model(model, version)
-            self._context = zmq.Context()
-            self.stream = _FrameStream(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
+            self._context = daemon_context(cfg)  # CURVE server keys + authenticator when configured
+            self.stream = FrameStream(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
             self.stream.start()
             self.events = EventPublisher(cfg.control.events_endpoint, context=self._context)
             self.events.start()
@@ -331,8 +287,16 @@ class Daemon:
                                           hooks=self._hooks)
             if model is not None:
                 self.monitor.set_model(model, version)
+            if cfg.trainer.enabled:
+                self.trainer = BackgroundTrainer(cfg.trainer, state_dir=cfg.state_dir, scale=cfg.model.scale,
+                                                 champion=self.champion.current,
+                                                 on_promoted=self.champion.net_promoted, catalogue=self.catalogue,
+                                                 events=self.events)
+            self.champion.restore(self.trainer.net_version if self.trainer is not None else 1)
             self.learner = self._make_learner(model, version, cfg.model.scale)
             self.learner.start()
+            if self.trainer is not None:
+                self.trainer.start()
             self.control = ControlServer(cfg.control.endpoint, self._handlers(), context=self._context)
             self.control.start()
             self._sources = self._build_sources()
@@ -367,7 +331,8 @@ class Daemon:
                                                                       size=lib.size))
         return Learner(fit_config=fit_config, state_dir=self.config.state_dir, catalogue=self.catalogue,
                        events=self.events, on_promoted=self._on_promoted, initial_model=model,
-                       initial_version=version, on_scored=self._on_scored)
+                       initial_version=version, on_scored=self._on_scored,
+                       on_learned=self.trainer.add_pair if self.trainer is not None else None)
 
     def _build_sources(self) -> list[tuple[str, FrameSource]]:
         if self._given_sources is not None:
@@ -405,6 +370,8 @@ class Daemon:
                 thread.join(timeout=self._drain_s + 60.0)
         if self.folder is not None:
             self._quietly(lambda: self.folder.stop(drain=True, timeout=timeout), "output writer")
+        if self.trainer is not None:
+            self._quietly(self.trainer.stop, "trainer")
         if self.learner is not None:
             self._quietly(lambda: self.learner.stop(timeout=60.0), "learner")
         if self._hooks is not None:
@@ -451,6 +418,8 @@ class Daemon:
             raise self._failure
         if self.learner is not None:
             self.learner.check()
+        if self.trainer is not None:
+            self.trainer.check()
         if self.folder is not None:
             self.folder.check()
         if self.control is not None:
@@ -532,237 +501,6 @@ class Daemon:
             except (ValueError, RefscopeError) as exc:
                 _log.warning("event %s not published: %s", type, exc)
 
-    # ------------------------------------------------------------------------------------------ ingest
-
-    def _ingest_loop(self) -> None:
-        sources = self._sources
-        slice_s = 0.1 / max(1, len(sources))
-        while not self._stop_ingest.is_set():
-            got = False
-            for name, source in sources:
-                if self._stop_ingest.is_set():
-                    return
-                frame = source.poll(0.0 if got else slice_s)  # a failure of the source itself propagates
-                if frame is None:
-                    continue
-                got = True
-                try:
-                    self._ingest(frame)
-                except Exception as exc:  # noqa: BLE001 - one bad frame never stops ingest
-                    self._error("ingest_failed", f"{frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR,
-                                exc_info=exc)
-
-    def _ingest(self, frame: Frame) -> None:
-        now = time.time()
-        self._counts.add("in")
-        size, mtime = _file_version(frame)
-        role = self._classify(frame)
-        self._counts.add(f"in_{role}")
-        catalogue = self.catalogue
-        assert catalogue is not None and self.learner is not None
-        record = None
-        try:
-            record = catalogue.frame(frame.source)
-        except Exception as exc:  # noqa: BLE001
-            self._error("catalogue_error", f"{frame.source}: lookup failed ({exc})", level=logging.ERROR)
-        # the restart rule applies to files (re-read after a restart); a ZMQ message is never delivered twice, and a
-        # sender that restarts its seq counter must not have its new frames taken for old ones
-        known = size is not None and record is not None and _same_version(record, size, mtime)
-        if role == "hr":
-            if known:
-                self._counts.add("skipped.already_seen")
-                _log.info("%s: HR reference already handed to the learner before; skipped", frame.source)
-                return
-            self._catalogue_call(lambda: catalogue.record_frame(frame.source, role="hr", seq=frame.seq, t=frame.t,
-                                                                size=size, mtime=mtime), frame.source)
-            if not self.learner.submit_reference(frame):
-                self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
-            else:
-                _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source, frame.pixel_size_nm or 0)
-                if self.monitor is not None:
-                    self.monitor.reference_arrived(frame)
-            return
-        self.learner.note_lr(frame)
-        if known and record.status in ("enhanced", "rejected"):
-            self._counts.add(f"skipped.already_{record.status}")
-            return
-        self._catalogue_call(lambda: catalogue.record_frame(frame.source, role="lr", seq=frame.seq, t=frame.t,
-                                                            size=size, mtime=mtime), frame.source)
-        origin = mtime if mtime is not None else frame.t
-        item = _Item(frame=frame, origin_t=origin, ingested_t=now, size=size, mtime=mtime)
-        deadline = time.monotonic() + self._serve_block_s
-        while True:
-            try:
-                self._serve_queue.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                if self._stop_ingest.is_set():
-                    return  # stopping: the frame stays "received" and is processed after a restart
-                if time.monotonic() >= deadline:
-                    break
-        self._counts.add("dropped.serve_queue_full")
-        self._error("serve_queue_full", f"{frame.source}: dropped, the serve queue stayed full ({SERVE_QUEUE_SIZE} "
-                    f"frames) for {self._serve_block_s:g} s")
-        self._emit("output_dropped", {"source": frame.source, "reason": "serve_queue_full"})
-
-    # ------------------------------------------------------------------------------------------ serving
-
-    def _serve_loop(self) -> None:
-        drain_deadline: float | None = None
-        while True:
-            if self._stop_serve.is_set():
-                if drain_deadline is None:
-                    drain_deadline = time.monotonic() + self._drain_s
-                if time.monotonic() >= drain_deadline:
-                    left = self._serve_queue.qsize()
-                    if left:
-                        _log.warning("stopping with %d frame(s) not enhanced (they are processed after a restart)",
-                                     left)
-                    return
-            if self.monitor is not None:
-                self.monitor.tick()
-            try:
-                item = self._serve_queue.get(timeout=0.05)
-            except queue.Empty:
-                if self._stop_serve.is_set():
-                    return
-                continue
-            try:
-                self._serve(item)
-            except Exception as exc:  # noqa: BLE001 - one bad frame never stops serving
-                self._error("serve_failed", f"{item.frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR,
-                            exc_info=exc)
-
-    def _reject(self, item: _Item, reason: str, message: str, *, level: int = logging.WARNING) -> None:
-        self._error(reason, message, level=level)
-        if self.catalogue is not None:
-            self._catalogue_call(lambda: self.catalogue.mark_rejected(item.frame.source, f"{reason}: {message}"),
-                                 item.frame.source)
-
-    def _serve(self, item: _Item) -> None:
-        frame = item.frame
-        catalogue = self.catalogue
-        assert catalogue is not None
-        try:
-            if item.size is not None and catalogue.already_enhanced(frame.source, item.size, item.mtime):
-                self._counts.add("skipped.already_enhanced")
-                return
-        except Exception as exc:  # noqa: BLE001
-            self._error("catalogue_error", f"{frame.source}: lookup failed ({exc})", level=logging.ERROR)
-        if self._paused.is_set():
-            self._counts.add("skipped.paused")
-            self._catalogue_call(lambda: catalogue.mark_rejected(frame.source, "skipped: paused"), frame.source)
-            return
-        height, width = frame.shape
-        if height * width > MAX_FRAME_PIXELS:
-            self._reject(item, "too_large", f"{frame.source}: {height}x{width} px is more than the "
-                         f"{MAX_FRAME_PIXELS} pixels the daemon enhances")
-            return
-        try:
-            result = self.engine.enhance(frame.data)
-        except ValueError as exc:
-            self._reject(item, "bad_frame", f"{frame.source}: {exc}")
-            return
-        except Exception as exc:  # noqa: BLE001 - the model failed on this frame
-            self._reject(item, "enhance_failed", f"{frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR)
-            return
-        scale = result.image.shape[0] // height  # the engine's scale when it enhanced this frame
-        out_pixel_nm = frame.pixel_size_nm / scale if frame.pixel_size_nm is not None else None
-        with self._newest_lock:
-            self._newest = (frame, result)
-        # The quality look (an extra pass over the library) stays off the latency path: the enhanced frame is
-        # handed to the writer and the stream first, its confidence map follows -- unless the map is written
-        # beside the output TIFF, which needs it before the hand-over.
-        write_conf = self.config.publish.write_confidence
-        observation = self._observe(frame, result) if write_conf else None
-        meta = {"model": result.model_name, "model_version": result.version, "backend": result.backend,
-                "model_s": round(result.seconds, 6), "source_seq": frame.seq}
-        if self.folder is not None:
-            stem = output_stem(frame.source)
-            confidence = observation.confidence if observation is not None else None
-            if not self.folder.submit(result.image, source=frame.source, t=frame.t, scale=scale,
-                                      pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem, confidence=confidence):
-                self._counts.add("dropped.output_queue_full")
-                self._emit("output_dropped", {"source": frame.source, "reason": "output_queue_full"})
-        drift = observation.drift if observation is not None else self._drift_now()
-        seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift)
-        if observation is None:
-            observation = self._observe(frame, result)
-        self._publish_confidence(frame, result, observation, seq, latency, out_pixel_nm)
-        if self.folder is None:
-            self._catalogue_call(lambda: catalogue.mark_enhanced(frame.source, None), frame.source)
-
-    def _observe(self, frame: Frame, result: EnhanceResult) -> Observation:
-        """The quality monitor's look at a served frame; a failure is counted (``monitor_failed``), never fatal."""
-        if self.monitor is None:
-            return Observation(None, {}, False)
-        try:
-            return self.monitor.observe(frame, out_shape=result.image.shape)
-        except Exception as exc:  # noqa: BLE001 - quality measurement must never stop serving
-            self._error("monitor_failed", f"{frame.source}: quality not measured ({type(exc).__name__}: {exc})",
-                        level=logging.ERROR, exc_info=exc)
-            return Observation(None, {}, False)
-
-    def _send(self, parts_of: Any, what: str, frame: Frame) -> None:
-        """Encode (``parts_of()``) and send an extra stream message (raw frame, confidence map); problems are
-        counted, never fatal."""
-        assert self.stream is not None
-        try:
-            if not self.stream.send_parts(parts_of()):
-                self._counts.add(f"dropped.stream_{what}")
-        except Exception as exc:  # noqa: BLE001 - ProtocolError, odd dtype...
-            self._error("stream_error", f"{frame.source}: {what} not streamed ({exc})")
-
-    def _drift_now(self) -> bool:
-        """The monitor's drift state before this frame is measured (flags the enhanced frame's header)."""
-        return bool(self.monitor is not None and self.monitor.drift)
-
-    def _publish_stream(self, frame: Frame, result: EnhanceResult, item: _Item, scale: int,
-                        out_pixel_nm: float | None, drift: bool) -> tuple[int, float, float]:
-        """Stream the raw frame and the enhanced one; returns (output seq, latency s, output pixel nm)."""
-        assert self.stream is not None
-        if out_pixel_nm is None:
-            if not self._warned_no_pixel:
-                _log.warning("%s: frame has no pixel size; streaming with a nominal %g nm input pixel (set "
-                             "ingest.pixel_size_nm)", frame.source, _NOMINAL_PIXEL_NM)
-                self._warned_no_pixel = True
-            out_pixel_nm = _NOMINAL_PIXEL_NM / scale
-        publish = self.config.publish
-        if publish.stream_raw:
-            raw = np.asarray(frame.data)
-            if raw.dtype.newbyteorder("<") not in DTYPES.values():
-                raw = raw.astype(np.float32)
-            self._send(lambda: encode_frame(raw, seq=frame.seq, pixel_size_m=out_pixel_nm * scale * 1e-9, role="lr",
-                                            stage_xy_m=frame.stage_xy_m, t=frame.t), "raw", frame)
-        now = time.time()
-        latency = max(0.0, now - item.origin_t)
-        self._out_seq += 1
-        seq = self._out_seq
-        try:
-            sent = self.stream.publish(result.image, seq=seq, pixel_size_m=out_pixel_nm * 1e-9,
-                                       model=result.model_name, model_version=str(result.version), latency_s=latency,
-                                       source_seq=frame.seq, t=frame.t, confidence="low" if drift else None)
-        except Exception as exc:  # noqa: BLE001 - ProtocolError (e.g. an output side over the wire limit)
-            self._error("stream_error", f"{frame.source}: not streamed ({exc})")
-            sent = False
-        if not sent:
-            self._counts.add("dropped.stream")
-        self._counts.add("out")
-        with self._lat_lock:
-            self._latency.append(latency)
-            self._model_s.append(result.seconds)
-            self._processing_s.append(max(0.0, now - item.ingested_t))
-        return seq, latency, out_pixel_nm
-
-    def _publish_confidence(self, frame: Frame, result: EnhanceResult, observation: Observation, seq: int,
-                            latency: float, out_pixel_nm: float) -> None:
-        """Stream the confidence map of output ``seq`` (role "confidence"), when there is one."""
-        conf = observation.confidence
-        if self.config.publish.stream_confidence and conf is not None and conf.shape == result.image.shape:
-            self._send(lambda: encode_confidence(conf, seq=seq, pixel_size_m=out_pixel_nm * 1e-9, model=result.model_name,
-                                                 model_version=str(result.version), latency_s=latency,
-                                                 source_seq=frame.seq, t=frame.t), "confidence", frame)
-
     def _on_written(self, published: PublishedFile) -> None:
         """FolderPublisher callback (writer thread): the frame's output exists -> enhanced in the catalogue."""
         self._counts.add("written")
@@ -784,196 +522,6 @@ class Daemon:
     def _on_promoted(self, model: FittedModel, version: int, decision: PromotionDecision) -> None:
         """Learner callback (learner thread): serve the promoted model."""
         try:
-            self.engine.set_model(model, version)
+            self.champion.library_promoted(model, version)
         except ValueError as exc:
             self._error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
-
-    # ------------------------------------------------------------------------------------------ control
-
-    def _handlers(self) -> dict[str, Any]:
-        return {
-            "ping": lambda: {"pong": True, "t": time.time()},
-            "status": lambda: {"status": self.status()},
-            "pause": self.pause,
-            "resume": self.resume,
-            "request_reference": self.request_reference,
-            "set": self.set_options,
-            "snapshot": self.snapshot,
-        }
-
-    def pause(self) -> dict[str, Any]:
-        """Stop enhancing/publishing (inputs are still recorded and learned from)."""
-        if not self._paused.is_set():
-            self._paused.set()
-            _log.info("paused: frames are recorded but not enhanced or published")
-            self._emit("paused", {"paused": True}, record=True)
-        return {"paused": True}
-
-    def resume(self) -> dict[str, Any]:
-        """Enhance and publish again from the next frame on."""
-        if self._paused.is_set():
-            self._paused.clear()
-            _log.info("resumed")
-            self._emit("resumed", {"paused": False}, record=True)
-        return {"paused": False}
-
-    def request_reference(self, region: list[float] | None = None, note: str | None = None) -> dict[str, Any]:
-        """Ask the operator for an HR reference scan: emits (and records) a ``reference_requested`` event.
-
-        ``region``: [y0, x0, y1, x1] in LR pixels of the newest frame, or None (anywhere).
-        """
-        with self._newest_lock:
-            newest = self._newest[0] if self._newest is not None else None
-        if region is not None and newest is not None:
-            height, width = newest.shape
-            if region[2] > height or region[3] > width:
-                raise ValueError(f"region {region} lies outside the newest frame ({height}x{width} px)")
-        assert self.monitor is not None
-        payload = self.monitor.request(reason="operator", frame=newest, region=region, note=note,
-                                       detail="requested by the operator")
-        return {"requested": payload}
-
-    def set_options(self, method: str | None = None, sigma_n: Any = ..., scale: int | None = None) -> dict[str, Any]:
-        """Change ``method``, ``sigma_n`` (None: the method's default) and/or ``scale`` (only while no model of
-        another scale is loaded; the learner restarts at the new scale). Returns the serving state."""
-        if scale is not None and scale != self.engine.scale:
-            self._set_scale(int(scale))
-        if method is not None:
-            self.engine.set_method(method)
-        if sigma_n is not ...:
-            self.engine.set_sigma(sigma_n)
-        state = self.engine.describe()
-        self._emit("settings_changed", state, record=True)
-        return {"model": state}
-
-    def _set_scale(self, scale: int) -> None:
-        with self._learner_lock:
-            if self.engine.has_model:
-                raise ValueError(f"scale x{scale} refused: model v{self.engine.version} serves x{self.engine.scale}; "
-                                 "a new scale needs another state folder")
-            old = self.learner
-            if old is not None:
-                status = old.status()
-                if status.busy or status.queued:
-                    raise ValueError(f"scale x{scale} refused: the learner is working on a reference; try again")
-            self.engine.set_scale(scale)
-            learner = self._make_learner(None, 0, scale)
-            if old is not None:
-                old.stop(timeout=30.0)
-            if self.monitor is not None:
-                self.monitor.reset()
-            learner.start()
-            self.learner = learner
-
-    def snapshot(self) -> dict[str, Any]:
-        """Write the newest frame (raw) and its enhancement as TIFFs into ``<state_dir>/snapshots/``."""
-        with self._newest_lock:
-            newest = self._newest
-        if newest is None:
-            raise ValueError("no frame has been enhanced yet")
-        frame, result = newest
-        folder = self.config.state_dir / "snapshots"
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        stem = f"{output_stem(frame.source)}_{stamp}"
-        raw_path, enhanced_path = folder / f"{stem}_raw.tif", folder / f"{stem}_enhanced.tif"
-        scale = result.image.shape[0] // max(1, frame.shape[0])
-        meta = {"source": frame.source, "source_t": frame.t, "model": result.model_name,
-                "model_version": result.version, "kind": "snapshot"}
-        raw = np.asarray(frame.data)
-        if raw.dtype not in (np.uint8, np.uint16, np.float32):
-            raw = raw.astype(np.float32)
-        write_tiff(raw_path, raw, pixel_size_nm=frame.pixel_size_nm, metadata={**meta, "image": "raw"})
-        write_tiff(enhanced_path, result.image,
-                   pixel_size_nm=frame.pixel_size_nm / scale if frame.pixel_size_nm else None,
-                   metadata={**meta, "image": "enhanced", "scale": scale})
-        _log.info("snapshot written: %s, %s", raw_path, enhanced_path)
-        return {"raw": str(raw_path), "enhanced": str(enhanced_path)}
-
-    # ------------------------------------------------------------------------------------------ status
-
-    def status(self) -> dict[str, Any]:
-        """Everything the TUI shows, as a JSON-able dict (see the keys below; times in seconds)."""
-        counts = self._counts.snapshot()
-        errors = self._errors.snapshot()
-        with self._lat_lock:
-            latency = _percentiles(self._latency)
-            model_s = _percentiles(self._model_s)
-            processing = _percentiles(self._processing_s)
-            n_lat = len(self._latency)
-        ingest: dict[str, Any] = {}
-        for name, source in self._sources:
-            try:
-                stats = source.stats()
-                ingest[name] = {"received": stats.received, "rejected": stats.rejected,
-                                "rejected_by_reason": dict(stats.rejected_by_reason), "last_error": stats.last_error}
-            except Exception as exc:  # noqa: BLE001
-                ingest[name] = {"error": str(exc)}
-        merged = dict(errors)
-        for info in ingest.values():
-            for reason, n in info.get("rejected_by_reason", {}).items():
-                merged[reason] = merged.get(reason, 0) + n
-        folder_stats = None
-        if self.folder is not None:
-            fs = self.folder.stats()
-            folder_stats = {"written": fs.written, "replaced": fs.replaced, "dropped": fs.dropped, "errors": fs.errors,
-                            "queue_depth": fs.queue_depth, "dropped_by_reason": dict(fs.dropped_by_reason),
-                            "errors_by_reason": dict(fs.errors_by_reason), "last_error": fs.last_error}
-            for reason, n in fs.errors_by_reason.items():
-                merged[f"write_{reason}"] = merged.get(f"write_{reason}", 0) + n
-            for reason, n in fs.dropped_by_reason.items():
-                merged[f"output_{reason}"] = merged.get(f"output_{reason}", 0) + n
-        learner = asdict(self.learner.status()) if self.learner is not None else None
-        if learner is not None:
-            for reason, n in learner["rejected_by_reason"].items():
-                merged[f"reference_{reason}"] = merged.get(f"reference_{reason}", 0) + n
-        stream = asdict(self.stream.stats()) if self.stream is not None else None
-        events = asdict(self.events.stats()) if self.events is not None else None
-        dropped = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("dropped.")}
-        skipped = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("skipped.")}
-        model = self.engine.describe()
-        model["validation_delta_db"] = learner["held_out_delta_db"] if learner else None
-        catalogue = None
-        if self.catalogue is not None:
-            try:
-                c = self.catalogue.counts()
-                catalogue = {"frames": dict(c.frames), "pairs": c.pairs, "events": c.events, "models": c.models,
-                             "promoted_models": c.promoted_models}
-            except Exception as exc:  # noqa: BLE001 - closed or failing: say so
-                catalogue = {"error": str(exc)}
-        return {
-            "running": self._started and not self._stopped,
-            "paused": self.paused,
-            "uptime_s": time.time() - self._started_at if self._started else 0.0,
-            "frames": {
-                "in": counts.get("in", 0), "in_lr": counts.get("in_lr", 0), "in_hr": counts.get("in_hr", 0),
-                "out": counts.get("out", 0), "written": counts.get("written", 0),
-                "dropped": sum(dropped.values()), "dropped_by_reason": dropped, "skipped": skipped,
-                "errors": sum(errors.values()), "errors_by_reason": errors,
-            },
-            "errors_by_reason": merged,
-            "last_error": self._last_error,
-            "latency": {"window": n_lat, "p50_s": latency["p50"], "p99_s": latency["p99"],
-                        "model_p50_s": model_s["p50"], "model_p99_s": model_s["p99"],
-                        "model_mean_s": model_s["mean"], "processing_p50_s": processing["p50"],
-                        "processing_p99_s": processing["p99"]},
-            "queues": {"serve": self._serve_queue.qsize(), "serve_limit": SERVE_QUEUE_SIZE,
-                       "output": folder_stats["queue_depth"] if folder_stats else 0,
-                       "output_limit": self.config.publish.output_queue_limit,
-                       "learner": learner["queued"] if learner else 0},
-            "model": model,
-            "library_size": model["library_size"],
-            "model_version": model["version"],
-            "method": model["method"],
-            "validation_delta_db": model["validation_delta_db"],
-            "learner": learner,
-            "ingest": ingest,
-            "publish": {"folder": folder_stats, "stream": stream, "events": events},
-            "control": asdict(self.control.stats()) if self.control is not None else None,
-            "quality": self.monitor.status() if self.monitor is not None else None,
-            "catalogue": catalogue,
-            "endpoints": self.endpoints,
-            "state_dir": str(self.config.state_dir),
-            "out_dir": str(self.config.publish.out_dir) if self.config.publish.out_dir else None,
-        }
-

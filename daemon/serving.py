@@ -14,7 +14,11 @@ What serves a frame:
   ``serve.tile``/``serve.halo``) -- or, when the export, the load or ONNX Runtime itself is unavailable, the
   NumPy reference :func:`refscope.models.pipeline.enhance` (the reason is logged and shown by
   :meth:`~ServingEngine.describe`);
-* methods ``"paired-faithful"`` and ``"original"``: the NumPy reference (they have no ONNX form).
+* methods ``"paired-faithful"`` and ``"original"``: the NumPy reference (they have no ONNX form);
+* method ``"net"``: the session-trained network promoted by the background trainer (:mod:`.trainer`), as ONNX
+  (:meth:`~ServingEngine.set_net`); the paired library until one is promoted;
+* method ``"best"`` (the default): the *champion*, i.e. whichever of library and network was promoted last --
+  each promotion had to beat the model serving at the time and bicubic on held-out reference area.
 
 A constant frame (beam blanked) is upsampled bicubically whatever the method: every method maps a constant to
 the same constant. Outputs are float32 (S·H, S·W) arrays in the input's intensity units.
@@ -31,17 +35,22 @@ from typing import Any
 import numpy as np
 
 from refscope.models.image_ops import upsample_bicubic
-from refscope.models.pipeline import METHODS, FittedModel, enhance
+from refscope.models.pipeline import FittedModel, enhance
 
+from .config import METHODS as CONFIG_METHODS
 from .config import ModelConfig, ServeConfig
 
-__all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX"]
+__all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS"]
 
 SERVING_LOGGER = "refscope.serving"
 _log = logging.getLogger(SERVING_LOGGER)
 
 MIN_SIDE_PX = 8
 """Smallest LR frame side the engine accepts, pixels."""
+
+SERVE_METHODS: tuple[str, ...] = CONFIG_METHODS
+"""Methods the engine serves: the reconstruction methods plus the trained network (``"net"``) and the champion
+(``"best"``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,8 +59,10 @@ class EnhanceResult:
 
     Attributes:
         image: (S·H, S·W) float32, the input's intensity units.
-        model_name: method that produced it (``"bicubic"``, ``"paired"``, ``"paired-faithful"``, ``"original"``).
-        version: version of the fitted model that produced it; 0 = none (bicubic, before any model or by choice).
+        model_name: method that produced it (``"bicubic"``, ``"paired"``, ``"paired-faithful"``, ``"original"``,
+            ``"net"``).
+        version: version of the model that produced it (the library's, or the network's for ``"net"``); 0 = none
+            (bicubic, before any model or by choice).
         seconds: wall time of the enhancement itself, seconds.
         backend: ``"bicubic"``, ``"onnx"`` or ``"numpy"``.
     """
@@ -74,6 +85,21 @@ class _State:
     scale: int
     onnx: Any = None  # refscope.daemon.runtime.OnnxModel serving `fitted` with `sigma_n`, or None
     onnx_note: str | None = None  # why ONNX is not used (None when it is, or not applicable)
+    net: Any = None  # OnnxModel of the promoted network, or None
+    net_version: int = 0
+    champion: str = "paired"  # what "best" serves: "paired" (the library) or "net"
+
+    @property
+    def library_method(self) -> str:
+        """The reconstruction method used when the library serves (``"net"``/``"best"`` fall back to paired)."""
+        return "paired" if self.method in ("net", "best") else self.method
+
+    @property
+    def serves_net(self) -> bool:
+        """True when the promoted network serves frames in this state."""
+        if self.net is None:
+            return False
+        return self.method == "net" or (self.method == "best" and self.champion == "net")
 
 
 def _check_frame(lr: np.ndarray) -> np.ndarray:
@@ -158,6 +184,9 @@ class ServingEngine:
             name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
         if backend == "bicubic":
             out = upsample_bicubic(array.astype(np.float64, copy=False), state.scale)
+        elif name == "net":
+            out = state.net.run(array.astype(np.float32, copy=False), tile=self.serve_config.tile,
+                                halo=self.serve_config.halo)
         elif backend == "onnx":
             try:
                 halo, align = self._tiling(state)
@@ -167,21 +196,26 @@ class ServingEngine:
                 _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
                            type(exc).__name__, exc)
                 backend = "numpy"
-                out = enhance(array, state.fitted, method=state.method, sigma_n=state.sigma_n)
+                out = enhance(array, state.fitted, method=state.library_method, sigma_n=state.sigma_n)
         else:
-            out = enhance(array, state.fitted, method=state.method, sigma_n=state.sigma_n)
+            out = enhance(array, state.fitted, method=state.library_method, sigma_n=state.sigma_n)
         image = np.asarray(out, dtype=np.float32)
-        return EnhanceResult(image=image, model_name=name, version=state.version if backend != "bicubic" else 0,
+        version = 0 if backend == "bicubic" else (state.net_version if name == "net" else state.version)
+        return EnhanceResult(image=image, model_name=name, version=version,
                              seconds=time.perf_counter() - start, backend=backend)
 
     @staticmethod
     def _served_by(state: _State) -> tuple[str, str]:
         """(method name, backend) that serves frames in ``state``."""
-        if state.fitted is None or state.method == "bicubic":
+        if state.method == "bicubic":
             return "bicubic", "bicubic"
-        if state.method == "paired" and state.onnx is not None:
+        if state.serves_net:
+            return "net", "onnx"
+        if state.fitted is None:
+            return "bicubic", "bicubic"
+        if state.library_method == "paired" and state.onnx is not None:
             return "paired", "onnx"
-        return state.method, "numpy"
+        return state.library_method, "numpy"
 
     def _tiling(self, state: _State) -> tuple[int, int]:
         """(halo, align) in input px for tiling ``state``'s model exactly: the halo covers the model's receptive
@@ -198,7 +232,7 @@ class ServingEngine:
     # ------------------------------------------------------------------------------------------ changes
 
     def set_model(self, fitted: FittedModel, version: int) -> None:
-        """Serve ``fitted`` as model ``version`` (>= 1) from the next frame on.
+        """Serve ``fitted`` as model ``version`` (>= 1) from the next frame on; it becomes the champion.
 
         The model is exported to ONNX and loaded first when the method is ``"paired"`` (a second or two; the
         previous model keeps serving meanwhile); any failure there is logged and the NumPy reference serves
@@ -212,17 +246,66 @@ class ServingEngine:
             current = self._snapshot()
             if fitted.scale != current.scale:
                 raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
-            candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None)
+            candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None,
+                                champion="paired")
             candidate = self._prepare(candidate)
             with self._lock:
                 self._state = candidate
         name, backend = self._served_by(candidate)
         _log.info("serving model v%d (%s, %s backend, library %d pairs)", version, name, backend, len(fitted.library))
 
+    def set_net(self, model_bytes: bytes, manifest: Any, version: int) -> None:
+        """Serve the trained network (ONNX bytes + :class:`~refscope.models.manifest.ModelManifest`) as network
+        ``version`` (>= 1) and make it the champion, from the next frame on.
+
+        The network is loaded and warmed up first (the previous model keeps serving meanwhile). Raises
+        ValueError (nothing changes) for a wrong scale or a model ONNX Runtime refuses.
+        """
+        from .runtime import ModelSlot, RuntimeConfig
+
+        if int(version) != version or version < 1:
+            raise ValueError(f"network version must be an integer >= 1, got {version!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if int(manifest.scale) != current.scale:
+                raise ValueError(f"the network's scale x{manifest.scale} differs from the served scale x{current.scale}")
+            start = time.perf_counter()
+            slot = ModelSlot(self._runtime_config(RuntimeConfig))
+            if not slot.try_load(model_bytes, manifest):
+                raise ValueError(f"network v{version} refused: {slot.last_error}")
+            model = slot.model
+            if self._last_shape is not None:  # pay the first run at this shape here, not on a live frame
+                ramp = np.add.outer(np.linspace(0.0, 1.0, self._last_shape[0]), np.linspace(0.0, 1.0, self._last_shape[1]))
+                model.run(model.manifest.denormalise(ramp), tile=self.serve_config.tile,
+                          halo=self.serve_config.halo)
+            candidate = replace(current, net=model, net_version=int(version), champion="net")
+            with self._lock:
+                self._state = candidate
+        _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
+                  time.perf_counter() - start, list(model.providers))
+
+    def set_champion(self, champion: str) -> None:
+        """Make ``"paired"`` (the library) or ``"net"`` the model that method ``"best"`` serves (ValueError when
+        ``"net"`` is asked for and no network is loaded)."""
+        if champion not in ("paired", "net"):
+            raise ValueError(f"champion must be 'paired' or 'net', got {champion!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if champion == "net" and current.net is None:
+                raise ValueError("no network is loaded")
+            with self._lock:
+                self._state = replace(current, champion=champion)
+
+    def _runtime_config(self, runtime_config_cls: Any) -> Any:
+        tile = self.serve_config.tile
+        return runtime_config_cls(providers=self.serve_config.providers,
+                                  intra_op_threads=self.serve_config.intra_op_threads,
+                                  warmup_shape=(min(tile, 64), min(tile, 64)))
+
     def set_method(self, name: str) -> None:
-        """Use method ``name`` (one of ``METHODS``) from the next frame on; ValueError for an unknown name."""
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        """Use method ``name`` (one of ``SERVE_METHODS``) from the next frame on; ValueError for an unknown name."""
+        if name not in SERVE_METHODS:
+            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(SERVE_METHODS)}")
         with self._swap_lock:
             current = self._snapshot()
             if current.method == name:
@@ -266,7 +349,7 @@ class ServingEngine:
 
     def _prepare(self, state: _State) -> _State:
         """Load the ONNX form of ``state``'s model when it will be used and is not loaded yet."""
-        if state.fitted is None or state.method != "paired" or state.onnx is not None:
+        if state.fitted is None or state.library_method != "paired" or state.onnx is not None:
             return state
         if not self.use_onnx:
             return replace(state, onnx_note="ONNX serving disabled")
@@ -293,10 +376,7 @@ class ServingEngine:
         start = time.perf_counter()
         onnx_bytes, manifest = export_paired_model(fitted, version=str(state.version))
         if self._slot is None:
-            tile = self.serve_config.tile
-            self._slot = ModelSlot(RuntimeConfig(providers=self.serve_config.providers,
-                                                 intra_op_threads=self.serve_config.intra_op_threads,
-                                                 warmup_shape=(min(tile, 64), min(tile, 64))))
+            self._slot = ModelSlot(self._runtime_config(RuntimeConfig))
         if not self._slot.try_load(onnx_bytes, manifest):
             raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
         model = self._slot.model
@@ -314,8 +394,8 @@ class ServingEngine:
 
     def describe(self) -> dict[str, Any]:
         """The serving state as a JSON-able dict: ``version``, ``method`` (requested), ``served_by`` (method
-        actually used), ``backend``, ``scale``, ``sigma_n``, ``library_size``, ``providers`` (ONNX) and
-        ``onnx_note`` (why ONNX is not used, or None)."""
+        actually used), ``backend``, ``scale``, ``sigma_n``, ``library_size``, ``providers`` (ONNX),
+        ``onnx_note`` (why ONNX is not used, or None), ``net_version`` (0: no network) and ``champion``."""
         state = self._snapshot()
         name, backend = self._served_by(state)
         return {
@@ -326,6 +406,9 @@ class ServingEngine:
             "scale": state.scale,
             "sigma_n": state.sigma_n,
             "library_size": len(state.fitted.library) if state.fitted is not None else 0,
-            "providers": list(state.onnx.providers) if state.onnx is not None else [],
+            "providers": list((state.net if name == "net" else state.onnx).providers)
+            if (state.net if name == "net" else state.onnx) is not None else [],
             "onnx_note": state.onnx_note,
+            "net_version": state.net_version,
+            "champion": state.champion,
         }

@@ -5,9 +5,11 @@ A state named ``lib`` is two files in ``state_dir``:
 - ``lib.npz`` -- the arrays, an uncompressed ``.npz`` (zip of ``.npy`` files) readable by ``numpy.load``;
 - ``lib.json`` -- the manifest: the caller's ``manifest`` dict plus the SHA-256 and size of ``lib.npz``.
 
-Both are written atomically, the ``.npz`` first and the manifest last: the manifest is the commit point, so a
-save interrupted between the two leaves an ``.npz`` that no longer matches its manifest, which
-:func:`load_arrays` reports instead of returning mixed old and new arrays.
+Both are written atomically and the manifest is the commit point: a save writes the new arrays beside the
+current ones (``lib.npz.next``), then the manifest, then renames ``lib.npz.next`` to ``lib.npz``. A save
+interrupted before the manifest leaves the previous state loadable; one interrupted after it leaves the new
+state loadable (from ``lib.npz.next``): :func:`load_arrays` returns the arrays whose checksum the manifest
+holds, never mixed old and new arrays, and reports a ``.npz`` that matches nothing as corrupt.
 """
 from __future__ import annotations
 
@@ -119,9 +121,34 @@ def save_arrays(
         "manifest": user_manifest,
     }
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(npz_path, data)
-    atomic_write_json(manifest_path, document)
+    pending = _pending_path(npz_path)
+    atomic_write_bytes(pending, data)  # a crash from here to the manifest: the previous state stays whole
+    atomic_write_json(manifest_path, document)  # the commit point
+    os.replace(pending, npz_path)  # a crash before this: load_arrays reads the committed arrays from `pending`
     return manifest_path
+
+
+def _pending_path(npz_path: Path) -> Path:
+    """Where :func:`save_arrays` puts new arrays until their manifest commits them."""
+    return npz_path.with_name(npz_path.name + ".next")
+
+
+def _committed_bytes(npz_path: Path, sha256: str) -> bytes | None:
+    """The arrays whose checksum is ``sha256``: ``<name>.npz``, or ``<name>.npz.next`` when a save stopped
+    between its manifest and its rename (or is between them now); None when neither matches.
+    FileNotFoundError when neither exists."""
+    found = False
+    for path in (npz_path, _pending_path(npz_path), npz_path):  # .npz again: a concurrent save may just have renamed
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        found = True
+        if hashlib.sha256(data).hexdigest() == sha256:
+            return data
+    if not found:
+        raise FileNotFoundError(npz_path)
+    return None
 
 
 def _read_manifest(manifest_path: Path) -> dict[str, Any]:
@@ -173,10 +200,10 @@ def load_arrays(state_dir: str | os.PathLike[str], name: str) -> tuple[dict[str,
         document = _read_manifest(manifest_path)
         expected = document["refscope_state"]["npz_sha256"]
         try:
-            data = npz_path.read_bytes()
+            data = _committed_bytes(npz_path, expected)
         except FileNotFoundError:
             raise StateError(f"{npz_path}: missing, but {manifest_path.name} refers to it; run `refscope fit` again")
-        if hashlib.sha256(data).hexdigest() == expected:
+        if data is not None:
             break
         # A concurrent save may have replaced the .npz between our two reads: retry if the manifest moved on.
         if attempt + 1 < _LOAD_ATTEMPTS and _read_manifest(manifest_path)["refscope_state"]["npz_sha256"] != expected:

@@ -202,7 +202,9 @@ def _check_shape(path: Path, shape: tuple[int, ...], where: str = "") -> None:
         raise _fail(path, f"{where}image has no pixels (shape {height} x {width})")
 
 
-def _check_dtype(path: Path, dtype: np.dtype) -> None:
+def _check_dtype(path: Path, dtype: np.dtype | None) -> None:
+    if dtype is None:  # tifffile's answer to sample tags it cannot map (and np.dtype(None) would be float64)
+        raise _fail(path, "unsupported pixel type (bits per sample / sample format not understood)")
     dtype = np.dtype(dtype)
     if dtype == np.bool_ or dtype.kind not in "uif":
         raise _fail(path, f"unsupported pixel type {dtype} (refscope reads integer or real float pixels)")
@@ -465,6 +467,11 @@ def _page_index(path: Path, count: int, page: int | None) -> int:
     return int(page)
 
 
+def _show_chunks(chunks: tuple[Any, ...]) -> str:
+    text = repr(chunks)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_not_truncated(path: Path, tiff_page: Any, file_size: int) -> None:
     offsets, counts = tiff_page.dataoffsets, tiff_page.databytecounts
     if not offsets or not counts:
@@ -478,7 +485,8 @@ def _read_tiff(path: Path, page: int | None) -> tuple[np.ndarray, _Parsed]:
     file_size = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = [p for p in tif.pages if not getattr(p, "is_reduced", False)]
+            # by index (len() walks the IFD chain with loop detection); iterating a circular chain never ends
+            pages = [p for p in tif.pages[:] if not getattr(p, "is_reduced", False)]
             if not pages:
                 raise _fail(path, "TIFF holds no image")
             index = _page_index(path, len(pages), page)
@@ -495,6 +503,10 @@ def _read_tiff(path: Path, page: int | None) -> tuple[np.ndarray, _Parsed]:
                 raise _fail(path, f"page {index} has shape {shape}; refscope needs a 2-D grayscale image")
             _check_shape(path, shape)
             _check_dtype(path, tiff_page.dtype)
+            chunks = tiff_page.chunks  # decoded segment by segment: bound each (a corrupt tag can hold a list)
+            bound = 4 * max(math.prod(shape), 1 << 16)
+            if not all(isinstance(c, (int, np.integer)) for c in chunks) or math.prod(chunks) > bound:
+                raise _fail(path, f"corrupt TIFF (segments of {_show_chunks(chunks)} px for an image of {shape} px)")
             _check_not_truncated(path, tiff_page, file_size)
             parsed = _tiff_metadata(tif, tiff_page, index, shape)
             data = tiff_page.asarray()

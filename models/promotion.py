@@ -10,6 +10,7 @@ paired libraries, networks and ONNX sessions are judged by one rule.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,10 +18,10 @@ import numpy as np
 
 from .evaluation import COLS, ROWS, split_subimages
 from .image_ops import upsample_bicubic
-from .metrics import fit_intensity, psnr
+from .metrics import fit_intensity, psnr, ssim
 
-__all__ = ["Predictor", "HeldOutSplit", "split_for_validation", "held_out_delta_psnr", "PromotionDecision",
-           "decide_promotion"]
+__all__ = ["Predictor", "HeldOutSplit", "split_for_validation", "held_out_delta_psnr", "held_out_scores",
+           "summarise_scores", "PromotionDecision", "decide_promotion"]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -63,6 +64,42 @@ def held_out_delta_psnr(predict: Predictor | None, held_out: tuple[tuple[np.ndar
             return float("-inf")  # a model producing NaN/inf is never promoted
         deltas.append(psnr(hr_sub, fit_intensity(est, hr_sub)) - base)
     return float(np.mean(deltas))
+
+
+def held_out_scores(predict: Predictor | None, held_out, *, scale: int) -> dict[str, list[float]]:
+    """Per held-out subimage: ΔPSNR (dB) and ΔSSIM over bicubic after a linear intensity fit (the measure of
+    :func:`held_out_delta_psnr`, plus SSIM); ``predict=None`` is bicubic (zeros). Non-finite output scores -inf.
+
+    Returns ``{"d_psnr_db": [...], "d_ssim": [...]}``, one value per (LR, HR) pair of ``held_out``.
+    """
+    d_psnr: list[float] = []
+    d_ssim: list[float] = []
+    for lr_sub, hr_sub in held_out:
+        if predict is None:
+            d_psnr.append(0.0)
+            d_ssim.append(0.0)
+            continue
+        base = fit_intensity(upsample_bicubic(lr_sub, scale), hr_sub)
+        est = np.asarray(predict(lr_sub), dtype=np.float64)
+        if est.shape != hr_sub.shape:
+            raise ValueError(f"predictor returned {est.shape}, expected {hr_sub.shape}")
+        if not np.all(np.isfinite(est)):
+            d_psnr.append(-math.inf)
+            d_ssim.append(-math.inf)
+            continue
+        est = fit_intensity(est, hr_sub)
+        d_psnr.append(psnr(hr_sub, est) - psnr(hr_sub, base))
+        d_ssim.append(ssim(hr_sub, est) - ssim(hr_sub, base))
+    return {"d_psnr_db": d_psnr, "d_ssim": d_ssim}
+
+
+def summarise_scores(per: dict[str, list[float]] | None) -> dict | None:
+    """Means of :func:`held_out_scores` (``d_psnr_db``, ``d_ssim``; NaN when empty) with the per-subimage lists."""
+    if per is None:
+        return None
+    return {"d_psnr_db": float(np.mean(per["d_psnr_db"])) if per["d_psnr_db"] else math.nan,
+            "d_ssim": float(np.mean(per["d_ssim"])) if per["d_ssim"] else math.nan,
+            "per_subimage_d_psnr_db": list(per["d_psnr_db"]), "per_subimage_d_ssim": list(per["d_ssim"])}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the real-data folder (skipped when absent) and a seeded RNG."""
+"""Shared pytest fixtures: the real-data folder (skipped when absent), a seeded RNG, one PyTorch thread."""
 from __future__ import annotations
 
 import os
@@ -27,3 +27,14 @@ def shared_data() -> Path:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one PyTorch thread (tiny training runs are faster and repeatable), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

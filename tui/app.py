@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import zmq
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -30,6 +29,7 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Input
 
 from refscope.daemon.control import COMMANDS
+from refscope.daemon.curve import CurveClientKeys, client_context
 
 from .drift_panel import DriftPanel
 from .event_log import EventLog
@@ -47,7 +47,7 @@ __all__ = ["RefscopeApp", "run_tui", "DEFAULT_CONTROL", "METHOD_CYCLE", "SIGMA_S
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5560"
 METHOD_CYCLE: tuple[str, ...] = tuple(COMMANDS["set"]["method"].choices or ())
-"""Methods ``m`` cycles through (the control protocol's choices: paired, paired-faithful, original, bicubic)."""
+"""Methods ``m`` cycles through (the control protocol's choices: best, paired, net, paired-faithful, original, bicubic)."""
 SIGMA_STEP = 1.25
 """``+``/``-`` multiply/divide σ_n by this."""
 
@@ -77,6 +77,7 @@ class RefscopeApp(App[None]):
         status_interval_s: seconds between ``status`` polls.
         request_timeout_s: seconds a ``status`` request may take before the daemon counts as disconnected.
         action_timeout_s: seconds an operator action waits for its answer.
+        curve: CURVE client keys for a daemon that requires them (``security.curve_dir``); None: plain.
     """
 
     CSS_PATH = "refscope.tcss"
@@ -125,7 +126,7 @@ class RefscopeApp(App[None]):
 
     def __init__(self, control: str = DEFAULT_CONTROL, *, stream: str | None = None, events: str | None = None,
                  status_interval_s: float = 1.0, request_timeout_s: float = 1.0,
-                 action_timeout_s: float = 3.0) -> None:
+                 action_timeout_s: float = 3.0, curve: CurveClientKeys | None = None) -> None:
         super().__init__()
         self.control_endpoint = control
         self._fixed = {"pub": stream, "events": events}
@@ -133,7 +134,7 @@ class RefscopeApp(App[None]):
         self.status_interval_s = status_interval_s
         self.request_timeout_s = request_timeout_s
         self.action_timeout_s = action_timeout_s
-        self._zmq = zmq.Context()
+        self._zmq = client_context(curve)  # every socket of the TUI is a CURVE client when keys are given
         self._stop = threading.Event()
         self._rates = RateMeter()
         self._counts_lock = threading.Lock()
@@ -369,7 +370,7 @@ def _acknowledgement(cmd: str, reply: Mapping[str, Any]) -> str:
 
 
 def run_tui(control: str = DEFAULT_CONTROL, *, stream: str | None = None, events: str | None = None,
-            log_file: str | Path | None = None) -> int:
+            log_file: str | Path | None = None, curve: CurveClientKeys | None = None) -> int:
     """Run the app in this terminal until the operator quits; returns the exit code.
 
     While it runs, logging goes to ``log_file`` (or nowhere), never to the terminal it draws on; warnings are
@@ -387,7 +388,7 @@ def run_tui(control: str = DEFAULT_CONTROL, *, stream: str | None = None, events
     root.handlers = [handler]
     logging.captureWarnings(True)
     try:
-        RefscopeApp(control, stream=stream, events=events).run()
+        RefscopeApp(control, stream=stream, events=events, curve=curve).run()
     finally:
         logging.captureWarnings(False)
         root.handlers = saved_handlers

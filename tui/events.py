@@ -80,6 +80,13 @@ def describe_event(type: str, payload: Mapping[str, Any]) -> str:
                 f"rotation {_f(p.get('rotation'), '.2f')}°")
     if type == "pair_rejected":
         return f"reference rejected ({p.get('reason', '?')}): {_short(p.get('message', ''), 100)}"
+    if type == "net_round":
+        return (f"network round {p.get('round', '?')} {p.get('status', '?')}: candidate "
+                f"{_f(p.get('candidate_delta_db'), '+.2f')} dB vs {p.get('champion', '?')} "
+                f"{_f(p.get('champion_delta_db'), '+.2f')} dB — {p.get('reason', '')}")
+    if type == "model_promoted" and p.get("kind") == "net":
+        return (f"network v{p.get('version', '?')} promoted: ΔPSNR {_f(p.get('held_out_delta_db'), '+.2f')} dB — "
+                f"{p.get('reason', '')}")
     if type == "model_promoted":
         return (f"model v{p.get('version', '?')} promoted: ΔPSNR {_f(p.get('held_out_delta_db'), '+.2f')} dB, "
                 f"{p.get('library_size', '?')} pairs — {p.get('reason', '')}")

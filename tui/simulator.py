@@ -61,7 +61,7 @@ class FakeDaemon:
         self.shape, self.scale, self.roles, self.quality = tuple(shape), int(scale), tuple(roles), quality
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.paused = False
-        self.method = "paired"
+        self.method = "best"
         self.sigma_n: float | None = 1.0
         self.seq = 0
         self.status_calls = 0
@@ -143,13 +143,13 @@ class FakeDaemon:
             if "enhanced" in self.roles:
                 enhanced = np.kron(lr, np.ones((self.scale, self.scale), np.float32))
                 messages.append(encode_enhanced(enhanced * 4000, seq=seq, pixel_size_m=5e-9 / self.scale,
-                                                model=self.method, model_version="3", latency_s=0.12,
+                                                model=self._served_by(), model_version="3", latency_s=0.12,
                                                 source_seq=seq, t=t))
             if "confidence" in self.roles:
                 yy, xx = np.mgrid[0:big[0], 0:big[1]]
                 conf = (0.5 + 0.5 * np.cos(xx / big[1] * np.pi) * np.cos(yy / big[0] * np.pi)).astype(np.float32)
                 header = {"v": 1, "seq": seq, "dtype": "float32", "shape": list(big), "pixel_size_m": 5e-9 / self.scale,
-                          "role": "confidence", "model": self.method, "model_version": "3", "latency_s": 0.12,
+                          "role": "confidence", "model": self._served_by(), "model_version": "3", "latency_s": 0.12,
                           "source_seq": seq, "t": t}
                 messages.append([json.dumps(header).encode(), conf.tobytes()])
             for parts in messages:
@@ -229,10 +229,14 @@ class FakeDaemon:
         return {"ping": lambda: {"pong": True, "t": time.time()}, "status": status, "pause": pause,
                 "resume": resume, "request_reference": request_reference, "set": set_, "snapshot": snapshot}
 
+    def _served_by(self) -> str:
+        """What serves frames: the library is the champion, so "best" and "net" are served by it."""
+        return "paired" if self.method in ("best", "net") else self.method
+
     def _model(self) -> dict[str, Any]:
-        return {"version": 3, "method": self.method, "served_by": self.method, "backend": "onnx", "scale": self.scale,
+        return {"version": 3, "method": self.method, "served_by": self._served_by(), "backend": "onnx", "scale": self.scale,
                 "sigma_n": self.sigma_n, "library_size": 8000, "providers": ["CPUExecutionProvider"],
-                "onnx_note": None}
+                "onnx_note": None, "net_version": 0, "champion": "paired"}
 
     def status(self) -> dict[str, Any]:
         """A status dict with the real daemon's keys; counters follow :attr:`seq`."""

@@ -104,11 +104,23 @@ def summary_lines(status: Mapping[str, Any], rates: Mapping[str, float | None], 
         ("ΔPSNR", f"{fmt_db(dig(status, 'validation_delta_db', default=dig(model, 'validation_delta_db')))} "
                   "validation"),
         ("library", f"{dig(status, 'library_size', default=dig(model, 'library_size', default='-'))} pairs"),
+        ("network", _trainer_line(dig(status, "trainer", default={}))),
         ("queues", f"serve {dig(queues, 'serve', default='-')}/{dig(queues, 'serve_limit', default='-')}  "
                    f"out {dig(queues, 'output', default='-')}  learn {dig(queues, 'learner', default='-')}"),
         ("σ_n", "default" if sigma is None else f"{sigma:.3g}"),
         ("stream", f"{tui.get('enhanced', 0)} enhanced, {tui.get('bad', 0)} bad"),
     ]
+
+
+def _trainer_line(trainer: Mapping[str, Any]) -> str:
+    """One line about the background trainer: rounds, promotions, failures, and whether a round is running."""
+    if not trainer or not trainer.get("enabled", False):
+        return "off"
+    running = trainer.get("running_s")
+    now = f"training {running:.0f} s" if isinstance(running, (int, float)) else "idle"
+    failures = trainer.get("failures") or 0
+    return (f"{now}  rounds {trainer.get('rounds', 0)}  promoted {trainer.get('promotions', 0)}"
+            + (f"  failed {failures}" if failures else ""))
 
 
 @dataclass(frozen=True)

@@ -161,9 +161,10 @@ def test_truncated_npz_detected(tmp_path: Path, rng: np.random.Generator) -> Non
         load_arrays(tmp_path, "library")
 
 
-def test_interrupted_save_is_reported(tmp_path: Path, rng: np.random.Generator,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """A crash after the new .npz but before the manifest (the commit point) must not load mixed state."""
+def test_interrupted_save_keeps_a_whole_state(tmp_path: Path, rng: np.random.Generator,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash before the manifest (the commit point) leaves the previous state loadable, one after it the new
+    state -- never mixed arrays, never an unloadable folder (the daemon must restart on it)."""
     save_arrays(tmp_path, "library", {"a": np.zeros(4)}, {"v": 1})
     import refscope.daemon.state_store as store
 
@@ -173,8 +174,27 @@ def test_interrupted_save_is_reported(tmp_path: Path, rng: np.random.Generator,
     monkeypatch.setattr(store, "atomic_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         save_arrays(tmp_path, "library", {"a": np.ones(4)}, {"v": 2})
-    with pytest.raises(StateError, match="checksum mismatch"):
-        load_arrays(tmp_path, "library")
+    arrays, manifest = load_arrays(tmp_path, "library")
+    assert manifest == {"v": 1} and not arrays["a"].any()
+
+    monkeypatch.undo()
+    renames = []
+    real_replace = os.replace
+
+    def crash_at_third_rename(*args, **kwargs):  # the new arrays' temp file, the manifest's, then the commit
+        renames.append(args)
+        if len(renames) == 3:
+            raise KeyboardInterrupt("power cut")
+        return real_replace(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", crash_at_third_rename)  # the manifest written, the arrays not renamed yet
+    with pytest.raises(KeyboardInterrupt):
+        save_arrays(tmp_path, "library", {"a": np.full(4, 3.0)}, {"v": 3})
+    monkeypatch.undo()
+    arrays, manifest = load_arrays(tmp_path, "library")
+    assert manifest == {"v": 3} and (arrays["a"] == 3).all()
+    save_arrays(tmp_path, "library", {"a": np.full(4, 4.0)}, {"v": 4})  # the next save completes normally
+    assert _names(tmp_path) == ["library.json", "library.npz"] and load_arrays(tmp_path, "library")[1] == {"v": 4}
 
 
 def test_npz_without_manifest(tmp_path: Path) -> None:

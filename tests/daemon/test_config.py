@@ -123,7 +123,7 @@ def test_folder_source_config(tmp_path: Path) -> None:
         ({"model.scal": 3}, "model.scal", "allowed: scale, method, library_size, patch_size, sigma_n"),
         ({"bogus": 1}, "bogus", "allowed: state_dir, log_level"),
         ({"nosuch.key": 1}, "nosuch.key", "allowed: ingest.*"),
-        ({"model.method": "fancy"}, "model.method", "'paired', 'paired-faithful', 'original', 'bicubic'"),
+        ({"model.method": "fancy"}, "model.method", "'best', 'paired', 'net', 'paired-faithful', 'original', 'bicubic'"),
         ({"model.scale": 9}, "model.scale", "from 2 to 8"),
         ({"model.scale": 2.5}, "model.scale", "must be an integer"),
         ({"model.scale": True}, "model.scale", "must be an integer"),

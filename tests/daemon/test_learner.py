@@ -24,6 +24,7 @@ from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, FittedModel
 from refscope.models.promotion import PromotionDecision
 from refscope.models.synthetic import SyntheticPair, make_pair
+from waiting import wait_for
 
 CONFIG = FitConfig(scale=2, library=LibraryConfig(size=2000, patch_size=9))
 
@@ -62,14 +63,6 @@ def lr_frame(pair: SyntheticPair, source: str, seq: int = 0) -> Frame:
 
 def hr_frame(data: np.ndarray, source: str, seq: int = 0) -> Frame:
     return Frame(data=data, pixel_size_nm=5.0, role="hr", source=source, seq=seq, t=0.0)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the learner")
-        time.sleep(0.02)
 
 
 def done(learner: Learner, n: int) -> Callable[[], bool]:

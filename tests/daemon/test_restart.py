@@ -23,6 +23,7 @@ from refscope.daemon.catalogue import Catalogue
 from refscope.daemon.control import ControlClient
 from refscope.daemon.tiff_io import read_image, write_tiff
 from refscope.models.synthetic import make_pair
+from waiting import wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 
@@ -76,15 +77,6 @@ class DaemonProcess:
         code = self.proc.wait(timeout=60)
         self._log.close()
         return code
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-    return value
 
 
 def put_frame(watch: Path, staging: Path, name: str, image: np.ndarray, pixel_nm: float) -> None:

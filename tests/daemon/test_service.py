@@ -14,7 +14,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from refscope.daemon.publish import output_stem
 from refscope.daemon.service import Daemon
 from refscope.daemon.tiff_io import read_image, write_tiff
 from refscope.models.synthetic import make_pair
+from waiting import wait_for
 
 LR_SHAPE = (160, 200)
 LR_NM, HR_NM = 10.0, 5.0
@@ -79,17 +79,6 @@ def write_slowly(path: Path, data: bytes, *, via_temp: bool, chunks: int = 4, pa
             time.sleep(pause_s)
     if via_temp:
         os.replace(target, path)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Viewer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -20,19 +19,9 @@ from refscope.daemon.simulate import SimulatedMicroscope, SimulatorConfig
 from refscope.daemon.tiff_io import read_image
 from refscope.models.simulator import (Event, Optics, Session, make_areas, scan_hr, scan_lr, stage_to_area,
                                        state_at)
+from waiting import wait_for
 
 SMALL = Optics(lr_shape=(96, 128))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # ------------------------------------------------------------------------------------------------ physics

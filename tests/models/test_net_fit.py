@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from refscope.models.evaluation import COLS, split_subimages
 from refscope.models.image_ops import upsample_bicubic
@@ -14,12 +13,7 @@ from refscope.models.synthetic import make_pair
 from refscope.models.training import make_lr_only_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ async def test_help_screen_lists_the_keys(fake):
         await pilot.press("question_mark")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help screen")
         text = screen_text(app)
-        for words in ("request a reference scan", "pause / resume", "paired, paired-faithful, original", "σ_n",
+        for words in ("request a reference scan", "pause / resume", "best, paired, net, paired-faithful", "σ_n",
                       "snapshot", "confidence map", "zoom in / out", "pan", "quit"):
             assert words in text, words
         await pilot.press("escape")

@@ -1,0 +1,217 @@
+"""The daemon's frame path: ingest (record, classify, route) and serve (enhance, write, stream, observe).
+
+Part of :class:`~refscope.daemon.service.Daemon` (a mixin; the policies are in :mod:`.service`'s docstring):
+the ingest loop takes frames from every source round robin, records them in the catalogue and routes HR
+references to the learner and LR frames to the serve queue; the serve loop enhances each LR frame with the
+current model and hands it to the output folder, the stream and the quality monitor.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+from .frames import Frame
+from .publish import output_stem
+
+__all__ = ["FramePipeline", "ServeItem", "SERVE_QUEUE_SIZE", "MAX_FRAME_PIXELS"]
+
+_log = logging.getLogger("refscope.daemon")
+
+SERVE_QUEUE_SIZE = 8
+"""LR frames waiting for the serve loop."""
+MAX_FRAME_PIXELS = 8192 * 8192
+"""Largest LR frame enhanced (H·W); larger frames are refused (``too_large``) to bound memory."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServeItem:
+    """An LR frame waiting to be served."""
+
+    frame: Frame
+    origin_t: float  # input "closed" time, unix seconds
+    ingested_t: float  # when ingest took it from its source, unix seconds
+    size: int | None
+    mtime: float | None
+
+
+def _file_version(frame: Frame) -> tuple[int | None, float | None]:
+    """(size in bytes, mtime in unix s) of a file frame; (None, None) for ZMQ/memory frames."""
+    meta = frame.metadata
+    size, mtime = meta.get("file_size_bytes"), meta.get("file_mtime")
+    if isinstance(size, int) and isinstance(mtime, (int, float)):
+        return int(size), float(mtime)
+    return None, None
+
+
+def _same_version(record: Any, size: int | None, mtime: float | None) -> bool:
+    if record.size != size:
+        return False
+    if record.mtime is None or mtime is None:
+        return record.mtime is None and mtime is None
+    return abs(float(record.mtime) - float(mtime)) <= 1e-6
+
+
+class FramePipeline:
+    """Ingest and serve loops of :class:`~refscope.daemon.service.Daemon` (mixin)."""
+
+    def _ingest_loop(self) -> None:
+        sources = self._sources
+        slice_s = 0.1 / max(1, len(sources))
+        while not self._stop_ingest.is_set():
+            got = False
+            for name, source in sources:
+                if self._stop_ingest.is_set():
+                    return
+                frame = source.poll(0.0 if got else slice_s)  # a failure of the source itself propagates
+                if frame is None:
+                    continue
+                got = True
+                try:
+                    self._ingest(frame)
+                except Exception as exc:  # noqa: BLE001 - one bad frame never stops ingest
+                    self._error("ingest_failed", f"{frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR,
+                                exc_info=exc)
+
+    def _ingest(self, frame: Frame) -> None:
+        now = time.time()
+        self._counts.add("in")
+        size, mtime = _file_version(frame)
+        catalogue = self.catalogue
+        assert catalogue is not None and self.learner is not None
+        record = None
+        try:
+            record = catalogue.frame(frame.source)
+        except Exception as exc:  # noqa: BLE001
+            self._error("catalogue_error", f"{frame.source}: lookup failed ({exc})", level=logging.ERROR)
+        # the restart rule applies to files (re-read after a restart); a ZMQ message is never delivered twice, and a
+        # sender that restarts its seq counter must not have its new frames taken for old ones
+        known = size is not None and record is not None and _same_version(record, size, mtime)
+        if known and record.role in ("lr", "hr"):  # re-read after a restart: keep the role it was given then
+            frame = replace(frame, role=record.role)
+        role = self._classify(frame)
+        self._counts.add(f"in_{role}")
+        if role == "hr":
+            if known:
+                self._counts.add("skipped.already_seen")
+                _log.info("%s: HR reference already handed to the learner before; skipped", frame.source)
+                return
+            self._catalogue_call(lambda: catalogue.record_frame(frame.source, role="hr", seq=frame.seq, t=frame.t,
+                                                                size=size, mtime=mtime), frame.source)
+            if not self.learner.submit_reference(frame):
+                self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
+            else:
+                _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source, frame.pixel_size_nm or 0)
+                if self.monitor is not None:
+                    self.monitor.reference_arrived(frame)
+            return
+        self.learner.note_lr(frame)
+        if known and record.status in ("enhanced", "rejected"):
+            self._counts.add(f"skipped.already_{record.status}")
+            return
+        self._catalogue_call(lambda: catalogue.record_frame(frame.source, role="lr", seq=frame.seq, t=frame.t,
+                                                            size=size, mtime=mtime), frame.source)
+        origin = mtime if mtime is not None else frame.t
+        item = ServeItem(frame=frame, origin_t=origin, ingested_t=now, size=size, mtime=mtime)
+        deadline = time.monotonic() + self._serve_block_s
+        while True:
+            try:
+                self._serve_queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self._stop_ingest.is_set():
+                    return  # stopping: the frame stays "received" and is processed after a restart
+                if time.monotonic() >= deadline:
+                    break
+        self._counts.add("dropped.serve_queue_full")
+        self._error("serve_queue_full", f"{frame.source}: dropped, the serve queue stayed full ({SERVE_QUEUE_SIZE} "
+                    f"frames) for {self._serve_block_s:g} s")
+        self._emit("output_dropped", {"source": frame.source, "reason": "serve_queue_full"})
+
+    def _serve_loop(self) -> None:
+        drain_deadline: float | None = None
+        while True:
+            if self._stop_serve.is_set():
+                if drain_deadline is None:
+                    drain_deadline = time.monotonic() + self._drain_s
+                if time.monotonic() >= drain_deadline:
+                    left = self._serve_queue.qsize()
+                    if left:
+                        _log.warning("stopping with %d frame(s) not enhanced (they are processed after a restart)",
+                                     left)
+                    return
+            if self.monitor is not None:
+                self.monitor.tick()
+            try:
+                item = self._serve_queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop_serve.is_set():
+                    return
+                continue
+            try:
+                self._serve(item)
+            except Exception as exc:  # noqa: BLE001 - one bad frame never stops serving
+                self._error("serve_failed", f"{item.frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR,
+                            exc_info=exc)
+
+    def _reject(self, item: ServeItem, reason: str, message: str, *, level: int = logging.WARNING) -> None:
+        self._error(reason, message, level=level)
+        if self.catalogue is not None:
+            self._catalogue_call(lambda: self.catalogue.mark_rejected(item.frame.source, f"{reason}: {message}"),
+                                 item.frame.source)
+
+    def _serve(self, item: ServeItem) -> None:
+        frame = item.frame
+        catalogue = self.catalogue
+        assert catalogue is not None
+        try:
+            if item.size is not None and catalogue.already_enhanced(frame.source, item.size, item.mtime):
+                self._counts.add("skipped.already_enhanced")
+                return
+        except Exception as exc:  # noqa: BLE001
+            self._error("catalogue_error", f"{frame.source}: lookup failed ({exc})", level=logging.ERROR)
+        if self._paused.is_set():
+            self._counts.add("skipped.paused")
+            self._catalogue_call(lambda: catalogue.mark_rejected(frame.source, "skipped: paused"), frame.source)
+            return
+        height, width = frame.shape
+        if height * width > MAX_FRAME_PIXELS:
+            self._reject(item, "too_large", f"{frame.source}: {height}x{width} px is more than the "
+                         f"{MAX_FRAME_PIXELS} pixels the daemon enhances")
+            return
+        try:
+            result = self.engine.enhance(frame.data)
+        except ValueError as exc:
+            self._reject(item, "bad_frame", f"{frame.source}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the model failed on this frame
+            self._reject(item, "enhance_failed", f"{frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR)
+            return
+        scale = result.image.shape[0] // height  # the engine's scale when it enhanced this frame
+        out_pixel_nm = frame.pixel_size_nm / scale if frame.pixel_size_nm is not None else None
+        with self._newest_lock:
+            self._newest = (frame, result)
+        # The quality look (an extra pass over the library) stays off the latency path: the enhanced frame is
+        # handed to the writer and the stream first, its confidence map follows -- unless the map is written
+        # beside the output TIFF, which needs it before the hand-over.
+        write_conf = self.config.publish.write_confidence
+        observation = self._observe(frame, result) if write_conf else None
+        meta = {"model": result.model_name, "model_version": result.version, "backend": result.backend,
+                "model_s": round(result.seconds, 6), "source_seq": frame.seq}
+        if self.folder is not None:
+            stem = output_stem(frame.source)
+            confidence = observation.confidence if observation is not None else None
+            if not self.folder.submit(result.image, source=frame.source, t=frame.t, scale=scale,
+                                      pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem, confidence=confidence):
+                self._counts.add("dropped.output_queue_full")
+                self._emit("output_dropped", {"source": frame.source, "reason": "output_queue_full"})
+        drift = observation.drift if observation is not None else self._drift_now()
+        seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift)
+        if observation is None:
+            observation = self._observe(frame, result)
+        self._publish_confidence(frame, result, observation, seq, latency, out_pixel_nm)
+        if self.folder is None:
+            self._catalogue_call(lambda: catalogue.mark_enhanced(frame.source, None), frame.source)

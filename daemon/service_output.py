@@ -1,0 +1,111 @@
+"""The daemon's stream output: raw LR frames, enhanced frames and confidence maps on the PUB stream.
+
+Part of :class:`~refscope.daemon.service.Daemon` (a mixin: it uses the daemon's stream, monitor, counters and
+latency records). Every message is sent without blocking; a dropped or unencodable message is counted, never fatal.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .frames import Frame
+from .monitor import Observation
+from .protocol import DTYPES, encode_confidence, encode_frame
+from .publish import StreamPublisher
+from .serving import EnhanceResult
+
+if TYPE_CHECKING:
+    from .service_frames import ServeItem
+
+__all__ = ["FrameStream", "StreamOutput", "NOMINAL_PIXEL_NM"]
+
+_log = logging.getLogger("refscope.daemon")
+
+NOMINAL_PIXEL_NM = 1.0
+"""Stream pixel size of frames without one, nm (the wire format needs a positive value)."""
+
+
+class FrameStream(StreamPublisher):
+    """The enhanced-frame stream, which also carries the raw LR frames and confidence maps (see :mod:`.protocol`)."""
+
+    def send_parts(self, parts: list[bytes]) -> bool:
+        """Send an already encoded two-part message without blocking; False when dropped (counted)."""
+        return self._pub.send(parts)
+
+
+class StreamOutput:
+    """Stream publishing of :class:`~refscope.daemon.service.Daemon` (mixin)."""
+
+    def _observe(self, frame: Frame, result: EnhanceResult) -> Observation:
+        """The quality monitor's look at a served frame; a failure is counted (``monitor_failed``), never fatal."""
+        if self.monitor is None:
+            return Observation(None, {}, False)
+        try:
+            return self.monitor.observe(frame, out_shape=result.image.shape)
+        except Exception as exc:  # noqa: BLE001 - quality measurement must never stop serving
+            self._error("monitor_failed", f"{frame.source}: quality not measured ({type(exc).__name__}: {exc})",
+                        level=logging.ERROR, exc_info=exc)
+            return Observation(None, {}, False)
+
+    def _send(self, parts_of: Any, what: str, frame: Frame) -> None:
+        """Encode (``parts_of()``) and send an extra stream message (raw frame, confidence map); problems are
+        counted, never fatal."""
+        assert self.stream is not None
+        try:
+            if not self.stream.send_parts(parts_of()):
+                self._counts.add(f"dropped.stream_{what}")
+        except Exception as exc:  # noqa: BLE001 - ProtocolError, odd dtype...
+            self._error("stream_error", f"{frame.source}: {what} not streamed ({exc})")
+
+    def _drift_now(self) -> bool:
+        """The monitor's drift state before this frame is measured (flags the enhanced frame's header)."""
+        return bool(self.monitor is not None and self.monitor.drift)
+
+    def _publish_stream(self, frame: Frame, result: EnhanceResult, item: ServeItem, scale: int,
+                        out_pixel_nm: float | None, drift: bool) -> tuple[int, float, float]:
+        """Stream the raw frame and the enhanced one; returns (output seq, latency s, output pixel nm)."""
+        assert self.stream is not None
+        if out_pixel_nm is None:
+            if not self._warned_no_pixel:
+                _log.warning("%s: frame has no pixel size; streaming with a nominal %g nm input pixel (set "
+                             "ingest.pixel_size_nm)", frame.source, NOMINAL_PIXEL_NM)
+                self._warned_no_pixel = True
+            out_pixel_nm = NOMINAL_PIXEL_NM / scale
+        publish = self.config.publish
+        if publish.stream_raw:
+            raw = np.asarray(frame.data)
+            if raw.dtype.newbyteorder("<") not in DTYPES.values():
+                raw = raw.astype(np.float32)
+            self._send(lambda: encode_frame(raw, seq=frame.seq, pixel_size_m=out_pixel_nm * scale * 1e-9, role="lr",
+                                            stage_xy_m=frame.stage_xy_m, t=frame.t), "raw", frame)
+        now = time.time()
+        latency = max(0.0, now - item.origin_t)
+        self._out_seq += 1
+        seq = self._out_seq
+        try:
+            sent = self.stream.publish(result.image, seq=seq, pixel_size_m=out_pixel_nm * 1e-9,
+                                       model=result.model_name, model_version=str(result.version), latency_s=latency,
+                                       source_seq=frame.seq, t=frame.t, confidence="low" if drift else None)
+        except Exception as exc:  # noqa: BLE001 - ProtocolError (e.g. an output side over the wire limit)
+            self._error("stream_error", f"{frame.source}: not streamed ({exc})")
+            sent = False
+        if not sent:
+            self._counts.add("dropped.stream")
+        self._counts.add("out")
+        with self._lat_lock:
+            self._latency.append(latency)
+            self._model_s.append(result.seconds)
+            self._processing_s.append(max(0.0, now - item.ingested_t))
+        return seq, latency, out_pixel_nm
+
+    def _publish_confidence(self, frame: Frame, result: EnhanceResult, observation: Observation, seq: int,
+                            latency: float, out_pixel_nm: float) -> None:
+        """Stream the confidence map of output ``seq`` (role "confidence"), when there is one."""
+        conf = observation.confidence
+        if self.config.publish.stream_confidence and conf is not None and conf.shape == result.image.shape:
+            self._send(lambda: encode_confidence(conf, seq=seq, pixel_size_m=out_pixel_nm * 1e-9, model=result.model_name,
+                                                 model_version=str(result.version), latency_s=latency,
+                                                 source_seq=frame.seq, t=frame.t), "confidence", frame)
