@@ -384,8 +384,8 @@ def _print_report(summary: dict[str, Any]) -> None:
           f"{summary['frames_dropped']} dropped; latency p50 "
           f"{summary['latency_p50_s'] or 0:.2f} s")
     print(f"references: {summary['references_requested']} requested {summary['requests_by_reason']}, "
-          f"{summary['references_received']} received; models: {summary['models_promoted']} promoted, "
-          f"{summary['models_rejected']} rejected; serving v{summary['model_version']} "
+          f"{summary['references_received']} received; libraries: {summary['models_promoted']} promoted, "
+          f"{summary['models_rejected']} rejected; library v{summary['model_version']} "
           f"(held-out {_db(summary['held_out_delta_db'])} over bicubic)")
     print(f"background network: {summary['net_rounds']} training round(s), {summary['net_promotions']} promoted, "
           f"{summary['net_failures']} failed; serving now: {summary['served_by']}")
