@@ -163,7 +163,7 @@ def run_round(spec: RoundSpec) -> dict[str, Any]:
 def _discard(folder: Path) -> None:
     """Remove a checkpoint (its manifest first: without it the checkpoint no longer exists)."""
     weights, manifest = state_paths(folder, NET_STATE_NAME)
-    for path in (manifest, weights, *folder.glob("net-*.onnx")):
+    for path in (manifest, weights, weights.with_name(weights.name + ".next"), *folder.glob("net-*.onnx")):
         path.unlink(missing_ok=True)
 
 
