@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refscope.daemon import publish as publish_module
+from refscope.daemon import publish_folder as publish_folder_module
 from refscope.daemon.atomic import TEMP_MARKER, atomic_writer
 from refscope.daemon.catalogue import Catalogue
 from refscope.daemon.learner import MODEL_VERSION_FILE, _write_version, load_initial
@@ -93,9 +93,9 @@ elif _POINT == "version_record":  # the library is saved, model_version.json not
     learner._write_version = lambda *args, **kwargs: _die()
 elif _POINT in ("output_partial", "output_uncatalogued"):
     # on the 3rd output: half a TIFF in the temporary file / the complete file, before the catalogue hears of it
-    from refscope.daemon import atomic, publish
+    from refscope.daemon import atomic, publish_folder
 
-    _write_tiff = publish.write_tiff
+    _write_tiff = publish_folder.write_tiff
     _calls = [0]
 
     def _write(path, image, **kwargs):
@@ -110,7 +110,7 @@ elif _POINT in ("output_partial", "output_uncatalogued"):
         _write_tiff(path, image, **kwargs)
         _die()
 
-    publish.write_tiff = _write
+    publish_folder.write_tiff = _write
 '''
 
 
@@ -374,7 +374,7 @@ def small_disk(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
                 subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
         return
     full = {"on": False}
-    real_write = publish_module.write_tiff
+    real_write = publish_folder_module.write_tiff
 
     def write_tiff(path, image, **kwargs):
         if full["on"]:
@@ -383,7 +383,7 @@ def small_disk(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pyte
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_write(path, image, **kwargs)
 
-    monkeypatch.setattr(publish_module, "write_tiff", write_tiff)
+    monkeypatch.setattr(publish_folder_module, "write_tiff", write_tiff)
     yield {"out": disk / "out", "fill": lambda: full.update(on=True), "free": lambda: full.update(on=False)}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-import refscope.daemon.publish as publish_module
+import refscope.daemon.publish_folder as publish_folder_module
 from refscope.daemon.atomic import TEMP_MARKER, atomic_writer
 from refscope.daemon.errors import RefscopeError
 from refscope.daemon.protocol import decode_enhanced
@@ -95,7 +95,7 @@ def test_writes_readable_calibrated_tiffs_atomically(tmp_path: Path) -> None:
 def test_disk_full_is_counted_and_the_next_frames_are_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = publish_module.write_tiff
+    real = publish_folder_module.write_tiff
     calls = {"n": 0}
 
     def flaky(path, image, *, pixel_size_nm, metadata=None):  # type: ignore[no-untyped-def]
@@ -106,7 +106,7 @@ def test_disk_full_is_counted_and_the_next_frames_are_written(
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, image, pixel_size_nm=pixel_size_nm, metadata=metadata)
 
-    monkeypatch.setattr(publish_module, "write_tiff", flaky)
+    monkeypatch.setattr(publish_folder_module, "write_tiff", flaky)
     out = tmp_path / "out"
     with caplog.at_level(logging.ERROR, logger="refscope.publish"):
         with FolderPublisher(out, queue_limit=8) as publisher:
@@ -133,13 +133,13 @@ def test_queue_drops_only_beyond_the_limit_after_the_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     gate = threading.Event()
-    real = publish_module.write_tiff
+    real = publish_folder_module.write_tiff
 
     def slow(path, image, **kwargs):  # type: ignore[no-untyped-def]
         gate.wait(10)
         real(path, image, **kwargs)
 
-    monkeypatch.setattr(publish_module, "write_tiff", slow)
+    monkeypatch.setattr(publish_folder_module, "write_tiff", slow)
     publisher = FolderPublisher(tmp_path / "out", queue_limit=2, block_s=0.1)
     publisher.start()
     try:
@@ -168,13 +168,13 @@ def test_queue_drops_only_beyond_the_limit_after_the_timeout(
 
 def test_stop_without_drain_counts_the_abandoned_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = threading.Event()
-    real = publish_module.write_tiff
+    real = publish_folder_module.write_tiff
 
     def slow(path, image, **kwargs):  # type: ignore[no-untyped-def]
         gate.wait(10)
         real(path, image, **kwargs)
 
-    monkeypatch.setattr(publish_module, "write_tiff", slow)
+    monkeypatch.setattr(publish_folder_module, "write_tiff", slow)
     publisher = FolderPublisher(tmp_path, queue_limit=4)
     publisher.start()
     for i in range(3):

@@ -22,7 +22,7 @@ import pytest
 import tifffile
 import zmq
 
-from refscope.daemon import publish as publish_module
+from refscope.daemon import publish_folder as publish_folder_module
 from refscope.daemon.config import load_config
 from refscope.daemon.control import ControlClient
 from refscope.daemon.frames import Frame, IngestCounters, IngestStats
@@ -299,7 +299,7 @@ def test_bad_inputs_are_counted_and_later_frames_still_served(tmp_path, pair, mo
                  f"rejections {expected}", interval=0.2)
 
         # a full disk on the output folder, for one write
-        real_write = publish_module.write_tiff
+        real_write = publish_folder_module.write_tiff
         failures = {"left": 1}
 
         def full_disk(path, *args, **kwargs):
@@ -308,7 +308,7 @@ def test_bad_inputs_are_counted_and_later_frames_still_served(tmp_path, pair, mo
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             return real_write(path, *args, **kwargs)
 
-        monkeypatch.setattr(publish_module, "write_tiff", full_disk)
+        monkeypatch.setattr(publish_folder_module, "write_tiff", full_disk)
         write_slowly(watch / "good_001.tif", tiff_bytes(lr_frame(pair, 1), LR_NM, staging), via_temp=True)
         wait_for(lambda: reasons().get("write_disk_full", 0) == 1, 20, "the disk-full write error")
         assert not (out / "good_001_x2.tif").exists()

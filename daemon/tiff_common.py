@@ -1,0 +1,133 @@
+"""Shared pieces of refscope's image I/O: the public result types, the side-length limit and unit helpers.
+
+:class:`ImageMetadata` and :class:`LoadedImage` are what :func:`~refscope.daemon.tiff_io.read_image` returns;
+the private helpers (error construction, positive-number and length-unit conversion to nm) are used by the
+vendor parsers, the reader and the writer alike. Re-exported by :mod:`refscope.daemon.tiff_io`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import IncompleteFileError, InputFileError
+
+Vendor = Literal["fei", "zeiss", "ome", "imagej", "plain"]
+
+MAX_SIDE_PX = 65536
+"""Largest accepted image side in pixels; larger headers are refused before any pixel is read."""
+
+_INFO_KEY = "refscope"  # key of our metadata inside the ImageJ "Info" JSON
+
+# Length units found in SEM/ImageJ/OME metadata, in nm.
+_UNIT_NM = {
+    "pm": 1e-3, "nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3, "\\u00b5m": 1e3,
+    "mm": 1e6, "cm": 1e7, "m": 1e9, "å": 0.1, "angstrom": 0.1,
+}
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What an image file says about its acquisition (all fields optional except ``vendor``).
+
+    Attributes
+    ----------
+    vendor : {"fei", "zeiss", "ome", "imagej", "plain"}
+        Metadata flavour found in the file ("imagej" includes TIFFs written by :func:`write_tiff`).
+    pixel_size_nm : float or None
+        Effective pixel size in nm (square pixels), after any override; None if unknown.
+    field_of_view_nm : tuple of float or None
+        (y, x) extent of the returned pixel array in nm: ``shape * pixel_size_nm``; None if the pixel size
+        is unknown.
+    stage_xy_m : tuple of float or None
+        Stage (x, y) position in metres as reported by the microscope.
+    acquired_at : datetime or None
+        Acquisition time, naive (the microscope's local clock).
+    dwell_s : float or None
+        Pixel dwell time in seconds.
+    detector : str or None
+        Detector name, e.g. "ETD", "InLens".
+    data_bar_rows_cropped : int
+        Number of rows removed from the bottom of the stored image (vendor data/info bar).
+    pixel_size_source : str or None
+        Where ``pixel_size_nm`` came from: "argument", "fei", "zeiss", "ome", "imagej", "description",
+        "sidecar", or None.
+    extra : mapping
+        Free-form metadata stored by :func:`write_tiff` (its ``metadata`` argument), else empty.
+    """
+
+    vendor: Vendor
+    pixel_size_nm: float | None = None
+    field_of_view_nm: tuple[float, float] | None = None
+    stage_xy_m: tuple[float, float] | None = None
+    acquired_at: datetime | None = None
+    dwell_s: float | None = None
+    detector: str | None = None
+    data_bar_rows_cropped: int = 0
+    pixel_size_source: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A grayscale frame read from disk.
+
+    Attributes
+    ----------
+    data : ndarray, shape (H, W)
+        Pixels in the file's dtype (uint8, uint16, int*, float32, ...), data bar removed.
+    pixel_size_nm : float or None
+        Pixel size in nm (same as ``metadata.pixel_size_nm``).
+    path : Path
+        The file read.
+    metadata : ImageMetadata
+        Acquisition metadata.
+    """
+
+    data: np.ndarray
+    pixel_size_nm: float | None
+    path: Path
+    metadata: ImageMetadata
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _fail(path: Path, problem: str, *, incomplete: bool = False) -> InputFileError:
+    cls = IncompleteFileError if incomplete else InputFileError
+    return cls(f"{path}: {problem}")
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` as a positive finite float, else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _clean(value: float) -> float:
+    """Round a unit-converted value to 12 significant digits (1.12413e-08 m -> 11.2413 nm, not 11.241299999...)."""
+    return float(f"{value:.12g}")
+
+
+def _to_nm(value: Any, unit: Any) -> float | None:
+    """A positive length ``value`` in ``unit`` as nm (None if either is unusable)."""
+    scale = _UNIT_NM.get(str(unit).strip().lower()) if unit is not None else None
+    number = _positive(value)
+    return _clean(number * scale) if number is not None and scale is not None else None
+
+
+def _check_pixel_size_arg(pixel_size_nm: float | None) -> float | None:
+    if pixel_size_nm is None:
+        return None
+    value = _positive(pixel_size_nm)
+    if value is None:
+        raise ValueError(f"pixel_size_nm must be a positive finite number of nm, got {pixel_size_nm!r}")
+    return value
