@@ -203,6 +203,14 @@ class BackgroundTrainer:
         late = False
         try:
             process.start()
+        except OSError as exc:  # no process (out of memory, process limit): a failed round, not a failed daemon
+            parent_end.close()
+            child_end.close()
+            self._process = None
+            self._finish(spec, {"round": spec.round_index, "status": "failed",
+                                "reason": f"training process could not start ({exc})"}, token)
+            return
+        try:
             child_end.close()
             while result is None and not self._stop.is_set():
                 if parent_end.poll(self._poll_s):

@@ -189,6 +189,24 @@ def test_a_crashing_or_killed_round_does_not_stop_the_trainer(tmp_path: Path, sp
     assert served == []
 
 
+def test_a_round_that_cannot_start_is_a_failed_round(tmp_path: Path, split, monkeypatch) -> None:
+    import multiprocessing.context
+
+    def refuse(self) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", refuse)
+    _store(tmp_path, split)
+    trainer = _trainer(tmp_path, lambda: ("bicubic", 0), [])
+    trainer.start()
+    try:
+        wait_for(lambda: trainer.status()["failures"] >= 1, timeout=30)
+        trainer.check()
+        assert "could not start" in trainer.status()["last"]["reason"]
+    finally:
+        trainer.stop()
+
+
 def test_a_win_is_not_served_when_the_champion_changed_during_the_round(tmp_path: Path, split) -> None:
     _store(tmp_path, split)
     served: list = []
