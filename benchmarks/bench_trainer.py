@@ -49,7 +49,7 @@ from refscope.models.promotion import split_for_validation
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_daemon import percentile, rss_kib, start_daemon  # noqa: E402 - benchmarks/ is not a package
+from bench_daemon import percentile, start_daemon  # noqa: E402 - benchmarks/ is not a package
 from results_md import write_section  # noqa: E402
 
 DATA = Path(os.environ.get("REFSCOPE_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "sem_pairs"
@@ -110,7 +110,7 @@ def run_phase(work: Path, name: str, lr: np.ndarray, lr_nm: float, args: argpars
     listener.start()
     rng = np.random.default_rng(0)
     closed: dict[float, float] = {}
-    samples: list[dict] = []
+    busy_flags: list[bool] = []  # per frame: a training round was running when it was written
     client = ControlClient(endpoints["control"], timeout_s=30)
     t0 = time.monotonic()
     i = 0
@@ -131,7 +131,7 @@ def run_phase(work: Path, name: str, lr: np.ndarray, lr_nm: float, args: argpars
             i += 1
             status = client.call("status")["status"]
             busy = bool((status.get("trainer") or {}).get("busy"))
-            samples.append({"t": time.monotonic() - t0, "busy": busy, "rss_kib": rss_kib(proc.pid)})
+            busy_flags.append(busy)
             if proc.poll() is not None:
                 raise SystemExit(f"the daemon exited ({proc.returncode}); see {log}")
             if until(status, time.monotonic() - t0):
@@ -153,21 +153,19 @@ def run_phase(work: Path, name: str, lr: np.ndarray, lr_nm: float, args: argpars
         listener.join(timeout=5)
         sub.close(linger=0)
         context.term()
-    busy_at = {round(s["t"], 3): s["busy"] for s in samples}
     latency = {k: arrivals[k] - v for k, v in closed.items() if k in arrivals}
     ordered = [latency.get(k) for k in sorted(closed)]
-    during = [v for v, s in zip(ordered, samples) if v is not None and s["busy"]]
+    during = [v for v, busy in zip(ordered, busy_flags) if v is not None and busy]
     every = [v for v in ordered if v is not None]
     return {"frames_in": i, "outputs": len(list(out.glob("*_x2.tif"))), "streamed": len(arrivals), "feed_s": feed_s,
             "latency_p50_s": percentile(every, 50), "latency_p99_s": percentile(every, 99),
             "busy_frames": len(during), "busy_p50_s": percentile(during, 50), "busy_p99_s": percentile(during, 99),
-            "served": served, "status": status, "busy_at": len(busy_at),
-            "rss_kib": [s["rss_kib"] for s in samples if s["rss_kib"]]}
+            "served": served, "status": status}
 
 
 def render(setup: dict, base: dict, train: dict, args: argparse.Namespace, command: str) -> str:
     trainer = train["status"].get("trainer") or {}
-    rounds = [r for r in train.get("rounds", [])]
+    rounds = train.get("rounds", [])
     lines = [f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M')}, {platform.node() or 'vm'} "
              f"({os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; the daemon and its "
              f"training process on the same cores).", "",

@@ -45,7 +45,7 @@ def run_pair(pair: dict, budget_s: float, network: str, bootstrap_fraction: floa
 
     torch.set_num_threads(1)
     from refscope.daemon.tiff_io import read_image
-    from refscope.models.evaluation import COLS, split_subimages
+    from refscope.models.evaluation import training_area
     from refscope.models.image_ops import as_gray_float
     from refscope.models.net_fit import fit_network, net_predictor, score_predictors
     from refscope.models.pipeline import FitConfig, enhance, fit_library, register_reference, training_grids
@@ -59,10 +59,7 @@ def run_pair(pair: dict, budget_s: float, network: str, bootstrap_fraction: floa
     t0 = time.perf_counter()
     geometry = register_reference(lr, hr, factor=factor, config=config)
     box, hr_grid = training_grids(lr, hr, geometry, scale=scale)
-    (y0, _), (x0, _) = box
-    ys, xs = split_subimages(box)
-    train_lr = lr[ys[0]:ys[-1], xs[0]:xs[COLS - 1]]
-    train_hr = hr_grid[:, : (xs[COLS - 1] - x0) * scale]
+    train_lr, train_hr = training_area(lr, hr_grid, box, scale=scale)
     t1 = time.perf_counter()
     library = fit_library([(train_lr, train_hr)], config=config, geometries=[geometry])
     t_lib = time.perf_counter() - t1

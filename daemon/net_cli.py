@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from refscope.models.errors import RefscopeModelError
-from refscope.models.evaluation import COLS, EvaluationReport, evaluate_pair, split_subimages
+from refscope.models.evaluation import COLS, EvaluationReport, evaluate_pair, split_subimages, training_area
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.pipeline import METHODS, FitConfig, FittedModel, enhance, fit_library, training_grids
 from refscope.models.promotion import decide_promotion, held_out_scores, split_for_validation, summarise_scores
@@ -344,12 +344,6 @@ def infer_onnx_scale(model_bytes: bytes, requested: int | None = None) -> int:
     raise InputFileError(f"the ONNX model does not run on a (1, 1, H, W) float32 input: {' '.join(errors[-1:])[:300]}")
 
 
-def _left9(lr: np.ndarray, hr_grid: np.ndarray, box, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    (y0, _), (x0, _) = box
-    ys, xs = split_subimages(box)
-    return lr[ys[0]:ys[-1], xs[0]:xs[COLS - 1]], hr_grid[:, : (xs[COLS - 1] - x0) * scale]
-
-
 def _ttest_rows(report: EvaluationReport, categories: dict, methods: list[str], sample: str) -> list[dict]:
     rows = []
     for method in methods:
@@ -428,7 +422,7 @@ def cmd_evaluate(args: argparse.Namespace, lr: LoadedImage, hr: LoadedImage) -> 
     else:
         report = EvaluationReport(scale, float(factor), geometry, box, 0, math.nan)
     predictors: dict = {}
-    train_lr, train_hr = _left9(lr.data, hr_grid, box, scale)
+    train_lr, train_hr = training_area(lr.data, hr_grid, box, scale=scale)
     if "net" in methods:
         print(f"training {args.network} x{scale} for {args.budget_s:g} s on the left 9 subimages only ...")
         fit = fit_network([train_lr], [(train_lr, train_hr)], scale=scale, network=args.network,

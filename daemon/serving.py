@@ -261,7 +261,7 @@ class ServingEngine:
         The network is loaded and warmed up first (the previous model keeps serving meanwhile). Raises
         ValueError (nothing changes) for a wrong scale or a model ONNX Runtime refuses.
         """
-        from .runtime import ModelSlot, RuntimeConfig
+        from .runtime import ModelSlot
 
         if int(version) != version or version < 1:
             raise ValueError(f"network version must be an integer >= 1, got {version!r}")
@@ -270,7 +270,7 @@ class ServingEngine:
             if int(manifest.scale) != current.scale:
                 raise ValueError(f"the network's scale x{manifest.scale} differs from the served scale x{current.scale}")
             start = time.perf_counter()
-            slot = ModelSlot(self._runtime_config(RuntimeConfig))
+            slot = ModelSlot(self._runtime_config())
             if not slot.try_load(model_bytes, manifest):
                 raise ValueError(f"network v{version} refused: {slot.last_error}")
             model = slot.model
@@ -296,9 +296,12 @@ class ServingEngine:
             with self._lock:
                 self._state = replace(current, champion=champion)
 
-    def _runtime_config(self, runtime_config_cls: Any) -> Any:
+    def _runtime_config(self) -> Any:
+        """ONNX Runtime settings of every model the engine loads (``serve`` providers and threads)."""
+        from .runtime import RuntimeConfig
+
         tile = self.serve_config.tile
-        return runtime_config_cls(providers=self.serve_config.providers,
+        return RuntimeConfig(providers=self.serve_config.providers,
                                   intra_op_threads=self.serve_config.intra_op_threads,
                                   warmup_shape=(min(tile, 64), min(tile, 64)))
 
@@ -365,7 +368,7 @@ class ServingEngine:
     def _export_and_load(self, state: _State) -> Any:
         from refscope.models.paired_net import export_paired_model
 
-        from .runtime import ModelSlot, RuntimeConfig
+        from .runtime import ModelSlot
 
         assert state.fitted is not None
         fitted = state.fitted
@@ -376,7 +379,7 @@ class ServingEngine:
         start = time.perf_counter()
         onnx_bytes, manifest = export_paired_model(fitted, version=str(state.version))
         if self._slot is None:
-            self._slot = ModelSlot(self._runtime_config(RuntimeConfig))
+            self._slot = ModelSlot(self._runtime_config())
         if not self._slot.try_load(onnx_bytes, manifest):
             raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
         model = self._slot.model

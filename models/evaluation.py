@@ -20,7 +20,7 @@ from .metrics import QualityScores, score_all
 from .pipeline import METHODS, FitConfig, enhance, fit_library, register_reference, training_grids
 from .registration import PairGeometry
 
-__all__ = ["SubimageScore", "EvaluationReport", "split_subimages", "evaluate_pair"]
+__all__ = ["SubimageScore", "EvaluationReport", "split_subimages", "training_area", "evaluate_pair"]
 
 ROWS, COLS = 3, 4
 
@@ -76,6 +76,18 @@ def split_subimages(box: tuple[tuple[int, int], tuple[int, int]]) -> tuple[np.nd
     return np.linspace(y0, y1, ROWS + 1).round().astype(int), np.linspace(x0, x1, COLS + 1).round().astype(int)
 
 
+def training_area(lr: np.ndarray, hr_grid: np.ndarray, box: tuple[tuple[int, int], tuple[int, int]], *,
+                  scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The protocol's training area, the left 9 of the 3x4 subimages of LR ``box``: (LR region, its HR grid).
+
+    ``lr`` is the whole LR frame, ``hr_grid`` the HR reference on the S-times finer grid of ``box``
+    (:func:`~refscope.models.pipeline.training_grids`); edges as :func:`split_subimages` (absolute LR px).
+    """
+    (_, _), (x0, _) = box
+    ys, xs = split_subimages(box)
+    return lr[ys[0]:ys[-1], xs[0]:xs[COLS - 1]], hr_grid[:, : (xs[COLS - 1] - x0) * scale]
+
+
 def _diff(a: QualityScores, b: QualityScores) -> QualityScores:
     values = {k: getattr(a, k) - getattr(b, k) for k in asdict(a)}
     # a coarser FRC resolution (more px) is worse: keep the sign convention "positive = better"
@@ -101,8 +113,7 @@ def evaluate_pair(lr: np.ndarray, hr: np.ndarray, *, factor: float, scale: int,
     box, hr_grid = training_grids(lr, hr, geometry, scale=scale)
     (y0, _), (x0, _) = box
     ys, xs = split_subimages(box)
-    train_lr = lr[ys[0]:ys[-1], xs[0]:xs[COLS - 1]]
-    train_hr = hr_grid[:, : (xs[COLS - 1] - x0) * scale]
+    train_lr, train_hr = training_area(lr, hr_grid, box, scale=scale)
     model = fit_library([(train_lr, train_hr)], config=config, geometries=[geometry])
     report = EvaluationReport(scale, float(factor), geometry, box, len(model.library), model.noise_sigma)
     for row in range(ROWS):

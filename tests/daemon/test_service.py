@@ -109,7 +109,9 @@ class Viewer:
 
 
 def make_config(tmp_path: Path, **overrides: Any):
-    values = {**EPHEMERAL, "model.library_size": "2000", **overrides}
+    # no background training process: tests/daemon/test_trainer.py covers it; here it would only compete with
+    # the daemon for the CI machine's 2 cores
+    values = {**EPHEMERAL, "model.library_size": "2000", "trainer.enabled": "false", **overrides}
     return load_config(None, values)
 
 
