@@ -391,7 +391,7 @@ def _print_report(summary: dict[str, Any]) -> None:
           f"{summary['net_failures']} failed; serving now: {summary['served_by']}")
     detected = summary["drift_detected_after_scene_change_s"]
     print(f"out-of-sample: the serving model scored {_db(summary['last_reference_delta_db'])} on the newest reference "
-          f"before learning from it; the model serving now scores {_db(summary['held_out_delta_db'])}")
+          f"before learning from it; the newest library scores {_db(summary['held_out_delta_db'])} on its held-out area")
     print(f"scene change at {summary['scene_change_s']:.0f} s: drift "
           f"{'detected %.1f s later' % detected if detected is not None else 'not detected'}; quality "
           f"{'recovered' if summary['recovered'] else 'not recovered (yet)'}")
