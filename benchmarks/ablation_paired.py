@@ -50,6 +50,8 @@ def variants(scale: int) -> list[tuple[str, LibraryConfig, PairedConfig, str]]:
         ("  … query stride 3 (fewer, less overlapping patches)", LibraryConfig(patch_size=n), replace(default, stride=3),
          "paired"),
         ("  … query stride 1 (every output pixel)", LibraryConfig(patch_size=n), replace(default, stride=1), "paired"),
+        ("  … query stride 2 (the default before one query per LR pixel)", LibraryConfig(patch_size=n),
+         replace(default, stride=2), "paired"),
     ]
 
 

@@ -152,7 +152,7 @@ def run(args) -> dict:
                           categories=int(np.isfinite(model.regressors.centroids).all(axis=1).sum()))
         print(f"L={size}: library {len(model.library)}, fit {fit_s:.1f} s, regressors {reg_s:.1f} s, "
               f"export {export_s:.1f} s ({len(model_bytes) / 1e6:.2f} MB), providers {served.providers}", flush=True)
-        halo = receptive_radius(SCALE, model.library.patch_size, model.paired.stride) + 1
+        halo = receptive_radius(SCALE, model.library.patch_size, model.paired.query_stride(SCALE)) + 1
         for name, shape in FRAMES.items():
             frame = frame_of(source.lr, shape)
             out_px = SCALE * SCALE * shape[0] * shape[1]

@@ -156,7 +156,7 @@ def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ModelSp
     model = load_model(folder)
     data, manifest = export_paired_model(model, version="1")  # what `refscope enhance` serves
     doc = manifest.to_dict()
-    stride = model.paired.stride
+    stride = model.paired.query_stride(model.scale)
     return ModelSpec(key=model_key(data, doc, "paired"), method="paired", scale=model.scale,
                      halo=receptive_radius(model.scale, model.library.patch_size, stride),
                      align=stride // math.gcd(model.scale, stride), onnx_bytes=data, manifest=doc), label

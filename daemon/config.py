@@ -50,6 +50,7 @@ from .config_fields import ConfigError, check_range, convert_value, field_doc, s
 from .config_sections import (HOOKS, METHODS, ControlConfig, IngestConfig, ModelConfig, MonitorConfig, PublishConfig,
                               SecurityConfig, ServeConfig, TrainerConfig)
 from .curve import is_loopback_endpoint
+from .serve.budget import MemoryBudget
 
 __all__ = [
     "ConfigError",
@@ -180,7 +181,17 @@ class DaemonConfig:
                     key=key,
                 )
             seen[address] = key
+        try:
+            self.memory_budget  # noqa: B018 - the budget must leave room for serving
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="serve.max_memory_mb") from None
         self._check_exposure()
+
+    @property
+    def memory_budget(self) -> MemoryBudget:
+        """The daemon's :class:`~refscope.daemon.serve.budget.MemoryBudget`: ``serve.max_memory_mb`` with the
+        trainer's share reserved when ``trainer.enabled`` and the learner's always."""
+        return MemoryBudget(self.serve.max_memory_mb, trainer=self.trainer.enabled, learner=True)
 
     def _check_exposure(self) -> None:
         """Refuse endpoints reachable from other hosts unless CURVE keys are configured (or insecure is allowed)."""

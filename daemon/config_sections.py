@@ -158,8 +158,13 @@ class ServeConfig:
         providers: ONNX Runtime execution providers in order of preference, e.g.
             ``("CUDAExecutionProvider", "CPUExecutionProvider")``; None: the GPU if available, else the CPU.
         intra_op_threads: CPU threads per inference, >= 0; 0: ONNX Runtime's default (all cores).
-        tile: tile edge, input (LR) pixels, >= 64; larger frames are enhanced tile by tile.
-        halo: overlap added around each tile, input pixels, >= 0 and < tile / 2.
+        tile: largest tile edge, input (LR) pixels, >= 64; the tile actually used is derived per model and scale
+            from ``max_memory_mb`` and may be smaller.
+        halo: overlap added around each tile for the trained networks, input pixels, >= 0 and < tile / 2 (the
+            paired library and bicubic use their exact receptive radius).
+        max_memory_mb: memory budget of everything the daemon and its trainer hold, MB (>= 1000 with the trainer,
+            >= 600 without); tiles, the output queue and the largest frame served are derived from it
+            (shares: README, "Memory").
     """
 
     SECTION: ClassVar[str] = "serve"
@@ -170,6 +175,9 @@ class ServeConfig:
     intra_op_threads: int = field(default=0, metadata=field_doc("CPU threads per inference; 0: ONNX Runtime's default (all cores)."))
     tile: int = field(default=1024, metadata=field_doc("Tile edge in input pixels; larger frames are enhanced tile by tile (>= 64)."))
     halo: int = field(default=32, metadata=field_doc("Overlap around each tile in input pixels (>= 0, less than tile / 2)."))
+    max_memory_mb: int = field(default=1500, metadata=field_doc(
+        "Memory budget of the daemon and its trainer together, MB; tile sizes, the output queue and the largest "
+        "frame served are derived from it."))
 
     def __post_init__(self) -> None:
         check_types(self, "serve.")
@@ -180,6 +188,8 @@ class ServeConfig:
         check_range("serve.tile", self.tile >= 64, "an integer >= 64", self.tile)
         check_range("serve.halo", 0 <= self.halo and 2 * self.halo < self.tile,
                      f"an integer >= 0 and less than tile / 2 = {self.tile / 2:g}", self.halo)
+        check_range("serve.max_memory_mb", 600 <= self.max_memory_mb <= 1 << 20,
+                     "an integer from 600 to 1048576 (MB)", self.max_memory_mb)
 
 
 @dataclass(frozen=True)

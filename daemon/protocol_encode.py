@@ -44,6 +44,14 @@ def _integer(value: Any, name: str, origin: str) -> Any:
         raise ProtocolError("bad_type", f"{origin}: {name!r} must be an integer, got {_show(value)}") from None
 
 
+def _payload(pixels: np.ndarray, copy: bool) -> bytes:
+    """The pixel part: a bytes copy, or with ``copy=False`` a zero-copy byte view of ``pixels`` (C order) that a
+    ZMQ socket sends without copying (the array must not change until the message is sent)."""
+    if copy:
+        return pixels.tobytes()
+    return memoryview(np.ascontiguousarray(pixels)).cast("B")  # type: ignore[return-value]
+
+
 def _dump(header: dict[str, Any]) -> bytes:
     return json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
@@ -57,6 +65,7 @@ def encode_frame(
     stage_xy_m: tuple[float, float] | None = None,
     t: float | None = None,
     limits: ProtocolLimits = DEFAULT_LIMITS,
+    copy: bool = True,
 ) -> list[bytes]:
     """Encode an (H, W) image as a v1 input message ``[header, buffer]``.
 
@@ -89,7 +98,7 @@ def encode_frame(
     if t is not None:
         header["t"] = _number(t, "t", origin)
     _check_input_fields(header, origin, limits)
-    return [_dump(header), pixels.tobytes()]
+    return [_dump(header), _payload(pixels, copy)]
 
 
 def encode_enhanced(
@@ -104,6 +113,7 @@ def encode_enhanced(
     t: float,
     confidence: str | None = None,
     limits: ProtocolLimits = DEFAULT_LIMITS,
+    copy: bool = True,
 ) -> list[bytes]:
     """Encode an enhanced (H, W) image as a v1 output message ``[header, buffer]`` with ``role: "enhanced"``.
 
@@ -118,7 +128,7 @@ def encode_enhanced(
     if confidence is not None:
         header["confidence"] = confidence
     _check_enhanced_fields(header, origin, limits)
-    return [_dump(header), pixels.tobytes()]
+    return [_dump(header), _payload(pixels, copy)]
 
 
 def _output_header(role: str, dtype_name: str, shape: tuple[int, ...], origin: str, *, seq: int, pixel_size_m: float,
@@ -150,6 +160,7 @@ def encode_confidence(
     source_seq: int,
     t: float,
     limits: ProtocolLimits = DEFAULT_LIMITS,
+    copy: bool = True,
 ) -> list[bytes]:
     """Encode a confidence map (H, W) as a v1 output message with ``role: "confidence"`` (sent as float32).
 
@@ -167,4 +178,4 @@ def encode_confidence(
     header = _output_header(CONFIDENCE_ROLE, name, pixels.shape, origin, seq=seq, pixel_size_m=pixel_size_m,
                             model=model, model_version=model_version, latency_s=latency_s, source_seq=source_seq, t=t)
     _check_enhanced_fields(header, origin, limits, role=CONFIDENCE_ROLE)
-    return [_dump(header), pixels.tobytes()]
+    return [_dump(header), _payload(pixels, copy)]

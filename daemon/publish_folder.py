@@ -9,6 +9,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,7 @@ class FolderPublisher:
         metadata: Mapping[str, Any] | None = None,
         stem: str | None = None,
         timeout: float | None = None,
+        max_pending: int | None = None,
     ) -> bool:
         """Queue one enhanced frame for writing; return True if queued, False if dropped.
 
@@ -190,6 +192,9 @@ class FolderPublisher:
             metadata: extra JSON-serialisable provenance (model, method...) stored in the TIFF.
             stem: output name stem; default :func:`output_stem` of ``source`` (give one for ZMQ frames).
             timeout: seconds to wait while the queue is full; default ``block_s``.
+            max_pending: a tighter queue limit for this frame (>= 1), e.g. what the memory budget allows for
+                frames of its size (:meth:`MemoryBudget.plan_frame`); waits like a full queue while that many
+                frames are waiting.
 
         Blocks at most ``timeout`` seconds. The arrays are queued without copying: do not modify them after
         submitting. Re-raises a failure of the worker thread.
@@ -212,6 +217,17 @@ class FolderPublisher:
                    stem=stem if stem else output_stem(str(source)), confidence=confidence,
                    metadata=dict(metadata or {}))
         wait = self.block_s if timeout is None else max(0.0, float(timeout))
+        if max_pending is not None and max_pending < self.queue_limit:
+            deadline = time.monotonic() + wait
+            while self._queue.qsize() >= max(1, int(max_pending)):
+                if time.monotonic() >= deadline:
+                    self._count_drop("queue_full", f"{source}: {max_pending} frame(s) of this size still waiting "
+                                     f"after {wait:g} s (the memory budget allows no more); enhanced frame not "
+                                     f"written to {self.out_dir}")
+                    return False
+                self.check()
+                time.sleep(0.01)
+            wait = max(0.0, deadline - time.monotonic())
         try:
             if wait > 0:
                 self._queue.put(job, timeout=wait)

@@ -162,8 +162,8 @@ class StreamPublisher:
         (counted in :meth:`stats`). Raises ProtocolError for values the wire format refuses.
         """
         parts = encode_enhanced(data, seq=seq, pixel_size_m=pixel_size_m, model=model, model_version=model_version,
-                                latency_s=latency_s, source_seq=source_seq, t=t, confidence=confidence)
-        return self._pub.send(parts)
+                                latency_s=latency_s, source_seq=source_seq, t=t, confidence=confidence, copy=False)
+        return self._pub.send(parts)  # zero-copy: libzmq holds the frame itself until it is sent
 
     def stats(self) -> StreamStats:
         """Frames sent and dropped so far."""

@@ -188,7 +188,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._folder_options = dict(folder_options or {})
         self._serve_block_s = float(serve_block_s)
         self._drain_s = float(drain_s)
-        self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx)
+        self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget)
         self._classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
         self._context: zmq.Context | None = None
         self.catalogue: Catalogue | None = None

@@ -182,6 +182,14 @@ class FramePipeline:
             self._reject(item, "too_large", f"{frame.source}: {height}x{width} px is more than the "
                          f"{MAX_FRAME_PIXELS} pixels the daemon enhances")
             return
+        publish = self.config.publish
+        plan = self.engine.budget.plan_frame(
+            (height, width), self.engine.scale, stream=publish.pub_endpoint is not None,
+            confidence=self.monitor is not None and (publish.stream_confidence or publish.write_confidence),
+            write_confidence=publish.write_confidence, queue_limit=publish.output_queue_limit)
+        if not plan.fits:
+            self._reject(item, "too_large", f"{frame.source}: {plan.reason}")
+            return
         try:
             result = self.engine.enhance(frame.data)
         except ValueError as exc:
@@ -205,7 +213,8 @@ class FramePipeline:
             stem = output_stem(frame.source)
             confidence = observation.confidence if observation is not None else None
             if not self.folder.submit(result.image, source=frame.source, t=frame.t, scale=scale,
-                                      pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem, confidence=confidence):
+                                      pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem, confidence=confidence,
+                                      max_pending=plan.output_queue):
                 self._counts.add("dropped.output_queue_full")
                 self._emit("output_dropped", {"source": frame.source, "reason": "output_queue_full"})
         drift = observation.drift if observation is not None else self._drift_now()

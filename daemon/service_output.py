@@ -80,7 +80,7 @@ class StreamOutput:
             if raw.dtype.newbyteorder("<") not in DTYPES.values():
                 raw = raw.astype(np.float32)
             self._send(lambda: encode_frame(raw, seq=frame.seq, pixel_size_m=out_pixel_nm * scale * 1e-9, role="lr",
-                                            stage_xy_m=frame.stage_xy_m, t=frame.t), "raw", frame)
+                                            stage_xy_m=frame.stage_xy_m, t=frame.t, copy=False), "raw", frame)
         now = time.time()
         latency = max(0.0, now - item.origin_t)
         self._out_seq += 1
@@ -108,4 +108,4 @@ class StreamOutput:
         if self.config.publish.stream_confidence and conf is not None and conf.shape == result.image.shape:
             self._send(lambda: encode_confidence(conf, seq=seq, pixel_size_m=out_pixel_nm * 1e-9, model=result.model_name,
                                                  model_version=str(result.version), latency_s=latency,
-                                                 source_seq=frame.seq, t=frame.t), "confidence", frame)
+                                                 source_seq=frame.seq, t=frame.t, copy=False), "confidence", frame)

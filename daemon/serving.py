@@ -29,6 +29,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,9 +38,11 @@ import numpy as np
 
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.pipeline import FittedModel, enhance
+from refscope.models.tiling import default_workspace_bytes_per_px, process_tiled, window_shape
 
 from .config import METHODS as CONFIG_METHODS
 from .config import ModelConfig, ServeConfig
+from .serve.budget import MemoryBudget
 
 __all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS"]
 
@@ -47,6 +51,12 @@ _log = logging.getLogger(SERVING_LOGGER)
 
 MIN_SIDE_PX = 8
 """Smallest LR frame side the engine accepts, pixels."""
+
+
+def _BICUBIC_BYTES_PER_PX(scale: int) -> float:  # noqa: N802 - a constant of the scale
+    """Workspace of :func:`upsample_bicubic` per window px, bytes: the float64 row pass (S) and output (S²),
+    and its float32 copy, with a 1.5 margin."""
+    return 1.5 * (8.0 * scale + 12.0 * scale ** 2)
 
 SERVE_METHODS: tuple[str, ...] = CONFIG_METHODS
 """Methods the engine serves: the reconstruction methods plus the trained network (``"net"``) and the champion
@@ -121,14 +131,24 @@ class ServingEngine:
 
     Args:
         model_config: ``scale``, ``method`` and ``sigma_n`` at start.
-        serve_config: ONNX Runtime providers, threads, tile and halo (input px).
+        serve_config: ONNX Runtime providers, threads, the largest tile and the networks' halo (input px), and
+            ``max_memory_mb``.
         use_onnx: serve ``"paired"`` models through ONNX Runtime when possible (default True); False: NumPy only.
+        budget: the memory budget tiles are derived from (default: ``MemoryBudget.offline(serve.max_memory_mb)``,
+            a one-shot command's; the daemon passes its own, with the trainer's and learner's shares reserved).
+
+    Memory: every method runs tile by tile; the tile side is derived per model and scale from the budget's
+    workspace share and the model's own workspace estimate (the manifest's ``workspace_bytes_per_px``), so one
+    inference holds at most ``budget.workspace_bytes`` besides the (S·H, S·W) float32 output it returns.
     """
 
-    def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True) -> None:
+    def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True,
+                 budget: MemoryBudget | None = None) -> None:
         self.model_config = model_config
         self.serve_config = serve_config
         self.use_onnx = bool(use_onnx)
+        self.budget = budget if budget is not None else MemoryBudget.offline(serve_config.max_memory_mb)
+        self._warming = 0  # exports/loads in progress (guarded by _lock)
         self._lock = threading.Lock()  # guards _state
         self._swap_lock = threading.Lock()  # serialises set_model / set_method / set_sigma (exports are slow)
         self._state = _State(fitted=None, version=0, method=model_config.method, sigma_n=model_config.sigma_n,
@@ -163,6 +183,22 @@ class ServingEngine:
         """The fitted model served, or None."""
         return self._snapshot().fitted
 
+    @property
+    def warming(self) -> bool:
+        """True while a new model is being exported, loaded and warmed up (the previous one keeps serving)."""
+        with self._lock:
+            return self._warming > 0
+
+    @contextmanager
+    def _warming_up(self) -> Iterator[None]:
+        with self._lock:
+            self._warming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._warming -= 1
+
     def _snapshot(self) -> _State:
         with self._lock:
             return self._state
@@ -183,22 +219,21 @@ class ServingEngine:
         if backend != "bicubic" and float(np.ptp(array)) == 0.0:
             name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
         if backend == "bicubic":
-            out = upsample_bicubic(array.astype(np.float64, copy=False), state.scale)
+            out = self._bicubic(array, state.scale)
         elif name == "net":
-            out = state.net.run(array.astype(np.float32, copy=False), tile=self.serve_config.tile,
-                                halo=self.serve_config.halo)
+            tile, halo, align = self._net_tiling(state)
+            out = state.net.run(array.astype(np.float32, copy=False), tile=tile, halo=halo, align=align)
         elif backend == "onnx":
             try:
-                halo, align = self._tiling(state)
-                out = state.onnx.run(array.astype(np.float32, copy=False), tile=self.serve_config.tile,
-                                     halo=halo, align=align)
+                tile, halo, align = self._tiling(state)
+                out = state.onnx.run(array.astype(np.float32, copy=False), tile=tile, halo=halo, align=align)
             except Exception as exc:  # noqa: BLE001 - one failed inference: fall back for this frame
                 _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
                            type(exc).__name__, exc)
                 backend = "numpy"
-                out = enhance(array, state.fitted, method=state.library_method, sigma_n=state.sigma_n)
+                out = self._numpy(array, state)
         else:
-            out = enhance(array, state.fitted, method=state.library_method, sigma_n=state.sigma_n)
+            out = self._numpy(array, state)
         image = np.asarray(out, dtype=np.float32)
         version = 0 if backend == "bicubic" else (state.net_version if name == "net" else state.version)
         return EnhanceResult(image=image, model_name=name, version=version,
@@ -217,17 +252,56 @@ class ServingEngine:
             return "paired", "onnx"
         return state.library_method, "numpy"
 
-    def _tiling(self, state: _State) -> tuple[int, int]:
-        """(halo, align) in input px for tiling ``state``'s model exactly: the halo covers the model's receptive
-        field and windows start where the strided query grid of an untiled call would have a query."""
+    def _tiling(self, state: _State) -> tuple[int, int, int]:
+        """(tile, halo, align) in input px for tiling ``state``'s paired model exactly inside the memory budget:
+        the halo is the model's receptive radius (the tiled output equals the untiled one), windows start where
+        the strided query grid of an untiled call would have a query, and the tile is the largest the serving
+        workspace share holds for this model's workspace (``serve.tile`` at most)."""
         fitted = state.fitted
         if fitted is None:
-            return self.serve_config.halo, 1
+            return self.serve_config.tile, self.serve_config.halo, 1
         from refscope.models.paired_net import receptive_radius
 
-        stride = fitted.paired.stride
-        halo = max(self.serve_config.halo, receptive_radius(fitted.scale, fitted.library.patch_size, stride))
-        return halo, stride // math.gcd(fitted.scale, stride)
+        stride = fitted.paired.query_stride(fitted.scale)
+        halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
+        align = stride // math.gcd(fitted.scale, stride)
+        workspace = state.onnx.manifest.workspace_bytes_per_px if state.onnx is not None else None
+        tile = self.budget.tile(workspace_bytes_per_px=workspace or default_workspace_bytes_per_px(state.scale),
+                                scale=state.scale, halo=halo, align=align, max_tile=self.serve_config.tile)
+        return tile, halo, align
+
+    def _net_tiling(self, state: _State) -> tuple[int, int, int]:
+        """(tile, halo, align) of the promoted network: ``serve.halo`` of context (its receptive field is not
+        known exactly), windows at even LR px (the networks' stride-2 heads), tile from the budget."""
+        halo = self.serve_config.halo
+        workspace = state.net.manifest.workspace_bytes_per_px or default_workspace_bytes_per_px(state.scale)
+        tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=state.scale, halo=halo, align=2,
+                                max_tile=self.serve_config.tile)
+        return tile, halo, 2
+
+    def _bicubic(self, array: np.ndarray, scale: int) -> np.ndarray:
+        """Keys bicubic upsampling, tiled inside the budget (exact: its support is 2 LR px, the halo 3)."""
+        tile = self.budget.tile(workspace_bytes_per_px=_BICUBIC_BYTES_PER_PX(scale), scale=scale, halo=3,
+                                max_tile=self.serve_config.tile)
+        return process_tiled(array, lambda window: upsample_bicubic(window, scale), scale=scale, tile=tile, halo=3)
+
+    def _numpy(self, array: np.ndarray, state: _State) -> np.ndarray:
+        """The NumPy reference of ``state``'s library method, tiled inside the budget (exact: halo = the
+        method's receptive radius, windows aligned to the query grid)."""
+        from refscope.models.paired_net import receptive_radius
+
+        fitted = state.fitted
+        assert fitted is not None
+        method = state.library_method
+        stride = fitted.paired.query_stride(fitted.scale) if method == "paired" else 1
+        halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
+        align = stride // math.gcd(fitted.scale, stride)
+        queries = (fitted.scale / stride) ** 2
+        workspace = 1.5 * 8.0 * (6 * fitted.scale ** 2 + queries * (fitted.library.patch_size ** 2 + 4))
+        tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=fitted.scale, halo=halo, align=align,
+                                max_tile=self.serve_config.tile)
+        return process_tiled(array, lambda window: enhance(window, fitted, method=method, sigma_n=state.sigma_n),
+                             scale=fitted.scale, tile=tile, halo=halo, align=align)
 
     # ------------------------------------------------------------------------------------------ changes
 
@@ -248,7 +322,8 @@ class ServingEngine:
                 raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
             candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None,
                                 champion="paired")
-            candidate = self._prepare(candidate)
+            with self._warming_up():
+                candidate = self._prepare(candidate)
             with self._lock:
                 self._state = candidate
         name, backend = self._served_by(candidate)
@@ -270,15 +345,13 @@ class ServingEngine:
             if int(manifest.scale) != current.scale:
                 raise ValueError(f"the network's scale x{manifest.scale} differs from the served scale x{current.scale}")
             start = time.perf_counter()
-            slot = ModelSlot(self._runtime_config())
-            if not slot.try_load(model_bytes, manifest):
-                raise ValueError(f"network v{version} refused: {slot.last_error}")
-            model = slot.model
-            if self._last_shape is not None:  # pay the first run at this shape here, not on a live frame
-                ramp = np.add.outer(np.linspace(0.0, 1.0, self._last_shape[0]), np.linspace(0.0, 1.0, self._last_shape[1]))
-                model.run(model.manifest.denormalise(ramp), tile=self.serve_config.tile,
-                          halo=self.serve_config.halo)
-            candidate = replace(current, net=model, net_version=int(version), champion="net")
+            with self._warming_up():
+                slot = ModelSlot(self._runtime_config())
+                if not slot.try_load(model_bytes, manifest):
+                    raise ValueError(f"network v{version} refused: {slot.last_error}")
+                model = slot.model
+                candidate = replace(current, net=model, net_version=int(version), champion="net")
+                self._warm_up(model, *self._net_tiling(candidate))
             with self._lock:
                 self._state = candidate
         _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
@@ -313,7 +386,8 @@ class ServingEngine:
             current = self._snapshot()
             if current.method == name:
                 return
-            candidate = self._prepare(replace(current, method=name))
+            with self._warming_up():
+                candidate = self._prepare(replace(current, method=name))
             with self._lock:
                 self._state = candidate
         _log.info("method set to %s", name)
@@ -330,7 +404,8 @@ class ServingEngine:
             if current.sigma_n == sigma_n:
                 return
             candidate = replace(current, sigma_n=sigma_n, onnx=None, onnx_note=None)
-            candidate = self._prepare(candidate)
+            with self._warming_up():
+                candidate = self._prepare(candidate)
             with self._lock:
                 self._state = candidate
         _log.info("sigma_n set to %s", "the method's default" if sigma_n is None else f"{sigma_n:g}")
@@ -383,22 +458,31 @@ class ServingEngine:
         if not self._slot.try_load(onnx_bytes, manifest):
             raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
         model = self._slot.model
-        shape = self._last_shape
-        if shape is not None:  # the first run at a new input shape is slow: pay it here, not on a live frame
-            ramp = np.add.outer(np.linspace(0.0, 127.5, shape[0]), np.linspace(0.0, 127.5, shape[1]))
-            halo, align = self._tiling(state)
-            model.run(model.manifest.denormalise(ramp), tile=self.serve_config.tile, halo=halo, align=align)
+        window = self._warm_up(model, *self._tiling(replace(state, onnx=model)))
         _log.info("model v%d exported to ONNX, loaded and warmed up%s in %.2f s (providers %s)", state.version,
-                  f" on {shape[0]}x{shape[1]} px" if shape else "", time.perf_counter() - start,
+                  f" on one {window[0]}x{window[1]} px tile" if window else "", time.perf_counter() - start,
                   list(model.providers))
         return model
+
+    def _warm_up(self, model: Any, tile: int, halo: int, align: int) -> tuple[int, int] | None:
+        """Run ``model`` once on one window of the shape the latest frame's tiles have (every window of a frame
+        has that shape): the first run at a new input shape is slow, so it is paid here, not on a live frame.
+        Returns the window shape, or None before any frame."""
+        shape = self._last_shape
+        if shape is None:
+            return None
+        window = window_shape(shape, tile, halo, align=align)
+        ramp = np.add.outer(np.linspace(0.0, 127.5, window[0]), np.linspace(0.0, 127.5, window[1]))
+        model.run(model.manifest.denormalise(ramp))
+        return window
 
     # ------------------------------------------------------------------------------------------ reporting
 
     def describe(self) -> dict[str, Any]:
         """The serving state as a JSON-able dict: ``version``, ``method`` (requested), ``served_by`` (method
         actually used), ``backend``, ``scale``, ``sigma_n``, ``library_size``, ``providers`` (ONNX),
-        ``onnx_note`` (why ONNX is not used, or None), ``net_version`` (0: no network) and ``champion``."""
+        ``onnx_note`` (why ONNX is not used, or None), ``net_version`` (0: no network), ``champion``, ``warming``
+        (a new model is being exported and warmed up) and ``max_memory_mb`` (the budget tiles come from)."""
         state = self._snapshot()
         name, backend = self._served_by(state)
         return {
@@ -414,4 +498,6 @@ class ServingEngine:
             "onnx_note": state.onnx_note,
             "net_version": state.net_version,
             "champion": state.champion,
+            "warming": self.warming,
+            "max_memory_mb": self.budget.total_mb,
         }

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_ops import upsample_bicubic
+from .image_ops import upsample_bicubic_at
 from .noise import estimate_noise_sigma
-from .patches import extract_patches, pad_for_patches
+
 from .pipeline import FittedModel
 
 __all__ = ["KeyIndex", "SupportGrid", "key_index", "support_grid", "reference_q", "confidence_map",
@@ -126,6 +126,28 @@ def _nearest(feats: np.ndarray, keys: KeyIndex) -> np.ndarray:
     return np.maximum(out + np.einsum("ij,ij->i", feats, feats), 0.0)
 
 
+def _reflected(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices reflected into [0, size) as ``np.pad(mode="reflect")`` does (no edge repeat), for |overrun| < size."""
+    index = np.where(index < 0, -index, index)
+    return np.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def _patches_of_upsampled(units: np.ndarray, scale: int, ys: np.ndarray, xs: np.ndarray, n: int) -> np.ndarray:
+    """(len(ys)·len(xs), n²) patches of the bicubic-upsampled ``units`` centred at the grid ``ys`` x ``xs``
+    (reflect-padded at the borders), equal to ``extract_patches(up, n, centres, padded=pad_for_patches(up, n))``
+    but computing only the output rows and columns the patches touch."""
+    half = n // 2
+    offsets = np.arange(-half, half + 1)
+    row_index = _reflected(ys[:, None] + offsets[None, :], scale * units.shape[0])  # (ny, n)
+    col_index = _reflected(xs[:, None] + offsets[None, :], scale * units.shape[1])  # (nx, n)
+    rows, row_pos = np.unique(row_index, return_inverse=True)
+    cols, col_pos = np.unique(col_index, return_inverse=True)
+    sub = upsample_bicubic_at(units, scale, rows, cols)
+    row_pos, col_pos = row_pos.reshape(row_index.shape), col_pos.reshape(col_index.shape)
+    block = sub[row_pos[:, None, :, None], col_pos[None, :, None, :]]  # (ny, nx, n, n)
+    return block.reshape(len(ys) * len(xs), n * n)
+
+
 def support_grid(lr: np.ndarray, model: FittedModel, *, keys: KeyIndex | None = None, stride: int = DEFAULT_STRIDE,
                  max_points: int = DEFAULT_MAX_POINTS) -> SupportGrid:
     """Measure the support ``q`` of an (H, W) LR frame (the LR frame's own intensity units) on a grid.
@@ -149,20 +171,18 @@ def support_grid(lr: np.ndarray, model: FittedModel, *, keys: KeyIndex | None = 
         keys = key_index(model)
     units = model.intensity.to_units(array)
     sigma = estimate_noise_sigma(units)
-    up = upsample_bicubic(units, model.scale)
-    step = max(int(stride), int(math.ceil(math.sqrt(up.size / max_points))))
+    out_shape = (model.scale * array.shape[0], model.scale * array.shape[1])
+    step = max(int(stride), int(math.ceil(math.sqrt(out_shape[0] * out_shape[1] / max_points))))
     step = -(-step // model.scale) * model.scale  # a multiple of S: every centre at the same phase of the LR grid
-    ys, xs = _grid(up.shape[0], step, model.scale), _grid(up.shape[1], step, model.scale)
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    centres = np.stack([gy.ravel(), gx.ravel()], axis=1)
+    ys, xs = _grid(out_shape[0], step, model.scale), _grid(out_shape[1], step, model.scale)
     n = keys.patch_size
-    patches = extract_patches(up, n, centres, padded=pad_for_patches(up, n), dtype=np.float64)
+    patches = _patches_of_upsampled(units, model.scale, ys, xs, n)
     feats = _features(model, patches)
     energy = np.einsum("ij,ij->i", feats, feats)
     q = _nearest(feats, keys) / (energy + feats.shape[1] * sigma ** 2 + 1e-12)
     cov = np.cov(feats.T) if len(feats) > 1 else np.eye(feats.shape[1])
     cov = cov / max(float(np.trace(cov)), 1e-12)
-    return SupportGrid(q.reshape(len(ys), len(xs)), ys, xs, (int(up.shape[0]), int(up.shape[1])), float(sigma),
+    return SupportGrid(q.reshape(len(ys), len(xs)), ys, xs, out_shape, float(sigma),
                        np.atleast_2d(cov))
 
 

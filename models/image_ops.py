@@ -11,7 +11,7 @@ from scipy import sparse
 
 from .errors import ImageError
 
-__all__ = ["as_gray_float", "keys_kernel", "upsample_bicubic"]
+__all__ = ["as_gray_float", "keys_kernel", "upsample_bicubic", "upsample_bicubic_at"]
 
 
 def as_gray_float(image: np.ndarray, *, name: str = "image", min_size: int = 8) -> np.ndarray:
@@ -78,3 +78,23 @@ def upsample_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     rows = _bicubic_matrix(height, height * scale)
     cols = _bicubic_matrix(width, width * scale)
     return np.asarray((cols @ (rows @ image).T).T)
+
+
+def upsample_bicubic_at(image: np.ndarray, scale: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``upsample_bicubic(image, scale)[np.ix_(rows, cols)]`` without computing the whole (S·H, S·W) image.
+
+    ``rows`` / ``cols`` are indices into the output grid (0 <= r < S·H, 0 <= c < S·W). Costs
+    O(len(rows)·W + len(rows)·len(cols)) instead of O(S²·H·W) memory; same arithmetic, same values.
+    """
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    image = np.asarray(image, dtype=np.float64)
+    height, width = image.shape
+    rows, cols = np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp)
+    for name, index, limit in (("rows", rows, height * scale), ("cols", cols, width * scale)):
+        if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= limit)):
+            raise ValueError(f"{name} must be a 1-D array of output indices in [0, {limit}), got {index!r}")
+    row_matrix = _bicubic_matrix(height, height * scale)[rows]
+    col_matrix = _bicubic_matrix(width, width * scale)[cols]
+    return np.asarray((col_matrix @ (row_matrix @ image).T).T)

@@ -163,12 +163,18 @@ def register_local(hr_grid: np.ndarray, lr_up: np.ndarray, *, patch_size: int = 
                         scores=best.ravel(), textured=textured.ravel(), patch_size=n)
 
 
-def matched_patches(hr_grid: np.ndarray, lr_up: np.ndarray, matches: LocalMatches, patch_size: int | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+_GATHER_BLOCK = 16384
+"""Patches gathered per block by :func:`matched_patches`."""
+
+
+def matched_patches(hr_grid: np.ndarray, lr_up: np.ndarray, matches: LocalMatches, patch_size: int | None = None,
+                    *, dtype: np.dtype | type = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Extract the matched patch pairs as flattened rows.
 
-    Returns ``(hr_patches, lr_patches)``, each (N, n*n): the ``hr_grid`` patch centred at ``matches.centres`` and
-    the ``lr_up`` patch centred at ``matches.centres + matches.displacements`` (grid px, row-major pixels).
+    Returns ``(hr_patches, lr_patches)``, each (N, n*n) of ``dtype``: the ``hr_grid`` patch centred at
+    ``matches.centres`` and the ``lr_up`` patch centred at ``matches.centres + matches.displacements`` (grid px,
+    row-major pixels). Gathered in blocks of :data:`_GATHER_BLOCK` patches, so the working memory beyond the
+    two results is bounded.
     """
     n = int(matches.patch_size if patch_size is None else patch_size)
     if n % 2 == 0 or n < 1:
@@ -184,7 +190,11 @@ def matched_patches(hr_grid: np.ndarray, lr_up: np.ndarray, matches: LocalMatche
     oy, ox = np.divmod(np.arange(n * n), n)                # row-major offsets inside the patch
 
     def gather(img: np.ndarray, c: np.ndarray) -> np.ndarray:
-        flat = (c[:, 0] * img.shape[1] + c[:, 1])[:, None] + (oy * img.shape[1] + ox)[None, :]
-        return np.take(img.ravel(), flat)
+        out = np.empty((len(c), n * n), dtype=dtype)
+        pixels, inside = img.ravel(), (oy * img.shape[1] + ox)[None, :]
+        for start in range(0, len(c), _GATHER_BLOCK):
+            block = c[start:start + _GATHER_BLOCK]
+            out[start:start + len(block)] = np.take(pixels, (block[:, 0] * img.shape[1] + block[:, 1])[:, None] + inside)
+        return out
 
     return gather(hr, c_h), gather(lr, c_l)

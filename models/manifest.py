@@ -112,6 +112,11 @@ class ModelManifest:
         Validation metrics, e.g. ``(("psnr_db", 31.2), ("ssim", 0.91))``. A mapping may be passed;
         it is stored as name-sorted pairs so that the manifest stays hashable.
         Use :meth:`validation_dict` for a ``dict`` view.
+    workspace_bytes_per_px : float or None
+        Peak working memory of one inference, bytes per input pixel of the (tile) window it is run on: the
+        model's own estimate, used to derive tile sizes from a memory budget
+        (:func:`refscope.models.tiling.tile_for_budget`). ``None`` (models exported before it was recorded):
+        the runtime assumes :func:`refscope.models.tiling.default_workspace_bytes_per_px`.
     """
 
     kind: str
@@ -123,6 +128,7 @@ class ModelManifest:
     created: str = field(default_factory=utc_now_iso)
     opset: int = 17
     validation: tuple[tuple[str, float], ...] = ()
+    workspace_bytes_per_px: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
@@ -157,6 +163,11 @@ class ModelManifest:
             raise ManifestError(f"opset: must be a positive integer, got {self.opset!r}")
         object.__setattr__(self, "opset", int(self.opset))
         object.__setattr__(self, "validation", _freeze_validation(self.validation))
+        if self.workspace_bytes_per_px is not None:
+            value = self.workspace_bytes_per_px
+            if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
+                raise ManifestError(f"workspace_bytes_per_px: must be a finite number > 0 or null, got {value!r}")
+            object.__setattr__(self, "workspace_bytes_per_px", float(value))
 
     # -- views -----------------------------------------------------------------------------------------------
 

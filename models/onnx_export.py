@@ -31,6 +31,7 @@ import onnx
 
 from .errors import RefscopeModelError
 from .manifest import ModelManifest, utc_now_iso
+from .tiling import conv_workspace_bytes_per_px
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -312,6 +313,7 @@ def export_torch_module(
     created: str | None = None,
     validation: Mapping[str, float] | tuple[tuple[str, float], ...] = (),
     sample_shape: tuple[int, int] = (16, 16),
+    workspace_bytes_per_px: float | None = None,
 ) -> tuple[bytes, ModelManifest]:
     """Export a PyTorch upscaler to ONNX with dynamic N, H and W axes.
 
@@ -327,6 +329,9 @@ def export_torch_module(
         ai.onnx opset to stamp (default 17, supported by every onnxruntime >= 1.14 and by TensorRT 8.6+).
     kind, input_offset, input_scale, library_size, version, created, validation
         Manifest fields, see :class:`ModelManifest`; ``created`` defaults to now (UTC).
+    workspace_bytes_per_px : float, optional
+        The module's peak inference memory per input pixel (manifest field); default: the conservative
+        :func:`refscope.models.tiling.conv_workspace_bytes_per_px` estimate from its layers.
     sample_shape : tuple of int
         (H, W) of the tracing sample, in pixels. Any size the module accepts; avoid 1, which the
         tracer may treat as a broadcastable constant. The default 16 x 16 suits convolution networks.
@@ -356,6 +361,8 @@ def export_torch_module(
         created=created if created is not None else utc_now_iso(),
         opset=opset,
         validation=validation,
+        workspace_bytes_per_px=(workspace_bytes_per_px if workspace_bytes_per_px is not None
+                                else conv_workspace_bytes_per_px(module, scale)),
     )
     if not isinstance(module, torch.nn.Module):
         raise OnnxModelError(f"expected a torch.nn.Module, got {type(module).__name__}", reason="export")

@@ -123,7 +123,7 @@ class PairedLibraryNet(torch.nn.Module):
         centroids, weights = centroids[finite], weights[finite]  # an empty category is never among the nearest
         self.scale = int(scale)
         self.patch_size = n
-        self.stride = int(config.stride)
+        self.stride = config.query_stride(scale)
         self.n_categories = int(finite.sum())
         self.n_probe = min(int(config.n_probe), self.n_categories)
         self.dim = dim
@@ -163,6 +163,21 @@ class PairedLibraryNet(torch.nn.Module):
         """From a :class:`~refscope.models.pipeline.FittedModel` (its paired config, noise and regressors)."""
         return cls(model.regressors, patch_size=model.library.patch_size, scale=model.scale, config=model.paired,
                    noise_sigma=model.noise_sigma, dtype=dtype)
+
+    @property
+    def workspace_bytes_per_px(self) -> float:
+        """Peak inference memory per input pixel of a window, bytes (an upper estimate, float32).
+
+        Per input pixel: the upsampled image and its padded/shuffled copies (4·S² floats) and, per query
+        (``(S / stride)²`` of them per input pixel), the features (d+1), the k scores with their top-k weights
+        and temporaries (5·k), ``[f, 1, mean]`` (d+2), the blended channels ``z`` (k·(d+2)) and the transposed
+        convolution's column buffer (n²). Measured peak growth of ONNX Runtime's CPU arena on real models was
+        1.5-2.9 KB per px at S = 2-8 (stride S); the estimate is that formula times 1.5.
+        """
+        queries = (self.scale / self.stride) ** 2
+        k, d, n = self.n_categories, self.dim, self.patch_size
+        floats = 4 * self.scale ** 2 + queries * ((d + 1) + 5 * k + (d + 2) + k * (d + 2) + n * n)
+        return 1.5 * 4.0 * floats
 
     @property
     def receptive_radius(self) -> int:
@@ -278,4 +293,5 @@ def export_paired_model(model, *, opset: int = 17, version: str = "1", validatio
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         return export_torch_module(net, scale=model.scale, opset=opset, kind=PAIRED_KIND, input_offset=low,
                                    input_scale=255.0 / (high - low), library_size=len(model.library),
-                                   version=version, validation=validation, sample_shape=sample_shape)
+                                   version=version, validation=validation, sample_shape=sample_shape,
+                                   workspace_bytes_per_px=net.workspace_bytes_per_px)

@@ -140,7 +140,13 @@ def _candidates(lr_region_units: np.ndarray, hr_grid: np.ndarray, config: FitCon
     hr_grid = a * hr_grid + b
     matches = register_local(hr_grid, lr_up, patch_size=lib.patch_size, search_radius=config.search_radius,
                              stride=config.candidate_stride)
-    return matched_patches(hr_grid, lr_up, matches, lib.patch_size)
+    cap = lib.oversample * lib.size  # Algorithm 1 samples at most K·L candidates: extract no more than that
+    if len(matches.centres) > cap:
+        keep = np.sort(np.random.default_rng(lib.seed).choice(len(matches.centres), size=cap, replace=False))
+        matches = replace(matches, centres=matches.centres[keep],
+                                      displacements=matches.displacements[keep], scores=matches.scores[keep],
+                                      textured=matches.textured[keep])
+    return matched_patches(hr_grid, lr_up, matches, lib.patch_size, dtype=np.float32)  # the library's dtype
 
 
 def fit_library(regions: list[tuple[np.ndarray, np.ndarray]], *, config: FitConfig = FitConfig(),
@@ -161,7 +167,8 @@ def fit_library(regions: list[tuple[np.ndarray, np.ndarray]], *, config: FitConf
         hr_p, lr_p = _candidates(intensity.to_units(lr_region), hr_grid, config)
         hr_all.append(hr_p)
         lr_all.append(lr_p)
-    hr_patches, lr_patches = np.concatenate(hr_all), np.concatenate(lr_all)
+    # one region: no concatenated copy (the candidates are the learner's largest arrays)
+    hr_patches, lr_patches = (hr_all[0], lr_all[0]) if len(hr_all) == 1 else (np.concatenate(hr_all), np.concatenate(lr_all))
     if model is None:
         library = PairedLibrary.build(hr_patches, lr_patches, config.library_config)
         return FittedModel(library, intensity, config.scale, noise, config.paired, list(geometries or []))

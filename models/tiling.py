@@ -25,7 +25,11 @@ from numpy.typing import DTypeLike
 
 from .errors import ImageError
 
-__all__ = ["TileBox", "tile_plan", "process_tiled", "memory_bound_bytes"]
+__all__ = ["TileBox", "tile_plan", "process_tiled", "memory_bound_bytes", "window_shape", "tile_for_budget",
+           "default_workspace_bytes_per_px", "conv_workspace_bytes_per_px", "MIN_BUDGET_TILE"]
+
+MIN_BUDGET_TILE = 32
+"""Smallest core (input px per side) :func:`tile_for_budget` chooses; below it the halo dominates the cost."""
 
 
 @dataclass(frozen=True)
@@ -221,3 +225,87 @@ def process_tiled(
         del window, result
     return out
 
+
+
+def window_shape(shape: tuple[int, int], tile: int, halo: int, *, align: int = 1) -> tuple[int, int]:
+    """(h, w) of every window :func:`tile_plan` makes for a frame of ``shape`` (the shape to warm a model up on)."""
+    box = tile_plan(shape, tile, halo, align=align)[0]
+    wy0, wy1, wx0, wx1 = box.window
+    return wy1 - wy0, wx1 - wx0
+
+
+def default_workspace_bytes_per_px(scale: int) -> float:
+    """Workspace assumed for a model that does not state its own, bytes per input px of a window.
+
+    Sized for a full-resolution convolution body of 64 channels holding four activations at once, plus the
+    upscaled output and its intermediate copies: ``4 · (4·64 + 4·S²)`` (2.3 KB at S = 4). Conservative for
+    every network refscope trains (:mod:`refscope.models.networks`), whose bodies have <= 64 channels.
+    """
+    _check_params(1, 0, scale)
+    return 4.0 * (4 * 64 + 4 * int(scale) ** 2)
+
+
+def conv_workspace_bytes_per_px(module: object, scale: int) -> float:
+    """Peak inference memory of a convolutional upscaler, bytes per input px (an upper estimate).
+
+    Takes the widest layer of ``module`` (largest ``out_channels`` / ``out_features`` of any sub-module) as if
+    it ran at the input resolution, four such activations alive at once (input, output, a skip and one
+    temporary), plus four copies of the S²-times larger output: ``4 · (4·C_max + 4·S²)`` bytes. Modules without
+    such layers get :func:`default_workspace_bytes_per_px`. Duck-typed: no PyTorch import.
+    """
+    widest = 0
+    modules = getattr(module, "modules", None)
+    if callable(modules):
+        for sub in modules():
+            for name in ("out_channels", "out_features"):
+                value = getattr(sub, name, None)
+                if isinstance(value, (int, np.integer)):
+                    widest = max(widest, int(value))
+    if widest == 0:
+        return default_workspace_bytes_per_px(scale)
+    return 4.0 * (4 * widest + 4 * int(scale) ** 2)
+
+
+def tile_for_budget(
+    budget_bytes: int,
+    *,
+    workspace_bytes_per_px: float,
+    scale: int,
+    halo: int,
+    align: int = 1,
+    max_tile: int = 4096,
+) -> int:
+    """The largest core size (input px per side, a multiple of 16, at least :data:`MIN_BUDGET_TILE`) whose
+    :func:`process_tiled` working set fits ``budget_bytes``.
+
+    One window of side ``w = tile + 2·halo + align - 1`` (input px) costs ``w² · (workspace + 4 + 4·S²)`` bytes:
+    the model's peak workspace per window pixel (``workspace_bytes_per_px``, e.g. the manifest's), the float32
+    window copy and the float32 result that :func:`process_tiled` holds before stitching. The stitched output
+    frame is not included (the caller owns it: ``4·S²·H·W`` bytes).
+
+    Parameters
+    ----------
+    budget_bytes : int
+        Bytes the tiled computation may use.
+    workspace_bytes_per_px : float
+        Model workspace per window pixel, bytes (> 0).
+    scale, halo, align : int
+        As for :func:`process_tiled`.
+    max_tile : int
+        Upper bound (e.g. the configured ``serve.tile``).
+
+    Returns
+    -------
+    int
+        The tile; :data:`MIN_BUDGET_TILE` (or ``max_tile`` when smaller) when even that exceeds the budget --
+        check :func:`memory_bound_bytes`-style costs against the budget before serving when that matters.
+    """
+    _check_params(max(int(max_tile), 1), halo, scale)
+    if not (np.isfinite(workspace_bytes_per_px) and workspace_bytes_per_px > 0):
+        raise ValueError(f"workspace_bytes_per_px must be a finite number > 0, got {workspace_bytes_per_px!r}")
+    if int(budget_bytes) != budget_bytes or budget_bytes < 0:
+        raise ValueError(f"budget_bytes must be a non-negative integer, got {budget_bytes!r}")
+    per_px = float(workspace_bytes_per_px) + 4.0 + 4.0 * int(scale) ** 2
+    side = int(np.sqrt(float(budget_bytes) / per_px)) - 2 * int(halo) - (int(align) - 1)
+    tile = (side // 16) * 16
+    return int(min(int(max_tile), max(MIN_BUDGET_TILE, tile)))

@@ -29,8 +29,10 @@ REL = 1e-4  # tolerance relative to the reference image's range
 
 def _fit(scale: int):
     pair = syn.make_pair(rng=np.random.default_rng(10 + scale), lr_shape=(96, 112), factor=float(scale), noise="low")
+    # S=3 keeps a query stride of 2 (not the default S) so that the aligned-window path stays tested
     config = FitConfig(scale=scale, library=LibraryConfig(patch_size=4 * scale + 1, n_categories=6, oversample=5,
-                                                          size=600, seed=0))
+                                                          size=600, seed=0),
+                       paired=PairedConfig(stride=2 if scale == 3 else None))
     return pair, fit(pair.lr, [(pair.hr, float(scale))], config=config)
 
 
@@ -163,7 +165,7 @@ def test_export_manifest_and_served_output_equal_enhance(fitted, served, scale):
 def test_tiled_serving_equals_untiled(fitted, served):
     pair, model = fitted[2]
     _, _, session = served[2]
-    halo = receptive_radius(2, model.library.patch_size, model.paired.stride)
+    halo = receptive_radius(2, model.library.patch_size, model.paired.query_stride(2))
     lr = pair.lr[:70, :83]
     whole = session.run(lr)
     _assert_close(session.run(lr, tile=24, halo=halo), whole, REL)
@@ -178,7 +180,7 @@ def test_tiled_serving_at_scale_3_needs_aligned_windows(fitted, served):
     """S=3, stride 2: the query grid is anchored at the window origin, so windows must start at even LR px."""
     pair, model = fitted[3]
     _, _, session = served[3]
-    stride = model.paired.stride
+    stride = model.paired.query_stride(3)
     align = stride // math.gcd(3, stride)
     assert align == 2
     halo = receptive_radius(3, model.library.patch_size, stride)
