@@ -162,8 +162,8 @@ class ServeConfig:
             from ``max_memory_mb`` and may be smaller.
         halo: overlap added around each tile for the trained networks, input pixels, >= 0 and < tile / 2 (the
             paired library and bicubic use their exact receptive radius).
-        max_memory_mb: memory budget of everything the daemon and its trainer hold, MB (>= 1000 with the trainer,
-            >= 600 without); tiles, the output queue and the largest frame served are derived from it
+        max_memory_mb: memory budget of everything the daemon and its trainer hold, MB (>= 1280 with the trainer,
+            >= 800 without); tiles, the output queue and the largest frame served are derived from it
             (shares: README, "Memory").
     """
 

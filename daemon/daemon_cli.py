@@ -121,6 +121,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         sys.stdout.write(config_to_toml(config))
         return 0
     _setup_logging(config, getattr(args, "verbose", 0))
+    from .serve.malloc import return_freed_memory
+
+    return_freed_memory()  # resident size follows what is in use (serve.max_memory_mb)
     from .service import Daemon  # heavy imports (models, ONNX) only when really running
 
     daemon = Daemon(config)

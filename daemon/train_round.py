@@ -186,6 +186,9 @@ def round_process_main(spec: RoundSpec, conn: Any, log_level: int = logging.INFO
     with the error) is sent once. A crash sends nothing; the trainer notices the exit code.
     """
     _die_with_parent()
+    from .serve.malloc import return_freed_memory
+
+    return_freed_memory()  # the trainer's share of serve.max_memory_mb: freed batches go back to the system
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[train]: %(message)s")
     if spec.nice:
         try:

@@ -73,11 +73,13 @@ class MemoryBudget:
 
     RUNTIME_MB = 320
     """Resident size of the process before any frame (Python, NumPy/SciPy, PyTorch, ONNX Runtime, ZMQ), MB."""
-    TRAINER_MB = 400
-    """Reserved for the trainer process (PyTorch ~250 MB, the session's pairs, one batch), MB."""
+    TRAINER_MB = 480
+    """Reserved for the trainer process (PyTorch ~250 MB, the session's pairs, one batch), MB; measured 469 MB
+    peak while training on the 2020-02-13 zoom session's pairs at x4."""
     LEARNER_MB = 350
     """Reserved for learning one reference (registration, at most K·L float32 candidate patches, k-means), MB;
-    measured 400 MB above the base for a 1536x1024 HR at x4.17 before the candidates were capped, 300 after."""
+    measured 1360 MB above the base for a 1536x1024 HR at x4.17 before the candidates were capped and gathered
+    as float32, 300 MB after."""
     workspace_share = 0.3
     """Part of the serving share given to the model's tiled inference; the rest holds frames."""
 

@@ -62,7 +62,7 @@ def test_tile_for_budget_fits_its_share_and_grows_with_it():
 
 def test_budget_shares_and_frame_refusal():
     budget = MemoryBudget(1500, trainer=True, learner=True)
-    assert budget.serving_bytes == (1500 - 320 - 400 - 350) * MB
+    assert budget.serving_bytes == (1500 - 320 - 480 - 350) * MB
     assert budget.workspace_bytes + budget.frames_bytes == budget.serving_bytes
     ok = budget.plan_frame((1024, 1536), 4)
     assert ok.fits and ok.output_queue >= 1 and ok.reason is None
