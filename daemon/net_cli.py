@@ -292,11 +292,21 @@ def resolve_method(state_dir: str | Path, method: str | None) -> str:
 
 
 def onnx_runner(model_bytes: bytes, manifest, *, threads: int = 0):
-    """``lr -> sr`` through ONNX Runtime (:class:`refscope.daemon.runtime.OnnxModel`, CPU/GPU as available)."""
+    """``lr -> sr`` (float32) through ONNX Runtime (:class:`refscope.daemon.runtime.OnnxModel`, CPU/GPU as available),
+    tile by tile inside the offline memory budget as the daemon serves networks."""
     from .runtime import OnnxModel, RuntimeConfig
 
+    from refscope.models.tiling import default_workspace_bytes_per_px
+
+    from .config import ServeConfig
+    from .serve.budget import MemoryBudget
+
     model = OnnxModel(model_bytes, manifest, RuntimeConfig(intra_op_threads=threads))
-    return lambda frame: np.asarray(model.run(np.asarray(frame, dtype=np.float32)), dtype=np.float64)
+    serve = ServeConfig()  # the same tiles as live serving: serve.halo of context, tile from the offline budget
+    tile = MemoryBudget.offline(serve.max_memory_mb).tile(
+        workspace_bytes_per_px=manifest.workspace_bytes_per_px or default_workspace_bytes_per_px(manifest.scale),
+        scale=manifest.scale, halo=serve.halo, align=2, max_tile=serve.tile)
+    return lambda frame: model.run(np.asarray(frame, dtype=np.float32), tile=tile, halo=serve.halo, align=2)
 
 
 def enhance_runner(state_dir: str | Path, method: str) -> tuple[FittedModel | None, object, int, str]:

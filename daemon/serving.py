@@ -38,7 +38,7 @@ import numpy as np
 
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.pipeline import FittedModel, enhance
-from refscope.models.tiling import default_workspace_bytes_per_px, process_tiled, window_shape
+from refscope.models.tiling import balanced_tile, default_workspace_bytes_per_px, process_tiled, window_shape
 
 from .config import METHODS as CONFIG_METHODS
 from .config import ModelConfig, ServeConfig
@@ -222,11 +222,13 @@ class ServingEngine:
             out = self._bicubic(array, state.scale)
         elif name == "net":
             tile, halo, align = self._net_tiling(state)
-            out = state.net.run(array.astype(np.float32, copy=False), tile=tile, halo=halo, align=align)
+            out = state.net.run(array.astype(np.float32, copy=False), tile=balanced_tile(array.shape, tile, align=align),
+                                halo=halo, align=align)
         elif backend == "onnx":
             try:
                 tile, halo, align = self._tiling(state)
-                out = state.onnx.run(array.astype(np.float32, copy=False), tile=tile, halo=halo, align=align)
+                out = state.onnx.run(array.astype(np.float32, copy=False),
+                                     tile=balanced_tile(array.shape, tile, align=align), halo=halo, align=align)
             except Exception as exc:  # noqa: BLE001 - one failed inference: fall back for this frame
                 _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
                            type(exc).__name__, exc)
@@ -283,7 +285,8 @@ class ServingEngine:
         """Keys bicubic upsampling, tiled inside the budget (exact: its support is 2 LR px, the halo 3)."""
         tile = self.budget.tile(workspace_bytes_per_px=_BICUBIC_BYTES_PER_PX(scale), scale=scale, halo=3,
                                 max_tile=self.serve_config.tile)
-        return process_tiled(array, lambda window: upsample_bicubic(window, scale), scale=scale, tile=tile, halo=3)
+        return process_tiled(array, lambda window: upsample_bicubic(window, scale), scale=scale,
+                             tile=balanced_tile(array.shape, tile), halo=3)
 
     def _numpy(self, array: np.ndarray, state: _State) -> np.ndarray:
         """The NumPy reference of ``state``'s library method, tiled inside the budget (exact: halo = the
@@ -301,7 +304,8 @@ class ServingEngine:
         tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=fitted.scale, halo=halo, align=align,
                                 max_tile=self.serve_config.tile)
         return process_tiled(array, lambda window: enhance(window, fitted, method=method, sigma_n=state.sigma_n),
-                             scale=fitted.scale, tile=tile, halo=halo, align=align)
+                             scale=fitted.scale, tile=balanced_tile(array.shape, tile, align=align), halo=halo,
+                             align=align)
 
     # ------------------------------------------------------------------------------------------ changes
 
@@ -471,7 +475,7 @@ class ServingEngine:
         shape = self._last_shape
         if shape is None:
             return None
-        window = window_shape(shape, tile, halo, align=align)
+        window = window_shape(shape, balanced_tile(shape, tile, align=align), halo, align=align)
         ramp = np.add.outer(np.linspace(0.0, 127.5, window[0]), np.linspace(0.0, 127.5, window[1]))
         model.run(model.manifest.denormalise(ramp))
         return window

@@ -26,7 +26,7 @@ from numpy.typing import DTypeLike
 from .errors import ImageError
 
 __all__ = ["TileBox", "tile_plan", "process_tiled", "memory_bound_bytes", "window_shape", "tile_for_budget",
-           "default_workspace_bytes_per_px", "conv_workspace_bytes_per_px", "MIN_BUDGET_TILE"]
+           "default_workspace_bytes_per_px", "conv_workspace_bytes_per_px", "MIN_BUDGET_TILE", "balanced_tile"]
 
 MIN_BUDGET_TILE = 32
 """Smallest core (input px per side) :func:`tile_for_budget` chooses; below it the halo dominates the cost."""
@@ -309,3 +309,18 @@ def tile_for_budget(
     side = int(np.sqrt(float(budget_bytes) / per_px)) - 2 * int(halo) - (int(align) - 1)
     tile = (side // 16) * 16
     return int(min(int(max_tile), max(MIN_BUDGET_TILE, tile)))
+
+
+def balanced_tile(shape: tuple[int, int], max_tile: int, *, align: int = 1) -> int:
+    """The smallest core size that covers ``shape`` = (H, W) with as few tiles as ``max_tile`` does.
+
+    :func:`tile_plan` slides the last window of a row back inside the frame, so a frame 1.05 tiles wide costs two
+    full windows; spreading the same number of tiles evenly (``ceil(L / ceil(L / max_tile))`` per axis, the larger
+    of the two, rounded up to ``align``) computes up to ~30 % fewer window pixels with no more memory.
+    """
+    _check_params(max_tile, 0)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ImageError(f"balanced_tile needs a 2-D frame shape (H, W) with H, W >= 1, got {tuple(shape)}")
+    need = max(-(-int(length) // -(-int(length) // int(max_tile))) for length in shape)
+    need = -(-need // int(align)) * int(align)
+    return int(min(int(max_tile), max(1, need)))

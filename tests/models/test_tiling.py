@@ -181,3 +181,24 @@ def test_aligned_tiling_is_exact_for_a_function_with_an_origin_anchored_grid(rng
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-12)
     misaligned = process_tiled(image, fn, scale=2, tile=31, halo=3, dtype=np.float64)
     assert not np.allclose(misaligned, whole)
+
+
+@pytest.mark.parametrize("shape,max_tile,align", [((1024, 1536), 304, 1), ((1024, 1536), 160, 2), ((37, 900), 64, 3),
+                                                  ((512, 512), 512, 1), ((100, 7), 16, 1)])
+def test_balanced_tile_keeps_the_tile_count_and_computes_fewer_window_pixels(shape, max_tile, align):
+    from refscope.models.tiling import balanced_tile
+
+    tile = balanced_tile(shape, max_tile, align=align)
+    assert tile <= max_tile and (tile % align == 0 or tile == max_tile)
+    same = tile_plan(shape, max_tile, 5, align=align)
+    even = tile_plan(shape, tile, 5, align=align)
+    assert len(even) == len(same)
+
+    def window_px(plan):
+        return sum((b.window[1] - b.window[0]) * (b.window[3] - b.window[2]) for b in plan)
+
+    assert window_px(even) <= window_px(same)
+    # the result is the same stitched image for an exact function (here: pixel replication, radius 0)
+    image = np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape)
+    np.testing.assert_array_equal(process_tiled(image, lambda w: np.kron(w, np.ones((2, 2), np.float32)), scale=2,
+                                                tile=tile, halo=5, align=align), np.kron(image, np.ones((2, 2))))
