@@ -44,6 +44,7 @@ from refscope.tui.cli import add_tui_parser
 from .batch_cli import add_batch_parser
 from .daemon_cli import add_daemon_parser
 from .keys_cli import add_keys_parser
+from .replay_cli import add_replay_parser
 from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
 from .model_store import load_model, save_model
@@ -515,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_parser(sub)
     add_tui_parser(sub)
     add_keys_parser(sub)
+    add_replay_parser(sub)
     return parser
 
 
