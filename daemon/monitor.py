@@ -108,8 +108,9 @@ class QualityMonitor:
     """
 
     def __init__(self, config: MonitorConfig, *, emit: Emit, hooks: HookRunner | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, model_pending: Callable[[], bool] | None = None) -> None:
         self.config = config
+        self._model_pending = model_pending  # True while a reference is being learned or a model warms up
         self._emit = emit
         self._hooks = hooks
         self._clock = clock
@@ -200,7 +201,8 @@ class QualityMonitor:
         with self._lock:
             profile = self._profile
         if profile is None:
-            if self.config.request_without_model:
+            pending = self._model_pending is not None and self._model_pending()
+            if self.config.request_without_model and not pending:  # a model on its way needs no new reference
                 self._auto_request("no_model", "no model is serving yet: the first HR reference builds one", frame)
             return Observation(None, {}, self.drift)
         if not self.config.enabled:
@@ -322,13 +324,19 @@ class QualityMonitor:
             self._emit_drift(changed)
 
     def tick(self) -> None:
-        """Expire an outstanding request older than ``request_timeout_s`` (any thread, cheap)."""
+        """Expire an outstanding request older than ``request_timeout_s`` (any thread, cheap). A request that a
+        reference answered is never expired: it is closed when the learner has finished with that reference
+        (:meth:`on_outcome`), or, should that never come, closed as answered after the timeout."""
         with self._lock:
             outstanding = self._outstanding
             if outstanding is None or self._clock() - outstanding["t"] < self.config.request_timeout_s:
                 return
             self._outstanding = None
-            self._timeouts += 1
+            if outstanding.get("received") is None:
+                self._timeouts += 1
+        if outstanding.get("received") is not None:
+            _log.info("reference request %s answered by %s; closed", outstanding["id"], outstanding["received"])
+            return
         _log.warning("reference request %s unanswered after %g s; new requests may be made",
                      outstanding["id"], self.config.request_timeout_s)
         self._emit("reference_request_expired", {"id": outstanding["id"], "reason": outstanding["reason"]})

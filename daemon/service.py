@@ -284,7 +284,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
             self._hooks = HookRunner(make_hook(cfg.monitor, context=self._context))
             self._hooks.start()
             self.monitor = QualityMonitor(cfg.monitor, emit=lambda kind, payload: self._emit(kind, payload, record=True),
-                                          hooks=self._hooks)
+                                          hooks=self._hooks, model_pending=self._model_pending)
             if model is not None:
                 self.monitor.set_model(model, version)
             if cfg.trainer.enabled:
@@ -518,6 +518,17 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         except Exception as exc:  # noqa: BLE001 - a measurement problem must not stop the learner
             self._error("monitor_failed", f"{outcome.hr_source}: quality profile not updated "
                         f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
+
+    def _model_pending(self) -> bool:
+        """A model is on its way (monitor, serve thread): a reference is being learned or waits to be, or a promoted
+        model is being exported and warmed up."""
+        if self.engine.warming:
+            return True
+        learner = getattr(self, "learner", None)
+        if learner is None:
+            return False
+        status = learner.status()
+        return bool(status.busy or status.queued)
 
     def _on_promoted(self, model: FittedModel, version: int, decision: PromotionDecision) -> None:
         """Learner callback (learner thread): serve the promoted model."""

@@ -160,3 +160,44 @@ def test_monitor_configuration_rules(tmp_path):
     config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:5555", "monitor.window": "5",
                                 "monitor.hook": "script", "monitor.hook_command": "/bin/echo,hello"})
     assert config.monitor.window == 5 and config.monitor.hook_command == ("/bin/echo", "hello")
+
+
+def test_an_answered_request_never_expires():
+    """Issue 18: a request that a reference answered within a second was later expired as "unanswered after 120 s"
+    while the reference was still being learned."""
+    clock, events = Clock(), Recorder()
+    monitor = QualityMonitor(MonitorConfig(request_interval_s=10.0, request_timeout_s=120.0), emit=events, clock=clock)
+    lr = np.random.default_rng(0).random(SHAPE)
+    monitor.observe(frame(lr, 1))
+    request = events.of("reference_requested")[0]
+    clock.now += 1.0
+    monitor.reference_arrived(frame(lr, 2))  # answered within a second; learning it takes minutes at x4
+    clock.now += 200.0
+    monitor.tick()
+    assert events.of("reference_request_expired") == []
+    assert monitor.status()["requests"]["expired"] == 0
+    monitor.on_outcome(ReferenceOutcome("mem:2", "mem:1", None, None, None, False, 0, "no match"), None)
+    assert monitor.status()["requests"]["outstanding"] is None
+    # an unanswered request still expires
+    clock.now += 20.0
+    monitor.observe(frame(lr, 3))
+    assert len(events.of("reference_requested")) == 2 and request["id"] != events.of("reference_requested")[1]["id"]
+    clock.now += 121.0
+    monitor.tick()
+    assert len(events.of("reference_request_expired")) == 1
+
+
+def test_no_model_request_while_a_model_is_on_its_way():
+    """While a reference is being learned or a promoted model warms up, frames without a model ask for nothing."""
+    clock, events = Clock(), Recorder()
+    pending = {"now": True}
+    monitor = QualityMonitor(MonitorConfig(request_interval_s=1.0), emit=events, clock=clock,
+                             model_pending=lambda: pending["now"])
+    lr = np.random.default_rng(0).random(SHAPE)
+    for seq in range(5):
+        clock.now += 2.0
+        monitor.observe(frame(lr, seq))
+    assert events.of("reference_requested") == []
+    pending["now"] = False  # the reference was refused: no model after all, so ask
+    monitor.observe(frame(lr, 9))
+    assert [r["reason"] for r in events.of("reference_requested")] == ["no_model"]
