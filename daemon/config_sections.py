@@ -35,6 +35,8 @@ class IngestConfig:
         use_polling: scan ``watch`` periodically instead of using file-system events (network mounts).
         pixel_size_nm: pixel size for every frame, nm, overriding the files' metadata; None: from each file.
         hr_filename_pattern: file-name glob (case-insensitive) marking HR reference scans, e.g. ``"*_HR.tif"``.
+        serve_finer_frames: a frame that only its finer pixel size marks as a reference is also a live frame
+            (zoom series; :func:`refscope.daemon.pairing.decide_role`).
         lr_filename_pattern: file-name glob marking live LR frames; files matching neither pattern are
             ``"auto"`` (the daemon decides from the pixel size).
     """
@@ -62,6 +64,9 @@ class IngestConfig:
     lr_filename_pattern: str | None = field(default=None, metadata=field_doc(
         "File-name glob (case-insensitive) marking live LR frames (unset: decided from the pixel size).",
         "*_LR.tif"))
+    serve_finer_frames: bool = field(default=True, metadata=field_doc(
+        "A frame that only its finer pixel size marks as a reference (a zoom series) is also enhanced as a live "
+        "frame, and the live stream moves to its magnification."))
 
     def __post_init__(self) -> None:
         check_types(self, "ingest.")

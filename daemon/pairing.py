@@ -14,6 +14,12 @@ first rule that applies wins:
 So if the very first frame of a session is an HR reference without an explicit role or a matching file name, it
 is taken for a live frame; give references a role or a file-name pattern when that can happen.
 
+Zoom series (:func:`decide_role`, :meth:`RoleClassifier.decide`, used by the daemon): a frame that rule 3 alone
+calls a reference is, with ``ingest.serve_finer_frames`` (default), *both* the reference for the coarser field
+that contains it and a live frame -- the operator zoomed in and is looking at it -- and the live stream moves to
+its magnification, so that the next, finer frame is judged against it (1200x -> 5000x -> 12000x). Frames marked
+by the sender or the file-name rule keep exactly one role. Each decision carries its reason.
+
 Pairing (:func:`pair_reference`): the :class:`PairingHooks` object chooses which recent LR frames to try for an
 HR reference (by default those whose field contains the HR field by stage position and field of view, newest
 first); each candidate is registered with :func:`refscope.models.pipeline.register_reference` at the factor
@@ -49,7 +55,9 @@ __all__ = [
     "PairingHooks",
     "RecentFrames",
     "RoleClassifier",
+    "RoleDecision",
     "classify",
+    "decide_role",
     "pair_reference",
 ]
 
@@ -98,6 +106,59 @@ def classify(frame: Frame, *, ingest: IngestConfig, lr_pixel_size_nm: float | No
     return "hr" if float(lr_pixel_size_nm) / frame.pixel_size_nm > HR_PIXEL_RATIO else "lr"
 
 
+@dataclass(frozen=True)
+class RoleDecision:
+    """What a received frame is, and why.
+
+    Attributes:
+        role: ``"lr"`` (a live frame), ``"hr"`` (a reference scan only) or ``"both"`` (a zoom series: a frame finer
+            than the live stream -- the reference for the field that contains it -- that is also a live frame at
+            its own magnification).
+        reason: one line saying which rule decided.
+    """
+
+    role: Literal["lr", "hr", "both"]
+    reason: str
+
+    @property
+    def reference(self) -> bool:
+        """The frame goes to the learner as an HR reference."""
+        return self.role in ("hr", "both")
+
+    @property
+    def live(self) -> bool:
+        """The frame is enhanced and published as a live frame."""
+        return self.role in ("lr", "both")
+
+
+def decide_role(frame: Frame, *, ingest: IngestConfig, lr_pixel_size_nm: float | None,
+                serve_finer: bool = True) -> RoleDecision:
+    """:func:`classify` with its reason; with ``serve_finer`` a frame that is a reference *by its pixel size only*
+    (no explicit role, no file-name rule) is ``"both"``: the operator zoomed in, so it is the reference for the
+    coarser field and a live frame she is now looking at."""
+    if frame.role in ("lr", "hr"):
+        return RoleDecision(frame.role, f"role {frame.role!r} given by the sender")  # type: ignore[arg-type]
+    by_name = ingest.role_for(PurePath(frame.source).name)
+    if by_name in ("lr", "hr"):
+        pattern = ingest.hr_filename_pattern if by_name == "hr" else ingest.lr_filename_pattern
+        return RoleDecision(by_name, f"file name matches ingest.{by_name}_filename_pattern {pattern!r}")  # type: ignore[arg-type]
+    if frame.pixel_size_nm is None:
+        return RoleDecision("lr", "no pixel size: taken for a live frame")
+    if lr_pixel_size_nm is None:
+        return RoleDecision("lr", f"first frame with a pixel size: the live stream is at {frame.pixel_size_nm:.4g} nm/px")
+    ratio = float(lr_pixel_size_nm) / frame.pixel_size_nm
+    if ratio > HR_PIXEL_RATIO:
+        if serve_finer:
+            return RoleDecision("both", f"{ratio:.3g}x finer than the live stream ({lr_pixel_size_nm:.4g} nm/px): "
+                                "the reference for the field that contains it, and a live frame at its own "
+                                f"magnification ({frame.pixel_size_nm:.4g} nm/px)")
+        return RoleDecision("hr", f"{ratio:.3g}x finer than the live stream ({lr_pixel_size_nm:.4g} nm/px)")
+    if 1.0 / ratio > HR_PIXEL_RATIO:
+        return RoleDecision("lr", f"{1.0 / ratio:.3g}x coarser than the live stream: the live stream moves to "
+                            f"{frame.pixel_size_nm:.4g} nm/px")
+    return RoleDecision("lr", f"at the live stream's magnification ({frame.pixel_size_nm:.4g} nm/px)")
+
+
 class RoleClassifier:
     """:func:`classify` with memory: the LR stream's pixel size is that of the latest frame classified ``"lr"``
     that has a pixel size (so the first frame defines it, and a magnification change moves it). Thread-safe.
@@ -125,6 +186,18 @@ class RoleClassifier:
             if role == "lr" and frame.pixel_size_nm is not None:
                 self._lr_pixel_size_nm = frame.pixel_size_nm
             return role
+
+    def decide(self, frame: Frame, *, serve_finer: bool = True) -> RoleDecision:
+        """:func:`decide_role` with memory: every live frame (``"lr"`` or ``"both"``) with a pixel size becomes the
+        live stream's magnification, so the operator's current magnification is the one references are judged
+        against (a zoom series 1200x -> 5000x -> 12000x: each finer frame is a reference and then the live
+        stream)."""
+        with self._lock:
+            decision = decide_role(frame, ingest=self._ingest, lr_pixel_size_nm=self._lr_pixel_size_nm,
+                                   serve_finer=serve_finer)
+            if decision.live and frame.pixel_size_nm is not None:
+                self._lr_pixel_size_nm = frame.pixel_size_nm
+            return decision
 
 
 # ------------------------------------------------------------------------------------------- recent LR

@@ -35,6 +35,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "model_rejected",
     "reference_requested",
     "output_dropped",
+    "frame_role",
     "error",
 )
 """Event types the daemon emits. Other names matching ``[a-z][a-z0-9_]*`` are allowed too."""

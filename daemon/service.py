@@ -190,6 +190,8 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._drain_s = float(drain_s)
         self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget)
         self._classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
+        self._role_lock = threading.Lock()
+        self._last_role: dict[str, str] | None = None  # the latest frame's role and why (status "roles")
         self._context: zmq.Context | None = None
         self.catalogue: Catalogue | None = None
         self.learner: Learner | None = None

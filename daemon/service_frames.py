@@ -15,6 +15,7 @@ from typing import Any
 
 
 from .frames import Frame
+from .pairing import RoleDecision
 from .publish import output_stem
 
 __all__ = ["FramePipeline", "ServeItem", "SERVE_QUEUE_SIZE", "MAX_FRAME_PIXELS"]
@@ -90,30 +91,37 @@ class FramePipeline:
         # the restart rule applies to files (re-read after a restart); a ZMQ message is never delivered twice, and a
         # sender that restarts its seq counter must not have its new frames taken for old ones
         known = size is not None and record is not None and _same_version(record, size, mtime)
-        if known and record.role in ("lr", "hr"):  # re-read after a restart: keep the role it was given then
-            frame = replace(frame, role=record.role)
-        role = self._classify(frame)
+        if known and record.role in ("lr", "hr", "both"):  # re-read after a restart: keep the role it was given
+            decision = RoleDecision(record.role, "the role recorded before the restart")  # type: ignore[arg-type]
+            self._classify.decide(replace(frame, role="lr" if decision.live else "hr"))  # the live stream follows
+        else:
+            decision = self._classify.decide(frame, serve_finer=self.config.ingest.serve_finer_frames)
+        role = decision.role
         self._counts.add(f"in_{role}")
-        if role == "hr":
+        self._note_role(frame, decision)
+        if decision.reference:
             if known:
                 self._counts.add("skipped.already_seen")
                 _log.info("%s: HR reference already handed to the learner before; skipped", frame.source)
-                return
-            self._catalogue_call(lambda: catalogue.record_frame(frame.source, role="hr", seq=frame.seq, t=frame.t,
-                                                                size=size, mtime=mtime), frame.source)
-            if not self.learner.submit_reference(frame):
-                self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
             else:
-                _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source, frame.pixel_size_nm or 0)
-                if self.monitor is not None:
-                    self.monitor.reference_arrived(frame)
-            return
+                self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
+                                                                    size=size, mtime=mtime), frame.source)
+                if not self.learner.submit_reference(frame):
+                    self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
+                else:
+                    _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source,
+                              frame.pixel_size_nm or 0)
+                    if self.monitor is not None:
+                        self.monitor.reference_arrived(frame)
+            if not decision.live:
+                return
         self.learner.note_lr(frame)
         if known and record.status in ("enhanced", "rejected"):
             self._counts.add(f"skipped.already_{record.status}")
             return
-        self._catalogue_call(lambda: catalogue.record_frame(frame.source, role="lr", seq=frame.seq, t=frame.t,
-                                                            size=size, mtime=mtime), frame.source)
+        if not decision.reference:
+            self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
+                                                                size=size, mtime=mtime), frame.source)
         origin = mtime if mtime is not None else frame.t
         item = ServeItem(frame=frame, origin_t=origin, ingested_t=now, size=size, mtime=mtime)
         deadline = time.monotonic() + self._serve_block_s
@@ -130,6 +138,17 @@ class FramePipeline:
         self._error("serve_queue_full", f"{frame.source}: dropped, the serve queue stayed full ({SERVE_QUEUE_SIZE} "
                     f"frames) for {self._serve_block_s:g} s")
         self._emit("output_dropped", {"source": frame.source, "reason": "serve_queue_full"})
+
+    def _note_role(self, frame: Frame, decision: RoleDecision) -> None:
+        """Log every frame's role and why; keep the latest in the status; a zoom-series frame (``"both"``) and a
+        move of the live stream to a coarser magnification are also events (recorded in the catalogue)."""
+        _log.info("%s: %s (%s)", frame.source, {"lr": "live frame", "hr": "reference", "both": "reference and live "
+                  "frame"}[decision.role], decision.reason)
+        with self._role_lock:
+            self._last_role = {"source": frame.source, "role": decision.role, "reason": decision.reason}
+        if decision.role == "both" or "live stream moves" in decision.reason:
+            self._emit("frame_role", {"source": frame.source, "role": decision.role, "reason": decision.reason},
+                       record=True)
 
     def _serve_loop(self) -> None:
         drain_deadline: float | None = None

@@ -103,6 +103,9 @@ def describe_event(type: str, payload: Mapping[str, Any]) -> str:
         if p.get("detail") and p.get("reason") != "operator":
             text += f" — {_short(p['detail'], 60)}"
         return text + (f" — {_short(p['note'], 60)}" if p.get("note") else "")
+    if type == "frame_role":
+        role = {"both": "reference + live", "hr": "reference", "lr": "live"}.get(p.get("role"), p.get("role", "?"))
+        return f"{role}: {_short(p.get('source', '?'), 40)} — {_short(p.get('reason', ''), 70)}"
     if type == "reference_received":
         return f"reference received: {_short(p.get('hr', '?'), 60)}"
     if type == "reference_request_expired":

@@ -10,7 +10,7 @@ import pytest
 from refscope.daemon.config import IngestConfig
 from refscope.daemon.frames import Frame
 from refscope.daemon.pairing import (PairingError, PairingHooks, RecentFrames, RoleClassifier, classify,
-                                     pair_reference)
+                                     decide_role, pair_reference)
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig
 from refscope.models.synthetic import SyntheticPair, make_pair
@@ -161,3 +161,53 @@ def test_stage_positions_exclude_every_frame(scenes) -> None:
     with pytest.raises(PairingError, match="none of the 1 recent LR frames contains its field") as info:
         pair_reference(hr, [lr], config=CONFIG)
     assert info.value.reason == "no_candidates"
+
+
+ZMQ = "tcp://127.0.0.1:5555"
+
+
+def test_a_zoom_series_makes_each_finer_frame_a_reference_and_a_live_frame():
+    """Issue 18: 1200x -> 5000x -> 12000x -> 1200x (112.4, 27.0, 11.2 nm/px): every zoom-in is both the reference
+    for the field it came from and the live frame the operator is now looking at; zooming out is a live frame."""
+    classifier = RoleClassifier(IngestConfig(zmq_endpoint=ZMQ))
+    series = [("a_1200x.tif", 112.41), ("b_5000x.tif", 26.98), ("c_5000x.tif", 26.98), ("d_12000x.tif", 11.24),
+              ("e_1200x.tif", 112.41), ("f_5000x.tif", 26.98)]
+    decisions = [classifier.decide(frame(px=px, source=name)) for name, px in series]
+    assert [d.role for d in decisions] == ["lr", "both", "lr", "both", "lr", "both"]
+    assert [d.live for d in decisions] == [True] * 6
+    assert [d.reference for d in decisions] == [False, True, False, True, False, True]
+    assert "4.17x finer than the live stream (112.4 nm/px)" in decisions[1].reason
+    assert "2.4x finer" in decisions[3].reason and "coarser" in decisions[4].reason
+    assert "live stream's magnification" in decisions[2].reason
+    assert classifier.lr_pixel_size_nm == pytest.approx(26.98)
+
+
+def test_explicit_roles_and_name_rules_keep_one_role_and_serve_finer_can_be_off():
+    ingest = IngestConfig(zmq_endpoint=ZMQ, hr_filename_pattern="*_HR.tif")
+    named = decide_role(frame(px=5.0, source="x_HR.tif"), ingest=ingest, lr_pixel_size_nm=10.0)
+    assert named.role == "hr" and not named.live and "hr_filename_pattern" in named.reason
+    sent = decide_role(frame(px=5.0, role="hr"), ingest=ingest, lr_pixel_size_nm=10.0)
+    assert sent.role == "hr" and "sender" in sent.reason
+    off = decide_role(frame(px=5.0), ingest=IngestConfig(zmq_endpoint=ZMQ), lr_pixel_size_nm=10.0, serve_finer=False)
+    assert off.role == "hr" and not off.live
+    # the old classify() still answers "lr"/"hr" as before
+    assert classify(frame(px=5.0), ingest=IngestConfig(zmq_endpoint=ZMQ), lr_pixel_size_nm=10.0) == "hr"
+    assert decide_role(frame(px=None), ingest=IngestConfig(zmq_endpoint=ZMQ), lr_pixel_size_nm=10.0).role == "lr"
+
+
+def test_a_reference_at_a_larger_factor_is_resampled_to_the_model_scale():
+    """A 10x finer reference (12000x into 1200x) trains the x4 model on the HR resampled onto the 4x grid of the
+    overlap, never at its own factor; one only 2.4x finer is refused for a x4 model."""
+    rng = np.random.default_rng(7)
+    pair = make_pair(rng=rng, lr_shape=(120, 150), factor=10.0, hr_fraction=0.4)
+    lr = frame(pair.lr.astype(np.float32), px=100.0, source="lr.tif", role="lr")
+    hr = frame(pair.hr.astype(np.float32), px=10.0, source="hr.tif", role="hr")
+    x4 = FitConfig(scale=4, library=LibraryConfig(size=500, patch_size=9))
+    result = pair_reference(hr, [lr], config=x4)
+    (y0, y1), (x0, x1) = result.box
+    assert result.factor == pytest.approx(10.0)
+    assert result.hr_grid.shape == (4 * (y1 - y0), 4 * (x1 - x0))
+    coarse = frame(pair.hr.astype(np.float32), px=100.0 / 2.4, source="hr24.tif", role="hr")
+    with pytest.raises(PairingError) as caught:
+        pair_reference(coarse, [lr], config=x4)
+    assert caught.value.reason == "mismatched_scale"

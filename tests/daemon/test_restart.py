@@ -123,9 +123,10 @@ def test_sigkill_mid_stream_then_restart(tmp_path):
         for i in range(12, 14):
             lr(i)
             time.sleep(0.1)
-        expected = {f"frame_{i:03d}_x2.tif" for i in range(14)}
+        # the reference is known by its finer pixel size only, so it is also a live frame (zoom series): enhanced once
+        expected = {f"frame_{i:03d}_x2.tif" for i in range(14)} | {"ref_000_x2.tif"}
         wait_for(lambda: {p.name for p in out.iterdir() if p.is_file()} == expected, 60,
-                 f"one output per LR frame ({len(expected)})")
+                 f"one output per live frame ({len(expected)})")
         status = second.status()
         assert status["learner"]["pairs_learned"] == 0  # the reference was not learned again
         assert status["frames"]["skipped"].get("already_seen") == 1
@@ -142,7 +143,8 @@ def test_sigkill_mid_stream_then_restart(tmp_path):
     with Catalogue.in_state_dir(state) as catalogue:
         assert catalogue.integrity_check() == "ok"
         counts = catalogue.counts()
-        assert counts.frames["enhanced"] == 14 and counts.promoted_models == 1
+        assert counts.frames["enhanced"] == 15 and counts.promoted_models == 1
+        assert catalogue.frame(str(watch / "ref_000.tif")).role == "both"
         for i in range(14):
             record = catalogue.frame(str(watch / f"frame_{i:03d}.tif"))
             assert record.status == "enhanced" and record.output_path == out / f"frame_{i:03d}_x2.tif"
@@ -152,9 +154,13 @@ def test_sigkill_mid_stream_then_restart(tmp_path):
             continue
         assert TEMP_MARKER not in path.name and not path.name.startswith("."), path
         image = read_image(path)  # every output is a complete TIFF
-        assert image.data.shape == (320, 400) and image.pixel_size_nm == pytest.approx(LR_NM / 2, rel=1e-4)
+        if path.name == "ref_000_x2.tif":
+            assert image.pixel_size_nm == pytest.approx(HR_NM / 2, rel=1e-4)
+        else:
+            assert image.data.shape == (320, 400) and image.pixel_size_nm == pytest.approx(LR_NM / 2, rel=1e-4)
         sources.append(image.metadata.extra["source"])
-    assert sorted(sources) == sorted(str(watch / f"frame_{i:03d}.tif") for i in range(14))  # no duplicates
+    assert sorted(sources) == sorted([str(watch / f"frame_{i:03d}.tif") for i in range(14)]
+                                     + [str(watch / "ref_000.tif")])  # no duplicates
     assert not [p for p in state.iterdir() if TEMP_MARKER in p.name]
     assert sorted(p.name for p in watch.iterdir()) == sorted(
         [f"frame_{i:03d}.tif" for i in range(14)] + ["ref_000.tif"])  # the watched folder is untouched

@@ -161,14 +161,18 @@ def test_folder_end_to_end_learns_from_a_reference(tmp_path, pair):
             assert image.pixel_size_nm == pytest.approx(LR_NM / 2, rel=1e-4)
         assert [p.name for p in outputs(out)] == [f"frame_{i:03d}_x2.tif" for i in range(3)]
 
-        # the HR reference (pixel size half the LR's) -> model version 1
+        # the HR reference (pixel size half the LR's) -> model version 1; told apart by its pixel size only, it is
+        # also a live frame (the operator zoomed in: issue 18's zoom series) and is enhanced at its own pixel size
         write_slowly(watch / "ref_000.tif", tiff_bytes(pair.hr.astype(np.float32), HR_NM, staging), via_temp=True)
         wait_for(lambda: control_status(daemon)["model_version"] == 1, 40, "model version 1", interval=0.25)
         status = control_status(daemon)
         assert status["learner"]["pairs_learned"] == 1
         assert status["library_size"] > 0
         assert status["validation_delta_db"] > 0
-        assert status["frames"]["in_hr"] == 1
+        assert status["frames"]["in_hr"] == 1 and status["frames"]["in_both"] == 1
+        assert status["roles"]["last"]["role"] == "both" and "finer than the live stream" in status["roles"]["last"]["reason"]
+        wait_for(lambda: (out / "ref_000_x2.tif").exists(), 10, "the output of the zoomed-in frame")
+        assert read_image(out / "ref_000_x2.tif").pixel_size_nm == pytest.approx(HR_NM / 2, rel=1e-4)
 
         before = len(viewer.drain())
         write_slowly(watch / "frame_100.tif", tiff_bytes(lr_frame(pair, 100), LR_NM, staging), via_temp=False)
@@ -179,7 +183,8 @@ def test_folder_end_to_end_learns_from_a_reference(tmp_path, pair):
         assert meta["model_version"] == 1 and meta["source"] == str(watch / "frame_100.tif")
 
         status = control_status(daemon)
-        assert status["frames"]["out"] == 4 and status["frames"]["written"] == 4
+        assert status["frames"]["out"] == 5 and status["frames"]["written"] == 5
+        assert status["roles"]["last"]["role"] == "lr" and "coarser" in status["roles"]["last"]["reason"]
         assert status["errors_by_reason"] == {}
         assert status["latency"]["p50_s"] is not None and status["latency"]["p99_s"] >= status["latency"]["p50_s"]
         assert status["queues"]["serve"] == 0
@@ -327,7 +332,9 @@ def test_bad_inputs_are_counted_and_later_frames_still_served(tmp_path, pair, mo
         assert status["publish"]["folder"]["errors_by_reason"] == {"disk_full": 1}
         assert status["model_version"] == 0
         names = {p.name for p in outputs(out)}
-        assert names == {"good_000_x2.tif", "good_002_x2.tif", f"{output_stem('zmq:' + daemon.endpoints['zmq_ingest'] + '#60')}_x2.tif"}
+        # the stray reference (finer pixel size only) is also a live frame: enhanced, though never paired
+        assert names == {"good_000_x2.tif", "good_002_x2.tif", "stray_ref_x2.tif",
+                         f"{output_stem('zmq:' + daemon.endpoints['zmq_ingest'] + '#60')}_x2.tif"}
         # the frame whose write failed is still "received" in the catalogue: it is retried after a restart
         assert daemon.catalogue.frame(str(watch / "good_001.tif")).status == "received"
     finally:
