@@ -13,6 +13,9 @@ Tables:
   ``updated`` (unix seconds);
 * ``pairs`` -- HR/LR pairs learned from: ``hr_source``, ``lr_source``, ``geometry`` (JSON), ``score``, ``t``;
 * ``events`` -- ``type``, ``t``, ``payload`` (JSON);
+* ``learned`` -- HR references the learner is done with: ``source``, ``size``, ``mtime``, ``outcome``
+  (``learned`` | ``rejected`` | ``quarantined``), ``t``; written only after what the reference produced is saved,
+  so a reference handed to the learner but not in this table is learned again after a restart;
 * ``models`` -- fitted models: ``version``, ``kind``, ``method``, ``library_size``, ``scores`` (JSON),
   ``promoted`` (0/1), ``reason``, ``t``.
 
@@ -91,6 +94,13 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_t ON events (t);
+CREATE TABLE IF NOT EXISTS learned (
+    source TEXT PRIMARY KEY,
+    size INTEGER,
+    mtime REAL,
+    outcome TEXT NOT NULL,
+    t REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY,
     version TEXT NOT NULL,
@@ -218,9 +228,14 @@ class Catalogue:
                     f"(this one reads version {SCHEMA_VERSION})"
                 )
             with self._transaction() as cur:
+                had_frames = cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'frames'").fetchone() is not None
+                had_learned = cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'learned'").fetchone() is not None
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
+                if had_frames and not had_learned:  # written by an older refscope: its references count as done
+                    cur.execute("INSERT OR IGNORE INTO learned (source, size, mtime, outcome, t) SELECT source, size, "
+                                "mtime, 'learned', updated FROM frames WHERE role IN ('hr', 'both')")
                 cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -375,6 +390,26 @@ class Catalogue:
         r = rows[0]
         return FrameRecord(source=r[0], size=r[1], mtime=r[2], role=r[3], seq=r[4], t=r[5], status=r[6],
                            output_path=Path(r[7]) if r[7] is not None else None, error=r[8], updated=r[9])
+
+    # ------------------------------------------------------------------------------------ references
+
+    def mark_learned(self, source: str, *, size: int | None, mtime: float | None, outcome: str) -> None:
+        """Record that the learner is done with this version of HR reference ``source`` (``size`` in bytes and
+        ``mtime`` in unix seconds for files, None for messages): ``outcome`` is ``"learned"`` (its pair and, when
+        promoted, the library were saved first), ``"rejected"`` (it could not be used) or ``"quarantined"`` (the
+        learner failed on it). Call it only once the state that includes the reference is durably saved."""
+        self._write(
+            "INSERT INTO learned (source, size, mtime, outcome, t) VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO "
+            "UPDATE SET size = excluded.size, mtime = excluded.mtime, outcome = excluded.outcome, t = excluded.t",
+            (str(source), size, mtime, str(outcome), time.time()))
+
+    def learned(self, source: str, size: int | None, mtime: float | None) -> str | None:
+        """The learner's outcome for this version of reference ``source`` (see :meth:`mark_learned`), or None
+        when it was never finished (handed over, then the daemon stopped or was killed: learn it again)."""
+        rows = self._query("SELECT size, mtime, outcome FROM learned WHERE source = ?", (str(source),))
+        if not rows or not self._same_version(rows[0][0], rows[0][1], size, mtime):
+            return None
+        return str(rows[0][2])
 
     # ------------------------------------------------------------------------------- pairs, events, models
 

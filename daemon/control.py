@@ -49,6 +49,7 @@ from .atomic import to_jsonable
 from .config import METHODS
 from .curve import CurveClientKeys
 from .errors import RefscopeError
+from .worker import supervised
 from .zmq_socket import open_socket
 
 __all__ = [
@@ -333,7 +334,8 @@ class ControlServer:
                     parts = sock.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     continue
-                reply = self.handle(parts)
+                reply = supervised(lambda: self.handle(parts), worker="control endpoint", item="a control request",
+                                   count=lambda reason, _: self._count(reason), reason="control_failed") or encode_reply({"ok": False, "error": "internal error"})
                 try:
                     sock.send(reply, flags=zmq.NOBLOCK)
                 except zmq.Again:  # the requester vanished; REP is ready for the next request anyway

@@ -60,6 +60,7 @@ from .model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model
 from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
 from .publish import EventPublisher
 from .state_store import has_state, state_paths
+from .worker import supervised
 
 __all__ = [
     "LEARNER_LOGGER",
@@ -366,8 +367,11 @@ class Learner:
                 item = self._next()
                 if item is None:
                     continue
+                hr = item[0]
                 try:
-                    self._process(*item)
+                    supervised(lambda: self._process(*item), worker="learner", item=f"HR reference {hr.source}",
+                               count=self._count_failure, quarantine=lambda _, message: self._quarantine(hr, message),
+                               reason="learn_failed", logger=_log)
                 finally:
                     with self._lock:
                         self._busy = False
@@ -381,12 +385,33 @@ class Learner:
             except Exception:  # noqa: BLE001 - best effort: the failure itself is what matters
                 pass
 
+    def _count_failure(self, reason: str, message: str) -> None:
+        with self._lock:
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+            self._last_error = message
+
+    def _quarantine(self, hr: Frame, message: str) -> None:
+        """The learner failed on ``hr`` (a bug, an input it cannot handle): done with it, never retried."""
+        self._done(hr, "quarantined")
+        self._emit("pair_rejected", {"hr": hr.source, "reason": "learn_failed", "message": message, "best_ncc": None})
+
+    def _done(self, hr: Frame, outcome: str) -> None:
+        """Mark ``hr`` finished in the catalogue -- only once what it produced is saved (restart: not in the
+        catalogue means learn it again)."""
+        if self._catalogue is None:
+            return
+        size, mtime = hr.metadata.get("file_size_bytes"), hr.metadata.get("file_mtime")
+        file_version = isinstance(size, int) and isinstance(mtime, (int, float))
+        self._catalogue.mark_learned(hr.source, size=int(size) if file_version else None,
+                                     mtime=float(mtime) if file_version else None, outcome=outcome)
+
     def _process(self, hr: Frame, recent: list[Frame]) -> None:
         scale = self._config.scale
         try:
             pair = pair_reference(hr, recent, config=self._config, hooks=self._hooks)
         except PairingError as exc:
             self._reject(hr.source, exc.reason, str(exc), best_ncc=exc.best_ncc)
+            self._done(hr, "rejected")
             self._scored(ReferenceOutcome(hr.source, None, None, None, None, False, self._version, str(exc)))
             return
         if self._stop.is_set():
@@ -401,6 +426,7 @@ class Learner:
         except (RefscopeModelError, ValueError) as exc:
             message = f"HR reference {hr.source} (paired with {pair.lr_source}) could not be learned from: {exc}"
             self._reject(hr.source, "fit_failed", message)
+            self._done(hr, "rejected")
             self._scored(ReferenceOutcome(hr.source, pair.lr_source, None, None, None, False, self._version, message))
             return
         decision = decide_promotion(candidate_db, champion_db, margin_db=self._margin_db)
@@ -413,6 +439,7 @@ class Learner:
             self._promote(candidate, decision, pair)
         else:
             self._keep_champion(candidate, decision, pair, champion_db)
+        self._done(hr, "learned")  # after the pair (trainer's pairs, catalogue) and a promoted library are saved
         with self._lock:
             version = self._version
             promoted = self._model is candidate

@@ -19,7 +19,9 @@ import numpy as np
 
 from .errors import RefscopeError
 from .publish_names import PUBLISH_LOGGER, _is_own, output_names, output_stem
+from .publish_spill import Spilled, SpillQueue
 from .tiff_io import write_tiff
+from .worker import supervised
 
 __all__ = ["PublishedFile", "PublishStats", "FolderPublisher"]
 
@@ -28,11 +30,21 @@ _log = logging.getLogger(PUBLISH_LOGGER)
 _MAX_NAME_TRIES = 1000
 
 
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG)
+_RETRIED = ("disk_full", "permission", "os_error")
+"""Reasons of failed writes that are retried (the folder may come back); the others are the frame's own."""
+
+
 def _error_reason(exc: BaseException) -> str:
-    """Reason code of a failed write."""
-    if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+    """Reason code of a failed write (the whole chain of causes is looked at: a library may wrap ENOSPC)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in _FULL or "No space left on device" in str(link):
             return "disk_full"
+        link = link.__cause__ or link.__context__
+    if isinstance(exc, OSError):
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return "permission"
         return "os_error"
@@ -74,6 +86,8 @@ class PublishStats:
             ``"os_error"``, ``"invalid_image"``, ``"name_conflict"``).
         queue_depth: frames waiting now.
         last_error: message of the latest failure, or None.
+        retry_waiting: frames whose write failed (disk full, permission, I/O error) waiting to be retried.
+        retried: frames written by a retry after a failed write.
     """
 
     written: int
@@ -84,6 +98,8 @@ class PublishStats:
     dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
     errors_by_reason: Mapping[str, int] = field(default_factory=dict)
     last_error: str | None = None
+    retry_waiting: int = 0
+    retried: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +140,10 @@ class FolderPublisher:
         block_s: float = 5.0,
         on_written: Callable[[PublishedFile], None] | None = None,
         poll_interval_s: float = 0.1,
+        spill_dir: str | os.PathLike[str] | None = None,
+        spill_limit: int = 256,
+        retry_first_s: float = 0.5,
+        retry_max_s: float = 8.0,
     ) -> None:
         if int(queue_limit) != queue_limit or queue_limit < 1:
             raise ValueError(f"folder publisher {out_dir}: queue_limit must be an integer >= 1, got {queue_limit!r}")
@@ -145,6 +165,9 @@ class FolderPublisher:
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._thread: threading.Thread | None = None
+        self._spill = SpillQueue(Path(spill_dir) if spill_dir is not None else None, limit=spill_limit,
+                                 memory_limit=self.queue_limit, first_s=retry_first_s, max_s=retry_max_s)
+        self._retried = 0
 
     # ------------------------------------------------------------------------------------------ public API
 
@@ -161,6 +184,7 @@ class FolderPublisher:
             raise RefscopeError(f"{self.out_dir}: output folder is not writable")
         self._stop.clear()
         self._abandon.clear()
+        self._spill.restore()
         self._thread = threading.Thread(target=self._run, name=f"refscope-publish {self.out_dir}", daemon=True)
         self._thread.start()
         _log.info("writing enhanced frames to %s (queue limit %d)", self.out_dir, self.queue_limit)
@@ -256,6 +280,8 @@ class FolderPublisher:
                 dropped_by_reason=dict(self._dropped),
                 errors_by_reason=dict(self._errors),
                 last_error=self._last_error,
+                retry_waiting=len(self._spill),
+                retried=self._retried,
             )
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
@@ -288,6 +314,11 @@ class FolderPublisher:
             self._last_error = message
         _log.warning("dropped (%s, %d so far): %s", reason, total, message)
 
+    def _retry_failed(self, reason: str, message: str) -> None:
+        with self._lock:
+            self._last_error = message
+        _log.warning("retry failed (%s): %s", reason, message)
+
     def _count_error(self, reason: str, message: str) -> None:
         with self._lock:
             self._errors[reason] = self._errors.get(reason, 0) + 1
@@ -300,16 +331,73 @@ class FolderPublisher:
                 if self._abandon.is_set():
                     self._discard_queue()
                     return
+                now = time.monotonic()
+                spilled = self._spill.take_due(now)
+                if spilled is not None:
+                    supervised(lambda: self._retry(spilled), worker="output writer", item=spilled.source,
+                               count=self._count_error, quarantine=lambda *_: self._spill.done(spilled),
+                               reason="unexpected", logger=_log)
+                    continue
+                next_due = self._spill.next_due()
+                wait = self._poll_s if next_due is None else min(self._poll_s, max(0.001, next_due - now))
                 try:
-                    job = self._queue.get(timeout=self._poll_s)
+                    job = self._queue.get(timeout=wait)
                 except queue.Empty:
                     if self._stop.is_set():
+                        self._last_tries()
                         return
                     continue
-                self._write(job)
+                supervised(lambda: self._write_or_spill(job), worker="output writer", item=job.source,
+                           count=self._count_error, reason="unexpected", logger=_log)
         except BaseException as exc:  # re-raised by submit()/check()/stop() on the owner's thread
             _log.exception("folder publisher %s: writer thread failed", self.out_dir)
             self._error = exc
+
+    def _write_or_spill(self, job: _Job) -> None:
+        """Write ``job``; when the folder refused it for a reason that may pass, keep it for a retry."""
+        reason = self._write(job)
+        if reason not in _RETRIED:
+            return
+        arrays = {"image": job.image} if job.confidence is None else {"image": job.image, "confidence": job.confidence}
+        info = {"source": job.source, "t": job.t, "scale": job.scale, "pixel_size_nm": job.pixel_size_nm,
+                "stem": job.stem, "metadata": dict(job.metadata)}
+        refused = self._spill.add(arrays, info)
+        if refused is not None:
+            self._count_drop(refused, f"{job.source}: enhanced frame not written ({reason}) and no room to keep it "
+                             f"for a retry ({len(self._spill)} waiting); it is enhanced again after a restart")
+        else:
+            _log.warning("%s: output kept for a retry (%d waiting)", job.source, len(self._spill))
+
+    def _retry(self, item: Spilled) -> None:
+        """Try a spilled output again: written -> forgotten; failed again -> the next try later."""
+        try:
+            arrays, info = self._spill.load(item)
+            job = _Job(image=arrays["image"], source=str(info["source"]), t=float(info["t"]), scale=int(info["scale"]),
+                       pixel_size_nm=info.get("pixel_size_nm"), stem=str(info["stem"]),
+                       confidence=arrays.get("confidence"), metadata=dict(info.get("metadata") or {}))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._count_error("spill_unreadable", f"{item.path}: spilled output unreadable ({exc}); dropped")
+            self._spill.done(item)
+            return
+        reason = self._write(job, first=False)
+        if reason in _RETRIED:
+            self._spill.again(item)
+            return
+        self._spill.done(item)
+        if reason is None:
+            with self._lock:
+                self._retried += 1
+            _log.info("%s: written after %d failed tries", job.source, item.tries)
+
+    def _last_tries(self) -> None:
+        """Stopping: every waiting output is tried once more; what still fails stays in the spill folder for the
+        next run (or, held in memory, is counted as dropped)."""
+        for item in self._spill.items():
+            self._retry(item)
+            if item in self._spill.items():  # failed again
+                self._spill.forget(item)
+                if item.path is None:
+                    self._count_drop("stopped", f"{item.source}: output folder still failing at stop; not written")
 
     def _discard_queue(self) -> None:
         while True:
@@ -331,24 +419,29 @@ class FolderPublisher:
                 return path, conf_path, True
         return None
 
-    def _write(self, job: _Job) -> None:
+    def _write(self, job: _Job, *, first: bool = True) -> str | None:
+        """Write one output; None when written, else the failure's reason (counted on the first try only: a retry
+        that fails again is logged, the frame was counted once)."""
+        fail = self._count_error if first else self._retry_failed
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)  # recreated if someone removed it
             chosen = self._choose(job)
         except OSError as exc:
-            self._count_error(_error_reason(exc), f"{self.out_dir}: cannot prepare output for {job.source} ({exc})")
-            return
+            reason = _error_reason(exc)
+            fail(reason, f"{self.out_dir}: cannot prepare output for {job.source} ({exc})")
+            return reason
         if chosen is None:
             self._count_error("name_conflict", f"{job.source}: {_MAX_NAME_TRIES} names for {job.stem}_x{job.scale}.tif "
                                                f"in {self.out_dir} are taken by other files")
-            return
+            return "name_conflict"
         path, conf_path, replaced = chosen
         meta: dict[str, Any] = {**job.metadata, "source": job.source, "source_t": job.t, "scale": job.scale}
         try:
             write_tiff(path, job.image, pixel_size_nm=job.pixel_size_nm, metadata={**meta, "kind": "enhanced"})
         except (OSError, ValueError) as exc:
-            self._count_error(_error_reason(exc), f"{path}: enhanced frame of {job.source} not written ({exc})")
-            return
+            reason = _error_reason(exc)
+            fail(reason, f"{path}: enhanced frame of {job.source} not written ({exc})")
+            return reason
         written_conf: Path | None = None
         if job.confidence is not None:
             try:
@@ -363,3 +456,4 @@ class FolderPublisher:
         _log.debug("wrote %s%s", path, " (replaced)" if replaced else "")
         if self._on_written is not None:
             self._on_written(PublishedFile(source=job.source, path=path, confidence_path=written_conf, replaced=replaced))
+        return None

@@ -33,8 +33,8 @@ Policies:
 * **Restart rule** (no duplicate outputs): after a restart (the catalogue exists) the folder is read from the
   start, existing files included (on the very first start, files already there are left alone), and a file
   frame is skipped when this version of it (same source, size, mtime) is already *enhanced* or *rejected* in the
-  catalogue; an HR reference is skipped when this version of it was already recorded (it was handed to the
-  learner). Frames received but not finished before a crash are processed again; outputs are written
+  catalogue; an HR reference is skipped when the learner finished this version of it (learned, after its pair and
+  library were saved; rejected; or quarantined), and learned again when it was handed over but not finished. Frames received but not finished before a crash are processed again; outputs are written
   atomically and an earlier output of the same frame is replaced, never duplicated; temporary files left in
   the output and state folders by a write interrupted by a crash (``.name.tmp-<hex>``) are removed at start.
 * **Pause**: frames are still received, recorded and learned from (references, LR pairing candidates), but
@@ -83,6 +83,7 @@ from .learner import Learner, ReferenceOutcome, load_initial
 from .monitor import QualityMonitor
 from .pairing import RoleClassifier
 from .publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher
+from .publish_spill import SPILL_DIR
 from .reference_hooks import HookRunner, make_hook
 from .serving import EnhanceResult, ServingEngine
 from .source_folder import FolderFrameSource
@@ -188,7 +189,8 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._folder_options = dict(folder_options or {})
         self._serve_block_s = float(serve_block_s)
         self._drain_s = float(drain_s)
-        self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget)
+        self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget,
+                                     export_in_child=True)
         self._classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
         self._role_lock = threading.Lock()
         self._last_role: dict[str, str] | None = None  # the latest frame's role and why (status "roles")
@@ -281,7 +283,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
             self.events.start()
             if cfg.publish.out_dir is not None:
                 self.folder = FolderPublisher(cfg.publish.out_dir, queue_limit=cfg.publish.output_queue_limit,
-                                              on_written=self._on_written)
+                                              on_written=self._on_written, spill_dir=cfg.state_dir / SPILL_DIR)
                 self.folder.start()
             self._hooks = HookRunner(make_hook(cfg.monitor, context=self._context))
             self._hooks.start()

@@ -17,6 +17,7 @@ from typing import Any
 from .frames import Frame
 from .pairing import RoleDecision
 from .publish import output_stem
+from .worker import supervised
 
 __all__ = ["FramePipeline", "ServeItem", "SERVE_QUEUE_SIZE", "MAX_FRAME_PIXELS"]
 
@@ -71,11 +72,9 @@ class FramePipeline:
                 if frame is None:
                     continue
                 got = True
-                try:
-                    self._ingest(frame)
-                except Exception as exc:  # noqa: BLE001 - one bad frame never stops ingest
-                    self._error("ingest_failed", f"{frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR,
-                                exc_info=exc)
+                # one bad frame never stops ingest: counted, quarantined (rejected in the catalogue), go on
+                supervised(lambda: self._ingest(frame), worker="ingest", item=frame.source, count=self._count_failure,
+                           quarantine=self._quarantine, reason="ingest_failed")
 
     def _ingest(self, frame: Frame) -> None:
         now = time.time()
@@ -100,10 +99,15 @@ class FramePipeline:
         self._counts.add(f"in_{role}")
         self._note_role(frame, decision)
         if decision.reference:
-            if known:
+            learned = self._learned_before(frame, size, mtime) if known else None
+            if learned is not None:
                 self._counts.add("skipped.already_seen")
-                _log.info("%s: HR reference already handed to the learner before; skipped", frame.source)
+                _log.info("%s: HR reference already %s before; skipped", frame.source, learned)
             else:
+                if known:
+                    _log.warning("%s: HR reference was handed to the learner but not learned before the daemon "
+                                 "stopped; learning it again", frame.source)
+                    self._counts.add("relearned")
                 self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
                                                                     size=size, mtime=mtime), frame.source)
                 if not self.learner.submit_reference(frame):
@@ -139,6 +143,30 @@ class FramePipeline:
                     f"frames) for {self._serve_block_s:g} s")
         self._emit("output_dropped", {"source": frame.source, "reason": "serve_queue_full"})
 
+    def _count_failure(self, reason: str, message: str) -> None:
+        """Count a failure :func:`~refscope.daemon.worker.supervised` already logged."""
+        self._errors.add(reason)
+        self._last_error = message
+
+    def _quarantine(self, source: str, message: str) -> None:
+        """A frame a worker failed on: rejected in the catalogue, so a restart does not process it again."""
+        record = self.catalogue.frame(source) if self.catalogue is not None else None
+        if record is None:
+            return
+        self.catalogue.mark_rejected(source, message)
+        if record.role in ("hr", "both"):
+            self.catalogue.mark_learned(source, size=record.size, mtime=record.mtime, outcome="quarantined")
+
+    def _learned_before(self, frame: Frame, size: int | None, mtime: float | None) -> str | None:
+        """The learner's outcome for this version of a reference seen before a restart (``"learned"``,
+        ``"rejected"``, ``"quarantined"``), or None when it was handed over but never finished (learn it again)."""
+        assert self.catalogue is not None
+        try:
+            return self.catalogue.learned(frame.source, size, mtime)
+        except Exception as exc:  # noqa: BLE001 - a lookup hiccup: learning it twice is better than losing it
+            self._error("catalogue_error", f"{frame.source}: lookup failed ({exc})", level=logging.ERROR)
+            return None
+
     def _note_role(self, frame: Frame, decision: RoleDecision) -> None:
         """Log every frame's role and why; keep the latest in the status; a zoom-series frame (``"both"``) and a
         move of the live stream to a coarser magnification are also events (recorded in the catalogue)."""
@@ -170,11 +198,9 @@ class FramePipeline:
                 if self._stop_serve.is_set():
                     return
                 continue
-            try:
-                self._serve(item)
-            except Exception as exc:  # noqa: BLE001 - one bad frame never stops serving
-                self._error("serve_failed", f"{item.frame.source}: {type(exc).__name__}: {exc}", level=logging.ERROR,
-                            exc_info=exc)
+            # one bad frame never stops serving: counted, quarantined (rejected in the catalogue), go on
+            supervised(lambda: self._serve(item), worker="serve", item=item.frame.source, count=self._count_failure,
+                       quarantine=self._quarantine, reason="serve_failed")
 
     def _reject(self, item: ServeItem, reason: str, message: str, *, level: int = logging.WARNING) -> None:
         self._error(reason, message, level=level)

@@ -50,7 +50,8 @@ class StatusReport:
             fs = self.folder.stats()
             folder_stats = {"written": fs.written, "replaced": fs.replaced, "dropped": fs.dropped, "errors": fs.errors,
                             "queue_depth": fs.queue_depth, "dropped_by_reason": dict(fs.dropped_by_reason),
-                            "errors_by_reason": dict(fs.errors_by_reason), "last_error": fs.last_error}
+                            "errors_by_reason": dict(fs.errors_by_reason), "last_error": fs.last_error,
+                            "retry_waiting": fs.retry_waiting, "retried": fs.retried}
             for reason, n in fs.errors_by_reason.items():
                 merged[f"write_{reason}"] = merged.get(f"write_{reason}", 0) + n
             for reason, n in fs.dropped_by_reason.items():
@@ -82,7 +83,8 @@ class StatusReport:
                 "in_hr": counts.get("in_hr", 0) + counts.get("in_both", 0), "in_both": counts.get("in_both", 0),
                 "out": counts.get("out", 0), "written": counts.get("written", 0),
                 "dropped": sum(dropped.values()), "dropped_by_reason": dropped, "skipped": skipped,
-                "errors": sum(errors.values()), "errors_by_reason": errors,
+                # every failure, wherever it happened (ingest, serving, learning, writing): errors_by_reason below
+                "errors": sum(merged.values()), "errors_by_reason": errors,
             },
             "roles": {"live_pixel_size_nm": self._classify.lr_pixel_size_nm, "last": self._last_role},
             "errors_by_reason": merged,

@@ -136,6 +136,8 @@ class ServingEngine:
         use_onnx: serve ``"paired"`` models through ONNX Runtime when possible (default True); False: NumPy only.
         budget: the memory budget tiles are derived from (default: ``MemoryBudget.offline(serve.max_memory_mb)``,
             a one-shot command's; the daemon passes its own, with the trainer's and learner's shares reserved).
+        export_in_child: export paired models to ONNX in a helper process (:mod:`.serve.export`), so that this
+            process never loads PyTorch (the daemon); False: in this process (one-shot commands, tests).
 
     Memory: every method runs tile by tile; the tile side is derived per model and scale from the budget's
     workspace share and the model's own workspace estimate (the manifest's ``workspace_bytes_per_px``), so one
@@ -143,11 +145,12 @@ class ServingEngine:
     """
 
     def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True,
-                 budget: MemoryBudget | None = None) -> None:
+                 budget: MemoryBudget | None = None, export_in_child: bool = False) -> None:
         self.model_config = model_config
         self.serve_config = serve_config
         self.use_onnx = bool(use_onnx)
         self.budget = budget if budget is not None else MemoryBudget.offline(serve_config.max_memory_mb)
+        self.export_in_child = bool(export_in_child)
         self._warming = 0  # exports/loads in progress (guarded by _lock)
         self._lock = threading.Lock()  # guards _state
         self._swap_lock = threading.Lock()  # serialises set_model / set_method / set_sigma (exports are slow)
@@ -262,7 +265,7 @@ class ServingEngine:
         fitted = state.fitted
         if fitted is None:
             return self.serve_config.tile, self.serve_config.halo, 1
-        from refscope.models.paired_net import receptive_radius
+        from refscope.models.nlm import receptive_radius
 
         stride = fitted.paired.query_stride(fitted.scale)
         halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
@@ -291,7 +294,7 @@ class ServingEngine:
     def _numpy(self, array: np.ndarray, state: _State) -> np.ndarray:
         """The NumPy reference of ``state``'s library method, tiled inside the budget (exact: halo = the
         method's receptive radius, windows aligned to the query grid)."""
-        from refscope.models.paired_net import receptive_radius
+        from refscope.models.nlm import receptive_radius
 
         fitted = state.fitted
         assert fitted is not None
@@ -445,8 +448,6 @@ class ServingEngine:
         return replace(state, onnx=onnx_model, onnx_note=None)
 
     def _export_and_load(self, state: _State) -> Any:
-        from refscope.models.paired_net import export_paired_model
-
         from .runtime import ModelSlot
 
         assert state.fitted is not None
@@ -456,7 +457,14 @@ class ServingEngine:
             fitted.regressors  # noqa: B018 - fit them once on the original, so the copy shares them
             fitted = replace(fitted, paired=replace(fitted.paired, sigma_n=state.sigma_n))
         start = time.perf_counter()
-        onnx_bytes, manifest = export_paired_model(fitted, version=str(state.version))
+        if self.export_in_child:
+            from .serve.export import export_paired_in_child
+
+            onnx_bytes, manifest = export_paired_in_child(fitted, version=str(state.version))
+        else:
+            from refscope.models.paired_net import export_paired_model  # imports PyTorch
+
+            onnx_bytes, manifest = export_paired_model(fitted, version=str(state.version))
         if self._slot is None:
             self._slot = ModelSlot(self._runtime_config())
         if not self._slot.try_load(onnx_bytes, manifest):

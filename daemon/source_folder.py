@@ -57,6 +57,7 @@ from watchdog.observers import Observer
 from .errors import IncompleteFileError, InputFileError, RefscopeError
 from .frames import FRAME_ROLES, INGEST_LOGGER, Frame, FrameRole, IngestCounters, IngestStats, get_until_stopped
 from .tiff_io import LoadedImage, read_image
+from .worker import supervised
 
 __all__ = [
     "FolderSourceConfig",
@@ -499,7 +500,12 @@ class FolderFrameSource:
         for path in due:
             if self._stop.is_set():
                 return
-            self._look(path, self._pending[path])
+            pending = self._pending[path]
+            if supervised(lambda: self._look(path, pending) or True, worker="folder ingest", item=path,
+                          count=self._counters.reject, reason="unexpected") is None:
+                self._pending.pop(path, None)  # quarantined: not looked at again until the file changes
+                if pending.sig is not None:
+                    self._seen[path] = pending.sig
 
     def _look(self, path: str, pending: _Pending) -> None:
         """Check one pending file; read and deliver it when it is complete."""

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import zmq
 
@@ -26,6 +26,7 @@ from .errors import RefscopeError
 from .zmq_socket import open_socket
 from .frames import INGEST_LOGGER, Frame, IngestCounters, IngestStats, get_until_stopped
 from .protocol import ProtocolError, ProtocolLimits, decode_frame
+from .worker import supervised
 
 __all__ = ["ZmqSourceConfig", "ZmqFrameSource"]
 
@@ -181,19 +182,24 @@ class ZmqFrameSource:
                     except zmq.Again:
                         break
                     received_at = time.time()
-                    try:
-                        frame = decode_frame(parts, source=label, limits=self.config.limits, received_at=received_at)
-                    except ProtocolError as exc:
-                        self._counters.reject(exc.reason_code, str(exc))
-                        continue
-                    if self._put(frame):
-                        self._counters.accept()
+                    supervised(lambda: self._take(parts, label, received_at), worker="zmq ingest",
+                               item=f"{label} message", count=self._counters.reject, reason="unexpected")
         except BaseException as exc:  # stored and re-raised by poll() on the owner's thread
             _log.exception("ZMQ source %s: receiving thread failed", self._endpoint)
             self._error = exc
         finally:
             sock.close(linger=0)
             self._socket = None
+
+    def _take(self, parts: list[Any], label: str, received_at: float) -> None:
+        """Decode one message and queue its frame; a refused message is counted by its reason."""
+        try:
+            frame = decode_frame(parts, source=label, limits=self.config.limits, received_at=received_at)
+        except ProtocolError as exc:
+            self._counters.reject(exc.reason_code, str(exc))
+            return
+        if self._put(frame):
+            self._counters.accept()
 
     def _put(self, frame: Frame) -> bool:
         """Queue a frame, waiting (stop-aware) while the consumer is behind; False if stopped meanwhile."""

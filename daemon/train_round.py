@@ -25,11 +25,8 @@ The result is a JSON-able dict (see :func:`run_round`).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +40,7 @@ from refscope.models.promotion import decide_promotion, held_out_scores, summari
 from .errors import StateError
 from .model_store import load_model
 from .net_store import NET_STATE_NAME, finite_json, has_net, load_net, load_pairs, save_net
+from .serve.child import die_with_parent
 from .state_store import has_state, state_paths
 
 __all__ = ["CHECKPOINT_DIR", "RoundSpec", "run_round", "round_process_main"]
@@ -167,25 +165,13 @@ def _discard(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (a SIGKILLed daemon leaves no orphan trainer)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the trainer polls its parent instead (see trainer.py)
-        pass
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died while this process started: prctl came too late
-        os._exit(1)
-
-
 def round_process_main(spec: RoundSpec, conn: Any, log_level: int = logging.INFO) -> None:
     """Entry point of the training process: lower priority, limit threads, run the round, send the result.
 
     ``conn`` is the child end of a ``multiprocessing.Pipe``; the result dict (or ``{"status": "failed", ...}``
     with the error) is sent once. A crash sends nothing; the trainer notices the exit code.
     """
-    _die_with_parent()
+    die_with_parent()
     from .serve.malloc import return_freed_memory
 
     return_freed_memory()  # the trainer's share of serve.max_memory_mb: freed batches go back to the system

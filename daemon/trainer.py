@@ -39,6 +39,7 @@ from .config import TrainerConfig
 from .errors import RefscopeError
 from .net_store import SessionPairs, finite_json, load_pairs, load_served, save_pairs
 from .train_round import CHECKPOINT_DIR, RoundSpec, round_process_main
+from .worker import supervised
 
 __all__ = ["BackgroundTrainer", "TRAINER_FILE"]
 
@@ -160,7 +161,8 @@ class BackgroundTrainer:
             while not self._stop.is_set():
                 spec = self._next_round()
                 if spec is not None:
-                    self._run_round(spec)
+                    supervised(lambda: self._run_round(spec), worker="trainer", item=f"round {spec.round_index}",
+                               count=self._round_failed, reason="round_failed", logger=_log)
         except BaseException as exc:  # noqa: BLE001 - stored and re-raised by check()
             self._error = exc
             _log.exception("trainer stopped by an unexpected error")
@@ -242,6 +244,14 @@ class BackgroundTrainer:
         if process.is_alive():  # pragma: no cover - ignored SIGTERM
             process.kill()
         process.join(5.0)
+
+    def _round_failed(self, reason: str, message: str) -> None:
+        """A round failed in the supervisor itself (a bug, a bad result): counted, retried with back-off."""
+        with self._lock:
+            self._failures += 1
+            self._failed_in_row += 1
+            self._retry_at = time.monotonic() + self.config.retry_s * min(2 ** (self._failed_in_row - 1), 32)
+            self._last = {"status": "failed", "reason": f"{reason}: {message}"}
 
     def _finish(self, spec: RoundSpec, result: dict[str, Any], token: Any) -> None:
         status = result.get("status")

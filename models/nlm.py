@@ -18,15 +18,18 @@ for super-resolution electron microscopy", CVPRW (2017).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
 
 from .image_ops import upsample_bicubic
 from .library import PairedLibrary
-from .patches import aggregate_patches, extract_patches, pad_for_patches, patch_grid
+from .patches import aggregate_patches, check_patch_size, extract_patches, pad_for_patches, patch_grid
 
-__all__ = ["PairedConfig", "PairedRegressors", "fit_paired_regressors", "nlm_average", "reconstruct_paired_faithful", "reconstruct_original", "reconstruct_paired"]
+__all__ = ["PairedConfig", "PairedRegressors", "fit_paired_regressors", "nlm_average", "reconstruct_paired_faithful", "reconstruct_original", "reconstruct_paired",
+           "receptive_radius"]
 
 _CHUNK = 4096  # queries per block: bounds the (chunk, L_category) distance matrix to a few tens of MB
 
@@ -114,6 +117,19 @@ def reconstruct_original(lr: np.ndarray, library: PairedLibrary, *, scale: int, 
     """Original LB-NLM (Sreehari et al.): weights from the HR patches ``P_h`` themselves, HR centre values,
     nearest category by mean HR patch. Same temperature convention as :func:`reconstruct_paired_faithful`."""
     return _centre_pixel_nlm(lr, library, library.values, library.value_centroids(), scale=scale, sigma_n=sigma_n)
+
+
+def receptive_radius(scale: int, patch_size: int, stride: int) -> int:
+    """LR pixels on each side that an output pixel depends on; the minimum tiling halo.
+
+    Queries within n//2 output px of a pixel contribute to it, and each reads n//2 px further: 2·(n//2) output
+    px = 2·(n//2)/S LR px, plus 2 LR px of bicubic support and 1 px for the LR pixel's own extent. (The stride
+    does not widen it; it is a parameter so that the bound can be revised without changing callers.)
+    """
+    half = check_patch_size(patch_size) // 2
+    if stride < 1 or scale < 1:
+        raise ValueError(f"scale and stride must be >= 1, got {scale!r}, {stride!r}")
+    return int(math.ceil(2 * half / scale)) + 3
 
 
 @dataclass(frozen=True)

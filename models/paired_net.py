@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_ops import keys_kernel
-from .nlm import PairedConfig, PairedRegressors, fit_paired_regressors
+from .nlm import PairedConfig, PairedRegressors, fit_paired_regressors, receptive_radius
 from .patches import check_patch_size
 
 __all__ = ["PAIRED_KIND", "PairedLibraryNet", "bicubic_phase_kernels", "receptive_radius", "export_paired_model"]
@@ -60,19 +60,6 @@ def bicubic_phase_kernels(scale: int) -> np.ndarray:
     one_d = np.stack([keys_kernel((r + 0.5) / scale - 0.5 - taps) for r in range(scale)])  # (S, 5)
     phases = np.einsum("ay,bx->abyx", one_d, one_d).reshape(scale * scale, 1, 5, 5)
     return phases
-
-
-def receptive_radius(scale: int, patch_size: int, stride: int) -> int:
-    """LR pixels on each side that an output pixel depends on; the minimum tiling halo.
-
-    Queries within n//2 output px of a pixel contribute to it, and each reads n//2 px further: 2·(n//2) output
-    px = 2·(n//2)/S LR px, plus 2 LR px of bicubic support and 1 px for the LR pixel's own extent. (The stride
-    does not widen it; it is a parameter so that the bound can be revised without changing callers.)
-    """
-    half = check_patch_size(patch_size) // 2
-    if stride < 1 or scale < 1:
-        raise ValueError(f"scale and stride must be >= 1, got {scale!r}, {stride!r}")
-    return int(math.ceil(2 * half / scale)) + 3
 
 
 def _symmetric_pad2(x: torch.Tensor, dim: int) -> torch.Tensor:

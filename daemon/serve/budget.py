@@ -7,10 +7,12 @@ in the README:
 share                     what it covers
 ========================  =================================================================================
 runtime (``RUNTIME_MB``)  the Python process itself: NumPy, SciPy, PyTorch (ONNX export), ONNX Runtime, ZMQ,
-                          the catalogue; measured 290-320 MB resident on x86_64 Linux
+                          the catalogue; the daemon never loads PyTorch (:mod:`.export`)
 trainer (``TRAINER``)     the background training process (its own PyTorch, the session's pairs, one batch);
                           only when ``trainer.enabled``
-learner (``LEARNER``)     registration and library fitting of one reference (candidates are capped to fit)
+learner (``LEARNER``)     registration and library fitting of one reference (candidates are capped to fit),
+                          then the short-lived process that exports the promoted model to ONNX (PyTorch
+                          lives only there, :mod:`.export`), which starts after the learner's arrays are freed
 serving                   the rest: :attr:`MemoryBudget.workspace_share` of it for the model's tiled inference
                           (the tile side is derived from it per model and scale), the remainder for the frame
                           in flight (its enhanced output, confidence map and stream copy) and the enhanced
@@ -72,7 +74,9 @@ class MemoryBudget:
     learner: bool = True
 
     RUNTIME_MB = 320
-    """Resident size of the process before any frame (Python, NumPy/SciPy, PyTorch, ONNX Runtime, ZMQ), MB."""
+    """Resident size of the process before any frame (Python, NumPy/SciPy, ONNX Runtime, ZMQ), MB; measured
+    115-220 MB idle, 430-480 MB serving 1536x1024 frames at x4 (which includes the serving share's model workspace
+    and newest output)."""
     TRAINER_MB = 480
     """Reserved for the trainer process (PyTorch ~250 MB, the session's pairs, one batch), MB; measured 469 MB
     peak while training on the 2020-02-13 zoom session's pairs at x4."""

@@ -259,22 +259,55 @@ def test_queue_keeps_the_newest_references(tmp_path: Path, caplog) -> None:
     learner.stop()  # idempotent
 
 
-def test_worker_failure_is_stored_and_reraised_on_the_owner_thread(tmp_path: Path, monkeypatch) -> None:
-    def broken(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("bug in pairing")
+def test_a_reference_the_learner_fails_on_is_quarantined_and_the_worker_goes_on(tmp_path: Path, monkeypatch,
+                                                                                catalogue: Catalogue) -> None:
+    real = learner_module.pair_reference
 
-    monkeypatch.setattr(learner_module, "pair_reference", broken)
+    def broken_on_one(hr: Frame, *args: Any, **kwargs: Any) -> Any:
+        if hr.source == "bad.tif":
+            raise RuntimeError("bug in pairing")
+        return real(hr, *args, **kwargs)
+
+    monkeypatch.setattr(learner_module, "pair_reference", broken_on_one)
+    events = FakeEvents()
+    learner = make_learner(tmp_path, catalogue, events, Promotions())
+    learner.start()
+    bad = hr_frame(np.zeros((16, 16)), "bad.tif")
+    bad = Frame(data=bad.data, pixel_size_nm=5.0, role="hr", source="bad.tif", seq=0, t=0.0,
+                metadata={"file_size_bytes": 10, "file_mtime": 1.0})
+    assert learner.submit_reference(bad)
+    wait_for(done(learner, 1))
+    # the worker is alive: the next reference is handled (no LR frame: rejected, not a crash)
+    assert learner.submit_reference(hr_frame(np.zeros((16, 16)), "next.tif"))
+    wait_for(done(learner, 2))
+    learner.check()
+    status = learner.status()
+    assert status.rejected_by_reason == {"learn_failed": 1, "no_lr_frames": 1}
+    assert "bad.tif" in status.last_error or "next.tif" in status.last_error
+    # quarantined: recorded so that a restart does not retry it, and announced
+    assert catalogue.learned("bad.tif", 10, 1.0) == "quarantined"
+    assert catalogue.learned("bad.tif", 11, 1.0) is None  # a new version of the file is learned again
+    assert [e["reason"] for e in events.of("pair_rejected")] == ["learn_failed", "no_lr_frames"]
+    learner.stop(timeout=5)
+
+
+def test_a_failure_of_the_state_stops_the_worker_and_is_reraised_on_the_owner_thread(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    def state_gone(*args: Any, **kwargs: Any) -> None:
+        raise learner_module.StateError("catalogue.sqlite3: catalogue write failed (disk I/O error)")
+
+    monkeypatch.setattr(learner_module, "pair_reference", state_gone)
     events = FakeEvents()
     learner = make_learner(tmp_path, None, events, Promotions())
     learner.start()
     learner.submit_reference(hr_frame(np.zeros((16, 16)), "hr.tif"))
     wait_for(lambda: learner.status().last_error is not None)
     wait_for(lambda: not learner.submit_reference(hr_frame(np.zeros((16, 16)), "hr2.tif")))
-    with pytest.raises(RuntimeError, match="bug in pairing"):
+    with pytest.raises(learner_module.StateError, match="disk I/O error"):
         learner.check()
-    assert "RuntimeError: bug in pairing" in learner.status().last_error
+    assert "StateError" in learner.status().last_error
     assert events.of("error")[0]["component"] == "learner"
-    with pytest.raises(RuntimeError, match="bug in pairing"):
+    with pytest.raises(learner_module.StateError):
         learner.stop(timeout=5)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ import zmq
 
 import refscope.daemon.publish_folder as publish_folder_module
 from refscope.daemon.atomic import TEMP_MARKER, atomic_writer
-from refscope.daemon.errors import RefscopeError
+from refscope.daemon.errors import RefscopeError, StateError
 from refscope.daemon.protocol import decode_enhanced
 from refscope.daemon.publish import (
     EventPublisher,
@@ -113,12 +114,79 @@ def test_disk_full_is_counted_and_the_next_frames_are_written(
             for i in range(4):
                 publisher.submit(_image(i), source=f"/acq/f{i}.tif", t=float(i), scale=2, pixel_size_nm=1.0)
     stats = publisher.stats()
-    assert stats.written == 3 and stats.errors == 1
+    # the failed write is counted once and retried (here at the latest when the publisher stops): nothing is lost
+    assert stats.written == 4 and stats.errors == 1 and stats.retried == 1 and stats.retry_waiting == 0
     assert stats.errors_by_reason == {"disk_full": 1}
     assert "f1_x2.tif" in (stats.last_error or "")
-    assert sorted(p.name for p in out.iterdir()) == ["f0_x2.tif", "f2_x2.tif", "f3_x2.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["f0_x2.tif", "f1_x2.tif", "f2_x2.tif", "f3_x2.tif"]
     assert _temp_files(out) == []
     assert any("disk_full" in r.getMessage() for r in caplog.records)
+
+
+class _Refusing:
+    """``write_tiff`` of an output folder that refuses every write (EACCES, or ENOSPC) while ``on`` is set."""
+
+    def __init__(self, error: int = errno.EACCES) -> None:
+        self.on, self.error, self.real = True, error, publish_folder_module.write_tiff
+
+    def __call__(self, path, image, **kwargs):  # type: ignore[no-untyped-def]
+        if self.on and "spill" not in str(path):
+            raise OSError(self.error, os.strerror(self.error), str(path))
+        self.real(path, image, **kwargs)
+
+
+def test_failed_writes_are_retried_with_back_off_while_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refusing = _Refusing()
+    monkeypatch.setattr(publish_folder_module, "write_tiff", refusing)
+    out, spill = tmp_path / "out", tmp_path / "state" / "spill"
+    with FolderPublisher(out, spill_dir=spill, retry_first_s=0.05, retry_max_s=0.2) as publisher:
+        for i in range(5):
+            publisher.submit(_image(i), source=f"/acq/f{i}.tif", t=float(i), scale=2, pixel_size_nm=1.0)
+        assert _wait(lambda: publisher.stats().retry_waiting == 5)
+        assert len(list(spill.glob("*.npz"))) == 5  # on disk in the state folder, never in the output folder
+        time.sleep(0.5)  # several retries, all refused: each frame is counted once
+        assert publisher.stats().errors_by_reason == {"permission": 5} and publisher.stats().written == 0
+        refusing.on = False  # the folder is writable again: written while running, not only at a restart
+        assert _wait(lambda: publisher.stats().written == 5, 5.0)
+        stats = publisher.stats()
+        assert stats.retried == 5 and stats.retry_waiting == 0 and stats.errors == 5
+    assert sorted(p.name for p in out.iterdir()) == [f"f{i}_x2.tif" for i in range(5)]
+    assert list(spill.iterdir()) == []
+    assert read_image(out / "f3_x2.tif").pixel_size_nm == pytest.approx(1.0)
+
+
+def test_disk_full_has_its_own_reason_even_when_wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def wrapped(path, image, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise OSError(f"{path}: write failed") from exc
+
+    monkeypatch.setattr(publish_folder_module, "write_tiff", wrapped)
+    publisher = FolderPublisher(tmp_path / "out", retry_first_s=5.0, retry_max_s=5.0)
+    publisher.start()
+    publisher.submit(_image(), source="/acq/f.tif", t=0.0, scale=2, pixel_size_nm=1.0)
+    assert _wait(lambda: publisher.stats().errors == 1)
+    assert publisher.stats().errors_by_reason == {"disk_full": 1}
+    publisher.stop()  # still failing at stop, held in memory (no spill folder): counted as dropped, never silent
+    assert publisher.stats().dropped_by_reason == {"stopped": 1}
+
+
+def test_outputs_spilled_by_a_stopped_writer_are_written_by_the_next(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    refusing = _Refusing(errno.ENOSPC)
+    monkeypatch.setattr(publish_folder_module, "write_tiff", refusing)
+    out, spill = tmp_path / "out", tmp_path / "spill"
+    with FolderPublisher(out, spill_dir=spill, retry_first_s=5.0) as publisher:
+        publisher.submit(_image(7), source="/acq/a.tif", t=1.0, scale=2, pixel_size_nm=2.0,
+                         confidence=np.ones((32, 48), np.float32), metadata={"model": "paired"})
+        assert _wait(lambda: publisher.stats().retry_waiting == 1)
+    assert publisher.stats().errors_by_reason == {"disk_full": 1} and len(list(spill.glob("*.npz"))) == 1
+    refusing.on = False
+    with FolderPublisher(out, spill_dir=spill) as publisher:
+        assert _wait(lambda: publisher.stats().written == 1)
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.tif", "a_x2_confidence.tif"]
+    assert np.array_equal(read_image(out / "a_x2.tif").data, _image(7)) and list(spill.iterdir()) == []
 
 
 def test_invalid_image_is_counted_not_fatal(tmp_path: Path) -> None:
@@ -217,17 +285,31 @@ def test_never_overwrites_foreign_files_and_replaces_its_own(tmp_path: Path) -> 
     assert _temp_files(out) == []
 
 
-def test_callback_failure_is_reraised_on_the_owner_thread(tmp_path: Path) -> None:
+def test_callback_failure_on_one_frame_is_counted_and_the_writer_goes_on(tmp_path: Path) -> None:
+    def boom(published: PublishedFile) -> None:
+        if published.source == "/a/f.tif":
+            raise RuntimeError("a bug on this frame")
+
+    with FolderPublisher(tmp_path, on_written=boom) as publisher:
+        publisher.submit(_image(), source="/a/f.tif", t=0.0, scale=2, pixel_size_nm=1.0)
+        publisher.submit(_image(), source="/a/g.tif", t=0.0, scale=2, pixel_size_nm=1.0)
+    publisher.check()
+    stats = publisher.stats()
+    assert stats.errors_by_reason == {"unexpected": 1} and "/a/f.tif" in stats.last_error
+    assert (tmp_path / "g_x2.tif").exists()
+
+
+def test_a_state_failure_in_the_callback_is_reraised_on_the_owner_thread(tmp_path: Path) -> None:
     def boom(_: PublishedFile) -> None:
-        raise RuntimeError("catalogue unavailable")
+        raise StateError("catalogue.sqlite3: catalogue write failed (disk I/O error)")
 
     publisher = FolderPublisher(tmp_path, on_written=boom)
     publisher.start()
     publisher.submit(_image(), source="/a/f.tif", t=0.0, scale=2, pixel_size_nm=1.0)
     assert _wait(lambda: publisher._error is not None)
-    with pytest.raises(RuntimeError, match="catalogue unavailable"):
+    with pytest.raises(StateError, match="disk I/O error"):
         publisher.submit(_image(), source="/a/g.tif", t=0.0, scale=2, pixel_size_nm=1.0)
-    with pytest.raises(RuntimeError, match="catalogue unavailable"):
+    with pytest.raises(StateError, match="disk I/O error"):
         publisher.stop()
 
 
