@@ -229,6 +229,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._started_at = 0.0
         self._warned_no_pixel = False
         self._learner_lock = threading.Lock()
+        self._relearn: list[tuple[Frame, float]] = []  # references to learn again after a restart (ingest thread)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 

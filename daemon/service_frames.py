@@ -25,6 +25,10 @@ _log = logging.getLogger("refscope.daemon")
 
 SERVE_QUEUE_SIZE = 8
 """LR frames waiting for the serve loop."""
+RELEARN_QUIET_S = 1.0
+"""After a restart, references handed over but never learned wait until ingest was idle this long, seconds."""
+RELEARN_WAIT_S = 10.0
+"""... or at most this long, seconds."""
 MAX_FRAME_PIXELS = 8192 * 8192
 """Largest LR frame enhanced (H·W); larger frames are refused (``too_large``) to bound memory."""
 
@@ -63,8 +67,10 @@ class FramePipeline:
     def _ingest_loop(self) -> None:
         sources = self._sources
         slice_s = 0.1 / max(1, len(sources))
+        last_frame = time.monotonic()
         while not self._stop_ingest.is_set():
             got = False
+            self._submit_relearned(time.monotonic() - last_frame)
             for name, source in sources:
                 if self._stop_ingest.is_set():
                     return
@@ -72,6 +78,7 @@ class FramePipeline:
                 if frame is None:
                     continue
                 got = True
+                last_frame = time.monotonic()
                 # one bad frame never stops ingest: counted, quarantined (rejected in the catalogue), go on
                 supervised(lambda: self._ingest(frame), worker="ingest", item=frame.source, count=self._count_failure,
                            quarantine=self._quarantine, reason="ingest_failed")
@@ -104,13 +111,15 @@ class FramePipeline:
                 self._counts.add("skipped.already_seen")
                 _log.info("%s: HR reference already %s before; skipped", frame.source, learned)
             else:
-                if known:
-                    _log.warning("%s: HR reference was handed to the learner but not learned before the daemon "
-                                 "stopped; learning it again", frame.source)
-                    self._counts.add("relearned")
                 self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
                                                                     size=size, mtime=mtime), frame.source)
-                if not self.learner.submit_reference(frame):
+                if known:
+                    # re-read after a restart, maybe before the LR frame it belongs to: learned once the re-read
+                    # folder has been taken in (see _submit_relearned)
+                    _log.warning("%s: HR reference was handed to the learner but not learned before the daemon "
+                                 "stopped; it is learned again", frame.source)
+                    self._relearn.append((frame, time.monotonic()))
+                elif not self.learner.submit_reference(frame):
                     self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
                 else:
                     _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source,
@@ -142,6 +151,23 @@ class FramePipeline:
         self._error("serve_queue_full", f"{frame.source}: dropped, the serve queue stayed full ({SERVE_QUEUE_SIZE} "
                     f"frames) for {self._serve_block_s:g} s")
         self._emit("output_dropped", {"source": frame.source, "reason": "serve_queue_full"})
+
+    def _submit_relearned(self, quiet_s: float) -> None:
+        """Hand the references to be learned again (restart) to the learner once ingest has been quiet for
+        ``RELEARN_QUIET_S`` (the re-read folder's LR frames noted first), at the latest ``RELEARN_WAIT_S`` after
+        they came."""
+        if not self._relearn:
+            return
+        now = time.monotonic()
+        if quiet_s < RELEARN_QUIET_S and now - self._relearn[0][1] < RELEARN_WAIT_S:
+            return
+        waiting, self._relearn = self._relearn, []
+        for frame, _ in waiting:
+            self._counts.add("relearned")
+            if not self.learner.submit_reference(frame):
+                self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
+            elif self.monitor is not None:
+                self.monitor.reference_arrived(frame)
 
     def _count_failure(self, reason: str, message: str) -> None:
         """Count a failure :func:`~refscope.daemon.worker.supervised` already logged."""

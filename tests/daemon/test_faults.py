@@ -249,6 +249,7 @@ def test_sigkill_during_a_model_promotion(tmp_path, kill_hook, monkeypatch, poin
         time.sleep(0.2)
     wait_for(lambda: len(list(out.glob("frame_*.tif"))) == 3, 30, "3 outputs before the reference")
     put_frame(watch, staging, "ref_000.tif", specimen.hr, HR_NM)  # learned, better than v1 on this specimen: promoted
+    names.append("ref_000.tif")  # finer by its pixel size only: also a live frame (zoom series), enhanced once
     _wait_killed(first, point, tmp_path / "killed_at", "a promotion")
 
     _, version = load_initial(state)  # what the restart will find
@@ -259,6 +260,7 @@ def test_sigkill_during_a_model_promotion(tmp_path, kill_hook, monkeypatch, poin
         assert second.status()["model_version"] == version
         names.append(lr(3))
         wait_for(lambda: (out / "frame_003_x2.tif").exists(), 30, "frame 3 enhanced after the restart")
+        wait_for(lambda: (out / "ref_000_x2.tif").exists(), 30, "the zoomed-in frame enhanced")
         assert read_image(out / "frame_003_x2.tif").metadata.extra["model_version"] == version
     finally:
         assert second.terminate() == 0
@@ -305,8 +307,9 @@ def test_sigkill_during_an_output_write(tmp_path, kill_hook, monkeypatch, point)
 
 def test_restart_keeps_the_roles_of_files_seen_before(tmp_path):
     """After a restart the folder is read again from the start: an HR reference whose name sorts before the LR
-    frames comes first, before any LR pixel size is known. It is still a reference (skipped: already handed to
-    the learner), never enhanced as an LR frame."""
+    frames comes first, before any LR pixel size is known. It keeps the role it was given (a reference and, being
+    finer by its pixel size only, a live frame of a zoom series): skipped as already handed to the learner and as
+    already enhanced, never learned or enhanced twice."""
     watch, out, staging = tmp_path / "in", tmp_path / "out", tmp_path / "staging"
     watch.mkdir()
     staging.mkdir()
@@ -318,14 +321,18 @@ def test_restart_keeps_the_roles_of_files_seen_before(tmp_path):
         wait_for(lambda: len(list(out.glob("*.tif"))) == 2, 20, "2 outputs")
         put_frame(watch, staging, "a_reference.tif", specimen.hr, HR_NM)  # sorts first
         wait_for(lambda: daemon.status()["frames"]["in_hr"] == 1, 20, "the reference taken as HR")
+        learner = daemon.learner
+        wait_for(lambda: (lambda s: s.pairs_learned + s.references_rejected == 1 and not s.busy)(learner.status()),
+                 60, "the reference learned (a reference not learned yet is learned again after a restart)")
+        wait_for(lambda: (out / "a_reference_x2.tif").exists(), 20, "the zoomed-in frame enhanced")
     with Daemon(config, folder_options=FAST_FOLDER) as daemon:
         wait_for(lambda: daemon.status()["frames"]["in"] == 3, 20, "the folder read again")
         put_frame(watch, staging, "scan_002.tif", specimen.lr, LR_NM)
         wait_for(lambda: (out / "scan_002_x2.tif").exists(), 20, "the new frame enhanced")
         status = daemon.status()
-        assert status["frames"]["skipped"] == {"already_seen": 1, "already_enhanced": 2}
-        assert status["frames"]["in_hr"] == 1
-    assert sorted(p.name for p in out.glob("*.tif")) == [f"scan_{i:03d}_x2.tif" for i in range(3)]
+        assert status["frames"]["skipped"] == {"already_seen": 1, "already_enhanced": 3}
+        assert status["frames"]["in_hr"] == 1 and status["frames"]["in_both"] == 1
+    assert sorted(p.name for p in out.glob("*.tif")) == ["a_reference_x2.tif"] + [f"scan_{i:03d}_x2.tif" for i in range(3)]
 
 
 # ----------------------------------------------------------------------------------------- disk full
@@ -417,11 +424,12 @@ def test_output_disk_filling_up(tmp_path, small_disk):
         assert not temporary_files(out)
         small_disk["free"]()
         names += [lr(5), lr(6)]
-        wait_for(lambda: len(written()) == 4, 20, "writing again once there is space")
+        # the 3 refused outputs are retried while the daemon runs: written without a restart
+        wait_for(lambda: len(written()) == 7, 30, "writing again once there is space, the refused ones included")
         assert daemon.status()["errors_by_reason"]["write_disk_full"] == 3
-    with Daemon(config, folder_options=FAST_FOLDER) as daemon:  # restarted: the refused frames are back-filled
-        wait_for(lambda: len(written()) == 7, 20, "the 3 refused frames written after a restart")
-        assert daemon.status()["errors_by_reason"] == {}
+    with Daemon(config, folder_options=FAST_FOLDER) as daemon:  # restarted: nothing left to back-fill
+        wait_for(lambda: daemon.status()["frames"]["in"] == 7, 20, "the folder read again")
+        assert len(written()) == 7 and daemon.status()["errors_by_reason"] == {}
     assert written() == {n.replace(".tif", "_x2.tif") for n in names}
     assert check_restarted(watch, out, daemon.config.state_dir, names)[0] == 0
 

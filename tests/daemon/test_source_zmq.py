@@ -168,21 +168,32 @@ def test_bind_failure_names_the_endpoint(context: zmq.Context) -> None:
         ZmqSourceConfig("tcp://127.0.0.1:*", pattern="req")  # type: ignore[arg-type]
 
 
-def test_worker_failure_is_re_raised_on_the_owner_thread(monkeypatch: pytest.MonkeyPatch, context: zmq.Context) -> None:
+def test_an_unexpected_failure_on_one_message_is_counted_and_the_source_goes_on(
+        monkeypatch: pytest.MonkeyPatch, context: zmq.Context) -> None:
     import refscope.daemon.source_zmq as module
 
-    def broken(*args: object, **kwargs: object) -> Frame:
-        raise RuntimeError("decoder bug")
+    real = module.decode_frame
+    calls = {"n": 0}
 
-    monkeypatch.setattr(module, "decode_frame", broken)
+    def broken_once(*args: object, **kwargs: object) -> Frame:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("decoder bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "decode_frame", broken_once)
     with ZmqFrameSource(ZmqSourceConfig("tcp://127.0.0.1:*"), context=context) as source:
         push = context.socket(zmq.PUSH)
         push.connect(source.endpoint)
         push.send_multipart(_frame_parts(0))
-        with pytest.raises(RuntimeError, match="decoder bug"):
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                source.poll(0.05)
+        push.send_multipart(_frame_parts(1))
+        frame = None
+        deadline = time.monotonic() + 5
+        while frame is None and time.monotonic() < deadline:
+            frame = source.poll(0.05)
+        assert frame is not None and frame.seq == 1
+        stats = source.stats()
+        assert stats.rejected_by_reason == {"unexpected": 1} and "decoder bug" in stats.last_error
         push.close(linger=0)
 
 
