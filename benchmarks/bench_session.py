@@ -8,8 +8,10 @@ seconds between frames (:func:`refscope.daemon.ingest.replay.replay`; real gaps 
 
 * daemon exit codes while it ran (none expected), peak resident memory of the daemon *and its children* (trainer
   rounds, export helpers; /proc sampled every 0.2 s);
-* latency per frame: copy into the watched folder -> enhanced TIFF in the output folder (p50, max), and the
-  model's own time per frame (``model_s`` in the output's metadata);
+* latency per frame: copy into the watched folder -> enhanced TIFF in the output folder (p50, max); for the frames
+  a learned model served (once a model serves), the latency the operator's viewer sees on the stream (the
+  daemon's ``latency_s``: input file closed -> enhanced frame published) and the model's own time per frame
+  (``model_s`` in the output's metadata);
 * for each promoted model, promotion -> serving and reference arrival -> serving (from the daemon's log);
 * **what the operator saw**: for every served frame whose field holds an HR reference that arrives *later*
   (``pairs.json`` pairs with ``hr_time`` > ``lr_time`` and factor >= S), the served output inside the HR field,
@@ -23,6 +25,7 @@ seconds between frames (:func:`refscope.daemon.ingest.replay.replay`; real gaps 
 Writes the ``session`` section of benchmarks/RESULTS.md and, with ``--json``, every figure.
 
     .venv/bin/python benchmarks/bench_session.py [--scales 2,4] [--sessions 2020-02-13] [--gap-s 20] [--json F]
+        [--keep DIR]
 """
 from __future__ import annotations
 
@@ -42,9 +45,11 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import zmq
 from scipy import ndimage
 
 from refscope.daemon.ingest.replay import ReplayItem, plan_replay, replay
+from refscope.daemon.protocol import decode_enhanced, stream_role
 from refscope.daemon.tiff_read import read_image
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.metrics import fit_intensity, frc, frc_resolution, psnr, ssim
@@ -117,27 +122,48 @@ def run_session(name: str, items: list[ReplayItem], scale: int, gap_s: float, wo
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     peak, stop, exits = [0], threading.Event(), []
 
+    seen: dict[str, float] = {}  # output name -> when it first appeared
+
     def sample() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], _tree_rss(proc.pid))
-            stop.wait(0.2)
+            for path in out.glob("*_x*.tif"):
+                seen.setdefault(path.name, time.time())
+            stop.wait(0.1)
+
+    streamed: list[dict] = []  # enhanced frames as the operator's viewer gets them
+
+    def watch_stream() -> None:
+        context = zmq.Context()
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(f"tcp://127.0.0.1:{port + 1}")
+        try:
+            while not stop.is_set():
+                if sub.poll(100):
+                    parts = sub.recv_multipart()
+                    if stream_role(parts) == "enhanced":
+                        frame = decode_enhanced(parts)
+                        streamed.append({"latency_s": frame.latency_s, "model": frame.model,
+                                         "model_version": frame.model_version})
+        finally:
+            sub.close(linger=0)
+            context.term()
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    viewer = threading.Thread(target=watch_stream, daemon=True)
+    viewer.start()
     copied: dict[str, float] = {}
     try:
         time.sleep(5.0)  # the daemon starts
         replay(items, watch, gap_s=gap_s, report=lambda item, target, waited: copied.__setitem__(item.path.name, time.time()))
-        seen: dict[str, float] = {}
         deadline = time.time() + settle_s
         while time.time() < deadline and proc.poll() is None:
-            for path in out.glob("*_x*.tif"):
-                seen.setdefault(path.name, time.time())
             if len(seen) >= len(items) and time.time() - max(copied.values()) > 30.0:
                 break
             time.sleep(0.1)
-        for path in out.glob("*_x*.tif"):
-            seen.setdefault(path.name, time.time())
         if proc.poll() is not None:
             exits.append(proc.returncode)
     finally:
@@ -149,13 +175,16 @@ def run_session(name: str, items: list[ReplayItem], scale: int, gap_s: float, wo
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    latency, model_s = [], []
+    viewer.join(2.0)
+    latency, model_s, learned = [], [], []
     for item in items:
         stem = item.path.stem
         output = out / f"{stem}_x{scale}.tif"
         if output.name in seen:
             latency.append(seen[output.name] - copied[item.path.name])
-            model_s.append(float(read_image(output).metadata.extra.get("model_s", float("nan"))))
+            extra = read_image(output).metadata.extra
+            model_s.append(float(extra.get("model_s", float("nan"))))
+            learned.append(str(extra.get("model_version", "0")) not in ("0", "None"))
     promoted = _log_times(log, r"promoted model (\d+)")
     served = {int(m.group(1)): t for t, m in _log_times(log, r"serving model v(\d+)")}
     paired = _log_times(log, r"paired (\S+) with")
@@ -169,7 +198,7 @@ def run_session(name: str, items: list[ReplayItem], scale: int, gap_s: float, wo
                                "arrival_to_serving_s": None if arrival is None else served[version] - arrival})
     return {"session": name, "scale": scale, "frames": len(items), "enhanced": len(seen), "exits": exits,
             "clean_stop": proc.returncode == 0, "peak_rss_mb": peak[0] / 2**20, "latency_s": latency,
-            "model_s": model_s, "promotions": promotions, "out": str(out)}
+            "model_s": model_s, "learned": learned, "stream": streamed, "promotions": promotions, "out": str(out)}
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -247,17 +276,21 @@ def report(runs: list[dict], args: argparse.Namespace, seconds: float) -> str:
              f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}. Default daemon configuration (trainer on, `serve.max_memory_mb` 1500) "
              f"except `model.scale`; frames copied {args.gap_s:g} s apart in acquisition order.", "",
-             "| session | S | frames | enhanced | daemon exits | peak RSS daemon+children (MB) | latency p50 / max (s) "
-             "| model p50 (s) | promotion → serving (s) | reference arrival → serving (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| session | S | frames | enhanced | daemon exits | peak RSS daemon+children (MB) | file → output file "
+             "p50 / max (s) | learned model: file → stream p50 / max (s) | learned model: model p50 (s) "
+             "| promotion → serving (s) | reference arrival → serving (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        lat, mod = run["latency_s"], [m for m in run["model_s"] if np.isfinite(m)]
+        lat = run["latency_s"]
+        mod = [m for m, by_model in zip(run["model_s"], run["learned"]) if by_model and np.isfinite(m)]
+        live = [f["latency_s"] for f in run["stream"] if str(f["model_version"]) not in ("0", "None")]
         promo = ", ".join(_f(p["promotion_to_serving_s"], ".1f") for p in run["promotions"]) or "-"
         arrive = ", ".join(_f(p["arrival_to_serving_s"], ".1f") for p in run["promotions"]) or "-"
         lines.append(f"| {run['session']} | {run['scale']} | {run['frames']} | {run['enhanced']} | "
                      f"{len(run['exits'])}{'' if run['clean_stop'] else ' (unclean stop)'} | {run['peak_rss_mb']:.0f} | "
                      f"{_f(float(np.median(lat)) if lat else None, '.2f')} / {_f(max(lat) if lat else None, '.2f')} | "
-                     f"{_f(float(np.median(mod)) if mod else None, '.2f')} | {promo} | {arrive} |")
+                     f"{_f(float(np.median(live)) if live else None, '.2f')} / {_f(max(live) if live else None, '.2f')} "
+                     f"({len(live)}) | {_f(float(np.median(mod)) if mod else None, '.2f')} | {promo} | {arrive} |")
     lines += ["", "What the operator saw: served frames scored inside the field of an HR reference that arrived later "
               "(right 25 % of the overlap; peers tuned on the left 75 %). ΔPSNR dB / ΔSSIM over bicubic; FRC "
               "resolution in output px (smaller is finer).", "",
@@ -284,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=240.0, help="longest wait after the last frame")
     parser.add_argument("--json", metavar="F")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", metavar="DIR", help="replay into DIR and keep it (daemon logs, outputs, state)")
     args = parser.parse_args(argv)
     if not (DATA / "raw").is_dir():
         print(f"real data not found at {DATA}; nothing to replay", file=sys.stderr)
@@ -291,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     chosen = [s for s in args.sessions.split(",") if s]
     runs = []
-    with tempfile.TemporaryDirectory(prefix="refscope-session-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="refscope-session-") as scratch:
+        tmp = args.keep or scratch
         for name, items in sessions(DATA / "raw").items():
             if chosen and name not in chosen:
                 continue

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from refscope.models.nlm import SIGMA_N_RANGE
+
 from .config_fields import ConfigError, check_endpoint, check_range, check_types, field_doc
 from .curve import SECRET_SUFFIX, SERVER_NAME
 from .frames import FrameRole
@@ -127,8 +129,8 @@ class ModelConfig:
             ``"net"`` (the trained network), ``"paired-faithful"``, ``"original"`` or ``"bicubic"`` (no learning).
         library_size: number of patch pairs L kept in the library, >= 10.
         patch_size: patch edge n in output pixels, odd, >= 3; None: 4 * S + 1.
-        sigma_n: filtering strength, in the model's normalised intensity units, > 0; None: the method's default
-            (the paired method measures the noise of the frames).
+        sigma_n: filtering strength, 0.01..100 (:data:`refscope.models.nlm.SIGMA_N_RANGE`; relative to the measured
+            noise for the paired method, library units for the NLM methods); None: the method's default.
     """
 
     SECTION: ClassVar[str] = "model"
@@ -142,7 +144,7 @@ class ModelConfig:
     patch_size: int | None = field(default=None, metadata=field_doc(
         "Patch edge in output pixels, odd and >= 3 (unset: 9, the paper's n).", 9))
     sigma_n: float | None = field(default=None, metadata=field_doc(
-        "Filtering strength in normalised intensity units, > 0 (unset: the method's default).", 1.0))
+        "Filtering strength, 0.01 to 100 (relative to the measured noise for paired; unset: the method's default).", 1.0))
 
     def __post_init__(self) -> None:
         check_types(self, "model.")
@@ -152,7 +154,8 @@ class ModelConfig:
             check_range("model.patch_size", self.patch_size >= 3 and self.patch_size % 2 == 1,
                          "an odd integer >= 3", self.patch_size)
         if self.sigma_n is not None:
-            check_range("model.sigma_n", self.sigma_n > 0, "a number > 0", self.sigma_n)
+            low, high = SIGMA_N_RANGE
+            check_range("model.sigma_n", low <= self.sigma_n <= high, f"a number from {low:g} to {high:g}", self.sigma_n)
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,10 @@ class TrainerConfig:
         rounds_per_pair: rounds run after each new pair (more only when new pairs arrive).
         threads: PyTorch threads of the training process (>= 1); leave the other cores to serving.
         nice: niceness added to the training process (0..19), so serving keeps priority.
+        idle_priority: train only on CPU time nothing else wants (Linux ``SCHED_IDLE``): serving and learning
+            preempt the training process at once.
+        pause_while_serving: stop the training process while a frame is served or waits to be (it trains in the
+            gaps between frames).
         retry_s: pause after a failed round, seconds.
         margin_db: a network must beat the serving model and bicubic by more than this on held-out area, dB.
     """
@@ -396,6 +403,10 @@ class TrainerConfig:
     threads: int = field(default=1, metadata=field_doc(
         "PyTorch threads of the training process (>= 1); the other cores stay with serving."))
     nice: int = field(default=10, metadata=field_doc("Niceness added to the training process (0 to 19)."))
+    idle_priority: bool = field(default=True, metadata=field_doc(
+        "Train only on CPU time nothing else wants (Linux SCHED_IDLE): serving and learning preempt training at once."))
+    pause_while_serving: bool = field(default=True, metadata=field_doc(
+        "Stop the training process while a frame is served or waits to be; it trains in the gaps between frames."))
     retry_s: float = field(default=30.0, metadata=field_doc("Pause after a failed round, seconds (>= 0)."))
     margin_db: float = field(default=0.0, metadata=field_doc(
         "A network is promoted only if it beats the serving model and bicubic by more than this many dB (>= 0)."))

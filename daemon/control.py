@@ -17,7 +17,7 @@ Commands (:data:`COMMANDS`; unknown commands, unknown or ill-typed arguments get
     args ``region`` (optional ``[y0, x0, y1, x1]`` in LR pixels of the newest frame) and ``note`` (optional
     text): emits a ``reference_requested`` event with reason ``"operator"``.
 ``set``
-    args ``method`` (one of the methods), ``sigma_n`` (number > 0, or null for the default), ``scale``
+    args ``method`` (one of the methods), ``sigma_n`` (a number in 0.01..100, or null for the default), ``scale``
     (2..8; refused while a model of another scale is loaded); at least one. Replies with the new settings.
 ``snapshot``
     writes the raw and enhanced newest frame as TIFFs into ``<state_dir>/snapshots/`` (atomically) and
@@ -44,6 +44,7 @@ from typing import Any
 
 import zmq
 
+from refscope.models.nlm import SIGMA_N_RANGE
 
 from .atomic import to_jsonable
 from .config import METHODS
@@ -110,7 +111,7 @@ COMMANDS: Mapping[str, Mapping[str, Arg]] = {
     "request_reference": {"region": Arg("region", nullable=True), "note": Arg("str", nullable=True)},
     "set": {
         "method": Arg("str", choices=tuple(METHODS)),
-        "sigma_n": Arg("number", nullable=True, positive=True),
+        "sigma_n": Arg("number", nullable=True, minimum=SIGMA_N_RANGE[0], maximum=SIGMA_N_RANGE[1]),
         "scale": Arg("int", minimum=2, maximum=8),
     },
     "snapshot": {},

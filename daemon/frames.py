@@ -33,6 +33,8 @@ __all__ = [
     "IngestCounters",
     "INGEST_LOGGER",
     "get_until_stopped",
+    "PIXEL_SIZE_RANGE_NM",
+    "pixel_size_problem",
 ]
 
 FrameRole = Literal["lr", "hr", "auto"]
@@ -41,6 +43,27 @@ FRAME_ROLES: tuple[str, ...] = ("lr", "hr", "auto")
 daemon decide (e.g. from the pixel size)."""
 
 INGEST_LOGGER = "refscope.ingest"
+
+PIXEL_SIZE_RANGE_NM = (1e-3, 1e6)
+"""Physical pixel sizes, nm: 1 pm (finer than any electron microscope samples) to 1 mm (coarser than any SEM
+field of a few thousand pixels). A value outside it is a unit mistake or garbage, and is refused where it enters
+(file metadata, sidecar, ZMQ header, configuration): an absurd size would make the HR/LR factor, and the
+arrays the registration allocates from it, absurd too."""
+
+
+def pixel_size_problem(value_nm: float) -> str | None:
+    """Why ``value_nm`` (nm) is not a physical pixel size (see :data:`PIXEL_SIZE_RANGE_NM`), or None if it is."""
+    low, high = PIXEL_SIZE_RANGE_NM
+    try:
+        value = float(value_nm)
+    except (TypeError, ValueError):
+        return f"pixel size must be a number of nm, got {value_nm!r}"
+    if math.isfinite(value) and low <= value <= high:
+        return None
+    problem = f"pixel size {value:.4g} nm is outside the physical range {low:g} nm (1 pm) to {high:g} nm (1 mm)"
+    if math.isfinite(value) and 1e-12 <= value < low:
+        problem += f"; it looks like a length in metres ({value * 1e9:.4g} nm?)"
+    return problem
 
 _log = logging.getLogger(INGEST_LOGGER)
 
@@ -85,10 +108,10 @@ class Frame:
         if self.role not in FRAME_ROLES:
             raise ValueError(f"{self.source}: role must be one of {FRAME_ROLES}, got {self.role!r}")
         if self.pixel_size_nm is not None:
-            size = float(self.pixel_size_nm)
-            if not (math.isfinite(size) and size > 0):
-                raise ValueError(f"{self.source}: pixel size must be a finite positive number of nm, got {size!r}")
-            object.__setattr__(self, "pixel_size_nm", size)
+            problem = pixel_size_problem(self.pixel_size_nm)
+            if problem is not None:
+                raise ValueError(f"{self.source}: {problem}")
+            object.__setattr__(self, "pixel_size_nm", float(self.pixel_size_nm))
         if isinstance(self.seq, bool) or int(self.seq) != self.seq or self.seq < 0:
             raise ValueError(f"{self.source}: seq must be an integer >= 0, got {self.seq!r}")
         object.__setattr__(self, "seq", int(self.seq))

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ from .model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model
 from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
 from .publish import EventPublisher
 from .state_store import has_state, state_paths
-from .worker import supervised
+from .worker import lower_priority, supervised
 
 __all__ = [
     "LEARNER_LOGGER",
@@ -134,6 +135,8 @@ class LearnerStatus:
         models_rejected: candidates not promoted so far.
         last_reference_delta_db: held-out ΔPSNR (dB) of the model that was serving when the newest reference
             arrived, measured on that reference before learning from it (out-of-sample); None before any.
+        recent_frames: LR frames remembered for pairing now.
+        recent_mb: pixels those frames hold, MB (bounded by ``serve.max_memory_mb``'s share for them).
     """
 
     pairs_learned: int = 0
@@ -150,6 +153,14 @@ class LearnerStatus:
     models_promoted: int = 0
     models_rejected: int = 0
     last_reference_delta_db: float | None = None
+    recent_frames: int = 0
+    recent_mb: float = 0.0
+
+
+YIELD_TO_SERVING_S = 5.0
+"""Longest a reference waits for serving to become idle before it is learned anyway (at lower priority), seconds.
+A zoom-series frame is a reference and a live frame at once: it is served first (1.1 s at x4 on 2 cores alone,
+2.3 s while the learner fitted it in the same process)."""
 
 
 def _finite(value: float | None) -> float | None:
@@ -180,6 +191,10 @@ class Learner:
         queue_size: references waiting at most (>= 1); beyond it the oldest waiting one is dropped.
         margin_db: a candidate must beat the serving model and bicubic by more than this, dB.
         recent_lr: LR frames remembered for pairing (>= 1).
+        recent_lr_bytes: pixels those frames may hold, bytes (the oldest fall out first); None: no byte bound.
+        serving_busy: returns True while a frame is being served or waits to be; a reference taken from the queue
+            waits until it returns False (at most :data:`YIELD_TO_SERVING_S`), so that the frame the operator
+            looks at is not slowed down by learning. None: never wait.
         poll_interval_s: how often the idle worker checks for stop, seconds.
         on_scored: called on the worker thread with a :class:`ReferenceOutcome` after each reference (after
             ``on_promoted``); must return quickly. An exception from it stops the worker like ``on_promoted``'s.
@@ -203,6 +218,8 @@ class Learner:
         queue_size: int = 4,
         margin_db: float = 0.0,
         recent_lr: int = 16,
+        recent_lr_bytes: int | None = None,
+        serving_busy: Callable[[], bool] | None = None,
         poll_interval_s: float = 0.1,
         on_scored: OnScored | None = None,
         on_learned: Callable[[HeldOutSplit, list[str]], None] | None = None,
@@ -234,7 +251,8 @@ class Learner:
         self._margin_db = float(margin_db)
         self._queue_size = int(queue_size)
         self._poll_s = float(poll_interval_s)
-        self._recent = RecentFrames(recent_lr)
+        self._recent = RecentFrames(recent_lr, recent_lr_bytes)
+        self._serving_busy = serving_busy
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -310,6 +328,8 @@ class Learner:
                 last_decision_reason=self._last_reason,
                 last_error=self._last_error,
                 models_promoted=self._promoted,
+                recent_frames=len(self._recent),
+                recent_mb=round(self._recent.nbytes / 2**20, 1),
                 models_rejected=self._not_promoted,
                 last_reference_delta_db=self._last_reference_db,
             )
@@ -362,12 +382,14 @@ class Learner:
             return self._queue.popleft()
 
     def _run(self) -> None:
+        lower_priority(where="the learner")  # serving first: a reference may wait a second, a frame should not
         try:
             while not self._stop.is_set():
                 item = self._next()
                 if item is None:
                     continue
                 hr = item[0]
+                self._yield_to_serving()
                 try:
                     supervised(lambda: self._process(*item), worker="learner", item=f"HR reference {hr.source}",
                                count=self._count_failure, quarantine=lambda _, message: self._quarantine(hr, message),
@@ -384,6 +406,14 @@ class Learner:
                 self._emit("error", {"component": "learner", "message": f"learner failed: {exc}"})
             except Exception:  # noqa: BLE001 - best effort: the failure itself is what matters
                 pass
+
+    def _yield_to_serving(self) -> None:
+        """Wait while serving is busy (at most :data:`YIELD_TO_SERVING_S`): the frame first, then the reference."""
+        if self._serving_busy is None:
+            return
+        deadline = time.monotonic() + YIELD_TO_SERVING_S
+        while not self._stop.is_set() and time.monotonic() < deadline and self._serving_busy():
+            self._stop.wait(0.02)
 
     def _count_failure(self, reason: str, message: str) -> None:
         with self._lock:

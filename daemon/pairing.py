@@ -41,7 +41,7 @@ import numpy as np
 from refscope.models.errors import RefscopeModelError
 from refscope.models.image_ops import as_gray_float
 from refscope.models.pipeline import FitConfig, register_reference, training_grids
-from refscope.models.registration import PairGeometry
+from refscope.models.registration import PairGeometry, factor_scores
 
 from .config import IngestConfig
 from .errors import RefscopeError
@@ -49,6 +49,7 @@ from .frames import Frame
 
 __all__ = [
     "HR_PIXEL_RATIO",
+    "MAX_REFERENCE_FACTOR",
     "PAIRING_REASONS",
     "PairingError",
     "PairResult",
@@ -65,9 +66,21 @@ HR_PIXEL_RATIO = 1.2
 """A frame is an HR reference when the LR stream's pixel size is more than this many times its own."""
 
 PAIRING_REASONS: tuple[str, ...] = (
-    "no_lr_frames", "no_candidates", "unusable_image", "unknown_pixel_size", "mismatched_scale", "no_match",
+    "no_lr_frames", "no_candidates", "unusable_image", "unknown_pixel_size", "mismatched_scale",
+    "factor_out_of_range", "factor_mismatch", "no_match",
 )
 """Reason slugs of :class:`PairingError` (``reason`` attribute), for counting rejections."""
+
+MAX_REFERENCE_FACTOR = 64.0
+"""Largest accepted LR/HR pixel-size ratio: a reference finer than that covers too few LR pixels to learn from
+(and learning at the output scale S would discard all but (S/factor)² of its pixels); larger ratios are
+refused (``factor_out_of_range``) before any registration allocates for them."""
+MIN_FIELD_LR_PX = 8
+"""A reference's field must span at least this many LR px along each axis (the training grids' minimum)."""
+FACTOR_MARGIN = 0.1
+"""A reference matches better at another factor when its coarse NCC there beats the nominal one's by more than
+this (:func:`refscope.models.registration.factor_scores`); measured on the six ``sem_pairs`` pairs: -0.21 or
+less with the true pixel sizes, +0.21 or more with factors wrong by 2x either way."""
 
 _NCC_RE = re.compile(r"best NCC ([-+]?\d+(?:\.\d+)?)")
 
@@ -206,20 +219,38 @@ class RoleClassifier:
 class RecentFrames:
     """Ring buffer of the ``maxlen`` most recent LR frames (the oldest falls out). Thread-safe.
 
-    Frames are immutable, so keeping them costs only the references.
+    Frames are immutable, so keeping them costs only the references -- but the ring keeps their pixels alive, so
+    it is also bounded in bytes: with ``max_bytes``, the oldest frames fall out while the pixels held exceed it
+    (the newest frame always stays, so the ring holds at most ``max_bytes`` plus one frame).
     """
 
-    def __init__(self, maxlen: int) -> None:
+    def __init__(self, maxlen: int, max_bytes: int | None = None) -> None:
         if int(maxlen) != maxlen or maxlen < 1:
             raise ValueError(f"RecentFrames maxlen must be an integer >= 1, got {maxlen!r}")
+        if max_bytes is not None and (int(max_bytes) != max_bytes or max_bytes < 1):
+            raise ValueError(f"RecentFrames max_bytes must be an integer >= 1 or None, got {max_bytes!r}")
         self.maxlen = int(maxlen)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
         self._frames: deque[Frame] = deque(maxlen=self.maxlen)
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def add(self, frame: Frame) -> None:
-        """Append ``frame`` (an LR frame), dropping the oldest when full."""
+        """Append ``frame`` (an LR frame), dropping the oldest while more than ``maxlen`` frames or more than
+        ``max_bytes`` of pixels are held."""
         with self._lock:
+            if len(self._frames) == self.maxlen:
+                self._bytes -= self._frames[0].data.nbytes
             self._frames.append(frame)
+            self._bytes += frame.data.nbytes
+            while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._frames) > 1:
+                self._bytes -= self._frames.popleft().data.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of pixels held now."""
+        with self._lock:
+            return self._bytes
 
     def snapshot(self) -> list[Frame]:
         """The frames held now, oldest first (a copy)."""
@@ -230,6 +261,7 @@ class RecentFrames:
         """Forget every frame."""
         with self._lock:
             self._frames.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -310,6 +342,18 @@ def _ncc_of(exc: Exception) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _factor_mismatch(lr: np.ndarray, hr: np.ndarray, factor: float, config: FitConfig) -> str | None:
+    """Why the pixel sizes' ``factor`` is wrong (the reference matches clearly better at another factor), or None."""
+    scores = factor_scores(lr, hr, factor=factor, max_rotation_deg=config.max_rotation_deg)
+    nominal = scores.pop(1.0)
+    ratio, best = max(((r, v) for r, v in scores.items() if np.isfinite(v)), key=lambda rv: rv[1],
+                      default=(None, float("nan")))
+    if ratio is None or not (best > (nominal if np.isfinite(nominal) else -1.0) + FACTOR_MARGIN):
+        return None
+    return (f"it matches far better {factor * ratio:.3g}x finer (NCC {best:.2f}) than at the {factor:.3g}x its pixel "
+            f"sizes say (NCC {nominal:.2f}); one of the pixel sizes is wrong, so it would be learned at the wrong scale")
+
+
 def pair_reference(hr: Frame, recent_lr: Sequence[Frame], *, config: FitConfig,
                    hooks: PairingHooks | None = None) -> PairResult:
     """Find the recent LR frame that contains the HR reference ``hr`` and cut the training pair.
@@ -339,6 +383,7 @@ def pair_reference(hr: Frame, recent_lr: Sequence[Frame], *, config: FitConfig,
         raise PairingError(f"HR reference {hr.source}: unusable image ({exc})", reason="unusable_image") from exc
 
     scale_problems: list[tuple[str, str]] = []
+    factor_problems: list[str] = []
     best_ncc: float | None = None
     registered = 0
     last_problem = ""
@@ -350,6 +395,13 @@ def pair_reference(hr: Frame, recent_lr: Sequence[Frame], *, config: FitConfig,
         if factor < config.scale * 0.999:
             scale_problems.append(("mismatched_scale", f"mismatched scale: {hr.source} is only {factor:.3g}x finer than "
                                    f"LR frame {lr.source}, less than the output scale {config.scale}"))
+            continue
+        field = min(hr.shape) / factor
+        if factor > MAX_REFERENCE_FACTOR or field < MIN_FIELD_LR_PX:
+            scale_problems.append(("factor_out_of_range", f"{hr.source} is {factor:.3g}x finer than LR frame "
+                                   f"{lr.source} (its field spans {field:.3g} LR px); references may be at most "
+                                   f"{MAX_REFERENCE_FACTOR:g}x finer and span at least {MIN_FIELD_LR_PX} LR px; "
+                                   "check the pixel sizes"))
             continue
         registered += 1
         try:
@@ -363,6 +415,10 @@ def pair_reference(hr: Frame, recent_lr: Sequence[Frame], *, config: FitConfig,
             continue
         if np.isfinite(geometry.score):
             best_ncc = geometry.score if best_ncc is None else max(best_ncc, geometry.score)
+        mismatch = _factor_mismatch(lr_pixels, hr_pixels, factor, config)
+        if mismatch is not None:
+            factor_problems.append(f"in LR frame {lr.source} {mismatch}")
+            continue
         try:
             box, hr_grid = training_grids(lr_pixels, hr_pixels, geometry, scale=config.scale)
         except RefscopeModelError as exc:
@@ -372,6 +428,9 @@ def pair_reference(hr: Frame, recent_lr: Sequence[Frame], *, config: FitConfig,
         return PairResult(hr_source=hr.source, lr_source=lr.source, geometry=geometry, box=box,
                           lr_region=lr_pixels[y0:y1, x0:x1], hr_grid=hr_grid, factor=factor)
 
+    if factor_problems:
+        raise PairingError(f"HR reference {hr.source} is not paired: {factor_problems[0]}", reason="factor_mismatch",
+                           best_ncc=best_ncc)
     if registered == 0:
         reason, detail = scale_problems[0]
         raise PairingError(f"HR reference {hr.source} cannot be paired with any of the {len(candidates)} candidate LR "

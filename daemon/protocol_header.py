@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .frames import FRAME_ROLES
+from .frames import FRAME_ROLES, pixel_size_problem
 from .protocol_schema import DEFAULT_LIMITS, DTYPES, ENHANCED_ROLE, PROTOCOL_VERSION, ProtocolError, ProtocolLimits
 
 __all__ = ["parse_header"]
@@ -114,6 +114,9 @@ def _check_common(header: Mapping[str, Any], origin: str, limits: ProtocolLimits
         raise ProtocolError("bad_value", f"{origin}: 'pixel_size_m' is NaN")
     if not (math.isfinite(pixel_size_m) and pixel_size_m > 0):
         raise ProtocolError("bad_value", f"{origin}: 'pixel_size_m' must be finite and > 0, got {pixel_size_m!r}")
+    problem = pixel_size_problem(pixel_size_m * 1e9)
+    if problem is not None:
+        raise ProtocolError("bad_value", f"{origin}: 'pixel_size_m' = {pixel_size_m!r} m: {problem}")
     return seq, DTYPES[dtype_name], shape, pixel_size_m
 
 

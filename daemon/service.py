@@ -54,6 +54,7 @@ removed at a clean stop) so that tools can find a daemon started with ephemeral 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -88,6 +89,7 @@ from .reference_hooks import HookRunner, make_hook
 from .serving import EnhanceResult, ServingEngine
 from .source_folder import FolderFrameSource
 from .source_zmq import ZmqFrameSource
+from .tiff_io import read_image
 from .service_control import OperatorControls
 from .service_frames import MAX_FRAME_PIXELS, SERVE_QUEUE_SIZE, FramePipeline, ServeItem
 from .service_output import FrameStream, StreamOutput
@@ -207,6 +209,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._hooks: HookRunner | None = None
         self._sources: list[tuple[str, FrameSource]] = []
         self._serve_queue: queue.Queue[ServeItem] = queue.Queue(maxsize=SERVE_QUEUE_SIZE)
+        self._serving_now = threading.Event()  # the serve loop is working on a frame
         self._threads: list[threading.Thread] = []
         self._stop_ingest = threading.Event()
         self._stop_serve = threading.Event()
@@ -225,6 +228,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._processing_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._newest: tuple[Frame, EnhanceResult] | None = None
         self._newest_lock = threading.Lock()
+        self._last_snapshot: float | None = None  # time.monotonic() of the latest snapshot
         self._out_seq = 0
         self._started_at = 0.0
         self._warned_no_pixel = False
@@ -337,18 +341,28 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         return Learner(fit_config=fit_config, state_dir=self.config.state_dir, catalogue=self.catalogue,
                        events=self.events, on_promoted=self._on_promoted, initial_model=model,
                        initial_version=version, on_scored=self._on_scored,
-                       on_learned=self.trainer.add_pair if self.trainer is not None else None)
+                       on_learned=self.trainer.add_pair if self.trainer is not None else None,
+                       recent_lr_bytes=self.config.memory_budget.recent_frames_bytes,
+                       serving_busy=self._serving_busy)
 
     def _build_sources(self) -> list[tuple[str, FrameSource]]:
         if self._given_sources is not None:
             return [(f"source{i}:{type(s).__name__}", s) for i, s in enumerate(self._given_sources)]
         ingest = self.config.ingest
+        input_bytes = self.config.memory_budget.input_bytes  # no input decodes to more (checked before decoding)
         sources: list[tuple[str, FrameSource]] = []
         if ingest.watch is not None:
             sources.append((f"folder:{ingest.watch}",
-                            FolderFrameSource(ingest.folder_source_config(**self._folder_options))))
+                            FolderFrameSource(ingest.folder_source_config(**self._folder_options),
+                                              reader=functools.partial(read_image, max_bytes=input_bytes))))
         if ingest.zmq_endpoint is not None:
-            sources.append(("zmq", ZmqFrameSource(ingest.zmq_source_config(), context=self._context)))
+            message_bytes = min(ingest.zmq_max_message_bytes, max(input_bytes, 1 << 16))  # per message part
+            if message_bytes < ingest.zmq_max_message_bytes:
+                _log.info("ZMQ messages on %s are limited to %d MB by serve.max_memory_mb (ingest.zmq_max_message_"
+                          "bytes allows %d MB)", ingest.zmq_endpoint, message_bytes >> 20,
+                          ingest.zmq_max_message_bytes >> 20)
+            sources.append(("zmq", ZmqFrameSource(ingest.zmq_source_config(max_message_bytes=message_bytes),
+                                                  context=self._context)))
         return sources
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -20,6 +20,12 @@ __all__ = ["OperatorControls"]
 
 _log = logging.getLogger("refscope.daemon")
 
+SNAPSHOT_MIN_INTERVAL_S = 1.0
+"""Snapshots come at most this often, seconds (a client in a loop wrote 272 MB in 1.6 s: issue 13.7)."""
+SNAPSHOT_QUOTA_MB = 2048
+"""The snapshots folder may hold at most this many MB; a snapshot that would exceed it is refused (never deleted:
+old snapshots are the operator's to move or delete)."""
+
 
 class OperatorControls:
     """Control commands of :class:`~refscope.daemon.service.Daemon` (mixin)."""
@@ -107,6 +113,18 @@ class OperatorControls:
             raise ValueError("no frame has been enhanced yet")
         frame, result = newest
         folder = self.config.state_dir / "snapshots"
+        now = time.monotonic()
+        last = self._last_snapshot
+        if last is not None and now - last < SNAPSHOT_MIN_INTERVAL_S:
+            raise ValueError(f"refused: the previous snapshot was taken {now - last:.2f} s ago; at most one per "
+                             f"{SNAPSHOT_MIN_INTERVAL_S:g} s")
+        held = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+        needed = frame.data.size * 4 + result.image.nbytes  # raw (as float32 at most) and enhanced TIFFs
+        if held + needed > SNAPSHOT_QUOTA_MB * 2**20:
+            raise ValueError(f"refused: {folder} holds {held / 2**20:.0f} MB of snapshots and this one needs "
+                             f"{needed / 2**20:.0f} MB more, beyond the {SNAPSHOT_QUOTA_MB} MB quota; move or delete "
+                             "old snapshots")
+        self._last_snapshot = now
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         stem = f"{output_stem(frame.source)}_{stamp}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from typing import Any
 from .frames import Frame
 from .pairing import RoleDecision
 from .publish import output_stem
+from .serve.budget import FramePlan
 from .worker import supervised
 
 __all__ = ["FramePipeline", "ServeItem", "SERVE_QUEUE_SIZE", "MAX_FRAME_PIXELS"]
@@ -105,52 +107,83 @@ class FramePipeline:
         role = decision.role
         self._counts.add(f"in_{role}")
         self._note_role(frame, decision)
-        if decision.reference:
-            learned = self._learned_before(frame, size, mtime) if known else None
-            if learned is not None:
-                self._counts.add("skipped.already_seen")
-                _log.info("%s: HR reference already %s before; skipped", frame.source, learned)
+        hand_over = self._reference_hand_over(frame, role, known, size, mtime) if decision.reference else None
+        if not decision.live:
+            if hand_over is not None:
+                hand_over()
+            return
+        remember = False
+        try:
+            remember = self._ingest_live(frame, role, known, record, size, mtime, now, reference=decision.reference)
+        finally:
+            if hand_over is not None:  # a zoom-series frame: queued to be served first, then learned from
+                hand_over()
+        if remember:
+            self.learner.note_lr(frame)  # after the hand-over: a reference is not paired with itself
+
+    def _reference_hand_over(self, frame: Frame, role: str, known: bool, size: int | None,
+                             mtime: float | None) -> Callable[[], None] | None:
+        """Record an HR reference and return what hands it to the learner (None when it was learned before)."""
+        catalogue = self.catalogue
+        assert catalogue is not None and self.learner is not None
+        learned = self._learned_before(frame, size, mtime) if known else None
+        if learned is not None:
+            self._counts.add("skipped.already_seen")
+            _log.info("%s: HR reference already %s before; skipped", frame.source, learned)
+            return None
+        self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
+                                                            size=size, mtime=mtime), frame.source)
+
+        def hand_over() -> None:
+            if known:
+                # re-read after a restart, maybe before the LR frame it belongs to: learned once the re-read
+                # folder has been taken in (see _submit_relearned)
+                _log.warning("%s: HR reference was handed to the learner but not learned before the daemon "
+                             "stopped; it is learned again", frame.source)
+                self._relearn.append((frame, time.monotonic()))
+            elif not self.learner.submit_reference(frame):
+                self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
             else:
-                self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
-                                                                    size=size, mtime=mtime), frame.source)
-                if known:
-                    # re-read after a restart, maybe before the LR frame it belongs to: learned once the re-read
-                    # folder has been taken in (see _submit_relearned)
-                    _log.warning("%s: HR reference was handed to the learner but not learned before the daemon "
-                                 "stopped; it is learned again", frame.source)
-                    self._relearn.append((frame, time.monotonic()))
-                elif not self.learner.submit_reference(frame):
-                    self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
-                else:
-                    _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source,
-                              frame.pixel_size_nm or 0)
-                    if self.monitor is not None:
-                        self.monitor.reference_arrived(frame)
-            if not decision.live:
-                return
-        self.learner.note_lr(frame)
+                _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source,
+                          frame.pixel_size_nm or 0)
+                if self.monitor is not None:
+                    self.monitor.reference_arrived(frame)
+
+        return hand_over
+
+    def _ingest_live(self, frame: Frame, role: str, known: bool, record: Any, size: int | None,
+                     mtime: float | None, now: float, *, reference: bool) -> bool:
+        """Queue a live frame to be served unless it was served before a restart or does not fit the memory budget.
+        Returns whether the learner may remember it for pairing (a frame that does not fit enters no buffer)."""
+        catalogue = self.catalogue
+        assert catalogue is not None and self.learner is not None
+        plan = self._plan(frame)
         if known and record.status in ("enhanced", "rejected"):
             self._counts.add(f"skipped.already_{record.status}")
-            return
-        if not decision.reference:
+            return plan.fits
+        if not reference:
             self._catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
                                                                 size=size, mtime=mtime), frame.source)
         origin = mtime if mtime is not None else frame.t
         item = ServeItem(frame=frame, origin_t=origin, ingested_t=now, size=size, mtime=mtime)
+        if not plan.fits:
+            self._reject(item, "too_large", f"{frame.source}: {plan.reason}")
+            return False
         deadline = time.monotonic() + self._serve_block_s
         while True:
             try:
                 self._serve_queue.put(item, timeout=0.05)
-                return
+                return True
             except queue.Full:
                 if self._stop_ingest.is_set():
-                    return  # stopping: the frame stays "received" and is processed after a restart
+                    return True  # stopping: the frame stays "received" and is processed after a restart
                 if time.monotonic() >= deadline:
                     break
         self._counts.add("dropped.serve_queue_full")
         self._error("serve_queue_full", f"{frame.source}: dropped, the serve queue stayed full ({SERVE_QUEUE_SIZE} "
                     f"frames) for {self._serve_block_s:g} s")
         self._emit("output_dropped", {"source": frame.source, "reason": "serve_queue_full"})
+        return True
 
     def _submit_relearned(self, quiet_s: float) -> None:
         """Hand the references to be learned again (restart) to the learner once ingest has been quiet for
@@ -168,6 +201,10 @@ class FramePipeline:
                 self._error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
             elif self.monitor is not None:
                 self.monitor.reference_arrived(frame)
+
+    def _serving_busy(self) -> bool:
+        """A frame is being served or waits to be (the learner lets it go first: ``Learner(serving_busy=...)``)."""
+        return self._serving_now.is_set() or self._serve_queue.qsize() > 0
 
     def _count_failure(self, reason: str, message: str) -> None:
         """Count a failure :func:`~refscope.daemon.worker.supervised` already logged."""
@@ -225,8 +262,29 @@ class FramePipeline:
                     return
                 continue
             # one bad frame never stops serving: counted, quarantined (rejected in the catalogue), go on
-            supervised(lambda: self._serve(item), worker="serve", item=item.frame.source, count=self._count_failure,
-                       quarantine=self._quarantine, reason="serve_failed")
+            self._serving_now.set()
+            if self.trainer is not None:
+                self.trainer.hold(True)  # the frame gets the CPU; training goes on in the gaps
+            try:
+                supervised(lambda: self._serve(item), worker="serve", item=item.frame.source,
+                           count=self._count_failure, quarantine=self._quarantine, reason="serve_failed")
+            finally:
+                self._serving_now.clear()
+                if self.trainer is not None and self._serve_queue.empty():
+                    self.trainer.hold(False)
+
+    def _plan(self, frame: Frame) -> FramePlan:
+        """What serving ``frame`` at the current scale costs under the memory budget (``fits`` False, with the
+        reason, for a frame the daemon does not enhance)."""
+        height, width = frame.shape
+        if height * width > MAX_FRAME_PIXELS:
+            return FramePlan(0, 0, 0, False, f"{height}x{width} px is more than the {MAX_FRAME_PIXELS} pixels the "
+                             "daemon enhances")
+        publish = self.config.publish
+        return self.engine.budget.plan_frame(
+            (height, width), self.engine.scale, stream=publish.pub_endpoint is not None,
+            confidence=self.monitor is not None and (publish.stream_confidence or publish.write_confidence),
+            write_confidence=publish.write_confidence, queue_limit=publish.output_queue_limit)
 
     def _reject(self, item: ServeItem, reason: str, message: str, *, level: int = logging.WARNING) -> None:
         self._error(reason, message, level=level)
@@ -249,15 +307,7 @@ class FramePipeline:
             self._catalogue_call(lambda: catalogue.mark_rejected(frame.source, "skipped: paused"), frame.source)
             return
         height, width = frame.shape
-        if height * width > MAX_FRAME_PIXELS:
-            self._reject(item, "too_large", f"{frame.source}: {height}x{width} px is more than the "
-                         f"{MAX_FRAME_PIXELS} pixels the daemon enhances")
-            return
-        publish = self.config.publish
-        plan = self.engine.budget.plan_frame(
-            (height, width), self.engine.scale, stream=publish.pub_endpoint is not None,
-            confidence=self.monitor is not None and (publish.stream_confidence or publish.write_confidence),
-            write_confidence=publish.write_confidence, queue_limit=publish.output_queue_limit)
+        plan = self._plan(frame)  # again: the scale may have changed since ingest
         if not plan.fits:
             self._reject(item, "too_large", f"{frame.source}: {plan.reason}")
             return

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from refscope.models.image_ops import upsample_bicubic
+from refscope.models.nlm import check_sigma_n
 from refscope.models.pipeline import FittedModel, enhance
 from refscope.models.tiling import balanced_tile, default_workspace_bytes_per_px, process_tiled, window_shape
 
@@ -403,9 +404,7 @@ class ServingEngine:
         """Set the filtering strength (> 0; relative to the measured noise for ``"paired"``, library units for
         the NLM methods); None restores the method's default. ValueError for a bad value."""
         if sigma_n is not None:
-            sigma_n = float(sigma_n)
-            if not (np.isfinite(sigma_n) and sigma_n > 0):
-                raise ValueError(f"sigma_n must be a finite number > 0, got {sigma_n!r}")
+            sigma_n = check_sigma_n(sigma_n)
         with self._swap_lock:
             current = self._snapshot()
             if current.sigma_n == sigma_n:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import IncompleteFileError, InputFileError
+from .frames import pixel_size_problem
 
 Vendor = Literal["fei", "zeiss", "ome", "imagej", "plain"]
 
@@ -130,4 +131,7 @@ def _check_pixel_size_arg(pixel_size_nm: float | None) -> float | None:
     value = _positive(pixel_size_nm)
     if value is None:
         raise ValueError(f"pixel_size_nm must be a positive finite number of nm, got {pixel_size_nm!r}")
+    problem = pixel_size_problem(value)
+    if problem is not None:
+        raise ValueError(f"pixel_size_nm: {problem}")
     return value

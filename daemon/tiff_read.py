@@ -16,6 +16,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputFileError
+from .frames import pixel_size_problem
 from .tiff_common import (
     MAX_SIDE_PX,
     ImageMetadata,
@@ -70,6 +71,19 @@ def _check_shape(path: Path, shape: tuple[int, ...], where: str = "") -> None:
         raise _fail(path, f"{where}image has no pixels (shape {height} x {width})")
 
 
+def _check_decoded_size(path: Path, shape: tuple[int, ...], itemsize: int, max_bytes: int | None,
+                        where: str = "") -> None:
+    """Refuse an image whose decoded pixels would exceed ``max_bytes``, from its header, before decoding it
+    (a small compressed file can decode to gigabytes)."""
+    if max_bytes is None:
+        return
+    size = math.prod(int(s) for s in shape) * int(itemsize)
+    if size > max_bytes:
+        raise _fail(path, f"{where}image of {' x '.join(str(int(s)) for s in shape)} px decodes to "
+                          f"{size / 2**20:.0f} MB, more than the {max_bytes / 2**20:.0f} MB one input frame may take "
+                          "(serve.max_memory_mb)")
+
+
 def _check_dtype(path: Path, dtype: np.dtype | None) -> None:
     if dtype is None:  # tifffile's answer to sample tags it cannot map (and np.dtype(None) would be float64)
         raise _fail(path, "unsupported pixel type (bits per sample / sample format not understood)")
@@ -112,7 +126,7 @@ def _check_not_truncated(path: Path, tiff_page: Any, file_size: int) -> None:
         raise _fail(path, f"truncated TIFF (pixel data needs {needed} bytes, file has {file_size})", incomplete=True)
 
 
-def _read_tiff(path: Path, page: int | None) -> tuple[np.ndarray, _Parsed]:
+def _read_tiff(path: Path, page: int | None, max_bytes: int | None) -> tuple[np.ndarray, _Parsed]:
     file_size = path.stat().st_size
     try:
         with tifffile.TiffFile(path) as tif:
@@ -134,6 +148,7 @@ def _read_tiff(path: Path, page: int | None) -> tuple[np.ndarray, _Parsed]:
                 raise _fail(path, f"page {index} has shape {shape}; refscope needs a 2-D grayscale image")
             _check_shape(path, shape)
             _check_dtype(path, tiff_page.dtype)
+            _check_decoded_size(path, shape, np.dtype(tiff_page.dtype).itemsize, max_bytes)
             chunks = tiff_page.chunks  # decoded segment by segment: bound each (a corrupt tag can hold a list)
             bound = 4 * max(math.prod(shape), 1 << 16)
             if not all(isinstance(c, (int, np.integer)) for c in chunks) or math.prod(chunks) > bound:
@@ -193,7 +208,11 @@ def _apply_gray_palette(path: Path, data: np.ndarray, colormap: np.ndarray | Non
     return levels.astype(data.dtype)[data]
 
 
-def _read_png(path: Path, page: int | None) -> tuple[np.ndarray, _Parsed]:
+_PNG_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2}
+"""Bytes per decoded pixel of the grayscale PNG modes (others, e.g. "I" and "F", decode to 4)."""
+
+
+def _read_png(path: Path, page: int | None, max_bytes: int | None) -> tuple[np.ndarray, _Parsed]:
     from PIL import Image  # Pillow comes with scikit-image/imageio
 
     if page not in (None, 0):
@@ -203,6 +222,7 @@ def _read_png(path: Path, page: int | None) -> tuple[np.ndarray, _Parsed]:
             width, height = image.size
             _check_shape(path, (height, width))
             mode = image.mode
+            _check_decoded_size(path, (height, width), _PNG_MODE_BYTES.get(mode, 4), max_bytes)
             if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "La"):
                 channels = len(image.getbands())
                 kind = "RGB" if channels >= 3 else "gray + alpha"
@@ -248,6 +268,7 @@ def read_image(
     pixel_size_nm: float | None = None,
     page: int | None = None,
     crop_data_bar: bool = True,
+    max_bytes: int | None = None,
 ) -> LoadedImage:
     """Read one grayscale SEM frame and its metadata from a TIFF or PNG file.
 
@@ -262,6 +283,10 @@ def read_image(
         Page of a multi-page TIFF to read (0-based). Required when the file has more than one page.
     crop_data_bar : bool
         Remove the vendor data bar (FEI ``ResolutionY``, Zeiss framed info box) from the bottom. Default True.
+    max_bytes : int, optional
+        Largest decoded image accepted, bytes (the daemon's per-frame share of ``serve.max_memory_mb``); checked
+        from the header's shape and pixel type before any pixel is decoded. None: no limit beyond
+        :data:`MAX_SIDE_PX`.
 
     Returns
     -------
@@ -272,15 +297,19 @@ def read_image(
     ------
     InputFileError
         Missing, empty, truncated (:class:`IncompleteFileError`) or non-image file; RGB/colour image; multi-page
-        file without ``page``; unsupported dtype (bool, complex); a side over :data:`MAX_SIDE_PX` px (checked
-        from the header, before reading pixels); NaN or infinite pixels; an invalid sidecar JSON.
+        file without ``page``; unsupported dtype (bool, complex); a side over :data:`MAX_SIDE_PX` px or more
+        than ``max_bytes`` decoded (checked from the header, before reading pixels); a pixel size outside
+        :data:`~refscope.daemon.frames.PIXEL_SIZE_RANGE_NM`; NaN or infinite pixels; an invalid sidecar JSON.
     ValueError
         ``pixel_size_nm`` is not a positive finite number.
     """
     override = _check_pixel_size_arg(pixel_size_nm)
     file_path = Path(path)
     kind = _sniff(file_path)
-    data, parsed = _read_tiff(file_path, page) if kind == "tiff" else _read_png(file_path, page)
+    if max_bytes is not None and (isinstance(max_bytes, bool) or int(max_bytes) != max_bytes or max_bytes < 1):
+        raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+    reader = _read_tiff if kind == "tiff" else _read_png
+    data, parsed = reader(file_path, page, max_bytes)
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
     _check_finite(file_path, data)
@@ -300,6 +329,9 @@ def read_image(
         pixel, source = override, "argument"
     elif parsed.pixel_size_nm is not None:
         pixel, source = parsed.pixel_size_nm, parsed.vendor if parsed.vendor != "plain" else "description"
+        problem = pixel_size_problem(pixel)
+        if problem is not None:
+            raise _fail(file_path, f"its {source} metadata gives a {problem}")
     else:
         pixel = _sidecar_pixel_size(file_path)
         source = "sidecar" if pixel is not None else None

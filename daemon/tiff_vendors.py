@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputFileError
+from .frames import pixel_size_problem
 from .tiff_common import _INFO_KEY, _UNIT_NM, Vendor, _clean, _positive, _to_nm
 
 _TIME_UNIT_S = {"ps": 1e-12, "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "secs": 1.0}
@@ -39,6 +40,9 @@ def _sidecar_pixel_size(path: Path) -> float | None:
             raise InputFileError(
                 f"{sidecar}: 'pixel_size_nm' must be a positive number of nm, got {document['pixel_size_nm']!r}"
             )
+        problem = pixel_size_problem(value)
+        if problem is not None:
+            raise InputFileError(f"{sidecar}: 'pixel_size_nm' of {path.name}: {problem}")
         return value
     return None
 

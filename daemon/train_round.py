@@ -26,7 +26,6 @@ The result is a JSON-able dict (see :func:`run_round`).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from .errors import StateError
 from .model_store import load_model
 from .net_store import NET_STATE_NAME, finite_json, has_net, load_net, load_pairs, save_net
 from .serve.child import die_with_parent
+from .worker import lower_priority
 from .state_store import has_state, state_paths
 
 __all__ = ["CHECKPOINT_DIR", "RoundSpec", "run_round", "round_process_main"]
@@ -65,7 +65,8 @@ class RoundSpec:
             ``"bicubic"``.
         margin_db: promotion margin, dB.
         net_version: version the network gets if promoted.
-        threads: PyTorch threads; nice: niceness added (process only).
+        threads: PyTorch threads; nice: niceness added (process only); idle: train only on spare CPU time
+            (``SCHED_IDLE``, see :func:`~refscope.daemon.worker.lower_priority`).
     """
 
     state_dir: str
@@ -79,6 +80,7 @@ class RoundSpec:
     net_version: int = 1
     threads: int = 1
     nice: int = 0
+    idle: bool = False
 
 
 def _warm_start(spec: RoundSpec, scale: int) -> tuple[Any, str | None]:
@@ -176,11 +178,7 @@ def round_process_main(spec: RoundSpec, conn: Any, log_level: int = logging.INFO
 
     return_freed_memory()  # the trainer's share of serve.max_memory_mb: freed batches go back to the system
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[train]: %(message)s")
-    if spec.nice:
-        try:
-            os.nice(spec.nice)
-        except OSError:  # pragma: no cover - not permitted: train at normal priority
-            pass
+    lower_priority(spec.nice, idle=spec.idle, where="the training process")
     import torch
 
     torch.set_num_threads(max(1, spec.threads))

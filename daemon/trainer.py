@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -87,6 +89,9 @@ class BackgroundTrainer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._process: Any = None
+        self._held = False  # serving holds the training process stopped (see hold())
+        self._held_since = 0.0
+        self._held_s = 0.0  # seconds held so far (all rounds)
         stored = load_pairs(self._state_dir)
         if stored is not None and stored.scale != self._scale:
             raise RefscopeError(f"{self._state_dir}: the stored pairs are x{stored.scale} but the session is "
@@ -135,6 +140,42 @@ class BackgroundTrainer:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def hold(self, held: bool) -> None:
+        """Stop (``SIGSTOP``) the training process while serving needs the CPU, continue it (``SIGCONT``) after.
+
+        With ``trainer.pause_while_serving`` the daemon holds training while a frame is served or waits to be:
+        on a 2-core PC a training process, even at ``SCHED_IDLE``, slowed a 1536x1024 frame at x4 from 1.1 s to
+        1.5-2.5 s. Training then runs in the gaps between frames; a round's deadline does not count held time.
+        Idempotent; a round started while held starts stopped. Where signals cannot stop a process (not POSIX),
+        nothing happens.
+        """
+        if not self.config.pause_while_serving or not hasattr(signal, "SIGSTOP"):
+            return
+        with self._lock:
+            if held == self._held:
+                return
+            self._held = held
+            now = time.monotonic()
+            if held:
+                self._held_since = now
+            else:
+                self._held_s += now - self._held_since
+            process = self._process
+            if process is not None and process.pid is not None:
+                self._signal(process, signal.SIGSTOP if held else signal.SIGCONT)
+
+    @staticmethod
+    def _signal(process: Any, signum: int) -> None:
+        try:
+            os.kill(process.pid, signum)
+        except (OSError, ProcessLookupError):  # it has just ended
+            pass
+
+    def _held_total(self) -> float:
+        """Seconds training has been held so far, the current hold included."""
+        with self._lock:
+            return self._held_s + (time.monotonic() - self._held_since if self._held else 0.0)
+
     @property
     def child_pid(self) -> int | None:
         """Process id of the round in progress, or None."""
@@ -182,7 +223,7 @@ class BackgroundTrainer:
             return RoundSpec(state_dir=str(self._state_dir), round_index=self._rounds, network=cfg.network,
                              strategy=cfg.strategy, budget_s=cfg.round_s, bootstrap_fraction=cfg.bootstrap_fraction,
                              champion=kind, margin_db=cfg.margin_db, net_version=self.net_version + 1,
-                             threads=cfg.threads, nice=cfg.nice)
+                             threads=cfg.threads, nice=cfg.nice, idle=cfg.idle_priority)
 
     def _run_round(self, spec: RoundSpec) -> None:
         try:
@@ -204,7 +245,10 @@ class BackgroundTrainer:
         result: dict[str, Any] | None = None
         late = False
         try:
-            process.start()
+            with self._lock:  # started stopped while serving holds training
+                process.start()
+                if self._held:
+                    self._signal(process, signal.SIGSTOP)
         except OSError as exc:  # no process (out of memory, process limit): a failed round, not a failed daemon
             parent_end.close()
             child_end.close()
@@ -212,6 +256,7 @@ class BackgroundTrainer:
             self._finish(spec, {"round": spec.round_index, "status": "failed",
                                 "reason": f"training process could not start ({exc})"}, token)
             return
+        held_before = self._held_total()
         try:
             child_end.close()
             while result is None and not self._stop.is_set():
@@ -222,7 +267,7 @@ class BackgroundTrainer:
                         break
                 elif not process.is_alive():
                     break
-                elif time.monotonic() > deadline:
+                elif time.monotonic() - (self._held_total() - held_before) > deadline:
                     late = True
                     break
         finally:
@@ -239,6 +284,8 @@ class BackgroundTrainer:
     @staticmethod
     def _end(process: Any) -> None:
         if process.is_alive():
+            if hasattr(signal, "SIGCONT"):  # a held (stopped) process would not act on SIGTERM
+                BackgroundTrainer._signal(process, signal.SIGCONT)
             process.terminate()
             process.join(5.0)
         if process.is_alive():  # pragma: no cover - ignored SIGTERM

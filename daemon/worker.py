@@ -18,13 +18,14 @@ by :meth:`Worker.check`) whose every turn runs under that rule.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from .errors import StateError
 
-__all__ = ["WORKER_LOGGER", "is_state_failure", "supervised", "Worker"]
+__all__ = ["WORKER_LOGGER", "BACKGROUND_NICE", "is_state_failure", "lower_priority", "supervised", "Worker"]
 
 WORKER_LOGGER = "refscope.daemon"
 _log = logging.getLogger(WORKER_LOGGER)
@@ -35,6 +36,31 @@ Count = Callable[[str, str], None]
 """``count(reason, message)``: count one failure under ``reason`` (the message names the input)."""
 Quarantine = Callable[[str, str], None]
 """``quarantine(input_name, message)``: record the input so that it is not retried (e.g. after a restart)."""
+
+
+BACKGROUND_NICE = 10
+"""Niceness added to the learner's thread so that serving keeps the CPU. Measured on 2 cores: a 1536x1024 frame at
+x4 took 2.29 s (p50) while the learner fitted a reference in the same process at equal priority, 1.14 s with the
+learner's thread at +10 (1.07 s alone)."""
+
+
+def lower_priority(nice: int = BACKGROUND_NICE, *, idle: bool = False, where: str = "background work") -> bool:
+    """Add ``nice`` to the niceness of the calling thread (Linux gives each thread its own; elsewhere, and in a
+    single-threaded child process, this is the process's); with ``idle``, also run it only on CPU time nothing
+    else wants (Linux ``SCHED_IDLE``: any other task preempts it at once). Call it before the thread or process
+    starts further threads (they inherit it). Returns whether it all worked; where it is not permitted the work
+    keeps its priority (logged at debug level)."""
+    ok = True
+    try:
+        if nice:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(nice)))
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted
+        _log.debug("%s keeps its priority (%s)", where, exc)
+        ok = False
+    return ok
 
 
 def is_state_failure(exc: BaseException) -> bool:

@@ -28,8 +28,23 @@ from .image_ops import upsample_bicubic
 from .library import PairedLibrary
 from .patches import aggregate_patches, check_patch_size, extract_patches, pad_for_patches, patch_grid
 
-__all__ = ["PairedConfig", "PairedRegressors", "fit_paired_regressors", "nlm_average", "reconstruct_paired_faithful", "reconstruct_original", "reconstruct_paired",
-           "receptive_radius"]
+__all__ = ["SIGMA_N_RANGE", "PairedConfig", "PairedRegressors", "fit_paired_regressors", "nlm_average", "reconstruct_paired_faithful", "reconstruct_original", "reconstruct_paired",
+           "receptive_radius", "check_sigma_n"]
+
+SIGMA_N_RANGE = (1e-2, 1e2)
+"""Accepted NLM strengths ``sigma_n`` (relative to the measured noise for the paired method, library units for the
+centre-pixel methods; default 1). Outside it the weights ``exp(-d² / T)`` degenerate: ``T`` underflows to 0 and
+every estimate is NaN (``sigma_n = 5e-324``), or all weights are equal and the result is a blur of the library."""
+
+
+def check_sigma_n(sigma_n: float, *, name: str = "sigma_n") -> float:
+    """``sigma_n`` as a float inside :data:`SIGMA_N_RANGE`; ValueError naming ``name`` and the range otherwise."""
+    low, high = SIGMA_N_RANGE
+    value = float(sigma_n)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name} must lie in {low:g}..{high:g} (the NLM strength; 1 is the default), got {sigma_n!r}")
+    return value
+
 
 _CHUNK = 4096  # queries per block: bounds the (chunk, L_category) distance matrix to a few tens of MB
 
@@ -160,9 +175,9 @@ class PairedConfig:
     n_probe: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("sigma_n", "ridge"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"PairedConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        check_sigma_n(self.sigma_n, name="PairedConfig.sigma_n")
+        if not self.ridge > 0:
+            raise ValueError(f"PairedConfig.ridge must be > 0, got {self.ridge!r}")
         for name in ("stride", "pca_dims", "n_probe"):
             value = getattr(self, name)
             if name == "stride" and value is None:

@@ -23,7 +23,7 @@ from .image_ops import as_gray_float, upsample_bicubic
 from .library import LibraryConfig, PairedLibrary
 from .local_registration import matched_patches, register_local
 from .metrics import fit_intensity_coefficients
-from .nlm import (PairedConfig, PairedRegressors, fit_paired_regressors, reconstruct_original, reconstruct_paired,
+from .nlm import (PairedConfig, check_sigma_n, PairedRegressors, fit_paired_regressors, reconstruct_original, reconstruct_paired,
                   reconstruct_paired_faithful)
 from .noise import estimate_noise_sigma
 from .registration import PairGeometry, overlap_box, register_global, resample_hr_to_lr_grid
@@ -208,8 +208,8 @@ def enhance(lr: np.ndarray, model: FittedModel | None, *, method: str = "paired"
         return upsample_bicubic(lr, factor)
     if model is None:
         raise ValueError(f"method {method!r} needs a fitted model")
-    if sigma_n is not None and not sigma_n > 0:
-        raise ValueError(f"sigma_n must be > 0, got {sigma_n!r}")
+    if sigma_n is not None:
+        sigma_n = check_sigma_n(sigma_n)
     units = model.intensity.to_units(lr)
     if method == "paired-faithful":
         out = reconstruct_paired_faithful(units, model.library, scale=model.scale, sigma_n=1.0 if sigma_n is None else sigma_n)

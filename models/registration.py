@@ -26,7 +26,7 @@ from scipy import ndimage
 from .errors import RegistrationError
 from .image_ops import as_gray_float
 
-__all__ = ["PairGeometry", "register_global", "overlap_box", "resample_hr_to_lr_grid"]
+__all__ = ["PairGeometry", "register_global", "factor_scores", "FACTOR_RATIOS", "overlap_box", "resample_hr_to_lr_grid"]
 
 
 @dataclass(frozen=True)
@@ -366,6 +366,56 @@ def register_global(lr: np.ndarray, hr: np.ndarray, *, factor: float | tuple[flo
         raise RegistrationError(
             f"HR reference does not match any place in the LR frame (best NCC {geom.score:.2f} < {min_score:.2f})")
     return geom
+
+
+FACTOR_RATIOS = (0.5, 2 ** -0.5, 2 ** 0.5, 2.0)
+"""Factors tried beside the nominal one by :func:`factor_scores`, relative to it (half to twice, in √2 steps)."""
+
+
+def factor_scores(lr: np.ndarray, hr: np.ndarray, *, factor: float | tuple[float, float],
+                  ratios: tuple[float, ...] = FACTOR_RATIOS, max_rotation_deg: float = 3.0,
+                  coarse_size: int = 64) -> dict[float, float]:
+    """How well the HR reference matches the LR frame at its nominal factor and at ``factor · r`` for each ratio.
+
+    A check of the stated pixel sizes: :func:`register_global` refines the factor by a few percent only, and a
+    textured specimen can match somewhere with a usable NCC at a factor that is wrong by 2x (an HR labelled 2x
+    finer than the LR when it was 4.17x finer). Each factor gets the same coarse search as the registration's
+    first step (FFT NCC over positions and small rotations on the LR coarsened so that the HR field spans about
+    ``coarse_size`` px), so the scores are comparable.
+
+    Parameters
+    ----------
+    lr, hr : (H, W), (h, w) arrays
+        LR frame and HR reference (any real dtype).
+    factor : float or (float, float)
+        Nominal HR px per LR px along (y, x), from the pixel sizes.
+    ratios : tuple of float
+        Factors tried relative to ``factor``; 1.0 (the nominal factor) is always scored.
+
+    Returns
+    -------
+    dict
+        ratio -> best coarse NCC (NaN where the HR field at that factor is larger than the LR frame, smaller
+        than the search needs, or below one LR px per HR px).
+    """
+    fyx = _factor_pair(factor)
+    lr_s = _standardise(as_gray_float(lr, name="LR frame"))
+    hr_s = _standardise(as_gray_float(hr, name="HR reference"))
+    h, w = hr_s.shape
+    scores: dict[float, float] = {}
+    for ratio in sorted({1.0, *(float(r) for r in ratios)}):
+        f = (fyx[0] * ratio, fyx[1] * ratio)
+        hf, wf = h / f[0], w / f[1]
+        if min(f) < 1.0 or hf > lr_s.shape[0] or wf > lr_s.shape[1]:
+            scores[ratio] = float("nan")
+            continue
+        d = max(1, int(min(hf, wf) // max(coarse_size, 8)))
+        try:
+            _, score = _coarse_search(lr_s, _antialias(hr_s, (f[0] * d, f[1] * d)), f, d, abs(float(max_rotation_deg)))
+        except RegistrationError:
+            score = float("nan")
+        scores[ratio] = float(score)
+    return scores
 
 
 def overlap_box(geometry: PairGeometry, lr_shape: tuple[int, int], hr_shape: tuple[int, int]

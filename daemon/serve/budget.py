@@ -20,7 +20,9 @@ serving                   the rest: :attr:`MemoryBudget.workspace_share` of it f
 ========================  =================================================================================
 
 A frame whose output cannot fit the frame share at the current scale is refused with a reason that names the
-budget (``too_large``); nothing is allocated for it. Pure arithmetic: no measurement, no globals.
+budget (``too_large``) before it enters any buffer; an input whose decoded pixels exceed
+:attr:`MemoryBudget.input_bytes` is refused from its header, before it is decoded; the learner's recent LR
+frames are bounded in bytes (:attr:`MemoryBudget.recent_frames_bytes`). Pure arithmetic: no measurement, no globals.
 """
 from __future__ import annotations
 
@@ -86,6 +88,12 @@ class MemoryBudget:
     as float32, 300 MB after."""
     workspace_share = 0.3
     """Part of the serving share given to the model's tiled inference; the rest holds frames."""
+    INPUT_SHARE = 4
+    """One decoded input frame may take at most 1/``INPUT_SHARE`` of the frame share (:attr:`input_bytes`)."""
+    RECENT_FRAMES_MB = 96
+    """The learner's ring of recent LR frames (the frames a reference may be paired with) holds at most this
+    many MB of pixels (the oldest fall out first); part of the runtime share, whose measured idle size leaves
+    room for it."""
 
     def __post_init__(self) -> None:
         if int(self.total_mb) != self.total_mb or self.serving_bytes < MIN_SERVING_MB * MB:
@@ -124,6 +132,17 @@ class MemoryBudget:
     def frames_bytes(self) -> int:
         """The frame in flight and the frames waiting to be written, bytes."""
         return self.serving_bytes - self.workspace_bytes
+
+    @property
+    def input_bytes(self) -> int:
+        """Largest decoded input frame (LR frame or HR reference) ingest accepts, bytes; checked from the file's
+        header or the message's shape before any pixel is decoded."""
+        return self.frames_bytes // self.INPUT_SHARE
+
+    @property
+    def recent_frames_bytes(self) -> int:
+        """Pixels the learner's ring of recent LR frames may hold, bytes."""
+        return self.RECENT_FRAMES_MB * MB
 
     # ------------------------------------------------------------------------------------------ derived sizes
     def tile(self, *, workspace_bytes_per_px: float, scale: int, halo: int, align: int = 1,

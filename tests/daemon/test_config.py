@@ -130,7 +130,7 @@ def test_folder_source_config(tmp_path: Path) -> None:
         ({"model.scale": "two"}, "model.scale", "must be an integer"),
         ({"model.patch_size": 8}, "model.patch_size", "odd integer >= 3"),
         ({"model.library_size": 5}, "model.library_size", ">= 10"),
-        ({"model.sigma_n": -1.0}, "model.sigma_n", "> 0"),
+        ({"model.sigma_n": -1.0}, "model.sigma_n", "from 0.01 to 100"),
         ({"ingest.zmq_pattern": "push"}, "ingest.zmq_pattern", "'pull', 'sub'"),
         ({"ingest.use_polling": "maybe"}, "ingest.use_polling", "true or false"),
         ({"ingest.pixel_size_nm": 0}, "ingest.pixel_size_nm", "positive"),

@@ -6,11 +6,13 @@ import json
 import queue
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from refscope.daemon import service_control as service_control_module
 from refscope.daemon.config import load_config
 from refscope.daemon.control import COMMANDS, ControlClient, ControlError, ControlServer, ControlTimeout, validate_request
 from refscope.daemon.frames import Frame, IngestCounters, IngestStats
@@ -36,7 +38,7 @@ LR_SHAPE = (96, 128)
     ({"cmd": "set"}, "at least one"),
     ({"cmd": "set", "method": "magic"}, "must be one of"),
     ({"cmd": "set", "method": 1}, "must be a string"),
-    ({"cmd": "set", "sigma_n": -1}, "must be > 0"),
+    ({"cmd": "set", "sigma_n": -1}, "must lie in 0.01..100"),
     ({"cmd": "set", "sigma_n": "big"}, "finite number"),
     ({"cmd": "set", "scale": 2.5}, "must be an integer"),
     ({"cmd": "set", "scale": True}, "must be an integer"),
@@ -172,7 +174,7 @@ def next_enhanced(stream):
     return None
 
 
-def test_every_daemon_command_round_trips(tmp_path):
+def test_every_daemon_command_round_trips(tmp_path, monkeypatch):
     pair = make_pair(rng=np.random.default_rng(3), lr_shape=LR_SHAPE, factor=2.0)
     source = QueueSource()
     config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "publish.out_dir": str(tmp_path / "out"),
@@ -257,6 +259,14 @@ def test_every_daemon_command_round_trips(tmp_path):
         assert raw.data.shape == LR_SHAPE and enhanced.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
         assert enhanced.pixel_size_nm == pytest.approx(5.0, rel=1e-4)
         assert str(daemon.config.state_dir / "snapshots") in reply["raw"]
+        # at most one snapshot a second, and a folder quota: refused, nothing deleted (issue 13.7)
+        again = client.request("snapshot")
+        assert again["ok"] is False and "at most one per 1 s" in again["error"]
+        time.sleep(1.05)
+        monkeypatch.setattr(service_control_module, "SNAPSHOT_QUOTA_MB", 0)
+        full = client.request("snapshot")
+        assert full["ok"] is False and "beyond the 0 MB quota; move or delete old snapshots" in full["error"]
+        assert Path(reply["raw"]).exists() and Path(reply["enhanced"]).exists()
 
         status = client.call("status")["status"]
         assert status["model_version"] == 1 and status["control"]["requests"] > 10

@@ -41,6 +41,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from refscope.daemon.errors import IncompleteFileError, InputFileError
+from refscope.daemon.frames import PIXEL_SIZE_RANGE_NM
 from refscope.daemon.protocol import DEFAULT_LIMITS, DTYPES, REASON_CODES, ProtocolError, decode_frame, encode_frame
 from refscope.daemon.service import Daemon
 from refscope.daemon.source_folder import image_to_frame
@@ -71,8 +72,12 @@ _SPECIAL = st.sampled_from([
     1e300, math.nan, math.inf, -math.inf, "", "lr", "hr", "enhanced", "uint16", "float64", "x" * 300, [], {}, [8],
     [8, 8, 8], [8.0, 8.0], [10**400, 8], [16384, 16384], [70000, 70000], [0, 8], [-8, 8], [math.nan, 0.0], {"a": 1},
 ])
-_HOSTILE = st.one_of(_SPECIAL, _SPECIAL, _SPECIAL, st.integers(), st.floats(), st.text(max_size=8),
-                     st.lists(st.integers(-2, 20000), max_size=3))
+_EXTREME_FLOATS = st.one_of(  # magnitudes from the subnormal to the largest double, either sign, and NaN/inf
+    st.floats(), st.builds(lambda m, e, sign: sign * m * 10.0 ** e, st.floats(1.0, 9.99), st.integers(-323, 307),
+                           st.sampled_from([1.0, -1.0])))
+_HOSTILE = st.one_of(_SPECIAL, _SPECIAL, _SPECIAL, st.integers(), _EXTREME_FLOATS, _EXTREME_FLOATS,
+                     st.text(max_size=8), st.lists(st.integers(-2, 20000), max_size=3),
+                     st.lists(_EXTREME_FLOATS, min_size=2, max_size=2))
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class Message:
 
 def _never_valid(name: str, value: object) -> bool:
     """True for a value no header field may take: NaN/inf, an object, an integer beyond float range, null
-    for a required field, a seq outside 0..2**63-1, a pixel size <= 0."""
+    for a required field, a seq outside 0..2**63-1, a pixel size outside the physical range."""
     if isinstance(value, dict) or isinstance(value, float) and not math.isfinite(value):
         return True
     if value is None:
@@ -100,7 +105,10 @@ def _never_valid(name: str, value: object) -> bool:
         return True
     if name == "seq":
         return not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63)
-    return name == "pixel_size_m" and number and value <= 0  # type: ignore[operator]
+    if name == "pixel_size_m" and number:  # outside the physical range 1 pm .. 1 mm (issue 13.1, 13.3)
+        low, high = PIXEL_SIZE_RANGE_NM
+        return not low * 1e-9 <= value <= high * 1e-9  # type: ignore[operator]
+    return False
 
 
 def _valid(dtype: str = "uint16", shape: tuple[int, int] = (8, 12), seq: int = 5) -> tuple[np.ndarray, bytes, bytes]:

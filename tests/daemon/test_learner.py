@@ -353,3 +353,35 @@ def test_bad_arguments(tmp_path: Path) -> None:
             learner.start()
     finally:
         learner.stop(timeout=5)
+
+
+def test_a_reference_waits_for_the_frame_being_served_at_most_the_yield_time(tmp_path: Path, scenes,
+                                                                             monkeypatch) -> None:
+    """Serving first: a zoom-series frame is served before the learner fits it (both in one process)."""
+    import refscope.daemon.learner as learner_module
+
+    first = scenes[0]
+    serving = {"busy": True}
+    started: list[float] = []
+    real_pair = learner_module.pair_reference
+
+    def pair(*args: Any, **kwargs: Any) -> Any:
+        started.append(time.monotonic())
+        return real_pair(*args, **kwargs)
+
+    monkeypatch.setattr(learner_module, "pair_reference", pair)
+    monkeypatch.setattr(learner_module, "YIELD_TO_SERVING_S", 1.5)
+    with make_learner(tmp_path, None, FakeEvents(), Promotions(), serving_busy=lambda: serving["busy"]) as learner:
+        learner.note_lr(lr_frame(first, "lr.tif"))
+        submitted = time.monotonic()
+        learner.submit_reference(hr_frame(first.hr, "a_hr.tif"))
+        time.sleep(0.5)
+        assert started == [] and learner.status().busy  # taken, but waiting for serving
+        serving["busy"] = False
+        wait_for(done(learner, 1))
+        assert 0.5 <= started[0] - submitted < 1.5
+        serving["busy"] = True  # serving never idle: the next reference is learned after the cap anyway
+        submitted = time.monotonic()
+        learner.submit_reference(hr_frame(first.hr, "b_hr.tif"))
+        wait_for(done(learner, 2))
+        assert 1.4 <= started[1] - submitted < 5.0

@@ -283,3 +283,62 @@ def test_daemon_status_reports_the_trainer_and_restores_the_network(tmp_path: Pa
         assert status["model"]["served_by"] == "net" and status["model"]["champion"] == "net"
         assert status["trainer"]["enabled"] is True and status["trainer"]["pairs"] == 1
         daemon.check()
+
+
+# ------------------------------------------------------------------------------------------------ serving first
+def _count_forever(spec: RoundSpec, conn: Any, level: int) -> None:
+    """A round that counts in a file until killed (to see whether it runs)."""
+    path, temp = Path(spec.state_dir) / "ticks", Path(spec.state_dir) / "ticks.tmp"
+    ticks = 0
+    while True:
+        ticks += 1
+        temp.write_text(str(ticks))
+        os.replace(temp, path)  # never seen half-written
+        time.sleep(0.01)
+
+
+def _state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_serving_holds_the_training_process_and_its_deadline_does_not_count_held_time(tmp_path: Path,
+                                                                                        split) -> None:
+    _store(tmp_path, split)
+    trainer = _trainer(tmp_path, lambda: ("bicubic", 0), [], target=_count_forever, round_s=0.5)  # deadline 301 s
+    trainer.hold(True)  # a frame is being served when the round starts: it starts stopped
+    trainer.start()
+    ticks = tmp_path / "ticks"
+    try:
+        wait_for(lambda: trainer.child_pid is not None, timeout=30)
+        pid = trainer.child_pid
+        wait_for(lambda: _state_of(pid) == "T", timeout=10, what="the round stopped")
+        time.sleep(0.5)
+        assert not ticks.exists() or int(ticks.read_text()) < 5
+        trainer.hold(False)
+        wait_for(lambda: ticks.exists() and int(ticks.read_text()) > 10, timeout=10, what="the round running")
+        trainer.hold(True)
+        wait_for(lambda: _state_of(pid) == "T", timeout=10, what="the round stopped again")
+        before = int(ticks.read_text())
+        time.sleep(0.5)
+        assert int(ticks.read_text()) <= before + 1
+        assert trainer._held_total() >= 0.5  # the deadline is moved by the time held
+    finally:
+        trainer.stop()  # a held round is continued so that it can be terminated
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _state_of(pid) == "Z", timeout=10, what="the round gone")
+    assert trainer.status()["failures"] == 0
+
+
+def test_hold_does_nothing_when_pause_while_serving_is_off(tmp_path: Path, split) -> None:
+    _store(tmp_path, split)
+    trainer = _trainer(tmp_path, lambda: ("bicubic", 0), [], target=_count_forever, pause_while_serving=False)
+    trainer.start()
+    try:
+        wait_for(lambda: trainer.child_pid is not None, timeout=30)
+        trainer.hold(True)
+        ticks = tmp_path / "ticks"
+        wait_for(lambda: ticks.exists(), timeout=10)
+        before = int(ticks.read_text())
+        wait_for(lambda: int(ticks.read_text()) > before + 10, timeout=10, what="the round still running")
+    finally:
+        trainer.stop()
