@@ -384,9 +384,7 @@ class FolderPublisher:
             self._spill.again(item)
             return
         self._spill.done(item)
-        if reason is None:
-            with self._lock:
-                self._retried += 1
+        if reason is None:  # counted as retried by _write, together with written
             _log.info("%s: written after %d failed tries", job.source, item.tries)
 
     def _last_tries(self) -> None:
@@ -450,8 +448,9 @@ class FolderPublisher:
                 written_conf = conf_path
             except (OSError, ValueError) as exc:
                 self._count_error(_error_reason(exc), f"{conf_path}: confidence map of {job.source} not written ({exc})")
-        with self._lock:
+        with self._lock:  # one update: a reader never sees it written but not yet counted as retried
             self._written += 1
+            self._retried += int(not first)
             self._replaced += int(replaced)
         _log.debug("wrote %s%s", path, " (replaced)" if replaced else "")
         if self._on_written is not None:

@@ -311,6 +311,7 @@ class FramePipeline:
         if not plan.fits:
             self._reject(item, "too_large", f"{frame.source}: {plan.reason}")
             return
+        self._stream_raw(frame)  # what the operator looks at first: the new scan, at once
         try:
             result = self.engine.enhance(frame.data)
         except ValueError as exc:

@@ -64,9 +64,22 @@ class StreamOutput:
         """The monitor's drift state before this frame is measured (flags the enhanced frame's header)."""
         return bool(self.monitor is not None and self.monitor.drift)
 
+    def _stream_raw(self, frame: Frame) -> None:
+        """Stream the raw LR frame as soon as serving takes it, before it is enhanced: the operator's raw pane
+        shows the new scan at once (tens of ms), the enhanced one follows when the model is done."""
+        if self.stream is None or not self.config.publish.stream_raw:
+            return
+        raw = np.asarray(frame.data)
+        if raw.dtype.newbyteorder("<") not in DTYPES.values():
+            raw = raw.astype(np.float32)
+        pixel_nm = frame.pixel_size_nm if frame.pixel_size_nm is not None else NOMINAL_PIXEL_NM
+        self._send(lambda: encode_frame(raw, seq=frame.seq, pixel_size_m=pixel_nm * 1e-9, role="lr",
+                                        stage_xy_m=frame.stage_xy_m, t=frame.t, copy=False), "raw", frame)
+
     def _publish_stream(self, frame: Frame, result: EnhanceResult, item: ServeItem, scale: int,
                         out_pixel_nm: float | None, drift: bool) -> tuple[int, float, float]:
-        """Stream the raw frame and the enhanced one; returns (output seq, latency s, output pixel nm)."""
+        """Stream the enhanced frame (the raw one went first: :meth:`_stream_raw`); returns (output seq, latency s,
+        output pixel nm)."""
         assert self.stream is not None
         if out_pixel_nm is None:
             if not self._warned_no_pixel:
@@ -74,13 +87,6 @@ class StreamOutput:
                              "ingest.pixel_size_nm)", frame.source, NOMINAL_PIXEL_NM)
                 self._warned_no_pixel = True
             out_pixel_nm = NOMINAL_PIXEL_NM / scale
-        publish = self.config.publish
-        if publish.stream_raw:
-            raw = np.asarray(frame.data)
-            if raw.dtype.newbyteorder("<") not in DTYPES.values():
-                raw = raw.astype(np.float32)
-            self._send(lambda: encode_frame(raw, seq=frame.seq, pixel_size_m=out_pixel_nm * scale * 1e-9, role="lr",
-                                            stage_xy_m=frame.stage_xy_m, t=frame.t, copy=False), "raw", frame)
         now = time.time()
         latency = max(0.0, now - item.origin_t)
         self._out_seq += 1

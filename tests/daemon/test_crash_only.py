@@ -178,6 +178,8 @@ def test_outputs_refused_by_the_output_folder_are_written_while_the_daemon_runs(
         assert len(spilled) == 4 and not list(watch.glob("*.npz"))
         refusing["on"] = False
         wait_for(lambda: len(list(out.glob("f*_x2.tif"))) == 5, 20, "every output written, without a restart")
+        # the files appear (atomic rename) a moment before the writer's and the catalogue's counters follow
+        wait_for(lambda: control_status(daemon)["catalogue"]["frames"]["enhanced"] == 5, 10, "5 outputs catalogued")
         status = control_status(daemon)
         assert status["publish"]["folder"]["retried"] == 4 and status["frames"]["written"] == 5
         assert status["catalogue"]["frames"]["enhanced"] == 5

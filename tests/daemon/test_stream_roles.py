@@ -108,3 +108,35 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
     assert quality["signals"]["coverage"]["value"] == pytest.approx(1.0, abs=0.3) and quality["drift"] is False
     assert set(quality["signals"]) == {"coverage", "texture", "intensity", "focus", "held_out"}
     assert written == ["mem_0_x2_confidence.tif", "mem_1_x2_confidence.tif", "mem_2_x2_confidence.tif"]
+
+
+def test_the_raw_frame_is_streamed_before_the_model_runs(tmp_path, monkeypatch):
+    """What the operator looks at first (issue 18): the new scan reaches her raw pane at once, not after the model."""
+    source = QueueSource()
+    config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(tmp_path / "state"),
+                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.pub_endpoint": "tcp://127.0.0.1:*", "trainer.enabled": "false"})
+    context = zmq.Context()
+    try:
+        with Daemon(config, sources=[source], use_onnx=False) as daemon:
+            real = daemon.engine.enhance
+
+            def slow(data):  # type: ignore[no-untyped-def]
+                time.sleep(0.8)  # a model that takes its time
+                return real(data)
+
+            monkeypatch.setattr(daemon.engine, "enhance", slow)
+            stream = context.socket(zmq.SUB)
+            stream.setsockopt(zmq.SUBSCRIBE, b"")
+            stream.connect(daemon.endpoints["pub"])
+            time.sleep(0.3)
+            sent = time.monotonic()
+            source.items.put(Frame(np.ones(SHAPE, np.float32), 10.0, "lr", "mem:0", 0, time.time()))
+            arrived: dict[str, float] = {}
+            deadline = time.monotonic() + 20
+            while "enhanced" not in arrived and time.monotonic() < deadline:
+                if stream.poll(100):
+                    arrived.setdefault(stream_role(stream.recv_multipart()), time.monotonic())
+    finally:
+        context.destroy(linger=0)
+    assert arrived["lr"] - sent < 0.5 and arrived["enhanced"] - arrived["lr"] >= 0.7
