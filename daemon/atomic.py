@@ -128,4 +128,8 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     are converted by :func:`to_jsonable`.
     """
     text = json.dumps(obj, indent=indent, allow_nan=False, default=to_jsonable, ensure_ascii=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (surrogate escapes): \u-escaped, json.loads restores it
+        data = (json.dumps(obj, indent=indent, allow_nan=False, default=to_jsonable, ensure_ascii=True) + "\n").encode()
+    atomic_write_bytes(path, data)

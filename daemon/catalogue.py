@@ -13,6 +13,9 @@ Tables:
   ``updated`` (unix seconds);
 * ``pairs`` -- HR/LR pairs learned from: ``hr_source``, ``lr_source``, ``geometry`` (JSON), ``score``, ``t``;
 * ``events`` -- ``type``, ``t``, ``payload`` (JSON);
+* ``refused`` -- input files the folder source refused for good (not an image, truncated, too large, a link out
+  of the watched folder...): ``source``, ``size``, ``mtime``, ``reason`` (code), ``error`` (message), ``t``; a
+  restart does not read this version of them again (:meth:`Catalogue.refused`);
 * ``learned`` -- HR references the learner is done with: ``source``, ``size``, ``mtime``, ``outcome``
   (``learned`` | ``rejected`` | ``quarantined``), ``t``; written only after what the reference produced is saved,
   so a reference handed to the learner but not in this table is learned again after a restart;
@@ -22,6 +25,12 @@ Tables:
 Restart rule: a frame is not processed again when :meth:`Catalogue.already_enhanced` says that this version
 of it -- same source, same file size and modification time (both None for ZMQ frames) -- was already written
 out. A file the microscope rewrites under the same name is a new version and is processed again.
+
+Names: any name the file system allows is stored losslessly. A name that is valid UTF-8 is stored as TEXT; one
+that is not (``os.fsdecode`` gives it lone surrogates, e.g. ``b'ref\xff_HR.tif'`` -> ``'ref\udcff_HR.tif'``) is
+stored as a BLOB of its file-system bytes (``os.fsencode``) and given back decoded (``os.fsdecode``): the same
+``str`` comes back, and lookups, pairs and the restart rule work on it. JSON payloads escape such characters
+(``\udcff``), which ``json.loads`` restores.
 """
 from __future__ import annotations
 
@@ -94,6 +103,14 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_t ON events (t);
+CREATE TABLE IF NOT EXISTS refused (
+    source TEXT PRIMARY KEY,
+    size INTEGER,
+    mtime REAL,
+    reason TEXT NOT NULL,
+    error TEXT,
+    t REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS learned (
     source TEXT PRIMARY KEY,
     size INTEGER,
@@ -180,10 +197,49 @@ class CatalogueCounts:
 
 
 def _json(obj: Any, what: str) -> str:
+    """``obj`` as compact JSON text; non-ASCII characters as themselves unless the text would not be valid UTF-8
+    (a file name's lone surrogates): then every non-ASCII character is escaped (``json.loads`` restores them)."""
     try:
-        return json.dumps(obj, allow_nan=False, default=to_jsonable, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(obj, allow_nan=False, default=to_jsonable, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, allow_nan=False, default=to_jsonable, separators=(",", ":"), ensure_ascii=True)
+        return text
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-serialisable ({exc})") from exc
+
+
+def _name(value: str | os.PathLike[str]) -> str | bytes:
+    """A source or file name as stored: the ``str`` itself when it is valid UTF-8, else its file-system bytes
+    (``os.fsencode``: a BLOB) -- see "Names" in the module docstring. ValueError for a string that no file
+    name decodes to (a lone surrogate outside U+DC80..U+DCFF)."""
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"name {text!r} cannot be stored in the catalogue (not a file-system name: {exc})") from exc
+
+
+def _text(value: str) -> str | bytes:
+    """Free text (an error message, which names a file) as stored: like :func:`_name`, but never failing (a
+    character no file name has is replaced by a backslash escape)."""
+    try:
+        return _name(value)
+    except ValueError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _loaded(value: Any) -> Any:
+    """A stored name or text back as ``str`` (BLOBs decoded with ``os.fsdecode``); other values unchanged."""
+    return os.fsdecode(bytes(value)) if isinstance(value, (bytes, memoryview)) else value
 
 
 def _now(t: float | None) -> float:
@@ -327,13 +383,14 @@ class Catalogue:
         if status not in FRAME_STATUSES:
             raise ValueError(f"{source}: frame status must be one of {FRAME_STATUSES}, got {status!r}")
         now = time.time()
-        params = (str(source), size, mtime, str(role), int(seq), float(t), status, error, now)
+        key = _name(source)
+        params = (key, size, mtime, str(role), int(seq), float(t), status, None if error is None else _text(error), now)
         try:
             with self._transaction() as cur:
-                row = cur.execute("SELECT size, mtime FROM frames WHERE source = ?", (str(source),)).fetchone()
+                row = cur.execute("SELECT size, mtime FROM frames WHERE source = ?", (key,)).fetchone()
                 if row is not None and self._same_version(row[0], row[1], size, mtime):
                     cur.execute("UPDATE frames SET role = ?, seq = ?, t = ?, updated = ? WHERE source = ?",
-                                (str(role), int(seq), float(t), now, str(source)))
+                                (str(role), int(seq), float(t), now, key))
                 else:
                     cur.execute(
                         "INSERT INTO frames (source, size, mtime, role, seq, t, status, error, updated) "
@@ -358,7 +415,8 @@ class Catalogue:
         try:
             with self._transaction() as cur:
                 cur.execute("UPDATE frames SET status = ?, output_path = ?, error = ?, updated = ? WHERE source = ?",
-                            (status, output_path, error, time.time(), str(source)))
+                            (status, None if output_path is None else _name(output_path),
+                             None if error is None else _text(error), time.time(), _name(source)))
                 if cur.rowcount == 0:
                     raise ValueError(f"{self.path}: frame {source!r} was never recorded (call record_frame first)")
         except sqlite3.DatabaseError as exc:
@@ -376,20 +434,43 @@ class Catalogue:
     def already_enhanced(self, source: str, size: int | None, mtime: float | None) -> bool:
         """True when this version of ``source`` (same size in bytes and mtime in unix seconds; None for both
         with ZMQ frames) was already enhanced and written out: the restart rule (module docstring)."""
-        rows = self._query("SELECT size, mtime FROM frames WHERE source = ? AND status = 'enhanced'", (str(source),))
+        rows = self._query("SELECT size, mtime FROM frames WHERE source = ? AND status = 'enhanced'", (_name(source),))
         return bool(rows) and self._same_version(rows[0][0], rows[0][1], size, mtime)
 
     def frame(self, source: str) -> FrameRecord | None:
         """The row of ``source``, or None."""
         rows = self._query(
             "SELECT source, size, mtime, role, seq, t, status, output_path, error, updated FROM frames WHERE source = ?",
-            (str(source),),
+            (_name(source),),
         )
         if not rows:
             return None
         r = rows[0]
-        return FrameRecord(source=r[0], size=r[1], mtime=r[2], role=r[3], seq=r[4], t=r[5], status=r[6],
-                           output_path=Path(r[7]) if r[7] is not None else None, error=r[8], updated=r[9])
+        return FrameRecord(source=_loaded(r[0]), size=r[1], mtime=r[2], role=r[3], seq=r[4], t=r[5], status=r[6],
+                           output_path=Path(_loaded(r[7])) if r[7] is not None else None, error=_loaded(r[8]),
+                           updated=r[9])
+
+    # -------------------------------------------------------------------------------- refused inputs
+
+    def record_refused(self, source: str, *, size: int | None, mtime: float | None, reason: str, error: str) -> None:
+        """Record that this version of input file ``source`` (``size`` in bytes, ``mtime`` in unix seconds) was
+        refused for good: ``reason`` is the reason code (``"unreadable"``, ``"symlink_outside"``...), ``error`` the
+        message that was logged (it names the file and never quotes its content). Replaces an older version."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"{source!r}: refusal reason must be a non-empty string, got {reason!r}")
+        self._write(
+            "INSERT INTO refused (source, size, mtime, reason, error, t) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT "
+            "(source) DO UPDATE SET size = excluded.size, mtime = excluded.mtime, reason = excluded.reason, "
+            "error = excluded.error, t = excluded.t",
+            (_name(source), size, mtime, reason, _text(str(error)), time.time()))
+
+    def refused(self, source: str, size: int | None, mtime: float | None) -> str | None:
+        """The reason code this version of ``source`` was refused with (see :meth:`record_refused`), or None
+        when it was not (or another version was): a restart does not read a refused file again until it changes."""
+        rows = self._query("SELECT size, mtime, reason FROM refused WHERE source = ?", (_name(source),))
+        if not rows or not self._same_version(rows[0][0], rows[0][1], size, mtime):
+            return None
+        return str(rows[0][2])
 
     # ------------------------------------------------------------------------------------ references
 
@@ -401,12 +482,12 @@ class Catalogue:
         self._write(
             "INSERT INTO learned (source, size, mtime, outcome, t) VALUES (?, ?, ?, ?, ?) ON CONFLICT (source) DO "
             "UPDATE SET size = excluded.size, mtime = excluded.mtime, outcome = excluded.outcome, t = excluded.t",
-            (str(source), size, mtime, str(outcome), time.time()))
+            (_name(source), size, mtime, str(outcome), time.time()))
 
     def learned(self, source: str, size: int | None, mtime: float | None) -> str | None:
         """The learner's outcome for this version of reference ``source`` (see :meth:`mark_learned`), or None
         when it was never finished (handed over, then the daemon stopped or was killed: learn it again)."""
-        rows = self._query("SELECT size, mtime, outcome FROM learned WHERE source = ?", (str(source),))
+        rows = self._query("SELECT size, mtime, outcome FROM learned WHERE source = ?", (_name(source),))
         if not rows or not self._same_version(rows[0][0], rows[0][1], size, mtime):
             return None
         return str(rows[0][2])
@@ -421,7 +502,7 @@ class Catalogue:
         seconds, default now); return its id."""
         return self._write(
             "INSERT INTO pairs (hr_source, lr_source, geometry, score, t) VALUES (?, ?, ?, ?, ?)",
-            (str(hr_source), str(lr_source), _json(dict(geometry), f"pair {hr_source} / {lr_source}: geometry"),
+            (_name(hr_source), _name(lr_source), _json(dict(geometry), f"pair {hr_source!r} / {lr_source!r}: geometry"),
              None if score is None else float(score), _now(t)),
         )
 
@@ -449,7 +530,8 @@ class Catalogue:
             "INSERT INTO models (version, kind, method, library_size, scores, promoted, reason, t) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (str(version), str(kind), str(method), None if library_size is None else int(library_size),
-             _json(dict(scores), f"model {version}: scores"), int(bool(promoted)), reason, _now(t)),
+             _json(dict(scores), f"model {version}: scores"), int(bool(promoted)),
+             None if reason is None else _text(str(reason)), _now(t)),
         )
 
     def recent_events(self, n: int) -> list[EventRecord]:
@@ -460,8 +542,8 @@ class Catalogue:
     def pairs(self) -> list[PairRecord]:
         """Every recorded pair, oldest first."""
         rows = self._query("SELECT id, hr_source, lr_source, geometry, score, t FROM pairs ORDER BY id")
-        return [PairRecord(id=r[0], hr_source=r[1], lr_source=r[2], geometry=json.loads(r[3]), score=r[4], t=r[5])
-                for r in rows]
+        return [PairRecord(id=r[0], hr_source=_loaded(r[1]), lr_source=_loaded(r[2]), geometry=json.loads(r[3]),
+                           score=r[4], t=r[5]) for r in rows]
 
     def model_history(self) -> list[ModelRecord]:
         """Every recorded model, oldest first."""
@@ -469,7 +551,8 @@ class Catalogue:
             "SELECT id, version, kind, method, library_size, scores, promoted, reason, t FROM models ORDER BY id"
         )
         return [ModelRecord(id=r[0], version=r[1], kind=r[2], method=r[3], library_size=r[4],
-                            scores=json.loads(r[5]), promoted=bool(r[6]), reason=r[7], t=r[8]) for r in rows]
+                            scores=json.loads(r[5]), promoted=bool(r[6]), reason=_loaded(r[7]), t=r[8])
+                for r in rows]
 
     def counts(self) -> CatalogueCounts:
         """Row counts (frames by status)."""

@@ -47,7 +47,9 @@ from .keys_cli import add_keys_parser
 from .replay_cli import add_replay_parser
 from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
+from .frames import Frame
 from .model_store import load_model, save_model
+from .pairing import PairingHooks
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
 from .serving import ServingEngine
@@ -87,6 +89,26 @@ def _register(lr: LoadedImage, hr: LoadedImage, config: FitConfig) -> tuple[floa
         return factor, register_reference(lr.data, hr.data, factor=factor, config=config)
     except RefscopeModelError as exc:
         raise _about(hr.path, exc) from exc
+
+
+def check_stage_positions(lr: LoadedImage, hr: LoadedImage, *, force: bool = False) -> None:
+    """Refuse (InputFileError naming both files and positions) an HR reference whose field the stage positions
+    in the metadata put outside the LR field -- the live daemon's rule (``PairingHooks.contains``); nothing is
+    known without both positions and fields. ``force``: a warning instead."""
+    def frame(image: LoadedImage) -> Frame:
+        return Frame(data=image.data, pixel_size_nm=image.pixel_size_nm, role="auto", source=str(image.path), seq=0,
+                     t=0.0, stage_xy_m=image.metadata.stage_xy_m, field_of_view_nm=image.metadata.field_of_view_nm)
+
+    if PairingHooks().contains(frame(lr), frame(hr)) is not False:
+        return
+    (lx, ly), (hx, hy) = lr.metadata.stage_xy_m, hr.metadata.stage_xy_m  # type: ignore[misc]
+    fov_y, fov_x = lr.metadata.field_of_view_nm  # type: ignore[misc]
+    message = (f"{hr.path}: its stage position ({hx * 1e6:.1f}, {hy * 1e6:.1f}) µm lies outside the field of "
+               f"{lr.path} ({fov_x / 1e3:.1f} x {fov_y / 1e3:.1f} µm around ({lx * 1e6:.1f}, {ly * 1e6:.1f}) µm): "
+               "not a reference of that frame")
+    if not force:
+        raise InputFileError(message + " (--force learns from it anyway)")
+    log.warning("%s; learned from anyway (--force)", message)
 
 
 def register_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig
@@ -228,7 +250,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ValueError(f"--patch-size/--library-size: {exc}") from exc
     start = time.perf_counter()
-    config = FitConfig(scale=args.scale, library=library)
+    config = FitConfig(scale=args.scale, library=library, min_relative_ncc=0.0 if args.force else 0.8)
+    for hr in refs:
+        check_stage_positions(lr, hr, force=args.force)
     registered = register_files(lr, refs, config)
     model = fit_files(lr, refs, config, registered)
     save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs])
@@ -414,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library-size", type=int, default=8000, metavar="L", help="patch pairs kept (default 8000)")
     p.add_argument("--patch-size", type=int, metavar="N", help="odd patch side on the output grid (default 9)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the library sampling (default 0)")
+    p.add_argument("--force", action="store_true",
+                   help="learn from a reference even if its stage position puts it outside the LR field or it "
+                   "matches the LR frame too poorly to be of the same area (a warning instead of a refusal)")
     p.add_argument("--method", choices=("paired", "net"), default="paired",
                    help="paired: the paired library only (default); net: also train the network on the pairs, "
                    "validate both on held-out subimages and record the winner in STATE_DIR/best.json")

@@ -10,6 +10,13 @@ never completes the handshake and gets nothing -- no reply, no frame, no event.
 Key files use the ZeroMQ certificate format written by ``zmq.auth.create_certificates`` (Z85 keys, 40
 characters): ``NAME.key`` holds the public key, ``NAME.key_secret`` the public and the secret key.
 
+Permissions, whatever the umask: ``refscope keys`` creates folders with mode 0700, secret keys and authorized
+client keys with mode 0600 (a generated public key, made to be handed out, 0644), and never writes into an
+authorized-clients folder that group or others may write to. The daemon refuses to start
+(:class:`~refscope.daemon.config_fields.ConfigError` naming the path and its mode) when its secret key is
+readable or writable by group or others, or when its authorized-clients folder is writable by them (anyone
+could authorize themselves).
+
 Pieces:
 
 * :func:`generate_keypair` / :func:`authorize_key` -- what ``refscope keys generate`` / ``authorize`` do;
@@ -40,6 +47,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from .atomic import atomic_write_bytes
+from .config_fields import ConfigError
 from .errors import RefscopeError
 
 if TYPE_CHECKING:  # config imports this module (is_loopback_endpoint); no import cycle at run time
@@ -54,6 +62,7 @@ __all__ = [
     "CurveClientKeys",
     "AuthorizedKeys",
     "CurveContext",
+    "check_authorized_folder",
     "generate_keypair",
     "authorize_key",
     "load_public_key",
@@ -184,8 +193,18 @@ def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
 
 
 def load_server_keys(curve_dir: str | os.PathLike[str]) -> CurveServerKeys:
-    """The daemon's key pair from ``<curve_dir>/server.key_secret``."""
-    public, secret = load_secret_key(Path(curve_dir) / f"{SERVER_NAME}{SECRET_SUFFIX}")
+    """The daemon's key pair from ``<curve_dir>/server.key_secret``.
+
+    Raises ConfigError (key ``security.curve_dir``) naming the file and its mode when group or others may read
+    or write it, RefscopeError naming the file when it is missing, unreadable or malformed.
+    """
+    path = Path(curve_dir) / f"{SERVER_NAME}{SECRET_SUFFIX}"
+    mode = _mode(path)
+    if mode is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path}: the daemon's secret key is accessible by other users (mode {mode:04o}); run "
+                          f"`chmod 600 {path}`, and make a new pair (`refscope keys generate --force`) if it may "
+                          "have been read", key="security.curve_dir")
+    public, secret = load_secret_key(path)
     return CurveServerKeys(public=public, secret=secret)
 
 
@@ -200,21 +219,59 @@ def load_client_keys(server_key: str | os.PathLike[str], client_key: str | os.Pa
 # ------------------------------------------------------------------------------------- keys on disk
 
 
+def check_authorized_folder(folder: str | os.PathLike[str]) -> None:
+    """Raise ConfigError (key ``security.authorized_clients_dir``) naming ``folder`` and its mode when group or
+    others may write to it: they could authorize themselves. A missing folder passes (it authorizes nobody)."""
+    path = Path(folder)
+    mode = _mode(path)
+    if mode is not None and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path}: the authorized-clients folder is writable by other users (mode {mode:04o}), "
+                          f"who could authorize themselves; run `chmod 700 {path}`",
+                          key="security.authorized_clients_dir")
+
+
+def _mode(path: Path) -> int | None:
+    """Permission bits of ``path`` (None: missing, or Windows, where they mean nothing)."""
+    if os.name == "nt":
+        return None
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RefscopeError(f"{path}: cannot be checked ({exc.strerror or exc})") from exc
+
+
+def _make_private_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` and its missing parents with mode 0700 whatever the umask (existing ones are left as
+    they are); RefscopeError naming the folder when that fails."""
+    for path in (*reversed(folder.parents), folder):
+        if path.is_dir():
+            continue
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if path.is_dir():
+                continue  # made meanwhile
+            raise RefscopeError(f"{path}: is in the way of the {what} (not a folder)") from None
+        except OSError as exc:
+            raise RefscopeError(f"{path}: cannot create the {what} ({exc.strerror or exc})") from exc
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+
+
 def generate_keypair(folder: str | os.PathLike[str], name: str = SERVER_NAME, *,
                      force: bool = False) -> tuple[Path, Path]:
     """Create ``<folder>/<name>.key`` (public, mode 0644) and ``<name>.key_secret`` (secret, mode 0600).
 
-    The folder is created (mode 0700) if missing. The pair is written in a private temporary folder and then
-    moved in place; an existing key of that name is never replaced unless ``force``. Returns (public file,
-    secret file). Raises RefscopeError naming the file that is in the way or the folder that cannot be used.
+    The folder and its missing parents are created with mode 0700, whatever the umask. The pair is written in a
+    private temporary folder and then moved in place; an existing key of that name is never replaced unless
+    ``force``. Returns (public file, secret file). Raises RefscopeError naming the file that is in the way or the
+    folder that cannot be used.
     """
     name = _check_name(name)
     folder = Path(folder)
     public_path, secret_path = folder / f"{name}{PUBLIC_SUFFIX}", folder / f"{name}{SECRET_SUFFIX}"
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RefscopeError(f"{folder}: cannot create the key folder ({exc.strerror or exc})") from exc
+    _make_private_folder(folder, "key folder")
     if not folder.is_dir():
         raise RefscopeError(f"{folder}: is not a folder")
     if not force:
@@ -246,11 +303,13 @@ def generate_keypair(folder: str | os.PathLike[str], name: str = SERVER_NAME, *,
 
 def authorize_key(public_key_file: str | os.PathLike[str], folder: str | os.PathLike[str], *,
                   force: bool = False) -> tuple[Path, bool]:
-    """Copy a client's public key into the authorized-clients ``folder`` (created if missing), atomically.
+    """Copy a client's public key into the authorized-clients ``folder``, atomically.
 
-    The key is written as ``<folder>/<stem>.key`` holding only the public key. Refuses a secret key file (a
-    client's secret stays with the client) and, unless ``force``, a different key already authorized under
-    that name. Returns (the authorized file, True if it was written / False if that key was already there).
+    The key is written as ``<folder>/<stem>.key`` (mode 0600) holding only the public key; the folder and its
+    missing parents are created with mode 0700, whatever the umask. Refuses a secret key file (a client's secret
+    stays with the client), a folder that group or others may write to (the daemon would refuse it too) and,
+    unless ``force``, a different key already authorized under that name. Returns (the authorized file, True if
+    it was written / False if that key was already there).
     """
     source = Path(public_key_file)
     public, secret = _read_key_file(source)
@@ -261,10 +320,8 @@ def authorize_key(public_key_file: str | os.PathLike[str], folder: str | os.Path
     name = _check_name(source.name.removesuffix(PUBLIC_SUFFIX))
     folder = Path(folder)
     target = folder / f"{name}{PUBLIC_SUFFIX}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RefscopeError(f"{folder}: cannot create the authorized-clients folder ({exc.strerror or exc})") from exc
+    _make_private_folder(folder, "authorized-clients folder")
+    check_authorized_folder(folder)
     if os.path.lexists(target):
         try:
             existing = load_public_key(target)
@@ -275,10 +332,19 @@ def authorize_key(public_key_file: str | os.PathLike[str], folder: str | os.Path
         if not force:
             raise RefscopeError(f"{target}: another key is already authorized under this name; refusing to "
                                 "overwrite it -- use --force to replace it, or rename the client's key file")
-    try:
-        atomic_write_bytes(target, (_PUBLIC_BANNER + f'curve\n    public-key = "{public.decode()}"\n').encode())
+    try:  # written in a private folder, made 0600, then moved in place: never writable by others, even briefly
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.authorize-", dir=folder))
     except OSError as exc:
         raise RefscopeError(f"{target}: cannot be written ({exc.strerror or exc})") from exc
+    try:
+        staged = staging / target.name
+        atomic_write_bytes(staged, (_PUBLIC_BANNER + f'curve\n    public-key = "{public.decode()}"\n').encode())
+        os.chmod(staged, 0o600)
+        os.replace(staged, target)
+    except OSError as exc:
+        raise RefscopeError(f"{target}: cannot be written ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target, True
 
 
@@ -391,7 +457,8 @@ def daemon_context(config: DaemonConfig) -> zmq.Context:
     With ``security.curve_dir`` set: a :class:`CurveContext` holding the server keys, its authenticator already
     running (so every endpoint bound in it requires an authorized CURVE client). Without: a plain context; a
     non-loopback endpoint (only possible with ``security.allow_insecure_remote``) is logged as an error-level
-    warning at every start. Raises RefscopeError naming the key file when the keys cannot be loaded.
+    warning at every start. Raises RefscopeError naming the key file when the keys cannot be loaded, ConfigError
+    naming the path and its mode when the secret key or the authorized-clients folder is open to other users.
     """
     security = config.security
     if security.curve_dir is None:
@@ -403,6 +470,7 @@ def daemon_context(config: DaemonConfig) -> zmq.Context:
         return zmq.Context()
     assert security.authorized_clients_dir is not None  # checked by SecurityConfig
     keys = load_server_keys(security.curve_dir)
+    check_authorized_folder(security.authorized_clients_dir)
     context = CurveContext()
     context.server_keys = keys
     try:

@@ -11,6 +11,10 @@ generate ~/.refscope --name alice``; alice's ``alice.key`` goes to the daemon's 
 authorize alice.key --to /etc/refscope/authorized_clients`` admits her; ``server.key`` goes to alice, who runs
 ``refscope tui --connect tcp://HOST:5560 --curve-server-key server.key --curve-client-key ~/.refscope/alice.key_secret``.
 
+Whatever the umask, folders are created with mode 0700 and secret keys and authorized keys written with mode 0600
+(a generated public key, made to be handed out, 0644); ``authorize`` refuses a folder that group or others may
+write to (the daemon refuses to start with one).
+
 Bad input (a missing or malformed key file, a key that is already there) ends the command with one line naming
 the file on stderr and exit code 2. Existing keys are never overwritten without ``--force``.
 """
@@ -45,8 +49,9 @@ def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="replace an existing pair (its clients are locked out)")
     auth = actions.add_parser("authorize", help="admit a client: copy its public key into the authorized folder",
                               description="Copy a client's public key file (NAME.key) into DIR, the daemon's "
-                              "security.authorized_clients_dir, atomically. The daemon notices it at the next "
-                              "connection; delete the file to revoke the client.")
+                              "security.authorized_clients_dir, atomically (mode 0600; DIR is created, mode 0700, "
+                              "if missing, and refused if group or others may write to it). The daemon notices it at "
+                              "the next connection; delete the file to revoke the client.")
     auth.add_argument("public_key", metavar="PUBLIC_KEY_FILE", type=Path, help="the client's NAME.key")
     auth.add_argument("--to", dest="to", metavar="DIR", type=Path, required=True,
                       help="the daemon's authorized-clients folder (security.authorized_clients_dir)")

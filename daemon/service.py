@@ -354,7 +354,8 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         if ingest.watch is not None:
             sources.append((f"folder:{ingest.watch}",
                             FolderFrameSource(ingest.folder_source_config(**self._folder_options),
-                                              reader=functools.partial(read_image, max_bytes=input_bytes))))
+                                              reader=functools.partial(read_image, max_bytes=input_bytes),
+                                              ledger=self.catalogue)))
         if ingest.zmq_endpoint is not None:
             message_bytes = min(ingest.zmq_max_message_bytes, max(input_bytes, 1 << 16))  # per message part
             if message_bytes < ingest.zmq_max_message_bytes:

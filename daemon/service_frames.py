@@ -19,6 +19,7 @@ from .frames import Frame
 from .pairing import RoleDecision
 from .publish import output_stem
 from .serve.budget import FramePlan
+from .serving import check_frame
 from .worker import supervised
 
 __all__ = ["FramePipeline", "ServeItem", "SERVE_QUEUE_SIZE", "MAX_FRAME_PIXELS"]
@@ -310,6 +311,11 @@ class FramePipeline:
         plan = self._plan(frame)  # again: the scale may have changed since ingest
         if not plan.fits:
             self._reject(item, "too_large", f"{frame.source}: {plan.reason}")
+            return
+        try:
+            check_frame(frame.data)  # a frame the model cannot take is not streamed either
+        except ValueError as exc:
+            self._reject(item, "bad_frame", f"{frame.source}: {exc}")
             return
         self._stream_raw(frame)  # what the operator looks at first: the new scan, at once
         try:

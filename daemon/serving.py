@@ -45,7 +45,7 @@ from .config import METHODS as CONFIG_METHODS
 from .config import ModelConfig, ServeConfig
 from .serve.budget import MemoryBudget
 
-__all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS"]
+__all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS", "check_frame"]
 
 SERVING_LOGGER = "refscope.serving"
 _log = logging.getLogger(SERVING_LOGGER)
@@ -113,7 +113,7 @@ class _State:
         return self.method == "net" or (self.method == "best" and self.champion == "net")
 
 
-def _check_frame(lr: np.ndarray) -> np.ndarray:
+def check_frame(lr: np.ndarray) -> np.ndarray:
     """Validate an LR frame: 2-D, real, finite, at least :data:`MIN_SIDE_PX` per side (ValueError otherwise)."""
     array = np.asarray(lr)
     if array.ndim != 2:
@@ -216,7 +216,7 @@ class ServingEngine:
         A failure of the ONNX session on this frame falls back to the NumPy reference for this frame (logged).
         """
         state = self._snapshot()
-        array = _check_frame(lr)
+        array = check_frame(lr)
         self._last_shape = (int(array.shape[0]), int(array.shape[1]))
         start = time.perf_counter()
         name, backend = self._served_by(state)

@@ -20,6 +20,17 @@ changes. Hidden and temporary files (``.name``, ``~name``, ``*.tmp``, ``*.part``
 folders are ignored. Nothing in the watched folder is ever written, moved or deleted. If the folder disappears
 the source logs it and waits for it to come back (or to be created, if it is missing at start).
 
+Links: a symbolic link (or a path through a linked sub-folder) is read only when its resolved target lies inside
+the watched folder; one that leads out of it is never opened, but refused (``"symlink_outside"``). Sub-folders
+reached through links are not walked.
+
+A refused file is reported by its name and the reason only: its content (e.g. the first bytes of a text file
+that is not an image) never reaches the log, the counters' ``last_error`` or anything else. A refusal that
+re-reading cannot change (``"symlink_outside"``, ``"bad_image"``, a file that is not an image, truncated for
+good or too large...; not a failure to open it) is handed to the ``ledger`` (the daemon's catalogue, see
+:class:`RefusalLedger`) when one is given: after a restart, a file the ledger says was refused in this version
+(same size and mtime) is not read again.
+
 Overflow policy: decoded frames wait in a bounded queue (``queue_size``). When it is full the worker blocks for
 up to ``queue_block_s`` seconds (the watchdog thread never blocks: it only records paths); if the consumer
 still has not caught up, the frame is dropped, logged and counted under ``"queue_full"``.
@@ -35,10 +46,11 @@ import re
 import stat
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -57,11 +69,12 @@ from watchdog.observers import Observer
 from .errors import IncompleteFileError, InputFileError, RefscopeError
 from .frames import FRAME_ROLES, INGEST_LOGGER, Frame, FrameRole, IngestCounters, IngestStats, get_until_stopped
 from .tiff_io import LoadedImage, read_image
-from .worker import supervised
+from .worker import is_state_failure, supervised
 
 __all__ = [
     "FolderSourceConfig",
     "FolderFrameSource",
+    "RefusalLedger",
     "image_to_frame",
     "is_ignored_name",
     "list_image_files",
@@ -74,6 +87,22 @@ _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "
 
 Signature = tuple[int, int]
 """(size in bytes, mtime in ns) of one version of a file."""
+
+_BYTES_LITERAL = re.compile(r"""(?<![A-Za-z0-9_])[bB](?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_CONTENT_HIDDEN = "<content not shown>"
+
+
+class RefusalLedger(Protocol):
+    """Where permanent refusals are kept across restarts (the daemon's
+    :class:`~refscope.daemon.catalogue.Catalogue`); ``size`` in bytes, ``mtime`` in unix seconds."""
+
+    def refused(self, source: str, size: int | None, mtime: float | None) -> str | None:
+        """The reason code this version of ``source`` was refused with, or None."""
+        ...
+
+    def record_refused(self, source: str, *, size: int | None, mtime: float | None, reason: str, error: str) -> None:
+        """Remember that this version of ``source`` was refused (``reason`` code, ``error`` message)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -138,6 +167,22 @@ def is_ignored_name(name: str) -> bool:
     """True for hidden and temporary file names (``.x``, ``~x``, ``x.tmp``, ``x.part``, ``x~``...)."""
     lower = name.lower()
     return name.startswith((".", "~")) or lower.endswith(_TEMP_SUFFIXES)
+
+
+def _refusal_text(path: str, exc: BaseException) -> str:
+    """The message reporting that ``path`` failed with ``exc``: starts with the path, and any bytes the reader
+    quoted from the file (``b'...'``) are left out -- a refused file's content is never echoed."""
+    text = str(exc) or type(exc).__name__
+    detail = text[len(path):].lstrip(": ") if text.startswith(path) else text
+    return f"{path}: {_BYTES_LITERAL.sub(_CONTENT_HIDDEN, detail)}"
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """True when re-reading the same version of the file cannot succeed: an image problem (not an image, truncated,
+    too large, unusable pixels...), not a failure to open it (permissions, I/O) or a bug."""
+    if not isinstance(exc, InputFileError):
+        return False
+    return not isinstance(exc.__cause__, OSError)
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -278,10 +323,18 @@ class _Pending:
 class FolderFrameSource:
     """A :class:`~refscope.daemon.frames.FrameSource` delivering new image files of a folder (see module doc)."""
 
-    def __init__(self, config: FolderSourceConfig, *, reader: Callable[..., LoadedImage] = read_image) -> None:
+    def __init__(self, config: FolderSourceConfig, *, reader: Callable[..., LoadedImage] = read_image,
+                 ledger: RefusalLedger | None = None) -> None:
+        """Args:
+            config: what to watch.
+            reader: reads one file, ``reader(path, pixel_size_nm=...)`` (default :func:`~.tiff_io.read_image`).
+            ledger: keeps permanent refusals across restarts (the daemon's catalogue); None: kept in memory only.
+        """
         self.config = config
         self._root = os.path.normpath(os.path.abspath(config.path))
+        self._real_root = os.path.realpath(self._root)
         self._read = reader
+        self._ledger = ledger
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=config.queue_size)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -431,6 +484,7 @@ class FolderFrameSource:
             _log.warning("folder source: %s: watched folder was replaced; watching the new one", self._root)
         self._root_missing_logged = False
         self._root_id = ident
+        self._real_root = os.path.realpath(self._root)
         self._stop_observer()
         self._start_observer()
         self._next_scan = 0.0  # look at everything in the (new) folder now
@@ -512,15 +566,20 @@ class FolderFrameSource:
         cfg = self.config
         now = time.monotonic()
         try:
-            info = os.stat(path)
+            info = os.stat(path)  # follows a link: its target's version
         except OSError:
-            del self._pending[path]  # gone (deleted, renamed away, folder vanished)
-            return
-        if not stat.S_ISREG(info.st_mode):
-            del self._pending[path]
+            del self._pending[path]  # gone (deleted, renamed away, folder vanished, a dangling link)
             return
         sig = (info.st_size, info.st_mtime_ns)
         if self._seen.get(path) == sig:
+            del self._pending[path]
+            return
+        if sig != pending.sig and self._refused_before(path, sig):
+            return
+        if self._leads_outside(path):
+            self._refuse_outside(path, sig)
+            return
+        if not stat.S_ISREG(info.st_mode):
             del self._pending[path]
             return
         if pending.sig is None:
@@ -549,32 +608,85 @@ class FolderFrameSource:
             pending.sig, pending.stable, pending.ready, pending.failures = None, 0, False, 0
             pending.due = now + cfg.poll_interval_s
             return
-        del self._pending[path]
-        self._seen[path] = sig
+        if self._leads_outside(path):  # re-pointed out of the folder while we read it: what was read is dropped
+            self._refuse_outside(path, sig)
+            return
         try:
             frame = image_to_frame(image, seq=self._seq, role=cfg.role, file_stat=after)
         except (ValueError, TypeError) as exc:
-            self._counters.reject("bad_image", f"{path}: cannot be used as a frame ({exc})")
+            self._refuse(path, sig, "bad_image", f"{_refusal_text(path, exc)} (cannot be used as a frame)",
+                         permanent=True)
             return
+        del self._pending[path]
+        self._seen[path] = sig
         self._deliver(frame)
+
+    def _leads_outside(self, path: str) -> bool:
+        """True when ``path`` resolves (through a link, or a linked folder on the way) to a place outside the
+        watched folder."""
+        real = os.path.realpath(path)
+        try:
+            return os.path.commonpath([self._real_root, real]) != self._real_root
+        except ValueError:  # another drive (Windows)
+            return True
+
+    def _refuse_outside(self, path: str, sig: Signature) -> None:
+        self._refuse(path, sig, "symlink_outside", f"{path}: a symbolic link leads out of the watched folder "
+                     f"{self._root}; not followed", permanent=True)
+
+    def _refused_before(self, path: str, sig: Signature) -> bool:
+        """True (and the file skipped until it changes) when the ledger says this version was refused before a
+        restart."""
+        if self._ledger is None:
+            return False
+        try:
+            reason = self._ledger.refused(path, sig[0], sig[1] / 1e9)
+        except Exception as exc:  # noqa: BLE001 - a lookup hiccup: reading the file again is the safe side
+            if is_state_failure(exc):
+                raise
+            _log.warning("folder source: %s: cannot look up earlier refusals (%s); reading it", path, exc)
+            return False
+        if reason is None:
+            return False
+        self._pending.pop(path, None)
+        self._seen[path] = sig
+        _log.debug("folder source: %s was refused before (%s); not read again until it changes", path, reason)
+        return True
+
+    def _refuse(self, path: str, sig: Signature, reason: str, message: str, *, permanent: bool) -> None:
+        """Count and log a refused file (``message`` names it and never quotes its content); skip this version
+        from now on and, when re-reading cannot change the outcome (``permanent``), after a restart too."""
+        self._pending.pop(path, None)
+        self._seen[path] = sig
+        self._counters.reject(reason, message)
+        if not permanent or self._ledger is None:
+            return
+        try:
+            self._ledger.record_refused(path, size=sig[0], mtime=sig[1] / 1e9, reason=reason, error=message)
+        except Exception as exc:  # noqa: BLE001 - not fatal: the file is refused again after a restart
+            if is_state_failure(exc):
+                raise
+            _log.warning("folder source: %s: refusal not recorded (%s); it is read again after a restart", path, exc)
 
     def _failed(self, path: str, pending: _Pending, sig: Signature, exc: Exception) -> None:
         pending.failures += 1
         if pending.failures <= self.config.max_retries:
-            _log.debug("folder source: %s failed to read (attempt %d), retrying: %s", path, pending.failures, exc)
+            _log.debug("folder source: %s failed to read (attempt %d), retrying: %s", path, pending.failures,
+                       _refusal_text(path, exc))
             pending.due = time.monotonic() + self.config.retry_s
             return
-        del self._pending[path]
-        self._seen[path] = sig  # reported once; skipped until the file changes
         if isinstance(exc, IncompleteFileError):
             reason = "incomplete"
         elif isinstance(exc, (InputFileError, OSError)):
             reason = "unreadable"
         else:
             reason = "unexpected"
-            _log.error("folder source: unexpected error reading %s", path, exc_info=exc)
-        text = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
-        self._counters.reject(reason, f"{text} (gave up after {pending.failures} attempts)")
+            trace = "".join(traceback.format_exception(exc))
+            _log.error("folder source: unexpected error reading %s\n%s", path,
+                       _BYTES_LITERAL.sub(_CONTENT_HIDDEN, trace.rstrip()))
+        # reported once; skipped until the file changes (after a restart too, when re-reading cannot help)
+        self._refuse(path, sig, reason, f"{_refusal_text(path, exc)} (gave up after {pending.failures} attempts)",
+                     permanent=_is_permanent(exc))
 
     def _deliver(self, frame: Frame) -> None:
         deadline = time.monotonic() + self.config.queue_block_s

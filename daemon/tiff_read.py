@@ -59,7 +59,7 @@ def _sniff(path: Path) -> str:
         return "png"
     if len(head) < 8 and (_PNG_MAGIC.startswith(head) or any(m.startswith(head) for m in _TIFF_MAGIC)):
         raise _fail(path, f"truncated image header ({size} bytes)", incomplete=True)
-    raise _fail(path, f"is not a TIFF or PNG image (file starts with {head!r})")
+    raise _fail(path, "is not a TIFF or PNG image")  # its content is never echoed (it may be anything)
 
 
 def _check_shape(path: Path, shape: tuple[int, ...], where: str = "") -> None:

@@ -83,6 +83,63 @@ def test_pairs_events_models_round_trip(tmp_path: Path) -> None:
         assert (counts.pairs, counts.events, counts.models, counts.promoted_models) == (1, 5, 2, 1)
 
 
+def test_names_that_are_not_utf8_are_stored_losslessly(tmp_path: Path) -> None:
+    """Issue 13.6: an HR file named ``b'ref\\xff_HR.tif'`` crashed ``record_pair`` (UnicodeEncodeError) and an LR
+    file with such a name was never found again, so it was re-enhanced at every restart."""
+    hr, lr = os.fsdecode(b"/acq/ref\xff_HR.tif"), os.fsdecode(b"/acq/frame\xfe_000.tif")
+    out = os.fsdecode(b"/out/frame\xfe_000_x2.tif")
+    look_alike = "/acq/ref\u00ff_HR.tif"  # the valid UTF-8 name "refÿ_HR.tif": another file
+    with Catalogue.in_state_dir(tmp_path) as cat:
+        cat.record_frame(lr, role="lr", seq=0, t=1.0, size=100, mtime=10.0)
+        cat.mark_enhanced(lr, out)
+        cat.record_frame(hr, role="hr", seq=1, t=2.0, size=200, mtime=20.0)
+        cat.mark_rejected(hr, f"{hr}: not registered")
+        cat.mark_learned(hr, size=200, mtime=20.0, outcome="learned")
+        cat.record_pair(hr, lr, {"source": hr, "shift": (1.0, 2.0)}, 0.9)
+        cat.record_event("pair_learned", {"hr": hr, "lr": lr})
+        cat.record_model("v1", kind="paired", method="paired", library_size=10, scores={}, promoted=False,
+                         reason=f"candidate model 1 (from {hr}) could not be saved")
+        cat.record_refused(lr + ".bad", size=5, mtime=1.0, reason="unreadable", error=f"{lr}.bad: not an image")
+    with Catalogue.in_state_dir(tmp_path) as cat:  # after a restart: the same str comes back, lookups find it
+        assert cat.already_enhanced(lr, 100, 10.0)
+        record = cat.frame(lr)
+        assert record is not None and record.source == lr and record.output_path == Path(out)
+        assert os.fsencode(record.output_path) == b"/out/frame\xfe_000_x2.tif"
+        assert cat.frame(hr).error == f"{hr}: not registered"  # type: ignore[union-attr]
+        assert cat.learned(hr, 200, 20.0) == "learned"
+        assert cat.frame(look_alike) is None and cat.learned(look_alike, 200, 20.0) is None
+        (pair,) = cat.pairs()
+        assert (pair.hr_source, pair.lr_source, pair.geometry["source"]) == (hr, lr, hr)
+        assert cat.recent_events(1)[0].payload == {"hr": hr, "lr": lr}
+        assert cat.model_history()[0].reason == f"candidate model 1 (from {hr}) could not be saved"
+        assert cat.refused(lr + ".bad", 5, 1.0) == "unreadable"
+        assert cat.integrity_check() == "ok"
+        with pytest.raises(ValueError, match="cannot be stored"):  # no file name decodes to a lone high surrogate
+            cat.record_frame("/acq/\ud800.tif", role="lr", seq=2, t=3.0)
+    conn = sqlite3.connect(tmp_path / CATALOGUE_NAME)  # kept as the file system's own bytes, for any SQLite tool
+    try:
+        assert conn.execute("SELECT source FROM frames WHERE role = 'lr'").fetchone()[0] == b"/acq/frame\xfe_000.tif"
+    finally:
+        conn.close()
+
+
+def test_refused_files_are_remembered_per_version(tmp_path: Path) -> None:
+    with Catalogue(tmp_path) as cat:
+        assert cat.refused("/acq/notes.tif", 10, 1.5) is None
+        cat.record_refused("/acq/notes.tif", size=10, mtime=1.5, reason="unreadable",
+                           error="/acq/notes.tif: is not a TIFF or PNG image")
+        cat.record_refused("/acq/link.tif", size=3, mtime=2.0, reason="symlink_outside", error="/acq/link.tif: link")
+    with Catalogue(tmp_path) as cat:
+        assert cat.refused("/acq/notes.tif", 10, 1.5) == "unreadable"
+        assert cat.refused("/acq/link.tif", 3, 2.0) == "symlink_outside"
+        assert cat.refused("/acq/notes.tif", 11, 1.5) is None and cat.refused("/acq/notes.tif", 10, 9.0) is None
+        cat.record_refused("/acq/notes.tif", size=11, mtime=3.0, reason="incomplete", error="truncated")  # new version
+        assert cat.refused("/acq/notes.tif", 10, 1.5) is None and cat.refused("/acq/notes.tif", 11, 3.0) == "incomplete"
+        assert cat.counts().frames == {"received": 0, "enhanced": 0, "rejected": 0}  # not frames: never decoded
+        with pytest.raises(ValueError, match="reason"):
+            cat.record_refused("/acq/x.tif", size=1, mtime=1.0, reason="", error="x")
+
+
 def test_threads_share_one_catalogue(tmp_path: Path) -> None:
     with Catalogue(tmp_path) as cat:  # an existing folder: the file is created inside it
         assert cat.path == tmp_path / CATALOGUE_NAME

@@ -386,6 +386,35 @@ def test_daemon_with_unreadable_keys_refuses_to_start(tmp_path: Path) -> None:
         Daemon(config).start()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_daemon_refuses_keys_other_users_can_touch(tmp_path: Path) -> None:
+    """Issue 13.6: a world-writable authorized-clients folder (anyone can authorize themselves) was accepted and a
+    0644 server secret key only warned."""
+    keys = make_keys(tmp_path / "keys")
+    config = load_config(None, {"ingest.watch": str(tmp_path / "w"), "state_dir": str(tmp_path / "s"),
+                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.pub_endpoint": "tcp://127.0.0.1:*",
+                                "security.curve_dir": str(keys.curve_dir),
+                                "security.authorized_clients_dir": str(keys.authorized_dir)})
+    secret = keys.curve_dir / "server.key_secret"
+    for mode in (0o640, 0o604, 0o620):
+        os.chmod(secret, mode)
+        with pytest.raises(ConfigError, match=rf"{secret}: .*mode 0{mode:o}.*chmod 600") as info:
+            Daemon(config).start()
+        assert info.value.key == "security.curve_dir"
+    os.chmod(secret, 0o600)
+    for mode in (0o777, 0o770, 0o757):
+        os.chmod(keys.authorized_dir, mode)
+        with pytest.raises(ConfigError, match=rf"{keys.authorized_dir}: .*writable by other users \(mode 0{mode:o}\)"
+                           r".*chmod 700") as info:
+            Daemon(config).start()
+        assert info.value.key == "security.authorized_clients_dir"
+    os.chmod(keys.authorized_dir, 0o755)  # readable by others is fine: public keys
+    daemon = Daemon(config)
+    daemon.start()
+    daemon.stop()
+
+
 # ---------------------------------------------------------------------------------------- (d) keys CLI
 
 
@@ -438,6 +467,38 @@ def test_keys_authorize_copies_public_keys_only(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert str(path) in err and needle in err
     assert sorted(p.name for p in authorized.iterdir()) == ["alice.key"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_keys_commands_write_private_folders_and_files_whatever_the_umask(tmp_path: Path, capsys) -> None:
+    """Issue 13.6: under ``umask 000`` ``refscope keys authorize`` made a world-writable clients folder."""
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    previous = os.umask(0)
+    try:
+        assert main(["keys", "generate", str(tmp_path / "etc" / "curve")]) == 0
+        assert main(["keys", "generate", str(tmp_path / "home" / "alice"), "--name", "alice"]) == 0
+        authorized = tmp_path / "srv" / "authorized"
+        alice = str(tmp_path / "home" / "alice" / "alice.key")
+        assert main(["keys", "authorize", alice, "--to", str(authorized)]) == 0
+        open_folder = tmp_path / "open"
+        open_folder.mkdir()
+        assert mode(open_folder) == 0o777
+        assert main(["keys", "authorize", alice, "--to", str(open_folder)]) == 2
+    finally:
+        os.umask(previous)
+    err = capsys.readouterr().err
+    assert f"{open_folder}: the authorized-clients folder is writable by other users (mode 0777)" in err
+    assert list(open_folder.iterdir()) == []
+    for folder in (tmp_path / "etc", tmp_path / "etc" / "curve", tmp_path / "home", tmp_path / "home" / "alice",
+                   tmp_path / "srv", authorized):
+        assert mode(folder) == 0o700, folder
+    assert mode(tmp_path / "etc" / "curve" / "server.key_secret") == 0o600
+    assert mode(tmp_path / "home" / "alice" / "alice.key_secret") == 0o600
+    assert mode(tmp_path / "etc" / "curve" / "server.key") == 0o644  # the public key, made to be handed out
+    assert [(p.name, mode(p)) for p in authorized.iterdir()] == [("alice.key", 0o600)]  # no staging folder left
+    assert AuthorizedKeys(authorized).keys() == {load_public_key(tmp_path / "home" / "alice" / "alice.key")}
 
 
 def test_tui_key_options_are_checked_before_the_ui_starts(tmp_path: Path, capsys) -> None:
