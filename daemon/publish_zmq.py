@@ -32,6 +32,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "pair_learned",
     "pair_rejected",
     "model_promoted",
+    "model_serving",
     "model_rejected",
     "reference_requested",
     "output_dropped",

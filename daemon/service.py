@@ -299,7 +299,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
             if cfg.trainer.enabled:
                 self.trainer = BackgroundTrainer(cfg.trainer, state_dir=cfg.state_dir, scale=cfg.model.scale,
                                                  champion=self.champion.current,
-                                                 on_promoted=self.champion.net_promoted, catalogue=self.catalogue,
+                                                 on_promoted=self._on_net_promoted, catalogue=self.catalogue,
                                                  events=self.events)
             self.champion.restore(self.trainer.net_version if self.trainer is not None else 1)
             self.learner = self._make_learner(model, version, cfg.model.scale)
@@ -551,8 +551,24 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         return bool(status.busy or status.queued)
 
     def _on_promoted(self, model: FittedModel, version: int, decision: PromotionDecision) -> None:
-        """Learner callback (learner thread): serve the promoted model."""
+        """Learner callback (learner thread): serve the promoted model; ``model_serving`` once it serves."""
+        start = time.monotonic()
         try:
             self.champion.library_promoted(model, version)
         except ValueError as exc:
             self._error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
+            return
+        self._announce_serving("paired", version, time.monotonic() - start)
+
+    def _on_net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: Mapping[str, Any]) -> None:
+        """Trainer callback (trainer thread): serve the promoted network; ``model_serving`` once it serves."""
+        start = time.monotonic()
+        self.champion.net_promoted(model_bytes, manifest, version, result)  # ValueError: logged by the trainer
+        self._announce_serving("net", version, time.monotonic() - start)
+
+    def _announce_serving(self, kind: str, version: int, seconds: float) -> None:
+        """The event that says a promoted model now enhances the frames (``model_promoted`` says it won; export
+        and warm-up come between)."""
+        self._emit("model_serving", {"kind": kind, "version": int(version), "engine_version": self.engine.version,
+                                     "backend": self.engine.describe().get("backend"),
+                                     "promotion_to_serving_s": round(seconds, 3)}, record=True)

@@ -18,6 +18,7 @@ TYPE_STYLES: Mapping[str, str] = {
     "pair_learned": "green",
     "pair_rejected": "yellow",
     "model_promoted": "bold green",
+    "model_serving": "green",
     "model_rejected": "yellow",
     "reference_requested": "bold cyan",
     "reference_received": "cyan",
@@ -90,6 +91,10 @@ def describe_event(type: str, payload: Mapping[str, Any]) -> str:
     if type == "model_promoted":
         return (f"model v{p.get('version', '?')} promoted: ΔPSNR {_f(p.get('held_out_delta_db'), '+.2f')} dB, "
                 f"{p.get('library_size', '?')} pairs — {p.get('reason', '')}")
+    if type == "model_serving":
+        what = "network" if p.get("kind") == "net" else "model"
+        return (f"{what} v{p.get('version', '?')} now serving ({p.get('backend', '?')}, "
+                f"{_f(p.get('promotion_to_serving_s'), '.1f')} s after its promotion)")
     if type == "model_rejected":
         return (f"candidate rejected (v{p.get('version', '?')} keeps serving): "
                 f"{_f(p.get('candidate_delta_db'), '+.2f')} vs {_f(p.get('held_out_delta_db'), '+.2f')} dB — "

@@ -181,96 +181,98 @@ def test_every_daemon_command_round_trips(tmp_path, monkeypatch):
                                 "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
                                 "publish.pub_endpoint": "tcp://127.0.0.1:*"})
     context = zmq.Context()
-    with Daemon(config, sources=[source], use_onnx=False) as daemon, \
-            ControlClient(daemon.endpoints["control"], timeout_s=10) as client:
-        events = context.socket(zmq.SUB)
-        events.setsockopt(zmq.SUBSCRIBE, b"event")
-        events.connect(daemon.endpoints["events"])
-        stream = context.socket(zmq.SUB)
-        stream.setsockopt(zmq.SUBSCRIBE, b"")
-        stream.connect(daemon.endpoints["pub"])
-        time.sleep(0.3)
+    try:
+        with Daemon(config, sources=[source], use_onnx=False) as daemon, \
+                ControlClient(daemon.endpoints["control"], timeout_s=10) as client:
+            events = context.socket(zmq.SUB)
+            events.setsockopt(zmq.SUBSCRIBE, b"event")
+            events.connect(daemon.endpoints["events"])
+            stream = context.socket(zmq.SUB)
+            stream.setsockopt(zmq.SUBSCRIBE, b"")
+            stream.connect(daemon.endpoints["pub"])
+            time.sleep(0.3)
 
-        def event(kind: str) -> dict:
-            def next_of_kind():
-                while events.poll(0):
-                    doc = json.loads(events.recv_multipart()[1])
-                    if doc["type"] == kind:
-                        return doc
-                return None
-            return _wait(next_of_kind, 5, f"a {kind} event")
+            def event(kind: str) -> dict:
+                def next_of_kind():
+                    while events.poll(0):
+                        doc = json.loads(events.recv_multipart()[1])
+                        if doc["type"] == kind:
+                            return doc
+                    return None
+                return _wait(next_of_kind, 5, f"a {kind} event")
 
-        def put(seq: int) -> None:
-            source.items.put(Frame(pair.lr.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
+            def put(seq: int) -> None:
+                source.items.put(Frame(pair.lr.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
 
-        assert client.call("ping")["pong"] is True
-        reply = client.call("status")
-        assert reply["status"]["model_version"] == 0 and reply["status"]["paused"] is False
-        assert client.request("snapshot") == {"ok": False, "error": "snapshot: no frame has been enhanced yet"}
+            assert client.call("ping")["pong"] is True
+            reply = client.call("status")
+            assert reply["status"]["model_version"] == 0 and reply["status"]["paused"] is False
+            assert client.request("snapshot") == {"ok": False, "error": "snapshot: no frame has been enhanced yet"}
 
-        put(0)
-        first = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 0"))
-        assert first.source_seq == 0 and first.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
+            put(0)
+            first = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 0"))
+            assert first.source_seq == 0 and first.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
 
-        # pause: inputs recorded, nothing published; resume: published again
-        assert client.call("pause") == {"ok": True, "paused": True}
-        assert event("paused")["payload"] == {"paused": True}
-        put(1)
-        _wait(lambda: client.call("status")["status"]["frames"]["skipped"].get("paused") == 1, 5, "frame 1 skipped")
-        assert daemon.catalogue.frame("mem:1").status == "rejected"
-        assert client.call("resume") == {"ok": True, "paused": False}
-        put(2)
-        got = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 2"))
-        assert got.source_seq == 2
+            # pause: inputs recorded, nothing published; resume: published again
+            assert client.call("pause") == {"ok": True, "paused": True}
+            assert event("paused")["payload"] == {"paused": True}
+            put(1)
+            _wait(lambda: client.call("status")["status"]["frames"]["skipped"].get("paused") == 1, 5, "frame 1 skipped")
+            assert daemon.catalogue.frame("mem:1").status == "rejected"
+            assert client.call("resume") == {"ok": True, "paused": False}
+            put(2)
+            got = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 2"))
+            assert got.source_seq == 2
 
-        # request_reference
-        reply = client.call("request_reference", region=[10, 20, 40, 60], note="the left particle")
-        assert reply["requested"]["reason"] == "operator"
-        payload = event("reference_requested")["payload"]
-        assert payload["reason"] == "operator" and payload["region"] == [10, 20, 40, 60]
-        assert payload["region_nm"] == [100, 200, 400, 600] and payload["frame"] == "mem:2"
-        assert client.call("request_reference")["requested"]["region"] is None
-        assert client.request("request_reference", region=[0, 0, 500, 10])["ok"] is False  # outside the frame
+            # request_reference
+            reply = client.call("request_reference", region=[10, 20, 40, 60], note="the left particle")
+            assert reply["requested"]["reason"] == "operator"
+            payload = event("reference_requested")["payload"]
+            assert payload["reason"] == "operator" and payload["region"] == [10, 20, 40, 60]
+            assert payload["region_nm"] == [100, 200, 400, 600] and payload["frame"] == "mem:2"
+            assert client.call("request_reference")["requested"]["region"] is None
+            assert client.request("request_reference", region=[0, 0, 500, 10])["ok"] is False  # outside the frame
 
-        # set: method, sigma_n, scale (no model yet: allowed)
-        assert client.call("set", method="bicubic")["model"]["method"] == "bicubic"
-        assert client.call("set", sigma_n=2.0)["model"]["sigma_n"] == 2.0
-        assert client.call("set", sigma_n=None)["model"]["sigma_n"] is None
-        assert client.call("set", scale=3)["model"]["scale"] == 3
-        put(3)
-        got = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 3"))
-        assert got.data.shape == (3 * LR_SHAPE[0], 3 * LR_SHAPE[1])
-        assert client.call("set", scale=2, method="paired")["model"]["scale"] == 2
-        assert daemon.learner.status().model_version == 0  # the learner restarted at the new scale
+            # set: method, sigma_n, scale (no model yet: allowed)
+            assert client.call("set", method="bicubic")["model"]["method"] == "bicubic"
+            assert client.call("set", sigma_n=2.0)["model"]["sigma_n"] == 2.0
+            assert client.call("set", sigma_n=None)["model"]["sigma_n"] is None
+            assert client.call("set", scale=3)["model"]["scale"] == 3
+            put(3)
+            got = decode_enhanced(_wait(lambda: next_enhanced(stream), 10, "frame 3"))
+            assert got.data.shape == (3 * LR_SHAPE[0], 3 * LR_SHAPE[1])
+            assert client.call("set", scale=2, method="paired")["model"]["scale"] == 2
+            assert daemon.learner.status().model_version == 0  # the learner restarted at the new scale
 
-        # a model is loaded: a scale change is refused unless it matches
-        model = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=200)))
-        daemon.engine.set_model(model, 1)
-        reply = client.request("set", scale=3)
-        assert reply["ok"] is False and "refused" in reply["error"]
-        assert client.call("set", scale=2)["model"]["version"] == 1
-        assert client.request("set", bogus=1)["ok"] is False
+            # a model is loaded: a scale change is refused unless it matches
+            model = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=200)))
+            daemon.engine.set_model(model, 1)
+            reply = client.request("set", scale=3)
+            assert reply["ok"] is False and "refused" in reply["error"]
+            assert client.call("set", scale=2)["model"]["version"] == 1
+            assert client.request("set", bogus=1)["ok"] is False
 
-        # snapshot of the newest frame
-        put(4)
-        _wait(lambda: stream.poll(100) and stream.recv_multipart(), 20, "frame 4")
-        reply = client.call("snapshot")
-        raw, enhanced = read_image(reply["raw"]), read_image(reply["enhanced"])
-        assert raw.data.shape == LR_SHAPE and enhanced.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
-        assert enhanced.pixel_size_nm == pytest.approx(5.0, rel=1e-4)
-        assert str(daemon.config.state_dir / "snapshots") in reply["raw"]
-        # at most one snapshot a second, and a folder quota: refused, nothing deleted (issue 13.7)
-        again = client.request("snapshot")
-        assert again["ok"] is False and "at most one per 1 s" in again["error"]
-        time.sleep(1.05)
-        monkeypatch.setattr(service_control_module, "SNAPSHOT_QUOTA_MB", 0)
-        full = client.request("snapshot")
-        assert full["ok"] is False and "beyond the 0 MB quota; move or delete old snapshots" in full["error"]
-        assert Path(reply["raw"]).exists() and Path(reply["enhanced"]).exists()
+            # snapshot of the newest frame
+            put(4)
+            _wait(lambda: next_enhanced(stream), 20, "frame 4 enhanced")  # its raw frame comes first, before the model
+            reply = client.call("snapshot")
+            raw, enhanced = read_image(reply["raw"]), read_image(reply["enhanced"])
+            assert raw.data.shape == LR_SHAPE and enhanced.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
+            assert enhanced.pixel_size_nm == pytest.approx(5.0, rel=1e-4)
+            assert str(daemon.config.state_dir / "snapshots") in reply["raw"]
+            # at most one snapshot a second, and a folder quota: refused, nothing deleted (issue 13.7)
+            again = client.request("snapshot")
+            assert again["ok"] is False and "at most one per 1 s" in again["error"]
+            time.sleep(1.05)
+            monkeypatch.setattr(service_control_module, "SNAPSHOT_QUOTA_MB", 0)
+            full = client.request("snapshot")
+            assert full["ok"] is False and "beyond the 0 MB quota; move or delete old snapshots" in full["error"]
+            assert Path(reply["raw"]).exists() and Path(reply["enhanced"]).exists()
 
-        status = client.call("status")["status"]
-        assert status["model_version"] == 1 and status["control"]["requests"] > 10
-        assert client.request("what")["ok"] is False
-        events.close(linger=0)
-        stream.close(linger=0)
-    context.term()
+            status = client.call("status")["status"]
+            assert status["model_version"] == 1 and status["control"]["requests"] > 10
+            assert client.request("what")["ok"] is False
+            events.close(linger=0)
+            stream.close(linger=0)
+    finally:
+        context.destroy(linger=0)  # a failed check leaves no socket to block the next test

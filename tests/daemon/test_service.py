@@ -165,6 +165,15 @@ def test_folder_end_to_end_learns_from_a_reference(tmp_path, pair):
         # also a live frame (the operator zoomed in: issue 18's zoom series) and is enhanced at its own pixel size
         write_slowly(watch / "ref_000.tif", tiff_bytes(pair.hr.astype(np.float32), HR_NM, staging), via_temp=True)
         wait_for(lambda: control_status(daemon)["model_version"] == 1, 40, "model version 1", interval=0.25)
+        # announced twice, truthfully: promoted (it won) and then serving (exported, warmed up, enhancing frames)
+        def announced() -> list[str]:
+            return [e.type for e in daemon.catalogue.recent_events(50) if e.type in ("model_promoted", "model_serving")]
+
+        wait_for(lambda: "model_serving" in announced(), 10, "the model_serving event")
+        assert announced() == ["model_promoted", "model_serving"]
+        serving = next(e for e in daemon.catalogue.recent_events(50) if e.type == "model_serving")
+        assert serving.payload["version"] == 1 and serving.payload["kind"] == "paired"
+        assert serving.payload["promotion_to_serving_s"] >= 0
         status = control_status(daemon)
         assert status["learner"]["pairs_learned"] == 1
         assert status["library_size"] > 0
