@@ -120,7 +120,9 @@ class FolderSourceConfig:
         retry_s: delay before re-reading a file that failed to read, seconds.
         max_retries: re-reads of a failing file before it is reported and skipped.
         pixel_size_nm: pixel size to use for every file (overrides the files' metadata), nm; None: from files.
-        include_existing: also deliver files already in the folder at start (in name order).
+        include_existing: also deliver files already in the folder at start (in acquisition order: modification
+            time, then name -- a restart re-reads a zoom series in the order the operator took it, so the roles
+            follow the magnification as they did).
         role: role given to every frame (``"lr"``, ``"hr"`` or ``"auto"``).
         queue_size: frames read ahead of the consumer.
         queue_block_s: how long the worker waits on a full queue before dropping a frame, seconds.
@@ -318,6 +320,15 @@ class _Pending:
 
 
 # ------------------------------------------------------------------------------------------------ the source
+
+
+def _acquisition_order(path: str) -> tuple[int, Any]:
+    """Sort key of files due for reading: modification time (ns), then the natural name order."""
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        mtime = 0
+    return mtime, natural_key(path)
 
 
 class FolderFrameSource:
@@ -550,7 +561,7 @@ class FolderFrameSource:
 
     def _process_due(self) -> None:
         now = time.monotonic()
-        due = sorted((path for path, p in self._pending.items() if p.due <= now), key=natural_key)
+        due = sorted((path for path, p in self._pending.items() if p.due <= now), key=_acquisition_order)
         for path in due:
             if self._stop.is_set():
                 return

@@ -460,3 +460,29 @@ def test_daemon_cli_bind_error_exits_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("refscope daemon: error: ") and f"127.0.0.1:{port}" in err
+
+
+def test_a_restart_rereads_a_zoom_series_in_acquisition_order_so_a_new_reference_stays_a_reference(tmp_path, pair):
+    """Found by the chaos benchmark: after a restart the existing files were re-read in name order, so a zoom-in
+    taken *before* the last 1200x-like frame was re-read *after* it, the live stream stayed at the finer
+    magnification, and the next reference was taken for a live frame at the live stream's magnification and never
+    learned."""
+    watch, out, staging = tmp_path / "in", tmp_path / "out", tmp_path / "staging"
+    watch.mkdir()
+    staging.mkdir()
+    # acquisition order a_lr (t0), z_ref (t1, a zoom-in: reference and live frame), b_lr (t2); name order differs
+    for name, image, nm, t in (("a_lr.tif", lr_frame(pair, 0), LR_NM, 1000.0),
+                               ("z_ref.tif", pair.hr.astype(np.float32), HR_NM, 2000.0),
+                               ("b_lr.tif", lr_frame(pair, 1), LR_NM, 3000.0)):
+        (watch / name).write_bytes(tiff_bytes(image, nm, staging))
+        os.utime(watch / name, (t, t))
+    config = make_config(tmp_path, **{"ingest.watch": str(watch), "publish.out_dir": str(out)})
+    with Daemon(config, folder_options={**FAST_FOLDER, "include_existing": True}) as first:
+        wait_for(lambda: control_status(first)["frames"]["in"] == 3, 20, "the three files read")
+        assert control_status(first)["roles"]["last"]["source"].endswith("b_lr.tif")
+    with Daemon(config, folder_options=FAST_FOLDER) as again:  # the catalogue exists: existing files re-read
+        wait_for(lambda: control_status(again)["frames"]["in"] == 3, 20, "the three files re-read")
+        write_slowly(watch / "c_ref.tif", tiff_bytes(pair.hr.astype(np.float32), HR_NM, staging), via_temp=True)
+        wait_for(lambda: control_status(again)["frames"]["in"] == 4, 20, "the new reference")
+        status = control_status(again)
+    assert status["roles"]["last"]["source"].endswith("c_ref.tif") and status["roles"]["last"]["role"] == "both"

@@ -202,15 +202,18 @@ def test_subfolders_are_watched_when_recursive(tmp_path: Path, use_polling: bool
         assert [Path(f.source).name for f in frames] == ["top.tif"]
 
 
-def test_existing_files_are_skipped_unless_asked_for(tmp_path: Path) -> None:
-    for index in (10, 2, 1):
+def test_existing_files_are_skipped_unless_asked_for_and_read_in_acquisition_order(tmp_path: Path) -> None:
+    """Existing files come in the order they were acquired (modification time; the name breaks ties): a restart
+    re-reads a zoom series as the operator took it, so the roles follow the magnification as they did."""
+    for index, acquired in ((10, 100.0), (2, 300.0), (1, 200.0), (3, 200.0)):
         write(tmp_path / f"old_{index}.tif", index)
+        os.utime(tmp_path / f"old_{index}.tif", (acquired, acquired))
     with make_source(tmp_path) as source:
         assert drain(source, 0.4) == []
     with make_source(tmp_path, include_existing=True) as source:
-        frames = collect(source, 3)
-        assert [Path(f.source).name for f in frames] == ["old_1.tif", "old_2.tif", "old_10.tif"]
-        assert [f.seq for f in frames] == [0, 1, 2]
+        frames = collect(source, 4)
+        assert [Path(f.source).name for f in frames] == ["old_10.tif", "old_1.tif", "old_3.tif", "old_2.tif"]
+        assert [f.seq for f in frames] == [0, 1, 2, 3]
 
 
 def test_folder_deleted_and_recreated_keeps_working(tmp_path: Path, use_polling: bool) -> None:
