@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import os
 import struct
 import time
 import tracemalloc
@@ -40,6 +41,7 @@ import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from refscope.daemon.catalogue import Catalogue
 from refscope.daemon.errors import IncompleteFileError, InputFileError
 from refscope.daemon.frames import PIXEL_SIZE_RANGE_NM
 from refscope.daemon.protocol import DEFAULT_LIMITS, DTYPES, REASON_CODES, ProtocolError, decode_frame, encode_frame
@@ -471,3 +473,30 @@ def drop_mutated_files(work: Path, bases: list[bytes], n_files: int, seed: int) 
 def test_daemon_counts_mutated_files_and_never_touches_them(tmp_path: Path, bases: list[bytes]) -> None:
     expected = drop_mutated_files(tmp_path, bases, 16, seed=2024)
     assert expected["read"] and len(expected) > 1, expected  # some of each kind
+
+
+# ------------------------------------------------------------------------------------------- file names
+
+_NAMES = st.binary(min_size=1, max_size=60).filter(lambda b: b"/" not in b and b"\x00" not in b and b not in (b".", b".."))
+
+
+@settings(FUZZ, max_examples=150)
+@given(name=_NAMES)
+@example(name=b"ref\xff_HR.tif")  # issue 13.2: crashed the learner, then every restart
+@example(name=b"\xed\xa0\x80.tif")  # an encoded surrogate: not UTF-8 either
+def test_any_name_the_file_system_allows_is_catalogued_losslessly(name: bytes, tmp_path_factory) -> None:
+    """Issue 13.2/13.6: the catalogue stores whatever name a file has; a file's record, its refusal and its learned
+    outcome are found again under that exact name (bytes in, the same bytes out)."""
+    folder = tmp_path_factory.mktemp("names")
+    path = os.path.join(os.fsencode(folder), name)
+    with open(path, "wb") as handle:
+        handle.write(b"x")
+    source = os.fsdecode(path)
+    with Catalogue.in_state_dir(Path(folder) / "state") as catalogue:
+        catalogue.record_frame(source, role="hr", seq=0, t=1.0, size=1, mtime=2.0)
+        catalogue.mark_learned(source, size=1, mtime=2.0, outcome="learned")
+        catalogue.record_refused(source, size=1, mtime=2.0, reason="unreadable", error=f"{source}: not an image")
+        record = catalogue.frame(source)
+        assert record is not None and os.fsencode(record.source) == path
+        assert catalogue.learned(source, 1, 2.0) == "learned"
+        assert catalogue.refused(source, 1, 2.0) == "unreadable"
