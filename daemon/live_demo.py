@@ -47,7 +47,7 @@ __all__ = ["LiveDemoSettings", "LiveDemo", "find_tui", "run_live_demo", "format_
 _log = logging.getLogger("refscope.demo")
 
 _SHOWN_EVENTS = ("reference_requested", "reference_received", "pair_learned", "pair_rejected", "model_promoted",
-                 "model_rejected", "quality_drift", "quality_recovered", "reference_request_expired", "error")
+                 "model_serving", "model_rejected", "quality_drift", "quality_recovered", "reference_request_expired", "error")
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,9 @@ def _short(kind: str, payload: dict[str, Any]) -> str:
         before = payload.get("serving_delta_db")
         return (f"{'network ' if payload.get('kind') == 'net' else ''}v{payload.get('version')}: held-out {_db(payload.get('held_out_delta_db'))} over bicubic"
                 + (f" (the model serving before scored {_db(before)} on this reference)" if before is not None else ""))
+    if kind == "model_serving":
+        return (f"{'network ' if payload.get('kind') == 'net' else ''}v{payload.get('version')} serving "
+                f"({payload.get('promotion_to_serving_s')} s after its promotion)")
     if kind == "model_rejected":
         return str(payload.get("reason"))
     if kind in ("quality_drift", "quality_recovered"):
@@ -296,6 +299,17 @@ class LiveDemo:
             entries += [{k: v for k, v in e.items() if k != "payload"} for e in self._events]
         return sorted(entries, key=lambda e: e["t"])
 
+    def _catalogue_counts(self) -> Any:
+        """Frames by status in the daemon's catalogue (None while it cannot be opened)."""
+        from .catalogue import Catalogue
+
+        try:
+            with Catalogue.in_state_dir(self.folder / "state") as catalogue:
+                return catalogue.counts()
+        except Exception as exc:  # noqa: BLE001 - a summary without these figures is still a summary
+            _log.warning("catalogue counts unavailable: %s", exc)
+            return None
+
     def summary(self) -> dict[str, Any]:
         """Figures of the run (JSON-able); see the module docstring."""
         with self._lock:
@@ -310,6 +324,9 @@ class LiveDemo:
         drift_t = [e["t"] for e in events if e["event"] == "quality_drift"]
         recovered_t = [e["t"] for e in events if e["event"] == "quality_recovered"]
         promoted = [e for e in events if e["event"] == "model_promoted"]
+        serving = {(e["payload"].get("kind", "paired"), e["payload"].get("version")): e["t"]
+                   for e in events if e["event"] == "model_serving"}
+        counted = self._catalogue_counts()
         after = [t for t in recovered_t if drift_t and t > drift_t[-1]]
         return {
             "folder": str(self.folder),
@@ -320,6 +337,9 @@ class LiveDemo:
             "frames_in": frames.get("in", 0),
             "frames_in_lr": frames.get("in_lr", 0),
             "frames_out": frames.get("out", 0),
+            # from the catalogue once the daemon stopped (the last status polled can be a frame or two behind)
+            "frames_enhanced": counted.frames.get("enhanced") if counted is not None else frames.get("written", 0),
+            "frames_rejected": counted.frames.get("rejected") if counted is not None else None,
             "frames_dropped": frames.get("dropped", 0),
             "references_requested": requests.get("made", 0),
             "requests_by_reason": requests.get("by_reason", {}),
@@ -334,6 +354,7 @@ class LiveDemo:
             "held_out_delta_db": learner.get("held_out_delta_db"),
             "last_reference_delta_db": learner.get("last_reference_delta_db"),
             "promotions": [{"t": e["t"], "version": e["payload"].get("version"),
+                            "serving_t": serving.get((e["payload"].get("kind", "paired"), e["payload"].get("version"))),
                             "held_out_delta_db": e["payload"].get("held_out_delta_db")} for e in promoted],
             "drift_raised_s": drift_t,
             "drift_cleared_s": recovered_t,
@@ -380,8 +401,8 @@ def _print_report(summary: dict[str, Any]) -> None:
                         for k in ("coverage", "texture", "intensity", "focus"))
         print(f"{point['t']:7.1f} s  {sig}  drift {'YES' if point['drift'] else 'no '}  model v{point['model_version']}"
               f"  frames out {point['frames_out']}")
-    print(f"\nframes: {summary['frames_in']} in ({summary['frames_in_lr']} LR), {summary['frames_out']} enhanced, "
-          f"{summary['frames_dropped']} dropped; latency p50 "
+    print(f"\nframes: {summary['frames_in']} in ({summary['frames_in_lr']} LR), {summary['frames_enhanced']} enhanced "
+          f"(catalogue), {summary['frames_out']} streamed, {summary['frames_dropped']} dropped; latency p50 "
           f"{summary['latency_p50_s'] or 0:.2f} s")
     print(f"references: {summary['references_requested']} requested {summary['requests_by_reason']}, "
           f"{summary['references_received']} received; libraries: {summary['models_promoted']} promoted, "

@@ -17,6 +17,14 @@ def test_headless_demo_requests_receives_and_learns(tmp_path, capsys):
     assert summary["frames_out"] >= 20 and summary["frames_in"] >= summary["frames_out"]
     assert summary["references_requested"] >= 1 and summary["references_received"] >= 1
     assert summary["models_promoted"] >= 1
+    # the summary counts from the catalogue (issue 15.9: the last status polled under-counted), and every promoted
+    # library says when it started serving, after its promotion
+    from refscope.daemon.catalogue import Catalogue
+
+    with Catalogue.in_state_dir(tmp_path / "demo" / "state") as catalogue:
+        assert summary["frames_enhanced"] == catalogue.counts().frames["enhanced"] >= 20
+    served = [p for p in summary["promotions"] if p["serving_t"] is not None]
+    assert served and all(p["serving_t"] >= p["t"] for p in served)
     measured = [p for p in summary["quality"] if p.get("coverage") is not None]
     assert measured and {"t", "coverage", "texture", "intensity", "focus", "held_out", "drift"} <= set(measured[-1])
     assert [e["t"] for e in summary["timeline"]] == sorted(e["t"] for e in summary["timeline"])
