@@ -177,8 +177,9 @@ def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> li
 
 def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
                   sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx", runner=None,
-                  scale: int | None = None, label: str | None = None) -> int:
+                  scale: int | None = None, label: str | None = None, state_dir: str | Path | None = None) -> int:
     """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
+    ``state_dir``: the model's state folder, whose ``onnx-cache/`` keeps the exported model for the next call.
 
     Frames go through the daemon's :class:`~refscope.daemon.serving.ServingEngine`, so a batch costs what live
     serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
@@ -188,7 +189,7 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     if runner is None:
         scale = model.scale
         server = ServingEngine(ModelConfig(scale=scale, method=method, sigma_n=sigma_n), ServeConfig(),
-                               use_onnx=engine == "onnx")
+                               use_onnx=engine == "onnx", onnx_cache_dir=state_dir)
         server.set_model(model, version=1)
     files = _expand(inputs, scale)
     out_path = Path(out)
@@ -285,7 +286,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     model, runner, scale, method = net_cli.enhance_runner(args.state_dir, method)
     label = f"best = {method}" if requested == "best" else None
     return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
-                         engine=args.engine, runner=runner, scale=scale, label=label)
+                         engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -192,7 +192,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._serve_block_s = float(serve_block_s)
         self._drain_s = float(drain_s)
         self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget,
-                                     export_in_child=True)
+                                     export_in_child=True, onnx_cache_dir=config.state_dir)
         self._classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
         self._role_lock = threading.Lock()
         self._last_role: dict[str, str] | None = None  # the latest frame's role and why (status "roles")

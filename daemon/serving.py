@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -139,6 +140,8 @@ class ServingEngine:
             a one-shot command's; the daemon passes its own, with the trainer's and learner's shares reserved).
         export_in_child: export paired models to ONNX in a helper process (:mod:`.serve.export`), so that this
             process never loads PyTorch (the daemon); False: in this process (one-shot commands, tests).
+        onnx_cache_dir: a state folder whose ``onnx-cache/`` keeps exported models (:mod:`.serve.onnx_cache`), so
+            the same model is not exported again at the next start; None: export every time.
 
     Memory: every method runs tile by tile; the tile side is derived per model and scale from the budget's
     workspace share and the model's own workspace estimate (the manifest's ``workspace_bytes_per_px``), so one
@@ -146,12 +149,14 @@ class ServingEngine:
     """
 
     def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True,
-                 budget: MemoryBudget | None = None, export_in_child: bool = False) -> None:
+                 budget: MemoryBudget | None = None, export_in_child: bool = False,
+                 onnx_cache_dir: Path | None = None) -> None:
         self.model_config = model_config
         self.serve_config = serve_config
         self.use_onnx = bool(use_onnx)
         self.budget = budget if budget is not None else MemoryBudget.offline(serve_config.max_memory_mb)
         self.export_in_child = bool(export_in_child)
+        self.onnx_cache_dir = None if onnx_cache_dir is None else Path(onnx_cache_dir)
         self._warming = 0  # exports/loads in progress (guarded by _lock)
         self._lock = threading.Lock()  # guards _state
         self._swap_lock = threading.Lock()  # serialises set_model / set_method / set_sigma (exports are slow)
@@ -456,14 +461,23 @@ class ServingEngine:
             fitted.regressors  # noqa: B018 - fit them once on the original, so the copy shares them
             fitted = replace(fitted, paired=replace(fitted.paired, sigma_n=state.sigma_n))
         start = time.perf_counter()
-        if self.export_in_child:
-            from .serve.export import export_paired_in_child
+        version = str(state.version)
 
-            onnx_bytes, manifest = export_paired_in_child(fitted, version=str(state.version))
-        else:
+        def export() -> tuple[bytes, Any]:
+            if self.export_in_child:
+                from .serve.export import export_paired_in_child
+
+                return export_paired_in_child(fitted, version=version)
             from refscope.models.paired_net import export_paired_model  # imports PyTorch
 
-            onnx_bytes, manifest = export_paired_model(fitted, version=str(state.version))
+            return export_paired_model(fitted, version=version)
+
+        if self.onnx_cache_dir is not None:
+            from .serve.onnx_cache import cached_export
+
+            onnx_bytes, manifest = cached_export(self.onnx_cache_dir, fitted, version, export)
+        else:
+            onnx_bytes, manifest = export()
         if self._slot is None:
             self._slot = ModelSlot(self._runtime_config())
         if not self._slot.try_load(onnx_bytes, manifest):
