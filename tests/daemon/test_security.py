@@ -374,13 +374,17 @@ def test_security_section_checks_and_round_trip(tmp_path: Path) -> None:
     assert "# curve_dir = " in default_text and "allow_insecure_remote = false" in default_text
 
 
+def _keyed_config(tmp_path: Path, keys: Any) -> Any:
+    """A loopback daemon configuration with CURVE keys from ``keys``."""
+    return load_config(None, {"ingest.watch": str(tmp_path / "w"), "state_dir": str(tmp_path / "s"),
+                              "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                              "publish.pub_endpoint": "tcp://127.0.0.1:*", "security.curve_dir": str(keys.curve_dir),
+                              "security.authorized_clients_dir": str(keys.authorized_dir)})
+
+
 def test_daemon_with_unreadable_keys_refuses_to_start(tmp_path: Path) -> None:
     keys = make_keys(tmp_path / "keys")
-    config = load_config(None, {"ingest.watch": str(tmp_path / "w"), "state_dir": str(tmp_path / "s"),
-                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
-                                "publish.pub_endpoint": "tcp://127.0.0.1:*",
-                                "security.curve_dir": str(keys.curve_dir),
-                                "security.authorized_clients_dir": str(keys.authorized_dir)})
+    config = _keyed_config(tmp_path, keys)
     (keys.curve_dir / "server.key_secret").write_text('curve\n    public-key = "too short"\n')
     with pytest.raises(RefscopeError, match=r"server.key_secret: the public key is not a 40-character Z85"):
         Daemon(config).start()
@@ -391,11 +395,7 @@ def test_daemon_refuses_keys_other_users_can_touch(tmp_path: Path) -> None:
     """Issue 13.6: a world-writable authorized-clients folder (anyone can authorize themselves) was accepted and a
     0644 server secret key only warned."""
     keys = make_keys(tmp_path / "keys")
-    config = load_config(None, {"ingest.watch": str(tmp_path / "w"), "state_dir": str(tmp_path / "s"),
-                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
-                                "publish.pub_endpoint": "tcp://127.0.0.1:*",
-                                "security.curve_dir": str(keys.curve_dir),
-                                "security.authorized_clients_dir": str(keys.authorized_dir)})
+    config = _keyed_config(tmp_path, keys)
     secret = keys.curve_dir / "server.key_secret"
     for mode in (0o640, 0o604, 0o620):
         os.chmod(secret, mode)
