@@ -25,7 +25,7 @@ seconds between frames (:func:`refscope.daemon.ingest.replay.replay`; real gaps 
 Writes the ``session`` section of benchmarks/RESULTS.md and, with ``--json``, every figure.
 
     .venv/bin/python benchmarks/bench_session.py [--scales 2,4] [--sessions 2020-02-13] [--gap-s 20] [--json F]
-        [--keep DIR]
+        [--keep DIR] [--data DIR]   # DIR/raw: any sessions; DIR/pairs.json: optional
 """
 from __future__ import annotations
 
@@ -217,8 +217,11 @@ def _tuned(ref: np.ndarray, candidates: list[np.ndarray], cut: int) -> np.ndarra
     return candidates[int(np.argmax(scores))]
 
 
-def score_operator_view(run: dict, items: list[ReplayItem]) -> list[dict]:
-    pairs = json.loads((DATA / "pairs.json").read_text())
+def score_operator_view(run: dict, items: list[ReplayItem], data: Path = DATA) -> list[dict]:
+    """Scores of the served frames inside later references' fields; none without ``data/pairs.json``."""
+    if not (data / "pairs.json").is_file():
+        return []
+    pairs = json.loads((data / "pairs.json").read_text())
     order = {item.path.name: i for i, item in enumerate(items)}
     scale, rows = run["scale"], []
     for pair in pairs:
@@ -231,8 +234,8 @@ def score_operator_view(run: dict, items: list[ReplayItem]) -> list[dict]:
         if not output.exists():
             rows.append({"pair": pair["pair"], "missing": True})
             continue
-        lr = read_image(DATA / "raw" / lr_name).data.astype(np.float64)
-        hr = read_image(DATA / "raw" / hr_name).data.astype(np.float64)
+        lr = read_image(data / "raw" / lr_name).data.astype(np.float64)
+        hr = read_image(data / "raw" / hr_name).data.astype(np.float64)
         geometry = PairGeometry(tuple(pair["offset_yx_lr_px"]), tuple(pair["fitted_factor_yx"]))
         (y0, y1), (x0, x1) = overlap_box(geometry, lr.shape, hr.shape)
         truth = resample_hr_to_lr_grid(hr, geometry, ((y0, y1), (x0, x1)), scale)
@@ -317,23 +320,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=240.0, help="longest wait after the last frame")
     parser.add_argument("--json", metavar="F")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--data", metavar="DIR", help="a folder with raw/ (the sessions' frames) and, optionally, "
+                        "pairs.json (hand-checked pairs, for the operator-view scores); default: sem_pairs")
     parser.add_argument("--keep", metavar="DIR", help="replay into DIR and keep it (daemon logs, outputs, state)")
     args = parser.parse_args(argv)
-    if not (DATA / "raw").is_dir():
-        print(f"real data not found at {DATA}; nothing to replay", file=sys.stderr)
+    data = Path(args.data) if args.data else DATA
+    if not (data / "raw").is_dir():
+        print(f"real data not found at {data}/raw; nothing to replay", file=sys.stderr)
         return 2
     start = time.perf_counter()
     chosen = [s for s in args.sessions.split(",") if s]
     runs = []
     with tempfile.TemporaryDirectory(prefix="refscope-session-") as scratch:
         tmp = args.keep or scratch
-        for name, items in sessions(DATA / "raw").items():
+        for name, items in sessions(data / "raw").items():
             if chosen and name not in chosen:
                 continue
             for scale in (int(s) for s in args.scales.split(",")):
                 print(f"session {name} ({len(items)} frames) at x{scale} ...", flush=True)
                 run = run_session(name, items, scale, args.gap_s, Path(tmp), args.settle_s)
-                run["scores"] = score_operator_view(run, items)
+                run["scores"] = score_operator_view(run, items, data)
                 print(json.dumps({k: v for k, v in run.items() if k not in ("scores",)}, default=str), flush=True)
                 runs.append(run)
     text = report(runs, args, time.perf_counter() - start)
