@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -153,6 +154,34 @@ def _expand(inputs: list[str], scale: int) -> list[Path]:
     return files
 
 
+def check_output_file(path: str | Path, what: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written: its folder missing or not writable, or the
+    path an existing folder (InputFileError naming the path and ``what`` it is for, e.g. ``--plot``)."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise InputFileError(f"{target}: {what} is an existing folder, not a file")
+    if not folder.is_dir():
+        raise InputFileError(f"{target}: {what}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputFileError(f"{target}: {what}: folder {folder} is not writable")
+    return target
+
+
+def check_output_folder(path: str | Path, what: str) -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written (an existing file there, its
+    parent missing or not writable); a missing folder whose parent exists is created when the work writes."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputFileError(f"{folder}: {what} exists and is not a folder")
+    probe = folder if folder.is_dir() else folder.parent if str(folder.parent) else Path(".")
+    if not probe.is_dir():
+        raise InputFileError(f"{folder}: {what}: folder {probe} does not exist")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputFileError(f"{folder}: {what}: folder {probe} is not writable")
+    return folder
+
+
 def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> list[Path]:
     """Output path of each input; refuses duplicates and any output that is also an input."""
     if single:
@@ -195,6 +224,10 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     out_path = Path(out)
     single = len(files) == 1 and not Path(inputs[0]).is_dir() and out_path.suffix.lower() in (".tif", ".tiff")
     outputs = _plan_outputs(files, out_path, scale, single)
+    if single:
+        check_output_file(out_path, "-o")  # a missing folder is a typo more often than a wish: not created
+    else:
+        check_output_folder(out_path, "-o")
     (out_path.parent if single else out_path).mkdir(parents=True, exist_ok=True)
     failed = 0
     for src, dst in zip(files, outputs):
@@ -243,6 +276,7 @@ def evaluate_files(lr: LoadedImage, hr: LoadedImage, *, scale: int | None, metho
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    check_output_folder(args.output, "-o")  # before the work, not after it
     lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
     refs = [load_frame(p, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size") for p in args.hr]
     try:
@@ -290,6 +324,9 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)  # before minutes of work, not after them
     lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
     hr = load_frame(args.hr, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size")
     extra = [m for m in (args.method or []) if m not in (args.methods or ())]

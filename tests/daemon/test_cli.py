@@ -72,6 +72,7 @@ def test_fit_prints_registration_and_saves_model(files, tmp_path: Path, capsys) 
 
 def test_enhance_one_file(files, state, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sub" / "lr_sr.tif"
+    out.parent.mkdir()  # a single output file goes into an existing folder (a missing one is refused, see below)
     assert main(["enhance", str(state), str(files["lr"]), "-o", str(out)]) == 0
     assert "paired" in capsys.readouterr().out
     image = read_image(out)
@@ -212,3 +213,22 @@ def test_entry_point_runs_as_a_module() -> None:
     assert result.returncode == 0
     for command in ("fit", "enhance", "evaluate", "demo"):
         assert command in result.stdout
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    """Issue 15.4: `evaluate --plot /nonexistent/x.png` failed after the evaluation, `fit -o` to an impossible place
+    after the fit, and `enhance -o /nonexistent/out.tif` silently created folders."""
+    import time
+
+    missing = tmp_path / "no" / "such"
+    start = time.perf_counter()
+    assert main(["evaluate", "lr.tif", "hr.tif", "--plot", str(missing / "x.png")]) == 2
+    assert main(["fit", "lr.tif", "hr.tif", "-o", str(missing / "state")]) == 2
+    assert main(["enhance", str(tmp_path), "in.tif", "-o", str(missing / "out.tif")]) == 2
+    assert time.perf_counter() - start < 5  # refused up front: the inputs (which do not exist) were never read
+    err = capsys.readouterr().err
+    assert err.count(f"folder {missing} does not exist") + err.count(f"folder {missing.parent} does not exist") >= 2
+    assert "--plot" in err and not missing.exists() and not missing.parent.exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["fit", "lr.tif", "hr.tif", "-o", str(tmp_path / "afile")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
