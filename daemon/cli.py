@@ -49,7 +49,8 @@ from .replay_cli import add_replay_parser
 from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
 from .frames import Frame
-from .model_store import load_model, save_model
+from .model_domain import ModelDomain
+from .model_store import load_domain, load_model, save_model
 from .pairing import PairingHooks
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
@@ -75,7 +76,7 @@ def load_frame(path: str | Path, *, pixel_size_nm: float | None = None, flag: st
                              f"pass {flag} NM")
     log.info("%s: %dx%d %s, pixel %s nm (%s)", image.path, *data.shape, image.data.dtype, image.pixel_size_nm,
              image.metadata.pixel_size_source)
-    return replace(image, data=data)
+    return replace(image, data=data, stored_dtype=image.stored_dtype or image.data.dtype.name)
 
 
 def _about(path: Path, exc: Exception) -> InputFileError:
@@ -206,9 +207,12 @@ def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> li
 
 def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
                   sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx", runner=None,
-                  scale: int | None = None, label: str | None = None, state_dir: str | Path | None = None) -> int:
+                  scale: int | None = None, label: str | None = None, state_dir: str | Path | None = None,
+                  domain: ModelDomain | None = None, strict: bool = False) -> int:
     """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
     ``state_dir``: the model's state folder, whose ``onnx-cache/`` keeps the exported model for the next call.
+    ``domain``: the model's (:mod:`.model_domain`): a frame outside it gets a warning naming what differs, or
+    with ``strict`` is refused (counted as failed).
 
     Frames go through the daemon's :class:`~refscope.daemon.serving.ServingEngine`, so a batch costs what live
     serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
@@ -233,6 +237,13 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     for src, dst in zip(files, outputs):
         try:
             frame = load_frame(src)
+            if domain is not None:
+                differs = domain.differences(ModelDomain.of(frame, frame.stored_dtype))
+                if differs:
+                    message = f"{src}: outside the model's domain: {'; '.join(differs)}"
+                    if strict:
+                        raise InputFileError(message + " (--strict)")
+                    print(f"warning: {message}", file=sys.stderr)
             if runner is not None:
                 start = time.perf_counter()
                 result, backend = runner(frame.data), "onnx"
@@ -290,7 +301,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         check_stage_positions(lr, hr, force=args.force)
     registered = register_files(lr, refs, config)
     model = fit_files(lr, refs, config, registered)
-    save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs])
+    save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs],
+               domain=ModelDomain.of(lr, lr.stored_dtype))
     for hr, g in zip(refs, model.geometries):
         print(f"{hr.path}: x{lr.pixel_size_nm / hr.pixel_size_nm:.3g} at LR offset (y, x) = "
               f"({g.offset_yx[0]:.2f}, {g.offset_yx[1]:.2f}) px, rotation {g.rotation_deg:+.2f} deg, NCC {g.score:.3f}")
@@ -320,7 +332,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     model, runner, scale, method = net_cli.enhance_runner(args.state_dir, method)
     label = f"best = {method}" if requested == "best" else None
     return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
-                         engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir)
+                         engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir,
+                         domain=load_domain(args.state_dir), strict=args.strict)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -517,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in library units (1/255 of the LR range) for paired-faithful/original (default 1)")
     p.add_argument("--engine", choices=("onnx", "numpy"), default="onnx",
                    help="onnx: serve through ONNX Runtime like the daemon (default); numpy: the reference code")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 2) a frame outside the model's domain -- pixel size off by more than 20 %%, "
+                   "another bit depth or detector -- instead of a warning")
     p.set_defaults(handler=_cmd_enhance)
 
     p = sub.add_parser("evaluate", parents=[common], help="score the methods on one LR/HR pair (3x4 subimages)",

@@ -17,6 +17,7 @@ they are refitted (deterministically) on first use after loading.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ from refscope.models.pipeline import FittedModel, IntensityScale
 from refscope.models.registration import PairGeometry
 
 from .errors import StateError
+from .model_domain import ModelDomain
 from .state_store import has_state, load_arrays, save_arrays, state_paths
 
 __all__ = ["MODEL_STATE_NAME", "MODEL_KIND", "MODEL_FORMAT", "save_model", "load_model"]
@@ -59,10 +61,12 @@ def _geometry_from_json(data: dict[str, Any]) -> PairGeometry:
                         score=float("nan") if score is None else float(score))
 
 
-def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources: list[str]) -> None:
+def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources: list[str],
+               domain: ModelDomain | None = None) -> None:
     """Write ``model`` to ``state_dir`` (created if missing) atomically, replacing any previous model there.
 
-    ``sources`` lists the files the model was fitted from (LR frame first), recorded for provenance.
+    ``sources`` lists the files the model was fitted from (LR frame first), recorded for provenance; ``domain``
+    where its LR frame came from (pixel size, pixel type, detector: :mod:`.model_domain`).
     Raises :class:`StateError` when ``state_dir`` exists but is not a folder.
     """
     folder = Path(state_dir)
@@ -79,9 +83,19 @@ def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources
         "library_size": len(model.library),
         "library_config": dataclasses.asdict(model.library.config),
         "sources": [str(s) for s in sources],
+        "domain": domain.to_dict() if domain is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     save_arrays(folder, MODEL_STATE_NAME, model.library.to_arrays(), manifest)
+
+
+def load_domain(state_dir: str | os.PathLike[str]) -> ModelDomain | None:
+    """The domain recorded with the model in ``state_dir`` (None when none was recorded or it cannot be read)."""
+    _, manifest_path = state_paths(Path(state_dir), MODEL_STATE_NAME)
+    try:
+        return ModelDomain.from_dict(json.loads(manifest_path.read_text())["manifest"].get("domain"))
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return None
 
 
 def load_model(state_dir: str | os.PathLike[str]) -> FittedModel:

@@ -88,12 +88,16 @@ class LoadedImage:
         The file read.
     metadata : ImageMetadata
         Acquisition metadata.
+    stored_dtype : str or None
+        The pixel type the file stores, when ``data`` was converted since (e.g. to float64 for fitting); None:
+        ``data.dtype`` is it.
     """
 
     data: np.ndarray
     pixel_size_nm: float | None
     path: Path
     metadata: ImageMetadata
+    stored_dtype: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------- helpers

@@ -232,3 +232,22 @@ def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["fit", "lr.tif", "hr.tif", "-o", str(tmp_path / "afile")]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_a_frame_outside_the_models_domain_gets_a_warning_and_strict_refuses_it(files, state, tmp_path, capsys):
+    """Issue 15.2: a model fitted on one microscope's frames met another's (8-bit, another pixel size) silently."""
+    from refscope.daemon.model_store import load_domain
+
+    domain = load_domain(state)
+    assert domain is not None and domain.pixel_size_nm == pytest.approx(10.0) and domain.dtype == "float32"
+    lr = read_image(files["lr"]).data
+    foreign = tmp_path / "zeiss_like.tif"
+    write_tiff(foreign, np.clip(lr * 250, 0, 255).astype(np.uint8), pixel_size_nm=4.0)
+    assert main(["enhance", str(state), str(foreign), "-o", str(tmp_path / "a.tif")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "outside the model's domain" in err
+    assert "pixel size 4 nm, the model's 10 nm" in err and "pixel type uint8, the model's float32" in err
+    assert main(["enhance", str(state), str(foreign), "-o", str(tmp_path / "b.tif"), "--strict"]) == 2
+    assert "(--strict)" in capsys.readouterr().err and not (tmp_path / "b.tif").exists()
+    assert main(["enhance", str(state), str(files["lr"]), "-o", str(tmp_path / "c.tif"), "--strict"]) == 0  # in it
+    assert "warning" not in capsys.readouterr().err

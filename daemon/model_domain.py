@@ -1,0 +1,72 @@
+"""The domain a model was fitted in (pixel size, pixel type, detector), and how far a frame lies outside it.
+
+A paired library learned on 16-bit FEI frames at 26.98 nm/px has learned that microscope's contrast, noise and
+sampling; applied to an 8-bit Zeiss frame at 11.65 nm/px it returned 199-536 for input 0-254 with a grid texture,
+silently (issue 15). The fit records where its LR frame came from; ``enhance`` (and anything else that serves a
+saved model) compares each frame with it and says what differs -- a pixel size more than
+:data:`PIXEL_SIZE_TOLERANCE` away, another pixel type (bit depth), another detector -- as a warning, or as a
+refusal with ``--strict``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .tiff_common import LoadedImage
+
+__all__ = ["PIXEL_SIZE_TOLERANCE", "ModelDomain"]
+
+PIXEL_SIZE_TOLERANCE = 0.2
+"""Relative pixel-size difference beyond which a frame is outside the model's domain (0.2 = 20 %)."""
+
+
+@dataclass(frozen=True)
+class ModelDomain:
+    """Where a model's training LR frame came from (any field None when unknown).
+
+    Attributes:
+        pixel_size_nm: LR pixel size of the training frame, nm.
+        dtype: its stored pixel type (e.g. ``"uint16"``): the bit depth.
+        detector: detector name from the vendor metadata (e.g. ``"ETD"``).
+        vendor: metadata flavour (``"fei"``, ``"zeiss"``...).
+    """
+
+    pixel_size_nm: float | None = None
+    dtype: str | None = None
+    detector: str | None = None
+    vendor: str | None = None
+
+    @classmethod
+    def of(cls, image: LoadedImage, dtype: np.dtype | str | None = None) -> ModelDomain:
+        """The domain of ``image``; ``dtype``: its stored pixel type when ``image.data`` was converted since."""
+        stored = np.dtype(dtype if dtype is not None else image.data.dtype).name
+        return cls(pixel_size_nm=image.pixel_size_nm, dtype=stored, detector=image.metadata.detector,
+                   vendor=image.metadata.vendor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ModelDomain | None:
+        """The domain stored by :meth:`to_dict`; None for a model saved before domains were recorded."""
+        if not isinstance(data, Mapping):
+            return None
+        known = {k: data.get(k) for k in ("pixel_size_nm", "dtype", "detector", "vendor")}
+        return cls(**known)
+
+    def differences(self, other: ModelDomain) -> list[str]:
+        """What differs between a frame's domain ``other`` and this (the model's) one, one phrase each."""
+        found = []
+        if self.pixel_size_nm and other.pixel_size_nm:
+            ratio = other.pixel_size_nm / self.pixel_size_nm
+            if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
+                found.append(f"pixel size {other.pixel_size_nm:.4g} nm, the model's {self.pixel_size_nm:.4g} nm "
+                             f"(x{ratio:.2f})")
+        if self.dtype and other.dtype and self.dtype != other.dtype:
+            found.append(f"pixel type {other.dtype}, the model's {self.dtype} (another bit depth)")
+        if self.detector and other.detector and self.detector.strip().lower() != other.detector.strip().lower():
+            found.append(f"detector {other.detector}, the model's {self.detector}")
+        return found
