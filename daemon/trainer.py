@@ -50,6 +50,11 @@ TRAINER_FILE = "trainer.json"
 
 _log = logging.getLogger("refscope.trainer")
 
+HOLD_WINDOW_S = 60.0
+"""Window over which the share of time training is held for serving is measured, seconds."""
+MAX_HELD_SHARE = 0.75
+"""Training is held at most this share of the time (serving still preempts it: ``trainer.idle_priority``)."""
+
 OnNetPromoted = Callable[[bytes, Any, int, Mapping[str, Any]], None]
 """``on_promoted(onnx_bytes, manifest, net_version, result)``: serve the network (trainer thread)."""
 
@@ -92,6 +97,9 @@ class BackgroundTrainer:
         self._held = False  # serving holds the training process stopped (see hold())
         self._held_since = 0.0
         self._held_s = 0.0  # seconds held so far (all rounds)
+        self._window_start = time.monotonic()  # the recent window hold() counts held time in
+        self._window_held = 0.0
+        self._skipped_holds = 0
         stored = load_pairs(self._state_dir)
         if stored is not None and stored.scale != self._scale:
             raise RefscopeError(f"{self._state_dir}: the stored pairs are x{stored.scale} but the session is "
@@ -147,19 +155,28 @@ class BackgroundTrainer:
         on a 2-core PC a training process, even at ``SCHED_IDLE``, slowed a 1536x1024 frame at x4 from 1.1 s to
         1.5-2.5 s. Training then runs in the gaps between frames; a round's deadline does not count held time.
         Idempotent; a round started while held starts stopped. Where signals cannot stop a process (not POSIX),
-        nothing happens.
+        nothing happens. Training is never starved: once it has been held for more than :data:`MAX_HELD_SHARE` of
+        the last :data:`HOLD_WINDOW_S` seconds (frames arriving faster than they are served), a hold is skipped.
         """
         if not self.config.pause_while_serving or not hasattr(signal, "SIGSTOP"):
             return
         with self._lock:
             if held == self._held:
                 return
-            self._held = held
             now = time.monotonic()
+            if now - self._window_start > HOLD_WINDOW_S:  # a new window: what was held in the last one is the start
+                self._window_held = min(self._window_held, MAX_HELD_SHARE * HOLD_WINDOW_S)
+                self._window_start = now - HOLD_WINDOW_S / 2
+                self._window_held *= 0.5
+            if held and self._window_held > MAX_HELD_SHARE * max(now - self._window_start, HOLD_WINDOW_S / 4):
+                self._skipped_holds += 1
+                return  # serving has had most of the CPU lately: let training have its share
+            self._held = held
             if held:
                 self._held_since = now
             else:
                 self._held_s += now - self._held_since
+                self._window_held += now - self._held_since
             process = self._process
             if process is not None and process.pid is not None:
                 self._signal(process, signal.SIGSTOP if held else signal.SIGCONT)
@@ -192,7 +209,8 @@ class BackgroundTrainer:
                 "promotions": self._promotions, "failures": self._failures, "net_version": self.net_version,
                 "pairs": len(self._pairs.train), "held_out": len(self._pairs.held_out),
                 "rounds_left": self._rounds_left, "network": self.config.network, "strategy": self.config.strategy,
-                "round_s": self.config.round_s, "last": self._last,
+                "round_s": self.config.round_s, "last": self._last, "held_s": round(self._held_s, 1),
+                "holds_skipped": self._skipped_holds,
             })
 
     # ------------------------------------------------------------------------------------------ worker

@@ -342,3 +342,29 @@ def test_hold_does_nothing_when_pause_while_serving_is_off(tmp_path: Path, split
         wait_for(lambda: int(ticks.read_text()) > before + 10, timeout=10, what="the round still running")
     finally:
         trainer.stop()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_training_is_not_starved_when_frames_keep_serving_busy(tmp_path: Path, split, monkeypatch) -> None:
+    """With frames arriving as fast as they are served, holding training for every frame would stop it for good:
+    once held more than MAX_HELD_SHARE of the recent time, a hold is skipped and the round runs."""
+    import refscope.daemon.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "HOLD_WINDOW_S", 4.0)  # a short window for the test (at least 1 s counted)
+    _store(tmp_path, split)
+    trainer = _trainer(tmp_path, lambda: ("bicubic", 0), [], target=_count_forever, round_s=0.5)
+    trainer.start()
+    try:
+        wait_for(lambda: trainer.child_pid is not None, timeout=30)
+        pid = trainer.child_pid
+        trainer._window_start = time.monotonic()  # the test's own window
+        trainer.hold(True)
+        wait_for(lambda: _state_of(pid) == "T", timeout=10, what="the round stopped")
+        time.sleep(1.0)
+        trainer.hold(False)
+        trainer.hold(True)  # held ~100 % of the window so far: skipped
+        assert trainer.status()["holds_skipped"] == 1 and trainer.status()["held_s"] >= 1.0
+        ticks = tmp_path / "ticks"
+        wait_for(lambda: ticks.exists() and int(ticks.read_text()) > 10, timeout=10, what="the round running")
+    finally:
+        trainer.stop()
