@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+from typing import Any
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from .frames import Frame
 from .model_domain import ModelDomain
 from .model_store import load_domain, load_model, save_model
 from .pairing import PairingHooks
+from .progress import Steps, progress
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
 from .serving import ServingEngine
@@ -208,7 +210,7 @@ def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> li
 def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
                   sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx", runner=None,
                   scale: int | None = None, label: str | None = None, state_dir: str | Path | None = None,
-                  domain: ModelDomain | None = None, strict: bool = False) -> int:
+                  domain: ModelDomain | None = None, strict: bool = False, quiet: bool = False) -> int:
     """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
     ``state_dir``: the model's state folder, whose ``onnx-cache/`` keeps the exported model for the next call.
     ``domain``: the model's (:mod:`.model_domain`): a frame outside it gets a warning naming what differs, or
@@ -233,8 +235,19 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     else:
         check_output_folder(out_path, "-o")
     (out_path.parent if single else out_path).mkdir(parents=True, exist_ok=True)
+    with progress(f"{command}: {len(files)} frame(s)", len(files), quiet=quiet or len(files) < 2) as steps:
+        failed = _enhance_each(files, outputs, steps, server=server if runner is None else None, runner=runner,
+                               domain=domain, strict=strict, command=command, method=method, scale=scale, label=label)
+    return 2 if failed else 0
+
+
+def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, server: Any, runner: Any,
+                  domain: ModelDomain | None, strict: bool, command: str, method: str, scale: int,
+                  label: str | None) -> int:
+    """The per-frame loop of :func:`enhance_files`; returns how many frames failed."""
     failed = 0
     for src, dst in zip(files, outputs):
+        steps.say(f"{command}: {Path(src).name}")
         try:
             frame = load_frame(src)
             if domain is not None:
@@ -256,6 +269,7 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
                 raise
             print(f"refscope {command}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1
+            steps.advance()
             continue
         pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
         write_tiff(dst, result.astype(np.float32), pixel_size_nm=pixel,
@@ -263,7 +277,8 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
         size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
         print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {label or method} ({backend}), "
               f"{seconds:.2f} s")
-    return 2 if failed else 0
+        steps.advance()
+    return failed
 
 
 def evaluate_files(lr: LoadedImage, hr: LoadedImage, *, scale: int | None, methods: tuple[str, ...],
@@ -299,8 +314,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     config = FitConfig(scale=args.scale, library=library, min_relative_ncc=0.0 if args.force else 0.8)
     for hr in refs:
         check_stage_positions(lr, hr, force=args.force)
-    registered = register_files(lr, refs, config)
-    model = fit_files(lr, refs, config, registered)
+    with progress("fit: registering the reference(s)", None, quiet=args.quiet) as steps:
+        registered = register_files(lr, refs, config)
+        steps.say("fit: building the library")
+        model = fit_files(lr, refs, config, registered)
     save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs],
                domain=ModelDomain.of(lr, lr.stored_dtype))
     for hr, g in zip(refs, model.geometries):
@@ -333,7 +350,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     label = f"best = {method}" if requested == "best" else None
     return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
                          engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir,
-                         domain=load_domain(args.state_dir), strict=args.strict)
+                         domain=load_domain(args.state_dir), strict=args.strict, quiet=args.quiet)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -353,7 +370,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.methods:
         raise ValueError("no method to evaluate; give --methods")
     start = time.perf_counter()
-    report = evaluate_files(lr, hr, scale=args.scale, methods=args.methods, in_sample=not args.no_in_sample)
+    with progress(f"evaluate: {len(args.methods)} method(s), 3x4 subimages", None, quiet=args.quiet):
+        report = evaluate_files(lr, hr, scale=args.scale, methods=args.methods, in_sample=not args.no_in_sample)
     seconds = time.perf_counter() - start
     g = report.geometry
     print(f"{hr.path} in {lr.path}: x{report.factor:.3g}, offset (y, x) = ({g.offset_yx[0]:.2f}, "
@@ -477,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress to stderr (-vv: debug)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress to stderr")
+    common.add_argument("-q", "--quiet", action="store_true", default=False,
+                        help="no progress display (it appears only on a terminal anyway)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("fit", parents=[common], help="fit a paired library from an LR frame and HR reference(s)",
