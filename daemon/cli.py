@@ -57,6 +57,7 @@ from .progress import Steps, progress
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
 from .serving import ServingEngine
+from .tiff_common import acquisition_metadata
 from .tiff_io import LoadedImage, read_image, write_tiff
 
 __all__ = ["main", "build_parser", "load_frame", "fit_files", "enhance_files", "evaluate_files", "format_table",
@@ -210,7 +211,8 @@ def _plan_outputs(inputs: list[Path], out: Path, scale: int, single: bool) -> li
 def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: str = "paired",
                   sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx", runner=None,
                   scale: int | None = None, label: str | None = None, state_dir: str | Path | None = None,
-                  domain: ModelDomain | None = None, strict: bool = False, quiet: bool = False) -> int:
+                  domain: ModelDomain | None = None, strict: bool = False, quiet: bool = False,
+                  dtype: str = "input") -> int:
     """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
     ``state_dir``: the model's state folder, whose ``onnx-cache/`` keeps the exported model for the next call.
     ``domain``: the model's (:mod:`.model_domain`): a frame outside it gets a warning naming what differs, or
@@ -237,13 +239,23 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     (out_path.parent if single else out_path).mkdir(parents=True, exist_ok=True)
     with progress(f"{command}: {len(files)} frame(s)", len(files), quiet=quiet or len(files) < 2) as steps:
         failed = _enhance_each(files, outputs, steps, server=server if runner is None else None, runner=runner,
-                               domain=domain, strict=strict, command=command, method=method, scale=scale, label=label)
+                               domain=domain, strict=strict, command=command, method=method, scale=scale, label=label,
+                               dtype=dtype)
     return 2 if failed else 0
+
+
+def output_pixels(result: np.ndarray, dtype: str | None) -> np.ndarray:
+    """The enhanced frame in the input's pixel type when that is uint8 or uint16 (rounded and clipped to its
+    range: what microscopists keep, 1/2 or 1/4 of float32's size), else float32."""
+    if dtype in ("uint8", "uint16"):
+        top = np.iinfo(dtype).max
+        return np.clip(np.rint(result), 0, top).astype(dtype)
+    return np.asarray(result, dtype=np.float32)
 
 
 def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, server: Any, runner: Any,
                   domain: ModelDomain | None, strict: bool, command: str, method: str, scale: int,
-                  label: str | None) -> int:
+                  label: str | None, dtype: str = "input") -> int:
     """The per-frame loop of :func:`enhance_files`; returns how many frames failed."""
     failed = 0
     for src, dst in zip(files, outputs):
@@ -272,8 +284,9 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
             steps.advance()
             continue
         pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
-        write_tiff(dst, result.astype(np.float32), pixel_size_nm=pixel,
-                   metadata={"method": method, "scale": scale, "source": str(src)})
+        write_tiff(dst, output_pixels(result, frame.stored_dtype if dtype == "input" else "float32"),
+                   pixel_size_nm=pixel, metadata={"method": method, "scale": scale, "source": str(src),
+                                                  **acquisition_metadata(frame)})
         size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
         print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {label or method} ({backend}), "
               f"{seconds:.2f} s")
@@ -350,7 +363,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     label = f"best = {method}" if requested == "best" else None
     return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
                          engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir,
-                         domain=load_domain(args.state_dir), strict=args.strict, quiet=args.quiet)
+                         domain=load_domain(args.state_dir), strict=args.strict, quiet=args.quiet,
+                         dtype=args.dtype)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -550,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in library units (1/255 of the LR range) for paired-faithful/original (default 1)")
     p.add_argument("--engine", choices=("onnx", "numpy"), default="onnx",
                    help="onnx: serve through ONNX Runtime like the daemon (default); numpy: the reference code")
+    p.add_argument("--dtype", choices=("input", "float32"), default="input",
+                   help="output pixel type: input (default: uint8/uint16 inputs give rounded, clipped uint8/uint16 "
+                   "outputs, others float32) or float32")
     p.add_argument("--strict", action="store_true",
                    help="refuse (exit 2) a frame outside the model's domain -- pixel size off by more than 20 %%, "
                    "another bit depth or detector -- instead of a warning")

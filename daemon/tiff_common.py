@@ -100,6 +100,23 @@ class LoadedImage:
     stored_dtype: str | None = None
 
 
+def acquisition_metadata(image: LoadedImage) -> dict[str, Any]:
+    """What an output should carry over from its source frame: vendor, source pixel size and pixel type, stage
+    position (m), dwell time (s), detector, acquisition time and the vendor's extras (e.g. FEI ``hv_V``,
+    ``working_distance_m``); only what the source says."""
+    meta = image.metadata
+    found: dict[str, Any] = {"source_vendor": meta.vendor,
+                             "source_dtype": image.stored_dtype or image.data.dtype.name}
+    for key, value in (("source_pixel_size_nm", image.pixel_size_nm), ("stage_xy_m", meta.stage_xy_m),
+                       ("dwell_s", meta.dwell_s), ("detector", meta.detector), ("acquired_at", meta.acquired_at)):
+        if value is not None:
+            found[key] = list(value) if isinstance(value, tuple) else value
+    if meta.vendor in ("fei", "zeiss"):  # the microscope's own extras (an ImageJ file's are refscope's provenance)
+        found.update({k: v for k, v in dict(meta.extra).items()
+                      if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in found})
+    return found
+
+
 # --------------------------------------------------------------------------------------------------- helpers
 
 

@@ -92,8 +92,14 @@ def _parse_fei(tags: Mapping[str, Any]) -> _Parsed:
     dwell = _positive(scan.get("Dwelltime", scan.get("Dwell")))
     detectors = tags.get("Detectors") or {}
     detector = detectors.get("Name")
+    beam = tags.get("EBeam") or tags.get("Beam") or {}
+    extra = {key: float(value) for key, value in (("hv_V", beam.get("HV")),
+                                                  ("working_distance_m", stage.get("WorkingDistance", beam.get("WD"))),
+                                                  ("beam_current_A", beam.get("BeamCurrent")))
+             if isinstance(value, (int, float)) and not isinstance(value, bool)}
     return _Parsed(
         vendor="fei",
+        extra=extra,
         pixel_size_nm=_clean(pixel * 1e9) if pixel else None,
         image_rows=int(rows) if isinstance(rows, (int, float)) and rows > 0 else None,
         stage_xy_m=stage_xy,

@@ -42,7 +42,9 @@ def write_tiff(
     pixel_size_nm: float | None,
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a grayscale image as an ImageJ TIFF carrying its pixel size, atomically.
+    """Write a grayscale image as an ImageJ TIFF carrying its pixel size, atomically; a path ending in
+    ``.ome.tif``/``.ome.tiff`` gets an OME-TIFF instead (physical pixel size in the OME-XML, ``metadata`` as
+    JSON in its Description and as key-value pairs in a MapAnnotation, which OMERO and Fiji's Bio-Formats show).
 
     Parameters
     ----------
@@ -78,5 +80,34 @@ def write_tiff(
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{target}: metadata is not JSON-serialisable ({exc})") from exc
         ij_metadata["Info"] = info
+    if target.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        _write_ome(target, data, pixel, metadata)
+        return
     with atomic_writer(target, "wb") as handle:
         tifffile.imwrite(handle, data, imagej=True, metadata=ij_metadata, **kwargs)
+
+
+OME_NAMESPACE = "refscope/acquisition"
+"""Namespace of the MapAnnotation carrying the provenance and the source's acquisition metadata."""
+
+
+def _write_ome(target: Path, data: np.ndarray, pixel_nm: float | None, metadata: Mapping[str, Any] | None) -> None:
+    """An OME-TIFF: pixel size in µm in the OME-XML; provenance and acquisition metadata as JSON (Description)
+    and as flat key-value strings (MapAnnotation)."""
+    ome: dict[str, Any] = {"axes": "YX"}
+    kwargs: dict[str, Any] = {}
+    if pixel_nm is not None:
+        ome.update(PhysicalSizeX=pixel_nm / 1e3, PhysicalSizeXUnit="µm", PhysicalSizeY=pixel_nm / 1e3,
+                   PhysicalSizeYUnit="µm")
+        kwargs["resolution"] = (1e4 / pixel_nm, 1e4 / pixel_nm)  # pixels per cm (TIFF resolution tags)
+        kwargs["resolutionunit"] = "CENTIMETER"
+    if metadata:
+        try:
+            plain = json.loads(json.dumps(dict(metadata), allow_nan=False, default=to_jsonable, ensure_ascii=True))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{target}: metadata is not JSON-serialisable ({exc})") from exc
+        ome["Description"] = json.dumps({_INFO_KEY: plain}, ensure_ascii=True)
+        ome["MapAnnotation"] = {"Namespace": OME_NAMESPACE,
+                                **{str(k): v if isinstance(v, str) else json.dumps(v) for k, v in plain.items()}}
+    with atomic_writer(target, "wb") as handle:
+        tifffile.imwrite(handle, data, ome=True, metadata=ome, **kwargs)

@@ -78,7 +78,8 @@ def test_enhance_one_file(files, state, tmp_path: Path, capsys) -> None:
     image = read_image(out)
     assert image.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1]) and image.data.dtype == np.float32
     assert image.pixel_size_nm == pytest.approx(5.0)
-    assert image.metadata.extra == {"method": "paired", "scale": 2, "source": str(files["lr"])}
+    assert image.metadata.extra == {"method": "paired", "scale": 2, "source": str(files["lr"]),
+                                    "source_vendor": "imagej", "source_dtype": "float32", "source_pixel_size_nm": 10.0}
 
 
 def test_enhance_folder_writes_one_output_per_frame(files, state, tmp_path: Path, capsys) -> None:
@@ -251,3 +252,29 @@ def test_a_frame_outside_the_models_domain_gets_a_warning_and_strict_refuses_it(
     assert "(--strict)" in capsys.readouterr().err and not (tmp_path / "b.tif").exists()
     assert main(["enhance", str(state), str(files["lr"]), "-o", str(tmp_path / "c.tif"), "--strict"]) == 0  # in it
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_fei_frame_enhanced_into_ome_tiff_keeps_its_pixel_type_pixel_size_and_acquisition(state, tmp_path,
+                                                                                           shared_data, capsys):
+    """Issue 15.3: outputs were ImageJ float32 whatever was asked, and the vendor metadata was dropped."""
+    import xml.etree.ElementTree as ET
+
+    source = shared_data / "sem_pairs" / "raw" / "96336e__NiO_DC_5000x_E.tif"
+    out = tmp_path / "out.ome.tif"
+    assert main(["enhance", str(state), str(source), "-o", str(out), "--method", "bicubic"]) == 0
+    capsys.readouterr()
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and tif.pages[0].dtype == np.uint16
+        root = ET.fromstring(tif.ome_metadata)
+    pixels = next(e for e in root.iter() if e.tag.endswith("Pixels"))
+    assert float(pixels.get("PhysicalSizeX")) == pytest.approx(26.9792 / 2 / 1e3, rel=1e-4)  # µm
+    assert pixels.get("PhysicalSizeXUnit") == "µm"
+    pairs = {v.get("K"): v.text for v in root.iter() if v.tag.endswith("}M")}
+    assert json.loads(pairs["hv_V"]) == 5000.0 and json.loads(pairs["working_distance_m"]) == pytest.approx(0.0134907)
+    assert json.loads(pairs["dwell_s"]) == pytest.approx(3e-05) and pairs["detector"] == "ETD"
+    assert json.loads(pairs["stage_xy_m"]) == pytest.approx([-0.0141488, -0.0146303])
+    again = read_image(out)  # refscope reads its own OME output back with the pixel size
+    assert again.pixel_size_nm == pytest.approx(26.9792 / 2, rel=1e-4) and again.data.dtype == np.uint16
+    assert main(["enhance", str(state), str(source), "-o", str(tmp_path / "f.tif"), "--method", "bicubic",
+                 "--dtype", "float32"]) == 0
+    assert read_image(tmp_path / "f.tif").data.dtype == np.float32
