@@ -239,6 +239,8 @@ def test_zmq_end_to_end_learns_from_a_reference(tmp_path, pair):
         endpoint = daemon.endpoints["zmq_ingest"]
         expected = {f"{output_stem(f'zmq:{endpoint}#{seq}')}_x2.tif" for seq in (0, 1, 2, 4)}
         wait_for(lambda: {p.name for p in outputs(out)} == expected, 10, "4 output TIFFs")
+        # a file appears (atomic rename) a moment before the writer's callback catalogues it
+        wait_for(lambda: control_status(daemon)["catalogue"]["frames"]["enhanced"] == 4, 10, "4 outputs catalogued")
         status = control_status(daemon)
         assert status["frames"]["in"] == 5 and status["frames"]["in_hr"] == 1 and status["frames"]["out"] == 4
         assert status["catalogue"]["frames"]["enhanced"] == 4
