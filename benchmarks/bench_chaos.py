@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> dict:
                     status = status_of()
                     if status and status["queues"]["serve"] == 0 and not status["learner"]["busy"] \
                             and not status["learner"]["queued"] and status["publish"]["folder"].get("retry_waiting", 0) == 0:
-                        if not account(work, feeder)["lost"] and not account(work, feeder)["references_lost"]:
+                        fate = account(work, feeder)
+                        if not fate["lost"] and not fate["references_lost"]:
                             break
                 time.sleep(0.2)
             if kill < args.kills:

@@ -53,8 +53,7 @@ from .batch_compute import ModelSpec, model_key, slab_graph
 from .batch_files import (PROGRESS_DIR, RECORD_FORMAT, block_ok, output_done, probe_input, read_record, read_slices,
                           same_key, write_stack)
 from .errors import InputFileError, RefscopeError, StateError
-from .tiff_common import acquisition_metadata
-from .tiff_io import read_image, write_tiff
+from .tiff_io import acquisition_metadata, output_pixels, read_image, write_tiff
 
 __all__ = ["BatchConfig", "BatchJob", "BatchReport", "PROGRESS_DIR", "load_batch_model", "plan_jobs", "run_batch"]
 
@@ -193,7 +192,7 @@ class _Task:
     remaining: int = 0
     pixel_nm: float | None = None
     failed: bool = False
-    stored_dtype: str | None = None  # a frame's pixel type in its file (the output's, as enhance writes it)
+    pixel_type: str | None = None  # a frame's pixel type in its file (the output's, as enhance writes it)
     source_meta: dict[str, Any] = field(default_factory=dict)  # acquisition metadata carried over, as enhance
 
     @property
@@ -261,7 +260,7 @@ def _slab(task: _Task, spec: ModelSpec, z0: int, z1: int) -> tuple[np.ndarray, d
 
         frame = load_frame(task.job.source)  # as enhance reads it: constant / RGB / tiny frames are errors
         task.pixel_nm = frame.pixel_size_nm
-        task.stored_dtype, task.source_meta = frame.stored_dtype, acquisition_metadata(frame)
+        task.pixel_type, task.source_meta = frame.pixel_type, acquisition_metadata(frame)
         return frame.data[np.newaxis].astype(spec.dtype), {}
     data = read_slices(task.job.source, z0, z1, task.shape)  # type: ignore[arg-type]
     flat = data.reshape(data.shape[0], -1)
@@ -367,9 +366,7 @@ def _write_frame(task: _Task, spec: ModelSpec, image: np.ndarray, label: str, re
                  config: BatchConfig) -> None:
     s = spec.scale
     pixel = task.pixel_nm / s if task.pixel_nm else None
-    from .cli import output_pixels
-
-    write_tiff(task.job.output, output_pixels(image, task.stored_dtype), pixel_size_nm=pixel,  # as enhance
+    write_tiff(task.job.output, output_pixels(image, task.pixel_type), pixel_size_nm=pixel,  # as enhance
                metadata={"method": spec.method, "scale": s, "source": str(task.job.source), **task.source_meta})
     _commit(task)
     report.written += 1

@@ -28,9 +28,9 @@ import math
 import os
 import sys
 import time
-from typing import Any
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,8 +57,7 @@ from .progress import Steps, progress
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
 from .serving import ServingEngine
-from .tiff_common import acquisition_metadata
-from .tiff_io import LoadedImage, read_image, write_tiff
+from .tiff_io import LoadedImage, acquisition_metadata, output_pixels, read_image, write_tiff
 
 __all__ = ["main", "build_parser", "load_frame", "fit_files", "enhance_files", "evaluate_files", "format_table",
            "write_json", "write_csv", "write_plot"]
@@ -79,7 +78,7 @@ def load_frame(path: str | Path, *, pixel_size_nm: float | None = None, flag: st
                              f"pass {flag} NM")
     log.info("%s: %dx%d %s, pixel %s nm (%s)", image.path, *data.shape, image.data.dtype, image.pixel_size_nm,
              image.metadata.pixel_size_source)
-    return replace(image, data=data, stored_dtype=image.stored_dtype or image.data.dtype.name)
+    return replace(image, data=data, stored_dtype=image.pixel_type)
 
 
 def _about(path: Path, exc: Exception) -> InputFileError:
@@ -244,15 +243,6 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     return 2 if failed else 0
 
 
-def output_pixels(result: np.ndarray, dtype: str | None) -> np.ndarray:
-    """The enhanced frame in the input's pixel type when that is uint8 or uint16 (rounded and clipped to its
-    range: what microscopists keep, 1/2 or 1/4 of float32's size), else float32."""
-    if dtype in ("uint8", "uint16"):
-        top = np.iinfo(dtype).max
-        return np.clip(np.rint(result), 0, top).astype(dtype)
-    return np.asarray(result, dtype=np.float32)
-
-
 def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, server: Any, runner: Any,
                   domain: ModelDomain | None, strict: bool, command: str, method: str, scale: int,
                   label: str | None, dtype: str = "input") -> int:
@@ -263,7 +253,7 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
         try:
             frame = load_frame(src)
             if domain is not None:
-                differs = domain.differences(ModelDomain.of(frame, frame.stored_dtype))
+                differs = domain.differences(ModelDomain.of(frame))
                 if differs:
                     message = f"{src}: outside the model's domain: {'; '.join(differs)}"
                     if strict:
@@ -284,7 +274,7 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
             steps.advance()
             continue
         pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
-        write_tiff(dst, output_pixels(result, frame.stored_dtype if dtype == "input" else "float32"),
+        write_tiff(dst, output_pixels(result, frame.pixel_type if dtype == "input" else "float32"),
                    pixel_size_nm=pixel, metadata={"method": method, "scale": scale, "source": str(src),
                                                   **acquisition_metadata(frame)})
         size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
@@ -332,7 +322,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         steps.say("fit: building the library")
         model = fit_files(lr, refs, config, registered)
     save_model(args.output, model, sources=[str(lr.path)] + [str(r.path) for r in refs],
-               domain=ModelDomain.of(lr, lr.stored_dtype))
+               domain=ModelDomain.of(lr))
     for hr, g in zip(refs, model.geometries):
         print(f"{hr.path}: x{lr.pixel_size_nm / hr.pixel_size_nm:.3g} at LR offset (y, x) = "
               f"({g.offset_yx[0]:.2f}, {g.offset_yx[1]:.2f}) px, rotation {g.rotation_deg:+.2f} deg, NCC {g.score:.3f}")

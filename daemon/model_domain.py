@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from .tiff_common import LoadedImage
 
 __all__ = ["PIXEL_SIZE_TOLERANCE", "ModelDomain"]
@@ -40,10 +38,9 @@ class ModelDomain:
     vendor: str | None = None
 
     @classmethod
-    def of(cls, image: LoadedImage, dtype: np.dtype | str | None = None) -> ModelDomain:
-        """The domain of ``image``; ``dtype``: its stored pixel type when ``image.data`` was converted since."""
-        stored = np.dtype(dtype if dtype is not None else image.data.dtype).name
-        return cls(pixel_size_nm=image.pixel_size_nm, dtype=stored, detector=image.metadata.detector,
+    def of(cls, image: LoadedImage) -> ModelDomain:
+        """The domain of ``image`` (its stored pixel type, whatever ``image.data`` was converted to)."""
+        return cls(pixel_size_nm=image.pixel_size_nm, dtype=image.pixel_type, detector=image.metadata.detector,
                    vendor=image.metadata.vendor)
 
     def to_dict(self) -> dict[str, Any]:

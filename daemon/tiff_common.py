@@ -99,6 +99,11 @@ class LoadedImage:
     metadata: ImageMetadata
     stored_dtype: str | None = None
 
+    @property
+    def pixel_type(self) -> str:
+        """The pixel type the file stores (e.g. ``"uint16"``), whatever ``data`` was converted to since."""
+        return self.stored_dtype or self.data.dtype.name
+
 
 def acquisition_metadata(image: LoadedImage) -> dict[str, Any]:
     """What an output should carry over from its source frame: vendor, source pixel size and pixel type, stage
@@ -106,7 +111,7 @@ def acquisition_metadata(image: LoadedImage) -> dict[str, Any]:
     ``working_distance_m``); only what the source says."""
     meta = image.metadata
     found: dict[str, Any] = {"source_vendor": meta.vendor,
-                             "source_dtype": image.stored_dtype or image.data.dtype.name}
+                             "source_dtype": image.pixel_type}
     for key, value in (("source_pixel_size_nm", image.pixel_size_nm), ("stage_xy_m", meta.stage_xy_m),
                        ("dwell_s", meta.dwell_s), ("detector", meta.detector), ("acquired_at", meta.acquired_at)):
         if value is not None:

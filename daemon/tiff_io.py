@@ -29,15 +29,17 @@ detection), :mod:`.tiff_read` (validation and reading into arrays) and :mod:`.ti
 """
 from __future__ import annotations
 
-from .tiff_common import MAX_SIDE_PX, ImageMetadata, LoadedImage, Vendor
+from .tiff_common import MAX_SIDE_PX, ImageMetadata, LoadedImage, Vendor, acquisition_metadata
 from .tiff_read import read_image
-from .tiff_write import write_tiff
+from .tiff_write import output_pixels, write_tiff
 
 __all__ = [
     "ImageMetadata",
     "LoadedImage",
     "read_image",
     "write_tiff",
+    "output_pixels",
+    "acquisition_metadata",
     "MAX_SIDE_PX",
     "Vendor",
 ]

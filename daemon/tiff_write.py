@@ -35,6 +35,15 @@ def _output_array(path: Path, image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def output_pixels(result: np.ndarray, pixel_type: str | None) -> np.ndarray:
+    """An enhanced frame in its input's pixel type when that is uint8 or uint16 (rounded and clipped to its range:
+    what microscopists keep, 1/2 or 1/4 of float32's size), else float32."""
+    if pixel_type in ("uint8", "uint16"):
+        top = np.iinfo(pixel_type).max
+        return np.clip(np.rint(result), 0, top).astype(pixel_type)
+    return np.asarray(result, dtype=np.float32)
+
+
 def write_tiff(
     path: str | os.PathLike[str],
     image: np.ndarray,
