@@ -484,6 +484,9 @@ def _net_flags(parser: argparse.ArgumentParser, *, network_default: str | None =
                         help="network to train (default " + (network_default or "the saved one, else compact") + ")")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for training (default: PyTorch's choice)")
+    parser.add_argument("--no-prior", action="store_true",
+                        help="fit and train: start the network from scratch (LR-only bootstrap) instead of fine-tuning "
+                        "the pretrained EM prior shipped for its network and scale")
 
 
 def _pixel_flags(parser: argparse.ArgumentParser) -> None:

@@ -383,6 +383,9 @@ class TrainerConfig:
             gaps between frames).
         retry_s: pause after a failed round, seconds.
         margin_db: a network must beat the serving model and bicubic by more than this on held-out area, dB.
+        prior: start the session's network from the pretrained EM prior shipped for its network and scale
+            (:mod:`refscope.daemon.learn.priors`), fine-tuned with the checkpoint chosen on held-out reference area;
+            off, or no prior for that scale: LR-only bootstrap then the pairs, as before.
     """
 
     SECTION: ClassVar[str] = "trainer"
@@ -410,6 +413,9 @@ class TrainerConfig:
     retry_s: float = field(default=30.0, metadata=field_doc("Pause after a failed round, seconds (>= 0)."))
     margin_db: float = field(default=0.0, metadata=field_doc(
         "A network is promoted only if it beats the serving model and bicubic by more than this many dB (>= 0)."))
+    prior: bool = field(default=True, metadata=field_doc(
+        "Start the network from the pretrained EM prior shipped for its network and scale (fine-tuned, best "
+        "checkpoint on held-out reference area); false: LR-only bootstrap then the pairs."))
 
     def __post_init__(self) -> None:
         check_types(self, "trainer.")

@@ -38,6 +38,7 @@ from refscope.models.stats import ttests_by_category
 
 from .atomic import atomic_write_json
 from .errors import InputFileError, StateError
+from .learn.priors import load_prior
 from .model_store import load_model
 from .net_store import (SessionPairs, finite_json, has_net, load_best, load_net, load_pairs, load_served, save_best,
                         save_net, save_pairs)
@@ -108,10 +109,15 @@ def split_pairs(regions: list[tuple[np.ndarray, np.ndarray]], *, scale: int, sou
 def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: SessionPairs, *, budget_s: float,
                     network: str = "compact", strategy: str = "real-pairs", seed: int = 0,
                     library_config: FitConfig | None = None, sources: list[str] = (),
-                    bootstrap_fraction: float = 0.3) -> dict:
+                    bootstrap_fraction: float = 0.3, use_prior: bool = True) -> dict:
     """Train the network on ``pairs.train``, validate network / paired library (fitted on the same training areas)
-    / bicubic on ``pairs.held_out``, save network, pairs and ``best.json``; returns the ``best.json`` document."""
+    / bicubic on ``pairs.held_out``, save network, pairs and ``best.json``; returns the ``best.json`` document.
+
+    With ``use_prior`` and a shipped prior for (network, S) (:mod:`.learn.priors`), the network is the prior
+    fine-tuned on the pairs, its checkpoint chosen on the held-out subimages; otherwise LR-only bootstrap then
+    the pairs."""
     from refscope.models.net_fit import fit_network, net_predictor
+    from refscope.models.prior import fine_tune
 
     scale = pairs.scale
     config = library_config or FitConfig(scale=scale)
@@ -125,10 +131,16 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
     if validation_library is not None:
         paired = summarise_scores(held_out_scores(lambda x: enhance(x, validation_library, method="paired"),
                                           pairs.held_out, scale=scale))
-    fit = fit_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
-                      bootstrap_fraction=bootstrap_fraction, strategy=strategy, seed=seed)
+    prior = load_prior(network, scale) if use_prior and strategy == "real-pairs" else None
+    if prior is not None:
+        fit = fine_tune(prior, lr_frames, list(pairs.train), budget_s=budget_s, validation=list(pairs.held_out),
+                        seed=seed)
+    else:
+        fit = fit_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
+                          bootstrap_fraction=bootstrap_fraction, strategy=strategy, seed=seed)
     net = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     net.update({"network": network, "strategy": strategy, "budget_s": budget_s,
+                "start": "prior" if prior is not None else "scratch",
                 "steps": [h["steps"] for h in fit.history]})
     best, reason = choose_best(net, paired)
     save_net(state_dir, fit, sources=list(sources), validation={"held_out_d_psnr_db": net["d_psnr_db"],
@@ -148,11 +160,14 @@ def fit_net(args: argparse.Namespace, lr: LoadedImage, refs: list[LoadedImage],
     _set_threads(args.threads)
     sources = [[str(lr.path), str(hr.path)] for hr in refs]
     pairs = split_pairs(regions, scale=config.scale, sources=sources)
-    print(f"network: {args.network} x{config.scale}, training {args.budget_s:g} s (LR-only bootstrap, then "
+    start = ("the pretrained prior" if not getattr(args, "no_prior", False) and load_prior(args.network, config.scale)
+             else "LR-only bootstrap")
+    print(f"network: {args.network} x{config.scale}, training {args.budget_s:g} s ({start}, then "
           f"{len(pairs.train)} pair training area(s)), validating on {len(pairs.held_out)} held-out subimages")
     doc = fit_session_net(args.output, [lr.data], pairs, budget_s=args.budget_s, network=args.network,
                           seed=args.seed, library_config=config,
-                          sources=[str(lr.path)] + [str(r.path) for r in refs])
+                          sources=[str(lr.path)] + [str(r.path) for r in refs],
+                          use_prior=not getattr(args, "no_prior", False))
     net = doc["scores"]["net"]
     print(f"network trained: {'+'.join(str(s) for s in net['steps'])} steps")
     _print_scores(doc["best"], doc["reason"], doc["scores"], doc["held_out_subimages"])
@@ -180,6 +195,7 @@ def _state_scale(folder: Path, requested: int | None) -> int | None:
 def cmd_train(args: argparse.Namespace) -> int:
     """``refscope train STATE_DIR LR.tif [HR.tif ...] --strategy S``: (re)train the network, gate, save."""
     from refscope.models.net_fit import fit_network, net_predictor
+    from refscope.models.prior import fine_tune
 
     from .cli import _register, load_frame
 
@@ -213,11 +229,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     compatible = old is not None and old.network == network and old.scale == scale
     init = old if compatible and not args.from_scratch else None
     boot = 0.0 if (init is not None and args.strategy != "lr-only") else args.bootstrap_fraction
-    print(f"training {network} x{scale} with strategy {args.strategy} for {args.budget_s:g} s"
-          f"{' (warm start from the saved network)' if init else ''} on {len(pairs.train)} pair training area(s)")
+    prior = (load_prior(network, scale) if init is None and args.strategy == "real-pairs" and pairs.train
+             and not getattr(args, "no_prior", False) else None)
+    origin = " (warm start from the saved network)" if init else " (from the pretrained prior)" if prior else ""
+    print(f"training {network} x{scale} with strategy {args.strategy} for {args.budget_s:g} s{origin} on "
+          f"{len(pairs.train)} pair training area(s)")
     start = time.perf_counter()
-    candidate = fit_network([lr.data], list(pairs.train), scale=scale, network=network, budget_s=args.budget_s,
-                            bootstrap_fraction=boot, strategy=args.strategy, seed=args.seed, init=init)
+    if prior is not None:
+        candidate = fine_tune(prior, [lr.data], list(pairs.train), budget_s=args.budget_s,
+                              validation=list(pairs.held_out), seed=args.seed)
+    else:
+        candidate = fit_network([lr.data], list(pairs.train), scale=scale, network=network, budget_s=args.budget_s,
+                                bootstrap_fraction=boot, strategy=args.strategy, seed=args.seed, init=init)
     steps = "+".join(str(h["steps"]) for h in candidate.history)
     print(f"trained {steps} steps in {time.perf_counter() - start:.1f} s")
     best_doc = load_best(folder) if folder.is_dir() else None

@@ -37,6 +37,7 @@ from refscope.models.pipeline import enhance
 from refscope.models.promotion import decide_promotion, held_out_scores, summarise_scores
 
 from .errors import StateError
+from .learn.priors import load_prior
 from .model_store import load_model
 from .net_store import NET_STATE_NAME, finite_json, has_net, load_net, load_pairs, save_net
 from .serve.child import die_with_parent
@@ -67,6 +68,7 @@ class RoundSpec:
         net_version: version the network gets if promoted.
         threads: PyTorch threads; nice: niceness added (process only); idle: train only on spare CPU time
             (``SCHED_IDLE``, see :func:`~refscope.daemon.worker.lower_priority`).
+        prior: without a checkpoint or network to continue from, start from the shipped prior (``trainer.prior``).
     """
 
     state_dir: str
@@ -81,6 +83,7 @@ class RoundSpec:
     threads: int = 1
     nice: int = 0
     idle: bool = False
+    prior: bool = True
 
 
 def _warm_start(spec: RoundSpec, scale: int) -> tuple[Any, str | None]:
@@ -96,6 +99,18 @@ def _warm_start(spec: RoundSpec, scale: int) -> tuple[Any, str | None]:
         if (fit.network, fit.scale) == (spec.network, scale):
             return fit, name
     return None, None
+
+
+def _prior(spec: RoundSpec, scale: int) -> Any:
+    """The shipped prior for the round's network and scale, when ``spec.prior`` and the strategy learns from the
+    physical pairs; None otherwise. A damaged prior is logged and skipped (the round starts from scratch)."""
+    if not spec.prior or spec.strategy != "real-pairs":
+        return None
+    try:
+        return load_prior(spec.network, scale)
+    except StateError as exc:
+        _log.warning("round %d: the shipped prior is unusable (%s); training from scratch", spec.round_index, exc)
+        return None
 
 
 def _champion_scores(spec: RoundSpec, held_out: list, scale: int) -> dict | None:
@@ -122,6 +137,7 @@ def run_round(spec: RoundSpec) -> dict[str, Any]:
     ``network``, ``strategy``, ``net_version``.
     """
     from refscope.models.net_fit import fit_network, net_predictor
+    from refscope.models.prior import fine_tune
 
     start = time.perf_counter()
     result: dict[str, Any] = {"round": spec.round_index, "network": spec.network, "strategy": spec.strategy,
@@ -131,10 +147,16 @@ def run_round(spec: RoundSpec) -> dict[str, Any]:
         return {**result, "status": "no_data", "reason": "no learned reference pairs yet", "round_s": 0.0}
     scale = pairs.scale
     init, origin = _warm_start(spec, scale)
-    boot = 0.0 if init is not None else spec.bootstrap_fraction
-    fit = fit_network([lr for lr, _ in pairs.train], list(pairs.train), scale=scale, network=spec.network,
-                      budget_s=spec.budget_s, bootstrap_fraction=boot, strategy=spec.strategy,
-                      seed=spec.round_index, init=init)
+    prior = _prior(spec, scale) if init is None else None
+    if prior is not None:
+        origin = "prior"
+        fit = fine_tune(prior, [lr for lr, _ in pairs.train], list(pairs.train), budget_s=spec.budget_s,
+                        validation=list(pairs.held_out), seed=spec.round_index)
+    else:
+        boot = 0.0 if init is not None else spec.bootstrap_fraction
+        fit = fit_network([lr for lr, _ in pairs.train], list(pairs.train), scale=scale, network=spec.network,
+                          budget_s=spec.budget_s, bootstrap_fraction=boot, strategy=spec.strategy,
+                          seed=spec.round_index, init=init)
     train_s = time.perf_counter() - start
     candidate = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     champion = _champion_scores(spec, pairs.held_out, scale)

@@ -241,7 +241,7 @@ class BackgroundTrainer:
             return RoundSpec(state_dir=str(self._state_dir), round_index=self._rounds, network=cfg.network,
                              strategy=cfg.strategy, budget_s=cfg.round_s, bootstrap_fraction=cfg.bootstrap_fraction,
                              champion=kind, margin_db=cfg.margin_db, net_version=self.net_version + 1,
-                             threads=cfg.threads, nice=cfg.nice, idle=cfg.idle_priority)
+                             threads=cfg.threads, nice=cfg.nice, idle=cfg.idle_priority, prior=cfg.prior)
 
     def _run_round(self, spec: RoundSpec) -> None:
         try:

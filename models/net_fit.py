@@ -34,9 +34,10 @@ from .evaluation import COLS, ROWS, EvaluationReport, SubimageScore, _diff, spli
 from .image_ops import upsample_bicubic
 from .metrics import QualityScores, fit_intensity_coefficients, foreground_mask, score_all
 from .networks import build_network
+from .promotion import held_out_delta_psnr
 from .registration import PairGeometry
 from .training import (Normalisation, PatchSource, TrainConfig, export_network, make_lr_only_dataset,
-                       make_real_pair_dataset, make_synthetic_dataset, predict, train)
+                       make_real_pair_dataset, make_synthetic_dataset, predict, train, warm_start)
 
 __all__ = ["NET_STRATEGIES", "NetFit", "fit_network", "net_predictor", "default_patch", "score_predictors",
            "subimage_categories", "PooledSource", "lr_only_config", "standard_evaluation", "StandardScore",
@@ -138,7 +139,35 @@ def _calibrated(regions: Sequence[Region], scale: int) -> list[Region]:
     return out
 
 
-def _phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_tail: float = 0.25) -> list:
+class _BestCheckpoint:
+    """Keeps the weights with the best mean ΔPSNR over bicubic on held-out validation regions."""
+
+    def __init__(self, net: nn.Module, norm: Normalisation, validation: Sequence[Region], scale: int,
+                 every: int) -> None:
+        if every < 1:
+            raise ValueError(f"validate_every must be >= 1 step, got {every}")
+        self.net, self.norm, self.every, self.scale = net, norm, int(every), int(scale)
+        self.validation = tuple((np.asarray(lr, np.float64), np.asarray(hr, np.float64)) for lr, hr in validation)
+        self.score, self.step, self.state = -math.inf, 0, None
+        self._steps_before = 0
+
+    def consider(self, step: int) -> None:
+        was_training = self.net.training
+        self.net.eval()
+        score = held_out_delta_psnr(lambda x: predict(self.net, x, self.norm), self.validation, scale=self.scale)
+        self.net.train(was_training)
+        if score > self.score or self.state is None:
+            self.score, self.step = float(score), int(step)
+            self.state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+
+    def on_step(self, step: int, loss: float) -> None:
+        self._steps_before += 1
+        if self._steps_before % self.every == 0:
+            self.consider(self._steps_before)
+
+
+def _phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_tail: float = 0.25,
+           on_step=None) -> list:
     """Train for ``budget_s`` seconds; the last ``lr_tail`` of the time at a quarter of the learning rate."""
     results = []
     spans = [(budget_s * (1 - lr_tail), cfg.lr), (budget_s * lr_tail, cfg.lr / 4)] if lr_tail else [(budget_s, cfg.lr)]
@@ -146,7 +175,7 @@ def _phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_
         if seconds <= 0:
             continue
         sub = TrainConfig(**{**cfg.__dict__, "lr": rate, "seed": cfg.seed + 1000 * index, "time_budget_s": None})
-        result = train(net, sub, source, init_state=state, budget_s=seconds)
+        result = train(net, sub, source, init_state=state, budget_s=seconds, on_step=on_step)
         state = result.state_dict
         results.append(result)
     return results
@@ -167,7 +196,8 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
                 patch: int | None = None, batch: int = 8, lr: float = 1e-3, bootstrap_lr: float = 5e-4,
                 loss: str = "l1",
                 normalisation: Normalisation | None = None,
-                multiscale: MultiScaleConfig | None = None) -> NetFit:
+                multiscale: MultiScaleConfig | None = None,
+                validation: Sequence[Region] = (), validate_every: int = 40) -> NetFit:
     """Train ``network`` for x``scale`` within ``budget_s`` seconds: LR-only bootstrap, then fine-tune on pairs.
 
     Parameters
@@ -184,7 +214,14 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         Share of the budget spent on the LR-only phase (0 skips it; ignored when ``init`` is given and > 0
         still runs it).
     init : NetFit, optional
-        Warm start (same network, scale and kwargs); its normalisation is kept.
+        Warm start (same network, scale and kwargs); its normalisation is kept unless ``normalisation`` is
+        given (a pretrained prior, :mod:`refscope.models.prior`, is applied in the session's own units).
+    validation : list of (lr (h, w), hr (S·h, S·w)), optional
+        Held-out reference subimages inside the training area (never the scored area). Every
+        ``validate_every`` fine-tune steps the network's mean ΔPSNR over bicubic on them
+        (:func:`~refscope.models.promotion.held_out_delta_psnr`) is measured, and the best checkpoint, not the
+        last, is returned: fine-tuning on a small reference cannot run away (issue 12). The history's last
+        entry records ``best_step`` and ``best_validation_d_psnr_db``.
     seed : int
         Weight initialisation and patch sampling.
     patch, batch, lr, bootstrap_lr, loss
@@ -212,7 +249,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         lr_frames = [lr for lr, _ in regions]
     kwargs = dict(network_kwargs or (init.network_kwargs if init else {}))
     if init is not None:
-        norm = init.normalisation
+        norm = normalisation or init.normalisation
     else:
         norm = normalisation or Normalisation.from_images(lr_frames or [lr for lr, _ in regions])
     p = patch or default_patch(scale, lr_frames if (strategy == "lr-only" or bootstrap_fraction > 0) else [],
@@ -236,9 +273,19 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         else:
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
         cfg = TrainConfig(strategy=strategy, loss=loss, patch=p, batch=batch, lr=lr, steps=10 ** 9, seed=seed + 1)
-        results = _phase(net, cfg, source, left, state)
+        keeper = _BestCheckpoint(net, norm, validation, scale, validate_every) if validation else None
+        if keeper is not None:
+            if state is not None:
+                warm_start(net, state)
+            keeper.consider(0)  # the warm start itself is a candidate
+        results = _phase(net, cfg, source, left, state, on_step=keeper.on_step if keeper else None)
         state = results[-1].state_dict if results else state
-        history.append(_record(strategy, results))
+        record = _record(strategy, results)
+        if keeper is not None:
+            keeper.consider(record["steps"])
+            state = keeper.state
+            record.update(best_step=keeper.step, best_validation_d_psnr_db=keeper.score)
+        history.append(record)
     if state is None:
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return NetFit(network, scale, state, norm, kwargs, strategy, history)

@@ -54,7 +54,7 @@ def _store(folder: Path, split: HeldOutSplit) -> SessionPairs:
 
 def _spec(folder: Path, index: int = 1, **changes: Any) -> RoundSpec:
     options = dict(state_dir=str(folder), round_index=index, network="compact", strategy="real-pairs", budget_s=2.0,
-                   bootstrap_fraction=0.3, champion="bicubic")
+                   bootstrap_fraction=0.3, champion="bicubic", prior=False)  # the prior: tests/daemon/test_priors.py
     return RoundSpec(**{**options, **changes})
 
 

@@ -1,0 +1,82 @@
+"""Train refscope's pretrained EM priors from the physical SEM pairs of ../shared/data/sem_pairs.
+
+    .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 600] [--exclude pair00,...] [--out DIR]
+
+For every S, a CompactSR network is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4
+grids), minus ``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality
+benchmark: a pair is never scored by a model that saw its images). Writes ``<out>/compact-x<S>/`` (the state
+folder :mod:`refscope.daemon.learn.priors` loads) and ``<out>/compact-x<S>/card.json`` (data, licence, budget,
+steps, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
+
+The data: Thermo Fisher/FEI Versa 3D, 5 kV ETD secondary electrons, lung cells on an insert, Feb 2020; source
+GitHub Advanced-Vision-and-Learning-Lab/SEM_Images_Lacunarity, MIT licence (Mohan & Peeples). Only the trained
+weights are shipped, never the images.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from sem_pairs import load_pair, prior_pairs  # noqa: E402
+
+from refscope.daemon.atomic import atomic_write_json  # noqa: E402
+from refscope.daemon.net_store import save_net  # noqa: E402
+from refscope.models.prior import PriorConfig, PriorPair, train_prior  # noqa: E402
+
+DEFAULT_OUT = HERE.parent / "daemon" / "learn" / "priors"
+SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwell; lung cells on an insert, Feb 2020; "
+          "GitHub Advanced-Vision-and-Learning-Lab/SEM_Images_Lacunarity (MIT licence; Mohan & Peeples, SPIE "
+          "Medical Imaging), as ../shared/data/sem_pairs")
+
+
+def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0) -> Path:
+    names = prior_pairs(scale, exclude)
+    if not names:
+        raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
+    pairs = []
+    for name in names:
+        p = load_pair(name)
+        lr_region, hr_grid = p.region(scale)
+        pairs.append(PriorPair(p.lr, lr_region, hr_grid, name))
+    print(f"x{scale}: training on {', '.join(names)} for {budget_s:g} s", flush=True)
+    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed))
+    folder = out / f"{fit.network}-x{scale}"
+    save_net(folder, fit, sources=[f for name in names for f in load_pair(name).files])
+    card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
+            "licence_of_data": "MIT", "degradation": "none: physical LR/HR pairs (point-sampled, noisy LR scans)",
+            "loss": "L2 against the noisy HR grid (Noise2Noise)", "budget_s": budget_s,
+            "steps": fit.history[0]["steps"], "seconds": round(fit.history[0]["seconds"], 1), "seed": seed,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
+            "command": " ".join(["benchmarks/train_prior.py"] + sys.argv[1:]),
+            "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_json(folder / "card.json", card)
+    print(f"x{scale}: {card['steps']} steps in {card['seconds']} s -> {folder}", flush=True)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="2,3,4")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per scale (1 thread)")
+    parser.add_argument("--exclude", default="", help="comma-separated pairs a leave-one-out prior must not see")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    exclude = [e for e in args.exclude.split(",") if e]
+    for scale in (int(s) for s in args.scales.split(",")):
+        train_scale(scale, args.budget_s, exclude, args.out, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""A pretrained EM prior: one network learned from many sessions' physical LR/HR pairs (pure: arrays in, weights out).
+
+Why
+---
+A network trained from scratch on one session's reference (a few hundred LR pixels squared) learns little more
+than a denoising filter and overfits within minutes; the same small network first trained on *other* sessions'
+real pairs and then fine-tuned on this one generalises (issue 12, `benchmarks/RESULTS.md`). :func:`train_prior`
+learns that prior; the session then warm-starts from it (:func:`refscope.models.net_fit.fit_network` with
+``init=prior`` and the session's own :class:`~refscope.models.training.Normalisation`).
+
+Units
+-----
+Every pair is mapped into network units by *its own* LR frame's robust range (0.5-99.5 percentiles -> [0, 1],
+:meth:`Normalisation.from_images` of the whole LR frame), and its HR grid is calibrated into LR units first
+(least squares against the bicubic-upsampled LR, as the paired library does). A prior therefore carries the
+identity normalisation ``(offset 0, scale 1)``, and whoever applies it normalises the input frame the same way:
+:func:`frame_normalisation`.
+
+Loss
+----
+Plain L2 against the noisy HR grid: with HR noise independent of the LR's, the minimiser is the clean HR mean
+(Noise2Noise, Lehtinen et al., ICML 2018, eq. 2), which is what a PSNR against a *noisy* HR rewards too.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .image_ops import upsample_bicubic
+from .metrics import fit_intensity_coefficients
+from .net_fit import NetFit, fit_network
+from .networks import build_network
+from .training import Normalisation, TrainConfig, make_real_pair_dataset, train
+
+#: How a session fine-tunes a prior (chosen on the validation strips of the physical pairs, issue 12): a small
+#: learning rate (a fifth of training from scratch) so the prior is adapted rather than overwritten, L2 (see above),
+#: 16 patches per step.
+FINE_TUNE = {"lr": 2e-4, "loss": "l2", "batch": 16}
+
+__all__ = ["PriorPair", "PriorConfig", "frame_normalisation", "prior_regions", "train_prior", "fine_tune", "IDENTITY",
+           "FINE_TUNE"]
+
+#: The normalisation a prior carries: its inputs are already in per-frame network units.
+IDENTITY = Normalisation(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PriorPair:
+    """One physical pair for the prior.
+
+    lr_frame : (H, W) the whole LR frame (its robust range defines the pair's network units).
+    lr_region : (h, w) the LR pixels of the overlap box. hr_grid : (S·h, S·w) the HR resampled onto the S-times
+    grid of that box (:func:`refscope.models.pipeline.training_grids`), any units. name : for messages.
+    """
+
+    lr_frame: np.ndarray
+    lr_region: np.ndarray
+    hr_grid: np.ndarray
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """How a prior is trained. ``budget_s``: wall-clock seconds. ``patch``: LR patch side; ``batch``: patches per
+    Adam step at learning rate ``lr`` (the last quarter of the time at ``lr / 4``); ``loss`` ``"l2"`` (see the
+    module docstring). ``network``/``network_kwargs``: a :data:`refscope.models.networks.NETWORKS` entry."""
+
+    budget_s: float = 300.0
+    network: str = "compact"
+    network_kwargs: dict = field(default_factory=dict)
+    patch: int = 32
+    batch: int = 16
+    lr: float = 1e-3
+    loss: str = "l2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.budget_s > 0:
+            raise ValueError(f"budget_s must be > 0 s, got {self.budget_s}")
+        if self.patch < 8 or self.batch < 1 or not self.lr > 0:
+            raise ValueError(f"need patch >= 8, batch >= 1 and lr > 0, got {self.patch}, {self.batch}, {self.lr}")
+
+
+def frame_normalisation(lr_frame: np.ndarray) -> Normalisation:
+    """The per-frame network units a prior expects: the frame's 0.5-99.5 percentile range onto [0, 1]."""
+    return Normalisation.from_images([lr_frame])
+
+
+def prior_regions(pairs: Sequence[PriorPair], scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each pair's (LR region, HR grid) in its own network units, the HR calibrated into LR units first."""
+    scale = int(scale)
+    out = []
+    for pair in pairs:
+        lr = np.asarray(pair.lr_region, dtype=np.float64)
+        hr = np.asarray(pair.hr_grid, dtype=np.float64)
+        if lr.ndim != 2 or hr.shape != (scale * lr.shape[0], scale * lr.shape[1]):
+            raise ValueError(f"prior pair {pair.name or '?'}: HR grid {hr.shape} must be {scale} x the LR region "
+                             f"{lr.shape}")
+        a, b = fit_intensity_coefficients(hr, upsample_bicubic(lr, scale))
+        norm = frame_normalisation(pair.lr_frame)
+        out.append((norm.apply(lr), norm.apply(a * hr + b)))
+    return out
+
+
+def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig = PriorConfig()) -> NetFit:
+    """Train ``config.network`` for x``scale`` on every pair for ``config.budget_s`` seconds (1 thread is the
+    caller's choice); returns a :class:`NetFit` with the :data:`IDENTITY` normalisation and one history entry.
+
+    Raises ``ValueError`` without pairs, or when a pair's LR region is smaller than the patch.
+    """
+    if not pairs:
+        raise ValueError("a prior needs at least one registered LR/HR pair")
+    regions = prior_regions(pairs, scale)
+    patch = int(min([config.patch] + [min(lr.shape) for lr, _ in regions]))
+    if patch < 8:
+        small = [p.name for p, (lr, _) in zip(pairs, regions) if min(lr.shape) < 8]
+        raise ValueError(f"prior pair(s) {small} have an LR overlap under 8 px; drop them")
+    source = make_real_pair_dataset(regions, scale, patch, normalisation=IDENTITY, intensity_fit=False)
+    net = build_network(config.network, scale=scale, seed=config.seed, **config.network_kwargs)
+    start = time.perf_counter()
+    state, steps, losses = None, 0, []
+    for index, (share, rate) in enumerate(((0.75, config.lr), (0.25, config.lr / 4))):
+        cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=rate,
+                          steps=10 ** 9, seed=config.seed + 1000 * index)
+        result = train(net, cfg, source, init_state=state, budget_s=config.budget_s * share)
+        state, steps, losses = result.state_dict, steps + result.steps, losses + list(result.losses)
+    n = max(1, len(losses) // 20)
+    history = [{"strategy": "prior", "steps": steps, "seconds": time.perf_counter() - start,
+                "pairs": [p.name for p in pairs], "loss_first": float(np.mean(losses[:n])),
+                "loss_last": float(np.mean(losses[-n:]))}]
+    return NetFit(config.network, int(scale), state, IDENTITY, dict(config.network_kwargs), "prior", history)
+
+
+def fine_tune(prior: NetFit, lr_frames: Sequence[np.ndarray], regions: Sequence[tuple[np.ndarray, np.ndarray]], *,
+              budget_s: float, validation: Sequence[tuple[np.ndarray, np.ndarray]] = (), seed: int = 0) -> NetFit:
+    """The session's network: ``prior`` fine-tuned on the session's registered ``regions`` for ``budget_s`` seconds.
+
+    ``lr_frames`` (whole LR frames, or the training areas when only those are at hand) set the session's network
+    units (their robust range, as :func:`frame_normalisation`). With ``validation`` (held-out subimages inside
+    the training area) the best checkpoint is returned, the prior itself included, so a fine-tune can only help
+    on the validation strip (:func:`~refscope.models.net_fit.fit_network`). Settings: :data:`FINE_TUNE`.
+    """
+    norm = Normalisation.from_images(list(lr_frames))
+    return fit_network(list(lr_frames), list(regions), scale=prior.scale, network=prior.network,
+                       network_kwargs=prior.network_kwargs, budget_s=budget_s, bootstrap_fraction=0.0, init=prior,
+                       normalisation=norm, validation=validation, seed=seed, **FINE_TUNE)

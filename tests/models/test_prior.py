@@ -1,0 +1,82 @@
+"""The pretrained prior (models/prior.py) and checkpoint choice on a validation strip (fit_network)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from refscope.models.net_fit import fit_network, net_predictor
+from refscope.models.pipeline import FitConfig, register_reference, training_grids
+from refscope.models.prior import IDENTITY, PriorConfig, PriorPair, frame_normalisation, train_prior
+from refscope.models.promotion import held_out_delta_psnr, split_for_validation
+from refscope.models.synthetic import make_pair
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _pair(seed: int) -> PriorPair:
+    p = make_pair(rng=np.random.default_rng(seed), lr_shape=(112, 144), factor=2.0, hr_fraction=0.5, noise="high")
+    geometry = register_reference(p.lr, p.hr, factor=2.0, config=FitConfig(scale=2))
+    box, hr_grid = training_grids(p.lr, p.hr, geometry, scale=2)
+    (y0, y1), (x0, x1) = box
+    return PriorPair(p.lr, p.lr[y0:y1, x0:x1], hr_grid, f"synthetic{seed}")
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[PriorPair]:
+    return [_pair(seed) for seed in (11, 12, 13, 14)]
+
+
+@pytest.fixture(scope="module")
+def prior(pairs) -> object:
+    return train_prior(pairs[:3], scale=2, config=PriorConfig(budget_s=6.0, batch=8, patch=24))
+
+
+def _held_out(pair: PriorPair):
+    return split_for_validation(pair.lr_region, pair.hr_grid, scale=2).held_out
+
+
+def test_prior_generalises_to_a_pair_it_never_saw(prior, pairs) -> None:
+    unseen = pairs[3]
+    assert prior.normalisation == IDENTITY and prior.history[0]["strategy"] == "prior"
+    assert prior.history[0]["pairs"] == ["synthetic11", "synthetic12", "synthetic13"]
+    applied = replace(prior, normalisation=frame_normalisation(unseen.lr_frame))
+    gain = held_out_delta_psnr(net_predictor(applied), _held_out(unseen), scale=2)
+    assert gain > 0.3, f"a prior from three other pairs should beat bicubic on a fourth, got {gain:+.2f} dB"
+
+
+def test_prior_is_applied_in_each_frame_own_units(prior, pairs) -> None:
+    """A frame 40x brighter plus an offset (another detector gain, 16-bit) gives the same image, scaled alike."""
+    frame = pairs[3].lr_frame
+    brighter = 40.0 * frame + 1000.0
+    out = net_predictor(replace(prior, normalisation=frame_normalisation(frame)))(frame[:32, :40])
+    out_b = net_predictor(replace(prior, normalisation=frame_normalisation(brighter)))(brighter[:32, :40])
+    np.testing.assert_allclose(out_b, 40.0 * out + 1000.0, rtol=1e-4, atol=1e-3 * np.ptp(brighter))
+
+
+def test_fine_tune_from_prior_keeps_the_best_validation_checkpoint(prior, pairs) -> None:
+    """A learning rate that wrecks the network: the validation strip keeps the prior's weights instead."""
+    pair = pairs[3]
+    split = split_for_validation(pair.lr_region, pair.hr_grid, scale=2)
+    norm = frame_normalisation(pair.lr_frame)
+    kwargs = dict(scale=2, budget_s=1.5, bootstrap_fraction=0.0, init=prior, normalisation=norm, lr=0.5, seed=2)
+    wrecked = fit_network([split.train[0]], [split.train], **kwargs)
+    kept = fit_network([split.train[0]], [split.train], validation=split.held_out, validate_every=5, **kwargs)
+    assert kept.normalisation == norm and wrecked.normalisation == norm
+    score = lambda fit: held_out_delta_psnr(net_predictor(fit), split.held_out, scale=2)  # noqa: E731
+    prior_score = score(replace(prior, normalisation=norm))
+    record = kept.history[-1]
+    assert record["best_validation_d_psnr_db"] == pytest.approx(score(kept), abs=1e-6)
+    assert score(kept) >= prior_score - 1e-6 > score(wrecked) + 0.5
+    assert 0 <= record["best_step"] <= record["steps"]
+
+
+def test_prior_refuses_bad_input(pairs) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        train_prior([], scale=2)
+    bad = replace(pairs[0], hr_grid=pairs[0].hr_grid[:-2])
+    with pytest.raises(ValueError, match="synthetic11.*must be 2 x"):
+        train_prior([bad], scale=2, config=PriorConfig(budget_s=0.1))
+    with pytest.raises(ValueError, match="budget_s"):
+        PriorConfig(budget_s=0)
