@@ -238,3 +238,14 @@ def test_enhance_on_the_folder_names_every_file(state: Path, tmp_path: Path, cap
         assert written or str(path) in captured.err, path.name
     for name in MUST_ENHANCE:
         assert (tmp_path / "out" / f"{Path(name).stem}_x2.tif").is_file()
+
+
+def test_batch_enhances_a_series_file_into_one_stack_with_the_pixel_size(state: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    path = FOLDER / "rsciio_03_Scanning_Preview_1.ser"
+    out = tmp_path / "out"
+    assert main(["batch", str(state), str(path), "-o", str(out), "--quiet", "--scheduler", "threads",
+                 "--workers", "1"]) == 0, capsys.readouterr().err
+    frames = read_frames(out / "rsciio_03_Scanning_Preview_1_x2.tif")
+    assert len(frames) == 5 and frames[0].data.shape == (256, 256)
+    assert frames[0].pixel_size_nm == pytest.approx(0.38435 / 2, rel=1e-3)
