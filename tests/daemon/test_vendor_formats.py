@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +250,60 @@ def test_batch_enhances_a_series_file_into_one_stack_with_the_pixel_size(state: 
     frames = read_frames(out / "rsciio_03_Scanning_Preview_1_x2.tif")
     assert len(frames) == 5 and frames[0].data.shape == (256, 256)
     assert frames[0].pixel_size_nm == pytest.approx(0.38435 / 2, rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ the daemon
+
+
+@pytest.mark.timeout(300)
+def test_a_daemon_watching_a_folder_names_every_dropped_file_ingested_or_refused_and_keeps_running(tmp_path: Path
+                                                                                                  ) -> None:
+    from refscope.daemon.catalogue import CATALOGUE_NAME
+    from refscope.daemon.config import load_config
+    from refscope.daemon.control import ControlClient
+    from refscope.daemon.service import Daemon
+    from waiting import wait_for
+
+    watch, out = tmp_path / "in", tmp_path / "out"
+    watch.mkdir()
+    config = load_config(None, {"control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.pub_endpoint": "tcp://127.0.0.1:*", "model.library_size": "2000",
+                                "trainer.enabled": "false", "ingest.watch": str(watch), "publish.out_dir": str(out)})
+    daemon = Daemon(config, folder_options={"poll_interval_s": 0.1, "retry_s": 0.1, "max_retries": 1})
+    daemon.start()
+    names = sorted(p.name for p in FOLDER.iterdir())
+
+    def status() -> dict:
+        with ControlClient(daemon.endpoints["control"], timeout_s=20.0) as client:
+            reply = client.request("status")
+        assert reply["ok"], reply
+        return reply["status"]
+
+    def recent() -> list[str]:
+        return [line for info in status()["ingest"].values() for line in info.get("recent", [])]
+
+    try:
+        for name in names:  # as the microscope PC drops them: each appears complete (copied, then renamed in)
+            shutil.copyfile(FOLDER / name, watch / f".{name}.part")
+            (watch / f".{name}.part").rename(watch / name)
+        lines = wait_for(lambda: (lambda r: all(any(line.startswith(f"{watch / n}: ") for line in r) for n in names)
+                                  and r)(recent()), 240, "every dropped file named in the status", interval=0.5)
+        report = {n: next(line for line in lines if line.startswith(f"{watch / n}: ")) for n in names}
+        for name in MUST_ENHANCE:
+            assert report[name].endswith(": ingested"), report[name]
+        assert "ingested (91 of 91 frames)" in report["nist_etspy_HAADF_tiltseries.dm3"]
+        assert "refused (not_matched)" in report["MANIFEST.md"]
+        assert "refused (companion)" in report["ncem_16_STOimage.emi"]
+        assert "refused (no_pixel_size)" in report["scifi_SI-Survey_Image.dm3"]  # never a silent 1 nm
+        assert "non-square pixels" in report["ncem_dmTest_float32_nonSquare_diffPixelSize.dm4"]
+        assert "refused (not_matched)" in report["rsciio_jeol_View000_0000000.img"]  # *.img: not in ingest.patterns
+        assert status()["ingest"]  # the daemon still answers, its ingest running
+        wait_for(lambda: any(out.glob("ncem_16_STOimage_1_x*.tif")), 120, "the TIA SER frame enhanced")
+    finally:
+        daemon.stop()
+    refused = {n for n, line in report.items() if ": refused (" in line}
+    assert refused >= set(REFUSED) | {"MANIFEST.md", "ncem_16_STOimage.emi", "scifi_SI-Survey_Image.dm3"}
+    with sqlite3.connect(config.state_dir / CATALOGUE_NAME) as db:  # catalogued as refused, with the reason
+        rows = dict(db.execute("SELECT source, reason FROM refused").fetchall())
+    assert {Path(source).name for source in rows} >= refused, rows
+    assert sorted(p.name for p in watch.iterdir()) == names  # nothing the microscope wrote was touched
