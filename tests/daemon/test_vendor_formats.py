@@ -307,3 +307,15 @@ def test_a_daemon_watching_a_folder_names_every_dropped_file_ingested_or_refused
         rows = dict(db.execute("SELECT source, reason FROM refused").fetchall())
     assert {Path(source).name for source in rows} >= refused, rows
     assert sorted(p.name for p in watch.iterdir()) == names  # nothing the microscope wrote was touched
+
+
+def test_the_domain_check_knows_a_stem_frame_from_an_sem_one() -> None:
+    from refscope.daemon.model_domain import ModelDomain
+
+    sem = ModelDomain.of(read_image(FOLDER / "rsciio_test_tiff_Zeiss_SEM_512pix.tif"))
+    stem = ModelDomain.of(read_image(FOLDER / "scifi_fei_emd_image.emd"))
+    assert (sem.modality, stem.modality) == ("SEM", "STEM")
+    assert any("a STEM frame, the model learned on SEM frames" in d for d in sem.differences(stem))
+    assert ModelDomain.from_dict(stem.to_dict()) == stem
+    assert not any("frame, the model learned" in d for d in stem.differences(
+        ModelDomain.of(read_image(FOLDER / "ncem_16_STOimage_1.ser"))))
