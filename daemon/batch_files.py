@@ -2,7 +2,8 @@
 
 Stacks
     :func:`probe_input` tells a 3-D TIFF stack (series axes ending ``YX`` with one more axis: ``ZYX``, ``QYX``,
-    ``TYX``...) from a 2-D frame from the header alone; :func:`read_slices` reads a range of slices as stored;
+    ``TYX``...) from a 2-D frame from the header alone, and a stack or series in another format (DM, EMD, SER,
+    MRC: :mod:`.ingest.readers`) from its frames; :func:`read_slices` reads a range of slices as stored;
     :func:`write_stack` writes the enhanced (Z, S·H, S·W) float32 stack as an ImageJ TIFF, slice by slice from
     an iterator (bounded memory), atomically, with the pixel size and provenance :func:`.tiff_io.read_image`
     reads back (``read_image(path, page=z)``).
@@ -38,15 +39,36 @@ KEY_FIELDS = ("format", "input", "input_size", "input_mtime_ns", "model", "scale
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+def _vendor_frames(path: Path) -> list[Any] | None:
+    """The frames of a stack or series in another format refscope reads (DM, EMD, SER, MRC), as stored; None for a
+    single image or a file it cannot read (read as a 2-D frame, which reports the problem)."""
+    from .ingest.readers import read_frames
+
+    try:
+        frames = read_frames(path, crop_data_bar=False)
+    except InputFileError:
+        return None
+    return frames if len(frames) > 1 else None
+
+
 def probe_input(path: Path) -> tuple[int, int, int] | None:
-    """(Z, H, W) of a 3-D TIFF stack, or None for anything else (read as a 2-D frame, which reports problems).
+    """(Z, H, W) of a 3-D stack -- a TIFF stack, or a stack or series in another format refscope reads (a 3-D DM
+    image, a multi-frame SER or Velox EMD, an MRC volume) -- or None for anything else (read as a 2-D frame, which
+    reports problems).
 
     Raises :class:`InputFileError` for a TIFF of another rank (e.g. 4-D) or a stack with slices under 8 px.
     """
     try:
         with open(path, "rb") as handle:
             if handle.read(4) not in _TIFF_MAGIC:
-                return None
+                frames = _vendor_frames(path)
+                if frames is None:
+                    return None
+                shape = (len(frames), *frames[0].data.shape)
+                if min(shape[1:]) < 8:
+                    raise InputFileError(f"{path}: stack slices of {shape[1]} x {shape[2]} px are too small "
+                                         "(at least 8 px)")
+                return shape  # type: ignore[return-value]
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, axes = tuple(int(s) for s in series.shape), str(series.axes)
@@ -67,8 +89,16 @@ def probe_input(path: Path) -> tuple[int, int, int] | None:
 def read_slices(path: Path, z0: int, z1: int, shape: tuple[int, int, int]) -> np.ndarray:
     """Slices ``z0:z1`` of a stack of ``shape`` as stored, (z1 - z0, H, W); InputFileError for unusable pixels."""
     try:
-        with tifffile.TiffFile(path) as tif:
-            data = np.asarray(tif.asarray(key=slice(z0, z1), series=0))
+        with open(path, "rb") as handle:
+            tiff = handle.read(4) in _TIFF_MAGIC
+        if not tiff:  # another format: its frames, as the reader layer gives them
+            frames = _vendor_frames(path) or []
+            data = np.stack([f.data for f in frames[z0:z1]]) if frames[z0:z1] else np.empty((0, 0, 0))
+        else:
+            with tifffile.TiffFile(path) as tif:
+                data = np.asarray(tif.asarray(key=slice(z0, z1), series=0))
+    except InputFileError:
+        raise
     except Exception as exc:  # tifffile raises many types
         raise InputFileError(f"{path}: cannot read slices {z0}-{z1 - 1} ({type(exc).__name__}: {exc})") from exc
     expected = (z1 - z0, *shape[1:])

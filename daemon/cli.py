@@ -49,6 +49,7 @@ from .keys_cli import add_keys_parser
 from .replay_cli import add_replay_parser
 from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
+from .batch_files import write_stack
 from .frames import Frame
 from .model_domain import ModelDomain
 from .model_store import load_domain, load_model, save_model
@@ -57,26 +58,39 @@ from .progress import Steps, progress
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
 from .serving import ServingEngine
+from .ingest.readers import IMAGE_SUFFIXES, companion_reason, read_frames
 from .tiff_io import LoadedImage, acquisition_metadata, output_pixels, read_image, write_tiff
 
 __all__ = ["main", "build_parser", "load_frame", "fit_files", "enhance_files", "evaluate_files", "format_table",
            "write_json", "write_csv", "write_plot"]
 
 log = logging.getLogger("refscope.cli")
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 # ----------------------------------------------------------------------------------------------- file glue
 
 
-def load_frame(path: str | Path, *, pixel_size_nm: float | None = None, flag: str | None = None) -> LoadedImage:
-    """Read a grayscale frame as float64; with ``flag`` (e.g. ``--lr-pixel-size``) its pixel size is required."""
-    image = read_image(path, pixel_size_nm=pixel_size_nm)
-    data = as_gray_float(image.data, name=str(image.path))  # constant / too small -> "<file>: is constant ..."
+def load_frame(path: str | Path, *, pixel_size_nm: float | None = None, flag: str | None = None,
+               detector: str | None = None) -> LoadedImage:
+    """Read a grayscale frame as float64; with ``flag`` (e.g. ``--lr-pixel-size``) its pixel size is required.
+    ``detector``: which detector of a multi-detector file (default HAADF). A stack or series file is refused
+    (fit and evaluate need one frame; ``enhance`` reads every frame, :func:`load_frames`)."""
+    image = read_image(path, pixel_size_nm=pixel_size_nm, detector=detector)
+    return _as_float(image, flag)
+
+
+def load_frames(path: str | Path, *, pixel_size_nm: float | None = None, detector: str | None = None
+                ) -> list[LoadedImage]:
+    """Every frame of ``path`` (one for a single image; a stack or series in file order) as float64."""
+    return [_as_float(image, None) for image in read_frames(path, pixel_size_nm=pixel_size_nm, detector=detector)]
+
+
+def _as_float(image: LoadedImage, flag: str | None) -> LoadedImage:
+    where = str(image.path) if image.metadata.frame is None else f"{image.path} (frame {image.metadata.frame})"
+    data = as_gray_float(image.data, name=where)  # constant / too small -> "<file>: is constant ..."
     if flag is not None and image.pixel_size_nm is None:
-        raise InputFileError(f"{image.path}: pixel size unknown (no FEI/Zeiss/ImageJ calibration in the file); "
-                             f"pass {flag} NM")
-    log.info("%s: %dx%d %s, pixel %s nm (%s)", image.path, *data.shape, image.data.dtype, image.pixel_size_nm,
+        raise InputFileError(f"{image.path}: pixel size unknown (no calibration in the file); pass {flag} NM")
+    log.info("%s: %dx%d %s, pixel %s nm (%s)", where, *data.shape, image.data.dtype, image.pixel_size_nm,
              image.metadata.pixel_size_source)
     return replace(image, data=data, stored_dtype=image.pixel_type)
 
@@ -142,17 +156,29 @@ def fit_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig,
 
 
 def _expand(inputs: list[str], scale: int) -> list[Path]:
-    """Input files, with folders replaced by their frames (sorted; hidden files and ``*_x{S}`` outputs skipped)."""
+    """Input files, with folders replaced by their files (sorted; hidden files and ``*_x{S}`` outputs left out).
+
+    Every other file of a folder is an input -- one refscope cannot read fails with its reason, never silently --
+    except a companion read with its image (a TIA ``.emi``, a sidecar JSON), which is named on stderr and left out.
+    """
     files: list[Path] = []
     for name in inputs:
         path = Path(name)
         if not path.is_dir():
             files.append(path)
             continue
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                       and not p.name.startswith(".") and not p.stem.endswith(f"_x{scale}"))
+        found = []
+        for p in sorted(path.iterdir()):
+            if not p.is_file() or p.name.startswith(".") or (p.stem.endswith(f"_x{scale}") and
+                                                             p.suffix.lower() in (".tif", ".tiff")):
+                continue
+            reason = companion_reason(p)
+            if reason is not None:
+                print(f"note: {p}: {reason}", file=sys.stderr)
+                continue
+            found.append(p)
         if not found:
-            raise InputFileError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} frames to enhance")
+            raise InputFileError(f"{path}: folder holds no frames to enhance (looked for {'/'.join(IMAGE_SUFFIXES)})")
         files.extend(found)
     return files
 
@@ -211,11 +237,13 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
                   sigma_n: float | None = None, command: str = "enhance", engine: str = "onnx", runner=None,
                   scale: int | None = None, label: str | None = None, state_dir: str | Path | None = None,
                   domain: ModelDomain | None = None, strict: bool = False, quiet: bool = False,
-                  dtype: str = "input") -> int:
+                  dtype: str = "input", detector: str | None = None) -> int:
     """Enhance every input frame into ``out``; prints one line per frame, returns 0 or 2 (some frame failed).
     ``state_dir``: the model's state folder, whose ``onnx-cache/`` keeps the exported model for the next call.
     ``domain``: the model's (:mod:`.model_domain`): a frame outside it gets a warning naming what differs, or
-    with ``strict`` is refused (counted as failed).
+    with ``strict`` is refused (counted as failed). ``detector``: which detector of a multi-detector file (default
+    HAADF). A stack or series file (a 3-D DM image, a multi-frame SER or Velox EMD, an MRC volume, a multi-page
+    TIFF) is enhanced frame by frame into one 3-D float32 ImageJ stack, as ``refscope batch`` writes one.
 
     Frames go through the daemon's :class:`~refscope.daemon.serving.ServingEngine`, so a batch costs what live
     serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
@@ -239,33 +267,32 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     with progress(f"{command}: {len(files)} frame(s)", len(files), quiet=quiet or len(files) < 2) as steps:
         failed = _enhance_each(files, outputs, steps, server=server if runner is None else None, runner=runner,
                                domain=domain, strict=strict, command=command, method=method, scale=scale, label=label,
-                               dtype=dtype)
+                               dtype=dtype, detector=detector)
     return 2 if failed else 0
 
 
 def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, server: Any, runner: Any,
                   domain: ModelDomain | None, strict: bool, command: str, method: str, scale: int,
-                  label: str | None, dtype: str = "input") -> int:
-    """The per-frame loop of :func:`enhance_files`; returns how many frames failed."""
+                  label: str | None, dtype: str = "input", detector: str | None = None) -> int:
+    """The per-file loop of :func:`enhance_files` (a stack file: every frame, one stacked output); returns how many
+    files failed."""
     failed = 0
     for src, dst in zip(files, outputs):
         steps.say(f"{command}: {Path(src).name}")
         try:
-            frame = load_frame(src)
-            if domain is not None:
-                differs = domain.differences(ModelDomain.of(frame))
-                if differs:
-                    message = f"{src}: outside the model's domain: {'; '.join(differs)}"
-                    if strict:
-                        raise InputFileError(message + " (--strict)")
-                    print(f"warning: {message}", file=sys.stderr)
-            if runner is not None:
-                start = time.perf_counter()
-                result, backend = runner(frame.data), "onnx"
-                seconds = time.perf_counter() - start
-            else:
-                served = server.enhance(frame.data)
-                result, seconds, backend = served.image, served.seconds, served.backend
+            frames = load_frames(src, detector=detector)
+            results, seconds = [], 0.0
+            for frame in frames:
+                _check_domain(src, frame, domain, strict)
+                if runner is not None:
+                    start = time.perf_counter()
+                    result, backend = runner(frame.data), "onnx"
+                    seconds += time.perf_counter() - start
+                else:
+                    served = server.enhance(frame.data)
+                    result, backend = served.image, served.backend
+                    seconds += served.seconds
+                results.append(result)
         except (RefscopeError, ValueError) as exc:
             if len(files) == 1:
                 raise
@@ -273,15 +300,34 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
             failed += 1
             steps.advance()
             continue
+        frame = frames[0]
         pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
-        write_tiff(dst, output_pixels(result, frame.pixel_type if dtype == "input" else "float32"),
-                   pixel_size_nm=pixel, metadata={"method": method, "scale": scale, "source": str(src),
-                                                  **acquisition_metadata(frame)})
+        metadata = {"method": method, "scale": scale, "source": str(src), **acquisition_metadata(frame)}
+        height, width = results[0].shape
+        if len(results) == 1:
+            write_tiff(dst, output_pixels(results[0], frame.pixel_type if dtype == "input" else "float32"),
+                       pixel_size_nm=pixel, metadata=metadata)
+            shape = f"{height}x{width}"
+        else:  # a stack or series: one 3-D float32 ImageJ stack, frame z = the file's frame z (as refscope batch)
+            metadata.pop("source_frame", None)
+            write_stack(dst, results, (len(results), height, width), pixel_size_nm=pixel, metadata=metadata)
+            shape = f"{len(results)} frames of {height}x{width}"
         size = f"{pixel:.4g} nm/px" if pixel else "uncalibrated"
-        print(f"{src} -> {dst}  {result.shape[0]}x{result.shape[1]} ({size}), {label or method} ({backend}), "
-              f"{seconds:.2f} s")
+        print(f"{src} -> {dst}  {shape} ({size}), {label or method} ({backend}), {seconds:.2f} s")
         steps.advance()
     return failed
+
+
+def _check_domain(src: Path, frame: LoadedImage, domain: ModelDomain | None, strict: bool) -> None:
+    """Warn about (or with ``strict`` refuse) a frame outside the model's domain."""
+    if domain is None:
+        return
+    differs = domain.differences(ModelDomain.of(frame))
+    if differs:
+        message = f"{src}: outside the model's domain: {'; '.join(differs)}"
+        if strict:
+            raise InputFileError(message + " (--strict)")
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def evaluate_files(lr: LoadedImage, hr: LoadedImage, *, scale: int | None, methods: tuple[str, ...],
@@ -306,8 +352,9 @@ def evaluate_files(lr: LoadedImage, hr: LoadedImage, *, scale: int | None, metho
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     check_output_folder(args.output, "-o")  # before the work, not after it
-    lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
-    refs = [load_frame(p, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size") for p in args.hr]
+    lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size", detector=args.detector)
+    refs = [load_frame(p, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size", detector=args.detector)
+            for p in args.hr]
     try:
         library = LibraryConfig(patch_size=args.patch_size or default_patch_size(args.scale), size=args.library_size,
                                 seed=args.seed)
@@ -354,15 +401,15 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
                          engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir,
                          domain=load_domain(args.state_dir), strict=args.strict, quiet=args.quiet,
-                         dtype=args.dtype)
+                         dtype=args.dtype, detector=args.detector)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     for flag, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
         if path:
             check_output_file(path, flag)  # before minutes of work, not after them
-    lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size")
-    hr = load_frame(args.hr, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size")
+    lr = load_frame(args.lr, pixel_size_nm=args.lr_pixel_size, flag="--lr-pixel-size", detector=args.detector)
+    hr = load_frame(args.hr, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size", detector=args.detector)
     extra = [m for m in (args.method or []) if m not in (args.methods or ())]
     if args.methods is None:
         args.methods = () if args.model else ("paired", "paired-faithful", "original")
@@ -504,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress to stderr")
     common.add_argument("-q", "--quiet", action="store_true", default=False,
                         help="no progress display (it appears only on a terminal anyway)")
+    common.add_argument("--detector", metavar="NAME", default=None,
+                        help="detector to read from a file holding several (Velox EMD: HAADF, DF2, DF4, BF...; "
+                        "default HAADF)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("fit", parents=[common], help="fit a paired library from an LR frame and HR reference(s)",
@@ -547,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enhance", parents=[common], help="super-resolve frames with a fitted model",
                        description="Super-resolve LR frames (files or folders) with the model in STATE_DIR.")
     p.add_argument("state_dir", metavar="STATE_DIR", help="folder written by `refscope fit`")
-    p.add_argument("inputs", metavar="IN", nargs="+", help="LR frame(s) (TIFF/PNG) or folder(s) of frames")
+    p.add_argument("inputs", metavar="IN", nargs="+", help="LR frame(s) (TIFF, PNG, DM3/DM4, EMD, SER, MRC) or "
+                   "folder(s) of frames; a stack or series file gives one 3-D output")
     p.add_argument("-o", "--output", metavar="OUT", required=True,
                    help="output .tif for one input; otherwise a folder receiving <stem>_x<S>.tif")
     p.add_argument("--method", choices=METHODS + ("net", "best"), default=None,

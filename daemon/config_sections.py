@@ -14,6 +14,7 @@ from refscope.models.nlm import SIGMA_N_RANGE
 from .config_fields import ConfigError, check_endpoint, check_range, check_types, field_doc
 from .curve import SECRET_SUFFIX, SERVER_NAME
 from .frames import FrameRole
+from .ingest.readers import DEFAULT_DETECTOR, DEFAULT_PATTERNS
 from .source_folder import FolderSourceConfig
 from .source_zmq import ZmqSourceConfig
 
@@ -41,6 +42,10 @@ class IngestConfig:
             (zoom series; :func:`refscope.daemon.pairing.decide_role`).
         lr_filename_pattern: file-name glob marking live LR frames; files matching neither pattern are
             ``"auto"`` (the daemon decides from the pixel size).
+        patterns: file-name globs (case-insensitive) of the files read from ``watch``; any other file appearing
+            there is refused with its reason and logged (never skipped silently).
+        detector: detector read from a file holding several (Velox EMD: HAADF, DF2, DF4, BF...); the others are
+            logged and skipped.
     """
 
     SECTION: ClassVar[str] = "ingest"
@@ -66,6 +71,13 @@ class IngestConfig:
     lr_filename_pattern: str | None = field(default=None, metadata=field_doc(
         "File-name glob (case-insensitive) marking live LR frames (unset: decided from the pixel size).",
         "*_LR.tif"))
+    patterns: tuple[str, ...] = field(default=DEFAULT_PATTERNS, metadata=field_doc(
+        "File-name globs (case-insensitive) read from the watched folder: TIFF, PNG, DM3/DM4, Velox/Berkeley EMD, "
+        "TIA SER, MRC; any other file that appears there is refused with its reason in the log, the status and "
+        "the catalogue (a TIA .emi or a sidecar JSON as the companion of its image)."))
+    detector: str = field(default=DEFAULT_DETECTOR, metadata=field_doc(
+        "Detector read from a file that holds several (a Velox EMD with HAADF, DF2, DF4, BF...); the others are "
+        "logged and skipped. A file with one detector is read whatever it is."))
     serve_finer_frames: bool = field(default=True, metadata=field_doc(
         "A frame that only its finer pixel size marks as a reference (a zoom series) is also enhanced as a live "
         "frame, and the live stream moves to its magnification."))
@@ -86,6 +98,11 @@ class IngestConfig:
             if value is not None:
                 check_range(f"ingest.{name}", bool(value.strip()) and "/" not in value,
                              "a non-empty file-name glob without '/'", value)
+        check_range("ingest.patterns", bool(self.patterns) and all(
+            isinstance(p, str) and p.strip() and "/" not in p for p in self.patterns),
+            "a non-empty list of file-name globs without '/'", self.patterns)
+        check_range("ingest.detector", bool(self.detector.strip()), "a detector name such as \"HAADF\"",
+                    self.detector)
         if self.hr_filename_pattern is not None and self.hr_filename_pattern == self.lr_filename_pattern:
             raise ConfigError(
                 f"ingest.lr_filename_pattern is the same as ingest.hr_filename_pattern ({self.hr_filename_pattern!r})",
@@ -108,7 +125,7 @@ class IngestConfig:
         if self.watch is None:
             raise ConfigError("ingest.watch is not set", key="ingest.watch")
         return FolderSourceConfig(path=self.watch, use_polling=self.use_polling, pixel_size_nm=self.pixel_size_nm,
-                                  role="auto", **options)
+                                  role="auto", **{"patterns": self.patterns, "require_pixel_size": True, **options})
 
     def zmq_source_config(self, **options: Any) -> ZmqSourceConfig:
         """The :class:`ZmqSourceConfig` binding ``zmq_endpoint``; ``options`` set its other fields. Raises

@@ -5,7 +5,7 @@ daemon can log it and move on to the next frame without showing a traceback to t
 """
 from __future__ import annotations
 
-__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "StateError"]
+__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "MissingReaderError", "StateError"]
 
 
 class RefscopeError(Exception):
@@ -25,6 +25,15 @@ class IncompleteFileError(InputFileError):
 
     A subclass of :class:`InputFileError`: the file may still be being written by the microscope, so a watcher
     may retry it later instead of rejecting it for good.
+    """
+
+
+class MissingReaderError(InputFileError):
+    """An input file is in a format whose reader is an optional extra that is not installed (e.g. h5py for EMD).
+
+    The message names the file, its format and the command that installs the reader
+    (``pip install 'refscope[vendor]'``). Not a property of the file: a watcher does not remember it as refused
+    for good, so the file is read once the extra is installed and the daemon restarted.
     """
 
 

@@ -12,6 +12,7 @@ thread.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
@@ -147,12 +148,19 @@ class IngestStats:
         rejected_by_reason: ``rejected`` split by a short reason slug (e.g. ``"bad_json"``, ``"unreadable"``);
             a copy, safe to keep.
         last_error: the message of the most recent rejection, or None.
+        recent: the last :data:`RECENT_INPUTS` inputs, oldest first, one line each naming the input and what
+            became of it (``"<file>: ingested"``, ``"<file>: refused (<reason>): <why>"``).
     """
 
     received: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
+    recent: tuple[str, ...] = ()
+
+
+RECENT_INPUTS = 100
+"""Inputs named in :attr:`IngestStats.recent` (and so in the daemon's status)."""
 
 
 class IngestCounters:
@@ -164,6 +172,7 @@ class IngestCounters:
         self._rejected = 0
         self._by_reason: dict[str, int] = {}
         self._last_error: str | None = None
+        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_INPUTS)
         self._log = logger if logger is not None else _log
 
     def accept(self) -> None:
@@ -171,12 +180,19 @@ class IngestCounters:
         with self._lock:
             self._received += 1
 
+    def note_input(self, line: str) -> None:
+        """Name one input and what became of it in ``recent`` (e.g. ``"<file>: ingested (91 frames)"``)."""
+        with self._lock:
+            self._recent.append(line)
+
     def reject(self, reason: str, message: str, *, level: int = logging.WARNING) -> None:
         """Count one rejected input under ``reason`` and log ``message`` (which names the input)."""
         with self._lock:
             self._rejected += 1
             self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
             self._last_error = message
+            name, _, why = message.partition(": ")
+            self._recent.append(f"{name}: refused ({reason}): {why}" if why else f"refused ({reason}): {message}")
         self._log.log(level, "rejected (%s): %s", reason, message)
 
     def note_error(self, message: str) -> None:
@@ -187,7 +203,8 @@ class IngestCounters:
     def snapshot(self) -> IngestStats:
         """The current counts as an immutable :class:`IngestStats`."""
         with self._lock:
-            return IngestStats(self._received, self._rejected, dict(self._by_reason), self._last_error)
+            return IngestStats(self._received, self._rejected, dict(self._by_reason), self._last_error,
+                               tuple(self._recent))
 
 
 @runtime_checkable

@@ -4,8 +4,10 @@ A paired library learned on 16-bit FEI frames at 26.98 nm/px has learned that mi
 sampling; applied to an 8-bit Zeiss frame at 11.65 nm/px it returned 199-536 for input 0-254 with a grid texture,
 silently (issue 15). The fit records where its LR frame came from; ``enhance`` (and anything else that serves a
 saved model) compares each frame with it and says what differs -- a pixel size more than
-:data:`PIXEL_SIZE_TOLERANCE` away, another pixel type (bit depth), another detector -- as a warning, or as a
-refusal with ``--strict``.
+:data:`PIXEL_SIZE_TOLERANCE` away, another pixel type (bit depth), another detector, another kind of
+acquisition (a STEM frame served by a model learned on SEM frames, or the reverse: the modality the reader layer
+reads from the file's metadata -- imaging mode, detector, format) -- as a warning, or as a refusal with
+``--strict``.
 """
 from __future__ import annotations
 
@@ -30,18 +32,21 @@ class ModelDomain:
         dtype: its stored pixel type (e.g. ``"uint16"``): the bit depth.
         detector: detector name from the vendor metadata (e.g. ``"ETD"``).
         vendor: metadata flavour (``"fei"``, ``"zeiss"``...).
+        modality: ``"SEM"``, ``"STEM"`` or ``"TEM"`` as the file's metadata says (imaging mode, scanning
+            detector, format: :attr:`~refscope.daemon.tiff_common.ImageMetadata.modality`).
     """
 
     pixel_size_nm: float | None = None
     dtype: str | None = None
     detector: str | None = None
     vendor: str | None = None
+    modality: str | None = None
 
     @classmethod
     def of(cls, image: LoadedImage) -> ModelDomain:
         """The domain of ``image`` (its stored pixel type, whatever ``image.data`` was converted to)."""
         return cls(pixel_size_nm=image.pixel_size_nm, dtype=image.pixel_type, detector=image.metadata.detector,
-                   vendor=image.metadata.vendor)
+                   vendor=image.metadata.vendor, modality=image.metadata.modality)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +56,7 @@ class ModelDomain:
         """The domain stored by :meth:`to_dict`; None for a model saved before domains were recorded."""
         if not isinstance(data, Mapping):
             return None
-        known = {k: data.get(k) for k in ("pixel_size_nm", "dtype", "detector", "vendor")}
+        known = {k: data.get(k) for k in ("pixel_size_nm", "dtype", "detector", "vendor", "modality")}
         return cls(**known)
 
     def differences(self, other: ModelDomain) -> list[str]:
@@ -66,4 +71,6 @@ class ModelDomain:
             found.append(f"pixel type {other.dtype}, the model's {self.dtype} (another bit depth)")
         if self.detector and other.detector and self.detector.strip().lower() != other.detector.strip().lower():
             found.append(f"detector {other.detector}, the model's {self.detector}")
+        if self.modality and other.modality and self.modality != other.modality:
+            found.append(f"a {other.modality} frame, the model learned on {self.modality} frames")
         return found

@@ -34,6 +34,10 @@ Feeding refscope from a microscope-side script (numpy + pyzmq, ten lines)::
     sock.close(linger=1000)
 
 (or, with refscope installed: ``sock.send_multipart(encode_frame(img, seq=seq, pixel_size_m=4.9e-9, role="lr"))``).
+A STEM scan generator sends the same way, at its own pixel size (e.g. ``pixel_size_m=5e-11``, 50 pm): see
+``deploy/stem_zmq_sender.py``, which sends an HR reference scan (``role="hr"``) and then live frames from
+:func:`refscope.models.simulator.stem_pair` (atomic lattice, Poisson dose, scan noise, line jitter, point
+sampling) -- replace its ``frames()`` by the scan engine's readout.
 
 Output (enhanced) messages, published by refscope on its PUB socket, use the same two parts and conventions;
 the header has ``role: "enhanced"`` and says which input and which model produced it::

@@ -23,9 +23,13 @@ _INFO_KEY = "refscope"  # key of refscope's metadata in the ImageJ "Info" JSON (
 
 def output_stem(source: str) -> str:
     """File-name stem for the outputs of a frame from ``source``: the file's stem for a path
-    (``/acq/frame_012.tif`` -> ``frame_012``), a sanitised form otherwise (``zmq:tcp://h:5555#42`` ->
+    (``/acq/frame_012.tif`` -> ``frame_012``; image 3 of a stack, ``/acq/tilt.dm3#3`` -> ``tilt_003``), a
+    sanitised form otherwise (``zmq:tcp://h:5555#42`` ->
     ``zmq_tcp_h_5555_42``)."""
-    if "://" not in source and not source.startswith("zmq:"):
+    frame = re.fullmatch(r"(.+)#(\d+)", source)
+    if frame and "://" not in source and not source.startswith("zmq:"):  # image <index> of a stack file
+        stem = f"{Path(frame.group(1)).stem}_{int(frame.group(2)):03d}"
+    elif "://" not in source and not source.startswith("zmq:"):
         stem = Path(source).stem
     else:
         stem = source

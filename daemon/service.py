@@ -89,7 +89,7 @@ from .reference_hooks import HookRunner, make_hook
 from .serving import EnhanceResult, ServingEngine
 from .source_folder import FolderFrameSource
 from .source_zmq import ZmqFrameSource
-from .tiff_io import read_image
+from .tiff_io import read_frames
 from .service_control import OperatorControls
 from .service_frames import MAX_FRAME_PIXELS, SERVE_QUEUE_SIZE, FramePipeline, ServeItem
 from .service_output import FrameStream, StreamOutput
@@ -354,7 +354,8 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         if ingest.watch is not None:
             sources.append((f"folder:{ingest.watch}",
                             FolderFrameSource(ingest.folder_source_config(**self._folder_options),
-                                              reader=functools.partial(read_image, max_bytes=input_bytes),
+                                              reader=functools.partial(read_frames, max_bytes=input_bytes,
+                                                                       detector=ingest.detector),
                                               ledger=self.catalogue)))
         if ingest.zmq_endpoint is not None:
             message_bytes = min(ingest.zmq_max_message_bytes, max(input_bytes, 1 << 16))  # per message part

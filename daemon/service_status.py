@@ -38,7 +38,8 @@ class StatusReport:
             try:
                 stats = source.stats()
                 ingest[name] = {"received": stats.received, "rejected": stats.rejected,
-                                "rejected_by_reason": dict(stats.rejected_by_reason), "last_error": stats.last_error}
+                                "rejected_by_reason": dict(stats.rejected_by_reason), "last_error": stats.last_error,
+                                "recent": list(getattr(stats, "recent", ()))}
             except Exception as exc:  # noqa: BLE001
                 ingest[name] = {"error": str(exc)}
         merged = dict(errors)

@@ -1,4 +1,11 @@
-"""Frames from image files appearing in an acquisition folder (TIFF/PNG written by the microscope).
+"""Frames from image files appearing in an acquisition folder (any format refscope reads: TIFF, PNG, DM3/DM4, EMD,
+TIA SER, MRC, as written by the microscope).
+
+No file is skipped silently: every file that appears (hidden and temporary names aside, which are files still
+being written) is either ingested -- every image of a stack or series, in order -- or refused with its reason,
+logged and counted (``"not_matched"``: its name matches none of ``patterns``; ``"companion"``: a TIA ``.emi`` or
+a sidecar JSON, read with its image; the read errors below), and remembered by the ``ledger``. The last inputs
+and what became of them are named in :attr:`~refscope.daemon.frames.IngestStats.recent` (the daemon's status).
 
 How a new file is noticed (event mode, the default):
 
@@ -48,7 +55,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,9 +73,10 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from .errors import IncompleteFileError, InputFileError, RefscopeError
+from .errors import IncompleteFileError, InputFileError, MissingReaderError, RefscopeError
 from .frames import FRAME_ROLES, INGEST_LOGGER, Frame, FrameRole, IngestCounters, IngestStats, get_until_stopped
-from .tiff_io import LoadedImage, read_image
+from .ingest.readers import DEFAULT_PATTERNS, companion_reason, read_frames
+from .tiff_io import LoadedImage
 from .worker import is_state_failure, supervised
 
 __all__ = [
@@ -83,6 +91,7 @@ __all__ = [
 
 _log = logging.getLogger(INGEST_LOGGER)
 
+_EVERY_FILE = ("*",)  # what the source looks at: every file, so that none is skipped silently
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "~")
 
 Signature = tuple[int, int]
@@ -112,7 +121,8 @@ class FolderSourceConfig:
     Attributes:
         path: the acquisition folder (never modified).
         recursive: also watch sub-folders.
-        patterns: file name patterns to read (case-insensitive ``fnmatch``).
+        patterns: file name patterns to read (case-insensitive ``fnmatch``); a file matching none is refused
+            (``"not_matched"``, logged), never skipped silently.
         use_polling: scan the folder instead of using native events (network mounts).
         poll_interval_s: time between stability checks / scans, seconds.
         stable_checks: consecutive unchanged checks (size and mtime) before a file without a close/rename
@@ -127,11 +137,14 @@ class FolderSourceConfig:
         queue_size: frames read ahead of the consumer.
         queue_block_s: how long the worker waits on a full queue before dropping a frame, seconds.
         rescan_s: full rescan period in event mode, seconds (None: never).
+        require_pixel_size: refuse (``"no_pixel_size"``) a file whose pixel size neither its metadata, a sidecar
+            JSON nor ``pixel_size_nm`` gives (the daemon's rule: a frame of unknown scale can be neither paired
+            nor published with a calibration).
     """
 
     path: Path
     recursive: bool = True
-    patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png")
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
     use_polling: bool = False
     poll_interval_s: float = 0.5
     stable_checks: int = 2
@@ -143,6 +156,7 @@ class FolderSourceConfig:
     queue_size: int = 32
     queue_block_s: float = 5.0
     rescan_s: float | None = 30.0
+    require_pixel_size: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -182,8 +196,8 @@ def _refusal_text(path: str, exc: BaseException) -> str:
 def _is_permanent(exc: BaseException) -> bool:
     """True when re-reading the same version of the file cannot succeed: an image problem (not an image, truncated,
     too large, unusable pixels...), not a failure to open it (permissions, I/O) or a bug."""
-    if not isinstance(exc, InputFileError):
-        return False
+    if not isinstance(exc, InputFileError) or isinstance(exc, MissingReaderError):
+        return False  # a missing optional reader is fixed by installing it, not by changing the file
     return not isinstance(exc.__cause__, OSError)
 
 
@@ -225,7 +239,7 @@ def list_image_files(
     path: str | os.PathLike[str],
     *,
     recursive: bool = True,
-    patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png"),
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS,
 ) -> list[Path]:
     """Wanted image files now in ``path`` (hidden/temporary ones excluded), in natural name order."""
     return [Path(p) for p in sorted((p for p, _ in _walk(os.fspath(path), recursive, patterns)), key=natural_key)]
@@ -235,7 +249,7 @@ def image_to_frame(image: LoadedImage, *, seq: int, role: FrameRole, file_stat: 
     """Wrap a :class:`~refscope.daemon.tiff_io.LoadedImage` as a :class:`Frame`.
 
     ``t`` is the acquisition time from the file's metadata (naive times are taken as local time), else the
-    file's modification time. ``metadata`` holds the file's :class:`ImageMetadata` fields plus
+    file's modification time. An image of a stack or series is the source ``<file>#<index>`` (0-based). ``metadata`` holds the file's :class:`ImageMetadata` fields plus
     ``file_size_bytes`` and ``file_mtime`` (unix seconds).
     """
     meta = image.metadata
@@ -252,7 +266,7 @@ def image_to_frame(image: LoadedImage, *, seq: int, role: FrameRole, file_stat: 
         data=image.data,
         pixel_size_nm=image.pixel_size_nm,
         role=role,
-        source=str(image.path),
+        source=str(image.path) if meta.frame is None else f"{image.path}#{meta.frame}",
         seq=seq,
         t=t,
         stage_xy_m=meta.stage_xy_m,
@@ -334,11 +348,13 @@ def _acquisition_order(path: str) -> tuple[int, Any]:
 class FolderFrameSource:
     """A :class:`~refscope.daemon.frames.FrameSource` delivering new image files of a folder (see module doc)."""
 
-    def __init__(self, config: FolderSourceConfig, *, reader: Callable[..., LoadedImage] = read_image,
+    def __init__(self, config: FolderSourceConfig,
+                 *, reader: Callable[..., LoadedImage | list[LoadedImage]] = read_frames,
                  ledger: RefusalLedger | None = None) -> None:
         """Args:
             config: what to watch.
-            reader: reads one file, ``reader(path, pixel_size_nm=...)`` (default :func:`~.tiff_io.read_image`).
+            reader: reads one file, ``reader(path, pixel_size_nm=...)``: its images in order (default
+                :func:`~.ingest.readers.read_frames`) or one image (e.g. :func:`~.tiff_io.read_image`).
             ledger: keeps permanent refusals across restarts (the daemon's catalogue); None: kept in memory only.
         """
         self.config = config
@@ -381,7 +397,7 @@ class FolderFrameSource:
         self._stop.clear()
         self._check_root()
         if not self.config.include_existing and self._root_id is not None:
-            for path, info in _walk(self._root, self.config.recursive, self.config.patterns):
+            for path, info in _walk(self._root, self.config.recursive, _EVERY_FILE):
                 self._seen[path] = (info.st_size, info.st_mtime_ns)
             self._next_scan = self._scan_period() + time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"refscope-folder-ingest {self._root}", daemon=True)
@@ -507,9 +523,7 @@ class FolderFrameSource:
         parts = rel.split(os.sep)
         if not self.config.recursive and len(parts) > 1:
             return False
-        if any(is_ignored_name(part) for part in parts):
-            return False
-        return _matches(parts[-1], self.config.patterns)
+        return not any(is_ignored_name(part) for part in parts)  # every file: read, or refused with its reason
 
     def _drain_hints(self, now: float) -> None:
         with self._hints_lock:
@@ -532,7 +546,7 @@ class FolderFrameSource:
                 pending.due = min(pending.due, now + self.config.poll_interval_s) if pending.sig is not None else now
 
     def _scan(self, folder: str, now: float) -> None:
-        for path, info in _walk(folder, self.config.recursive, self.config.patterns):
+        for path, info in _walk(folder, self.config.recursive, _EVERY_FILE):
             path = os.path.normpath(path)
             if path in self._pending or self._seen.get(path) == (info.st_size, info.st_mtime_ns):
                 continue
@@ -587,6 +601,9 @@ class FolderFrameSource:
             return
         if sig != pending.sig and self._refused_before(path, sig):
             return
+        if stat.S_ISDIR(info.st_mode):  # a folder (or a link to one) is not a file: sub-folders are walked, not read
+            del self._pending[path]
+            return
         if self._leads_outside(path):
             self._refuse_outside(path, sig)
             return
@@ -605,10 +622,26 @@ class FolderFrameSource:
             pending.due = now + cfg.poll_interval_s
             return
 
+        name = os.path.basename(path)
+        if not _matches(name, cfg.patterns):
+            reason = companion_reason(path)
+            if reason is not None:
+                self._refuse(path, sig, "companion", f"{path}: {reason}", permanent=True, level=logging.INFO)
+            else:
+                self._refuse(path, sig, "not_matched", f"{path}: its name matches none of the patterns read "
+                             f"({', '.join(cfg.patterns)}; ingest.patterns); not ingested", permanent=True)
+            return
         try:
-            image = self._read(path, pixel_size_nm=cfg.pixel_size_nm)
+            read = self._read(path, pixel_size_nm=cfg.pixel_size_nm)
         except Exception as exc:  # noqa: BLE001 - every failure of one file is that file's problem
             self._failed(path, pending, sig, exc)
+            return
+        images = read if isinstance(read, (list, tuple)) else [read]
+        if cfg.require_pixel_size and any(image.pixel_size_nm is None for image in images):
+            note = dict(images[0].metadata.extra).get("calibration_note") or "no calibration in the file"
+            self._refuse(path, sig, "no_pixel_size", f"{path}: pixel size unknown ({note}); set ingest.pixel_size_nm "
+                         f"or put a sidecar {os.path.basename(path)}.json holding {{\"pixel_size_nm\": ...}} beside it",
+                         permanent=True)
             return
         try:
             after = os.stat(path)
@@ -623,14 +656,22 @@ class FolderFrameSource:
             self._refuse_outside(path, sig)
             return
         try:
-            frame = image_to_frame(image, seq=self._seq, role=cfg.role, file_stat=after)
+            frames = [image_to_frame(image, seq=self._seq + i, role=cfg.role, file_stat=after)
+                      for i, image in enumerate(images)]
         except (ValueError, TypeError) as exc:
             self._refuse(path, sig, "bad_image", f"{_refusal_text(path, exc)} (cannot be used as a frame)",
                          permanent=True)
             return
         del self._pending[path]
         self._seen[path] = sig
-        self._deliver(frame)
+        delivered = 0
+        for frame in frames:
+            if self._stop.is_set():
+                break
+            delivered += self._deliver(replace(frame, seq=self._seq))
+        count = f" ({delivered} of {len(frames)} frames)" if len(frames) > 1 or delivered < len(frames) else ""
+        self._counters.note_input(f"{path}: ingested{count}")
+        _log.info("folder source: %s: ingested%s", path, count)
 
     def _leads_outside(self, path: str) -> bool:
         """True when ``path`` resolves (through a link, or a linked folder on the way) to a place outside the
@@ -664,12 +705,13 @@ class FolderFrameSource:
         _log.debug("folder source: %s was refused before (%s); not read again until it changes", path, reason)
         return True
 
-    def _refuse(self, path: str, sig: Signature, reason: str, message: str, *, permanent: bool) -> None:
+    def _refuse(self, path: str, sig: Signature, reason: str, message: str, *, permanent: bool,
+                level: int = logging.WARNING) -> None:
         """Count and log a refused file (``message`` names it and never quotes its content); skip this version
         from now on and, when re-reading cannot change the outcome (``permanent``), after a restart too."""
         self._pending.pop(path, None)
         self._seen[path] = sig
-        self._counters.reject(reason, message)
+        self._counters.reject(reason, message, level=level)
         if not permanent or self._ledger is None:
             return
         try:
@@ -699,7 +741,8 @@ class FolderFrameSource:
         self._refuse(path, sig, reason, f"{_refusal_text(path, exc)} (gave up after {pending.failures} attempts)",
                      permanent=_is_permanent(exc))
 
-    def _deliver(self, frame: Frame) -> None:
+    def _deliver(self, frame: Frame) -> bool:
+        """Queue ``frame`` (waiting up to ``queue_block_s``); False when it was dropped or the source stopped."""
         deadline = time.monotonic() + self.config.queue_block_s
         while not self._stop.is_set():
             try:
@@ -712,7 +755,8 @@ class FolderFrameSource:
                     f"{frame.source}: dropped, the consumer did not take a frame for {self.config.queue_block_s:g} s "
                     f"({self.config.queue_size} frames waiting)",
                 )
-                return
+                return False
             self._seq += 1
             self._counters.accept()
-            return
+            return True
+        return False

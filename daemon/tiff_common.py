@@ -18,7 +18,11 @@ import numpy as np
 from .errors import IncompleteFileError, InputFileError
 from .frames import pixel_size_problem
 
-Vendor = Literal["fei", "zeiss", "ome", "imagej", "plain"]
+Vendor = Literal["fei", "zeiss", "ome", "imagej", "plain", "gatan", "velox", "emd", "tia", "mrc", "jeol"]
+
+INSTRUMENT_VENDORS: tuple[str, ...] = ("fei", "zeiss", "gatan", "velox", "emd", "tia", "mrc", "jeol")
+"""Metadata flavours written by the microscope's own software (whose extras an output carries over); ``"imagej"``
+extras are refscope's provenance, ``"ome"``/``"plain"`` carry none."""
 
 MAX_SIDE_PX = 65536
 """Largest accepted image side in pixels; larger headers are refused before any pixel is read."""
@@ -28,7 +32,9 @@ _INFO_KEY = "refscope"  # key of our metadata inside the ImageJ "Info" JSON
 # Length units found in SEM/ImageJ/OME metadata, in nm.
 _UNIT_NM = {
     "pm": 1e-3, "nm": 1.0, "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3, "\\u00b5m": 1e3,
-    "mm": 1e6, "cm": 1e7, "m": 1e9, "å": 0.1, "angstrom": 0.1,
+    "mm": 1e6, "cm": 1e7, "m": 1e9, "å": 0.1, "angstrom": 0.1, "angstroms": 0.1,
+    "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0, "micrometer": 1e3, "micrometers": 1e3, "micrometre": 1e3,
+    "meter": 1e9, "metre": 1e9, "picometer": 1e-3,
 }
 
 
@@ -38,8 +44,10 @@ class ImageMetadata:
 
     Attributes
     ----------
-    vendor : {"fei", "zeiss", "ome", "imagej", "plain"}
-        Metadata flavour found in the file ("imagej" includes TIFFs written by :func:`write_tiff`).
+    vendor : {"fei", "zeiss", "ome", "imagej", "plain", "gatan", "velox", "emd", "tia", "mrc", "jeol"}
+        Metadata flavour found in the file ("imagej" includes TIFFs written by :func:`write_tiff`; "gatan": a DM3/DM4
+        file or a TIFF saved by DigitalMicrograph; "velox": Thermo Velox EMD; "emd": Berkeley EMD; "tia": FEI TIA
+        SER; "mrc": MRC; "jeol": JEOL SightX TIFF).
     pixel_size_nm : float or None
         Effective pixel size in nm (square pixels), after any override; None if unknown.
     field_of_view_nm : tuple of float or None
@@ -59,7 +67,17 @@ class ImageMetadata:
         Where ``pixel_size_nm`` came from: "argument", "fei", "zeiss", "ome", "imagej", "description",
         "sidecar", or None.
     extra : mapping
-        Free-form metadata stored by :func:`write_tiff` (its ``metadata`` argument), else empty.
+        Free-form metadata: what :func:`write_tiff` stored (its ``metadata`` argument) in an ImageJ TIFF, else the
+        instrument's extras (``hv_V``, ``working_distance_m``, ``beam_current_A``, ``magnification``...), else empty.
+    pixel_size_yx_nm : tuple of float or None
+        (y, x) pixel size in nm as the file states it (both axes; equal when the format has one pixel size), before
+        any override or sidecar; None when the file gives none.
+    modality : {"SEM", "STEM", "TEM"} or None
+        The kind of acquisition the file's metadata says (imaging mode, detector, format); None if it says nothing.
+    frame : int or None
+        Index of this image in a stack or series file (0-based); None for a single-image file.
+    frames : int
+        Number of images in the file this one came from (1 for a single image).
     """
 
     vendor: Vendor
@@ -72,6 +90,10 @@ class ImageMetadata:
     data_bar_rows_cropped: int = 0
     pixel_size_source: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    pixel_size_yx_nm: tuple[float, float] | None = None
+    modality: str | None = None
+    frame: int | None = None
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -116,7 +138,11 @@ def acquisition_metadata(image: LoadedImage) -> dict[str, Any]:
                        ("dwell_s", meta.dwell_s), ("detector", meta.detector), ("acquired_at", meta.acquired_at)):
         if value is not None:
             found[key] = list(value) if isinstance(value, tuple) else value
-    if meta.vendor in ("fei", "zeiss"):  # the microscope's own extras (an ImageJ file's are refscope's provenance)
+    if meta.modality is not None:
+        found["modality"] = meta.modality
+    if meta.frame is not None:
+        found["source_frame"], found["source_frames"] = meta.frame, meta.frames
+    if meta.vendor in INSTRUMENT_VENDORS:  # the microscope's own extras (an ImageJ file's are refscope's provenance)
         found.update({k: v for k, v in dict(meta.extra).items()
                       if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in found})
     return found
@@ -144,9 +170,19 @@ def _clean(value: float) -> float:
     return float(f"{value:.12g}")
 
 
+def _unit_nm(unit: Any) -> float | None:
+    """nm per ``unit`` (a length unit string: "nm", "n_m", "µm", "micron", "Å", "m"...); None for an empty or
+    unknown unit (an empty unit is "unknown", never 1 nm)."""
+    if unit is None:
+        return None
+    if isinstance(unit, bytes):
+        unit = unit.decode("latin-1")
+    return _UNIT_NM.get(str(unit).strip().lower().replace("_", "").replace(" ", ""))
+
+
 def _to_nm(value: Any, unit: Any) -> float | None:
     """A positive length ``value`` in ``unit`` as nm (None if either is unusable)."""
-    scale = _UNIT_NM.get(str(unit).strip().lower()) if unit is not None else None
+    scale = _unit_nm(unit)
     number = _positive(value)
     return _clean(number * scale) if number is not None and scale is not None else None
 

@@ -1,14 +1,18 @@
-"""Read SEM frames (TIFF/PNG) with their pixel size, and write calibrated TIFFs that Fiji understands.
+"""Read SEM/STEM frames with their pixel size, and write calibrated TIFFs that Fiji understands.
 
 Reading
 -------
-:func:`read_image` returns the grayscale pixels in their original dtype, the pixel size in nm and what the
-file says about the acquisition. Supported sources of the pixel size, in order of precedence:
+:func:`read_image` (one frame) and :func:`read_frames` (every frame of a stack or series) return the grayscale
+pixels in their original dtype, the pixel size in nm and what the file says about the acquisition. They read
+TIFF, PNG, DM3/DM4, Velox and Berkeley EMD, TIA SER and MRC (:mod:`refscope.daemon.ingest.readers`, where the
+format readers live; re-exported here). Sources of the pixel size, in order of precedence:
 
 1. the ``pixel_size_nm`` argument (overrides everything);
 2. the file's own metadata: FEI/Thermo Fisher (``FEI_HELIOS``/``FEI_SFEG`` tag), Zeiss (``CZ_SEM`` tag),
-   OME-XML (``PhysicalSizeX``), ImageJ (resolution tags + ``unit``), or a tifffile JSON description carrying
-   ``pixel_size`` and ``unit``;
+   OME-XML (``PhysicalSizeX``), ImageJ (resolution tags + ``unit``), a TIFF saved by DigitalMicrograph (its
+   private scale/unit tags), JEOL SightX (XML: pixels per metre / magnification), a tifffile JSON description
+   carrying ``pixel_size`` and ``unit``; the calibration of a DM, EMD, SER or MRC file. An empty or unknown unit
+   gives no pixel size (never 1 nm); unequal pixel sizes per axis are refused;
 3. a sidecar JSON file ``<file>.json`` (e.g. ``a.png.json``) or ``<stem>.json`` (``a.json``) holding
    ``{"pixel_size_nm": ...}``.
 
@@ -29,14 +33,15 @@ detection), :mod:`.tiff_read` (validation and reading into arrays) and :mod:`.ti
 """
 from __future__ import annotations
 
+from .ingest.readers import read_frames, read_image
 from .tiff_common import MAX_SIDE_PX, ImageMetadata, LoadedImage, Vendor, acquisition_metadata
-from .tiff_read import read_image
 from .tiff_write import output_pixels, write_tiff
 
 __all__ = [
     "ImageMetadata",
     "LoadedImage",
     "read_image",
+    "read_frames",
     "write_tiff",
     "output_pixels",
     "acquisition_metadata",

@@ -26,6 +26,10 @@ from .tiff_common import (
 )
 from .tiff_vendors import (
     _framed_bar_top,
+    _is_dm_tiff,
+    _is_sightx,
+    _parse_dm_tiff,
+    _parse_sightx,
     _parse_description,
     _parse_fei,
     _parse_imagej,
@@ -39,8 +43,8 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _sniff(path: Path) -> str:
-    """Return "tiff" or "png" from the file's first bytes, or raise InputFileError."""
+def _head(path: Path, count: int = 8) -> tuple[int, bytes]:
+    """(size in bytes, first ``count`` bytes) of an existing, non-empty regular file, else InputFileError."""
     if not path.exists():
         raise _fail(path, "file not found")
     if not path.is_file():
@@ -48,18 +52,44 @@ def _sniff(path: Path) -> str:
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(count)
     except OSError as exc:
         raise _fail(path, f"cannot be opened ({exc.strerror or exc})") from exc
     if size == 0:
         raise _fail(path, "is empty (0 bytes)", incomplete=True)
+    return size, head
+
+
+def _tiff_or_png(path: Path, size: int, head: bytes) -> str | None:
+    """"tiff" or "png" from the first bytes ``head``; None for anything else; IncompleteFileError for a file
+    shorter than the 8-byte signature it starts."""
     if head[:4] in _TIFF_MAGIC:
         return "tiff"
-    if head == _PNG_MAGIC:
+    if head[:8] == _PNG_MAGIC:
         return "png"
-    if len(head) < 8 and (_PNG_MAGIC.startswith(head) or any(m.startswith(head) for m in _TIFF_MAGIC)):
+    if size < 8 and (_PNG_MAGIC.startswith(head) or any(m.startswith(head) for m in _TIFF_MAGIC)):
         raise _fail(path, f"truncated image header ({size} bytes)", incomplete=True)
-    raise _fail(path, "is not a TIFF or PNG image")  # its content is never echoed (it may be anything)
+    return None
+
+
+def _sniff(path: Path) -> str:
+    """Return "tiff" or "png" from the file's first bytes, or raise InputFileError."""
+    size, head = _head(path)
+    kind = _tiff_or_png(path, size, head)
+    if kind is None:
+        raise _fail(path, "is not a TIFF or PNG image")  # its content is never echoed (it may be anything)
+    return kind
+
+
+def tiff_page_count(path: Path) -> int:
+    """Number of images (pages, reduced-resolution ones left out) of a TIFF; InputFileError if unreadable."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len([p for p in tif.pages[:] if not getattr(p, "is_reduced", False)])
+    except MemoryError:
+        raise
+    except Exception as exc:  # tifffile raises many types
+        raise _fail(path, f"cannot be read as a TIFF ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_shape(path: Path, shape: tuple[int, ...], where: str = "") -> None:
@@ -180,6 +210,10 @@ def _tiff_metadata(tif: tifffile.TiffFile, tiff_page: tifffile.TiffPage, index: 
         return _parse_ome(tif.ome_metadata)
     if tif.is_imagej and tif.imagej_metadata is not None:
         return _parse_imagej(tif.imagej_metadata, tif.pages.first)
+    if _is_dm_tiff(tags):
+        return _parse_dm_tiff(tags)
+    if _is_sightx(tiff_page.description):
+        return _parse_sightx(tiff_page.description)
     return _Parsed(vendor="plain", pixel_size_nm=_parse_description(tiff_page.description))
 
 
@@ -310,6 +344,19 @@ def read_image(
         raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     reader = _read_tiff if kind == "tiff" else _read_png
     data, parsed = reader(file_path, page, max_bytes)
+    return finish_image(file_path, data, parsed, override=override, crop_data_bar=crop_data_bar)
+
+
+def finish_image(path: Path, data: np.ndarray, parsed: _Parsed, *, override: float | None,
+                 crop_data_bar: bool = True, frame: int | None = None, frames: int = 1) -> LoadedImage:
+    """The :class:`LoadedImage` of one decoded 2-D frame: native byte order, finite pixels checked, the vendor data
+    bar cropped, the pixel size resolved (``override`` nm, else the file's metadata, else a sidecar JSON) and
+    checked (physical range; non-square pixels are refused: refscope's models assume square pixels).
+
+    Shared by every format reader (:mod:`refscope.daemon.ingest.readers`); ``frame``/``frames`` place an image of a
+    stack or series file.
+    """
+    file_path = path
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
     _check_finite(file_path, data)
@@ -325,6 +372,10 @@ def read_image(
         if cropped:
             data = np.ascontiguousarray(data[: rows - cropped])
 
+    per_axis = parsed.pixel_size_yx_nm
+    if per_axis is not None and parsed.pixel_size_nm is None:
+        raise _fail(file_path, f"has non-square pixels ({per_axis[0]:.6g} nm high x {per_axis[1]:.6g} nm wide); "
+                               "refscope needs square pixels: resample the image to square pixels first")
     if override is not None:
         pixel, source = override, "argument"
     elif parsed.pixel_size_nm is not None:
@@ -336,6 +387,9 @@ def read_image(
         pixel = _sidecar_pixel_size(file_path)
         source = "sidecar" if pixel is not None else None
     fov = (data.shape[0] * pixel, data.shape[1] * pixel) if pixel is not None else None
+    extra = dict(parsed.extra)
+    if pixel is None and parsed.calibration_note:
+        extra.setdefault("calibration_note", parsed.calibration_note)
     metadata = ImageMetadata(
         vendor=parsed.vendor,
         pixel_size_nm=pixel,
@@ -346,6 +400,10 @@ def read_image(
         detector=parsed.detector,
         data_bar_rows_cropped=cropped,
         pixel_size_source=source,
-        extra=parsed.extra,
+        extra=extra,
+        pixel_size_yx_nm=per_axis or ((parsed.pixel_size_nm,) * 2 if parsed.pixel_size_nm is not None else None),
+        modality=parsed.modality,
+        frame=frame,
+        frames=frames,
     )
     return LoadedImage(data=data, pixel_size_nm=pixel, path=file_path, metadata=metadata)

@@ -1,4 +1,5 @@
-"""Pixel size and acquisition metadata from vendor tags (FEI/Thermo, Zeiss, OME, ImageJ), descriptions and sidecars.
+"""Pixel size and acquisition metadata from vendor tags (FEI/Thermo, Zeiss, OME, ImageJ, DigitalMicrograph-saved,
+JEOL SightX), descriptions and sidecars.
 
 Each parser turns one page's metadata into a :class:`_Parsed` (pixel size in nm, rows of real image, stage,
 time, dwell, detector) before any cropping; :func:`_framed_bar_top` finds a Zeiss-style info box burnt into the
@@ -19,7 +20,7 @@ import numpy as np
 
 from .errors import InputFileError
 from .frames import pixel_size_problem
-from .tiff_common import _INFO_KEY, _UNIT_NM, Vendor, _clean, _positive, _to_nm
+from .tiff_common import _INFO_KEY, Vendor, _clean, _positive, _to_nm, _unit_nm
 
 _TIME_UNIT_S = {"ps": 1e-12, "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "secs": 1.0}
 
@@ -71,6 +72,18 @@ class _Parsed:
     dwell_s: float | None = None
     detector: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    pixel_size_yx_nm: tuple[float, float] | None = None  # per axis (y, x), nm, when the file gives both
+    modality: str | None = None  # "SEM", "STEM" or "TEM" when the metadata says
+    calibration_note: str | None = None  # why pixel_size_nm is None although the file has a calibration
+
+
+def square_pixel(y_nm: float | None, x_nm: float | None) -> tuple[float | None, tuple[float, float] | None]:
+    """(square pixel size, (y, x)) from per-axis sizes in nm: the size when both agree within 0.1 %, else None (the
+    reader refuses unequal ones, :func:`refscope.daemon.tiff_read.finish_image`); (None, None) if either is unknown."""
+    if y_nm is None or x_nm is None:
+        return None, None
+    same = abs(y_nm - x_nm) <= 1e-3 * max(y_nm, x_nm)
+    return (x_nm if same else None), (y_nm, x_nm)
 
 
 def _parse_fei(tags: Mapping[str, Any]) -> _Parsed:
@@ -99,6 +112,7 @@ def _parse_fei(tags: Mapping[str, Any]) -> _Parsed:
              if isinstance(value, (int, float)) and not isinstance(value, bool)}
     return _Parsed(
         vendor="fei",
+        modality="SEM",  # the FEI_HELIOS / FEI_SFEG tags are written by Thermo Fisher SEMs and FIB-SEMs
         extra=extra,
         pixel_size_nm=_clean(pixel * 1e9) if pixel else None,
         image_rows=int(rows) if isinstance(rows, (int, float)) and rows > 0 else None,
@@ -131,7 +145,7 @@ def _parse_zeiss(tags: Mapping[str, Any], width_px: int) -> _Parsed:
     sy, uy = _zeiss_value(tags, "ap_stage_at_y")
     stage_xy = None
     if isinstance(sx, (int, float)) and isinstance(sy, (int, float)):
-        fx, fy = _UNIT_NM.get(str(ux).strip().lower()), _UNIT_NM.get(str(uy).strip().lower())
+        fx, fy = _unit_nm(ux), _unit_nm(uy)
         if fx is not None and fy is not None:
             stage_xy = (_clean(sx * fx * 1e-9), _clean(sy * fy * 1e-9))
     date, _ = _zeiss_value(tags, "ap_date")
@@ -153,6 +167,7 @@ def _parse_zeiss(tags: Mapping[str, Any], width_px: int) -> _Parsed:
         rows = int(match.group(2))
     return _Parsed(
         vendor="zeiss",
+        modality="SEM",
         pixel_size_nm=pixel,
         image_rows=rows,
         stage_xy_m=stage_xy,
@@ -214,6 +229,79 @@ def _parse_imagej(ij: Mapping[str, Any], page: Any) -> _Parsed:
         detector=detector if isinstance(detector, str) else None,
         extra=extra,
     )
+
+
+# DigitalMicrograph writes its calibration into private TIFF tags when it saves a TIFF: unit per axis (65003 x,
+# 65004 y) and scale per axis (65009 x, 65010 y), in the DM convention (dimension 0 = x).
+_DM_TIFF_UNIT_X, _DM_TIFF_UNIT_Y, _DM_TIFF_SCALE_X, _DM_TIFF_SCALE_Y = 65003, 65004, 65009, 65010
+
+
+def _is_dm_tiff(tags: Any) -> bool:
+    return _DM_TIFF_SCALE_X in tags and _DM_TIFF_UNIT_X in tags
+
+
+def _parse_dm_tiff(tags: Any) -> _Parsed:
+    """A TIFF saved by Gatan DigitalMicrograph: pixel size from its private scale/unit tags (65009/65010 with units
+    65003/65004); units such as "µm", "nm", "Å" (DM writes "A" for Ångström); an empty unit is unknown."""
+    def axis(scale_code: int, unit_code: int) -> float | None:
+        scale = tags[scale_code].value if scale_code in tags else None
+        unit = tags[unit_code].value if unit_code in tags else None
+        return _to_nm(scale, "Å" if str(unit).strip() == "A" else unit)
+
+    x_nm = axis(_DM_TIFF_SCALE_X, _DM_TIFF_UNIT_X)
+    y_nm = axis(_DM_TIFF_SCALE_Y, _DM_TIFF_UNIT_Y) if _DM_TIFF_SCALE_Y in tags else x_nm
+    pixel, per_axis = square_pixel(y_nm, x_nm)
+    note = None if x_nm is not None else "its DigitalMicrograph calibration has no length unit"
+    return _Parsed(vendor="gatan", pixel_size_nm=pixel, pixel_size_yx_nm=per_axis, calibration_note=note)
+
+
+def _xml_text(root: ET.Element, path: str) -> str | None:
+    node = root.find(path)
+    return node.text.strip() if node is not None and node.text else None
+
+
+def _is_sightx(description: str | None) -> bool:
+    return bool(description) and "<TemReporter" in description[:4096]  # type: ignore[index]
+
+
+def _parse_sightx(description: str) -> _Parsed:
+    """JEOL SightX TIFF (an XML ``TemReporter`` in the description): the recorded image's pixel pitch
+    (``DrawImageInformation/PixelsPerMeter``, at the camera/display) divided by the magnification
+    (``ImageFormingSystem/SelectorValue``); HV from ``ElectronGun/AccelerationVoltage`` (V)."""
+    try:
+        root = ET.fromstring(description)
+    except ET.ParseError:
+        return _Parsed(vendor="jeol", calibration_note="its JEOL SightX XML metadata cannot be parsed")
+    ppm_x = _positive(_xml_text(root, "Measurement/MeasurementFormat/DrawImageInformation/PixelsPerMeter/Horizontal"))
+    ppm_y = _positive(_xml_text(root, "Measurement/MeasurementFormat/DrawImageInformation/PixelsPerMeter/Vertical"))
+    mag = _positive(_xml_text(root, "ImageFormingSystem/SelectorValue"))
+    unit = _xml_text(root, "ImageFormingSystem/SelectorUnitString")
+    pixel = per_axis = None
+    note = None
+    if ppm_x and mag and (unit or "X").upper() == "X":
+        x_nm = _clean(1e9 / ppm_x / mag)
+        y_nm = _clean(1e9 / ppm_y / mag) if ppm_y else x_nm
+        pixel, per_axis = square_pixel(y_nm, x_nm)
+    else:
+        note = "its JEOL SightX metadata has no image magnification (diffraction or camera-length mode?)"
+    mode = (_xml_text(root, "Eos/EosMode") or _xml_text(root, "IlluminationSystem/Mode") or "").lower()
+    mode = mode.removeprefix("eos").removeprefix("mode")  # "eosTEM", "modeTEM", "eosSTEM"...
+    modality = "STEM" if mode.startswith(("stem", "asid")) else "TEM" if mode.startswith("tem") else None
+    extra: dict[str, Any] = {}
+    hv = _positive(_xml_text(root, "ElectronGun/AccelerationVoltage"))
+    if hv:
+        extra["hv_V"] = hv
+    if mag:
+        extra["magnification"] = mag
+    acquired = None
+    stamp = _xml_text(root, "DateTime")
+    if stamp:
+        try:
+            acquired = datetime.fromisoformat(stamp[:26] if "." in stamp else stamp).replace(tzinfo=None)
+        except ValueError:
+            acquired = None
+    return _Parsed(vendor="jeol", pixel_size_nm=pixel, pixel_size_yx_nm=per_axis, modality=modality, extra=extra,
+                   acquired_at=acquired, calibration_note=note)
 
 
 def _parse_description(description: str | None) -> float | None:

@@ -17,6 +17,13 @@ signal) or the focus (extra probe blur) for a while.
 Noise model per pixel: ``Poisson(dose * (gain * s + offset)) / dose + Normal(0, read_noise)`` with ``s`` the
 probe-blurred specimen signal, plus a random shift of each scan line (line jitter), as
 :func:`~.synthetic.scan`; frames are returned as uint16 (signal [0, 1] -> 0..65535).
+
+STEM. :func:`stem_lattice` draws an atomic-resolution HAADF specimen (Gaussian atomic columns on a square
+lattice, Z-contrast between two sublattices, a few vacancies); :func:`scan_stem` scans it as a STEM does: the
+probe-blurred specimen is *point sampled* at each pixel centre (no pixel averaging: a coarse LR frame aliases
+the lattice as a real undersampled STEM scan does), counts are Poisson in the dose (electrons per pixel), each
+scan line is shifted (line jitter) and has its own gain and offset (scan noise: flyback and detector drift).
+:func:`stem_pair` gives an LR frame and a finer HR scan of its centre from the same specimen.
 """
 from __future__ import annotations
 
@@ -26,10 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scipy import ndimage
+
 from .synthetic import render_specimen, scan
 
 __all__ = ["Area", "Event", "Optics", "Session", "State", "make_areas", "specimen_from_image", "state_at",
-           "scan_lr", "scan_hr", "stage_to_area"]
+           "scan_lr", "scan_hr", "stage_to_area", "StemOptics", "stem_lattice", "scan_stem", "stem_pair"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,3 +253,114 @@ def specimen_from_image(image: np.ndarray, optics: Optics, *, name: str = "image
         raise ValueError(f"a specimen image of {signal.shape[1]}x{signal.shape[0]} px is too small for "
                          f"{w}x{h} px LR frames at x{optics.hr_factor} HR sampling; choose a smaller frame size")
     return Area(signal, origin_m, optics.lr_pixel_nm / per_lr, name)
+
+
+# ------------------------------------------------------------------------------------------------------ STEM
+
+
+@dataclass(frozen=True)
+class StemOptics:
+    """A STEM scan generator's settings (lengths in nm, SrTiO3-like defaults).
+
+    Attributes:
+        lr_shape: LR frame (rows, cols), pixels.
+        lr_pixel_nm: LR pixel size, nm (0.05 nm: about 8 px per 0.39 nm lattice period).
+        hr_factor: HR reference sampling, times finer than LR.
+        lattice_nm: atomic column spacing, nm.
+        column_sigma_nm: Gaussian width of one column's HAADF signal, nm.
+        probe_sigma_nm: Gaussian probe standard deviation, nm.
+        dose: electrons per pixel at signal 1 (Poisson); HR scans get ``hr_dose``.
+        hr_dose: electrons per HR pixel at signal 1.
+        line_jitter_px: standard deviation of each line's shift along x, image pixels.
+        scan_noise: standard deviation of each line's relative gain (and, halved, offset).
+        specimen_nm: specimen raster pixel, nm (finer than any scan).
+    """
+
+    lr_shape: tuple[int, int] = (128, 128)
+    lr_pixel_nm: float = 0.05
+    hr_factor: int = 2
+    lattice_nm: float = 0.3905
+    column_sigma_nm: float = 0.035
+    probe_sigma_nm: float = 0.04
+    dose: float = 100.0
+    hr_dose: float = 400.0
+    line_jitter_px: float = 0.15
+    scan_noise: float = 0.02
+    specimen_nm: float = 0.0125
+
+    def __post_init__(self) -> None:
+        positive = ("lr_pixel_nm", "lattice_nm", "column_sigma_nm", "dose", "hr_dose", "specimen_nm")
+        if any(not getattr(self, name) > 0 for name in positive) or self.probe_sigma_nm < 0:
+            raise ValueError(f"StemOptics: {', '.join(positive)} must be > 0 and probe_sigma_nm >= 0")
+        if self.hr_factor < 1 or self.line_jitter_px < 0 or self.scan_noise < 0 or min(self.lr_shape) < 1:
+            raise ValueError("StemOptics: hr_factor >= 1, line_jitter_px >= 0, scan_noise >= 0, lr_shape >= 1 px")
+
+
+def stem_lattice(size_nm: tuple[float, float], optics: StemOptics, *, rng: np.random.Generator,
+                 rotation_deg: float = 7.0, vacancy_fraction: float = 0.02) -> np.ndarray:
+    """A clean HAADF specimen of ``size_nm`` (rows, cols in nm) on the ``optics.specimen_nm`` raster, signal in
+    [0, 1]: Gaussian columns (``column_sigma_nm``) on a square lattice (``lattice_nm``) rotated by
+    ``rotation_deg``, the body-centre sublattice at 0.45 of the corner one (Z-contrast), ``vacancy_fraction`` of
+    the columns missing, on a weak amorphous background."""
+    rows, cols = (int(round(v / optics.specimen_nm)) for v in size_nm)
+    if rows < 4 or cols < 4:
+        raise ValueError(f"specimen of {size_nm} nm is too small for {optics.specimen_nm} nm pixels")
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float64) * optics.specimen_nm
+    theta = math.radians(rotation_deg)
+    u = (x * math.cos(theta) + y * math.sin(theta)) / optics.lattice_nm  # lattice coordinates
+    v = (-x * math.sin(theta) + y * math.cos(theta)) / optics.lattice_nm
+    width = 2.0 * (optics.column_sigma_nm / optics.lattice_nm) ** 2
+    signal = np.zeros((rows, cols))
+    for shift, weight in ((0.0, 1.0), (0.5, 0.45)):  # corner columns, body-centre columns
+        du, dv = u - shift - np.round(u - shift), v - shift - np.round(v - shift)
+        columns = np.exp(-(du ** 2 + dv ** 2) / width)
+        cell = (np.round(u - shift).astype(np.int64) * 7919 + np.round(v - shift).astype(np.int64)) % 10007
+        missing = rng.random(10007) < vacancy_fraction
+        keep = ~missing[cell]
+        signal += weight * columns * keep
+    background = ndimage.gaussian_filter(rng.random((rows, cols)), 0.1 / optics.specimen_nm)
+    signal = 0.05 + 0.85 * signal + 0.1 * (background - background.min()) / max(np.ptp(background), 1e-12)
+    return np.clip(signal, 0.0, 1.0)
+
+
+def scan_stem(specimen: np.ndarray, optics: StemOptics, *, centre_nm: tuple[float, float], shape: tuple[int, int],
+              pixel_nm: float, dose: float | None, rng: np.random.Generator | None, jitter: bool = True,
+              scan_noise: bool = True) -> np.ndarray:
+    """A STEM scan (rows, cols float64, signal units) of ``specimen`` (from :func:`stem_lattice`) centred on
+    ``centre_nm`` (y, x) with ``pixel_nm`` pixels: the probe-blurred specimen point sampled at each pixel centre
+    (:func:`~.synthetic.scan`, bilinear between specimen pixels, no averaging over the pixel), Poisson counts in
+    ``dose`` (None: noise-free), each line shifted by ``optics.line_jitter_px`` and given its own gain/offset
+    (``optics.scan_noise``) unless ``jitter`` / ``scan_noise`` is False."""
+    step = pixel_nm / optics.specimen_nm  # specimen px per image px
+    box = (centre_nm[0] / optics.specimen_nm - shape[0] * step / 2, centre_nm[1] / optics.specimen_nm - shape[1] * step / 2,
+           int(shape[0]), int(shape[1]))
+    image = scan(specimen, field_box=box, pixel_size=step, probe_sigma_px=optics.probe_sigma_nm / pixel_nm,
+                 dose=None, read_noise=0.0, rng=rng, line_jitter_px=optics.line_jitter_px if jitter else 0.0)
+    if scan_noise and optics.scan_noise > 0:
+        if rng is None:
+            raise ValueError("rng is required for scan noise")
+        gain = 1.0 + rng.normal(0.0, optics.scan_noise, (shape[0], 1))
+        offset = rng.normal(0.0, optics.scan_noise / 2, (shape[0], 1))
+        image = np.clip(image * gain + offset, 0.0, None)
+    if dose is not None:
+        if rng is None:
+            raise ValueError("rng is required for shot noise")
+        image = rng.poisson(dose * image) / dose
+    return image
+
+
+def stem_pair(optics: StemOptics, *, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(LR frame, HR reference, LR pixel nm, HR pixel nm): an LR STEM frame of ``optics.lr_shape`` and an HR scan of
+    its central half at ``hr_factor`` times finer sampling, both point sampled from one lattice with their own
+    dose, jitter and scan noise; uint16 (signal [0, 1] -> 0..65535)."""
+    rows, cols = optics.lr_shape
+    size = (rows * optics.lr_pixel_nm * 1.2, cols * optics.lr_pixel_nm * 1.2)
+    specimen = stem_lattice(size, optics, rng=rng)
+    centre = (size[0] / 2, size[1] / 2)
+    hr_pixel = optics.lr_pixel_nm / optics.hr_factor
+    lr = scan_stem(specimen, optics, centre_nm=centre, shape=optics.lr_shape, pixel_nm=optics.lr_pixel_nm,
+                   dose=optics.dose, rng=rng)
+    hr = scan_stem(specimen, optics, centre_nm=centre, shape=(rows // 2 * optics.hr_factor, cols // 2 * optics.hr_factor),
+                   pixel_nm=hr_pixel, dose=optics.hr_dose, rng=rng)
+    as_counts = [np.rint(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16) for image in (lr, hr)]
+    return as_counts[0], as_counts[1], optics.lr_pixel_nm, hr_pixel

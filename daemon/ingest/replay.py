@@ -4,12 +4,12 @@
 already has: start ``refscope daemon --watch WATCH`` with those settings, then replay the session into ``WATCH``.
 
 Order and timing: each image's acquisition time comes from its vendor metadata (FEI/Thermo ``[User] Date/Time``,
-Zeiss ``AP_DATE``/``AP_TIME``, a sidecar's ``acquired_at``; :func:`refscope.daemon.tiff_read.read_image`); an image
+Zeiss ``AP_DATE``/``AP_TIME``, DM ``DataBar``, Velox/SER/MRC stamps; :func:`.readers.read_frames`); an image
 without one falls back to its file modification time, with a warning. Images are copied in time order (ties by
 name); the gap before each copy is the real gap divided by ``speed`` (default 1: real time), or a fixed ``gap_s``.
 Every copy is atomic -- written under a temporary name the watcher ignores (:data:`refscope.daemon.atomic.
-TEMP_MARKER`), then renamed -- so the daemon never sees a partial file; a ``<image>.json`` sidecar is copied just
-before its image. The session folder is only read; a file that already exists in ``WATCH`` is never overwritten.
+TEMP_MARKER`), then renamed -- so the daemon never sees a partial file; a ``<image>.json`` sidecar, and the
+``.emi`` of a TIA ``.ser``, are copied just before their image. The session folder is only read; a file that already exists in ``WATCH`` is never overwritten.
 """
 from __future__ import annotations
 
@@ -23,14 +23,15 @@ from pathlib import Path
 
 from ..atomic import atomic_writer
 from ..errors import InputFileError, RefscopeError
-from ..tiff_read import read_image
+from .readers import IMAGE_SUFFIXES, read_frames
+from .readers.ser import emi_companion
 
 __all__ = ["IMAGE_SUFFIXES", "ReplayError", "ReplayItem", "plan_replay", "replay"]
 
 _log = logging.getLogger("refscope.replay")
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
-"""File name endings replayed (case-insensitive); other files are left out, sidecars travel with their image."""
+# IMAGE_SUFFIXES (from .readers): file name endings replayed (case-insensitive); other files are left out, sidecars
+# and TIA .emi files travel with their image.
 
 
 class ReplayError(RefscopeError, ValueError):
@@ -68,7 +69,7 @@ def plan_replay(session_dir: str | Path) -> list[ReplayItem]:
     items = []
     for path in paths:
         try:
-            acquired = read_image(path).metadata.acquired_at
+            acquired = read_frames(path)[0].metadata.acquired_at
         except InputFileError as exc:
             raise ReplayError(f"{path}: cannot be replayed: {exc}") from None
         if isinstance(acquired, datetime):
@@ -115,8 +116,10 @@ def replay(items: Sequence[ReplayItem], into: str | Path, *, speed: float | None
             sleep(wait)
         target = folder / item.path.name
         sidecar = item.path.with_name(item.path.name + ".json")
-        if sidecar.is_file():
-            _copy_atomic(sidecar, folder / sidecar.name)
+        companion = emi_companion(item.path) if item.path.suffix.lower() == ".ser" else None
+        for extra in (sidecar, companion):
+            if extra is not None and extra.is_file() and not (folder / extra.name).exists():
+                _copy_atomic(extra, folder / extra.name)
         _copy_atomic(item.path, target)
         copied.append(target)
         if report is not None:

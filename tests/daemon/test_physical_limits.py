@@ -210,7 +210,9 @@ def test_the_daemon_refuses_oversized_inputs_before_they_enter_any_buffer(tmp_pa
     try:
         before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         _bomb(watch / "bomb.tif", 16384)  # 512 MB decoded, a few hundred KB on disk
-        tifffile.imwrite(watch / "big.tif", np.full((2048, 2048), 100, np.uint16))  # 1 GB of output at x8
+        # 1 GB of output at x8 (calibrated: an uncalibrated file is refused before, for its unknown pixel size)
+        tifffile.imwrite(watch / "big.tif", np.full((2048, 2048), 100, np.uint16), imagej=True,
+                         resolution=(1e3 / 10.0, 1e3 / 10.0), metadata={"unit": "micron"})
         write_tiff(watch / "small.tif", np.random.default_rng(0).integers(0, 999, (64, 64)).astype(np.uint16),
                    pixel_size_nm=10.0)
         wait_for(lambda: len(outputs(out)) == 1, 30, "the small frame enhanced")

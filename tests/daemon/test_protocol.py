@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,3 +321,31 @@ def test_fuzz_only_protocol_errors(header: bytes, buffer: bytes, extra_parts: li
             assert exc.reason_code in REASON_CODES
         else:
             assert result.data.ndim == 2
+
+
+def test_the_stem_sender_example_sends_frames_the_daemon_decodes(tmp_path) -> None:
+    """deploy/stem_zmq_sender.py (the documented STEM scan generator sender) on 127.0.0.1, an ephemeral port."""
+    import importlib.util
+
+    import zmq
+
+    from refscope.daemon.protocol import decode_frame
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "stem_zmq_sender.py"
+    spec = importlib.util.spec_from_file_location("stem_zmq_sender", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        assert module.send(f"tcp://127.0.0.1:{port}", 2, period_s=0.0, context=context) == 3
+        received = []
+        while len(received) < 3 and pull.poll(10000):
+            received.append(decode_frame(pull.recv_multipart(), source="zmq:test"))
+    finally:
+        pull.close(linger=0)
+        context.term()
+    assert [f.role for f in received] == ["hr", "lr", "lr"]
+    assert received[1].pixel_size_nm == pytest.approx(0.05) and received[0].pixel_size_nm == pytest.approx(0.025)
+    assert received[1].data.dtype == np.uint16 and received[1].data.shape == (128, 128)

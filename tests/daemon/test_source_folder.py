@@ -175,7 +175,8 @@ def test_garbage_and_truncated_files_are_reported_once_and_skipped(
         assert source.stats().rejected == 3
 
 
-def test_hidden_temporary_and_other_files_are_ignored(tmp_path: Path, use_polling: bool) -> None:
+def test_hidden_and_temporary_files_are_ignored_and_other_files_refused_by_name(tmp_path: Path,
+                                                                                use_polling: bool) -> None:
     (tmp_path / ".hidden_dir").mkdir()
     with make_source(tmp_path, use_polling=use_polling) as source:
         for name in [".hidden.tif", "frame.tif.tmp", "frame.tif.part", "frame.tmp", "~lock.tif", "notes.txt",
@@ -185,7 +186,12 @@ def test_hidden_temporary_and_other_files_are_ignored(tmp_path: Path, use_pollin
         write(tmp_path / "VISIBLE.TIF", 2)
         frames = collect(source, 1)
         assert [Path(f.source).name for f in frames] == ["VISIBLE.TIF"]
-        assert source.stats().rejected == 0
+        assert wait_for(lambda: source.stats().rejected == 1)
+        stats = source.stats()
+        assert stats.rejected_by_reason == {"not_matched": 1}  # never skipped silently (issue 19)
+        assert f"{tmp_path / 'notes.txt'}: refused (not_matched): its name matches none of the patterns" in " ".join(
+            stats.recent)
+        assert f"{tmp_path / 'VISIBLE.TIF'}: ingested" in stats.recent
 
 
 def test_subfolders_are_watched_when_recursive(tmp_path: Path, use_polling: bool) -> None:
