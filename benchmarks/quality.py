@@ -247,7 +247,7 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
              f"{time.strftime('%Y-%m-%d')}.",
              "Protocol: 3x4 subimages of each overlap (refscope's own registration of the raw FEI files); learn from "
              "the left 9, score the right 3, per-image linear intensity fit, Δ vs Keys bicubic (positive = better; "
-             "ΔFRC = bicubic's FRC-resolution period minus the method's, px of the S-grid, positive = finer). Every "
+             "FRC period: px of the S-grid at the 1/7 FRC crossing against the noisy HR, smaller = finer). Every "
              "setting and checkpoint chosen on the right quarter of the training area (validation strip), never on "
              f"the scored columns. Fine-tuning budget {budget_s:g} s on 1 thread; each `prior` was trained without the "
              "scored pair or any pair sharing a raw frame with it.", "",
@@ -305,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-texture-shift", action="store_true")
     parser.add_argument("--no-in-sample", action="store_true", help=argparse.SUPPRESS)  # accepted, as before
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--from-json", nargs=2, metavar=("COMMAND", "MINUTES"),
+                        help="re-render RESULTS.md from quality_results.json of the run COMMAND that took MINUTES")
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = json.loads((HERE / "quality_results.json").read_text())
+        write_section("quality12", render(results, args.from_json[0], 60 * float(args.from_json[1]), args.budget_s))
+        return 0
     if not (DATA / "pairs.json").is_file():
         print(f"real data not found at {DATA}", file=sys.stderr)
         return 2

@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from refscope.daemon.cli import main
+from refscope.daemon.learn.priors import load_prior
 from refscope.daemon.net_cli import fit_session_net, split_pairs
 from refscope.daemon.net_store import load_best, load_net, load_served
 from refscope.daemon.tiff_io import read_image, write_tiff
+from refscope.models.net_fit import net_predictor
 from refscope.models.pipeline import FitConfig, register_reference, training_grids
+from refscope.models.promotion import held_out_scores, summarise_scores
+from refscope.models.training import Normalisation
 from refscope.models.synthetic import make_pair
 
 LR_SHAPE = (96, 128)
@@ -101,10 +105,17 @@ def test_promotion_gate_rejects_corrupted_training(files, tmp_path: Path) -> Non
     train_lr, train_hr = pairs.train[0]
     noise = np.random.default_rng(0).normal(train_hr.mean(), train_hr.std(), train_hr.shape)
     pairs.train[0] = (train_lr, noise)  # HR replaced by noise: the labels carry no information
-    doc = fit_session_net(tmp_path / "bad", [lr], pairs, budget_s=2.0, bootstrap_fraction=0.0)
+    doc = fit_session_net(tmp_path / "bad", [lr], pairs, budget_s=2.0, bootstrap_fraction=0.0, use_prior=False)
     assert doc["scores"]["net"]["d_psnr_db"] < 0
     assert doc["best"] in ("paired", "bicubic")
     assert load_best(tmp_path / "bad")["best"] != "net"
+    # from the shipped prior, the checkpoint chosen on held-out area never falls below the prior itself
+    prior = load_prior("compact", 2)
+    prior.normalisation = Normalisation.from_images([lr])
+    floor = summarise_scores(held_out_scores(net_predictor(prior), pairs.held_out, scale=2))["d_psnr_db"]
+    doc = fit_session_net(tmp_path / "prior", [lr], pairs, budget_s=2.0, use_prior=True)
+    assert doc["scores"]["net"]["start"] == "prior"
+    assert doc["scores"]["net"]["d_psnr_db"] >= floor - 1e-6
 
 
 def test_train_rejects_worse_candidate(files, state: Path, tmp_path: Path, capsys) -> None:
