@@ -162,7 +162,7 @@ def prior_dir(priors: Path, exclude: list[str]) -> Path:
 
 
 def ensure_prior(priors: Path, exclude: list[str], scale: int, budget_s: float) -> Path:
-    from refscope.daemon.learn.priors import prior_folder
+    from refscope.daemon.learn.prior_store import prior_folder
 
     root = prior_dir(priors, exclude)
     if prior_folder("compact", scale, root) is None:
@@ -175,7 +175,7 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     """Fit paired, net, prior, prior+ft on the pair's training area; returns predictors and the validation choice."""
     import torch
 
-    from refscope.daemon.learn.priors import load_prior
+    from refscope.daemon.learn.prior_store import load_prior
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune, frame_normalisation
 

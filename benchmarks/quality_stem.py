@@ -34,7 +34,7 @@ from quality import OURS, PEERS, ensure_peers_env, our_models, peer_predictors, 
 from results_md import write_section  # noqa: E402
 from sem_pairs import LoadedPair  # noqa: E402
 
-from refscope.daemon.learn.priors import SHIPPED_PRIORS  # noqa: E402
+from refscope.daemon.learn.prior_store import SHIPPED_PRIORS  # noqa: E402
 from refscope.daemon.tiff_io import read_image  # noqa: E402
 from refscope.models.simulator import StemOptics, scan_stem  # noqa: E402
 

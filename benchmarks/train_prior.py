@@ -5,7 +5,7 @@
 For every S, a CompactSR network is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4
 grids), minus ``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality
 benchmark: a pair is never scored by a model that saw its images). Writes ``<out>/compact-x<S>/`` (the state
-folder :mod:`refscope.daemon.learn.priors` loads) and ``<out>/compact-x<S>/card.json`` (data, licence, budget,
+folder :mod:`refscope.daemon.learn.prior_store` loads) and ``<out>/compact-x<S>/card.json`` (data, licence, budget,
 steps, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
 
 The data: Thermo Fisher/FEI Versa 3D, 5 kV ETD secondary electrons, lung cells on an insert, Feb 2020; source

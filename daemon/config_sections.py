@@ -401,7 +401,7 @@ class TrainerConfig:
         retry_s: pause after a failed round, seconds.
         margin_db: a network must beat the serving model and bicubic by more than this on held-out area, dB.
         prior: start the session's network from the pretrained EM prior shipped for its network and scale
-            (:mod:`refscope.daemon.learn.priors`), fine-tuned with the checkpoint chosen on held-out reference area;
+            (:mod:`refscope.daemon.learn.prior_store`), fine-tuned with the checkpoint chosen on held-out reference area;
             off, or no prior for that scale: LR-only bootstrap then the pairs, as before.
     """
 

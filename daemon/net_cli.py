@@ -38,7 +38,7 @@ from refscope.models.stats import ttests_by_category
 
 from .atomic import atomic_write_json
 from .errors import InputFileError, StateError
-from .learn.priors import load_prior
+from .learn.prior_store import load_prior
 from .model_store import load_model
 from .net_store import (SessionPairs, finite_json, has_net, load_best, load_net, load_pairs, load_served, save_best,
                         save_net, save_pairs)
@@ -113,7 +113,7 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
     """Train the network on ``pairs.train``, validate network / paired library (fitted on the same training areas)
     / bicubic on ``pairs.held_out``, save network, pairs and ``best.json``; returns the ``best.json`` document.
 
-    With ``use_prior`` and a shipped prior for (network, S) (:mod:`.learn.priors`), the network is the prior
+    With ``use_prior`` and a shipped prior for (network, S) (:mod:`.learn.prior_store`), the network is the prior
     fine-tuned on the pairs, its checkpoint chosen on the held-out subimages; otherwise LR-only bootstrap then
     the pairs."""
     from refscope.models.net_fit import fit_network, net_predictor

@@ -37,7 +37,7 @@ from refscope.models.pipeline import enhance
 from refscope.models.promotion import decide_promotion, held_out_scores, summarise_scores
 
 from .errors import StateError
-from .learn.priors import load_prior
+from .learn.prior_store import load_prior
 from .model_store import load_model
 from .net_store import NET_STATE_NAME, finite_json, has_net, load_net, load_pairs, save_net
 from .serve.child import die_with_parent

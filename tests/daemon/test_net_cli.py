@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from refscope.daemon.cli import main
-from refscope.daemon.learn.priors import load_prior
+from refscope.daemon.learn.prior_store import load_prior
 from refscope.daemon.net_cli import fit_session_net, split_pairs
 from refscope.daemon.net_store import load_best, load_net, load_served
 from refscope.daemon.tiff_io import read_image, write_tiff

@@ -10,7 +10,7 @@ import torch
 
 from refscope.daemon.cli import main
 from refscope.daemon.errors import StateError
-from refscope.daemon.learn.priors import SHIPPED_PRIORS, load_prior, prior_folder
+from refscope.daemon.learn.prior_store import SHIPPED_PRIORS, load_prior, prior_folder
 from refscope.daemon.net_store import SessionPairs, load_best, save_net, save_pairs
 from refscope.daemon.tiff_io import write_tiff
 from refscope.daemon.train_round import RoundSpec, run_round
