@@ -60,8 +60,6 @@ PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11":
 PEERS_ENV = HERE / "peers" / ".venv"
 PEERS = ("blur", "nlm", "bm3d")
 OURS = ("paired", "net", "prior", "prior+ft", "best")
-BLUR_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
-NLM_H = (0.4, 0.6, 0.8, 1.0, 1.2)
 BM3D_MULT = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
@@ -121,38 +119,28 @@ def ensure_peers_env() -> bool:
 
 
 def peer_predictors(lr_frame: np.ndarray, validation, scored, scale: int, with_bm3d: bool) -> dict:
-    """For each peer: its chosen setting and its outputs on the validation and scored subimages."""
-    from scipy import ndimage
-    from skimage.restoration import denoise_nl_means
+    """For each peer: its setting chosen on the validation subimages and its outputs on the scored ones (blur and
+    NLM are the package's own, :mod:`refscope.models.peers`; BM3D runs in the peers environment)."""
+    from refscope.models.peers import tuned_peers
 
-    sigma = estimate_noise_sigma(lr_frame)
-    subs = [lr for lr, _ in validation] + [lr for lr, _ in scored]
-    nv = len(validation)
-    out = {}
-
-    def pick(name, settings, outputs):  # outputs[setting][i] for every sub
-        val = {s: float(np.mean([psnr(ref, fit_intensity(outputs[s][i], ref))
-                                 - psnr(ref, fit_intensity(upsample_bicubic(lr, scale), ref))
-                                 for i, (lr, ref) in enumerate(validation)])) for s in settings}
-        best = max(val, key=val.get)
-        out[name] = {"setting": best, "validation": val, "scored": outputs[best][nv:]}
-
-    blurred = {s: [ndimage.gaussian_filter(upsample_bicubic(lr, scale), s) for lr in subs] for s in BLUR_SIGMAS}
-    pick("blur", BLUR_SIGMAS, blurred)
-    nlm = {h: [upsample_bicubic(denoise_nl_means(lr, h=h * sigma, sigma=sigma, patch_size=5, patch_distance=6,
-                                                 fast_mode=True), scale) for lr in subs] for h in NLM_H}
-    pick("nlm", NLM_H, nlm)
+    out = {name: {"setting": setting, "scored": [predict(lr) for lr, _ in scored]}
+           for name, (predict, setting) in tuned_peers(validation, scale=scale, lr_frame=lr_frame).items()}
     if with_bm3d:
+        sigma = estimate_noise_sigma(lr_frame)
+        subs = [lr for lr, _ in validation] + [lr for lr, _ in scored]
+        nv = len(validation)
         sig = [m * sigma for m in BM3D_MULT]
         on_lr = bm3d_batch(subs, sig)
-        ups = [upsample_bicubic(lr, scale) for lr in subs]
-        on_up = bm3d_batch(ups, [0.7 * s for s in sig])
+        on_up = bm3d_batch([upsample_bicubic(lr, scale) for lr in subs], [0.7 * s for s in sig])
         outputs = {}
         for j, m in enumerate(BM3D_MULT):
             outputs[("lr", m)] = [upsample_bicubic(on_lr[i][j].astype(np.float64), scale) for i in range(len(subs))]
             outputs[("up", m)] = [on_up[i][j].astype(np.float64) for i in range(len(subs))]
-        pick("bm3d", list(outputs), outputs)
-        out["bm3d"]["setting"] = f"{out['bm3d']['setting'][0]} x{out['bm3d']['setting'][1]}"
+        val = {k: float(np.mean([psnr(ref, fit_intensity(outputs[k][i], ref))
+                                 - psnr(ref, fit_intensity(upsample_bicubic(lr, scale), ref))
+                                 for i, (lr, ref) in enumerate(validation)])) for k in outputs}
+        best = max(val, key=val.get)
+        out["bm3d"] = {"setting": f"{best[0]} x{best[1]}", "scored": outputs[best][nv:]}
     return out
 
 

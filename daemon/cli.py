@@ -414,7 +414,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.methods is None:
         args.methods = () if args.model else ("paired", "paired-faithful", "original")
     args.methods = tuple(args.methods) + tuple(extra)
-    if args.model or "net" in args.methods or args.protocol == "standard":
+    if args.model or "net" in args.methods or args.protocol == "standard" or args.peers:
         from . import net_cli
 
         return net_cli.cmd_evaluate(args, lr, hr)
@@ -641,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the network training")
     _net_flags(p)
     p.add_argument("--no-in-sample", action="store_true", help="score only the 3 out-of-sample subimages (faster)")
+    p.add_argument("--peers", action="store_true",
+                   help="also score the classical peers (a Gaussian blur of bicubic, non-local means of the LR), each "
+                   "tuned on the right quarter of the training area, never on the scored subimages")
     p.add_argument("--json", metavar="F", help="write every score, the summary, geometry and settings as JSON")
     p.add_argument("--csv", metavar="F", help="write the summary rows as CSV")
     p.add_argument("--plot", metavar="F.png", help="write a bar chart of the PSNR gains as PNG")

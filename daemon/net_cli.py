@@ -461,6 +461,13 @@ def cmd_evaluate(args: argparse.Namespace, lr: LoadedImage, hr: LoadedImage) -> 
         fit = fit_network([train_lr], [(train_lr, train_hr)], scale=scale, network=args.network,
                           budget_s=args.budget_s, seed=args.seed)
         predictors["net"] = net_predictor(fit)
+    if getattr(args, "peers", False):
+        from refscope.models.peers import tuned_peers
+
+        validation = split_for_validation(train_lr, train_hr, scale=scale).held_out
+        for name, (predict, setting) in tuned_peers(validation, scale=scale, lr_frame=lr.data).items():
+            predictors[name] = predict
+            print(f"peer {name}: setting {setting:g} chosen on the right quarter of the training area")
     model_name = None
     if model_bytes is not None:
         from refscope.models.manifest import ModelManifest
@@ -501,6 +508,7 @@ def cmd_evaluate(args: argparse.Namespace, lr: LoadedImage, hr: LoadedImage) -> 
     settings = {"lr": str(lr.path), "hr": str(hr.path), "lr_pixel_size_nm": lr.pixel_size_nm,
                 "hr_pixel_size_nm": hr.pixel_size_nm, "protocol": "physical", "methods": methods,
                 "model": args.model, "budget_s": args.budget_s if "net" in methods else None,
+                "peers": bool(getattr(args, "peers", False)),
                 "in_sample": in_sample, "elapsed_s": seconds}
     if args.json:
         from dataclasses import asdict

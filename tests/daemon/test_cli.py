@@ -145,6 +145,21 @@ def test_evaluate_writes_json_csv_and_png(files, tmp_path: Path, capsys) -> None
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_peers_scores_tuned_blur_and_nlm_beside_the_methods(files, tmp_path: Path, capsys) -> None:
+    out_json = tmp_path / "peers.json"
+    code = main(["evaluate", str(files["lr"]), str(files["hr"]), "--no-in-sample", "--methods", "paired", "--peers",
+                 "--json", str(out_json)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "peer blur: setting" in printed and "peer nlm: setting" in printed
+    report = json.loads(out_json.read_text())
+    methods = {r["method"] for r in report["summary"] if r["sample"] == "out"}
+    assert {"paired", "blur", "nlm"} <= methods and report["settings"]["peers"] is True
+    for name in ("blur", "nlm"):
+        row = next(r for r in report["summary"] if r["method"] == name and r["sample"] == "out")
+        assert np.isfinite(row["d_psnr"]) and row["n"] == 3
+
+
 def test_demo_prints_the_table(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--offline", "--small", "--seed", "2", "--workdir", str(tmp_path), "--json",
                  str(tmp_path / "d.json")]) == 0
