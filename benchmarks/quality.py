@@ -257,7 +257,8 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
     peers = [m for m in PEERS if m in have]
     if peers:
         lines += ["", "Per pair: the strongest peer, `best` against it, what `best` served, and the peers' settings:", "",
-                  "| pair | strongest peer | its ΔPSNR | best ΔPSNR | best − peer | best chose | fine-tune s (best step / steps) | peer settings |",
+                  "| pair | strongest peer | its ΔPSNR | best ΔPSNR | best − peer | best chose "
+                  "| fine-tune s (best step / steps) | peer settings |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in results:
             top = max(peers, key=lambda m: r["methods"][m]["d_psnr"])
