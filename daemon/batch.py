@@ -53,6 +53,7 @@ from .batch_compute import ModelSpec, model_key, slab_graph
 from .batch_files import (PROGRESS_DIR, RECORD_FORMAT, block_ok, output_done, probe_input, read_record, read_slices,
                           same_key, write_stack)
 from .errors import InputFileError, RefscopeError, StateError
+from .provenance import model_id, provenance
 from .tiff_io import acquisition_metadata, output_pixels, read_image, write_tiff
 
 __all__ = ["BatchConfig", "BatchJob", "BatchReport", "PROGRESS_DIR", "load_batch_model", "plan_jobs", "run_batch"]
@@ -141,7 +142,7 @@ def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ModelSp
         window = int(fit.network_kwargs.get("window", 8)) if fit.network == "emsr" else 1
         doc = manifest.to_dict()
         return ModelSpec(key=model_key(data, doc, "net"), method="net", scale=manifest.scale,
-                         halo=int(network.halo), align=math.lcm(2, window), onnx_bytes=data, manifest=doc), label
+                         model_id=model_id(folder, "net"), halo=int(network.halo), align=math.lcm(2, window), onnx_bytes=data, manifest=doc), label
     from .model_store import load_model
     from .net_store import load_served
     from .state_store import has_state
@@ -158,6 +159,7 @@ def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ModelSp
     doc = manifest.to_dict()
     stride = model.paired.query_stride(model.scale)
     return ModelSpec(key=model_key(data, doc, "paired"), method="paired", scale=model.scale,
+                     model_id=model_id(folder, "paired"),
                      halo=receptive_radius(model.scale, model.library.patch_size, stride),
                      align=stride // math.gcd(model.scale, stride), onnx_bytes=data, manifest=doc), label
 
@@ -367,7 +369,8 @@ def _write_frame(task: _Task, spec: ModelSpec, image: np.ndarray, label: str, re
     s = spec.scale
     pixel = task.pixel_nm / s if task.pixel_nm else None
     write_tiff(task.job.output, output_pixels(image, task.pixel_type), pixel_size_nm=pixel,  # as enhance
-               metadata={"method": spec.method, "scale": s, "source": str(task.job.source), **task.source_meta})
+               metadata={"method": spec.method, "scale": s, "source": str(task.job.source),
+                         **provenance(task.job.source, model=spec.model_id), **task.source_meta})
     _commit(task)
     report.written += 1
     if not config.quiet:
@@ -390,7 +393,8 @@ def _finish(task: _Task, spec: ModelSpec, label: str, report: BatchReport, confi
     pixel = task.pixel_nm / s if task.pixel_nm else None
     try:
         write_stack(task.job.output, slices(), out_shape, pixel_size_nm=pixel,
-                    metadata={"method": spec.method, "scale": s, "source": str(task.job.source), "slices": z})
+                    metadata={"method": spec.method, "scale": s, "source": str(task.job.source), "slices": z,
+                              **provenance(task.job.source, model=spec.model_id)})
         _commit(task)
     except (OSError, ValueError) as exc:
         task.failed = True

@@ -73,6 +73,7 @@ class ModelSpec:
         align: window starts must be multiples of this many LR px (the model's grid anchor).
         onnx_bytes: the serialized ONNX model; None for bicubic (computed with NumPy in float64).
         manifest: :meth:`ModelManifest.to_dict` of the ONNX model (scale and intensity map); None for bicubic.
+        model_id: the saved model that serves, for the outputs' provenance (:func:`~.provenance.model_id`).
     """
 
     key: str
@@ -82,6 +83,7 @@ class ModelSpec:
     align: int = 1
     onnx_bytes: bytes | None = field(default=None, repr=False)
     manifest: dict[str, Any] | None = None
+    model_id: str | None = None
 
     @property
     def depth(self) -> int:

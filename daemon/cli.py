@@ -55,6 +55,7 @@ from .model_domain import ModelDomain
 from .model_store import load_domain, load_model, save_model
 from .pairing import PairingHooks
 from .progress import Steps, progress
+from .provenance import model_id, provenance, refscope_version
 from .config import ModelConfig, ServeConfig
 from .report import format_table, write_csv, write_json, write_plot
 from .serving import ServingEngine
@@ -267,13 +268,14 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     with progress(f"{command}: {len(files)} frame(s)", len(files), quiet=quiet or len(files) < 2) as steps:
         failed = _enhance_each(files, outputs, steps, server=server if runner is None else None, runner=runner,
                                domain=domain, strict=strict, command=command, method=method, scale=scale, label=label,
-                               dtype=dtype, detector=detector)
+                               dtype=dtype, detector=detector, state_dir=state_dir)
     return 2 if failed else 0
 
 
 def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, server: Any, runner: Any,
                   domain: ModelDomain | None, strict: bool, command: str, method: str, scale: int,
-                  label: str | None, dtype: str = "input", detector: str | None = None) -> int:
+                  label: str | None, dtype: str = "input", detector: str | None = None,
+                  state_dir: str | Path | None = None) -> int:
     """The per-file loop of :func:`enhance_files` (a stack file: every frame, one stacked output); returns how many
     files failed."""
     failed = 0
@@ -302,7 +304,8 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
             continue
         frame = frames[0]
         pixel = frame.pixel_size_nm / scale if frame.pixel_size_nm else None
-        metadata = {"method": method, "scale": scale, "source": str(src), **acquisition_metadata(frame)}
+        metadata = {"method": method, "scale": scale, "source": str(src),
+                    **provenance(src, model=model_id(state_dir, method)), **acquisition_metadata(frame)}
         height, width = results[0].shape
         if len(results) == 1:
             write_tiff(dst, output_pixels(results[0], frame.pixel_type if dtype == "input" else "float32"),
@@ -686,12 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("refscope")
-    except Exception:  # noqa: BLE001 - not installed: running from a checkout
-        return "unknown"
+    return refscope_version()
 
 
 def _one_line(exc: BaseException) -> str:

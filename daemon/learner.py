@@ -60,7 +60,7 @@ from .frames import Frame
 from .model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model
 from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
 from .publish import EventPublisher
-from .state_store import has_state, state_paths
+from .state_store import has_state, state_sha256
 from .worker import lower_priority, supervised
 
 __all__ = [
@@ -575,11 +575,7 @@ class Learner:
 
 def _library_sha256(state_dir: Path) -> str | None:
     """Checksum of the saved library (from its manifest), None when unreadable."""
-    try:
-        document = json.loads(state_paths(state_dir, MODEL_STATE_NAME)[1].read_text(encoding="utf-8"))
-        return str(document["refscope_state"]["npz_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return state_sha256(state_dir, MODEL_STATE_NAME)
 
 
 def _write_version(state_dir: Path, version: int, delta_db: float, library_size: int, sources: list[str]) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 from .atomic import atomic_write_bytes, atomic_write_json, to_jsonable
 from .errors import StateError
 
-__all__ = ["save_arrays", "load_arrays", "has_state", "state_paths", "STATE_FORMAT", "STATE_FORMAT_VERSION"]
+__all__ = ["save_arrays", "load_arrays", "has_state", "state_paths", "state_sha256", "STATE_FORMAT",
+           "STATE_FORMAT_VERSION"]
 
 STATE_FORMAT = "refscope-state"
 STATE_FORMAT_VERSION = 1
@@ -52,6 +53,15 @@ def state_paths(state_dir: str | os.PathLike[str], name: str) -> tuple[Path, Pat
     _check_name(name)
     folder = Path(state_dir)
     return folder / f"{name}.npz", folder / f"{name}.json"
+
+
+def state_sha256(state_dir: str | os.PathLike[str], name: str) -> str | None:
+    """SHA-256 of state ``name``'s weights as its manifest records it (the state's identity), None if unreadable."""
+    try:
+        document = json.loads(state_paths(state_dir, name)[1].read_text(encoding="utf-8"))
+        return str(document["refscope_state"]["npz_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def has_state(state_dir: str | os.PathLike[str], name: str) -> bool:

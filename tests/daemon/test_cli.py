@@ -78,6 +78,8 @@ def test_enhance_one_file(files, state, tmp_path: Path, capsys) -> None:
     image = read_image(out)
     assert image.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1]) and image.data.dtype == np.float32
     assert image.pixel_size_nm == pytest.approx(5.0)
+    provenance = {k: image.metadata.extra.pop(k) for k in ("refscope_version", "source_sha256", "model_id")}
+    assert provenance["model_id"].startswith("library:")  # checked in test_enhance_outputs_carry_provenance
     assert image.metadata.extra == {"method": "paired", "scale": 2, "source": str(files["lr"]),
                                     "source_vendor": "imagej", "source_dtype": "float32", "source_pixel_size_nm": 10.0}
 
@@ -158,6 +160,21 @@ def test_evaluate_peers_scores_tuned_blur_and_nlm_beside_the_methods(files, tmp_
     for name in ("blur", "nlm"):
         row = next(r for r in report["summary"] if r["method"] == name and r["sample"] == "out")
         assert np.isfinite(row["d_psnr"]) and row["n"] == 3
+
+
+def test_enhance_outputs_carry_provenance(files, state: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    from refscope.daemon.state_store import state_sha256
+
+    source_sha = hashlib.sha256(files["lr"].read_bytes()).hexdigest()
+    for method, expected_model in (("paired", f"library:{state_sha256(state, 'library')[:12]}"), ("bicubic", None)):
+        out = tmp_path / f"{method}.tif"
+        assert main(["enhance", str(state), str(files["lr"]), "-o", str(out), "--method", method]) == 0
+        extra = read_image(out).metadata.extra
+        assert extra["source_sha256"] == source_sha and extra["method"] == method
+        assert extra["refscope_version"] and extra["refscope_version"] != ""
+        assert extra.get("model_id") == expected_model
 
 
 def test_demo_prints_the_table(tmp_path: Path, capsys) -> None:
