@@ -52,6 +52,7 @@ from refscope.models.evaluation import COLS, ROWS, split_subimages  # noqa: E402
 from refscope.models.image_ops import upsample_bicubic  # noqa: E402
 from refscope.models.metrics import fit_intensity, psnr, score_all  # noqa: E402
 from refscope.models.noise import estimate_noise_sigma  # noqa: E402
+from refscope.models.peers import tune, tuned_peers  # noqa: E402
 from refscope.models.pipeline import FitConfig, enhance, fit_library  # noqa: E402
 from refscope.models.promotion import split_for_validation  # noqa: E402
 
@@ -75,18 +76,9 @@ def scored_subimages(p: LoadedPair, scale: int) -> list[tuple[np.ndarray, np.nda
             for r in range(ROWS)]
 
 
-def mean_delta_psnr(predict, subs, scale: int) -> float:
-    out = []
-    for lr, ref in subs:
-        base = psnr(ref, fit_intensity(upsample_bicubic(lr, scale), ref))
-        out.append(psnr(ref, fit_intensity(np.asarray(predict(lr), np.float64), ref)) - base)
-    return float(np.mean(out))
-
-
 def choose(candidates: dict, validation, scale: int):
     """(name, validation ΔPSNR per candidate) of the candidate predictor best on the validation subimages."""
-    scores = {k: mean_delta_psnr(f, validation, scale) for k, f in candidates.items()}
-    return max(scores, key=scores.get), scores
+    return tune(candidates.__getitem__, list(candidates), validation, scale=scale)
 
 
 # ------------------------------------------------------------------------------------------------ peers
@@ -121,8 +113,6 @@ def ensure_peers_env() -> bool:
 def peer_predictors(lr_frame: np.ndarray, validation, scored, scale: int, with_bm3d: bool) -> dict:
     """For each peer: its setting chosen on the validation subimages and its outputs on the scored ones (blur and
     NLM are the package's own, :mod:`refscope.models.peers`; BM3D runs in the peers environment)."""
-    from refscope.models.peers import tuned_peers
-
     out = {name: {"setting": setting, "scored": [predict(lr) for lr, _ in scored]}
            for name, (predict, setting) in tuned_peers(validation, scale=scale, lr_frame=lr_frame).items()}
     if with_bm3d:
@@ -192,10 +182,16 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     return predictors, validation, info
 
 
-def score(subs, estimates: list[np.ndarray]) -> dict:
+def bicubic_scores(subs) -> list:
+    """The bicubic baseline's scores on each (LR, reference) subimage, computed once per set of subimages."""
+    return [score_all(ref, upsample_bicubic(lr, ref.shape[0] // lr.shape[0])) for lr, ref in subs]
+
+
+def score(subs, estimates: list[np.ndarray], baselines: list) -> dict:
+    """Mean Δ to bicubic (``baselines``: :func:`bicubic_scores` of ``subs``) of ``estimates`` on ``subs``."""
     rows = []
-    for (lr, ref), est in zip(subs, estimates):
-        s, b = score_all(ref, est), score_all(ref, upsample_bicubic(lr, ref.shape[0] // lr.shape[0]))
+    for (_, ref), est, b in zip(subs, estimates, baselines):
+        s = score_all(ref, est)
         rows.append({"d_psnr": s.psnr - b.psnr, "d_ssim": s.ssim - b.ssim, "frc_px": s.frc_resolution_px,
                      "frc_px_bicubic": b.frc_resolution_px})
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"per_sub": [r["d_psnr"] for r in rows]}
@@ -208,18 +204,20 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
     scored = scored_subimages(p, scale)
     predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s)
     result = {"pair": name, "factor": p.factor, "scale": scale, "info": info, "methods": {}}
+    baselines = bicubic_scores(scored)
     for method in OURS:
-        result["methods"][method] = score(scored, [predictors[method](lr) for lr, _ in scored])
+        result["methods"][method] = score(scored, [predictors[method](lr) for lr, _ in scored], baselines)
     peers = peer_predictors(p.lr, validation, scored, scale, with_bm3d)
     for method, res in peers.items():
-        result["methods"][method] = score(scored, res["scored"]) | {"setting": str(res["setting"])}
+        result["methods"][method] = score(scored, res["scored"], baselines) | {"setting": str(res["setting"])}
     if texture_shift and name in PARTNER:
         other = load_pair(PARTNER[name])
         shift_root = prior_dir(Path(priors), sorted([name, other.name]))
         shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, with_net=False)
         target = scored_subimages(other, scale)
+        target_baselines = bicubic_scores(target)
         result["shift"] = {"onto": other.name, "info": shift_info,
-                           "methods": {m: score(target, [shifted[m](lr) for lr, _ in target])
+                           "methods": {m: score(target, [shifted[m](lr) for lr, _ in target], target_baselines)
                                        for m in ("paired", "prior", "prior+ft", "best")}}
     result["seconds"] = time.perf_counter() - start
     return result

@@ -30,7 +30,8 @@ from scipy import ndimage
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from quality import OURS, PEERS, ensure_peers_env, our_models, peer_predictors, score, scored_subimages  # noqa: E402
+from quality import (OURS, PEERS, bicubic_scores, ensure_peers_env, our_models, peer_predictors, score,  # noqa: E402
+                     scored_subimages)
 from results_md import write_section  # noqa: E402
 from sem_pairs import LoadedPair  # noqa: E402
 
@@ -75,9 +76,12 @@ def run_image(name: str, path: str, scale: int, budget_s: float, with_bm3d: bool
     scored = scored_subimages(p, scale)
     predictors, validation, info = our_models(p, scale, SHIPPED_PRIORS, budget_s)
     result = {"image": name, "file": Path(path).name, "scale": scale, "lr_shape": list(p.lr.shape), "info": info,
-              "methods": {m: score(scored, [predictors[m](lr) for lr, _ in scored]) for m in OURS}}
+              "methods": {}}
+    baselines = bicubic_scores(scored)
+    for method in OURS:
+        result["methods"][method] = score(scored, [predictors[method](lr) for lr, _ in scored], baselines)
     for method, res in peer_predictors(p.lr, validation, scored, scale, with_bm3d).items():
-        result["methods"][method] = score(scored, res["scored"]) | {"setting": str(res["setting"])}
+        result["methods"][method] = score(scored, res["scored"], baselines) | {"setting": str(res["setting"])}
     result["seconds"] = time.perf_counter() - start
     return result
 

@@ -41,15 +41,16 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
-    pairs = []
+    pairs, files = [], []
     for name in names:
         p = load_pair(name)
         lr_region, hr_grid = p.region(scale)
         pairs.append(PriorPair(p.lr, lr_region, hr_grid, name))
+        files.extend(p.files)
     print(f"x{scale}: training on {', '.join(names)} for {budget_s:g} s", flush=True)
     fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed))
     folder = out / f"{fit.network}-x{scale}"
-    save_net(folder, fit, sources=[f for name in names for f in load_pair(name).files])
+    save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
             "licence_of_data": "MIT", "degradation": "none: physical LR/HR pairs (point-sampled, noisy LR scans)",
             "loss": "L2 against the noisy HR grid (Noise2Noise)", "budget_s": budget_s,

@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``refscope`` argument parser with its fit/enhance/evaluate/demo subcommands."""
     parser = _Parser(prog="refscope", description="Super-resolution of SEM frames learned from paired HR reference "
                      "scans (Qian et al., IEEE TIP 2020).")
-    parser.add_argument("--version", action="version", version=f"refscope {_version()}")
+    parser.add_argument("--version", action="version", version=f"refscope {refscope_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress to stderr (-vv: debug)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log progress to stderr")
@@ -686,10 +686,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub)
     add_replay_parser(sub)
     return parser
-
-
-def _version() -> str:
-    return refscope_version()
 
 
 def _one_line(exc: BaseException) -> str:

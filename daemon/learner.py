@@ -573,16 +573,11 @@ class Learner:
 # -------------------------------------------------------------------------------------- saved version
 
 
-def _library_sha256(state_dir: Path) -> str | None:
-    """Checksum of the saved library (from its manifest), None when unreadable."""
-    return state_sha256(state_dir, MODEL_STATE_NAME)
-
-
 def _write_version(state_dir: Path, version: int, delta_db: float, library_size: int, sources: list[str]) -> None:
     """Write ``model_version.json`` atomically, tied to the library just saved by its checksum."""
     atomic_write_json(state_dir / MODEL_VERSION_FILE, {
         "version": int(version),
-        "library_sha256": _library_sha256(state_dir),
+        "library_sha256": state_sha256(state_dir, MODEL_STATE_NAME),
         "held_out_delta_db": _finite(delta_db),
         "library_size": int(library_size),
         "sources": sources,
@@ -613,7 +608,7 @@ def load_initial(state_dir: str | Path) -> tuple[FittedModel | None, int]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _log.warning("%s: unreadable (%s); counting the saved model as version 1", path, exc)
         return model, 1
-    if recorded_sha is not None and recorded_sha != _library_sha256(folder):
+    if recorded_sha is not None and recorded_sha != state_sha256(folder, MODEL_STATE_NAME):
         _log.warning("%s: describes version %d but the saved library is newer; resuming as version %d",
                      path, version, version + 1)
         return model, version + 1

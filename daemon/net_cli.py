@@ -38,7 +38,7 @@ from refscope.models.stats import ttests_by_category
 
 from .atomic import atomic_write_json
 from .errors import InputFileError, StateError
-from .learn.prior_store import load_prior
+from .learn.prior_store import load_prior, prior_folder
 from .model_store import load_model
 from .net_store import (SessionPairs, finite_json, has_net, load_best, load_net, load_pairs, load_served, save_best,
                         save_net, save_pairs)
@@ -160,8 +160,8 @@ def fit_net(args: argparse.Namespace, lr: LoadedImage, refs: list[LoadedImage],
     _set_threads(args.threads)
     sources = [[str(lr.path), str(hr.path)] for hr in refs]
     pairs = split_pairs(regions, scale=config.scale, sources=sources)
-    start = ("the pretrained prior" if not getattr(args, "no_prior", False) and load_prior(args.network, config.scale)
-             else "LR-only bootstrap")
+    start = ("the pretrained prior" if not getattr(args, "no_prior", False) and prior_folder(args.network, config.scale)
+             else "LR-only bootstrap")  # found here, loaded (checksums verified) once by fit_session_net
     print(f"network: {args.network} x{config.scale}, training {args.budget_s:g} s ({start}, then "
           f"{len(pairs.train)} pair training area(s)), validating on {len(pairs.held_out)} held-out subimages")
     doc = fit_session_net(args.output, [lr.data], pairs, budget_s=args.budget_s, network=args.network,

@@ -156,13 +156,19 @@ def _fail(path: Path, problem: str, *, incomplete: bool = False) -> InputFileErr
     return cls(f"{path}: {problem}")
 
 
-def _positive(value: Any) -> float | None:
-    """``value`` as a positive finite float, else None."""
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, else None (metadata numbers may be strings, NaN or missing)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) and number > 0 else None
+    return number if math.isfinite(number) else None
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` as a positive finite float, else None."""
+    number = finite_or_none(value)
+    return number if number is not None and number > 0 else None
 
 
 def _clean(value: float) -> float:

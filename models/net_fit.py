@@ -41,7 +41,7 @@ from .training import (Normalisation, PatchSource, TrainConfig, export_network, 
 
 __all__ = ["NET_STRATEGIES", "NetFit", "fit_network", "net_predictor", "default_patch", "score_predictors",
            "subimage_categories", "PooledSource", "lr_only_config", "standard_evaluation", "StandardScore",
-           "export_netfit"]
+           "export_netfit", "train_phase", "phase_record"]
 
 NET_STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -166,7 +166,7 @@ class _BestCheckpoint:
             self.consider(self._steps_before)
 
 
-def _phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_tail: float = 0.25,
+def train_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_tail: float = 0.25,
            on_step=None) -> list:
     """Train for ``budget_s`` seconds; the last ``lr_tail`` of the time at a quarter of the learning rate."""
     results = []
@@ -181,7 +181,7 @@ def _phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_
     return results
 
 
-def _record(strategy: str, results: list) -> dict:
+def phase_record(strategy: str, results: list) -> dict:
     losses = [v for r in results for v in r.losses]
     n = max(1, len(losses) // 20)
     return {"strategy": strategy, "steps": int(sum(r.steps for r in results)),
@@ -263,9 +263,9 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         source = PooledSource(make_lr_only_dataset(lr_frames, scale, p, normalisation=norm,
                                                    config=multiscale or lr_only_config(scale)))
         cfg = TrainConfig(strategy="lr-only", patch=p, batch=batch, lr=bootstrap_lr, steps=10 ** 9, seed=seed)
-        results = _phase(net, cfg, source, boot, state, lr_tail=0.25 if strategy == "lr-only" else 0.0)
+        results = train_phase(net, cfg, source, boot, state, lr_tail=0.25 if strategy == "lr-only" else 0.0)
         state = results[-1].state_dict if results else state
-        history.append(_record("lr-only", results))
+        history.append(phase_record("lr-only", results))
     if strategy != "lr-only":
         left = max(budget_s - (time.perf_counter() - start), 0.05 * budget_s)
         if strategy == "synthetic":
@@ -278,9 +278,9 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
             if state is not None:
                 warm_start(net, state)
             keeper.consider(0)  # the warm start itself is a candidate
-        results = _phase(net, cfg, source, left, state, on_step=keeper.on_step if keeper else None)
+        results = train_phase(net, cfg, source, left, state, on_step=keeper.on_step if keeper else None)
         state = results[-1].state_dict if results else state
-        record = _record(strategy, results)
+        record = phase_record(strategy, results)
         if keeper is not None:
             keeper.consider(record["steps"])
             state = keeper.state

@@ -23,7 +23,6 @@ Plain L2 against the noisy HR grid: with HR noise independent of the LR's, the m
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,9 +30,9 @@ import numpy as np
 
 from .image_ops import upsample_bicubic
 from .metrics import fit_intensity_coefficients
-from .net_fit import NetFit, fit_network
+from .net_fit import NetFit, fit_network, phase_record, train_phase
 from .networks import build_network
-from .training import Normalisation, TrainConfig, make_real_pair_dataset, train
+from .training import Normalisation, TrainConfig, make_real_pair_dataset
 
 #: How a session fine-tunes a prior (chosen on the validation strips of the physical pairs, issue 12): a small
 #: learning rate (a fifth of training from scratch) so the prior is adapted rather than overwritten, L2 (see above),
@@ -120,18 +119,12 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
         raise ValueError(f"prior pair(s) {small} have an LR overlap under 8 px; drop them")
     source = make_real_pair_dataset(regions, scale, patch, normalisation=IDENTITY, intensity_fit=False)
     net = build_network(config.network, scale=scale, seed=config.seed, **config.network_kwargs)
-    start = time.perf_counter()
-    state, steps, losses = None, 0, []
-    for index, (share, rate) in enumerate(((0.75, config.lr), (0.25, config.lr / 4))):
-        cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=rate,
-                          steps=10 ** 9, seed=config.seed + 1000 * index)
-        result = train(net, cfg, source, init_state=state, budget_s=config.budget_s * share)
-        state, steps, losses = result.state_dict, steps + result.steps, losses + list(result.losses)
-    n = max(1, len(losses) // 20)
-    history = [{"strategy": "prior", "steps": steps, "seconds": time.perf_counter() - start,
-                "pairs": [p.name for p in pairs], "loss_first": float(np.mean(losses[:n])),
-                "loss_last": float(np.mean(losses[-n:]))}]
-    return NetFit(config.network, int(scale), state, IDENTITY, dict(config.network_kwargs), "prior", history)
+    cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=config.lr,
+                      steps=10 ** 9, seed=config.seed)
+    results = train_phase(net, cfg, source, config.budget_s, None)
+    history = [{**phase_record("prior", results), "pairs": [p.name for p in pairs]}]
+    return NetFit(config.network, int(scale), results[-1].state_dict, IDENTITY, dict(config.network_kwargs), "prior",
+                  history)
 
 
 def fine_tune(prior: NetFit, lr_frames: Sequence[np.ndarray], regions: Sequence[tuple[np.ndarray, np.ndarray]], *,

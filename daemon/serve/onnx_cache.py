@@ -16,13 +16,13 @@ import logging
 import pickle
 from collections.abc import Callable
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from refscope.models.manifest import ModelManifest
 
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..provenance import refscope_version
 
 __all__ = ["CACHE_DIR", "MAX_ENTRIES", "cached_export", "export_key"]
 
@@ -34,18 +34,11 @@ MAX_ENTRIES = 8
 """Exported models kept at most (each ~0.2 MB for a paired library of 8000 pairs)."""
 
 
-def _refscope_version() -> str:
-    try:
-        return metadata.version("refscope")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
-
-
 def export_key(fitted: Any, version: str) -> str:
     """SHA-256 (hex) of what the export of ``fitted`` as model ``version`` depends on. The lazily fitted
     regressors are left out: they are a deterministic function of the rest."""
     digest = hashlib.sha256()
-    digest.update(f"refscope {_refscope_version()}|version {version}|".encode())
+    digest.update(f"refscope {refscope_version()}|version {version}|".encode())
     digest.update(pickle.dumps(replace(fitted, _regressors=None), protocol=4))
     return digest.hexdigest()
 

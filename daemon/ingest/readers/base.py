@@ -9,7 +9,6 @@ metadata) for all of them. :func:`~refscope.daemon.tiff_read.finish_image` then 
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputFileError, MissingReaderError
-from ...tiff_common import MAX_SIDE_PX, _fail
+from ...tiff_common import MAX_SIDE_PX, _fail, finite_or_none
 from ...tiff_vendors import _Parsed
 
 __all__ = ["VendorStack", "STACK_BYTES_FACTOR", "VENDOR_EXTRA", "need_module", "check_stack_header",
-           "check_pixel_type", "as_stack", "finite_or_none"]
+           "check_pixel_type", "as_stack", "finite_or_none"]  # finite_or_none: from tiff_common, for the readers
 
 VENDOR_EXTRA = "pip install 'refscope[vendor]'"
 """How to install the optional readers (h5py, mrcfile, nionswift-io)."""
@@ -99,10 +98,3 @@ def as_stack(path: Path, data: np.ndarray) -> np.ndarray:
     raise InputFileError(f"{path}: holds data of shape {data.shape}; refscope reads 2-D images or stacks of them")
 
 
-def finite_or_none(value: Any) -> float | None:
-    """``value`` as a finite float, else None (metadata numbers may be strings, NaN or missing)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
