@@ -72,12 +72,12 @@ class FusionConfig:
 
     max_shift_px: float = 24.0
     max_rotation_deg: float = 1.0
-    register_px: int = 192
+    register_px: int = 128
     min_score: float = 0.5
     tile: int = 16
     residual_ratio: float = 2.0
     pixel_k: float = 4.0
-    order: int = 1
+    order: int = 3
 
     def __post_init__(self) -> None:
         checks = [("max_shift_px", self.max_shift_px > 0, "> 0"),

@@ -385,6 +385,7 @@ class DriftSeries:
         object_radius_px: radius of a bright disc that moves over the specimen, LR px (0: no object).
         object_step_px: its displacement on the specimen per frame (y, x), LR px.
         object_contrast: signal the disc adds (the specimen signal is in [0, 1]; the sum is clipped to 1).
+        object_start: where the disc starts, as a fraction (y, x) of frame 0's field (0.5, 0.5: its centre).
     """
 
     n_frames: int = 8
@@ -393,6 +394,7 @@ class DriftSeries:
     object_radius_px: float = 5.0
     object_step_px: tuple[float, float] = (1.5, 2.5)
     object_contrast: float = 0.4
+    object_start: tuple[float, float] = (0.5, 0.5)
 
     def __post_init__(self) -> None:
         if self.n_frames < 1 or self.wander_px < 0 or self.object_radius_px < 0:
@@ -439,7 +441,7 @@ def drift_series(area: Area, optics: Optics, series: DriftSeries, *, rng: np.ran
     """Scan ``series.n_frames`` LR frames of the field at the centre of ``area`` while it drifts.
 
     Frame ``k``'s field is displaced by ``field_yx[k] = Σ_{j<=k, j>0} (drift_px + N(0, wander_px²))`` LR px
-    from frame 0's; a disc (the moving object) starts at the field centre and moves by ``object_step_px`` per
+    from frame 0's; a disc (the moving object) starts at ``object_start`` of the field and moves by ``object_step_px`` per
     frame over the specimen. Each frame has the session's noise model (Poisson dose, read noise, line jitter,
     probe blur; :func:`scan_lr`'s), so consecutive frames differ by drift, noise and the object only.
     """
@@ -452,7 +454,8 @@ def drift_series(area: Area, optics: Optics, series: DriftSeries, *, rng: np.ran
     if (h + 2 * span) * per_lr > area.image.shape[0] or (w + 2 * span) * per_lr > area.image.shape[1]:
         raise ValueError(f"the field drifts by up to {span:.1f} LR px, beyond the {area.image.shape} px specimen area")
     origin = ((area.image.shape[0] - h * per_lr) / 2.0, (area.image.shape[1] - w * per_lr) / 2.0)
-    start = np.array([origin[0] + h * per_lr / 2.0, origin[1] + w * per_lr / 2.0])  # object centre, specimen px
+    start = np.array([origin[0] + h * per_lr * series.object_start[0],
+                      origin[1] + w * per_lr * series.object_start[1]])  # object centre, specimen px
     frames, objects = [], []
     state = State(0, (0.0, 0.0), 1.0, 0.0, 0.0)
     for k in range(series.n_frames):
