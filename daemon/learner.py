@@ -288,6 +288,11 @@ class Learner:
         """Remember an LR frame as a pairing candidate for later references (cheap; any thread)."""
         self._recent.add(frame)
 
+    def note_fused(self, frame: Frame) -> None:
+        """Replace a noted LR frame by its fused version (same ``source``; any thread): a reference arriving later
+        is paired with the fused frame the server enhanced, so the model learns from the input it serves."""
+        self._recent.replace_source(frame)
+
     def submit_reference(self, frame: Frame) -> bool:
         """Queue an HR reference without blocking; pairs it with the LR frames noted so far.
 

@@ -109,6 +109,7 @@ class StatusReport:
             "publish": {"folder": folder_stats, "stream": stream, "events": events},
             "control": asdict(self.control.stats()) if self.control is not None else None,
             "quality": self.monitor.status() if self.monitor is not None else None,
+            "fusion": self.fusion.status(),
             "catalogue": catalogue,
             "endpoints": self.endpoints,
             "state_dir": str(self.config.state_dir),
