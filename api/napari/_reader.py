@@ -43,7 +43,8 @@ def _layer(path: Path) -> LayerData:
     first: LoadedImage = frames[0]
     data = first.data if len(frames) == 1 else np.stack([f.data for f in frames])
     pixel = first.pixel_size_nm
-    metadata: dict[str, Any] = {"source": str(path), "pixel_size_nm": pixel, "scale_unit": "nm", **acquisition_metadata(first)}
+    metadata: dict[str, Any] = {"source": str(path), "pixel_size_nm": pixel, "scale_unit": "nm",
+                                **acquisition_metadata(first)}
     metadata.update({k: v for k, v in first.metadata.extra.items() if k not in metadata})
     kwargs: dict[str, Any] = {"name": path.stem, "metadata": metadata, "colormap": "gray"}
     if pixel:
