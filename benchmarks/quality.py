@@ -24,7 +24,8 @@ Methods (all in this run):
 Texture shift: for each pair, every refscope model fitted on it enhances the scored columns of the other pair of the
 same S (different specimen area, texture no reference showed); that prior is trained without either pair.
 
-Leave-one-out priors are trained by ``benchmarks/train_prior.py`` into ``--priors`` (``excl-<pairs>/compact-x<S>``)
+Leave-one-out priors are trained by ``benchmarks/train_prior.py`` into ``--priors`` (``excl-<pairs>/<network>-x<S>``,
+the network ``auto`` serves at S)
 when missing.
 """
 from __future__ import annotations
@@ -143,7 +144,7 @@ def ensure_prior(priors: Path, exclude: list[str], scale: int, budget_s: float) 
     from refscope.daemon.learn.prior_store import prior_folder
 
     root = prior_dir(priors, exclude)
-    if prior_folder("compact", scale, root) is None:
+    if prior_folder("auto", scale, root) is None:
         subprocess.run([sys.executable, str(HERE / "train_prior.py"), "--scales", str(scale), "--budget-s",
                         str(budget_s), "--exclude", ",".join(exclude), "--out", str(root)], check=True)
     return root
@@ -166,7 +167,7 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     net = fit_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed) if with_net else None
     if net is not None:
         predictors["net"] = net_predictor(net)
-    prior = load_prior("compact", scale, priors_root)
+    prior = load_prior("auto", scale, priors_root)
     norm = frame_normalisation(p.lr)
     predictors["prior"] = net_predictor(replace(prior, normalisation=norm))
     start = time.perf_counter()

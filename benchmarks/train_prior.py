@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 600] [--exclude pair00,...] [--out DIR]
 
-For every S, a CompactSR network is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4
-grids), minus ``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality
-benchmark: a pair is never scored by a model that saw its images). Writes ``<out>/compact-x<S>/`` (the state
-folder :mod:`refscope.daemon.learn.prior_store` loads) and ``<out>/compact-x<S>/card.json`` (data, licence, budget,
-steps, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
+For every S, the ``--network`` (default ``auto``: the network served at S, ``compact`` at x2 and ``fullres`` at x3
+and above) is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4 grids), minus
+``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality benchmark: a pair
+is never scored by a model that saw its images). Writes ``<out>/<network>-x<S>/`` (the state folder
+:mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, machine).
+Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
 
 The data: Thermo Fisher/FEI Versa 3D, 5 kV ETD secondary electrons, lung cells on an insert, Feb 2020; source
 GitHub Advanced-Vision-and-Learning-Lab/SEM_Images_Lacunarity, MIT licence (Mohan & Peeples). Only the trained
@@ -37,7 +38,8 @@ SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwel
           "Medical Imaging), as ../shared/data/sem_pairs")
 
 
-def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0) -> Path:
+def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
+                network: str = "auto") -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -47,8 +49,8 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
         lr_region, hr_grid = p.region(scale)
         pairs.append(PriorPair(p.lr, lr_region, hr_grid, name))
         files.extend(p.files)
-    print(f"x{scale}: training on {', '.join(names)} for {budget_s:g} s", flush=True)
-    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed))
+    print(f"x{scale}: training {network} on {', '.join(names)} for {budget_s:g} s", flush=True)
+    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
@@ -71,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude", default="", help="comma-separated pairs a leave-one-out prior must not see")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--network", default="auto", help="auto (the network served at each scale) or a registered name")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
     for scale in (int(s) for s in args.scales.split(",")):
-        train_scale(scale, args.budget_s, exclude, args.out, args.seed)
+        train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network)
     return 0
 
 

@@ -38,6 +38,7 @@ from refscope.models.errors import RefscopeModelError
 from refscope.models.evaluation import EvaluationReport, evaluate_pair
 from refscope.models.image_ops import as_gray_float
 from refscope.models.library import LibraryConfig
+from refscope.models.network_names import NETWORK_NAMES as REGISTERED_NETWORKS
 from refscope.models.pipeline import (METHODS, FitConfig, FittedModel, default_patch_size, fit_library,
                                       register_reference, training_grids)
 from refscope.models.registration import PairGeometry
@@ -509,17 +510,19 @@ def _budget(text: str) -> float:
     return value
 
 
-#: Names of :data:`refscope.models.networks.NETWORKS` and :data:`refscope.models.net_fit.NET_STRATEGIES`, spelled
-#: out so that building the parser does not import PyTorch (a test keeps them in step with the registries).
-NETWORK_NAMES = ("compact", "emsr")
+#: ``auto`` and the names of :data:`refscope.models.networks.NETWORKS` (read without importing PyTorch), and
+#: :data:`refscope.models.net_fit.NET_STRATEGIES`, spelled out so that building the parser does not import
+#: PyTorch (a test keeps them in step with the registries).
+NETWORK_NAMES = ("auto",) + REGISTERED_NETWORKS
 NET_STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
 
 
-def _net_flags(parser: argparse.ArgumentParser, *, network_default: str | None = "compact") -> None:
+def _net_flags(parser: argparse.ArgumentParser, *, network_default: str | None = "auto") -> None:
     parser.add_argument("--budget-s", type=_budget, default=240.0, metavar="N",
                         help="network training time budget in seconds (default 240)")
     parser.add_argument("--network", choices=NETWORK_NAMES, default=network_default,
-                        help="network to train (default " + (network_default or "the saved one, else compact") + ")")
+                        help="network to train: auto = compact at x2, fullres at x3 and above (default "
+                        + (network_default or "the saved one, else auto") + ")")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for training (default: PyTorch's choice)")
     parser.add_argument("--no-prior", action="store_true",

@@ -298,6 +298,9 @@ class MonitorConfig:
             (0: alike; up to ~0.25 for other frames of the same real sample).
         intensity_on, intensity_off: shift of mean/5th/95th percentile, in training standard deviations.
         focus_on, focus_off: loss of sharpness, 0 (as sharp as the training frames) to 1.
+        consistency_on, consistency_off: data consistency ρ of the enhanced frame: its output degraded by the
+            forward model learned from the references, against its own LR frame, in units of the LR noise
+            (1: the output explains its input up to the noise; :mod:`refscope.models.consistency`).
         held_out_on_db, held_out_off_db: the serving model's held-out ΔPSNR over bicubic on a new reference
             before learning from it, dB.
         request_on_drift: emit a reference request when a frame signal is raised.
@@ -329,6 +332,11 @@ class MonitorConfig:
     focus_on: float = field(default=0.35, metadata=field_doc(
         "Raise 'focus' when sharpness has dropped by this fraction of the training frames' (0 to 1)."))
     focus_off: float = field(default=0.2, metadata=field_doc("Clear 'focus' at or below this loss (< focus_on)."))
+    consistency_on: float = field(default=2.0, metadata=field_doc(
+        "Raise 'consistency' when the enhanced frame, degraded by the learned forward model, departs from its own "
+        "LR frame by this many LR noise levels (1: within the noise)."))
+    consistency_off: float = field(default=1.6, metadata=field_doc(
+        "Clear 'consistency' at or below this ratio (< consistency_on)."))
     held_out_on_db: float = field(default=0.2, metadata=field_doc(
         "Raise 'held_out' when the serving model gains at most this many dB over bicubic on a new reference."))
     held_out_off_db: float = field(default=0.4, metadata=field_doc(
@@ -358,7 +366,7 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         check_types(self, "monitor.")
         check_range("monitor.window", self.window >= 1, "an integer >= 1", self.window)
-        for name in ("coverage", "texture", "intensity", "focus"):
+        for name in ("coverage", "texture", "intensity", "focus", "consistency"):
             on, off = getattr(self, f"{name}_on"), getattr(self, f"{name}_off")
             check_range(f"monitor.{name}_on", on > 0, "a number > 0", on)
             check_range(f"monitor.{name}_off", 0 <= off < on, f"a number >= 0 and below {name}_on = {on:g}", off)
@@ -387,7 +395,8 @@ class TrainerConfig:
 
     Attributes:
         enabled: train in the background once the first reference pair is learned.
-        network: registered network name (``"compact"``, ``"emsr"``).
+        network: ``"auto"`` (the network served at the session's scale: ``"compact"`` at x2, ``"fullres"`` at x3
+            and above) or a registered network name (``"compact"``, ``"fullres"``, ``"emsr"``).
         strategy: ``"real-pairs"``, ``"noise-robust"`` or ``"synthetic"``.
         round_s: training time per round, seconds (validation and export come on top: a few seconds).
         bootstrap_fraction: share of the first round spent on LR-only training (later rounds warm-start).
@@ -409,8 +418,10 @@ class TrainerConfig:
 
     enabled: bool = field(default=True, metadata=field_doc(
         "Fine-tune a network on the session's pairs in a background process (promoted only when it wins)."))
-    network: Literal["compact", "emsr"] = field(default="compact", metadata=field_doc(
-        'Network to train: "compact" (fast, for CPU-only PCs) or "emsr" (paper 004; give it a GPU).'))
+    network: Literal["auto", "compact", "fullres", "emsr"] = field(default="auto", metadata=field_doc(
+        'Network to train: "auto" (compact at x2, fullres at x3 and above), "compact" (half-resolution body, '
+        'fast on CPU-only PCs), "fullres" (full-resolution body, best at x3 and x4) or "emsr" (paper 004; give '
+        'it a GPU).'))
     strategy: Literal["real-pairs", "noise-robust", "synthetic"] = field(default="real-pairs", metadata=field_doc(
         'Fine-tuning strategy: "real-pairs" (l1 on the physical pairs), "noise-robust" (eq. 16 of paper 004) or '
         '"synthetic" (HR degraded to LR).'))

@@ -9,6 +9,7 @@ config) and ``library.json`` a checksummed manifest::
      "noise_sigma": ...,                             # measured LR noise, library units
      "paired": {...},                                # PairedConfig of the default reconstruction
      "geometries": [{"offset_yx": ..., "factor_yx": ..., "rotation_deg": ..., "score": ...}, ...],
+     "forward": {"radius": r, "kernel": [[...]], "offset": c, "pixels": n} or null,   # HR -> LR model (consistency)
      "library_size": L, "sources": ["lr.tif", "hr.tif"], "created": "2024-...Z"}
 
 The per-category regressors of the ``paired`` method are derived from the library, so they are not stored:
@@ -24,6 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from refscope.models.consistency import ForwardModel
 from refscope.models.errors import RefscopeModelError
 from refscope.models.library import PairedLibrary
 from refscope.models.nlm import PairedConfig
@@ -61,6 +65,21 @@ def _geometry_from_json(data: dict[str, Any]) -> PairGeometry:
                         score=float("nan") if score is None else float(score))
 
 
+def _forward_to_json(model: ForwardModel | None) -> dict | None:
+    if model is None:
+        return None
+    return {"radius": int(model.radius), "kernel": np.asarray(model.kernel, float).tolist(),
+            "offset": float(model.offset), "pixels": int(model.pixels)}
+
+
+def _forward_from_json(data: dict | None, scale: int) -> ForwardModel | None:
+    """The saved forward model (None: none saved, e.g. a model from before it existed)."""
+    if data is None:
+        return None
+    return ForwardModel(scale, int(data["radius"]), np.asarray(data["kernel"], dtype=np.float64),
+                        float(data["offset"]), int(data.get("pixels", 0)))
+
+
 def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources: list[str],
                domain: ModelDomain | None = None) -> None:
     """Write ``model`` to ``state_dir`` (created if missing) atomically, replacing any previous model there.
@@ -80,6 +99,7 @@ def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources
         "noise_sigma": float(model.noise_sigma),
         "paired": dataclasses.asdict(model.paired),
         "geometries": [_geometry_to_json(g) for g in model.geometries],
+        "forward": _forward_to_json(model.forward),
         "library_size": len(model.library),
         "library_config": dataclasses.asdict(model.library.config),
         "sources": [str(s) for s in sources],
@@ -131,6 +151,7 @@ def load_model(state_dir: str | os.PathLike[str]) -> FittedModel:
             noise_sigma=float(manifest["noise_sigma"]),
             paired=PairedConfig(**manifest["paired"]),
             geometries=[_geometry_from_json(g) for g in manifest.get("geometries", [])],
+            forward=_forward_from_json(manifest.get("forward"), int(manifest["scale"])),
         )
     except (KeyError, TypeError, ValueError, RefscopeModelError) as exc:
         detail = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)

@@ -61,6 +61,9 @@ MAX_REGIONS = 8
 HISTORY = 600
 """Frames whose signals :meth:`QualityMonitor.history` keeps."""
 _STATUS_HISTORY = 60
+FRAME_SIGNALS: tuple[str, ...] = SIGNALS + ("consistency",)
+"""Signals measured on every served frame: the drift signals of the LR frame (:data:`SIGNALS`) and the data
+consistency of its enhanced output (:func:`refscope.models.consistency.data_consistency`, measured by the server)."""
 
 Emit = Callable[[str, Mapping[str, Any]], None]
 
@@ -120,16 +123,19 @@ class QualityMonitor:
             "texture": Threshold(config.texture_on, config.texture_off),
             "intensity": Threshold(config.intensity_on, config.intensity_off),
             "focus": Threshold(config.focus_on, config.focus_off),
+            "consistency": Threshold(config.consistency_on, config.consistency_off),
             "held_out": Threshold(config.held_out_on_db, config.held_out_off_db, higher_is_worse=False),
         }
         self._profile: _Profile | None = None
         self._regions: deque[np.ndarray] = deque(maxlen=MAX_REGIONS)
-        self._windows: dict[str, deque[float]] = {name: deque(maxlen=config.window) for name in SIGNALS}
+        self._windows: dict[str, deque[float]] = {name: deque(maxlen=config.window) for name in FRAME_SIGNALS}
         self._values: dict[str, float | None] = {name: None for name in self._thresholds}
         self._raised: dict[str, bool] = {name: False for name in self._thresholds}
         self._drift = False
         self._frames = 0
         self._last_conf_mean: float | None = None
+        self._last_consistency: float | None = None
+        self._consistency_flagged = 0
         self._badness: tuple[tuple[int, int], np.ndarray] | None = None  # (LR shape, badness map) of the newest frame
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self._ids = itertools.count(1)
@@ -186,7 +192,7 @@ class QualityMonitor:
     def _restart_windows(self, *, clear: bool) -> dict[str, Any] | None:
         """Empty the frame-signal windows (lock held); ``clear`` also lowers their flags. Returns the drift
         event payload when the drift flag changed."""
-        for name in SIGNALS:
+        for name in FRAME_SIGNALS:
             self._windows[name].clear()
             self._values[name] = None
             if clear:
@@ -195,9 +201,11 @@ class QualityMonitor:
 
     # ------------------------------------------------------------------------------------------ frames
 
-    def observe(self, frame: Frame, *, out_shape: tuple[int, int] | None = None) -> Observation:
+    def observe(self, frame: Frame, *, out_shape: tuple[int, int] | None = None,
+                consistency: float | None = None) -> Observation:
         """Measure one served LR frame (serve thread); may make an automatic request. ``out_shape``: shape of its
-        enhanced frame (the confidence map is returned only when it matches)."""
+        enhanced frame (the confidence map is returned only when it matches); ``consistency``: the data
+        consistency ρ the server measured on that output (None: not measured)."""
         with self._lock:
             profile = self._profile
         if profile is None:
@@ -218,7 +226,7 @@ class QualityMonitor:
                     self._profile = profile
         assert profile.q_ref is not None
         conf = confidence_map(grid, profile.q_ref)
-        signals = drift_signals(stats, profile.stats)
+        signals = {**drift_signals(stats, profile.stats), "consistency": consistency}
         badness = badness_on_lr_grid(conf, profile.model.scale)
         now = self._clock()
         with self._lock:
@@ -226,9 +234,12 @@ class QualityMonitor:
                 return Observation(conf if out_shape == conf.shape else None, signals, self._drift)
             self._frames += 1
             self._last_conf_mean = float(conf.mean())
+            if consistency is not None:
+                self._last_consistency = float(consistency)
+                self._consistency_flagged += int(consistency >= self.config.consistency_on)
             if badness.shape == frame.shape:
                 self._badness = (frame.shape, badness)
-            for name in SIGNALS:
+            for name in FRAME_SIGNALS:
                 value = signals.get(name)
                 if value is not None and math.isfinite(value):
                     self._windows[name].append(float(value))
@@ -426,6 +437,8 @@ class QualityMonitor:
                 "drift": self._drift,
                 "frames_measured": self._frames,
                 "confidence_mean": self._last_conf_mean,
+                "consistency_last": self._last_consistency,
+                "consistency_flagged": self._consistency_flagged,
                 "window": self.config.window,
                 "requests": {"made": self._requests, "by_reason": dict(self._by_reason), "received": self._received,
                              "expired": self._timeouts, "outstanding": outstanding, "last": self._last_request},

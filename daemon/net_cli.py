@@ -30,6 +30,7 @@ import numpy as np
 from refscope.models.errors import RefscopeModelError
 from refscope.models.evaluation import COLS, EvaluationReport, evaluate_pair, split_subimages, training_area
 from refscope.models.image_ops import upsample_bicubic
+from refscope.models.network_names import resolve_network
 from refscope.models.pipeline import METHODS, FitConfig, FittedModel, enhance, fit_library, training_grids
 from refscope.models.promotion import decide_promotion, held_out_scores, split_for_validation, summarise_scores
 from refscope.models.stats import ttests_by_category
@@ -225,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"strategy {args.strategy} needs HR reference pairs: give HR.tif files (or fit the state "
                          f"folder with `refscope fit ... --method net` first), or use --strategy lr-only")
     old = load_net(folder) if has_net(folder) else None
-    network = args.network or (old.network if old else "compact")
+    network = resolve_network(args.network or (old.network if old else "auto"), scale)
     compatible = old is not None and old.network == network and old.scale == scale
     init = old if compatible and not args.from_scratch else None
     boot = 0.0 if (init is not None and args.strategy != "lr-only") else args.bootstrap_fraction

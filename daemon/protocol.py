@@ -45,7 +45,8 @@ the header has ``role: "enhanced"`` and says which input and which model produce
     {"v": 1, "seq": 7, "dtype": "float32", "shape": [1536, 2048], "pixel_size_m": 2.45e-9,
      "role": "enhanced", "model": "paired", "model_version": "3",
      "latency_s": 0.31, "source_seq": 42, "t": 1718000000.25,
-     "confidence": "low"}          # optional flag, a short label; absent when there is nothing to say
+     "confidence": "low",          # optional flag, a short label; absent when there is nothing to say
+     "consistency": 1.12}          # optional: data consistency ρ (below); absent when not measured
 
 **The PUB stream** (``publish.pub_endpoint``) carries, per served LR frame and in this order, up to three
 messages of the same two-part form; a viewer dispatches on ``header["role"]`` (:func:`stream_role`, or
@@ -55,7 +56,11 @@ messages of the same two-part form; a viewer dispatches on ``header["role"]`` (:
    is the input frame's seq, ``t`` its acquisition time, ``stage_xy_m`` when known). Optional
    (``publish.stream_raw``, on by default).
 2. ``role: "enhanced"`` -- the enhanced frame (always sent; the header above). Its ``source_seq`` is the ``seq``
-   of message 1; ``confidence: "low"`` flags a frame served while the quality monitor reports drift.
+   of message 1; ``confidence: "low"`` flags a frame served while the quality monitor reports drift, or whose
+   ``consistency`` is at or above ``monitor.consistency_on``. ``consistency`` (ρ >= 0) says how far the
+   enhanced frame, degraded by the forward model learned from the session's references, departs from its own LR
+   frame, in units of the LR noise (:mod:`refscope.models.consistency`): about 1, it explains its input up to
+   the noise; well above 1, it departs from it more than the noise allows. Sent once a learned model serves.
 3. ``role: "confidence"`` -- the per-pixel confidence map of message 2 (:func:`encode_confidence`): ``float32``
    values in [0, 1] (1: the learned library supports the pixel well, 0.5: as poorly as the worst tenth of the
    frames it learned from), same shape and pixel size as the enhanced frame, header like the enhanced one

@@ -99,6 +99,7 @@ def decode_enhanced(
         source_seq=int(header["source_seq"]),
         t=float(header["t"]),
         confidence=header.get("confidence"),
+        consistency=None if header.get("consistency") is None else float(header["consistency"]),
         header=MappingProxyType(header),
     )
 

@@ -112,6 +112,7 @@ def encode_enhanced(
     source_seq: int,
     t: float,
     confidence: str | None = None,
+    consistency: float | None = None,
     limits: ProtocolLimits = DEFAULT_LIMITS,
     copy: bool = True,
 ) -> list[bytes]:
@@ -119,7 +120,8 @@ def encode_enhanced(
 
     ``pixel_size_m`` is the output pixel size (metres), ``latency_s`` the seconds from input receipt to
     publication, ``source_seq``/``t`` the input frame's seq and acquisition time (unix seconds), ``confidence``
-    an optional short flag such as ``"low"``. Raises :class:`ProtocolError` for values that would not decode.
+    an optional short flag such as ``"low"``, ``consistency`` the optional data consistency ρ of the frame
+    (>= 0; :mod:`refscope.models.consistency`). Raises :class:`ProtocolError` for values that would not decode.
     """
     origin = "encode_enhanced"
     name, pixels = _pixels(data, origin, limits)
@@ -127,6 +129,8 @@ def encode_enhanced(
                             model_version=model_version, latency_s=latency_s, source_seq=source_seq, t=t)
     if confidence is not None:
         header["confidence"] = confidence
+    if consistency is not None:
+        header["consistency"] = _number(consistency, "consistency", origin)
     _check_enhanced_fields(header, origin, limits)
     return [_dump(header), _payload(pixels, copy)]
 

@@ -158,6 +158,10 @@ def _check_enhanced_fields(
     _float_field(header, "t", origin)
     if header.get("confidence") is not None:
         _str_field(header, "confidence", origin)
+    if header.get("consistency") is not None:
+        consistency = _float_field(header, "consistency", origin)
+        if not consistency >= 0:
+            raise ProtocolError("bad_value", f"{origin}: 'consistency' must be >= 0, got {consistency!r}")
     return common
 
 

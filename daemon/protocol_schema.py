@@ -105,6 +105,8 @@ class EnhancedFrame:
         source_seq: ``seq`` of the input frame it enhances.
         t: acquisition time of the input frame, unix seconds.
         confidence: optional short flag (e.g. ``"low"``), or None.
+        consistency: data consistency ρ of the frame (its output degraded by the forward model learned from the
+            references, against its own LR frame, in LR noise units; about 1 = consistent), or None.
         header: the full decoded header.
     """
 
@@ -117,4 +119,5 @@ class EnhancedFrame:
     source_seq: int
     t: float
     confidence: str | None = None
+    consistency: float | None = None
     header: Mapping[str, Any] = field(default_factory=dict)

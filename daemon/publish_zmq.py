@@ -156,6 +156,7 @@ class StreamPublisher:
         source_seq: int,
         t: float,
         confidence: str | None = None,
+        consistency: float | None = None,
     ) -> bool:
         """Send one enhanced frame (fields as :func:`~refscope.daemon.protocol.encode_enhanced`: output pixel
         size in metres, latency in seconds, acquisition time ``t`` in unix seconds) without blocking.
@@ -164,7 +165,8 @@ class StreamPublisher:
         (counted in :meth:`stats`). Raises ProtocolError for values the wire format refuses.
         """
         parts = encode_enhanced(data, seq=seq, pixel_size_m=pixel_size_m, model=model, model_version=model_version,
-                                latency_s=latency_s, source_seq=source_seq, t=t, confidence=confidence, copy=False)
+                                latency_s=latency_s, source_seq=source_seq, t=t, confidence=confidence,
+                                consistency=consistency, copy=False)
         return self._pub.send(parts)  # zero-copy: libzmq holds the frame itself until it is sent
 
     def stats(self) -> StreamStats:

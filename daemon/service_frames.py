@@ -335,9 +335,12 @@ class FramePipeline:
         # handed to the writer and the stream first, its confidence map follows -- unless the map is written
         # beside the output TIFF, which needs it before the hand-over.
         write_conf = self.config.publish.write_confidence
-        observation = self._observe(frame, result) if write_conf else None
+        consistency = self._consistency(frame, result)
+        observation = self._observe(frame, result, consistency) if write_conf else None
         meta = {"model": result.model_name, "model_version": result.version, "backend": result.backend,
                 "model_s": round(result.seconds, 6), "source_seq": frame.seq}
+        if consistency is not None:
+            meta["consistency"] = consistency
         if self.folder is not None:
             stem = output_stem(frame.source)
             confidence = observation.confidence if observation is not None else None
@@ -347,9 +350,10 @@ class FramePipeline:
                 self._counts.add("dropped.output_queue_full")
                 self._emit("output_dropped", {"source": frame.source, "reason": "output_queue_full"})
         drift = observation.drift if observation is not None else self._drift_now()
-        seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift)
+        seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift,
+                                                          consistency)
         if observation is None:
-            observation = self._observe(frame, result)
+            observation = self._observe(frame, result, consistency)
         self._publish_confidence(frame, result, observation, seq, latency, out_pixel_nm)
         if self.folder is None:
             self._catalogue_call(lambda: catalogue.mark_enhanced(frame.source, None), frame.source)

@@ -6,10 +6,13 @@ latency records). Every message is sent without blocking; a dropped or unencodab
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from refscope.models.consistency import data_consistency
 
 from .frames import Frame
 from .monitor import Observation
@@ -39,12 +42,28 @@ class FrameStream(StreamPublisher):
 class StreamOutput:
     """Stream publishing of :class:`~refscope.daemon.service.Daemon` (mixin)."""
 
-    def _observe(self, frame: Frame, result: EnhanceResult) -> Observation:
+    def _consistency(self, frame: Frame, result: EnhanceResult) -> float | None:
+        """Data consistency ρ of a served frame (:func:`refscope.models.consistency.data_consistency` with the
+        forward model learned with the serving library); None without one (bicubic, no model yet, a model saved
+        before forward models existed, another scale). A failure is counted (``consistency_failed``), never fatal."""
+        fitted = self.engine.fitted
+        forward = fitted.forward if fitted is not None else None
+        if forward is None or result.image.shape != (forward.scale * frame.shape[0], forward.scale * frame.shape[1]):
+            return None
+        try:
+            rho = data_consistency(frame.data, result.image, forward)
+        except Exception as exc:  # noqa: BLE001 - a measurement must never stop serving
+            self._error("consistency_failed", f"{frame.source}: data consistency not measured "
+                        f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
+            return None
+        return round(float(rho), 4) if math.isfinite(rho) else None
+
+    def _observe(self, frame: Frame, result: EnhanceResult, consistency: float | None = None) -> Observation:
         """The quality monitor's look at a served frame; a failure is counted (``monitor_failed``), never fatal."""
         if self.monitor is None:
             return Observation(None, {}, False)
         try:
-            return self.monitor.observe(frame, out_shape=result.image.shape)
+            return self.monitor.observe(frame, out_shape=result.image.shape, consistency=consistency)
         except Exception as exc:  # noqa: BLE001 - quality measurement must never stop serving
             self._error("monitor_failed", f"{frame.source}: quality not measured ({type(exc).__name__}: {exc})",
                         level=logging.ERROR, exc_info=exc)
@@ -77,7 +96,8 @@ class StreamOutput:
                                         stage_xy_m=frame.stage_xy_m, t=frame.t, copy=False), "raw", frame)
 
     def _publish_stream(self, frame: Frame, result: EnhanceResult, item: ServeItem, scale: int,
-                        out_pixel_nm: float | None, drift: bool) -> tuple[int, float, float]:
+                        out_pixel_nm: float | None, drift: bool,
+                        consistency: float | None = None) -> tuple[int, float, float]:
         """Stream the enhanced frame (the raw one went first: :meth:`_stream_raw`); returns (output seq, latency s,
         output pixel nm)."""
         assert self.stream is not None
@@ -87,6 +107,7 @@ class StreamOutput:
                              "ingest.pixel_size_nm)", frame.source, NOMINAL_PIXEL_NM)
                 self._warned_no_pixel = True
             out_pixel_nm = NOMINAL_PIXEL_NM / scale
+        low = drift or (consistency is not None and consistency >= self.config.monitor.consistency_on)
         now = time.time()
         latency = max(0.0, now - item.origin_t)
         self._out_seq += 1
@@ -94,7 +115,8 @@ class StreamOutput:
         try:
             sent = self.stream.publish(result.image, seq=seq, pixel_size_m=out_pixel_nm * 1e-9,
                                        model=result.model_name, model_version=str(result.version), latency_s=latency,
-                                       source_seq=frame.seq, t=frame.t, confidence="low" if drift else None)
+                                       source_seq=frame.seq, t=frame.t, confidence="low" if low else None,
+                                       consistency=consistency)
         except Exception as exc:  # noqa: BLE001 - ProtocolError (e.g. an output side over the wire limit)
             self._error("stream_error", f"{frame.source}: not streamed ({exc})")
             sent = False

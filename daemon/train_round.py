@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from refscope.models.network_names import resolve_network
 from refscope.models.pipeline import enhance
 from refscope.models.promotion import decide_promotion, held_out_scores, summarise_scores
 
@@ -146,6 +147,8 @@ def run_round(spec: RoundSpec) -> dict[str, Any]:
     if pairs is None or not pairs.train or not pairs.held_out:
         return {**result, "status": "no_data", "reason": "no learned reference pairs yet", "round_s": 0.0}
     scale = pairs.scale
+    spec = replace(spec, network=resolve_network(spec.network, scale))  # "auto": the network served at S
+    result["network"] = spec.network
     init, origin = _warm_start(spec, scale)
     prior = _prior(spec, scale) if init is None else None
     if prior is not None:

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .network_names import check_scale
+
 __all__ = ["EMSR", "PAPER_EMSR", "AtrousWavelet", "WindowAttention", "ViTBlock", "ResBlock", "BasicBlock"]
 
 #: Keyword arguments of the paper-size EMSR (Sec. III-B-1). Note: 16 heads need channels divisible by 16.
@@ -215,9 +217,9 @@ class EMSR(nn.Module):
     def __init__(self, scale: int, channels: int = 32, n_blocks: int = 2, n_resblocks: int = 1, window: int = 8,
                  heads: int = 4, *, n_deep: int | None = None, atw_levels: int = 3, mlp_ratio: float = 2.0) -> None:
         super().__init__()
-        from .networks import KeysUpsample, _check_scale  # deferred: networks imports this module
+        from .networks import KeysUpsample  # deferred: networks imports this module
 
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         if channels < 1 or n_blocks < 1 or n_resblocks < 0 or window < 1 or heads < 1:
             raise ValueError(f"invalid EMSR size: channels={channels}, n_blocks={n_blocks}, "
                              f"n_resblocks={n_resblocks}, window={window}, heads={heads}")

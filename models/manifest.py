@@ -36,7 +36,7 @@ MANIFEST_SCHEMA = "refscope.model-manifest/1"
 
 #: Model kinds produced by refscope today. Other lowercase ``[a-z0-9-]`` names are accepted so
 #: that new methods do not need a manifest change, but these are the ones the daemon knows.
-KNOWN_KINDS: tuple[str, ...] = ("paired-library", "compact", "emsr", "bicubic")
+KNOWN_KINDS: tuple[str, ...] = ("paired-library", "compact", "fullres", "emsr", "bicubic")
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -92,7 +92,7 @@ class ModelManifest:
     ----------
     kind : str
         Method that produced the model, lowercase ``[a-z0-9-]``; see :data:`KNOWN_KINDS`
-        (``"paired-library"``, ``"compact"``, ``"emsr"``, ``"bicubic"``).
+        (``"paired-library"``, ``"compact"``, ``"fullres"``, ``"emsr"``, ``"bicubic"``).
     scale : int
         Integer upscaling factor S >= 1: the model maps (N, 1, H, W) to (N, 1, S*H, S*W).
     input_offset : float

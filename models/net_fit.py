@@ -33,7 +33,7 @@ from .degradations import MultiScaleConfig, resize
 from .evaluation import COLS, PANEL_CELL, ROWS, EvaluationReport, SubimageScore, _diff, split_subimages
 from .image_ops import upsample_bicubic
 from .metrics import QualityScores, fit_intensity_coefficients, foreground_mask, score_all
-from .networks import build_network
+from .networks import build_network, resolve_network
 from .promotion import held_out_delta_psnr
 from .registration import PairGeometry
 from .training import (Normalisation, PatchSource, TrainConfig, export_network, make_lr_only_dataset,
@@ -190,7 +190,7 @@ def phase_record(strategy: str, results: list) -> dict:
             "loss_last": float(np.mean(losses[-n:])) if losses else math.nan}
 
 
-def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, scale: int, network: str = "compact",
+def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, scale: int, network: str = "auto",
                 budget_s: float = 240.0, bootstrap_fraction: float = 0.3, strategy: str = "real-pairs",
                 seed: int = 0, network_kwargs: Mapping | None = None, init: NetFit | None = None,
                 patch: int | None = None, batch: int = 8, lr: float = 1e-3, bootstrap_lr: float = 5e-4,
@@ -239,6 +239,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
     if not budget_s > 0 or not 0 <= bootstrap_fraction <= 1:
         raise ValueError(f"need budget_s > 0 and 0 <= bootstrap_fraction <= 1, got {budget_s}, {bootstrap_fraction}")
     scale = int(scale)
+    network = resolve_network(network, scale)
     if init is not None and (init.network, init.scale) != (network, scale):
         raise ValueError(f"cannot warm-start a {network} x{scale} network from a {init.network} x{init.scale} one")
     lr_frames = [np.asarray(f, dtype=np.float64) for f in lr_frames]

@@ -14,6 +14,8 @@ Every network here
   halo).
 
 :data:`NETWORKS` maps a name to its constructor; :func:`build_network` builds one by name.
+The name ``"auto"`` stands for the network refscope serves at each scale
+(:func:`refscope.models.network_names.resolve_network`).
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .emsr import EMSR
+from .network_names import check_scale as _check_scale
+from .network_names import resolve_network
 from .paired_net import bicubic_phase_kernels
 
-__all__ = ["KeysUpsample", "CompactSR", "NETWORKS", "build_network", "count_parameters"]
+__all__ = ["KeysUpsample", "CompactSR", "FullResSR", "NETWORKS", "build_network", "count_parameters"]
 
 
 def _symmetric_pad2(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -54,12 +58,6 @@ class KeysUpsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = _symmetric_pad2(_symmetric_pad2(x, 2), 3)
         return F.pixel_shuffle(F.conv2d(padded, self.kernel), self.scale)
-
-
-def _check_scale(scale: int) -> int:
-    if isinstance(scale, bool) or int(scale) != scale or not 2 <= int(scale) <= 8:
-        raise ValueError(f"scale must be an integer from 2 to 8, got {scale!r}")
-    return int(scale)
 
 
 class CompactSR(nn.Module):
@@ -116,12 +114,64 @@ class CompactSR(nn.Module):
         return base + residual[:, :, : base.shape[2], : base.shape[3]]
 
 
+class FullResSR(nn.Module):
+    """Residual CNN over a bicubic base whose body runs at the full LR resolution; served at S >= 3.
+
+    Layout (C = ``channels``, L = ``n_layers``), ESPCN-style sub-pixel output (Shi et al., CVPR 2016)::
+
+        base = KeysUpsample(S)(x)                                  (N, 1, S·H, S·W)
+        f    = ReLU(Conv3x3(x))                                    (N, C, H, W)
+        f    = [Conv3x3 -> ReLU] x L (f)
+        out  = base + PixelShuffle(S)(Conv3x3(f -> S² channels))   (N, 1, S·H, S·W)
+
+    Every LR pixel has its own feature vector and its own S x S output block, where :class:`CompactSR` shares
+    one feature vector between 2 x 2 LR pixels: at S = 4 on the real SEM pairs that is worth +0.2 to +0.3 dB
+    (``benchmarks/RESULTS.md``). Its cost per output pixel falls as 1/S²: 111 k parameters (C = 48, L = 5,
+    S = 4) run a 1280 x 944 output in about 0.1 s at S = 4 and 0.23 s at S = 3 with ONNX Runtime on two cores;
+    at S = 2 the default C = 32 keeps it at about 0.27 s. Zero padding at the frame border (the
+    network learns it on 32 px training patches); tiled serving reproduces the untiled output exactly with
+    :attr:`halo` LR px of context and any tile origin.
+
+    Parameters
+    ----------
+    scale : int
+        Upscaling factor S (2..8).
+    channels : int, optional
+        Feature channels C; default 48, and 32 at S = 2 (where the body's cost per output pixel is highest:
+        0.27 s for a 1280 x 944 output instead of 0.53 s with C = 48).
+    n_layers : int
+        Number L of 3x3 conv + ReLU layers between the head and the tail (L + 2 convolutions in all).
+    """
+
+    def __init__(self, scale: int, *, channels: int | None = None, n_layers: int = 5) -> None:
+        super().__init__()
+        self.scale = _check_scale(scale)
+        channels = (32 if self.scale == 2 else 48) if channels is None else channels
+        if channels < 1 or n_layers < 0:
+            raise ValueError(f"need channels >= 1 and n_layers >= 0, got {channels} and {n_layers}")
+        self.upsample = KeysUpsample(self.scale)
+        self.head = nn.Conv2d(1, channels, 3, padding=1)
+        body: list[nn.Module] = []
+        for _ in range(n_layers):
+            body += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*body)
+        self.tail = nn.Conv2d(channels, self.scale * self.scale, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+        # LR px: one per 3x3 convolution (the Keys base reaches 2)
+        self.halo = max(n_layers + 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(F.relu(self.head(x)))
+        return self.upsample(x) + F.pixel_shuffle(self.tail(f), self.scale)
+
+
 #: Network constructors by name; each is called as ``constructor(scale, **kwargs)``.
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactSR,
+    "fullres": FullResSR,
     "emsr": EMSR,
 }
-
 
 def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -> nn.Module:
     """Build the network registered as ``name`` for upscaling factor ``scale``.
@@ -129,7 +179,8 @@ def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -
     Parameters
     ----------
     name : str
-        A key of :data:`NETWORKS` (``"compact"``, ``"emsr"``).
+        A key of :data:`NETWORKS` (``"compact"``, ``"fullres"``, ``"emsr"``) or ``"auto"``
+        (:func:`~refscope.models.network_names.resolve_network`).
     scale : int
         Upscaling factor S.
     seed : int, optional
@@ -143,8 +194,7 @@ def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -
     KeyError
         For an unknown name; the message lists the known ones.
     """
-    if name not in NETWORKS:
-        raise KeyError(f"unknown network {name!r}; known networks: {', '.join(sorted(NETWORKS))}")
+    name = resolve_network(name, scale)
     if seed is None:
         return NETWORKS[name](scale, **kwargs)
     with torch.random.fork_rng(devices=[]):

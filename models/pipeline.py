@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .consistency import ForwardModel, fit_forward_model, merge_forward_models
 from .errors import ImageError, RegistrationError
 from .image_ops import as_gray_float, upsample_bicubic
 from .library import LibraryConfig, PairedLibrary
@@ -101,7 +102,9 @@ class FitConfig:
 
 @dataclass
 class FittedModel:
-    """A fitted paired model: library, intensity map, scale, measured LR noise (library units), geometries."""
+    """A fitted paired model: library, intensity map, scale, measured LR noise (library units), geometries, and
+    the forward model (HR -> LR in LR units) learned from the same pairs (:mod:`.consistency`; None when the
+    pairs were too small to fit it, or for a model saved before it existed)."""
 
     library: PairedLibrary
     intensity: IntensityScale
@@ -109,6 +112,7 @@ class FittedModel:
     noise_sigma: float
     paired: PairedConfig = field(default_factory=PairedConfig)
     geometries: list[PairGeometry] = field(default_factory=list)
+    forward: ForwardModel | None = None
     _regressors: PairedRegressors | None = field(default=None, repr=False)
 
     @property
@@ -185,11 +189,23 @@ def fit_library(regions: list[tuple[np.ndarray, np.ndarray]], *, config: FitConf
         lr_all.append(lr_p)
     # one region: no concatenated copy (the candidates are the learner's largest arrays)
     hr_patches, lr_patches = (hr_all[0], lr_all[0]) if len(hr_all) == 1 else (np.concatenate(hr_all), np.concatenate(lr_all))
+    scale = config.scale if model is None else model.scale
+    forward = merge_forward_models(model.forward if model is not None else None, _forward_model(regions, scale))
     if model is None:
         library = PairedLibrary.build(hr_patches, lr_patches, config.library_config)
-        return FittedModel(library, intensity, config.scale, noise, config.paired, list(geometries or []))
+        return FittedModel(library, intensity, scale, noise, config.paired, list(geometries or []), forward)
     library = model.library.add(hr_patches, lr_patches)
-    return FittedModel(library, intensity, model.scale, noise, model.paired, model.geometries + list(geometries or []))
+    return FittedModel(library, intensity, scale, noise, model.paired, model.geometries + list(geometries or []),
+                       forward)
+
+
+def _forward_model(regions: list[tuple[np.ndarray, np.ndarray]], scale: int) -> ForwardModel | None:
+    """The forward model of ``regions`` (:func:`~refscope.models.consistency.fit_forward_model`), or None when
+    they are too small for it (a library can still be fitted from them)."""
+    try:
+        return fit_forward_model(regions, scale=scale)
+    except ValueError:
+        return None
 
 
 def fit(lr: np.ndarray, references: list[tuple[np.ndarray, float]], *, config: FitConfig = FitConfig(),

@@ -31,6 +31,7 @@ import numpy as np
 from .image_ops import upsample_bicubic
 from .metrics import fit_intensity_coefficients
 from .net_fit import NetFit, fit_network, phase_record, train_phase
+from .network_names import resolve_network
 from .networks import build_network
 from .training import Normalisation, TrainConfig, make_real_pair_dataset
 
@@ -65,10 +66,11 @@ class PriorPair:
 class PriorConfig:
     """How a prior is trained. ``budget_s``: wall-clock seconds. ``patch``: LR patch side; ``batch``: patches per
     Adam step at learning rate ``lr`` (the last quarter of the time at ``lr / 4``); ``loss`` ``"l2"`` (see the
-    module docstring). ``network``/``network_kwargs``: a :data:`refscope.models.networks.NETWORKS` entry."""
+    module docstring). ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
+    :data:`refscope.models.networks.NETWORKS` entry."""
 
     budget_s: float = 300.0
-    network: str = "compact"
+    network: str = "auto"
     network_kwargs: dict = field(default_factory=dict)
     patch: int = 32
     batch: int = 16
@@ -118,12 +120,13 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
         small = [p.name for p, (lr, _) in zip(pairs, regions) if min(lr.shape) < 8]
         raise ValueError(f"prior pair(s) {small} have an LR overlap under 8 px; drop them")
     source = make_real_pair_dataset(regions, scale, patch, normalisation=IDENTITY, intensity_fit=False)
-    net = build_network(config.network, scale=scale, seed=config.seed, **config.network_kwargs)
+    network = resolve_network(config.network, scale)
+    net = build_network(network, scale=scale, seed=config.seed, **config.network_kwargs)
     cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=config.lr,
                       steps=10 ** 9, seed=config.seed)
     results = train_phase(net, cfg, source, config.budget_s, None)
     history = [{**phase_record("prior", results), "pairs": [p.name for p in pairs]}]
-    return NetFit(config.network, int(scale), results[-1].state_dict, IDENTITY, dict(config.network_kwargs), "prior",
+    return NetFit(network, int(scale), results[-1].state_dict, IDENTITY, dict(config.network_kwargs), "prior",
                   history)
 
 

@@ -219,7 +219,9 @@ class LiveView(Horizontal):
         else:
             model = f"{head.get('model', '?')} v{head.get('model_version', '?')}"
             flag = f"  [{head['confidence']}]" if head.get("confidence") else ""
-            title = f"enhanced #{frame.seq} ← LR #{frame.source_seq}  {w}×{h}  {model}{flag}"
+            rho = head.get("consistency")  # data consistency: the output degraded vs its LR, in noise units
+            rho = f"  ρ {rho:.2f}" if isinstance(rho, (int, float)) else ""
+            title = f"enhanced #{frame.seq} ← LR #{frame.source_seq}  {w}×{h}  {model}{rho}{flag}"
         zoom = f"zoom ×{self.zoom:.3g}" if self.zoom > 1 else ""
         subtitle = "  ".join(part for part in (message.bar, zoom) if part)
         if message.picture is not None and isinstance(view, PictureView):

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from refscope.models.network_names import resolve_network
+
 from ..net_store import has_net, load_net
 
 if TYPE_CHECKING:  # PyTorch is imported only by load_net
@@ -33,11 +35,12 @@ def priors_folder() -> Path | None:
 
 
 def prior_folder(network: str, scale: int, root: Path | None = None) -> Path | None:
-    """The state folder of the ``network`` x``scale`` prior, or None if there is none."""
+    """The state folder of the ``network`` x``scale`` prior (``"auto"``: the network served at that scale), or
+    None if there is none."""
     root = priors_folder() if root is None else root
     if root is None:
         return None
-    folder = root / f"{network}-x{int(scale)}"
+    folder = root / f"{resolve_network(network, scale)}-x{int(scale)}"
     return folder if has_net(folder) else None
 
 
@@ -50,6 +53,7 @@ def load_prior(network: str, scale: int, root: Path | None = None) -> "NetFit | 
     folder = prior_folder(network, scale, root)
     if folder is None:
         return None
+    network = resolve_network(network, scale)
     fit = load_net(folder)
     if (fit.network, fit.scale) != (network, int(scale)):
         from ..errors import StateError

@@ -31,6 +31,10 @@ def test_round_trip_gives_identical_model_and_output(tmp_path: Path, fitted) -> 
     assert (loaded.scale, loaded.intensity, loaded.noise_sigma, loaded.paired) == (
         model.scale, model.intensity, model.noise_sigma, model.paired)
     assert loaded.geometries == model.geometries
+    assert model.forward is not None and model.forward.pixels > 0  # fitted with the library (data consistency)
+    np.testing.assert_array_equal(loaded.forward.kernel, model.forward.kernel)
+    assert (loaded.forward.scale, loaded.forward.radius, loaded.forward.offset, loaded.forward.pixels) == (
+        model.forward.scale, model.forward.radius, model.forward.offset, model.forward.pixels)
     for method in ("paired", "paired-faithful", "original", "bicubic"):
         np.testing.assert_array_equal(enhance(lr, loaded, method=method), enhance(lr, model, method=method))
     manifest = json.loads((tmp_path / "state" / "library.json").read_text())["manifest"]
@@ -44,6 +48,7 @@ def test_nan_geometry_score_is_stored_as_null(tmp_path: Path, fitted) -> None:
     odd = FittedModel(model.library, model.intensity, model.scale, model.noise_sigma, model.paired, [geometry])
     save_model(tmp_path, odd, sources=[])
     assert np.isnan(load_model(tmp_path).geometries[0].score)
+    assert load_model(tmp_path).forward is None  # a model without a forward model (saved before it existed)
 
 
 def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:

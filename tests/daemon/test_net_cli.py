@@ -186,4 +186,4 @@ def test_parser_names_match_registries() -> None:
     from refscope.models.net_fit import NET_STRATEGIES
     from refscope.models.networks import NETWORKS
 
-    assert set(cli.NETWORK_NAMES) == set(NETWORKS) and cli.NET_STRATEGIES == NET_STRATEGIES
+    assert set(cli.NETWORK_NAMES) == set(NETWORKS) | {"auto"} and cli.NET_STRATEGIES == NET_STRATEGIES

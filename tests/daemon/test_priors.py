@@ -34,30 +34,39 @@ def _synthetic(seed: int, lr_shape=(96, 128)):
 
 @pytest.fixture(scope="module")
 def priors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A priors folder with a small x2 prior trained on two synthetic pairs (not the ones the tests fit)."""
+    """A priors folder with a small x2 prior (the default network) trained on two synthetic pairs (not the ones
+    the tests fit)."""
     root = tmp_path_factory.mktemp("priors")
     pairs = [PriorPair(p.lr, lr, grid, f"s{seed}") for seed in (21, 22) for p, lr, grid in [_synthetic(seed)]]
     fit = train_prior(pairs, scale=2, config=PriorConfig(budget_s=3.0, batch=8, patch=24))
-    save_net(root / "compact-x2", fit, sources=["s21", "s22"])
+    assert fit.network == "fullres"  # the network "auto" serves at x2
+    save_net(root / "fullres-x2", fit, sources=["s21", "s22"])
     return root
 
 
 def test_load_prior_finds_verifies_and_can_be_turned_off(priors: Path, monkeypatch, tmp_path: Path) -> None:
-    fit = load_prior("compact", 2, priors)
-    assert fit is not None and fit.normalisation == IDENTITY and (fit.network, fit.scale) == ("compact", 2)
-    assert load_prior("compact", 3, priors) is None and prior_folder("emsr", 2, priors) is None
+    fit = load_prior("fullres", 2, priors)
+    assert fit is not None and fit.normalisation == IDENTITY and (fit.network, fit.scale) == ("fullres", 2)
+    assert load_prior("auto", 2, priors).network == "fullres"  # "auto": the network served at the scale
+    assert load_prior("fullres", 3, priors) is None and prior_folder("emsr", 2, priors) is None
+    assert prior_folder("auto", 3, priors) is None
     monkeypatch.setenv("REFSCOPE_PRIORS", "none")
-    assert load_prior("compact", 2) is None
+    assert load_prior("auto", 2) is None
     monkeypatch.setenv("REFSCOPE_PRIORS", str(priors))
-    assert load_prior("compact", 2) is not None
+    assert load_prior("auto", 2) is not None
+    mislabelled = tmp_path / "mislabelled"
+    mislabelled.mkdir()
+    (mislabelled / "compact-x2").symlink_to(priors / "fullres-x2")
+    with pytest.raises(StateError, match="holds a fullres x2 network, not compact x2"):
+        load_prior("compact", 2, mislabelled)
     damaged = tmp_path / "damaged"
-    (damaged / "compact-x2").mkdir(parents=True)
-    for item in (priors / "compact-x2").iterdir():
-        (damaged / "compact-x2" / item.name).write_bytes(item.read_bytes())
-    weights = damaged / "compact-x2" / "net.npz"
+    (damaged / "fullres-x2").mkdir(parents=True)
+    for item in (priors / "fullres-x2").iterdir():
+        (damaged / "fullres-x2" / item.name).write_bytes(item.read_bytes())
+    weights = damaged / "fullres-x2" / "net.npz"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(StateError, match="net"):
-        load_prior("compact", 2, damaged)
+        load_prior("auto", 2, damaged)
 
 
 def test_trainer_round_starts_from_the_prior(priors: Path, monkeypatch, tmp_path: Path) -> None:
@@ -67,12 +76,13 @@ def test_trainer_round_starts_from_the_prior(priors: Path, monkeypatch, tmp_path
     pairs.add(split.train, split.held_out, ["lr.tif", "hr.tif"])
     save_pairs(tmp_path, pairs)
     monkeypatch.setenv("REFSCOPE_PRIORS", str(priors))
-    spec = dict(state_dir=str(tmp_path), network="compact", strategy="real-pairs", budget_s=1.5,
+    spec = dict(state_dir=str(tmp_path), network="auto", strategy="real-pairs", budget_s=1.5,
                 bootstrap_fraction=0.3, champion="bicubic")
     result = run_round(RoundSpec(round_index=1, prior=True, **spec))
     assert result["warm_start"] == "prior" and result["status"] in ("promoted", "kept")
+    assert result["network"] == "fullres"  # "auto" resolved at the session's scale
     # the best checkpoint includes the prior itself: the round never scores below it on the held-out subimages
-    prior = load_prior("compact", 2)
+    prior = load_prior("auto", 2)
     prior.normalisation = Normalisation.from_images([split.train[0]])
     floor = held_out_delta_psnr(net_predictor(prior), split.held_out, scale=2)
     assert result["candidate"]["d_psnr_db"] >= floor - 1e-6
@@ -106,11 +116,14 @@ def test_fit_and_train_use_the_prior_unless_told_not_to(priors: Path, monkeypatc
 
 def test_shipped_priors_have_a_model_card_and_load() -> None:
     card = (SHIPPED_PRIORS / "MODEL_CARD.md").read_text()
-    for scale in (2, 3, 4):
-        fit = load_prior("compact", scale, SHIPPED_PRIORS)
-        assert fit is not None and fit.scale == scale and fit.normalisation == IDENTITY, scale
-        meta = json.loads((SHIPPED_PRIORS / f"compact-x{scale}" / "card.json").read_text())
+    for network, scale in [("compact", 2), ("compact", 3), ("compact", 4), ("fullres", 2), ("fullres", 3),
+                           ("fullres", 4)]:
+        fit = load_prior(network, scale, SHIPPED_PRIORS)
+        assert fit is not None and fit.scale == scale and fit.normalisation == IDENTITY, (network, scale)
+        meta = json.loads((SHIPPED_PRIORS / f"{network}-x{scale}" / "card.json").read_text())
         assert meta["licence_of_data"] == "MIT" and meta["pairs"] and meta["steps"] > 0
-        assert f"x{scale}" in card
+        assert f"{network}-x{scale}" in card
+    for scale in (2, 3, 4):  # the network served at every scale starts from a shipped prior
+        assert load_prior("auto", scale, SHIPPED_PRIORS) is not None, scale
     size = sum(f.stat().st_size for f in SHIPPED_PRIORS.rglob("*") if f.is_file())
     assert size < 10 * 2 ** 20, f"shipped priors take {size / 2 ** 20:.1f} MB (at most 10 MB)"

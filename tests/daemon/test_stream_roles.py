@@ -15,6 +15,7 @@ from refscope.daemon.model_store import save_model
 from refscope.daemon.protocol import (ProtocolError, decode_stream, encode_confidence, encode_enhanced, encode_frame,
                                       stream_role)
 from refscope.daemon.service import Daemon
+from refscope.models.consistency import data_consistency
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
@@ -57,7 +58,13 @@ def test_protocol_round_trip_of_every_stream_role():
     role, frame = decode_stream(raw)
     assert role == "lr" and frame.seq == 7 and np.array_equal(frame.data, image)
     role, enh = decode_stream(enhanced)
-    assert role == "enhanced" and enh.confidence == "low" and enh.source_seq == 7
+    assert role == "enhanced" and enh.confidence == "low" and enh.source_seq == 7 and enh.consistency is None
+    rated = encode_enhanced(conf, seq=2, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1,
+                            source_seq=8, t=5.0, consistency=np.float32(1.25))
+    assert decode_stream(rated)[1].consistency == 1.25
+    with pytest.raises(ProtocolError, match="consistency"):
+        encode_enhanced(conf, seq=2, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1,
+                        source_seq=8, t=5.0, consistency=-1.0)
     role, got = decode_stream(confidence)
     assert role == "confidence" and got.source_seq == 7 and np.array_equal(got.data, conf)
     assert decode_stream([b'{"role": "histogram"}', b""]) == ("histogram", None)  # unknown roles are skipped
@@ -85,9 +92,11 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
             time.sleep(0.3)
+            frames = []
             for seq in range(3):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
-                source.items.put(Frame(noisy.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
+                frames.append(noisy.astype(np.float32))
+                source.items.put(Frame(frames[-1], 10.0, "lr", f"mem:{seq}", seq, time.time()))
             got: list[tuple[str, object]] = []
             deadline = time.monotonic() + 20
             while len(got) < 9 and time.monotonic() < deadline:
@@ -104,9 +113,16 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
         assert raw.data.shape == SHAPE and conf.data.shape == enhanced.data.shape == (2 * SHAPE[0], 2 * SHAPE[1])
         assert conf.data.dtype == np.float32 and 0.0 <= conf.data.min() and conf.data.max() <= 1.0
         assert enhanced.model_version == "1"
+        # data consistency: the served output degraded by the forward model learned with the library, vs its LR
+        expected = data_consistency(frames[i], enhanced.data, model.forward)
+        assert enhanced.consistency == pytest.approx(expected, abs=1e-3) and 0.3 < enhanced.consistency < 2.0
+        assert enhanced.confidence is None  # consistent and no drift: not flagged
+    assert quality["consistency_last"] == got[-2][1].consistency and quality["consistency_flagged"] == 0
     assert quality["model_version"] == 1 and quality["baseline"] == "first frame" and quality["frames_measured"] == 3
     assert quality["signals"]["coverage"]["value"] == pytest.approx(1.0, abs=0.3) and quality["drift"] is False
-    assert set(quality["signals"]) == {"coverage", "texture", "intensity", "focus", "held_out"}
+    assert set(quality["signals"]) == {"coverage", "texture", "intensity", "focus", "consistency", "held_out"}
+    assert quality["signals"]["consistency"]["value"] == pytest.approx(
+        float(np.median([e.consistency for role, e in got if role == "enhanced"])), abs=1e-6)
     assert written == ["mem_0_x2_confidence.tif", "mem_1_x2_confidence.tif", "mem_2_x2_confidence.tif"]
 
 
@@ -140,3 +156,53 @@ def test_the_raw_frame_is_streamed_before_the_model_runs(tmp_path, monkeypatch):
     finally:
         context.destroy(linger=0)
     assert arrived["lr"] - sent < 0.5 and arrived["enhanced"] - arrived["lr"] >= 0.7
+
+
+def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
+    """An enhanced frame that its own LR frame cannot explain within the noise (here: detail added after the model
+    ran) gets ρ >= monitor.consistency_on, the "low" confidence flag, a flagged count and the raised signal."""
+    import dataclasses
+
+    pair = make_pair(rng=np.random.default_rng(4), lr_shape=SHAPE, factor=2.0)
+    model = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=400)))
+    state = tmp_path / "state"
+    save_model(state, model, sources=["synthetic"])
+    source = QueueSource()
+    config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state),
+                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.pub_endpoint": "tcp://127.0.0.1:*", "monitor.request_on_drift": "false",
+                                "monitor.window": "1", "publish.stream_raw": "false",
+                                "publish.stream_confidence": "false"})
+    context = zmq.Context()
+    try:
+        with Daemon(config, sources=[source], use_onnx=False) as daemon:
+            serve = daemon.engine.enhance
+            invented = 0.2 * np.sign(np.sin(np.arange(2 * SHAPE[1]) / 1.5))[None, :].astype(np.float32)
+
+            def departing(data, *args, **kwargs):
+                result = serve(data, *args, **kwargs)
+                return dataclasses.replace(result, image=result.image + invented)
+
+            daemon.engine.enhance = departing
+            stream = context.socket(zmq.SUB)
+            stream.setsockopt(zmq.SUBSCRIBE, b"")
+            stream.connect(daemon.endpoints["pub"])
+            time.sleep(0.3)
+            for seq in range(2):
+                noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
+                source.items.put(Frame(noisy.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
+            got = []
+            deadline = time.monotonic() + 20
+            while len(got) < 2 and time.monotonic() < deadline:
+                if stream.poll(100):
+                    got.append(decode_stream(stream.recv_multipart())[1])
+            while daemon.status()["quality"]["frames_measured"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)  # the monitor looks at a frame after it is streamed
+            quality = daemon.status()["quality"]
+    finally:
+        context.destroy(linger=0)
+    assert len(got) == 2
+    for enhanced in got:
+        assert enhanced.consistency > config.monitor.consistency_on and enhanced.confidence == "low"
+    assert quality["consistency_flagged"] == 2 and quality["signals"]["consistency"]["raised"] is True
+    assert quality["drift"] is True

@@ -38,6 +38,7 @@ async def test_frames_appear_live_and_numbers_update(fake):
         assert fake.seq > seq and pane_cells(raw) != first  # the picture itself changed
         assert raw.shape == fake.shape and enhanced.shape == (2 * fake.shape[0], 2 * fake.shape[1])
         assert enhanced.border_title.startswith("enhanced #") and "paired v3" in enhanced.border_title
+        assert "ρ 1." in enhanced.border_title  # the frame's data consistency from its header
         assert {text[0] for row in pane_cells(raw) for text, _ in row} <= {"▀", "▄", " "}  # half blocks only
         stats = app.query_one(StatsPanel)
         await wait_until(pilot, lambda: f"in {fake.seq + fake.seq // 10}  out {fake.seq}" in stats.rows[0][1],
