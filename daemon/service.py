@@ -85,6 +85,8 @@ from .curve import daemon_context
 from .errors import RefscopeError
 from .frames import Frame, FrameSource
 from .learner import Learner, ReferenceOutcome, load_initial
+from .model_domain import DomainWatch
+from .model_store import load_domain
 from .monitor import QualityMonitor
 from .pairing import RoleClassifier
 from .publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher
@@ -230,6 +232,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._counts = _Counters()  # frames in/out, skipped.*, dropped.*
+        self.domain_watch = DomainWatch(_log)  # frames served outside the model's domain: logged, counted
         self._errors = _Counters()  # errors by reason
         self._last_error: str | None = None
         self._lat_lock = threading.Lock()
@@ -291,6 +294,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                         f"{cfg.state_dir}: the saved model is x{model.scale} but model.scale is {cfg.model.scale}; use "
                         "the same scale or another state folder")
                 self.engine.set_model(model, version)
+                self.domain_watch.set_model(load_domain(cfg.state_dir))
             self._context = daemon_context(cfg)  # CURVE server keys + authenticator when configured
             self.stream = FrameStream(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
             self.stream.start()
@@ -569,6 +573,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         except ValueError as exc:
             self._error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
             return
+        self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
         self._announce_serving("paired", version, time.monotonic() - start)
 
     def _on_net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: Mapping[str, Any]) -> None:

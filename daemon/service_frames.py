@@ -367,6 +367,7 @@ class FramePipeline:
         except ValueError as exc:
             self._reject(item, "bad_frame", f"{frame.source}: {exc}")
             return
+        self.domain_watch.check(frame)  # outside the model's domain: logged and counted, served all the same
         self._stream_raw(frame)  # what the operator looks at first: the new scan, at once
         fused = self._fuse(frame)
         try:

@@ -99,6 +99,7 @@ class StatusReport:
                        "output_limit": self.config.publish.output_queue_limit,
                        "learner": learner["queued"] if learner else 0},
             "model": model,
+            "domain": self.domain_watch.status(),
             "library_size": model["library_size"],
             "model_version": model["version"],
             "method": model["method"],
