@@ -53,6 +53,7 @@ from .batch_compute import ModelSpec, model_key, slab_graph
 from .batch_files import (PROGRESS_DIR, RECORD_FORMAT, block_ok, output_done, probe_input, read_record, read_slices,
                           same_key, write_stack)
 from .errors import InputFileError, RefscopeError, StateError
+from .model_domain import ModelDomain, check_domain
 from .provenance import model_id, provenance
 from .tiff_io import acquisition_metadata, output_pixels, read_image, write_tiff
 
@@ -71,11 +72,15 @@ class BatchConfig:
         block_px: block side in LR px (>= 64); rounded up to the model's alignment and twice its overlap.
         z_block: slices per resumable block of a volume (>= 1); None: at most 64 MiB of output and 16 slices.
         quiet: no progress bar and no per-file lines (errors and nothing else on the terminal).
+        domain: the model's domain (:mod:`.model_domain`); a frame outside it gets a warning naming what differs,
+            or with ``strict`` is refused (a failed input).
     """
 
     block_px: int = DEFAULT_BLOCK_PX
     z_block: int | None = None
     quiet: bool = False
+    domain: ModelDomain | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if int(self.block_px) != self.block_px or self.block_px < MIN_BLOCK_PX:
@@ -244,7 +249,9 @@ def _prepare(job: BatchJob, spec: ModelSpec, config: BatchConfig, report: BatchR
             shutil.rmtree(task.blocks_dir, ignore_errors=True)
             atomic_write_json(task.record_path, task.record)
         task.blocks_dir.mkdir(exist_ok=True)
-        task.pixel_nm = read_image(job.source, page=0).pixel_size_nm
+        first = read_image(job.source, page=0)
+        check_domain(job.source, first, config.domain, strict=config.strict)  # a stack: one acquisition, one check
+        task.pixel_nm = first.pixel_size_nm
         for z0 in range(0, shape[0], z_block):
             z1 = min(z0 + z_block, shape[0])
             if block_ok(task.block_path(z0, z1), (z1 - z0, spec.scale * shape[1], spec.scale * shape[2])):
@@ -255,12 +262,13 @@ def _prepare(job: BatchJob, spec: ModelSpec, config: BatchConfig, report: BatchR
     return task
 
 
-def _slab(task: _Task, spec: ModelSpec, z0: int, z1: int) -> tuple[np.ndarray, dict[int, float]]:
+def _slab(task: _Task, spec: ModelSpec, config: BatchConfig, z0: int, z1: int) -> tuple[np.ndarray, dict[int, float]]:
     """The LR slab of ``task`` for ``z0:z1`` in the model's input dtype, and its constant slices."""
     if not task.volume:
         from .cli import load_frame
 
         frame = load_frame(task.job.source)  # as enhance reads it: constant / RGB / tiny frames are errors
+        check_domain(task.job.source, frame, config.domain, strict=config.strict)
         task.pixel_nm = frame.pixel_size_nm
         task.pixel_type, task.source_meta = frame.pixel_type, acquisition_metadata(frame)
         return frame.data[np.newaxis].astype(spec.dtype), {}
@@ -338,7 +346,7 @@ def run_batch(spec: ModelSpec, jobs: list[BatchJob], runner: Any, config: BatchC
 def _build(runner: Any, task: _Task, spec: ModelSpec, config: BatchConfig, z0: int, z1: int) -> Any:
     if task.failed:
         raise _Skipped()
-    slab, constant = _slab(task, spec, z0, z1)
+    slab, constant = _slab(task, spec, config, z0, z1)
     return slab_graph(runner.source(slab), spec, block_px=config.block_px, constant=constant)
 
 

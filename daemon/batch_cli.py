@@ -69,6 +69,9 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--z-block", type=_at_least(1), default=None, metavar="N",
                    help="slices per resumable block of a stack (default: up to 64 MiB of output, at most 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-file lines")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (a failed input) a frame outside the model's domain -- pixel size off by more than "
+                   "20 %%, another bit depth or detector; without it such a frame gets a warning")
     p.set_defaults(handler=cmd_batch)
     return p
 
@@ -114,8 +117,10 @@ def open_runner(scheduler: str, workers: int | None, *, progress: bool = True) -
 def cmd_batch(args: argparse.Namespace) -> int:
     """``refscope batch``: plan, run and summarise; returns the exit code (see :data:`EXIT_CODES`)."""
     from .batch import BatchConfig, load_batch_model, plan_jobs, run_batch
+    from .model_store import load_domain
 
-    config = BatchConfig(block_px=args.block, z_block=args.z_block, quiet=args.quiet)
+    config = BatchConfig(block_px=args.block, z_block=args.z_block, quiet=args.quiet,
+                         domain=load_domain(args.state_dir), strict=args.strict)
     check_scheduler(args.scheduler, args.workers)  # before the model export (a second or two)
     spec, label = load_batch_model(args.state_dir, args.method)
     jobs = plan_jobs(args.inputs, args.output, spec.scale)

@@ -52,7 +52,7 @@ from .simulate import add_simulate_parser
 from .errors import InputFileError, RefscopeError
 from .batch_files import write_stack
 from .frames import Frame
-from .model_domain import ModelDomain
+from .model_domain import ModelDomain, check_domain
 from .model_store import load_domain, load_model, save_model
 from .pairing import PairingHooks
 from .progress import Steps, progress
@@ -286,7 +286,7 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
             frames = load_frames(src, detector=detector)
             results, seconds = [], 0.0
             for frame in frames:
-                _check_domain(src, frame, domain, strict)
+                check_domain(src, frame, domain, strict=strict)
                 if runner is not None:
                     start = time.perf_counter()
                     result, backend = runner(frame.data), "onnx"
@@ -320,18 +320,6 @@ def _enhance_each(files: list[Path], outputs: list[Path], steps: Steps, *, serve
         print(f"{src} -> {dst}  {shape} ({size}), {label or method} ({backend}), {seconds:.2f} s")
         steps.advance()
     return failed
-
-
-def _check_domain(src: Path, frame: LoadedImage, domain: ModelDomain | None, strict: bool) -> None:
-    """Warn about (or with ``strict`` refuse) a frame outside the model's domain."""
-    if domain is None:
-        return
-    differs = domain.differences(ModelDomain.of(frame))
-    if differs:
-        message = f"{src}: outside the model's domain: {'; '.join(differs)}"
-        if strict:
-            raise InputFileError(message + " (--strict)")
-        print(f"warning: {message}", file=sys.stderr)
 
 
 def evaluate_files(lr: LoadedImage, hr: LoadedImage, *, scale: int | None, methods: tuple[str, ...],

@@ -5,7 +5,7 @@ Sources, later ones winning key by key:
 1. the defaults below;
 2. a TOML file (``refscope daemon --config refscope.toml``) with top-level keys ``state_dir`` and ``log_level``
    and the tables ``[ingest]``, ``[model]``, ``[serve]``, ``[publish]``, ``[control]``, ``[monitor]``,
-   ``[trainer]``, ``[security]``;
+   ``[trainer]``, ``[security]``, ``[fusion]``;
 3. command-line overrides, given as dotted keys: ``{"ingest.watch": "/data/in", "publish.out_dir": "/data/out"}``
    (a key without a dot is a top-level key). String values are parsed for the key's type (``"3"`` for an
    integer, ``"true"``/``"false"`` for a flag, ``"a,b"`` for a list, ``"none"`` to unset an optional key).
@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from .config_fields import ConfigError, check_range, convert_value, field_doc, show_value
-from .config_sections import (HOOKS, METHODS, ControlConfig, IngestConfig, ModelConfig, MonitorConfig, PublishConfig,
-                              SecurityConfig, ServeConfig, TrainerConfig)
+from .config_sections import (HOOKS, METHODS, ControlConfig, FusionConfig, IngestConfig, ModelConfig, MonitorConfig,
+                              PublishConfig, SecurityConfig, ServeConfig, TrainerConfig)
 from .curve import is_loopback_endpoint
 from .serve.budget import MemoryBudget
 
@@ -62,6 +62,7 @@ __all__ = [
     "MonitorConfig",
     "TrainerConfig",
     "SecurityConfig",
+    "FusionConfig",
     "HOOKS",
     "DaemonConfig",
     "load_config",
@@ -90,6 +91,7 @@ SECTIONS: dict[str, type] = {
     "monitor": MonitorConfig,
     "trainer": TrainerConfig,
     "security": SecurityConfig,
+    "fusion": FusionConfig,
 }
 """TOML table name -> section dataclass."""
 
@@ -126,6 +128,7 @@ class DaemonConfig:
         state_dir: folder for the catalogue, learned models and other state (absolute).
         ingest, model, serve, publish, control, monitor, trainer: the sections.
         security: who may connect (CURVE keys; see :class:`SecurityConfig`).
+        fusion: multi-frame fusion of the live frames before enhancement (see :class:`FusionConfig`).
         log_level: ``"DEBUG"``, ``"INFO"``, ``"WARNING"`` or ``"ERROR"``.
     """
 
@@ -139,6 +142,7 @@ class DaemonConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     log_level: str = "INFO"
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():

@@ -1,5 +1,5 @@
 """The sections of the daemon's configuration (``[ingest]``, ``[model]``, ``[serve]``, ``[publish]``,
-``[control]``, ``[monitor]``, ``[trainer]``, ``[security]``): frozen dataclasses, each key documented and checked
+``[control]``, ``[monitor]``, ``[trainer]``, ``[security]``, ``[fusion]``): frozen dataclasses, each key documented and checked
 when the section is built (see :mod:`.config` for how they are loaded and combined)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .source_folder import FolderSourceConfig
 from .source_zmq import ZmqSourceConfig
 
 __all__ = ["METHODS", "HOOKS", "IngestConfig", "ModelConfig", "ServeConfig", "PublishConfig", "ControlConfig",
-           "MonitorConfig", "TrainerConfig", "SecurityConfig"]
+           "MonitorConfig", "TrainerConfig", "SecurityConfig", "FusionConfig"]
 
 METHODS: tuple[str, ...] = ("best", "paired", "net", "paired-faithful", "original", "bicubic")
 """Served methods (``model.method``): the champion, the library, the trained network, the NLM references, bicubic."""
@@ -511,3 +511,52 @@ class SecurityConfig:
                 raise ConfigError(
                     f"security.curve_dir ({self.curve_dir}) has no {secret.name}: create the daemon's keys with "
                     f"`refscope keys generate {self.curve_dir}`", key="security.curve_dir")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Multi-frame fusion of the live LR frames before enhancement (see :mod:`.serve.fusion_window`).
+
+    The newest frames of one field are registered to the newest (shift, small rotation), tested tile by tile for
+    changed content (a moving object falls back to the newest frame there) and averaged; the fused frame is what
+    the model serves and what references are paired with. Off by default: a moving stage gains nothing from it.
+
+    Attributes:
+        enabled: fuse every live frame with the recent frames of its field.
+        auto_static_stage: fuse (even when ``enabled`` is false) while the frames' stage metadata says the stage
+            did not move (frames without a stage position are then served alone).
+        window: frames fused at most, the newest included (1 to 16).
+        max_age_s: frames older than this (acquisition time before the newest frame's) are not fused, seconds.
+        stage_tolerance_px: a stage position that differs from the previous frame's by more than this many LR
+            pixels is a stage move: the window restarts with the new frame.
+        max_memory_mb: the window's frames (float32) are held within this many MB; a frame too large for
+            ``window`` copies is fused with fewer (at least one: served alone).
+        publish_single: also write the single-frame enhancement of each fused frame (``<stem>_single``) beside
+            the fused one in the output folder.
+    """
+
+    SECTION: ClassVar[str] = "fusion"
+
+    enabled: bool = field(default=False, metadata=field_doc(
+        "Fuse each live LR frame with the recent frames of its field (registered, changed regions left out) before "
+        "enhancement; for a stage that holds still (off by default)."))
+    auto_static_stage: bool = field(default=False, metadata=field_doc(
+        "Fuse while the frames' stage metadata says the stage did not move, even with enabled = false."))
+    window: int = field(default=4, metadata=field_doc("Frames fused at most, the newest included (1 to 16)."))
+    max_age_s: float = field(default=10.0, metadata=field_doc(
+        "Frames acquired more than this many seconds before the newest are not fused (> 0)."))
+    stage_tolerance_px: float = field(default=0.5, metadata=field_doc(
+        "A stage position differing from the previous frame's by more than this many LR pixels is a stage move: "
+        "the window restarts (>= 0)."))
+    max_memory_mb: float = field(default=64.0, metadata=field_doc(
+        "Most memory the window's frames (float32 copies) may hold, MB (> 0); larger frames are fused with fewer."))
+    publish_single: bool = field(default=False, metadata=field_doc(
+        "Also write the single-frame enhancement (<stem>_single) beside each fused frame in the output folder."))
+
+    def __post_init__(self) -> None:
+        check_types(self, "fusion.")
+        check_range("fusion.window", 1 <= self.window <= 16, "an integer from 1 to 16", self.window)
+        check_range("fusion.max_age_s", self.max_age_s > 0, "a number of seconds > 0", self.max_age_s)
+        check_range("fusion.stage_tolerance_px", self.stage_tolerance_px >= 0, "a number of LR pixels >= 0",
+                    self.stage_tolerance_px)
+        check_range("fusion.max_memory_mb", self.max_memory_mb > 0, "a number of MB > 0", self.max_memory_mb)

@@ -57,6 +57,7 @@ from .atomic import atomic_write_json
 from .catalogue import Catalogue
 from .errors import RefscopeError, StateError
 from .frames import Frame
+from .model_domain import ModelDomain
 from .model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model
 from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
 from .publish import EventPublisher
@@ -288,6 +289,11 @@ class Learner:
         """Remember an LR frame as a pairing candidate for later references (cheap; any thread)."""
         self._recent.add(frame)
 
+    def note_fused(self, frame: Frame) -> None:
+        """Replace a noted LR frame by its fused version (same ``source``; any thread): a reference arriving later
+        is paired with the fused frame the server enhanced, so the model learns from the input it serves."""
+        self._recent.replace_source(frame)
+
     def submit_reference(self, frame: Frame) -> bool:
         """Queue an HR reference without blocking; pairs it with the LR frames noted so far.
 
@@ -466,7 +472,9 @@ class Learner:
         if self._on_learned is not None:
             self._on_learned(split, [pair.lr_source, pair.hr_source])
         if decision.promote:
-            self._promote(candidate, decision, pair)
+            lr_frame = next((f for f in recent if f.source == pair.lr_source), None)
+            self._promote(candidate, decision, pair,
+                          domain=ModelDomain.of_frame(lr_frame) if lr_frame is not None else None)
         else:
             self._keep_champion(candidate, decision, pair, champion_db)
         self._done(hr, "learned")  # after the pair (trainer's pairs, catalogue) and a promoted library are saved
@@ -523,11 +531,12 @@ class Learner:
                                          library_size=len(candidate.library), scores=scores, promoted=promoted,
                                          reason=reason)
 
-    def _promote(self, candidate: FittedModel, decision: PromotionDecision, pair: PairResult) -> None:
+    def _promote(self, candidate: FittedModel, decision: PromotionDecision, pair: PairResult, *,
+                 domain: ModelDomain | None = None) -> None:
         version = self._version + 1
         scores = self._scores(decision, pair)
         try:
-            save_model(self._state_dir, candidate, sources=[pair.lr_source, pair.hr_source])
+            save_model(self._state_dir, candidate, sources=[pair.lr_source, pair.hr_source], domain=domain)
             _write_version(self._state_dir, version, decision.candidate_delta_db, len(candidate.library),
                            [pair.lr_source, pair.hr_source])
         except (StateError, OSError, ValueError) as exc:

@@ -11,13 +11,17 @@ reads from the file's metadata -- imaging mode, detector, format) -- as a warnin
 """
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .errors import InputFileError
 from .tiff_common import LoadedImage
 
-__all__ = ["PIXEL_SIZE_TOLERANCE", "ModelDomain"]
+__all__ = ["PIXEL_SIZE_TOLERANCE", "ModelDomain", "DomainWatch", "check_domain"]
 
 PIXEL_SIZE_TOLERANCE = 0.2
 """Relative pixel-size difference beyond which a frame is outside the model's domain (0.2 = 20 %)."""
@@ -48,6 +52,19 @@ class ModelDomain:
         return cls(pixel_size_nm=image.pixel_size_nm, dtype=image.pixel_type, detector=image.metadata.detector,
                    vendor=image.metadata.vendor, modality=image.metadata.modality)
 
+    @classmethod
+    def of_frame(cls, frame: Any) -> ModelDomain:
+        """The domain of a daemon :class:`~refscope.daemon.frames.Frame` (its pixels arrive in the stored type; the
+        detector, vendor and modality come from the reader's metadata when the source carried them)."""
+        meta = frame.metadata
+
+        def text(key: str) -> str | None:
+            value = meta.get(key)
+            return str(value) if value else None
+
+        return cls(pixel_size_nm=frame.pixel_size_nm, dtype=frame.data.dtype.name, detector=text("detector"),
+                   vendor=text("vendor"), modality=text("modality"))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -74,3 +91,69 @@ class ModelDomain:
         if self.modality and other.modality and self.modality != other.modality:
             found.append(f"a {other.modality} frame, the model learned on {self.modality} frames")
         return found
+
+
+def check_domain(source: Any, image: LoadedImage, domain: ModelDomain | None, *, strict: bool = False) -> list[str]:
+    """The offline commands' check (``enhance``, ``batch``): a frame outside ``domain`` gets one warning line on
+    stderr naming ``source`` and what differs, or with ``strict`` an :class:`~refscope.daemon.errors.InputFileError`
+    (exit 2). Returns what differs (empty when ``domain`` is None or the frame is inside it)."""
+    if domain is None:
+        return []
+    differs = domain.differences(ModelDomain.of(image))
+    if differs:
+        message = f"{source}: outside the model's domain: {'; '.join(differs)}"
+        if strict:
+            raise InputFileError(message + " (--strict)")
+        print(f"warning: {message}", file=sys.stderr)
+    return differs
+
+
+class DomainWatch:
+    """The live daemon's domain check: every served frame is compared with the serving model's domain; a frame
+    outside it is served all the same (the daemon never stops for it), counted, and logged -- once per change of
+    what differs, not once per frame of a stream that stays outside. Thread-safe.
+
+    ``status()`` is the ``domain`` section of the daemon's status: the model's domain (None when unknown: bicubic,
+    or a model saved before domains were recorded), ``frames_outside`` (frames served outside it since start) and
+    ``last`` (the latest such frame and what differed, or None).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._lock = threading.Lock()
+        self._domain: ModelDomain | None = None
+        self._outside = 0
+        self._last: str | None = None
+        self._logged: tuple[str, ...] = ()
+        self._log = logger if logger is not None else logging.getLogger("refscope.daemon")
+
+    def set_model(self, domain: ModelDomain | None) -> None:
+        """The serving model's domain (None: unknown, nothing is checked)."""
+        with self._lock:
+            self._domain = domain
+            self._logged = ()
+
+    def check(self, frame: Any) -> list[str]:
+        """What differs between ``frame`` (a :class:`~refscope.daemon.frames.Frame`) and the model's domain."""
+        with self._lock:
+            domain = self._domain
+        if domain is None:
+            return []
+        differs = domain.differences(ModelDomain.of_frame(frame))
+        if not differs:
+            return []
+        message = f"{frame.source}: outside the serving model's domain: {'; '.join(differs)} (served all the same)"
+        # the phrase without its numbers decides whether this is news: one line per change, not one per frame
+        kinds = tuple(d.split(" ", 2)[0] + " " + d.split(" ", 2)[1] if " " in d else d for d in differs)
+        with self._lock:
+            self._outside += 1
+            self._last = message
+            news = kinds != self._logged
+            self._logged = kinds
+        if news:
+            self._log.warning("%s", message)
+        return differs
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"model": self._domain.to_dict() if self._domain is not None else None,
+                    "frames_outside": self._outside, "last": self._last}

@@ -246,6 +246,19 @@ class RecentFrames:
             while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._frames) > 1:
                 self._bytes -= self._frames.popleft().data.nbytes
 
+    def replace_source(self, frame: Frame) -> bool:
+        """Put ``frame`` in place of the held frame with the same ``source`` (the fused version of a live frame:
+        references are then paired with what is served); False, and nothing changes, when none is held."""
+        with self._lock:
+            for index, held in enumerate(self._frames):
+                if held.source == frame.source:
+                    self._bytes += frame.data.nbytes - held.data.nbytes
+                    self._frames[index] = frame
+                    while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._frames) > 1:
+                        self._bytes -= self._frames.popleft().data.nbytes
+                    return True
+        return False
+
     @property
     def nbytes(self) -> int:
         """Bytes of pixels held now."""

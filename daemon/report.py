@@ -75,32 +75,8 @@ def write_csv(path: str, report: EvaluationReport, settings: dict) -> None:
 
 
 def write_plot(path: str, report: EvaluationReport, settings: dict) -> None:
-    """PNG bar chart of the mean PSNR gain over bicubic per method (dark: out-of-sample, light: in-sample)."""
-    from PIL import Image, ImageDraw, ImageFont  # Pillow comes with scikit-image
+    """PNG figure of ``report``: per-subimage ΔPSNR/ΔSSIM with error bars for every method and the bicubic
+    baseline, and an image panel (LR, bicubic, each method, HR truth on one crop); :mod:`.offline.plot`."""
+    from .offline.plot import write_evaluation_plot  # matplotlib: only when a figure is drawn
 
-    methods = list(dict.fromkeys(r.method for r in report.results))
-    bars = [(m, s, report.mean_delta(m, "psnr", in_sample=s)) for m in methods for s in (False, True)]
-    bars = [b for b in bars if math.isfinite(b[2])]
-    width, height, top, bottom, left = 200 + 150 * len(methods), 420, 50, 60, 60
-    span = max([abs(v) for *_, v in bars] + [0.05]) * 1.25
-    to_y = lambda v: top + (span - v) / (2 * span) * (height - top - bottom)  # noqa: E731
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    draw.text((left, 12), f"PSNR gain over bicubic (dB), x{report.scale}; dark = out-of-sample", fill="black",
-              font=font)
-    for i, method in enumerate(methods):
-        x0 = left + 40 + 150 * i
-        for j, sample in enumerate((False, True)):
-            value = next((v for m, s, v in bars if m == method and s == sample), None)
-            if value is None:
-                continue
-            color = ((40, 90, 170) if value >= 0 else (190, 60, 50)) if not sample else (160, 185, 225)
-            bx = x0 + 50 * j
-            draw.rectangle([bx, min(to_y(0), to_y(value)), bx + 44, max(to_y(0), to_y(value))], fill=color)
-            draw.text((bx, to_y(value) + (-16 if value >= 0 else 4)), f"{value:+.2f}", fill="black", font=font)
-        draw.text((x0, height - bottom + 10), method, fill="black", font=font)
-    draw.line([left, to_y(0), width - 20, to_y(0)], fill="black", width=2)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    write_evaluation_plot(path, report, settings)

@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from refscope.daemon.errors import RefscopeError
 from refscope.models.errors import ImageError
 from refscope.models.manifest import ModelManifest
-from refscope.models.onnx_export import check_onnx_model, model_opset
 from refscope.models.tiling import process_tiled
 
 __all__ = [
@@ -42,6 +40,7 @@ __all__ = [
     "OnnxModel",
     "ModelSlot",
     "import_onnxruntime",
+    "check_model_bytes",
     "choose_providers",
     "verify_active_providers",
 ]
@@ -266,9 +265,25 @@ def _read_source(source: ModelSource) -> tuple[bytes, str]:
         raise OSError(f"cannot read model file {path}: {exc.strerror or exc}") from None
 
 
+def check_model_bytes(model_bytes: bytes, manifest: ModelManifest) -> None:
+    """Raise unless ``model_bytes`` is a model refscope can serve as ``manifest`` describes it
+    (:func:`refscope.models.onnx_export.check_onnx_model`, and the opset the manifest names)."""
+    from refscope.models.onnx_export import check_onnx_model  # imports onnx (~0.5 s): only when checking
+
+    check_onnx_model(model_bytes, expected_scale=manifest.scale)
+    opset = _opset_of(model_bytes)
+    if opset != manifest.opset:
+        raise ValueError(f"the manifest says opset {manifest.opset} but the model is stamped {opset}; "
+                         "the manifest belongs to another model")
+
+
 def _opset_of(model_bytes: bytes) -> int | None:
     """ai.onnx opset of serialized model bytes, ``None`` if they do not parse."""
     try:
+        import onnx  # here: ~0.5 s to import (ml_dtypes); a model from refscope's checked export cache never needs it
+
+        from refscope.models.onnx_export import model_opset
+
         return model_opset(onnx.load_model_from_string(model_bytes))
     except Exception:
         return None
@@ -326,7 +341,7 @@ class OnnxModel:
             self.source,
             manifest.kind,
             manifest.scale,
-            _opset_of(model_bytes),
+            manifest.opset,  # the model's stamp: try_load checked they agree
             [name for name, _ in requested],
             list(self.providers),
         )
@@ -440,7 +455,7 @@ class ModelSlot:
         with self._lock:
             return self._last_error
 
-    def try_load(self, source: ModelSource, manifest: ModelManifest) -> bool:
+    def try_load(self, source: ModelSource, manifest: ModelManifest, *, checked: bool = False) -> bool:
         """Validate, load and warm up a new model; serve it only if all of that succeeds.
 
         Parameters
@@ -449,6 +464,10 @@ class ModelSlot:
             Serialized ONNX model or the path of a ``.onnx`` file.
         manifest : ModelManifest
             Must match the model (scale, opset).
+        checked : bool
+            The bytes passed :func:`check_model_bytes` before (refscope's own export cache keeps only models that
+            did): the static checks, and the import of the ``onnx`` package they need, are skipped; ONNX Runtime
+            still parses the model and the warm-up still runs it.
 
         Returns
         -------
@@ -463,13 +482,8 @@ class ModelSlot:
                 if not isinstance(manifest, ModelManifest):
                     raise TypeError(f"manifest must be a ModelManifest, got {type(manifest).__name__}")
                 model_bytes, description = _read_source(source)
-                check_onnx_model(model_bytes, expected_scale=manifest.scale)
-                opset = _opset_of(model_bytes)
-                if opset != manifest.opset:
-                    raise ValueError(
-                        f"the manifest says opset {manifest.opset} but the model is stamped {opset}; "
-                        "the manifest belongs to another model"
-                    )
+                if not checked:
+                    check_model_bytes(model_bytes, manifest)
                 candidate = OnnxModel(model_bytes, manifest, self.config)
                 candidate.source = description
             except Exception as exc:  # keep serving the old model whatever went wrong

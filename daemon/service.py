@@ -27,6 +27,10 @@ Policies:
 * **Stream**: :class:`~refscope.daemon.publish.StreamPublisher`, lossy (viewers get the newest frames). Per
   frame: the raw LR frame (``publish.stream_raw``), the enhanced frame, its confidence map
   (``publish.stream_confidence``, once a model serves); formats in :mod:`.protocol`.
+* **Fusion** (``[fusion]``, off by default; :mod:`.serve.fusion_window`): the serve loop fuses each live frame
+  with the recent frames of its field (registered, changed regions left out) and enhances the fused frame; the
+  fused frame replaces the raw one as the learner's pairing candidate. A stage move, raised drift, another frame
+  size or a frame that does not register restarts the window with that frame (served alone).
 * **Quality** (:mod:`.monitor`): every served frame is measured against the frames the model learned from
   (``status()["quality"]``); drift, or frames without a model, trigger a rate-limited ``reference_requested``
   handed to the ``monitor.hook``; the operator's ``request_reference`` goes the same way.
@@ -81,11 +85,14 @@ from .curve import daemon_context
 from .errors import RefscopeError
 from .frames import Frame, FrameSource
 from .learner import Learner, ReferenceOutcome, load_initial
+from .model_domain import DomainWatch
+from .model_store import load_domain
 from .monitor import QualityMonitor
 from .pairing import RoleClassifier
 from .publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher
 from .publish_spill import SPILL_DIR
 from .reference_hooks import HookRunner, make_hook
+from .serve.fusion_window import FusionWindow
 from .serving import EnhanceResult, ServingEngine
 from .source_folder import FolderFrameSource
 from .source_zmq import ZmqFrameSource
@@ -194,6 +201,11 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget,
                                      export_in_child=True, onnx_cache_dir=config.state_dir)
         self._classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
+        fusion = config.fusion
+        self.fusion = FusionWindow(enabled=fusion.enabled, auto_static_stage=fusion.auto_static_stage,
+                                   window=fusion.window, max_age_s=fusion.max_age_s,
+                                   stage_tolerance_px=fusion.stage_tolerance_px,
+                                   max_bytes=int(fusion.max_memory_mb * (1 << 20)))
         self._role_lock = threading.Lock()
         self._last_role: dict[str, str] | None = None  # the latest frame's role and why (status "roles")
         self._context: zmq.Context | None = None
@@ -220,6 +232,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._counts = _Counters()  # frames in/out, skipped.*, dropped.*
+        self.domain_watch = DomainWatch(_log)  # frames served outside the model's domain: logged, counted
         self._errors = _Counters()  # errors by reason
         self._last_error: str | None = None
         self._lat_lock = threading.Lock()
@@ -281,6 +294,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                         f"{cfg.state_dir}: the saved model is x{model.scale} but model.scale is {cfg.model.scale}; use "
                         "the same scale or another state folder")
                 self.engine.set_model(model, version)
+                self.domain_watch.set_model(load_domain(cfg.state_dir))
             self._context = daemon_context(cfg)  # CURVE server keys + authenticator when configured
             self.stream = FrameStream(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
             self.stream.start()
@@ -559,6 +573,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         except ValueError as exc:
             self._error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
             return
+        self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
         self._announce_serving("paired", version, time.monotonic() - start)
 
     def _on_net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: Mapping[str, Any]) -> None:

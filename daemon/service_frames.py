@@ -15,10 +15,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 
+from refscope.models.fusion import count_confidence
+
 from .frames import Frame
 from .pairing import RoleDecision
 from .publish import output_stem
 from .serve.budget import FramePlan
+from .serve.fusion_window import FusedFrame
 from .serving import check_frame
 from .worker import supervised
 
@@ -274,6 +277,53 @@ class FramePipeline:
                 if self.trainer is not None and self._serve_queue.empty():
                     self.trainer.hold(False)
 
+    def _fuse(self, frame: Frame) -> FusedFrame | None:
+        """The fused frame to enhance in place of ``frame`` (None: fusion is off). A failure of fusion costs the
+        fusion only: counted (``fusion_failed``), the frame is served alone."""
+        if not self.fusion.active:
+            return None
+        try:
+            fused = self.fusion.add(frame.data, t=frame.t, stage_xy_m=frame.stage_xy_m,
+                                    pixel_size_nm=frame.pixel_size_nm, drift=self._drift_now())
+        except Exception as exc:  # noqa: BLE001 - fusion must never stop serving
+            self.fusion.clear()
+            self._error("fusion_failed", f"{frame.source}: served alone, fusion failed ({type(exc).__name__}: {exc})",
+                        level=logging.ERROR)
+            return None
+        if fused.reset not in (None, "off"):
+            _log.info("%s: fusion window restarted (%s)", frame.source, fused.reset)
+        if fused.frames > 1 and self.learner is not None:
+            self.learner.note_fused(replace(frame, data=fused.image))  # pair references with what is served
+        return fused
+
+    def _look(self, frame: Frame, result: Any, fused: FusedFrame | None, scale: int,
+              consistency: float | None = None) -> Any:
+        """The quality monitor's look at what was enhanced (the fused frame when there is one); the confidence map
+        is weighted by the frames fused per pixel (:func:`refscope.models.fusion.count_confidence`)."""
+        if fused is None or fused.count is None:
+            return self._observe(frame, result, consistency)
+        observation = self._observe(replace(frame, data=fused.image), result, consistency)
+        conf = observation.confidence
+        if conf is not None and conf.shape == (fused.count.shape[0] * scale, fused.count.shape[1] * scale):
+            observation = replace(observation, confidence=count_confidence(conf, fused.count, scale=scale))
+        return observation
+
+    def _publish_single(self, frame: Frame, stem: str, scale: int, out_pixel_nm: float | None,
+                        meta: dict[str, Any], max_pending: int) -> None:
+        """Write the single-frame enhancement beside the fused one (``<stem>_single``; ``fusion.publish_single``)."""
+        assert self.folder is not None
+        try:
+            single = self.engine.enhance(frame.data)
+        except Exception as exc:  # noqa: BLE001 - the fused output goes out anyway
+            self._error("enhance_failed", f"{frame.source}: single-frame result not made ({exc})")
+            return
+        if single.image.shape[0] != frame.shape[0] * scale:
+            return  # the scale changed in between
+        extra = dict(meta, fused_frames=1, model_s=round(single.seconds, 6))
+        if not self.folder.submit(single.image, source=frame.source, t=frame.t, scale=scale, pixel_size_nm=out_pixel_nm,
+                                  metadata=extra, stem=f"{stem}_single", confidence=None, max_pending=max_pending):
+            self._counts.add("dropped.output_queue_full")
+
     def _plan(self, frame: Frame) -> FramePlan:
         """What serving ``frame`` at the current scale costs under the memory budget (``fits`` False, with the
         reason, for a frame the daemon does not enhance)."""
@@ -317,9 +367,11 @@ class FramePipeline:
         except ValueError as exc:
             self._reject(item, "bad_frame", f"{frame.source}: {exc}")
             return
+        self.domain_watch.check(frame)  # outside the model's domain: logged and counted, served all the same
         self._stream_raw(frame)  # what the operator looks at first: the new scan, at once
+        fused = self._fuse(frame)
         try:
-            result = self.engine.enhance(frame.data)
+            result = self.engine.enhance(fused.image if fused is not None else frame.data)
         except ValueError as exc:
             self._reject(item, "bad_frame", f"{frame.source}: {exc}")
             return
@@ -334,15 +386,20 @@ class FramePipeline:
         # handed to the writer and the stream first, its confidence map follows -- unless the map is written
         # beside the output TIFF, which needs it before the hand-over.
         write_conf = self.config.publish.write_confidence
-        consistency = self._consistency(frame, result)
-        observation = self._observe(frame, result, consistency) if write_conf else None
+        # data consistency against what was enhanced: the fused frame when there is one
+        consistency = self._consistency(replace(frame, data=fused.image) if fused is not None else frame, result)
+        observation = self._look(frame, result, fused, scale, consistency) if write_conf else None
         meta = {"model": result.model_name, "model_version": result.version, "backend": result.backend,
                 "model_s": round(result.seconds, 6), "source_seq": frame.seq}
+        if fused is not None:
+            meta.update(fused_frames=fused.frames, fusion_s=round(fused.seconds, 6))
         if consistency is not None:
             meta["consistency"] = consistency
         if self.folder is not None:
             stem = output_stem(frame.source)
             confidence = observation.confidence if observation is not None else None
+            if fused is not None and fused.frames > 1 and self.config.fusion.publish_single:
+                self._publish_single(frame, stem, scale, out_pixel_nm, meta, plan.output_queue)
             if not self.folder.submit(result.image, source=frame.source, t=frame.t, scale=scale,
                                       pixel_size_nm=out_pixel_nm, metadata=meta, stem=stem, confidence=confidence,
                                       max_pending=plan.output_queue):
@@ -352,7 +409,7 @@ class FramePipeline:
         seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift,
                                                           consistency)
         if observation is None:
-            observation = self._observe(frame, result, consistency)
+            observation = self._look(frame, result, fused, scale, consistency)
         self._publish_confidence(frame, result, observation, seq, latency, out_pixel_nm)
         if self.folder is None:
             self._catalogue_call(lambda: catalogue.mark_enhanced(frame.source, None), frame.source)

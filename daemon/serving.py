@@ -473,14 +473,19 @@ class ServingEngine:
             return export_paired_model(fitted, version=version)
 
         if self.onnx_cache_dir is not None:
+            from .runtime import check_model_bytes
             from .serve.onnx_cache import cached_export
 
-            onnx_bytes, manifest = cached_export(self.onnx_cache_dir, fitted, version, export)
+            # every cache entry passed check_model_bytes when it was stored: not checked again
+            onnx_bytes, manifest = cached_export(self.onnx_cache_dir, fitted, version, export,
+                                                 check=check_model_bytes)
+            checked = True
         else:
             onnx_bytes, manifest = export()
+            checked = False
         if self._slot is None:
             self._slot = ModelSlot(self._runtime_config())
-        if not self._slot.try_load(onnx_bytes, manifest):
+        if not self._slot.try_load(onnx_bytes, manifest, checked=checked):
             raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
         model = self._slot.model
         window = self._warm_up(model, *self._tiling(replace(state, onnx=model)))

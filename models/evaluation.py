@@ -20,9 +20,12 @@ from .metrics import QualityScores, score_all
 from .pipeline import METHODS, FitConfig, enhance, fit_library, register_reference, training_grids
 from .registration import PairGeometry
 
-__all__ = ["SubimageScore", "EvaluationReport", "split_subimages", "training_area", "evaluate_pair"]
+__all__ = ["SubimageScore", "EvaluationReport", "split_subimages", "training_area", "evaluate_pair", "PANEL_CELL"]
 
 ROWS, COLS = 3, 4
+PANEL_CELL = (ROWS // 2, COLS - 1)
+"""(row, col) of the subimage whose images an :class:`EvaluationReport` keeps for a figure: the middle one of the
+out-of-sample column."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class EvaluationReport:
     library_size: int
     noise_sigma: float
     results: list[SubimageScore] = field(default_factory=list)
+    panel: dict[str, np.ndarray] = field(default_factory=dict)
+    """The images of subimage :data:`PANEL_CELL`, float64 in LR units: ``"LR"`` (h, w), then ``"bicubic"``, each
+    method and ``"HR"`` (the truth on the S-times grid), all (S·h, S·w), in that order."""
 
     def mean_delta(self, method: str, metric: str = "psnr", *, in_sample: bool = False) -> float:
         """Mean difference to bicubic of ``metric`` over the in- or out-of-sample subimages."""
@@ -124,8 +130,17 @@ def evaluate_pair(lr: np.ndarray, hr: np.ndarray, *, factor: float, scale: int,
             sub_lr = lr[ys[row]:ys[row + 1], xs[col]:xs[col + 1]]
             ref = hr_grid[(ys[row] - y0) * scale:(ys[row + 1] - y0) * scale,
                           (xs[col] - x0) * scale:(xs[col + 1] - x0) * scale]
-            base = score_all(ref, enhance(sub_lr, model, method="bicubic"))
+            bicubic = enhance(sub_lr, model, method="bicubic")
+            base = score_all(ref, bicubic)
+            keep = (row, col) == PANEL_CELL
+            if keep:
+                report.panel.update(LR=sub_lr.copy(), bicubic=bicubic)
             for method in methods:
-                scores = score_all(ref, enhance(sub_lr, model, method=method))
+                estimate = enhance(sub_lr, model, method=method)
+                scores = score_all(ref, estimate)
                 report.results.append(SubimageScore(method, row, col, is_train, scores, _diff(scores, base)))
+                if keep:
+                    report.panel[method] = estimate
+            if keep:
+                report.panel["HR"] = np.array(ref)
     return report

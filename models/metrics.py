@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.signal.windows import tukey
 from skimage.feature import canny
 from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
@@ -290,6 +289,8 @@ def frc(image_a: np.ndarray, image_b: np.ndarray, *, tukey_alpha: float = 0.25) 
     if not 0.0 <= tukey_alpha <= 1.0:
         raise ValueError(f"tukey_alpha must be in [0, 1], got {tukey_alpha!r}")
     h, w = a.shape
+    from scipy.signal.windows import tukey  # here: scipy.signal costs ~0.4 s to import, a cold `enhance` never needs it
+
     window = np.outer(tukey(h, tukey_alpha), tukey(w, tukey_alpha))
     fa, fb = np.fft.fft2((a - a.mean()) * window).ravel(), np.fft.fft2((b - b.mean()) * window).ravel()
     n = min(h, w)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .degradations import MultiScaleConfig, resize
-from .evaluation import COLS, ROWS, EvaluationReport, SubimageScore, _diff, split_subimages
+from .evaluation import COLS, PANEL_CELL, ROWS, EvaluationReport, SubimageScore, _diff, split_subimages
 from .image_ops import upsample_bicubic
 from .metrics import QualityScores, fit_intensity_coefficients, foreground_mask, score_all
 from .networks import build_network, resolve_network
@@ -333,13 +333,23 @@ def score_predictors(lr: np.ndarray, hr_grid: np.ndarray, box: tuple[tuple[int, 
             sub_lr = lr[ys[row]:ys[row + 1], xs[col]:xs[col + 1]]
             ref = hr_grid[(ys[row] - y0) * scale:(ys[row + 1] - y0) * scale,
                           (xs[col] - x0) * scale:(xs[col + 1] - x0) * scale]
-            base = score_all(ref, upsample_bicubic(sub_lr, scale))
+            bicubic = upsample_bicubic(sub_lr, scale)
+            base = score_all(ref, bicubic)
+            keep = (row, col) == PANEL_CELL
+            if keep:  # the figure's image panel (evaluate --plot): kept from evaluate_pair when it ran first
+                report.panel.pop("HR", None)
+                report.panel.setdefault("LR", sub_lr.copy())
+                report.panel.setdefault("bicubic", bicubic)
             for name, pred in predictors.items():
                 est = np.asarray(pred(sub_lr), dtype=np.float64)
                 if est.shape != ref.shape:
                     raise ValueError(f"{name}: returned {est.shape} for a {sub_lr.shape} input, expected {ref.shape}")
                 scores = _scores(ref, est)
                 report.results.append(SubimageScore(name, row, col, is_train, scores, _diff(scores, base)))
+                if keep:
+                    report.panel[name] = est
+            if keep:
+                report.panel["HR"] = np.array(ref)  # last: the truth closes the row
     return report
 
 

@@ -24,6 +24,10 @@ probe-blurred specimen is *point sampled* at each pixel centre (no pixel averagi
 the lattice as a real undersampled STEM scan does), counts are Poisson in the dose (electrons per pixel), each
 scan line is shifted (line jitter) and has its own gain and offset (scan noise: flyback and detector drift).
 :func:`stem_pair` gives an LR frame and a finer HR scan of its centre from the same specimen.
+
+Repeated frames. :func:`drift_series` scans one field again and again while it drifts slowly (sub-pixel steps
+plus a random wander) and a bright disc moves over the specimen, with the LR noise model above; :func:`drift_truth`
+gives the clean specimen of any of those fields on a finer grid (the truth multi-frame fusion is scored against).
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ from scipy import ndimage
 from .synthetic import render_specimen, scan
 
 __all__ = ["Area", "Event", "Optics", "Session", "State", "make_areas", "specimen_from_image", "state_at",
-           "scan_lr", "scan_hr", "stage_to_area", "StemOptics", "stem_lattice", "scan_stem", "stem_pair"]
+           "scan_lr", "scan_hr", "stage_to_area", "StemOptics", "stem_lattice", "scan_stem", "stem_pair",
+           "DriftSeries", "DriftFrames", "drift_series", "drift_truth"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,3 +369,122 @@ def stem_pair(optics: StemOptics, *, rng: np.random.Generator) -> tuple[np.ndarr
                    pixel_nm=hr_pixel, dose=optics.hr_dose, rng=rng)
     as_counts = [np.rint(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16) for image in (lr, hr)]
     return as_counts[0], as_counts[1], optics.lr_pixel_nm, hr_pixel
+
+
+# ------------------------------------------------------------------------------------------- repeated frames
+
+
+@dataclass(frozen=True)
+class DriftSeries:
+    """Repeated LR frames of one field: slow sub-pixel drift and a moving object (for multi-frame fusion).
+
+    Attributes:
+        n_frames: number of frames (>= 1).
+        drift_px: mean displacement of the field per frame (y, x), LR px (slow: a fraction of a pixel).
+        wander_px: standard deviation of a random step added to the drift per frame and axis, LR px (>= 0).
+        object_radius_px: radius of a bright disc that moves over the specimen, LR px (0: no object).
+        object_step_px: its displacement on the specimen per frame (y, x), LR px.
+        object_contrast: signal the disc adds (the specimen signal is in [0, 1]; the sum is clipped to 1).
+        object_start: where the disc starts, as a fraction (y, x) of frame 0's field (0.5, 0.5: its centre).
+    """
+
+    n_frames: int = 8
+    drift_px: tuple[float, float] = (0.29, -0.37)
+    wander_px: float = 0.05
+    object_radius_px: float = 5.0
+    object_step_px: tuple[float, float] = (1.5, 2.5)
+    object_contrast: float = 0.4
+    object_start: tuple[float, float] = (0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if self.n_frames < 1 or self.wander_px < 0 or self.object_radius_px < 0:
+            raise ValueError("DriftSeries needs n_frames >= 1, wander_px >= 0 and object_radius_px >= 0")
+
+
+@dataclass(frozen=True, eq=False)
+class DriftFrames:
+    """What :func:`drift_series` scanned.
+
+    Attributes:
+        frames: N uint16 (H, W) LR frames, oldest first.
+        field_yx: (N, 2) top-left corner of each frame's field relative to frame 0's, LR px: the content of
+            frame ``k`` at pixel ``u`` is the content of frame 0 at ``u + field_yx[k]``.
+        object_yx: (N, 2) centre of the moving object in each frame's own LR pixel-edge coordinates.
+        origin_px: (y, x) frame 0's field top-left corner, specimen px.
+    """
+
+    frames: tuple[np.ndarray, ...]
+    field_yx: np.ndarray
+    object_yx: np.ndarray
+    origin_px: tuple[float, float]
+
+
+def _with_object(image: np.ndarray, centre_px: tuple[float, float], radius_px: float, contrast: float) -> np.ndarray:
+    """A copy of ``image`` with a soft-edged disc (``radius_px`` specimen px, edge ~1 px wide) of ``contrast``
+    added at ``centre_px`` (y, x specimen pixel-edge coordinates), clipped to [0, 1]."""
+    out = image.copy()
+    if radius_px <= 0 or contrast == 0:
+        return out
+    cy, cx = centre_px
+    pad = radius_px + 3
+    y0, y1 = max(int(cy - pad), 0), min(int(math.ceil(cy + pad)), image.shape[0])
+    x0, x1 = max(int(cx - pad), 0), min(int(math.ceil(cx + pad)), image.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return out
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64) + 0.5
+    disc = np.clip(radius_px + 0.5 - np.hypot(yy - cy, xx - cx), 0.0, 1.0)
+    out[y0:y1, x0:x1] = np.clip(out[y0:y1, x0:x1] + contrast * disc, 0.0, 1.0)
+    return out
+
+
+def drift_series(area: Area, optics: Optics, series: DriftSeries, *, rng: np.random.Generator) -> DriftFrames:
+    """Scan ``series.n_frames`` LR frames of the field at the centre of ``area`` while it drifts.
+
+    Frame ``k``'s field is displaced by ``field_yx[k] = Σ_{j<=k, j>0} (drift_px + N(0, wander_px²))`` LR px
+    from frame 0's; a disc (the moving object) starts at ``object_start`` of the field and moves by ``object_step_px`` per
+    frame over the specimen. Each frame has the session's noise model (Poisson dose, read noise, line jitter,
+    probe blur; :func:`scan_lr`'s), so consecutive frames differ by drift, noise and the object only.
+    """
+    per_lr = optics.lr_pixel_nm / area.specimen_nm  # specimen px per LR px
+    h, w = optics.lr_shape
+    steps = np.asarray(series.drift_px, dtype=np.float64) + rng.normal(0.0, series.wander_px, (series.n_frames, 2))
+    steps[0] = 0.0
+    field = np.cumsum(steps, axis=0)
+    span = np.abs(field).max() + 2.0
+    if (h + 2 * span) * per_lr > area.image.shape[0] or (w + 2 * span) * per_lr > area.image.shape[1]:
+        raise ValueError(f"the field drifts by up to {span:.1f} LR px, beyond the {area.image.shape} px specimen area")
+    origin = ((area.image.shape[0] - h * per_lr) / 2.0, (area.image.shape[1] - w * per_lr) / 2.0)
+    start = np.array([origin[0] + h * per_lr * series.object_start[0],
+                      origin[1] + w * per_lr * series.object_start[1]])  # object centre, specimen px
+    frames, objects = [], []
+    state = State(0, (0.0, 0.0), 1.0, 0.0, 0.0)
+    for k in range(series.n_frames):
+        centre_obj = start + k * np.asarray(series.object_step_px) * per_lr
+        spec = _with_object(area.image, (float(centre_obj[0]), float(centre_obj[1])),
+                            series.object_radius_px * per_lr, series.object_contrast)
+        top = np.array(origin) + field[k] * per_lr
+        stage = (area.origin_m[0] + (top[1] + w * per_lr / 2.0) * area.specimen_nm * 1e-9,
+                 area.origin_m[1] + (top[0] + h * per_lr / 2.0) * area.specimen_nm * 1e-9)
+        view = Area(spec, area.origin_m, area.specimen_nm, area.name)
+        frames.append(_scan(view, stage, optics.lr_shape, optics.lr_pixel_nm, optics.probe_sigma_px, optics.dose,
+                            state, optics, rng, optics.line_jitter_px))
+        objects.append((centre_obj - top) / per_lr)
+    return DriftFrames(tuple(frames), field, np.array(objects), (float(origin[0]), float(origin[1])))
+
+
+def drift_truth(area: Area, optics: Optics, series: DriftSeries, drift: DriftFrames, index: int, *,
+                scale: int) -> np.ndarray:
+    """The clean specimen (float64 signal in [0, 1], no noise, no jitter) of frame ``index``'s field on its grid
+    refined ``scale`` times ((S·H, S·W)), as a perfect HR reference would show it: moving object at its place,
+    probe ``optics.hr_probe_sigma_px`` fine px. What the benchmark scores super-resolved frames against."""
+    if not 0 <= index < len(drift.frames) or scale < 1:
+        raise ValueError(f"index must be in [0, {len(drift.frames)}) and scale >= 1")
+    per_lr = optics.lr_pixel_nm / area.specimen_nm
+    h, w = optics.lr_shape
+    centre_obj = drift.object_yx[index] + drift.field_yx[index]  # LR px relative to frame 0's field
+    spec = _with_object(area.image, (drift.origin_px[0] + centre_obj[0] * per_lr,
+                                     drift.origin_px[1] + centre_obj[1] * per_lr),
+                        series.object_radius_px * per_lr, series.object_contrast)
+    top = np.array(drift.origin_px) + drift.field_yx[index] * per_lr
+    return scan(spec, field_box=(float(top[0]), float(top[1]), h * scale, w * scale), pixel_size=per_lr / scale,
+                probe_sigma_px=optics.hr_probe_sigma_px, dose=None, read_noise=0.0, rng=None)

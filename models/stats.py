@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as _st
 
 __all__ = ["PairedTTest", "paired_ttest", "ttests_by_category"]
 
@@ -60,6 +59,8 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> PairedTTest:
             return PairedTTest(n, 0.0, 0.0, math.nan, df, math.nan)
         return PairedTTest(n, mean, 0.0, math.copysign(math.inf, mean), df, 0.0)
     t = mean / (sd / math.sqrt(n))
+    from scipy import stats as _st  # here: scipy.stats costs ~0.4 s to import, a cold `enhance` never needs it
+
     p = float(2.0 * _st.t.sf(abs(t), df))
     return PairedTTest(n, mean, sd, float(t), df, min(p, 1.0))
 

@@ -99,6 +99,7 @@ class RefscopeApp(App[None]):
         Binding("z", f"zoom({ZOOM_STEP})", "zoom in", show=False),
         Binding("Z", f"zoom({1 / ZOOM_STEP})", "zoom out", show=False),
         Binding("0", "reset_view", "reset view", show=False),
+        Binding("1", "one_to_one", "1:1 zoom", show=False),
         Binding("up,k", "pan(-1, 0)", "pan up", show=False),
         Binding("down,j", "pan(1, 0)", "pan down", show=False),
         Binding("left,h", "pan(0, -1)", "pan left", show=False),
@@ -118,6 +119,7 @@ class RefscopeApp(App[None]):
         ("z / Z", "zoom in / out"),
         ("0", "reset zoom and pan"),
         ("←↑↓→ / h k j l", "pan"),
+        ("click / 1", "centre the view on the clicked point / 1:1 zoom there (again: whole frame)"),
         ("/", "filter the event log (Esc leaves the filter)"),
         ("PgUp / PgDn", "scroll the event log"),
         ("? / F1", "this help"),
@@ -126,8 +128,10 @@ class RefscopeApp(App[None]):
 
     def __init__(self, control: str = DEFAULT_CONTROL, *, stream: str | None = None, events: str | None = None,
                  status_interval_s: float = 1.0, request_timeout_s: float = 1.0,
-                 action_timeout_s: float = 3.0, curve: CurveClientKeys | None = None) -> None:
+                 action_timeout_s: float = 3.0, curve: CurveClientKeys | None = None,
+                 graphics: str = "halfblock") -> None:
         super().__init__()
+        self.graphics = graphics  # "kitty" / "sixel": real pixels (tui/graphics.py); "halfblock" elsewhere
         self.control_endpoint = control
         self._fixed = {"pub": stream, "events": events}
         self._endpoints: dict[str, str | None] = {"pub": stream, "events": events}
@@ -150,7 +154,7 @@ class RefscopeApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status-bar")
-        yield LiveView(id="live")
+        yield LiveView(graphics=self.graphics, id="live")
         with Horizontal(id="bottom"):
             yield StatsPanel(id="stats")
             yield DriftPanel(id="drift")
@@ -334,6 +338,9 @@ class RefscopeApp(App[None]):
     def action_reset_view(self) -> None:
         self.query_one(LiveView).reset_view()
 
+    def action_one_to_one(self) -> None:
+        self.query_one(LiveView).toggle_one_to_one()
+
     def action_focus_filter(self) -> None:
         self.query_one("#event-filter", Input).focus()
 
@@ -388,7 +395,11 @@ def run_tui(control: str = DEFAULT_CONTROL, *, stream: str | None = None, events
     root.handlers = [handler]
     logging.captureWarnings(True)
     try:
-        RefscopeApp(control, stream=stream, events=events, curve=curve).run()
+        from .graphics import detect_graphics
+
+        graphics = detect_graphics()  # asks the terminal, before textual takes it over
+        logging.getLogger("refscope.tui").info("image display: %s", graphics)
+        RefscopeApp(control, stream=stream, events=events, curve=curve, graphics=graphics).run()
     finally:
         logging.captureWarnings(False)
         root.handlers = saved_handlers

@@ -2,6 +2,8 @@
 in :class:`~refscope.tui.live_view.LiveView`)."""
 from __future__ import annotations
 
+from textual import events
+from textual.message import Message
 from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
@@ -22,6 +24,15 @@ class FrameView(Widget):
 
     can_focus = False
     frames_shown: reactive[int] = reactive(0, layout=False, repaint=False)
+    px_per_cell: tuple[int, int] = (2, 1)
+    """(height, width) display pixels per character cell: 2 x 1 for half blocks; a picture pane's cell size."""
+
+    class Picked(Message):
+        """The operator clicked a pane: ``center`` is the frame position there, normalised (y, x)."""
+
+        def __init__(self, pane: str, center: tuple[float, float]) -> None:
+            super().__init__()
+            self.pane, self.center = pane, center
 
     def __init__(self, waiting: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -45,6 +56,24 @@ class FrameView(Widget):
             self.border_title = title
         self.border_subtitle = ""
         self.refresh()
+
+    def on_click(self, event: events.Click) -> None:
+        """Pick the region to look at: the clicked frame position becomes the view's centre (LiveView)."""
+        position = self.frame_position(event.x, event.y)
+        if position is not None:
+            self.post_message(self.Picked(self.id or "", position))
+
+    def frame_position(self, x: int, y: int) -> tuple[float, float] | None:
+        """The normalised (y, x) frame position under content cell (``x``, ``y``), or None off the frame."""
+        window, shape = self.window, self.shape
+        if window is None or shape is None:
+            return None
+        per_y, per_x = self.px_per_cell
+        row = int(y * per_y + per_y // 2) - window.pad_top
+        col = int(x * per_x + per_x // 2) - window.pad_left
+        if not (0 <= row < len(window.rows) and 0 <= col < len(window.cols)):
+            return None
+        return ((window.rows[row] + 0.5) / shape[0], (window.cols[col] + 0.5) / shape[1])
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size

@@ -109,7 +109,17 @@ def summary_lines(status: Mapping[str, Any], rates: Mapping[str, float | None], 
                    f"out {dig(queues, 'output', default='-')}  learn {dig(queues, 'learner', default='-')}"),
         ("σ_n", "default" if sigma is None else f"{sigma:.3g}"),
         ("stream", f"{tui.get('enhanced', 0)} enhanced, {tui.get('bad', 0)} bad"),
+        ("fused", _fusion_line(dig(status, "fusion", default={}))),
     ]
+
+
+def _fusion_line(fusion: Mapping[str, Any]) -> str:
+    """Frames fused into the newest served frame (status ``fusion``), of the window, and the last restart."""
+    if not fusion or not (fusion.get("enabled") or fusion.get("auto_static_stage")):
+        return "off"
+    line = f"{fusion.get('frames', 0)}/{fusion.get('window', '-')} frames"
+    reset = fusion.get("last_reset")
+    return line + (f"  reset: {reset}" if reset else "")
 
 
 def _trainer_line(trainer: Mapping[str, Any]) -> str:

@@ -230,3 +230,21 @@ def test_bad_inputs_are_reported_and_skipped(state, frames, tmp_path, capsys) ->
     assert "no such state folder" in capsys.readouterr().err
     assert main(["batch", str(state), str(folder), "-o", str(out), "--scheduler", "fast"]) == 2
     assert "--scheduler" in capsys.readouterr().err
+
+
+def test_batch_warns_about_a_frame_outside_the_models_domain_and_strict_refuses_it(state, tmp_path, capsys):
+    """Issue 15.2 in batch: as enhance, a warning naming pixel size and bit depth; --strict refuses (exit 2)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    foreign = folder / "zeiss_like.tif"
+    write_tiff(foreign, np.clip(_lr(70) * 250, 0, 255).astype(np.uint8), pixel_size_nm=4.0)
+    assert main(["batch", str(state), str(foreign), "-o", str(tmp_path / "a.tif"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {foreign}: outside the model's domain" in err
+    assert "pixel size 4 nm" in err and "pixel type uint8" in err
+    assert main(["batch", str(state), str(foreign), "-o", str(tmp_path / "b.tif"), "--quiet", "--strict"]) == 2
+    assert "(--strict)" in capsys.readouterr().err and not (tmp_path / "b.tif").exists()
+    inside = folder / "inside.tif"
+    write_tiff(inside, _lr(71), pixel_size_nm=10.0)
+    assert main(["batch", str(state), str(inside), "-o", str(tmp_path / "c.tif"), "--quiet", "--strict"]) == 0
+    assert "warning" not in capsys.readouterr().err

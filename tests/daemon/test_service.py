@@ -10,6 +10,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import queue
 import threading
@@ -420,6 +421,37 @@ def test_stream_only_daemon_marks_frames_enhanced_once_streamed(tmp_path, pair):
             assert daemon.status()["publish"]["folder"] is None
         finally:
             viewer.close()
+
+
+def test_a_frame_outside_the_serving_models_domain_is_logged_counted_and_served(tmp_path, pair, caplog):
+    """Issue 15.2 in the daemon: a model fitted on 10 nm float frames meets an 8-bit frame at 4 nm -- never a stop,
+    a warning naming what differs, a count and a status field."""
+    from refscope.daemon.cli import main as cli_main
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    write_tiff(staging / "lr.tif", pair.lr.astype(np.float32), pixel_size_nm=LR_NM)
+    write_tiff(staging / "hr.tif", pair.hr.astype(np.float32), pixel_size_nm=HR_NM)
+    state = tmp_path / "state"
+    assert cli_main(["fit", str(staging / "lr.tif"), str(staging / "hr.tif"), "-o", str(state),
+                     "--library-size", "1000", "-q"]) == 0
+    source = QueueSource()
+    config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state)})
+    caplog.set_level(logging.WARNING, logger="refscope.daemon")
+    with Daemon(config, sources=[source]) as daemon:
+        assert daemon.status()["domain"]["model"]["pixel_size_nm"] == pytest.approx(LR_NM)
+        source.items.put(Frame(lr_frame(pair, 0), LR_NM, "lr", "mem:inside", 0, time.time()))
+        foreign = np.clip(lr_frame(pair, 1) * 250, 0, 255).astype(np.uint8)
+        for i in range(2):
+            source.items.put(Frame(foreign, 4.0, "lr", f"mem:foreign{i}", 1 + i, time.time()))
+        wait_for(lambda: daemon.status()["frames"]["out"] == 3, 30, "3 frames served")
+        status = daemon.status()
+        assert status["running"] and status["domain"]["frames_outside"] == 2
+        last = status["domain"]["last"]
+        assert last.startswith("mem:foreign1: outside the serving model's domain")
+        assert "pixel size 4 nm, the model's 10 nm" in last and "pixel type uint8, the model's float32" in last
+    warned = [r.getMessage() for r in caplog.records if "outside the serving model's domain" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("mem:foreign0")  # once per change, not once per frame
 
 
 # ----------------------------------------------------------------------------------------------- CLI glue

@@ -53,6 +53,7 @@ STATUS = {  # the keys Daemon.status() returns (refscope.daemon.service), abridg
     "model": {"version": 3, "method": "paired", "served_by": "paired", "backend": "onnx", "sigma_n": 1.25,
               "library_size": 8000, "validation_delta_db": 0.84},
     "library_size": 8000, "model_version": 3, "method": "paired", "validation_delta_db": 0.84,
+    "fusion": {"enabled": True, "auto_static_stage": False, "window": 4, "frames": 3, "last_reset": "stage_moved"},
 }
 
 
@@ -65,6 +66,7 @@ def test_status_rows_from_a_daemon_status_and_from_an_empty_one():
     assert rows["queues"] == "serve 2/8  out 0  learn 1" and rows["stream"] == "7 enhanced, 1 bad"
     empty = dict(summary_lines({}, {}, {}))
     assert empty["latency"] == "p50 -  p99 -" and empty["model"] == "- v-" and empty["σ_n"] == "default"
+    assert rows["fused"] == "3/4 frames  reset: stage_moved" and empty["fused"] == "off"
 
 
 def test_drift_signals_in_each_accepted_shape():

@@ -66,3 +66,36 @@ def test_an_unreadable_entry_is_exported_again_and_the_cache_is_bounded(model, t
     for version in range(MAX_ENTRIES + 3):
         cached_export(tmp_path, fitted, str(100 + version), lambda: (data, manifest))
     assert len(list((tmp_path / CACHE_DIR).glob("*.onnx"))) == MAX_ENTRIES
+
+
+def test_only_checked_models_enter_the_cache_and_a_cache_hit_does_not_import_onnx(model, tmp_path):
+    """A cache hit skips the static ONNX checks (and the ~0.5 s import of the onnx package, issue 15.5) because
+    every entry passed them when it was stored; a model that fails them is never stored."""
+    import subprocess
+    import sys
+
+    from refscope.daemon.runtime import check_model_bytes
+
+    fitted, _ = model
+    data, manifest = paired_net.export_paired_model(fitted, version="1")
+    with pytest.raises(Exception, match="scale"):
+        cached_export(tmp_path, fitted, "1", lambda: (data, manifest.__class__.from_dict(
+            {**manifest.to_dict(), "scale": 3})), check=check_model_bytes)
+    assert not list((tmp_path / CACHE_DIR).glob("*.onnx"))  # refused: not cached
+    _engine(tmp_path).set_model(fitted, 1)  # exported, checked, cached
+    assert len(list((tmp_path / CACHE_DIR).glob("*.onnx"))) == 1
+    import pickle
+
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(fitted))
+    code = ("import pickle, sys\n"
+            "from refscope.daemon.config import ModelConfig, ServeConfig\n"
+            "from refscope.daemon.serving import ServingEngine\n"
+            f"fitted = pickle.loads(open({str(tmp_path / 'model.pkl')!r}, 'rb').read())\n"
+            "engine = ServingEngine(ModelConfig(scale=2, method='paired'), ServeConfig(), "
+            f"onnx_cache_dir={str(tmp_path)!r})\n"
+            "engine.set_model(fitted, 1)\n"
+            "assert engine.describe()['backend'] == 'onnx', engine.describe()\n"
+            "print('onnx' in sys.modules, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

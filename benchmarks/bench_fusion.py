@@ -1,0 +1,241 @@
+"""Multi-frame fusion of the live LR frames before enhancement (issue 16): what it gains, and what it costs.
+
+    python benchmarks/bench_fusion.py [--json F] [--seed N] [--skip-zeiss] [--skip-latency]
+
+1. **Simulator, truth known** (:func:`refscope.models.simulator.drift_series`, default optics and noise: 256x320
+   LR frames, dose 300, read noise 0.01, line jitter 0.1 px, slow sub-pixel drift, a bright disc moving 2.9 px per
+   frame). An HR reference (x2) of the field's centre is scanned with frame 7; the model is fitted on the LR
+   frame it pairs with -- single-frame: frame 7; fused: frames 7..7-N+1 fused (what the daemon pairs with) -- and
+   ``best`` is the daemon's promotion rule without the background network: the paired library if it beats bicubic on
+   the reference's held-out quarter, else bicubic. Scored on frame 15 (fused with 15..15-N+1) against the clean
+   specimen of frame 15's field at x2 (:func:`~refscope.models.simulator.drift_truth`): PSNR / SSIM over the
+   frame (8 LR px border left out), the same inside the moving object's region (where it is now and where it was
+   during the window), and the FRC resolution against the truth (1/7 threshold, output px). Rows: bicubic and
+   ``best`` of one frame, ``best`` of the fused frame (N = 1, 2, 4, 8), and the finer-grid shift-and-add
+   (:func:`~refscope.models.fusion.fuse_fine`, N = 2, 4, 8).
+2. **Real Zeiss pair** (``../shared/data/hr_only/zeiss_sem/ZEISS_SEM_multipage.tif``, two InLens scans of one area 3
+   min apart): the registered shift (rigid, and the block field of the slow-scan distortion), the noise of one
+   frame and of the fused frame by the wavelet (Haar MAD) estimate :func:`~refscope.models.noise.
+   estimate_noise_sigma`, the share of pixels fused, and the FRC of the two registered scans (the fused frame's
+   independent halves).
+3. **Latency** of the daemon's serve step on 640x472 LR frames: :class:`~refscope.daemon.serve.fusion_window.
+   FusionWindow.add` (one registration + window-1 warps and tests) and the enhancement by the serving engine's
+   paired model (ONNX Runtime), per frame, median of 12 frames after 4 warm-up frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from refscope.daemon.config import ModelConfig, ServeConfig
+from refscope.daemon.serve.fusion_window import FusionWindow
+from refscope.daemon.serving import ServingEngine
+from refscope.models.fusion import FusionConfig, fuse_fine, fuse_frames, register_frame, subpixel_diversity
+from refscope.models.image_ops import upsample_bicubic
+from refscope.models.metrics import frc, frc_resolution, masked_psnr, psnr, ssim
+from refscope.models.noise import estimate_noise_sigma
+from refscope.models.pipeline import FitConfig, enhance, fit_library, register_reference, training_grids
+from refscope.models.promotion import held_out_delta_psnr, split_for_validation
+from refscope.models.simulator import (DriftSeries, Optics, State, drift_series, drift_truth, make_areas, scan_hr)
+
+HERE = Path(__file__).resolve().parent
+ZEISS = HERE.parent.parent / "shared" / "data" / "hr_only" / "zeiss_sem" / "ZEISS_SEM_multipage.tif"
+SCALE = 2
+NS = (1, 2, 4, 8)
+FIT_AT, SCORE_AT = 7, 15
+
+
+def _best(lr: np.ndarray, hr: np.ndarray) -> tuple[object, dict]:
+    """The daemon's rule without the network: paired if it beats bicubic on the held-out quarter, else bicubic."""
+    cfg = FitConfig(scale=SCALE)
+    geometry = register_reference(lr, hr, factor=float(SCALE), config=cfg)
+    (y0, y1), (x0, x1) = box = training_grids(lr, hr, geometry, scale=SCALE)[0]
+    grid = training_grids(lr, hr, geometry, scale=SCALE)[1]
+    split = split_for_validation(lr[y0:y1, x0:x1], grid, scale=SCALE)
+    model = fit_library([split.train], config=cfg)
+    delta = held_out_delta_psnr(lambda x: enhance(x, model), split.held_out, scale=SCALE)
+    chosen = "paired" if delta > 0 else "bicubic"
+    predict = (lambda x: enhance(x, model)) if chosen == "paired" else (lambda x: upsample_bicubic(x, SCALE))
+    return predict, {"chose": chosen, "held_out_delta_db": round(float(delta), 3), "box": box}
+
+
+def _scores(truth: np.ndarray, est: np.ndarray, mask: np.ndarray) -> dict:
+    b = 8 * SCALE
+    inner = (slice(b, -b), slice(b, -b))
+    res = frc_resolution(frc(truth[inner], est[inner]))
+    return {"psnr": round(psnr(truth[inner], est[inner], data_range=1.0), 3),
+            "ssim": round(ssim(truth[inner], est[inner], data_range=1.0), 4),
+            "object_psnr": round(masked_psnr(truth, est, mask, data_range=1.0), 3),
+            "frc_period_px": round(res.period_px, 3)}
+
+
+def simulator(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    optics = Optics()
+    area = make_areas(["mixed"], optics, rng=rng)[0]
+    series = DriftSeries(n_frames=16, object_start=(0.8, 0.8))
+    drift = drift_series(area, optics, series, rng=rng)
+    frames = [f.astype(np.float64) / 65535.0 for f in drift.frames]
+    h, w = optics.lr_shape
+    per_lr = optics.lr_pixel_nm / area.specimen_nm
+    top = np.array(drift.origin_px) + drift.field_yx[FIT_AT] * per_lr
+    stage = (area.origin_m[0] + (top[1] + w * per_lr / 2) * area.specimen_nm * 1e-9,
+             area.origin_m[1] + (top[0] + h * per_lr / 2) * area.specimen_nm * 1e-9)
+    hr = scan_hr([area], State(0, stage, 1.0, 0.0, 0.0), optics, rng, centre_xy_m=stage,
+                 lr_box_shape=(h // 2, w // 2)).astype(np.float64) / 65535.0
+    truth = drift_truth(area, optics, series, drift, SCORE_AT, scale=SCALE)
+    # the object's region: where it is in frame 15 and where it was in the frames fused with it (ghosts)
+    fy, fx = (np.mgrid[0:h * SCALE, 0:w * SCALE] + 0.5) / SCALE
+    mask = np.zeros(truth.shape, bool)
+    for k in range(SCORE_AT - max(NS) + 1, SCORE_AT + 1):
+        cy, cx = drift.object_yx[k] + drift.field_yx[k] - drift.field_yx[SCORE_AT]
+        mask |= np.hypot(fy - cy, fx - cx) < series.object_radius_px + 1.5
+    cfg = FusionConfig()
+    reg_s, motions = [], {}
+    for anchor in (FIT_AT, SCORE_AT):
+        ref = frames[anchor]
+        motions[anchor] = [None]
+        for k in range(anchor - 1, anchor - max(NS), -1):
+            t0 = time.perf_counter()
+            motions[anchor].append(register_frame(ref, frames[k], config=cfg))
+            reg_s.append(time.perf_counter() - t0)
+    shift_err = [float(np.hypot(*(np.array(m.shift_yx((h, w))) - (drift.field_yx[SCORE_AT - i] - drift.field_yx[SCORE_AT]))))
+                 for i, m in enumerate(motions[SCORE_AT]) if m is not None]
+
+    def window(anchor: int, n: int) -> tuple[list[np.ndarray], list]:
+        return [frames[anchor - i] for i in range(n)], motions[anchor][:n]
+
+    rows: dict[str, dict] = {}
+    clean_lr = drift_truth(area, optics, series, drift, SCORE_AT, scale=1)  # no noise: what fusion tends to
+    rows["bicubic of the noise-free frame (ceiling)"] = _scores(truth, upsample_bicubic(clean_lr, SCALE), mask)
+    predict1, info1 = _best(frames[FIT_AT], hr)
+    rows["bicubic, 1 frame"] = _scores(truth, upsample_bicubic(frames[SCORE_AT], SCALE), mask)
+    rows["best, 1 frame"] = dict(_scores(truth, predict1(frames[SCORE_AT]), mask), **{"chose": info1["chose"]})
+    timings = {}
+    for n in NS[1:]:
+        fit_frames, fit_motions = window(FIT_AT, n)
+        fused_fit = fuse_frames(fit_frames, motions=fit_motions, config=cfg)
+        predict, info = _best(fused_fit.image, hr)
+        score_frames, score_motions = window(SCORE_AT, n)
+        t0 = time.perf_counter()
+        fused = fuse_frames(score_frames, motions=score_motions, config=cfg)
+        timings[n] = time.perf_counter() - t0
+        rows[f"bicubic of fused N={n}"] = _scores(truth, upsample_bicubic(fused.image, SCALE), mask)
+        rows[f"fused N={n} then best"] = dict(_scores(truth, predict(fused.image), mask), chose=info["chose"],
+                                              mean_count=round(fused.mean_count, 2))
+        fine = fuse_fine(score_frames, scale=SCALE, motions=score_motions, config=cfg)
+        rows[f"finer grid N={n}"] = dict(_scores(truth, fine.image, mask),
+                                         diversity=subpixel_diversity(score_motions, (h, w), scale=SCALE))
+    base = rows["best, 1 frame"]
+    for row in rows.values():
+        row["d_psnr"] = round(row["psnr"] - base["psnr"], 3)
+        row["d_object_psnr"] = round(row["object_psnr"] - base["object_psnr"], 3)
+    return {"rows": rows, "registration_s_median": round(statistics.median(reg_s), 4),
+            "fuse_s": {str(n): round(s, 4) for n, s in timings.items()},
+            "shift_error_px_max": round(max(shift_err), 4), "lr_shape": [h, w]}
+
+
+def zeiss() -> dict | None:
+    if not ZEISS.is_file():
+        return None
+    from refscope.daemon.tiff_io import read_frames
+
+    pages = [np.asarray(f.data, dtype=np.float64) for f in read_frames(ZEISS)]
+    newest, older = pages[1], pages[0]
+    cfg = FusionConfig(register_px=512)  # a 2048x1536 scan of smooth structures: register on a larger centre
+    rigid = register_frame(newest, older, config=cfg)
+    t0 = time.perf_counter()
+    blocks = register_frame(newest, older, config=cfg, blocks=(4, 4))
+    block_s = time.perf_counter() - t0
+    out = {"shape": list(newest.shape), "rigid_shift_yx": [round(v, 2) for v in rigid.shift_yx(newest.shape)],
+           "rigid_rotation_deg": round(rigid.rotation_deg, 3), "rigid_ncc": round(rigid.score, 3),
+           "block_field_y_px": [round(float(blocks.field[..., 0].min()), 2), round(float(blocks.field[..., 0].max()), 2)],
+           "block_field_x_px": [round(float(blocks.field[..., 1].min()), 2), round(float(blocks.field[..., 1].max()), 2)],
+           "block_registration_s": round(block_s, 2)}
+    for name, motion in (("rigid", rigid), ("blocks", blocks)):
+        fused = fuse_frames([newest, older], motions=[None, motion], config=cfg)
+        both = fused.count == 2
+        single_sigma = estimate_noise_sigma(newest)
+        out[name] = {"fused_share": round(float(both.mean()), 3),
+                     "noise_single": round(single_sigma, 3), "noise_fused": round(estimate_noise_sigma(fused.image), 3),
+                     "noise_ratio": round(estimate_noise_sigma(fused.image) / single_sigma, 3)}
+    from refscope.models.fusion import warp_frame
+
+    warped, _ = warp_frame(older, blocks)
+    m = int(cfg.max_shift_px) + 8  # inside every registered shift
+    inner = (slice(m, -m), slice(m, -m))
+    out["frc_halves_period_px"] = round(frc_resolution(frc(newest[inner], warped[inner])).period_px, 3)
+    return out
+
+
+def latency(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    optics = Optics(lr_shape=(472, 640))
+    area = make_areas(["mixed"], optics, rng=rng, travel_lr_px=16)[0]
+    series = DriftSeries(n_frames=16)
+    frames = drift_series(area, optics, series, rng=rng).frames
+    h, w = optics.lr_shape
+    cx = area.origin_m[0] + area.image.shape[1] / 2 * area.specimen_nm * 1e-9
+    cy = area.origin_m[1] + area.image.shape[0] / 2 * area.specimen_nm * 1e-9
+    hr = scan_hr([area], State(0, (cx, cy), 1.0, 0.0, 0.0), optics, rng, centre_xy_m=(cx, cy),
+                 lr_box_shape=(h // 4, w // 4))
+    from refscope.models.pipeline import fit
+
+    model = fit(frames[0], [(hr, float(SCALE))], config=FitConfig(scale=SCALE))
+    engine = ServingEngine(ModelConfig(scale=SCALE, method="paired"), ServeConfig())
+    engine.set_model(model, 1)
+    window = FusionWindow(enabled=True, window=4)
+    fuse_s, fuse_cpu_s, model_s, total_s = [], [], [], []
+    for i, frame in enumerate(frames):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fused = window.add(frame, t=float(i), stage_xy_m=(0.0, 0.0), pixel_size_nm=optics.lr_pixel_nm)
+        t1, c1 = time.perf_counter(), time.process_time()
+        result = engine.enhance(fused.image)
+        t2 = time.perf_counter()
+        if i >= 4:
+            fuse_s.append(t1 - t0)
+            fuse_cpu_s.append(c1 - c0)
+            model_s.append(t2 - t1)
+            total_s.append(t2 - t0)
+    return {"lr_shape": [h, w], "window": 4, "backend": result.backend,
+            "fusion_ms_median": round(1e3 * statistics.median(fuse_s), 1),
+            "fusion_ms_max": round(1e3 * max(fuse_s), 1),
+            "fusion_cpu_ms_median": round(1e3 * statistics.median(fuse_cpu_s), 1),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "model_ms_median": round(1e3 * statistics.median(model_s), 1),
+            "frames_per_s": round(1.0 / statistics.median(total_s), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--skip-zeiss", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    results = {"simulator": simulator(args.seed)}
+    results["zeiss"] = None if args.skip_zeiss else zeiss()
+    results["latency"] = None if args.skip_latency else latency(args.seed)
+    results["wall_s"] = round(time.perf_counter() - start, 1)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.json is not None:
+        from refscope.daemon.atomic import atomic_write_json
+
+        atomic_write_json(args.json, results, indent=1)
+    sim = results["simulator"]["rows"]
+    print(f"\nfused N=4 then best: {sim['fused N=4 then best']['d_psnr']:+.2f} dB over single-frame best "
+          f"(object region {sim['fused N=4 then best']['d_object_psnr']:+.2f} dB)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""The daemon's fusion window: frames of one field fused, restarted at once by a stage move, drift or scene change,
+bounded in memory; and the daemon serving fused frames end to end."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from refscope.daemon.config import load_config
+from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.serve.fusion_window import FusionWindow
+from refscope.daemon.service import Daemon
+from refscope.models.fusion import FusionConfig
+from refscope.models.noise import estimate_noise_sigma
+from refscope.models.simulator import DriftSeries, Optics, drift_series, drift_truth, make_areas
+
+PX_NM = 10.0
+SMALL = FusionConfig(max_shift_px=6.0, register_px=64)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Eight drifting frames of one field (96x128, no moving object), their truth, and a frame of another field."""
+    rng = np.random.default_rng(11)
+    optics = Optics(lr_shape=(96, 128))
+    areas = make_areas(["particles", "fibres"], optics, rng=rng, travel_lr_px=16)
+    series = DriftSeries(n_frames=8, object_radius_px=0.0)
+    drift = drift_series(areas[0], optics, series, rng=rng)
+    other = drift_series(areas[1], optics, DriftSeries(n_frames=1, object_radius_px=0.0), rng=rng).frames[0]
+    truth = drift_truth(areas[0], optics, series, drift, 7, scale=1) * 65535.0
+    return drift.frames, other, truth
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _window(**kw) -> FusionWindow:
+    return FusionWindow(**{"enabled": True, "window": 4, "model_config": SMALL, **kw})
+
+
+def test_frames_of_one_field_are_fused_and_less_noisy(scene):
+    frames, _, truth = scene
+    window = _window()
+    results = [window.add(f, t=float(i), stage_xy_m=(0.0, 0.0), pixel_size_nm=PX_NM) for i, f in enumerate(frames)]
+    assert [r.frames for r in results] == [1, 2, 3, 4, 4, 4, 4, 4]
+    assert len(window) == 4
+    last = results[-1]
+    inner = (slice(8, -8), slice(8, -8))
+    err_fused = np.std((last.image - truth)[inner])
+    err_single = np.std((frames[-1].astype(np.float64) - truth)[inner])
+    assert err_fused < 0.7 * err_single
+    assert estimate_noise_sigma(last.image) < 0.7 * estimate_noise_sigma(frames[-1])
+    assert last.shift_yx is not None and abs(last.shift_yx[1]) > 0.2  # the simulated drift (0.29, -0.37) px/frame
+
+
+def test_a_stage_move_restarts_the_window_with_that_frame(scene):
+    frames, _, _ = scene
+    window = _window()
+    for i in range(3):
+        window.add(frames[i], t=float(i), stage_xy_m=(1e-6, 2e-6), pixel_size_nm=PX_NM)
+    moved = window.add(frames[3], t=3.0, stage_xy_m=(1e-6 + 20 * PX_NM * 1e-9, 2e-6), pixel_size_nm=PX_NM)
+    assert moved.frames == 1 and moved.reset == "stage_moved" and moved.count is None
+    assert np.array_equal(moved.image, frames[3])  # served alone, within the very frame of the move
+    after = window.add(frames[4], t=4.0, stage_xy_m=(1e-6 + 20 * PX_NM * 1e-9, 2e-6), pixel_size_nm=PX_NM)
+    assert after.frames == 2  # only frames of the new field
+    # a stage read-back that wobbles by less than the tolerance is no move
+    still = window.add(frames[5], t=5.0, stage_xy_m=(1e-6 + 20.3 * PX_NM * 1e-9, 2e-6), pixel_size_nm=PX_NM)
+    assert still.frames == 3 and still.reset is None
+    assert window.status()["resets"] == {"stage_moved": 1}
+
+
+def test_drift_scene_change_and_shape_restart_the_window(scene):
+    frames, other, _ = scene
+    window = _window()
+    window.add(frames[0], t=0.0)
+    assert window.add(frames[1], t=1.0).frames == 2
+    assert window.add(frames[2], t=2.0, drift=True).reset == "drift"
+    assert window.add(frames[3], t=3.0).frames == 2
+    changed = window.add(other, t=4.0)
+    assert changed.reset == "no_match" and changed.frames == 1
+    assert window.add(frames[4][:64, :96], t=5.0).reset == "shape"
+
+
+def test_off_auto_static_stage_age_and_memory_bound(scene):
+    frames, _, _ = scene
+    off = FusionWindow(enabled=False, model_config=SMALL)
+    assert not off.active
+    assert off.add(frames[0], t=0.0).reset == "off" and off.add(frames[1], t=1.0).frames == 1
+    auto = FusionWindow(enabled=False, auto_static_stage=True, model_config=SMALL)
+    assert auto.add(frames[0], t=0.0).frames == 1  # no stage position: not known to be still
+    auto.add(frames[1], t=1.0, stage_xy_m=(0.0, 0.0), pixel_size_nm=PX_NM)
+    assert auto.add(frames[2], t=2.0, stage_xy_m=(0.0, 0.0), pixel_size_nm=PX_NM).frames == 2
+    aged = _window(max_age_s=1.5)
+    for i in range(4):
+        aged.add(frames[i], t=float(i))
+    assert len(aged) == 2  # frames older than 1.5 s before the newest are gone
+    frame_bytes = 4 * frames[0].size
+    bounded = _window(window=16, max_bytes=3 * frame_bytes)
+    for i in range(8):
+        result = bounded.add(frames[i], t=float(i))
+    assert len(bounded) == 3 and result.frames == 3  # window x frame bytes never exceeds max_bytes
+    with pytest.raises(ValueError, match="window"):
+        FusionWindow(enabled=True, window=0)
+
+
+# ---------------------------------------------------------------------------------------------------- daemon
+
+
+class _Source:
+    def __init__(self) -> None:
+        self.items: queue.Queue[Frame] = queue.Queue()
+        self._counters = IngestCounters()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._stop.clear()
+
+    def poll(self, timeout: float) -> Frame | None:
+        try:
+            frame = self.items.get(timeout=max(timeout, 0.001)) if not self._stop.is_set() else None
+        except queue.Empty:
+            return None
+        if frame is not None:
+            self._counters.accept()
+        return frame
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def stats(self) -> IngestStats:
+        return self._counters.snapshot()
+
+
+def test_daemon_serves_fused_frames_and_a_stage_move_resets_within_one_frame(tmp_path, scene):
+    frames, _, _ = scene
+    source = _Source()
+    config = load_config(None, {"control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.out_dir": str(tmp_path / "out"), "ingest.zmq_endpoint": "tcp://127.0.0.1:*",
+                                "trainer.enabled": "false", "fusion.enabled": "true", "fusion.window": "3",
+                                "fusion.publish_single": "true"})
+    with Daemon(config, sources=[source]) as daemon:
+        daemon.fusion.model_config = SMALL
+
+        def put(i: int, stage_x: float) -> None:
+            source.items.put(Frame(frames[i], PX_NM, "lr", f"mem:{i}", i, time.time(), stage_xy_m=(stage_x, 0.0)))
+
+        for i in range(3):
+            put(i, 0.0)
+            wait_for(lambda: daemon.status()["frames"]["out"] >= i + 1, 30, f"frame {i} served")
+        fusion = daemon.status()["fusion"]
+        assert fusion["enabled"] and fusion["frames"] == 3 and fusion["fused"] == 2
+        put(3, 5e-6)  # the stage moved by 500 px
+        wait_for(lambda: daemon.status()["frames"]["out"] >= 4, 30, "frame 3 served")
+        fusion = daemon.status()["fusion"]
+        assert fusion["frames"] == 1 and fusion["last_reset"] == "stage_moved"
+        wait_for(lambda: (tmp_path / "out" / "1_single_x2.tif").exists() or any(
+            "_single" in p.name for p in (tmp_path / "out").iterdir()), 10, "single-frame output written")
