@@ -140,7 +140,7 @@ def fit(lr: ImageLike, references: Sequence[ImageLike] | ImageLike, *, scale: in
     ``hr_pixel_size_nm`` -- required for arrays). ``scale``: the model's S (2, 3, 4...); a reference must be
     at least S times finer. Returns a :class:`Model`.
     """
-    from refscope.daemon.cli import check_stage_positions, fit_files, register_files
+    from refscope.daemon.offline.files import check_stage_positions, fit_files, register_files
 
     lr_image = _as_image(lr, lr_pixel_size_nm, "LR")
     refs = [references] if isinstance(references, (str, os.PathLike, np.ndarray, LoadedImage)) else list(references)
@@ -182,7 +182,7 @@ def evaluate(lr: ImageLike, hr: ImageLike, *, scale: int | None = None,
     differences to bicubic), ``.summary()`` one row per method and in/out-of-sample, ``.panel`` the images of one
     out-of-sample subimage. ``scale`` defaults to min(floor(factor), 4).
     """
-    from refscope.daemon.cli import evaluate_files
+    from refscope.daemon.offline.files import evaluate_files
 
     lr_image = _as_image(lr, lr_pixel_size_nm, "LR")
     hr_image = _as_image(hr, hr_pixel_size_nm, "HR")

@@ -7,7 +7,7 @@
 
 Inputs and outputs
     Files and folders are expanded and named exactly as ``refscope enhance`` names them (:func:`.cli._expand`,
-    :func:`.cli._plan_outputs`): ``OUT/<stem>_x<S>.tif``, or ``OUT`` itself for one input file and ``OUT``
+    :func:`.offline.files.plan_outputs`): ``OUT/<stem>_x<S>.tif``, or ``OUT`` itself for one input file and ``OUT``
     ending in ``.tif``. A 2-D frame gives a 2-D float32 TIFF identical to ``refscope enhance``'s output. A 3-D
     TIFF stack (series axes ``ZYX``/``QYX``/``TYX``..., e.g. an ImageJ stack or a FIB-SEM volume) is enhanced
     slice by slice (each z-slice one LR frame) into **one 3-D ImageJ TIFF** ``<stem>_x<S>.tif`` of shape
@@ -48,10 +48,9 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_json, atomic_writer
-from .batch_cli import DEFAULT_BLOCK_PX, MIN_BLOCK_PX
 from .batch_compute import ModelSpec, model_key, slab_graph
-from .batch_files import (PROGRESS_DIR, RECORD_FORMAT, block_ok, output_done, probe_input, read_record, read_slices,
-                          same_key, write_stack)
+from .batch_files import (DEFAULT_BLOCK_PX, MIN_BLOCK_PX, PROGRESS_DIR, RECORD_FORMAT, block_ok, output_done,
+                          probe_input, read_record, read_slices, same_key, write_stack)
 from .errors import InputFileError, RefscopeError, StateError
 from .model_domain import ModelDomain, check_domain
 from .provenance import model_id, provenance
@@ -174,12 +173,12 @@ def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ModelSp
 
 def plan_jobs(inputs: list[str], out: str | Path, scale: int) -> list[BatchJob]:
     """Inputs (files, folders) and their outputs, as ``refscope enhance`` plans them; creates the output folder."""
-    from .cli import _expand, _plan_outputs
+    from .offline.files import expand_inputs, plan_outputs
 
-    files = _expand([str(i) for i in inputs], scale)
+    files = expand_inputs([str(i) for i in inputs], scale)
     out_path = Path(out)
     single = len(files) == 1 and not Path(inputs[0]).is_dir() and out_path.suffix.lower() in (".tif", ".tiff")
-    outputs = _plan_outputs(files, out_path, scale, single)
+    outputs = plan_outputs(files, out_path, scale, single)
     (out_path.parent if single else out_path).mkdir(parents=True, exist_ok=True)
     return [BatchJob(src, dst) for src, dst in zip(files, outputs)]
 
@@ -265,7 +264,7 @@ def _prepare(job: BatchJob, spec: ModelSpec, config: BatchConfig, report: BatchR
 def _slab(task: _Task, spec: ModelSpec, config: BatchConfig, z0: int, z1: int) -> tuple[np.ndarray, dict[int, float]]:
     """The LR slab of ``task`` for ``z0:z1`` in the model's input dtype, and its constant slices."""
     if not task.volume:
-        from .cli import load_frame
+        from .offline.files import load_frame
 
         frame = load_frame(task.job.source)  # as enhance reads it: constant / RGB / tiny frames are errors
         check_domain(task.job.source, frame, config.domain, strict=config.strict)

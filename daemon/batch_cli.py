@@ -19,14 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .batch_files import DEFAULT_BLOCK_PX, MIN_BLOCK_PX
 from .errors import RefscopeError
 
-__all__ = ["add_batch_parser", "cmd_batch", "open_runner", "check_scheduler", "MIN_BLOCK_PX", "DEFAULT_BLOCK_PX"]
+__all__ = ["add_batch_parser", "cmd_batch", "open_runner", "check_scheduler"]
 
-MIN_BLOCK_PX = 64
-"""Smallest ``--block`` accepted, LR px."""
-DEFAULT_BLOCK_PX = 256
-"""Default block side, LR px: 6 blocks for a 640 x 472 frame, about 11 % of recomputed overlap at depth 7."""
 
 EXIT_CODES = ("exit codes: 0 every output written or already done; 1 some inputs failed (reported, skipped), "
               "the others were written; 2 nothing done: every input failed, or a bad state folder, option or "

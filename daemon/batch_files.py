@@ -28,8 +28,13 @@ import tifffile
 from .atomic import atomic_writer, to_jsonable
 from .errors import InputFileError
 
-__all__ = ["PROGRESS_DIR", "RECORD_FORMAT", "KEY_FIELDS", "probe_input", "read_slices", "write_stack",
-           "read_record", "same_key", "output_done", "block_ok"]
+__all__ = ["MIN_BLOCK_PX", "DEFAULT_BLOCK_PX", "PROGRESS_DIR", "RECORD_FORMAT", "KEY_FIELDS", "probe_input",
+           "read_slices", "write_stack", "read_record", "same_key", "output_done", "block_ok"]
+
+MIN_BLOCK_PX = 64
+"""Smallest ``--block`` accepted, LR px."""
+DEFAULT_BLOCK_PX = 256
+"""Default block side, LR px: 6 blocks for a 640 x 472 frame, about 11 % of recomputed overlap at depth 7."""
 
 PROGRESS_DIR = ".refscope-batch"
 """Hidden folder beside the outputs holding the resume records and a stack's finished z-blocks."""

@@ -395,8 +395,8 @@ class TrainerConfig:
 
     Attributes:
         enabled: train in the background once the first reference pair is learned.
-        network: ``"auto"`` (the network served at the session's scale: ``"compact"`` at x2, ``"fullres"`` at x3
-            and above) or a registered network name (``"compact"``, ``"fullres"``, ``"emsr"``).
+        network: ``"auto"`` (the network served at the session's scale, today ``"fullres"``) or a registered
+            network name (``"compact"``, ``"fullres"``, ``"emsr"``).
         strategy: ``"real-pairs"``, ``"noise-robust"`` or ``"synthetic"``.
         round_s: training time per round, seconds (validation and export come on top: a few seconds).
         bootstrap_fraction: share of the first round spent on LR-only training (later rounds warm-start).
@@ -419,8 +419,8 @@ class TrainerConfig:
     enabled: bool = field(default=True, metadata=field_doc(
         "Fine-tune a network on the session's pairs in a background process (promoted only when it wins)."))
     network: Literal["auto", "compact", "fullres", "emsr"] = field(default="auto", metadata=field_doc(
-        'Network to train: "auto" (compact at x2, fullres at x3 and above), "compact" (half-resolution body, '
-        'fast on CPU-only PCs), "fullres" (full-resolution body, best at x3 and x4) or "emsr" (paper 004; give '
+        'Network to train: "auto" (the network served at the scale, today fullres), "compact" (half-resolution body, '
+        'fast on CPU-only PCs), "fullres" (full-resolution body, the best measured) or "emsr" (paper 004; give '
         'it a GPU).'))
     strategy: Literal["real-pairs", "noise-robust", "synthetic"] = field(default="real-pairs", metadata=field_doc(
         'Fine-tuning strategy: "real-pairs" (l1 on the physical pairs), "noise-robust" (eq. 16 of paper 004) or '

@@ -40,7 +40,6 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
@@ -49,9 +48,6 @@ from zmq.auth.thread import ThreadAuthenticator
 from .atomic import atomic_write_bytes
 from .config_fields import ConfigError
 from .errors import RefscopeError
-
-if TYPE_CHECKING:  # config imports this module (is_loopback_endpoint); no import cycle at run time
-    from .config import DaemonConfig
 
 __all__ = [
     "SECURITY_LOGGER",
@@ -444,43 +440,37 @@ class CurveContext(zmq.Context):
         super().term()
 
 
-def _listening(config: DaemonConfig) -> list[tuple[str, str]]:
-    """(key, endpoint) of every endpoint the daemon binds."""
-    pairs = [("ingest.zmq_endpoint", config.ingest.zmq_endpoint), ("publish.pub_endpoint", config.publish.pub_endpoint),
-             ("control.endpoint", config.control.endpoint), ("control.events_endpoint", config.control.events_endpoint)]
-    return [(key, endpoint) for key, endpoint in pairs if endpoint is not None]
+def daemon_context(curve_dir: Path | None, authorized_clients_dir: Path | None,
+                   listening: list[tuple[str, str]]) -> zmq.Context:
+    """The daemon's ``zmq.Context``, secured as ``security.curve_dir`` / ``security.authorized_clients_dir`` say.
 
-
-def daemon_context(config: DaemonConfig) -> zmq.Context:
-    """The daemon's ``zmq.Context``, secured as ``config.security`` says.
-
-    With ``security.curve_dir`` set: a :class:`CurveContext` holding the server keys, its authenticator already
-    running (so every endpoint bound in it requires an authorized CURVE client). Without: a plain context; a
-    non-loopback endpoint (only possible with ``security.allow_insecure_remote``) is logged as an error-level
-    warning at every start. Raises RefscopeError naming the key file when the keys cannot be loaded, ConfigError
-    naming the path and its mode when the secret key or the authorized-clients folder is open to other users.
+    With ``curve_dir`` set: a :class:`CurveContext` holding the server keys, its authenticator already running (so
+    every endpoint bound in it requires an authorized CURVE client). Without: a plain context; each non-loopback
+    endpoint of ``listening`` ((config key, endpoint) of every endpoint the daemon binds; only possible with
+    ``security.allow_insecure_remote``) is logged as an error-level warning at every start. Raises RefscopeError
+    naming the key file when the keys cannot be loaded, ConfigError naming the path and its mode when the secret key
+    or the authorized-clients folder is open to other users.
     """
-    security = config.security
-    if security.curve_dir is None:
-        for key, endpoint in _listening(config):
+    if curve_dir is None:
+        for key, endpoint in listening:
             if not is_loopback_endpoint(endpoint):
                 _log.error("SECURITY: %s = %s accepts connections from other hosts WITHOUT authentication or "
                            "encryption (security.allow_insecure_remote = true): anyone who can reach it gets the "
                            "frames and can control the daemon; configure security.curve_dir instead", key, endpoint)
         return zmq.Context()
-    assert security.authorized_clients_dir is not None  # checked by SecurityConfig
-    keys = load_server_keys(security.curve_dir)
-    check_authorized_folder(security.authorized_clients_dir)
+    assert authorized_clients_dir is not None  # checked by SecurityConfig
+    keys = load_server_keys(curve_dir)
+    check_authorized_folder(authorized_clients_dir)
     context = CurveContext()
     context.server_keys = keys
     try:
-        context.authenticator = start_authenticator(context, security.authorized_clients_dir)
+        context.authenticator = start_authenticator(context, authorized_clients_dir)
     except BaseException:
         context.term()
         raise
-    authorized = AuthorizedKeys(security.authorized_clients_dir).keys()
+    authorized = AuthorizedKeys(authorized_clients_dir).keys()
     _log.info("CURVE security on: server key %s, %d authorized client key(s) in %s", keys.public.decode(),
-              len(authorized), security.authorized_clients_dir)
+              len(authorized), authorized_clients_dir)
     return context
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 
 from .config import METHODS, ConfigError, DaemonConfig, config_to_toml, load_config
-from .errors import RefscopeError
+from .errors import RefscopeError, one_line
 from .sd_notify import ServiceNotifications, daemon_status_line
 
 __all__ = ["add_daemon_parser", "run_daemon", "overrides_from_args", "main"]
@@ -97,10 +97,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, dest) for dest, key in _KEYS.items() if getattr(args, dest, None) is not None}
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join((str(exc) or type(exc).__name__).split())
-
-
 def _setup_logging(config: DaemonConfig, verbose: int) -> None:
     level = logging.DEBUG if verbose else getattr(logging, config.log_level)
     root = logging.getLogger()
@@ -115,7 +111,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides_from_args(args))
     except ConfigError as exc:
-        print(f"refscope daemon: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"refscope daemon: error: {one_line(exc)}", file=sys.stderr)
         return 2
     if getattr(args, "print_config", False):
         sys.stdout.write(config_to_toml(config))
@@ -130,7 +126,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     try:
         daemon.start()
     except (RefscopeError, OSError, ValueError) as exc:
-        print(f"refscope daemon: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"refscope daemon: error: {one_line(exc)}", file=sys.stderr)
         return 2
     for name, endpoint in daemon.endpoints.items():
         if endpoint is not None:

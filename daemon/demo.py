@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,10 @@ def write_demo_pair(folder: str | os.PathLike[str], *, seed: int = 0, small: boo
     return lr_path, hr_path, truth
 
 
-def run_demo(*, seed: int = 0, json_path: str | None = None, small: bool = False,
-             workdir: str | os.PathLike[str] | None = None) -> int:
-    """Make the pair, then fit, enhance and evaluate it as the CLI would; returns the first non-zero exit code."""
-    from .cli import main  # imported here: cli imports this module lazily too
+def run_demo(main: Callable[[list[str]], int], *, seed: int = 0, json_path: str | None = None,
+             small: bool = False, workdir: str | os.PathLike[str] | None = None) -> int:
+    """Make the pair, then fit, enhance and evaluate it with ``main`` (the CLI's entry point, handed in by the
+    CLI: the demo shows exactly the commands a user types); returns the first non-zero exit code."""
 
     folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="refscope-demo-"))
     lr, hr, truth = write_demo_pair(folder, seed=seed, small=small)

@@ -5,7 +5,7 @@ daemon can log it and move on to the next frame without showing a traceback to t
 """
 from __future__ import annotations
 
-__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "MissingReaderError", "StateError"]
+__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "MissingReaderError", "StateError", "one_line"]
 
 
 class RefscopeError(Exception):
@@ -39,3 +39,12 @@ class MissingReaderError(InputFileError):
 
 class StateError(RefscopeError):
     """Saved state (a fitted model) is missing, unreadable or fails its checksum."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line for a command's error message (an OS error as ``file: reason``)."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

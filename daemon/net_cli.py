@@ -108,7 +108,7 @@ def split_pairs(regions: list[tuple[np.ndarray, np.ndarray]], *, scale: int, sou
 
 
 def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: SessionPairs, *, budget_s: float,
-                    network: str = "compact", strategy: str = "real-pairs", seed: int = 0,
+                    network: str = "auto", strategy: str = "real-pairs", seed: int = 0,
                     library_config: FitConfig | None = None, sources: list[str] = (),
                     bootstrap_fraction: float = 0.3, use_prior: bool = True) -> dict:
     """Train the network on ``pairs.train``, validate network / paired library (fitted on the same training areas)
@@ -121,6 +121,7 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
     from refscope.models.prior import fine_tune
 
     scale = pairs.scale
+    network = resolve_network(network, scale)
     config = library_config or FitConfig(scale=scale)
     start = time.perf_counter()
     try:
@@ -198,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
-    from .cli import _register, load_frame
+    from .offline.files import load_frame, register_pair
 
     _set_threads(args.threads)
     folder = Path(args.state_dir)
@@ -212,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = FitConfig(scale=scale)
     for path in args.hr:
         hr = load_frame(path, pixel_size_nm=args.hr_pixel_size, flag="--hr-pixel-size")
-        _, geometry = _register(lr, hr, config)
+        _, geometry = register_pair(lr, hr, config)
         try:
             box, hr_grid = training_grids(lr.data, hr.data, geometry, scale=scale)
         except RefscopeModelError as exc:
@@ -423,7 +424,7 @@ def cmd_evaluate(args: argparse.Namespace, lr: LoadedImage, hr: LoadedImage) -> 
     """``refscope evaluate`` with ``--method net``, ``--model F.onnx`` and/or ``--protocol standard``."""
     from refscope.models.net_fit import fit_network, net_predictor, score_predictors, subimage_categories
 
-    from .cli import _register
+    from .offline.files import register_pair
     from .report import format_table, write_csv, write_plot
 
     _set_threads(args.threads)
@@ -445,7 +446,7 @@ def cmd_evaluate(args: argparse.Namespace, lr: LoadedImage, hr: LoadedImage) -> 
         raise InputFileError(f"{hr.path}: the HR reference is only {factor:.3g}x finer than the LR frame, less than "
                              f"the scale x{scale}")
     config = FitConfig(scale=scale)
-    _, geometry = _register(lr, hr, config)
+    _, geometry = register_pair(lr, hr, config)
     box, hr_grid = training_grids(lr.data, hr.data, geometry, scale=scale)
     methods = list(args.methods)
     library_methods = tuple(m for m in methods if m in METHODS and m != "bicubic")

@@ -295,7 +295,12 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                         "the same scale or another state folder")
                 self.engine.set_model(model, version)
                 self.domain_watch.set_model(load_domain(cfg.state_dir))
-            self._context = daemon_context(cfg)  # CURVE server keys + authenticator when configured
+            listening = [(key, endpoint) for key, endpoint in (
+                ("ingest.zmq_endpoint", cfg.ingest.zmq_endpoint), ("publish.pub_endpoint", cfg.publish.pub_endpoint),
+                ("control.endpoint", cfg.control.endpoint), ("control.events_endpoint", cfg.control.events_endpoint))
+                if endpoint is not None]
+            # CURVE server keys + authenticator when configured
+            self._context = daemon_context(cfg.security.curve_dir, cfg.security.authorized_clients_dir, listening)
             self.stream = FrameStream(cfg.publish.pub_endpoint, hwm=cfg.publish.pub_hwm, context=self._context)
             self.stream.start()
             self.events = EventPublisher(cfg.control.events_endpoint, context=self._context)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .keys_upsample import KeysUpsample
 from .network_names import check_scale
 
 __all__ = ["EMSR", "PAPER_EMSR", "AtrousWavelet", "WindowAttention", "ViTBlock", "ResBlock", "BasicBlock"]
@@ -217,8 +218,6 @@ class EMSR(nn.Module):
     def __init__(self, scale: int, channels: int = 32, n_blocks: int = 2, n_resblocks: int = 1, window: int = 8,
                  heads: int = 4, *, n_deep: int | None = None, atw_levels: int = 3, mlp_ratio: float = 2.0) -> None:
         super().__init__()
-        from .networks import KeysUpsample  # deferred: networks imports this module
-
         self.scale = check_scale(scale)
         if channels < 1 or n_blocks < 1 or n_resblocks < 0 or window < 1 or heads < 1:
             raise ValueError(f"invalid EMSR size: channels={channels}, n_blocks={n_blocks}, "

@@ -2,11 +2,11 @@
 
 :data:`NETWORK_NAMES` are the keys of :data:`refscope.models.networks.NETWORKS` (a test keeps them in step), so
 that command-line parsers and configuration checks can list them without importing PyTorch.
-:func:`resolve_network` turns ``"auto"`` into the network refscope serves at a scale (:data:`AUTO_NETWORK`): the
-half-resolution ``compact`` body at S = 2, where a full-resolution body costs four times as much per output
-pixel (0.5 s for a 1280 x 944 output on two cores, the whole serving budget), and the full-resolution
-``fullres`` body at S >= 3, where it costs 0.1-0.25 s and recovers +0.2 to +0.3 dB more on the real SEM pairs
-(``benchmarks/RESULTS.md``, issue 12).
+:func:`resolve_network` turns ``"auto"`` into the network refscope serves at a scale (:data:`AUTO_NETWORK`): today
+the full-resolution ``fullres`` body at every scale (32 channels at S = 2, where its cost per output pixel is
+highest, 48 above). On the real SEM pairs it recovers +0.03 to +0.33 dB more than the half-resolution ``compact``
+body and serves a 1280 x 944 output in 0.05-0.1 s on two cores (``benchmarks/RESULTS.md``, issue 12). The map is
+per scale so that a scale can get another network without changing any caller.
 """
 from __future__ import annotations
 

@@ -26,42 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .emsr import EMSR
+from .keys_upsample import KeysUpsample
 from .network_names import check_scale as _check_scale
 from .network_names import resolve_network
-from .paired_net import bicubic_phase_kernels
 
 __all__ = ["KeysUpsample", "CompactSR", "FullResSR", "NETWORKS", "build_network", "count_parameters"]
 
 
-def _symmetric_pad2(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Half-sample symmetric padding by 2 along ``dim`` (x[1], x[0] | x | x[-1], x[-2]); needs size >= 2."""
-    size = x.shape[dim]
-    return torch.cat([x.narrow(dim, 1, 1), x.narrow(dim, 0, 1), x,
-                      x.narrow(dim, size - 1, 1), x.narrow(dim, size - 2, 1)], dim=dim)
-
-
-class KeysUpsample(nn.Module):
-    """Fixed Keys bicubic upsampling (a = -0.5), (N, C, H, W) -> (N, C, S·H, S·W), C = 1.
-
-    Equals :func:`refscope.models.image_ops.upsample_bicubic` per image (pixel-edge aligned, half-sample
-    symmetric borders): 2-px symmetric padding with slices + ``cat``, one 5x5 convolution with the S² phase
-    kernels of :func:`refscope.models.paired_net.bicubic_phase_kernels`, ``PixelShuffle(S)``. The kernel is a
-    non-persistent buffer: it is exported as a constant and never appears in a state dict.
-    """
-
-    def __init__(self, scale: int) -> None:
-        super().__init__()
-        self.scale = _check_scale(scale)
-        kernel = torch.as_tensor(bicubic_phase_kernels(self.scale), dtype=torch.float32)
-        self.register_buffer("kernel", kernel, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = _symmetric_pad2(_symmetric_pad2(x, 2), 3)
-        return F.pixel_shuffle(F.conv2d(padded, self.kernel), self.scale)
-
-
 class CompactSR(nn.Module):
-    """Fast residual CNN over a bicubic base; the default served network.
+    """Fast residual CNN over a bicubic base whose body runs at half the LR resolution (the default before ``fullres``).
 
     Layout (C = ``channels``, L = ``n_layers``)::
 
@@ -115,7 +88,7 @@ class CompactSR(nn.Module):
 
 
 class FullResSR(nn.Module):
-    """Residual CNN over a bicubic base whose body runs at the full LR resolution; served at S >= 3.
+    """Residual CNN over a bicubic base whose body runs at the full LR resolution; what ``"auto"`` serves today.
 
     Layout (C = ``channels``, L = ``n_layers``), ESPCN-style sub-pixel output (Shi et al., CVPR 2016)::
 

@@ -33,41 +33,21 @@ lattice and differ slightly from the untiled output.
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image_ops import keys_kernel
+from .keys_upsample import bicubic_phase_kernels
+from .keys_upsample import symmetric_pad2
 from .nlm import PairedConfig, PairedRegressors, fit_paired_regressors, receptive_radius
 from .patches import check_patch_size
 
-__all__ = ["PAIRED_KIND", "PairedLibraryNet", "bicubic_phase_kernels", "receptive_radius", "export_paired_model"]
+__all__ = ["PAIRED_KIND", "PairedLibraryNet", "receptive_radius", "export_paired_model"]
 
 #: Manifest ``kind`` of an exported paired-library model.
 PAIRED_KIND = "paired-library"
-
-
-def bicubic_phase_kernels(scale: int) -> np.ndarray:
-    """(S², 1, 5, 5) float64 kernels: output phase (r_y, r_x) of Keys upsampling over the 5x5 LR neighbourhood.
-
-    Output pixel S·i + r samples the input at ``i + δ_r``, ``δ_r = (r + 0.5)/S - 0.5``; its weight on input
-    ``i + t`` (t = -2..2) is ``keys(δ_r - t)`` (zero beyond the 4 taps the NumPy matrix uses).
-    """
-    taps = np.arange(-2, 3)
-    one_d = np.stack([keys_kernel((r + 0.5) / scale - 0.5 - taps) for r in range(scale)])  # (S, 5)
-    phases = np.einsum("ay,bx->abyx", one_d, one_d).reshape(scale * scale, 1, 5, 5)
-    return phases
-
-
-def _symmetric_pad2(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Half-sample symmetric padding by 2 along ``dim`` (x[1], x[0] | x | x[-1], x[-2]), ONNX friendly."""
-    size = x.shape[dim]
-    first, second = x.narrow(dim, 0, 1), x.narrow(dim, 1, 1)
-    last, before = x.narrow(dim, size - 1, 1), x.narrow(dim, size - 2, 1)
-    return torch.cat([second, first, x, last, before], dim=dim)
 
 
 class PairedLibraryNet(torch.nn.Module):
@@ -174,7 +154,7 @@ class PairedLibraryNet(torch.nn.Module):
     # -------------------------------------------------------------------------------------------- pieces
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
         """Keys bicubic upsampling, (N, 1, H, W) -> (N, 1, S·H, S·W); equals ``upsample_bicubic`` per image."""
-        padded = _symmetric_pad2(_symmetric_pad2(x, 2), 3)
+        padded = symmetric_pad2(symmetric_pad2(x, 2), 3)
         if self.scale == 1:
             return F.conv2d(padded, self.up_kernel)
         return F.pixel_shuffle(F.conv2d(padded, self.up_kernel), self.scale)

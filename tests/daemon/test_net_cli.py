@@ -62,7 +62,7 @@ def test_fit_net_writes_state_and_best(state: Path, capsys) -> None:
     assert set(best["scores"]) == {"net", "paired", "bicubic"}
     assert len(best["scores"]["net"]["per_subimage_d_psnr_db"]) == 3
     data, manifest = load_served(state)
-    assert manifest.kind == "compact" and manifest.scale == 2 and data[:4] != b""
+    assert manifest.kind == "fullres" and manifest.scale == 2 and data[:4] != b""  # --network auto at x2
     assert load_net(state).build().scale == 2
 
 
@@ -110,7 +110,7 @@ def test_promotion_gate_rejects_corrupted_training(files, tmp_path: Path) -> Non
     assert doc["best"] in ("paired", "bicubic")
     assert load_best(tmp_path / "bad")["best"] != "net"
     # from the shipped prior, the checkpoint chosen on held-out area never falls below the prior itself
-    prior = load_prior("compact", 2)
+    prior = load_prior("auto", 2)
     prior.normalisation = Normalisation.from_images([lr])
     floor = summarise_scores(held_out_scores(net_predictor(prior), pairs.held_out, scale=2))["d_psnr_db"]
     doc = fit_session_net(tmp_path / "prior", [lr], pairs, budget_s=2.0, use_prior=True)
@@ -154,16 +154,18 @@ def test_train_fresh_state_with_pair(files, tmp_path: Path, capsys) -> None:
 
 
 def test_evaluate_model_prints_ttest(files, state: Path, tmp_path: Path, capsys) -> None:
-    model = tmp_path / "compact.onnx"
-    model.write_bytes(load_served(state)[0])
+    data, manifest = load_served(state)
+    kind = manifest.kind  # the method is named after the model's kind
+    model = tmp_path / f"{kind}.onnx"
+    model.write_bytes(data)
     report = tmp_path / "ev.json"
     assert main(["evaluate", str(files["lr"]), str(files["hr"]), "--model", str(model), "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "paired t-test against bicubic" in out and "all 12 subimages are out-of-sample" in out
-    assert out.count("compact ") >= 12  # one line per subimage
+    assert out.count(f"{kind} ") >= 12  # one line per subimage
     doc = json.loads(report.read_text())
     assert {t["category"] for t in doc["ttests"]} >= {"all"}
-    assert sum(1 for r in doc["results"] if r["method"] == "compact") == 12
+    assert sum(1 for r in doc["results"] if r["method"] == kind) == 12
     # the scale is inferred; a wrong one is refused
     assert main(["evaluate", str(files["lr"]), str(files["hr"]), "--model", str(model), "--scale", "3"]) == 2
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from refscope.daemon.cli import check_stage_positions, main
+from refscope.daemon.cli import main
+from refscope.daemon.offline.files import check_stage_positions
 from refscope.daemon.errors import InputFileError
 from refscope.daemon.tiff_io import read_image
 from refscope.models.errors import RegistrationError

@@ -28,7 +28,7 @@ def pair():
 def test_bootstrap_then_fine_tune(pair) -> None:
     lr, _, _, region = pair
     fit = fit_network([lr], [region], scale=2, budget_s=1.5, seed=1)
-    assert isinstance(fit, NetFit) and fit.network == "compact" and fit.scale == 2
+    assert isinstance(fit, NetFit) and fit.network == "fullres" and fit.scale == 2  # "auto" at x2
     assert [h["strategy"] for h in fit.history] == ["lr-only", "real-pairs"]
     assert all(h["steps"] > 0 for h in fit.history)
     assert sum(h["seconds"] for h in fit.history) < 4.0
