@@ -33,6 +33,27 @@ from .network_names import resolve_network
 __all__ = ["KeysUpsample", "CompactSR", "FullResSR", "NETWORKS", "build_network", "count_parameters"]
 
 
+def _check_size(channels: int, n_layers: int) -> None:
+    if channels < 1 or n_layers < 0:
+        raise ValueError(f"need channels >= 1 and n_layers >= 0, got {channels} and {n_layers}")
+
+
+def _conv_relu_body(channels: int, n_layers: int) -> nn.Sequential:
+    """``n_layers`` x (3x3 convolution, ``channels`` -> ``channels``, then ReLU)."""
+    body: list[nn.Module] = []
+    for _ in range(n_layers):
+        body += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*body)
+
+
+def _zero_tail(channels: int, out_channels: int) -> nn.Conv2d:
+    """The last 3x3 convolution, started at zero: an untrained network is exactly its bicubic base."""
+    tail = nn.Conv2d(channels, out_channels, 3, padding=1)
+    nn.init.zeros_(tail.weight)
+    nn.init.zeros_(tail.bias)
+    return tail
+
+
 class CompactSR(nn.Module):
     """Fast residual CNN over a bicubic base whose body runs at half the LR resolution (the default before ``fullres``).
 
@@ -65,17 +86,11 @@ class CompactSR(nn.Module):
     def __init__(self, scale: int, *, channels: int = 48, n_layers: int = 8) -> None:
         super().__init__()
         self.scale = _check_scale(scale)
-        if channels < 1 or n_layers < 0:
-            raise ValueError(f"need channels >= 1 and n_layers >= 0, got {channels} and {n_layers}")
+        _check_size(channels, n_layers)
         self.upsample = KeysUpsample(self.scale)
         self.head = nn.Conv2d(1, channels, 4, stride=2)
-        body: list[nn.Module] = []
-        for _ in range(n_layers):
-            body += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*body)
-        self.tail = nn.Conv2d(channels, 4 * self.scale * self.scale, 3, padding=1)
-        nn.init.zeros_(self.tail.weight)
-        nn.init.zeros_(self.tail.bias)
+        self.body = _conv_relu_body(channels, n_layers)
+        self.tail = _zero_tail(channels, 4 * self.scale * self.scale)
         # LR px: head reaches 2 px, each 3x3 layer at half resolution 2 px, plus the phase within a 2 x 2 cell
         self.halo = 2 + 2 * (n_layers + 1) + 1
 
@@ -120,17 +135,11 @@ class FullResSR(nn.Module):
         super().__init__()
         self.scale = _check_scale(scale)
         channels = (32 if self.scale == 2 else 48) if channels is None else channels
-        if channels < 1 or n_layers < 0:
-            raise ValueError(f"need channels >= 1 and n_layers >= 0, got {channels} and {n_layers}")
+        _check_size(channels, n_layers)
         self.upsample = KeysUpsample(self.scale)
         self.head = nn.Conv2d(1, channels, 3, padding=1)
-        body: list[nn.Module] = []
-        for _ in range(n_layers):
-            body += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
-        self.body = nn.Sequential(*body)
-        self.tail = nn.Conv2d(channels, self.scale * self.scale, 3, padding=1)
-        nn.init.zeros_(self.tail.weight)
-        nn.init.zeros_(self.tail.bias)
+        self.body = _conv_relu_body(channels, n_layers)
+        self.tail = _zero_tail(channels, self.scale * self.scale)
         # LR px: one per 3x3 convolution (the Keys base reaches 2)
         self.halo = max(n_layers + 2, 2)
 

@@ -75,16 +75,24 @@ def test_protocol_round_trip_of_every_stream_role():
         decode_stream([b"not json", b""])
 
 
-def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
+def _served_state(tmp_path, **overrides: str):
+    """(synthetic pair, fitted model, daemon config) with that model saved in ``tmp_path/state``, every endpoint on
+    a free loopback port, no reference requests; ``overrides`` add configuration keys."""
     pair = make_pair(rng=np.random.default_rng(4), lr_shape=SHAPE, factor=2.0)
     model = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=400)))
     state = tmp_path / "state"
     save_model(state, model, sources=["synthetic"])
-    source = QueueSource()
     config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state),
                                 "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
                                 "publish.pub_endpoint": "tcp://127.0.0.1:*", "monitor.request_on_drift": "false",
-                                "publish.out_dir": str(tmp_path / "out"), "publish.write_confidence": "true"})
+                                **overrides})
+    return pair, model, config
+
+
+def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
+    pair, model, config = _served_state(tmp_path, **{"publish.out_dir": str(tmp_path / "out"),
+                                                     "publish.write_confidence": "true"})
+    source = QueueSource()
     context = zmq.Context()
     try:
         with Daemon(config, sources=[source], use_onnx=False) as daemon:
@@ -163,16 +171,9 @@ def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
     ran) gets ρ >= monitor.consistency_on, the "low" confidence flag, a flagged count and the raised signal."""
     import dataclasses
 
-    pair = make_pair(rng=np.random.default_rng(4), lr_shape=SHAPE, factor=2.0)
-    model = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=400)))
-    state = tmp_path / "state"
-    save_model(state, model, sources=["synthetic"])
+    pair, _, config = _served_state(tmp_path, **{"monitor.window": "1", "publish.stream_raw": "false",
+                                                 "publish.stream_confidence": "false"})
     source = QueueSource()
-    config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state),
-                                "control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
-                                "publish.pub_endpoint": "tcp://127.0.0.1:*", "monitor.request_on_drift": "false",
-                                "monitor.window": "1", "publish.stream_raw": "false",
-                                "publish.stream_confidence": "false"})
     context = zmq.Context()
     try:
         with Daemon(config, sources=[source], use_onnx=False) as daemon:
