@@ -26,6 +26,7 @@ import numpy as np
 from refscope.daemon.errors import RefscopeError
 from refscope.models.errors import ImageError
 from refscope.models.manifest import ModelManifest
+from refscope.models.ort_import import ORT_MISSING_MESSAGE, import_onnxruntime
 from refscope.models.tiling import process_tiled
 
 __all__ = [
@@ -47,9 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ORT_MISSING_MESSAGE = (
-    "ONNX Runtime is not installed: pip install 'refscope[cpu]' (or 'refscope[gpu]' for CUDA/TensorRT)"
-)
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -67,28 +65,6 @@ class GpuProviderError(RefscopeError, RuntimeError):
 
 class NoModelError(RefscopeError, RuntimeError):
     """:meth:`ModelSlot.run` was called before any model was loaded successfully."""
-
-
-def import_onnxruntime() -> Any:
-    """Import and return the ``onnxruntime`` module (from either ``onnxruntime`` or ``onnxruntime-gpu``).
-
-    Raises
-    ------
-    ImportError
-        With an install hint when neither build is installed, or when the install is broken (installing
-        both builds and then removing one leaves an empty ``onnxruntime`` package behind).
-    """
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(ORT_MISSING_MESSAGE) from exc
-    if not hasattr(onnxruntime, "InferenceSession"):
-        raise ImportError(
-            f"ONNX Runtime at {getattr(onnxruntime, '__path__', '?')} is broken (no InferenceSession), usually after "
-            "installing both onnxruntime and onnxruntime-gpu: pip uninstall -y onnxruntime onnxruntime-gpu, then "
-            "pip install 'refscope[cpu]' (or 'refscope[gpu]')"
-        )
-    return onnxruntime
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import onnx
 
 from .errors import RefscopeModelError
 from .manifest import ModelManifest, utc_now_iso
+from .ort_import import import_onnxruntime
 from .tiling import conv_workspace_bytes_per_px
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -176,8 +177,6 @@ def _check_structure(model: onnx.ModelProto) -> None:
 
 
 def _ort() -> Any:
-    from refscope.daemon.runtime import import_onnxruntime  # one import guard for the whole package
-
     return import_onnxruntime()
 
 
