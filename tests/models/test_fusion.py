@@ -54,6 +54,31 @@ def test_small_rotation_is_recovered():
     assert np.abs(warped - ref)[inner].mean() < 0.2 * np.abs(mov - ref)[inner].mean()
 
 
+def test_a_rotation_below_shift_only_px_is_warped_as_the_centre_shift(specimen):
+    """A registration-noise rotation (0.02°: 0.07 px at the corners of a 128 x 160 frame) is applied as the shift of
+    the frame's centre: the same output as the pure translation; a rotation above the bound is applied."""
+    frame = _view(specimen, (0.0, 0.0))
+    h, w = SHAPE
+    centre = np.array([h / 2.0, w / 2.0])
+
+    def rigid(angle_deg: float, shift_yx: tuple[float, float]) -> FrameMotion:
+        a = math.radians(angle_deg)
+        matrix = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        return FrameMotion(matrix, centre - matrix @ centre + np.asarray(shift_yx), 1.0)
+
+    shift = FrameMotion.translation((-0.4, 0.3))
+    plain, _ = warp_frame(frame, shift, order=3)
+    tiny = rigid(0.02, tuple(shift.offset))
+    as_shift, _ = warp_frame(frame, tiny, order=3, shift_only_px=0.25)
+    np.testing.assert_allclose(as_shift, plain, atol=1e-9)
+    rotated, _ = warp_frame(frame, tiny, order=3, shift_only_px=0.0)
+    assert np.abs(rotated - plain).max() > 1e-4  # applied as a rotation when the bound is 0
+    big = rigid(0.5, tuple(shift.offset))  # 0.9 px at the corners: above the bound, applied
+    assert np.abs(warp_frame(frame, big, order=3, shift_only_px=0.25)[0] - plain).max() > 1e-2
+    with pytest.raises(ValueError, match="shift_only_px"):
+        FusionConfig(shift_only_px=-1.0)
+
+
 def test_fused_noise_falls_as_one_over_sqrt_n(specimen):
     rng = np.random.default_rng(2)
     sigma = 0.05
