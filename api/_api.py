@@ -18,12 +18,10 @@ from typing import Any, Union
 
 import numpy as np
 
-from refscope.daemon.errors import InputFileError
 from refscope.daemon.model_domain import ModelDomain
 from refscope.daemon.tiff_common import ImageMetadata, LoadedImage
 from refscope.daemon.tiff_io import read_image as _read_image
 from refscope.models.evaluation import EvaluationReport
-from refscope.models.image_ops import as_gray_float
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import METHODS, FitConfig, FittedModel, default_patch_size
 from refscope.models.pipeline import enhance as _enhance
@@ -47,8 +45,12 @@ def read_image(path: str | os.PathLike[str], *, pixel_size_nm: float | None = No
     return _read_image(path, pixel_size_nm=pixel_size_nm, detector=detector)
 
 
-def _as_image(image: ImageLike, pixel_size_nm: float | None, what: str) -> LoadedImage:
-    """A float64 :class:`LoadedImage` of ``image`` (its stored pixel type kept as ``stored_dtype``)."""
+def _as_image(image: ImageLike, pixel_size_nm: float | None, what: str, pixel_size_hint: str | None = None
+              ) -> LoadedImage:
+    """A float64 :class:`LoadedImage` of ``image`` (its stored pixel type kept as ``stored_dtype``); with
+    ``pixel_size_hint`` an uncalibrated image is refused, the message saying how to give its pixel size."""
+    from refscope.daemon.offline.files import as_float_image
+
     if isinstance(image, (str, os.PathLike)):
         image = _read_image(image, pixel_size_nm=pixel_size_nm)
     elif isinstance(image, np.ndarray):
@@ -61,8 +63,7 @@ def _as_image(image: ImageLike, pixel_size_nm: float | None, what: str) -> Loade
     else:
         raise TypeError(f"{what}: expected a file path, a refscope.read_image() result or a 2-D array, "
                         f"got {type(image).__name__}")
-    data = as_gray_float(image.data, name=str(image.path))
-    return replace(image, data=data, stored_dtype=image.pixel_type)
+    return as_float_image(image, pixel_size_hint)
 
 
 @dataclass(frozen=True)
@@ -142,14 +143,11 @@ def fit(lr: ImageLike, references: Sequence[ImageLike] | ImageLike, *, scale: in
     """
     from refscope.daemon.offline.files import check_stage_positions, fit_files, register_files
 
-    lr_image = _as_image(lr, lr_pixel_size_nm, "LR")
+    lr_image = _as_image(lr, lr_pixel_size_nm, "LR", "lr_pixel_size_nm=NM")
     refs = [references] if isinstance(references, (str, os.PathLike, np.ndarray, LoadedImage)) else list(references)
     if not refs:
         raise ValueError("references: give at least one HR reference of a part of the LR frame")
-    hr_images = [_as_image(ref, hr_pixel_size_nm, f"HR {i + 1}") for i, ref in enumerate(refs)]
-    for image, flag in [(lr_image, "lr_pixel_size_nm")] + [(h, "hr_pixel_size_nm") for h in hr_images]:
-        if image.pixel_size_nm is None:
-            raise InputFileError(f"{image.path}: pixel size unknown (no calibration in the file); pass {flag}=NM")
+    hr_images = [_as_image(ref, hr_pixel_size_nm, f"HR {i + 1}", "hr_pixel_size_nm=NM") for i, ref in enumerate(refs)]
     options: dict[str, Any] = {"patch_size": patch_size or default_patch_size(scale)}
     if library_size is not None:
         options["size"] = library_size
@@ -184,11 +182,8 @@ def evaluate(lr: ImageLike, hr: ImageLike, *, scale: int | None = None,
     """
     from refscope.daemon.offline.files import evaluate_files
 
-    lr_image = _as_image(lr, lr_pixel_size_nm, "LR")
-    hr_image = _as_image(hr, hr_pixel_size_nm, "HR")
-    for image, flag in ((lr_image, "lr_pixel_size_nm"), (hr_image, "hr_pixel_size_nm")):
-        if image.pixel_size_nm is None:
-            raise InputFileError(f"{image.path}: pixel size unknown (no calibration in the file); pass {flag}=NM")
+    lr_image = _as_image(lr, lr_pixel_size_nm, "LR", "lr_pixel_size_nm=NM")
+    hr_image = _as_image(hr, hr_pixel_size_nm, "HR", "hr_pixel_size_nm=NM")
     return evaluate_files(lr_image, hr_image, scale=scale, methods=tuple(methods), in_sample=in_sample)
 
 

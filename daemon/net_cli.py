@@ -162,11 +162,12 @@ def fit_net(args: argparse.Namespace, lr: LoadedImage, refs: list[LoadedImage],
     _set_threads(args.threads)
     sources = [[str(lr.path), str(hr.path)] for hr in refs]
     pairs = split_pairs(regions, scale=config.scale, sources=sources)
-    start = ("the pretrained prior" if not getattr(args, "no_prior", False) and prior_folder(args.network, config.scale)
+    network = resolve_network(args.network, config.scale)
+    start = ("the pretrained prior" if not getattr(args, "no_prior", False) and prior_folder(network, config.scale)
              else "LR-only bootstrap")  # found here, loaded (checksums verified) once by fit_session_net
-    print(f"network: {args.network} x{config.scale}, training {args.budget_s:g} s ({start}, then "
+    print(f"network: {network} x{config.scale}, training {args.budget_s:g} s ({start}, then "
           f"{len(pairs.train)} pair training area(s)), validating on {len(pairs.held_out)} held-out subimages")
-    doc = fit_session_net(args.output, [lr.data], pairs, budget_s=args.budget_s, network=args.network,
+    doc = fit_session_net(args.output, [lr.data], pairs, budget_s=args.budget_s, network=network,
                           seed=args.seed, library_config=config,
                           sources=[str(lr.path)] + [str(r.path) for r in refs],
                           use_prior=not getattr(args, "no_prior", False))
@@ -459,8 +460,9 @@ def cmd_evaluate(args: argparse.Namespace, lr: LoadedImage, hr: LoadedImage) -> 
     predictors: dict = {}
     train_lr, train_hr = training_area(lr.data, hr_grid, box, scale=scale)
     if "net" in methods:
-        print(f"training {args.network} x{scale} for {args.budget_s:g} s on the left 9 subimages only ...")
-        fit = fit_network([train_lr], [(train_lr, train_hr)], scale=scale, network=args.network,
+        network = resolve_network(args.network, scale)
+        print(f"training {network} x{scale} for {args.budget_s:g} s on the left 9 subimages only ...")
+        fit = fit_network([train_lr], [(train_lr, train_hr)], scale=scale, network=network,
                           budget_s=args.budget_s, seed=args.seed)
         predictors["net"] = net_predictor(fit)
     if getattr(args, "peers", False):

@@ -296,13 +296,13 @@ class FramePipeline:
             self.learner.note_fused(replace(frame, data=fused.image))  # pair references with what is served
         return fused
 
-    def _look(self, frame: Frame, result: Any, fused: FusedFrame | None, scale: int,
+    def _look(self, enhanced: Frame, result: Any, fused: FusedFrame | None, scale: int,
               consistency: float | None = None) -> Any:
-        """The quality monitor's look at what was enhanced (the fused frame when there is one); the confidence map
-        is weighted by the frames fused per pixel (:func:`refscope.models.fusion.count_confidence`)."""
+        """The quality monitor's look at what was enhanced (``enhanced``: the fused frame when there is one); the
+        confidence map is weighted by the frames fused per pixel (:func:`refscope.models.fusion.count_confidence`)."""
+        observation = self._observe(enhanced, result, consistency)
         if fused is None or fused.count is None:
-            return self._observe(frame, result, consistency)
-        observation = self._observe(replace(frame, data=fused.image), result, consistency)
+            return observation
         conf = observation.confidence
         if conf is not None and conf.shape == (fused.count.shape[0] * scale, fused.count.shape[1] * scale):
             observation = replace(observation, confidence=count_confidence(conf, fused.count, scale=scale))
@@ -370,8 +370,9 @@ class FramePipeline:
         self.domain_watch.check(frame)  # outside the model's domain: logged and counted, served all the same
         self._stream_raw(frame)  # what the operator looks at first: the new scan, at once
         fused = self._fuse(frame)
+        enhanced = replace(frame, data=fused.image) if fused is not None else frame  # what the model sees
         try:
-            result = self.engine.enhance(fused.image if fused is not None else frame.data)
+            result = self.engine.enhance(enhanced.data)
         except ValueError as exc:
             self._reject(item, "bad_frame", f"{frame.source}: {exc}")
             return
@@ -386,9 +387,8 @@ class FramePipeline:
         # handed to the writer and the stream first, its confidence map follows -- unless the map is written
         # beside the output TIFF, which needs it before the hand-over.
         write_conf = self.config.publish.write_confidence
-        # data consistency against what was enhanced: the fused frame when there is one
-        consistency = self._consistency(replace(frame, data=fused.image) if fused is not None else frame, result)
-        observation = self._look(frame, result, fused, scale, consistency) if write_conf else None
+        consistency = self._consistency(enhanced, result)
+        observation = self._look(enhanced, result, fused, scale, consistency) if write_conf else None
         meta = {"model": result.model_name, "model_version": result.version, "backend": result.backend,
                 "model_s": round(result.seconds, 6), "source_seq": frame.seq}
         if fused is not None:
@@ -409,7 +409,7 @@ class FramePipeline:
         seq, latency, out_pixel_nm = self._publish_stream(frame, result, item, scale, out_pixel_nm, drift,
                                                           consistency)
         if observation is None:
-            observation = self._look(frame, result, fused, scale, consistency)
+            observation = self._look(enhanced, result, fused, scale, consistency)
         self._publish_confidence(frame, result, observation, seq, latency, out_pixel_nm)
         if self.folder is None:
             self._catalogue_call(lambda: catalogue.mark_enhanced(frame.source, None), frame.source)

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .render import Window, _axis, palette_rgb, quantize
+from .render import Window, palette_rgb, picture_window, quantize
 
-__all__ = ["GRAPHICS", "ENV_VAR", "detect_graphics", "cell_pixels", "picture_window", "frame_picture", "scale_bar",
-           "format_length"]
+__all__ = ["GRAPHICS", "ENV_VAR", "detect_graphics", "cell_pixels", "frame_picture", "scale_bar", "format_length"]
 
 GRAPHICS = ("kitty", "sixel", "halfblock")
 ENV_VAR = "REFSCOPE_TUI_GRAPHICS"
@@ -61,19 +60,6 @@ def cell_pixels() -> tuple[int, int]:
         return (int(size.height) or DEFAULT_CELL_PX[0], int(size.width) or DEFAULT_CELL_PX[1])
     except Exception:  # noqa: BLE001
         return DEFAULT_CELL_PX
-
-
-def picture_window(shape: tuple[int, int], height_px: int, width_px: int, *, zoom: float = 1.0,
-                   center: tuple[float, float] = (0.5, 0.5)) -> Window:
-    """The nearest-neighbour sampling of an (H, W) frame for a picture of ``height_px x width_px`` screen pixels:
-    fitted (aspect kept) at ``zoom`` 1, magnified ``zoom`` times around ``center`` (normalised (y, x))."""
-    frame_h, frame_w = int(shape[0]), int(shape[1])
-    if min(frame_h, frame_w, height_px, width_px) < 1:
-        raise ValueError(f"picture_window: need a non-empty frame and picture, got {shape}, {height_px}x{width_px}")
-    scale = min(width_px / frame_w, height_px / frame_h) * max(1.0, float(zoom))
-    rows, pad_top, y0, y1, cy = _axis(frame_h, int(height_px), scale, float(center[0]))
-    cols, pad_left, x0, x1, cx = _axis(frame_w, int(width_px), scale, float(center[1]))
-    return Window(rows, cols, pad_top, pad_left, int(height_px), int(width_px), (y0, x0, y1, x1), (cy, cx), scale)
 
 
 def format_length(nm: float) -> str:

@@ -28,8 +28,8 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
 
-__all__ = ["PALETTES", "Window", "view_window", "clamp_center", "palette_rgb", "quantize", "render_halfblock",
-           "message_lines"]
+__all__ = ["PALETTES", "Window", "view_window", "picture_window", "clamp_center", "palette_rgb", "quantize",
+           "render_halfblock", "message_lines"]
 
 PALETTES = ("gray", "confidence")
 """``gray``: black -> white; ``confidence``: red (0, low) -> yellow -> green (1, high)."""
@@ -80,7 +80,7 @@ def _axis(n_frame: int, n_display: int, scale: float, center: float) -> tuple[np
 
 def view_window(shape: Sequence[int], width: int, height: int, *, zoom: float = 1.0,
                 center: tuple[float, float] = (0.5, 0.5)) -> Window:
-    """The nearest-neighbour sampling of an ``(H, W)`` frame for a ``width x height`` cell view.
+    """The nearest-neighbour sampling of an ``(H, W)`` frame for a ``width x height`` cell view of half blocks.
 
     Args:
         shape: frame shape (H, W), pixels.
@@ -88,14 +88,22 @@ def view_window(shape: Sequence[int], width: int, height: int, *, zoom: float = 
         zoom: magnification over the fitted view, >= 1 (clamped).
         center: normalised (y, x) frame position at the view's centre; clamped so the view stays on the frame.
     """
-    frame_h, frame_w = int(shape[0]), int(shape[1])
-    if frame_h < 1 or frame_w < 1 or width < 1 or height < 1:
+    if int(shape[0]) < 1 or int(shape[1]) < 1 or width < 1 or height < 1:
         raise ValueError(f"view_window: need a non-empty frame and view, got frame {shape}, view {width}x{height}")
-    display_h, display_w = 2 * int(height), int(width)
-    scale = min(display_w / frame_w, display_h / frame_h) * max(1.0, float(zoom))
-    rows, pad_top, y0, y1, cy = _axis(frame_h, display_h, scale, float(center[0]))
-    cols, pad_left, x0, x1, cx = _axis(frame_w, display_w, scale, float(center[1]))
-    return Window(rows, cols, pad_top, pad_left, display_h, display_w, (y0, x0, y1, x1), (cy, cx), scale)
+    return picture_window(shape, 2 * int(height), int(width), zoom=zoom, center=center)
+
+
+def picture_window(shape: tuple[int, int], height_px: int, width_px: int, *, zoom: float = 1.0,
+                   center: tuple[float, float] = (0.5, 0.5)) -> Window:
+    """The nearest-neighbour sampling of an (H, W) frame for a picture of ``height_px x width_px`` screen pixels:
+    fitted (aspect kept) at ``zoom`` 1, magnified ``zoom`` times around ``center`` (normalised (y, x))."""
+    frame_h, frame_w = int(shape[0]), int(shape[1])
+    if min(frame_h, frame_w, height_px, width_px) < 1:
+        raise ValueError(f"picture_window: need a non-empty frame and picture, got {shape}, {height_px}x{width_px}")
+    scale = min(width_px / frame_w, height_px / frame_h) * max(1.0, float(zoom))
+    rows, pad_top, y0, y1, cy = _axis(frame_h, int(height_px), scale, float(center[0]))
+    cols, pad_left, x0, x1, cx = _axis(frame_w, int(width_px), scale, float(center[1]))
+    return Window(rows, cols, pad_top, pad_left, int(height_px), int(width_px), (y0, x0, y1, x1), (cy, cx), scale)
 
 
 def clamp_center(center: tuple[float, float], zoom: float) -> tuple[float, float]:

@@ -36,8 +36,9 @@ from ..provenance import model_id, provenance
 from ..serving import ServingEngine
 from ..tiff_io import LoadedImage, acquisition_metadata, output_pixels, read_image, write_tiff
 
-__all__ = ["load_frame", "load_frames", "register_pair", "check_stage_positions", "register_files", "fit_files",
-           "expand_inputs", "check_output_file", "check_output_folder", "plan_outputs", "enhance_files", "evaluate_files"]
+__all__ = ["load_frame", "load_frames", "as_float_image", "register_pair", "check_stage_positions", "register_files",
+           "fit_files", "expand_inputs", "check_output_file", "check_output_folder", "plan_outputs", "enhance_files",
+           "evaluate_files"]
 
 log = logging.getLogger("refscope.cli")
 
@@ -48,20 +49,23 @@ def load_frame(path: str | Path, *, pixel_size_nm: float | None = None, flag: st
     ``detector``: which detector of a multi-detector file (default HAADF). A stack or series file is refused
     (fit and evaluate need one frame; ``enhance`` reads every frame, :func:`load_frames`)."""
     image = read_image(path, pixel_size_nm=pixel_size_nm, detector=detector)
-    return _as_float(image, flag)
+    return as_float_image(image, f"{flag} NM" if flag is not None else None)
 
 
 def load_frames(path: str | Path, *, pixel_size_nm: float | None = None, detector: str | None = None
                 ) -> list[LoadedImage]:
     """Every frame of ``path`` (one for a single image; a stack or series in file order) as float64."""
-    return [_as_float(image, None) for image in read_frames(path, pixel_size_nm=pixel_size_nm, detector=detector)]
+    return [as_float_image(image) for image in read_frames(path, pixel_size_nm=pixel_size_nm, detector=detector)]
 
 
-def _as_float(image: LoadedImage, flag: str | None) -> LoadedImage:
+def as_float_image(image: LoadedImage, pixel_size_hint: str | None = None) -> LoadedImage:
+    """``image`` with float64 pixels (its stored pixel type kept as ``stored_dtype``); an error naming the file
+    for a constant or too small image, and, with ``pixel_size_hint`` (how the caller gives a pixel size, e.g.
+    ``--lr-pixel-size NM``), for an uncalibrated one."""
     where = str(image.path) if image.metadata.frame is None else f"{image.path} (frame {image.metadata.frame})"
     data = as_gray_float(image.data, name=where)  # constant / too small -> "<file>: is constant ..."
-    if flag is not None and image.pixel_size_nm is None:
-        raise InputFileError(f"{image.path}: pixel size unknown (no calibration in the file); pass {flag} NM")
+    if pixel_size_hint is not None and image.pixel_size_nm is None:
+        raise InputFileError(f"{image.path}: pixel size unknown (no calibration in the file); pass {pixel_size_hint}")
     log.info("%s: %dx%d %s, pixel %s nm (%s)", where, *data.shape, image.data.dtype, image.pixel_size_nm,
              image.metadata.pixel_size_source)
     return replace(image, data=data, stored_dtype=image.pixel_type)
