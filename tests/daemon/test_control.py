@@ -3,8 +3,6 @@ command round-tripping over a real socket."""
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -15,13 +13,15 @@ import zmq
 from refscope.daemon import service_control as service_control_module
 from refscope.daemon.config import load_config
 from refscope.daemon.control import COMMANDS, ControlClient, ControlError, ControlServer, ControlTimeout, validate_request
-from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.frames import Frame
 from refscope.daemon.protocol import decode_enhanced, stream_role
 from refscope.daemon.service import Daemon
 from refscope.daemon.tiff_io import read_image
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
+
+from queue_source import QueueSource
 
 LR_SHAPE = (96, 128)
 
@@ -126,34 +126,6 @@ def test_client_times_out_then_recovers():
 
 
 # ------------------------------------------------------------------------------------ daemon round trips
-
-
-class QueueSource:
-    """A FrameSource fed by the test through a queue."""
-
-    def __init__(self) -> None:
-        self.items: queue.Queue[Frame] = queue.Queue()
-        self._counters = IngestCounters()
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        self._stop.clear()
-
-    def poll(self, timeout: float) -> Frame | None:
-        if self._stop.is_set():
-            return None
-        try:
-            frame = self.items.get(timeout=max(timeout, 0.001))
-        except queue.Empty:
-            return None
-        self._counters.accept()
-        return frame
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def stats(self) -> IngestStats:
-        return self._counters.snapshot()
 
 
 def _wait(predicate, timeout: float, what: str):

@@ -12,8 +12,6 @@ import io
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,14 @@ import zmq
 from refscope.daemon import publish_folder as publish_folder_module
 from refscope.daemon.config import load_config
 from refscope.daemon.control import ControlClient
-from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.frames import Frame
 from refscope.daemon.protocol import decode_enhanced, encode_frame, stream_role
 from refscope.daemon.publish import output_stem
 from refscope.daemon.service import Daemon
 from refscope.daemon.tiff_io import read_image, write_tiff
 from refscope.models.synthetic import make_pair
 from waiting import wait_for
+from queue_source import QueueSource
 
 LR_SHAPE = (160, 200)
 LR_NM, HR_NM = 10.0, 5.0
@@ -354,33 +353,6 @@ def test_bad_inputs_are_counted_and_later_frames_still_served(tmp_path, pair, mo
         context.term()
         viewer.close()
         daemon.stop()
-
-
-class QueueSource:
-    """A FrameSource fed by the test through a queue."""
-
-    def __init__(self) -> None:
-        self.items: queue.Queue[Frame] = queue.Queue()
-        self._counters = IngestCounters()
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        self._stop.clear()
-
-    def poll(self, timeout: float) -> Frame | None:
-        try:
-            frame = self.items.get(timeout=max(timeout, 0.001)) if not self._stop.is_set() else None
-        except queue.Empty:
-            return None
-        if frame is not None:
-            self._counters.accept()
-        return frame
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def stats(self) -> IngestStats:
-        return self._counters.snapshot()
 
 
 def test_unusable_pixels_are_rejected_by_reason(tmp_path, pair):

@@ -2,7 +2,6 @@
 enhanced frame and its confidence map; and the status' ``quality`` dict once a model serves."""
 from __future__ import annotations
 
-import queue
 import time
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import zmq
 
 from refscope.daemon.config import load_config
-from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.frames import Frame
 from refscope.daemon.model_store import save_model
 from refscope.daemon.protocol import (ProtocolError, decode_stream, encode_confidence, encode_enhanced, encode_frame,
                                       stream_role)
@@ -20,30 +19,9 @@ from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
 
+from queue_source import QueueSource
+
 SHAPE = (96, 128)
-
-
-class QueueSource:
-    """Frames put on ``items`` are delivered by ``poll``."""
-
-    def __init__(self) -> None:
-        self.items: queue.Queue[Frame] = queue.Queue()
-        self._counters = IngestCounters()
-
-    def start(self) -> None:
-        pass
-
-    def poll(self, timeout: float) -> Frame | None:
-        try:
-            return self.items.get(timeout=timeout) if timeout > 0 else self.items.get_nowait()
-        except queue.Empty:
-            return None
-
-    def stop(self) -> None:
-        pass
-
-    def stats(self) -> IngestStats:
-        return self._counters.snapshot()
 
 
 def test_protocol_round_trip_of_every_stream_role():

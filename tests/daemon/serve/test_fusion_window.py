@@ -2,20 +2,20 @@
 bounded in memory; and the daemon serving fused frames end to end."""
 from __future__ import annotations
 
-import queue
-import threading
 import time
 
 import numpy as np
 import pytest
 
 from refscope.daemon.config import load_config
-from refscope.daemon.frames import Frame, IngestCounters, IngestStats
+from refscope.daemon.frames import Frame
 from refscope.daemon.serve.fusion_window import FusionWindow
 from refscope.daemon.service import Daemon
 from refscope.models.fusion import FusionConfig
 from refscope.models.noise import estimate_noise_sigma
 from refscope.models.simulator import DriftSeries, Optics, drift_series, drift_truth, make_areas
+
+from tests.daemon.queue_source import QueueSource
 
 PX_NM = 10.0
 SMALL = FusionConfig(max_shift_px=6.0, register_px=64)
@@ -116,34 +116,9 @@ def test_off_auto_static_stage_age_and_memory_bound(scene):
 # ---------------------------------------------------------------------------------------------------- daemon
 
 
-class _Source:
-    def __init__(self) -> None:
-        self.items: queue.Queue[Frame] = queue.Queue()
-        self._counters = IngestCounters()
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        self._stop.clear()
-
-    def poll(self, timeout: float) -> Frame | None:
-        try:
-            frame = self.items.get(timeout=max(timeout, 0.001)) if not self._stop.is_set() else None
-        except queue.Empty:
-            return None
-        if frame is not None:
-            self._counters.accept()
-        return frame
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def stats(self) -> IngestStats:
-        return self._counters.snapshot()
-
-
 def test_daemon_serves_fused_frames_and_a_stage_move_resets_within_one_frame(tmp_path, scene):
     frames, _, _ = scene
-    source = _Source()
+    source = QueueSource()
     config = load_config(None, {"control.endpoint": "tcp://127.0.0.1:*", "control.events_endpoint": "tcp://127.0.0.1:*",
                                 "publish.out_dir": str(tmp_path / "out"), "ingest.zmq_endpoint": "tcp://127.0.0.1:*",
                                 "trainer.enabled": "false", "fusion.enabled": "true", "fusion.window": "3",
