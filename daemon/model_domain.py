@@ -78,18 +78,22 @@ class ModelDomain:
 
     def differences(self, other: ModelDomain) -> list[str]:
         """What differs between a frame's domain ``other`` and this (the model's) one, one phrase each."""
-        found = []
+        return list(self.differing(other).values())
+
+    def differing(self, other: ModelDomain) -> dict[str, str]:
+        """What differs, by kind (``"pixel_size"``, ``"dtype"``, ``"detector"``, ``"modality"``) -> phrase."""
+        found = {}
         if self.pixel_size_nm and other.pixel_size_nm:
             ratio = other.pixel_size_nm / self.pixel_size_nm
             if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
-                found.append(f"pixel size {other.pixel_size_nm:.4g} nm, the model's {self.pixel_size_nm:.4g} nm "
-                             f"(x{ratio:.2f})")
+                found["pixel_size"] = (f"pixel size {other.pixel_size_nm:.4g} nm, the model's "
+                                       f"{self.pixel_size_nm:.4g} nm (x{ratio:.2f})")
         if self.dtype and other.dtype and self.dtype != other.dtype:
-            found.append(f"pixel type {other.dtype}, the model's {self.dtype} (another bit depth)")
+            found["dtype"] = f"pixel type {other.dtype}, the model's {self.dtype} (another bit depth)"
         if self.detector and other.detector and self.detector.strip().lower() != other.detector.strip().lower():
-            found.append(f"detector {other.detector}, the model's {self.detector}")
+            found["detector"] = f"detector {other.detector}, the model's {self.detector}"
         if self.modality and other.modality and self.modality != other.modality:
-            found.append(f"a {other.modality} frame, the model learned on {self.modality} frames")
+            found["modality"] = f"a {other.modality} frame, the model learned on {self.modality} frames"
         return found
 
 
@@ -123,7 +127,7 @@ class DomainWatch:
         self._domain: ModelDomain | None = None
         self._outside = 0
         self._last: str | None = None
-        self._logged: tuple[str, ...] = ()
+        self._logged: tuple[tuple[str, str | None], ...] = ()
         self._log = logger if logger is not None else logging.getLogger("refscope.daemon")
 
     def set_model(self, domain: ModelDomain | None) -> None:
@@ -138,12 +142,15 @@ class DomainWatch:
             domain = self._domain
         if domain is None:
             return []
-        differs = domain.differences(ModelDomain.of_frame(frame))
-        if not differs:
+        seen = ModelDomain.of_frame(frame)
+        differing = domain.differing(seen)
+        if not differing:
             return []
+        differs = list(differing.values())
         message = f"{frame.source}: outside the serving model's domain: {'; '.join(differs)} (served all the same)"
-        # the phrase without its numbers decides whether this is news: one line per change, not one per frame
-        kinds = tuple(d.split(" ", 2)[0] + " " + d.split(" ", 2)[1] if " " in d else d for d in differs)
+        # what differs (and the frame's detector, type or modality), not the pixel size's exact value, decides
+        # whether this is news: one line per change, not one per frame of a stream that stays outside
+        kinds = tuple((kind, None if kind == "pixel_size" else str(getattr(seen, kind))) for kind in differing)
         with self._lock:
             self._outside += 1
             self._last = message

@@ -243,8 +243,7 @@ class RecentFrames:
                 self._bytes -= self._frames[0].data.nbytes
             self._frames.append(frame)
             self._bytes += frame.data.nbytes
-            while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._frames) > 1:
-                self._bytes -= self._frames.popleft().data.nbytes
+            self._trim()
 
     def replace_source(self, frame: Frame) -> bool:
         """Put ``frame`` in place of the held frame with the same ``source`` (the fused version of a live frame:
@@ -254,10 +253,14 @@ class RecentFrames:
                 if held.source == frame.source:
                     self._bytes += frame.data.nbytes - held.data.nbytes
                     self._frames[index] = frame
-                    while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._frames) > 1:
-                        self._bytes -= self._frames.popleft().data.nbytes
+                    self._trim()
                     return True
         return False
+
+    def _trim(self) -> None:
+        """Drop the oldest frames while more than ``max_bytes`` of pixels are held (lock held; one stays)."""
+        while self.max_bytes is not None and self._bytes > self.max_bytes and len(self._frames) > 1:
+            self._bytes -= self._frames.popleft().data.nbytes
 
     @property
     def nbytes(self) -> int:

@@ -44,3 +44,28 @@ def test_a_zeiss_frame_is_outside_the_fei_models_domain(command: str, fei_state:
     assert "detector InLens" in err
     assert main([command, str(fei_state), str(zeiss), "-o", str(tmp_path / "b.tif"), "--strict", *extra]) == 2
     assert "(--strict)" in capsys.readouterr().err and not (tmp_path / "b.tif").exists()
+
+
+def test_the_daemon_logs_a_change_of_what_differs_not_each_frame(caplog) -> None:
+    """DomainWatch: one warning while frames stay outside the same way (another pixel size value is no news), a new
+    one when what differs changes (a detector differs, then another one), none inside the domain; every frame outside is counted."""
+    import logging
+
+    import numpy as np
+
+    from refscope.daemon.frames import Frame
+    from refscope.daemon.model_domain import DomainWatch, ModelDomain
+
+    def frame(px: float, detector: str, seq: int) -> Frame:
+        return Frame(np.zeros((8, 8), np.uint16), px, "lr", f"mem:{seq}", seq, 0.0, metadata={"detector": detector})
+
+    watch = DomainWatch(logging.getLogger("test.domain"))
+    watch.set_model(ModelDomain(pixel_size_nm=10.0, dtype="uint16", detector="ETD"))
+    caplog.set_level(logging.WARNING, logger="test.domain")
+    assert watch.check(frame(10.0, "ETD", 0)) == []
+    for seq, (px, detector) in enumerate([(4.0, "ETD"), (4.5, "ETD"), (4.5, "TLD"), (4.0, "InLens")], start=1):
+        watch.check(frame(px, detector, seq))
+    warned = [r.getMessage() for r in caplog.records]
+    assert [w.split(":")[0] + ":" + w.split(":")[1] for w in warned] == ["mem:1", "mem:3", "mem:4"]
+    assert "detector TLD, the model's ETD" in warned[1] and "detector InLens" in warned[2]
+    assert watch.status()["frames_outside"] == 4

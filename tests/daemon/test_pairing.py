@@ -85,6 +85,23 @@ def test_recent_frames_keeps_the_newest() -> None:
         RecentFrames(0)
 
 
+def test_a_fused_frame_replaces_its_source_within_the_byte_bound() -> None:
+    """``replace_source`` puts a fused frame in place of the held one with its source; bytes stay counted and
+    bounded (the oldest go first), and a source not held changes nothing."""
+    small = [frame(source=f"f{i}.tif", seq=i) for i in range(3)]
+    size = small[0].data.nbytes
+    recent = RecentFrames(5, max_bytes=3 * size + size // 2)
+    for f in small:
+        recent.add(f)
+    bigger = frame(source="f2.tif", seq=2)
+    bigger = replace(bigger, data=np.zeros((2 * bigger.data.shape[0], bigger.data.shape[1]), bigger.data.dtype))
+    assert recent.replace_source(bigger)
+    assert [f.source for f in recent.snapshot()] == ["f1.tif", "f2.tif"]  # 1 + 1 + 2 sizes > 3.5: f0 dropped
+    assert recent.snapshot()[-1] is bigger and recent.nbytes == 3 * size
+    assert not recent.replace_source(frame(source="elsewhere.tif", seq=9))
+    assert recent.nbytes == 3 * size
+
+
 def test_candidates_by_stage_position_and_field_of_view() -> None:
     lr_fov = (1600.0, 2000.0)  # nm (y, x)
     here = frame(source="here.tif", stage=(0.0, 0.0), fov=lr_fov)
