@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_api, name)
     if name == "__version__":
-        from refscope.daemon.provenance import refscope_version
+        from refscope.daemon.state.provenance import refscope_version
 
         return refscope_version()
     raise AttributeError(f"module 'refscope' has no attribute {name!r}")

@@ -18,9 +18,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from refscope.daemon.model_domain import ModelDomain
-from refscope.daemon.tiff_common import ImageMetadata, LoadedImage
-from refscope.daemon.tiff_io import read_image as _read_image
+from refscope.daemon.state.model_domain import ModelDomain
+from refscope.daemon.images.common import ImageMetadata, LoadedImage
+from refscope.daemon.images import read_image as _read_image
 from refscope.models.evaluation import EvaluationReport
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import METHODS, FitConfig, FittedModel, default_patch_size
@@ -72,7 +72,7 @@ class Model:
 
     Attributes:
         fitted: the :class:`refscope.models.FittedModel` (library, intensity map, noise, geometries).
-        domain: where its LR frame came from (:class:`refscope.daemon.model_domain.ModelDomain`), or None.
+        domain: where its LR frame came from (:class:`refscope.daemon.state.model_domain.ModelDomain`), or None.
         sources: the files it was fitted from (LR first), when known.
     """
 
@@ -109,7 +109,7 @@ class Model:
     def save(self, state_dir: str | os.PathLike[str]) -> Path:
         """Write the model into ``state_dir`` (created if missing; atomically), where ``refscope enhance
         STATE_DIR ...``, ``refscope batch`` and the daemon find it. Returns the folder."""
-        from refscope.daemon.model_store import save_model
+        from refscope.daemon.state.model_store import save_model
 
         save_model(state_dir, self.fitted, sources=list(self.sources), domain=self.domain)
         return Path(state_dir)
@@ -117,8 +117,8 @@ class Model:
     @classmethod
     def load(cls, state_dir: str | os.PathLike[str]) -> Model:
         """The model saved in ``state_dir`` (by :meth:`save` or ``refscope fit -o``); checksum verified."""
-        from refscope.daemon.model_store import load_domain
-        from refscope.daemon.model_store import load_model as _load
+        from refscope.daemon.state.model_store import load_domain
+        from refscope.daemon.state.model_store import load_model as _load
 
         return cls(_load(state_dir), load_domain(state_dir))
 

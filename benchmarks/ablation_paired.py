@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from refscope.daemon.tiff_io import read_image
+from refscope.daemon.images import read_image
 from refscope.models.library import LibraryConfig
 from refscope.models.nlm import PairedConfig
 from refscope.models.pipeline import FitConfig, default_patch_size, enhance, fit_library, register_reference, training_grids

@@ -37,7 +37,7 @@ import numpy as np
 import tifffile
 
 from refscope.daemon.cli import main
-from refscope.daemon.tiff_io import read_image, write_tiff
+from refscope.daemon.images import read_image, write_tiff
 from refscope.models.synthetic import make_pair
 
 HERE = Path(__file__).resolve().parent

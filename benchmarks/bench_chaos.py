@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from refscope.daemon.catalogue import Catalogue
-from refscope.daemon.control import ControlClient, ControlError
-from refscope.daemon.protocol import encode_frame
-from refscope.daemon.serve.budget import DEFAULT_MAX_MEMORY_MB
+from refscope.daemon.state.catalogue import Catalogue
+from refscope.daemon.wire.control import ControlClient, ControlError
+from refscope.daemon.wire.protocol import encode_frame
+from refscope.daemon.config.budget import DEFAULT_MAX_MEMORY_MB
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

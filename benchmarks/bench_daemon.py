@@ -1,6 +1,6 @@
 """End-to-end benchmark of ``refscope daemon``: latency and sustained rate with 1280x944 output frames.
 
-The daemon runs as a separate process (``python -m refscope.daemon.daemon_cli``) on temporary folders, with
+The daemon runs as a separate process (``python -m refscope.daemon.cli.daemon``) on temporary folders, with
 ephemeral 127.0.0.1 endpoints and a model fitted beforehand on a synthetic 640x472 pair and saved in its state
 folder (so it serves a learned ``paired`` model, version 1, from its first frame). This script then acts as the
 microscope and as a viewer:
@@ -43,9 +43,9 @@ import numpy as np
 import tifffile
 import zmq
 
-from refscope.daemon.control import ControlClient
-from refscope.daemon.model_store import save_model
-from refscope.daemon.protocol import decode_enhanced
+from refscope.daemon.wire.control import ControlClient
+from refscope.daemon.state.model_store import save_model
+from refscope.daemon.wire.protocol import decode_enhanced
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
@@ -106,7 +106,7 @@ def fit_model(state_dir: Path, library_size: int) -> tuple[object, float]:
 def start_daemon(watch: Path, out: Path, state: Path, method: str, log: Path,
                  extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, dict]:
     """Start ``refscope daemon`` (ephemeral 127.0.0.1 endpoints, ``extra`` options); returns it and its endpoints."""
-    command = [sys.executable, "-m", "refscope.daemon.daemon_cli", "--watch", str(watch), "--out", str(out),
+    command = [sys.executable, "-m", "refscope.daemon.cli.daemon", "--watch", str(watch), "--out", str(out),
                "--state", str(state), "--method", method, "--control", "tcp://127.0.0.1:*",
                "--pub", "tcp://127.0.0.1:*", "--events", "tcp://127.0.0.1:*", *extra]
     handle = open(log, "ab")

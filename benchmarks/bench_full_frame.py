@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from refscope.daemon.config import ModelConfig, ServeConfig
-from refscope.daemon.serving import ServingEngine
-from refscope.daemon.tiff_read import read_image
+from refscope.daemon.serve.engine import ServingEngine
+from refscope.daemon.images.tiff_read import read_image
 from refscope.models.pipeline import FitConfig, fit
 
 HERE = Path(__file__).resolve().parent

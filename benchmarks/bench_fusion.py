@@ -36,7 +36,7 @@ import numpy as np
 
 from refscope.daemon.config import ModelConfig, ServeConfig
 from refscope.daemon.serve.fusion_window import FusionWindow
-from refscope.daemon.serving import ServingEngine
+from refscope.daemon.serve.engine import ServingEngine
 from refscope.models.fusion import FusionConfig, fuse_fine, fuse_frames, register_frame, subpixel_diversity
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.metrics import frc, frc_resolution, masked_psnr, psnr, ssim
@@ -145,7 +145,7 @@ def simulator(seed: int) -> dict:
 def zeiss() -> dict | None:
     if not ZEISS.is_file():
         return None
-    from refscope.daemon.tiff_io import read_frames
+    from refscope.daemon.images import read_frames
 
     pages = [np.asarray(f.data, dtype=np.float64) for f in read_frames(ZEISS)]
     newest, older = pages[1], pages[0]

@@ -1,7 +1,7 @@
 """Serving speed of the networks refscope serves: a 1280x944 output through ONNX Runtime, as the product serves it.
 
 For S = 2, 3, 4 the shipped prior of every network (``compact`` and ``fullres``; ``auto`` picks one per S) is
-exported to ONNX in a real LR frame's units and run by :func:`refscope.daemon.net_cli.onnx_runner` -- the same
+exported to ONNX in a real LR frame's units and run by :func:`refscope.daemon.offline.net.onnx_runner` -- the same
 ONNX Runtime session options, tiles (offline memory budget) and ``serve.halo`` of context as ``refscope enhance``
 and the live daemon -- on an LR crop of the size whose S-times output is 1280x944 (a real FEI LR frame of
 ``../shared/data/sem_pairs/raw`` when present, else a synthetic one). In the same run it times Keys bicubic
@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from results_md import write_section  # noqa: E402
 
 from refscope.daemon.learn.prior_store import SHIPPED_PRIORS, load_prior  # noqa: E402
-from refscope.daemon.net_cli import onnx_runner  # noqa: E402
+from refscope.daemon.offline.net import onnx_runner  # noqa: E402
 from refscope.models.image_ops import upsample_bicubic  # noqa: E402
 from refscope.models.net_fit import export_netfit  # noqa: E402
 from refscope.models.network_names import resolve_network  # noqa: E402
@@ -47,7 +47,7 @@ def lr_frame() -> tuple[np.ndarray, str]:
     """A real FEI LR frame (float64) when the shared data is here, else a synthetic SEM-like one."""
     path = RAW / LR_FILE
     if path.exists():
-        from refscope.daemon.tiff_io import read_image
+        from refscope.daemon.images import read_image
 
         return read_image(path).data.astype(np.float64), f"real FEI LR frame {LR_FILE}"
     from refscope.models.synthetic import make_pair
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `.venv/bin/python benchmarks/bench_net_serving.py --runs {args.runs} --threads {args.threads}` — "
         f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other work), {time.strftime('%Y-%m-%d')}. "
         f"Input: {source}, cropped so that the S-times output is 1280x944. Each shipped prior exported to ONNX and "
-        "run by `refscope.daemon.net_cli.onnx_runner` (the tiles and `serve.halo` of `refscope enhance` and the "
+        "run by `refscope.daemon.offline.net.onnx_runner` (the tiles and `serve.halo` of `refscope enhance` and the "
         f"daemon); median of {args.runs} runs after a warm-up. Target: the served (`auto`) network ≤ "
         f"{TARGET_S} s.",
         "",

@@ -56,7 +56,7 @@ from test_fuzz import (base_tiffs, check_message, check_still_enhances, check_ti
 from test_restart import DaemonProcess, put_frame  # noqa: E402
 from test_soak import LATENCY_RATIO_LIMIT, LATENCY_SLACK_S, RSS_GROWTH_LIMIT, check_soak, run_soak  # noqa: E402
 
-from refscope.daemon.learner import load_initial  # noqa: E402
+from refscope.daemon.learn.learner import load_initial  # noqa: E402
 from refscope.models.synthetic import make_pair  # noqa: E402
 
 SECTION = "reliability"

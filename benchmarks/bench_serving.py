@@ -5,7 +5,7 @@ Fits a model on the real x2.4 SEM pair (raw 96336e… 5000x LR + f63c41… 12000
 (1280x944 output) and a 1024x1024 LR frame (2048x2048 output) it times
 
 * the exact NumPy baseline :func:`refscope.models.nlm.reconstruct_paired` (1-2 runs; it is slow),
-* the exported model served by :class:`refscope.daemon.runtime.OnnxModel` on the CPU provider, whole frame and
+* the exported model served by :class:`refscope.daemon.serve.runtime.OnnxModel` on the CPU provider, whole frame and
   tiled (warm-up, then ``--runs`` runs: p50, p99, output Mpx/s),
 * once, the paper's formulation :func:`refscope.models.nlm.reconstruct_paired_faithful` (L = 8,000, 1280x944),
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from refscope.daemon.bench import timed
-from refscope.daemon.runtime import OnnxModel, RuntimeConfig, import_onnxruntime
+from refscope.daemon.offline.bench import timed
+from refscope.daemon.serve.runtime import OnnxModel, RuntimeConfig, import_onnxruntime
 from refscope.models import synthetic as syn
 from refscope.models.library import LibraryConfig
 from refscope.models.metrics import fit_intensity, psnr
@@ -63,7 +63,7 @@ class Source:
 def load_source() -> Source:
     """The real x2.4 pair (pair07) if the shared data exists, else a synthetic x2.4 pair."""
     if (DATA / "raw").is_dir():
-        from refscope.daemon.tiff_io import read_image
+        from refscope.daemon.images import read_image
 
         lr = read_image(next((DATA / "raw").glob("96336e*")))
         hr = read_image(next((DATA / "raw").glob("f63c41*")))

@@ -49,8 +49,8 @@ import zmq
 from scipy import ndimage
 
 from refscope.daemon.ingest.replay import ReplayItem, plan_replay, replay
-from refscope.daemon.protocol import decode_enhanced, stream_role
-from refscope.daemon.tiff_read import read_image
+from refscope.daemon.wire.protocol import decode_enhanced, stream_role
+from refscope.daemon.images.tiff_read import read_image
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.metrics import fit_intensity, frc, frc_resolution, psnr, ssim
 from refscope.models.noise import estimate_noise_sigma

@@ -38,11 +38,11 @@ import numpy as np
 import tifffile
 import zmq
 
-from refscope.daemon.control import ControlClient
-from refscope.daemon.model_store import save_model
-from refscope.daemon.net_store import SessionPairs, save_best, save_pairs
-from refscope.daemon.protocol import decode_enhanced
-from refscope.daemon.tiff_io import read_image
+from refscope.daemon.wire.control import ControlClient
+from refscope.daemon.state.model_store import save_model
+from refscope.daemon.state.net_store import SessionPairs, save_best, save_pairs
+from refscope.daemon.wire.protocol import decode_enhanced
+from refscope.daemon.images import read_image
 from refscope.models.image_ops import as_gray_float
 from refscope.models.pipeline import FitConfig, fit_library, register_reference, training_grids
 from refscope.models.promotion import split_for_validation

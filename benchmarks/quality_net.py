@@ -44,7 +44,7 @@ def run_pair(pair: dict, budget_s: float, network: str, bootstrap_fraction: floa
     import torch
 
     torch.set_num_threads(1)
-    from refscope.daemon.tiff_io import read_image
+    from refscope.daemon.images import read_image
     from refscope.models.evaluation import training_area
     from refscope.models.image_ops import as_gray_float
     from refscope.models.net_fit import fit_network, net_predictor, score_predictors

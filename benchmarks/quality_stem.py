@@ -36,7 +36,7 @@ from results_md import write_section  # noqa: E402
 from sem_pairs import LoadedPair  # noqa: E402
 
 from refscope.daemon.learn.prior_store import SHIPPED_PRIORS  # noqa: E402
-from refscope.daemon.tiff_io import read_image  # noqa: E402
+from refscope.daemon.images import read_image  # noqa: E402
 from refscope.models.simulator import StemOptics, scan_stem  # noqa: E402
 
 SHARED = Path(os.environ.get("REFSCOPE_SHARED_DATA", HERE.parent.parent / "shared" / "data"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refscope.daemon.tiff_io import read_image
+from refscope.daemon.images import read_image
 from refscope.models.evaluation import split_subimages
 from refscope.models.pipeline import FitConfig, register_reference, training_grids
 

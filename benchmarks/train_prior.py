@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from sem_pairs import load_pair, prior_pairs  # noqa: E402
 
 from refscope.daemon.atomic import atomic_write_json  # noqa: E402
-from refscope.daemon.net_store import save_net  # noqa: E402
+from refscope.daemon.state.net_store import save_net  # noqa: E402
 from refscope.models.prior import PriorConfig, PriorPair, train_prior  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "daemon" / "learn" / "priors"

@@ -5,7 +5,7 @@ daemon can log it and move on to the next frame without showing a traceback to t
 """
 from __future__ import annotations
 
-__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "MissingReaderError", "StateError", "one_line"]
+__all__ = ["RefscopeError", "InputFileError", "IncompleteFileError", "MissingReaderError", "StateError", "ConfigError", "one_line"]
 
 
 class RefscopeError(Exception):
@@ -39,6 +39,16 @@ class MissingReaderError(InputFileError):
 
 class StateError(RefscopeError):
     """Saved state (a fitted model) is missing, unreadable or fails its checksum."""
+
+
+class ConfigError(RefscopeError):
+    """The configuration is invalid. The message names the key (``"model.scale"``), where the value came from
+    and what is allowed; ``key`` holds the dotted key (None when the problem is not one key's, e.g. an
+    unreadable file)."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def one_line(exc: BaseException) -> str:

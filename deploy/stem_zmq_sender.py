@@ -1,4 +1,4 @@
-"""Example: a STEM scan generator sending its frames to refscope over ZMQ (the v1 wire format, refscope.daemon.protocol).
+"""Example: a STEM scan generator sending its frames to refscope over ZMQ (the v1 wire format, refscope.daemon.wire.protocol).
 
     python deploy/stem_zmq_sender.py tcp://127.0.0.1:5555 [--frames 20] [--period-s 1.0]
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import zmq
 
-from refscope.daemon.protocol import encode_frame
+from refscope.daemon.wire.protocol import encode_frame
 from refscope.models.simulator import StemOptics, stem_pair
 
 

@@ -28,8 +28,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Input
 
-from refscope.daemon.control import COMMANDS
-from refscope.daemon.curve import CurveClientKeys, client_context
+from refscope.daemon.wire.control import COMMANDS
+from refscope.daemon.wire.curve import CurveClientKeys, client_context
 
 from .drift_panel import DriftPanel
 from .event_log import EventLog

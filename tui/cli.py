@@ -44,7 +44,7 @@ def add_tui_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_tui_command(args: argparse.Namespace) -> int:
     """Handler of ``refscope tui``: run the app until the operator quits."""
-    from refscope.daemon.curve import load_client_keys
+    from refscope.daemon.wire.curve import load_client_keys
 
     server_key, client_key = getattr(args, "curve_server_key", None), getattr(args, "curve_client_key", None)
     if (server_key is None) != (client_key is None):

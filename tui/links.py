@@ -5,7 +5,7 @@ Each loop runs on a worker thread of the app (``@work(thread=True)``), never on 
 thread. Results go out through callbacks (the app posts them as messages).
 
 * :func:`poll_status` asks ``status`` every ``interval_s`` with a ``timeout_s`` per request; a timeout reports
-  the daemon as down, and :class:`~refscope.daemon.control.ControlClient` replaces its REQ socket, so the next
+  the daemon as down, and :class:`~refscope.daemon.wire.control.ControlClient` replaces its REQ socket, so the next
   request reaches a restarted daemon.
 * :func:`subscribe` follows the endpoints it is given (they can change when the daemon restarts on ephemeral
   ports): SUB sockets reconnect by themselves while the endpoint stays the same. Per wake-up it drains what has
@@ -21,9 +21,9 @@ from typing import Any
 
 import zmq
 
-from refscope.daemon.control import ControlClient, ControlError, ControlTimeout
+from refscope.daemon.wire.control import ControlClient, ControlError, ControlTimeout
 from refscope.daemon.errors import RefscopeError
-from refscope.daemon.protocol import ProtocolError
+from refscope.daemon.wire.protocol import ProtocolError
 
 from .events import LogEntry, decode_event
 from .stream import StreamFrame, decode_stream_message

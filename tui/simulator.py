@@ -1,9 +1,9 @@
 """A stand-in daemon for the TUI, made of the daemon's own endpoint classes: for tests, demos and screenshots.
 
-:class:`FakeDaemon` binds a :class:`~refscope.daemon.control.ControlServer` (every command recorded in
+:class:`FakeDaemon` binds a :class:`~refscope.daemon.service.control_server.ControlServer` (every command recorded in
 :attr:`FakeDaemon.calls` and answered like the real daemon), a PUB socket sending v1 stream messages (raw
-``"lr"`` frames via :func:`~refscope.daemon.protocol.encode_frame`, ``"enhanced"`` via
-:func:`~refscope.daemon.protocol.encode_enhanced`, and ``"confidence"`` maps) and an
+``"lr"`` frames via :func:`~refscope.daemon.wire.protocol.encode_frame`, ``"enhanced"`` via
+:func:`~refscope.daemon.wire.protocol.encode_enhanced`, and ``"confidence"`` maps) and an
 :class:`~refscope.daemon.publish.EventPublisher`. Its ``status`` reply has the real daemon's keys, with numbers
 that change on every frame, plus a ``quality`` dict of drift signals.
 
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from refscope.daemon.control import ControlServer
-from refscope.daemon.protocol import encode_enhanced, encode_frame
+from refscope.daemon.service.control_server import ControlServer
+from refscope.daemon.wire.protocol import encode_enhanced, encode_frame
 from refscope.daemon.publish import EventPublisher
 
 __all__ = ["FakeDaemon", "synthetic_frame", "main"]
@@ -253,7 +253,7 @@ class FakeDaemon:
             "model": model, "library_size": 8000, "model_version": 3, "method": self.method,
             "validation_delta_db": 0.84, "endpoints": self.endpoints,
         }
-        if self.quality:  # the shape of QualityMonitor.status() (refscope.daemon.monitor)
+        if self.quality:  # the shape of QualityMonitor.status() (refscope.daemon.service.monitor)
             wobble = float(np.sin(n / 3.0))
             signals = {}
             for name, value, on, off, worse_high in (("coverage", 0.8 - 0.05 * wobble, 0.6, 0.7, False),

@@ -1,6 +1,6 @@
 """Reading the daemon's ``status`` reply for display: the numbers panel, rates, and drift signals.
 
-Pure functions of the reply dict (``Daemon.status`` in :mod:`refscope.daemon.service`); every key is optional
+Pure functions of the reply dict (``Daemon.status`` in :mod:`refscope.daemon.service.daemon`); every key is optional
 so that an older or newer daemon still shows what it has (missing values read ``-``).
 """
 from __future__ import annotations

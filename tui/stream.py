@@ -1,7 +1,7 @@
 """What the TUI reads from the daemon's PUB stream: one tolerant decoder for every frame role, and a
 newest-only slot.
 
-The stream carries two-part v1 messages ``[JSON header, pixel buffer]`` (:mod:`refscope.daemon.protocol`);
+The stream carries two-part v1 messages ``[JSON header, pixel buffer]`` (:mod:`refscope.daemon.wire.protocol`);
 the header's ``role`` says what the frame is:
 
 ``"lr"``          the raw live frame (``encode_frame`` fields: ``seq``, ``pixel_size_m``, ``t``);
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from refscope.daemon.protocol import DEFAULT_LIMITS, DTYPES, ProtocolError, ProtocolLimits, parse_header
+from refscope.daemon.wire.protocol import DEFAULT_LIMITS, DTYPES, ProtocolError, ProtocolLimits, parse_header
 
 __all__ = ["ROLES", "StreamFrame", "decode_stream_message", "NewestSlot"]
 
@@ -65,7 +65,7 @@ def decode_stream_message(parts: Sequence[Any], *, source: str = "stream",
 
     Checks the part count, header size, ``v``, ``role``, ``seq``, ``dtype``, ``shape`` and the buffer length;
     other fields are kept in ``header`` unchecked (the view only displays them). Raises
-    :class:`~refscope.daemon.protocol.ProtocolError`.
+    :class:`~refscope.daemon.wire.protocol.ProtocolError`.
     """
     header = parse_header(parts, origin=source, limits=limits)
     if header.get("v") != 1:

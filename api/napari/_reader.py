@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from refscope.daemon.ingest.readers import IMAGE_SUFFIXES, read_frames
-from refscope.daemon.tiff_common import LoadedImage, acquisition_metadata
+from refscope.daemon.images.readers import IMAGE_SUFFIXES, read_frames
+from refscope.daemon.images.common import LoadedImage, acquisition_metadata
 
 __all__ = ["get_reader", "read_layers"]
 

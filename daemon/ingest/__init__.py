@@ -1,9 +1,11 @@
 """The ingest room: where frames come from.
 
-Today it owns :mod:`.replay` (an acquisition folder played back into a watched folder, in acquisition order); the
-folder, ZMQ and in-memory frame sources and the vendor file readers move here with the daemon's restructuring
-(issue 14). Imports only the state/wire helpers (:mod:`refscope.daemon.atomic`, the file readers) and
-:mod:`refscope.models`; nothing here imports the serving, learning or service rooms.
+The :class:`~refscope.daemon.frames.FrameSource` implementations: :mod:`.folder` (files appearing in an
+acquisition folder, native events or polling), :mod:`.feed` (a ZMQ PULL/SUB feed in the v1 wire format),
+:mod:`.memory` (an in-memory list for tests and a replay of a folder's files for offline runs) and :mod:`.replay`
+(a past acquisition played back into a watched folder, in acquisition order). Files are read through the image
+room (:mod:`refscope.daemon.images`), messages decoded through the wire room; nothing here imports the
+configuration, serving, learning or service rooms.
 """
 from .replay import ReplayItem, ReplayError, plan_replay, replay
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from ..atomic import atomic_writer
 from ..errors import InputFileError, RefscopeError
-from .readers import IMAGE_SUFFIXES, read_frames
-from .readers.ser import emi_companion
+from ..images.readers import IMAGE_SUFFIXES, read_frames
+from ..images.readers.ser import emi_companion
 
 __all__ = ["IMAGE_SUFFIXES", "ReplayError", "ReplayItem", "plan_replay", "replay"]
 

@@ -1,6 +1,6 @@
 """The pretrained EM priors shipped in the package: one network per (network, S), a warm start for the session.
 
-Layout: ``priors/<network>-x<S>/`` is a network state folder of :mod:`refscope.daemon.net_store` (``net.npz`` +
+Layout: ``priors/<network>-x<S>/`` is a network state folder of :mod:`refscope.daemon.state.net_store` (``net.npz`` +
 checksummed ``net.json`` + the ONNX export), written by ``benchmarks/train_prior.py``; ``priors/MODEL_CARD.md``
 says what each was trained on, how, and how it scores. A prior carries the identity normalisation: it is applied
 in each LR frame's own units (:func:`refscope.models.prior.frame_normalisation`).
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from refscope.models.network_names import resolve_network
 
-from ..net_store import has_net, load_net
+from ..state.net_store import has_net, load_net
 
 if TYPE_CHECKING:  # PyTorch is imported only by load_net
     from refscope.models.net_fit import NetFit

@@ -1,7 +1,11 @@
-"""The offline room: what ``refscope evaluate`` hands a person to read -- figures of an evaluation report.
+"""The offline room: refscope's work without the service -- plain functions the command line calls.
 
-Owns :func:`~refscope.daemon.offline.plot.plot_evaluation` (matplotlib, Agg backend, imported only when a figure
-is drawn) and its atomic PNG writer. Imports :mod:`refscope.models` (the report) and :mod:`..atomic` only.
+:mod:`.files` (read frames, register and fit references, enhance and evaluate files), :mod:`.net` (the neural
+commands: ``fit --method net``, ``train``, ``evaluate --model``), :mod:`.batch` with :mod:`.batch_compute` and
+:mod:`.batch_files` (``refscope batch`` on Dask), :mod:`.bench` (serving speed), :mod:`.report` and :mod:`.plot`
+(evaluation reports and their figure), :mod:`.progress` (terminal progress), :mod:`.demo` and :mod:`.live_demo`
+(the demos) and :mod:`.simulate` (the simulated microscope). Imports the service room (the live demo runs a
+daemon) and every room below it; only the command line imports it.
 """
 from .plot import plot_evaluation, write_evaluation_plot
 

@@ -24,17 +24,17 @@ from refscope.models.image_ops import as_gray_float
 from refscope.models.pipeline import FitConfig, FittedModel, fit_library, register_reference, training_grids
 from refscope.models.registration import PairGeometry
 
-from ..batch_files import write_stack
+from .batch_files import write_stack
 from ..config import ModelConfig, ServeConfig
 from ..errors import InputFileError, RefscopeError, one_line
 from ..frames import Frame
-from ..ingest.readers import IMAGE_SUFFIXES, companion_reason, read_frames
-from ..model_domain import ModelDomain, check_domain
-from ..pairing import PairingHooks
-from ..progress import Steps, progress
-from ..provenance import model_id, provenance
-from ..serving import ServingEngine
-from ..tiff_io import LoadedImage, acquisition_metadata, output_pixels, read_image, write_tiff
+from ..images.readers import IMAGE_SUFFIXES, companion_reason, read_frames
+from ..state.model_domain import ModelDomain, check_domain
+from ..learn.pairing import PairingHooks
+from .progress import Steps, progress
+from ..state.provenance import model_id, provenance
+from ..serve.engine import ServingEngine
+from ..images import LoadedImage, acquisition_metadata, output_pixels, read_image, write_tiff
 
 __all__ = ["load_frame", "load_frames", "as_float_image", "register_pair", "check_stage_positions", "register_files",
            "fit_files", "expand_inputs", "check_output_file", "check_output_folder", "plan_outputs", "enhance_files",
@@ -221,7 +221,7 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     HAADF). A stack or series file (a 3-D DM image, a multi-frame SER or Velox EMD, an MRC volume, a multi-page
     TIFF) is enhanced frame by frame into one 3-D float32 ImageJ stack, as ``refscope batch`` writes one.
 
-    Frames go through the daemon's :class:`~refscope.daemon.serving.ServingEngine`, so a batch costs what live
+    Frames go through the daemon's :class:`~refscope.daemon.serve.engine.ServingEngine`, so a batch costs what live
     serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
     the NumPy reference implementation otherwise). ``runner`` (``lr -> sr``, e.g. the trained network through
     ONNX Runtime, :mod:`.net_cli`) replaces the engine; give ``scale`` with it and ``model`` may be None.

@@ -1,12 +1,13 @@
-"""The serving room: what it costs to serve a frame and how that is kept inside the memory budget.
+"""The serving room: how a frame is enhanced with the current model, fast and inside the memory budget.
 
-Owns :class:`~refscope.daemon.serve.budget.MemoryBudget` (``serve.max_memory_mb`` split into the shares of the
-runtime, the trainer, the learner, the serving workspace and the frames in flight) and the fusion window of the
-live frames (:class:`~refscope.daemon.serve.fusion_window.FusionWindow`, ``[fusion]``) today; the serving engine,
-the ONNX Runtime wrapper and the model slot move here with the daemon's restructuring (issue 14). Imports only
-:mod:`refscope.models`.
+:mod:`.engine` holds :class:`~refscope.daemon.serve.engine.ServingEngine` (enhance one LR frame with the current
+best model, tiled inside the budget, models swapped atomically); :mod:`.runtime` the ONNX Runtime wrapper
+(provider choice, verified sessions, the model slot); :mod:`.champion` which learned model serves;
+:mod:`.export` and :mod:`.child` the ONNX export in a helper process, :mod:`.onnx_cache` the cache of exports;
+:mod:`.malloc` hands freed memory back to the system; :mod:`.fusion_window` the window of live frames fused
+before enhancement (``[fusion]``). Imports the configuration room (the model and serve sections and the memory
+budget), the state room and :mod:`refscope.models`.
 """
-from .budget import DEFAULT_MAX_MEMORY_MB, FramePlan, MemoryBudget
 from .fusion_window import FusedFrame, FusionWindow
 
-__all__ = ["DEFAULT_MAX_MEMORY_MB", "FramePlan", "MemoryBudget", "FusedFrame", "FusionWindow"]
+__all__ = ["FusedFrame", "FusionWindow"]

@@ -22,7 +22,7 @@ from typing import Any
 from refscope.models.manifest import ModelManifest
 
 from ..atomic import atomic_write_bytes, atomic_write_json
-from ..provenance import refscope_version
+from ..state.provenance import refscope_version
 
 __all__ = ["CACHE_DIR", "MAX_ENTRIES", "cached_export", "export_key"]
 

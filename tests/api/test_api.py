@@ -13,7 +13,7 @@ import pytest
 import refscope
 from refscope.daemon.cli import main
 from refscope.daemon.errors import InputFileError
-from refscope.daemon.tiff_io import write_tiff
+from refscope.daemon.images import write_tiff
 from refscope.models import enhance as models_enhance
 from refscope.models.synthetic import make_pair
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from refscope.daemon.cli import main
-from refscope.daemon.tiff_io import write_tiff
+from refscope.daemon.images import write_tiff
 from refscope.models.synthetic import make_pair
 from refscope.napari import fit_and_enhance, get_reader, read_layers
 

@@ -1,5 +1,5 @@
 """A :class:`~refscope.daemon.frames.FrameSource` the test feeds frame by frame (``source.items.put(frame)``), for
-daemon round trips that interleave frames with checks (:class:`refscope.daemon.source_memory.MemoryFrameSource`
+daemon round trips that interleave frames with checks (:class:`refscope.daemon.ingest.memory.MemoryFrameSource`
 takes its frames up front)."""
 from __future__ import annotations
 

@@ -17,19 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import refscope.daemon.learner as learner_module
-import refscope.daemon.publish_folder as publish_folder_module
-import refscope.daemon.source_zmq as source_zmq_module
-from refscope.daemon.catalogue import Catalogue
+import refscope.daemon.learn.learner as learner_module
+import refscope.daemon.publish.folder as publish_folder_module
+import refscope.daemon.ingest.feed as source_zmq_module
+from refscope.daemon.state.catalogue import Catalogue
 from refscope.daemon.errors import StateError
-from refscope.daemon.learner import Learner
-from refscope.daemon.protocol import encode_frame
-from refscope.daemon.service import Daemon
+from refscope.daemon.learn.learner import Learner
+from refscope.daemon.wire.protocol import encode_frame
+from refscope.daemon.service.daemon import Daemon
 from refscope.daemon.worker import Worker, is_state_failure, supervised
 from refscope.models.synthetic import make_pair
 from test_fuzz import zmq_daemon_and_pusher
 from test_restart import put_frame
-from test_service import FAST_FOLDER, control_status, make_config
+from tests.daemon.service.test_service import FAST_FOLDER, control_status, make_config
 from waiting import wait_for
 
 LR_NM, HR_NM = 10.0, 5.0

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from refscope.daemon import control
+from refscope.daemon.wire import control
 from refscope.daemon.cli import build_parser
 from refscope.daemon.config import SECTIONS, DaemonConfig, load_config
-from refscope.daemon.daemon_cli import run_daemon
+from refscope.daemon.cli.daemon import run_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -335,7 +335,7 @@ def test_healthcheck_pings_the_running_daemon(dockerfile, tmp_path):
     assert command[:2] == ["python", "-c"] and hasattr(control, "wait_for_daemon")
     state_json = str(load_config(DEPLOY / "container.toml").state_dir / "daemon.json")
     assert state_json in command[2]
-    from refscope.daemon.service import Daemon
+    from refscope.daemon.service.daemon import Daemon
 
     state = tmp_path / "state"
     code = command[2].replace(state_json, str(state / "daemon.json"))
@@ -369,3 +369,21 @@ def test_every_deploy_file_is_described_in_the_readmes():
             assert path.name in readme, f"deploy/README.md does not mention {path.relative_to(DEPLOY)}"
     top = (REPO / "README.md").read_text()
     assert "## Installing on a microscope PC" in top and "deploy/README.md" in top
+
+
+def test_every_package_folder_is_installed():
+    """A fresh (non-editable) install ships exactly the folders that are packages: every folder of the code that
+    holds an ``__init__.py`` is listed in ``[tool.setuptools] packages`` under its installed name, and nothing
+    listed is missing (a room added without its line would be absent from a wheel and fail only there)."""
+    project = _pyproject()
+    listed = set(project["tool"]["setuptools"]["packages"])
+    roots = {name: REPO / folder for name, folder in project["tool"]["setuptools"]["package-dir"].items()}
+    found = set()
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            if any(part.startswith(".") or part == "__pycache__" for part in init.relative_to(root).parts):
+                continue
+            parts = init.parent.relative_to(root).parts
+            found.add(".".join((name, *parts)) if parts else name)
+    assert listed == found, (f"missing from pyproject packages: {sorted(found - listed)}; "
+                             f"listed but not a package: {sorted(listed - found)}")

@@ -36,21 +36,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refscope.daemon import publish_folder as publish_folder_module
+from refscope.daemon.publish import folder as publish_folder_module
 from refscope.daemon.atomic import TEMP_MARKER, atomic_writer
-from refscope.daemon.catalogue import Catalogue
-from refscope.daemon.learner import MODEL_VERSION_FILE, _write_version, load_initial
-from refscope.daemon.model_store import MODEL_STATE_NAME, save_model
-from refscope.daemon.service import Daemon
-from refscope.daemon.simulate import SimulatedMicroscope, SimulatorConfig
-from refscope.daemon.state_store import state_paths
-from refscope.daemon.tiff_io import read_image
+from refscope.daemon.state.catalogue import Catalogue
+from refscope.daemon.learn.learner import MODEL_VERSION_FILE, _write_version, load_initial
+from refscope.daemon.state.model_store import MODEL_STATE_NAME, save_model
+from refscope.daemon.service.daemon import Daemon
+from refscope.daemon.offline.simulate import SimulatedMicroscope, SimulatorConfig
+from refscope.daemon.state.store import state_paths
+from refscope.daemon.images import read_image
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.simulator import Optics, Session
 from refscope.models.synthetic import make_pair
 from test_restart import DaemonProcess, put_frame
-from test_service import FAST_FOLDER, control_status, make_config
+from tests.daemon.service.test_service import FAST_FOLDER, control_status, make_config
 from waiting import wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL and POSIX file semantics")
@@ -74,7 +74,7 @@ def _die():
 if _POINT in ("library_saving", "library_saved"):
     # library_saving: the new library arrays are written, their manifest (the commit point) is not;
     # library_saved: the manifest is written, nothing after it
-    from refscope.daemon import state_store
+    from refscope.daemon.state import store as state_store
 
     _write_json = state_store.atomic_write_json
 
@@ -88,12 +88,13 @@ if _POINT in ("library_saving", "library_saved"):
 
     state_store.atomic_write_json = _atomic_write_json
 elif _POINT == "version_record":  # the library is saved, model_version.json not yet written
-    from refscope.daemon import learner
+    from refscope.daemon.learn import learner
 
     learner._write_version = lambda *args, **kwargs: _die()
 elif _POINT in ("output_partial", "output_uncatalogued"):
     # on the 3rd output: half a TIFF in the temporary file / the complete file, before the catalogue hears of it
-    from refscope.daemon import atomic, publish_folder
+    from refscope.daemon import atomic
+    from refscope.daemon.publish import folder as publish_folder
 
     _write_tiff = publish_folder.write_tiff
     _calls = [0]
@@ -486,7 +487,7 @@ def test_zmq_peer_killed_and_another_connecting(tmp_path):
     config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "publish.out_dir": str(out)})
     with Daemon(config) as daemon:
         endpoint = daemon.endpoints["zmq_ingest"]
-        peer = subprocess.Popen([sys.executable, "-m", "refscope.daemon.simulate", "--zmq", endpoint, "--size", "64x64",
+        peer = subprocess.Popen([sys.executable, "-m", "refscope.daemon.offline.simulate", "--zmq", endpoint, "--size", "64x64",
                                  "--interval", "0.05", "--scene-change", "none", "--seed", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

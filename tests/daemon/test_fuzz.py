@@ -2,9 +2,9 @@
 
 Each kind of input is tried at two levels:
 
-* **the decoder alone** -- :func:`~refscope.daemon.protocol.decode_frame` on a valid message carrying one
+* **the decoder alone** -- :func:`~refscope.daemon.wire.protocol.decode_frame` on a valid message carrying one
   mutation (part count, header bytes, one field set to a hostile JSON value or removed, a shape or dtype that
-  disagrees with the buffer, a huge declared shape, NaN/inf pixels); :func:`~refscope.daemon.tiff_io.read_image`
+  disagrees with the buffer, a huge declared shape, NaN/inf pixels); :func:`~refscope.daemon.images.read_image`
   on a valid TIFF with bit flips, a truncation or a corrupted header. Every input is either decoded into a
   consistent 2-D frame or refused with the error its mutation calls for (a :class:`ProtocolError` whose
   reason code names the mutated part / an :class:`InputFileError`), never anything else; a declared size is
@@ -41,14 +41,14 @@ import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from refscope.daemon.catalogue import Catalogue
+from refscope.daemon.state.catalogue import Catalogue
 from refscope.daemon.errors import IncompleteFileError, InputFileError
 from refscope.daemon.frames import PIXEL_SIZE_RANGE_NM
-from refscope.daemon.protocol import DEFAULT_LIMITS, DTYPES, REASON_CODES, ProtocolError, decode_frame, encode_frame
-from refscope.daemon.service import Daemon
-from refscope.daemon.source_folder import image_to_frame
-from refscope.daemon.tiff_io import MAX_SIDE_PX, read_image, write_tiff
-from test_service import FAST_FOLDER, control_status, make_config, outputs
+from refscope.daemon.wire.protocol import DEFAULT_LIMITS, DTYPES, REASON_CODES, ProtocolError, decode_frame, encode_frame
+from refscope.daemon.service.daemon import Daemon
+from refscope.daemon.ingest.folder import image_to_frame
+from refscope.daemon.images import MAX_SIDE_PX, read_image, write_tiff
+from tests.daemon.service.test_service import FAST_FOLDER, control_status, make_config, outputs
 from waiting import wait_for
 
 SOURCE = "zmq:fuzz"

@@ -17,13 +17,13 @@ import pytest
 import tifffile
 
 from refscope.daemon.config import ConfigError, ModelConfig
-from refscope.daemon.control import ControlError, validate_request
+from refscope.daemon.wire.control import ControlError, validate_request
 from refscope.daemon.errors import InputFileError
 from refscope.daemon.frames import PIXEL_SIZE_RANGE_NM, Frame, pixel_size_problem
-from refscope.daemon.pairing import MAX_REFERENCE_FACTOR, PairingError, RecentFrames, pair_reference
-from refscope.daemon.protocol import ProtocolError, decode_frame, encode_frame
-from refscope.daemon.serve.budget import MemoryBudget
-from refscope.daemon.tiff_io import read_image, write_tiff
+from refscope.daemon.learn.pairing import MAX_REFERENCE_FACTOR, PairingError, RecentFrames, pair_reference
+from refscope.daemon.wire.protocol import ProtocolError, decode_frame, encode_frame
+from refscope.daemon.config.budget import MemoryBudget
+from refscope.daemon.images import read_image, write_tiff
 from refscope.models.library import LibraryConfig
 from refscope.models.nlm import SIGMA_N_RANGE, PairedConfig
 from refscope.models.pipeline import FitConfig
@@ -197,10 +197,10 @@ def test_the_daemon_refuses_oversized_inputs_before_they_enter_any_buffer(tmp_pa
     scale (``set scale 8`` + a 2048² frame -> 4.2 GB); a deflate bomb was decoded before its size was checked."""
     import resource
 
-    from test_service import FAST_FOLDER, control_status, make_config, outputs
+    from tests.daemon.service.test_service import FAST_FOLDER, control_status, make_config, outputs
     from waiting import wait_for
 
-    from refscope.daemon.service import Daemon
+    from refscope.daemon.service.daemon import Daemon
 
     watch, out = tmp_path / "in", tmp_path / "out"
     watch.mkdir()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refscope.daemon.tiff_io import write_tiff
+from refscope.daemon.images import write_tiff
 from refscope.models.synthetic import make_pair
 
 README = Path(__file__).resolve().parents[2] / "README.md"

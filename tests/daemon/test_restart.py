@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from refscope.daemon.atomic import TEMP_MARKER
-from refscope.daemon.catalogue import Catalogue
-from refscope.daemon.control import ControlClient
-from refscope.daemon.tiff_io import read_image, write_tiff
+from refscope.daemon.state.catalogue import Catalogue
+from refscope.daemon.wire.control import ControlClient
+from refscope.daemon.images import read_image, write_tiff
 from refscope.models.synthetic import make_pair
 from waiting import wait_for
 
@@ -31,10 +31,10 @@ LR_NM, HR_NM = 10.0, 5.0
 
 
 class DaemonProcess:
-    """``python -m refscope.daemon.daemon_cli`` in a subprocess; endpoints read from its start-up lines."""
+    """``python -m refscope.daemon.cli.daemon`` in a subprocess; endpoints read from its start-up lines."""
 
     def __init__(self, watch: Path, out: Path, log: Path) -> None:
-        command = [sys.executable, "-m", "refscope.daemon.daemon_cli", "--watch", str(watch), "--out", str(out),
+        command = [sys.executable, "-m", "refscope.daemon.cli.daemon", "--watch", str(watch), "--out", str(out),
                    "--library-size", "2000", "--control", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*",
                    "--events", "tcp://127.0.0.1:*"]
         self._log = open(log, "ab")

@@ -22,15 +22,15 @@ import zmq
 
 from refscope.daemon.cli import main
 from refscope.daemon.config import ConfigError, SecurityConfig, config_to_toml, load_config
-from refscope.daemon.control import ControlClient, ControlTimeout
-from refscope.daemon.curve import (AuthorizedKeys, CurveClientKeys, authorize_key, client_context, generate_keypair,
+from refscope.daemon.wire.control import ControlClient, ControlTimeout
+from refscope.daemon.wire.curve import (AuthorizedKeys, CurveClientKeys, authorize_key, client_context, generate_keypair,
                                    is_loopback_endpoint, load_client_keys, load_public_key, load_server_keys)
 from refscope.daemon.errors import RefscopeError
-from refscope.daemon.protocol import encode_frame, stream_role
+from refscope.daemon.wire.protocol import encode_frame, stream_role
 from refscope.daemon.publish import FolderPublisher, output_names, output_stem
-from refscope.daemon.reference_hooks import FileHook, request_file_name
-from refscope.daemon.service import Daemon
-from refscope.daemon.zmq_socket import open_socket
+from refscope.daemon.service.reference_hooks import FileHook, request_file_name
+from refscope.daemon.service.daemon import Daemon
+from refscope.daemon.wire.sockets import open_socket
 from waiting import wait_for
 
 INGEST_LIMIT = 256 * 1024  # ingest.zmq_max_message_bytes of the test daemon

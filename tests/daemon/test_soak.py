@@ -1,8 +1,8 @@
 """Soak: the simulated microscope feeds ``refscope daemon`` at a rate it sustains, for a fixed time.
 
-The daemon runs as its own process (``python -m refscope.daemon.daemon_cli``, resuming a learned model saved in
+The daemon runs as its own process (``python -m refscope.daemon.cli.daemon``, resuming a learned model saved in
 its state folder, so every frame goes through the ONNX ``paired`` model, the quality monitor, the catalogue and
-the atomic output writer). :class:`~refscope.daemon.simulate.SimulatedMicroscope` writes its LR frames into
+the atomic output writer). :class:`~refscope.daemon.offline.simulate.SimulatedMicroscope` writes its LR frames into
 the watched folder. Measured, per frame and over time:
 
 * **lost output frames**: every LR frame written has exactly one output TIFF and is ``enhanced`` in the
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refscope.daemon.catalogue import Catalogue
-from refscope.daemon.simulate import SimulatedMicroscope, SimulatorConfig
+from refscope.daemon.state.catalogue import Catalogue
+from refscope.daemon.offline.simulate import SimulatedMicroscope, SimulatorConfig
 from refscope.models.simulator import Optics, Session
 from test_faults import save_initial_model
 from test_restart import DaemonProcess

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from refscope.daemon.config import MonitorConfig
-from refscope.daemon.tiff_io import read_image
+from refscope.daemon.images import read_image
 from refscope.models.confidence import confidence_map, key_index, reference_q, support_grid
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit_library

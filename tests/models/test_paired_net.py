@@ -2,7 +2,7 @@
 
 Every check compares with the NumPy implementation (or ``pipeline.enhance``, which calls it): the torch module in
 float64 (to rounding) and float32 (1e-4 of the image range), the ONNX export served by
-:class:`refscope.daemon.runtime.OnnxModel` in LR units, dynamic H/W through one session, and tiled serving.
+:class:`refscope.daemon.serve.runtime.OnnxModel` in LR units, dynamic H/W through one session, and tiled serving.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from refscope.daemon.runtime import OnnxModel, RuntimeConfig
+from refscope.daemon.serve.runtime import OnnxModel, RuntimeConfig
 from refscope.models import synthetic as syn
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.library import LibraryConfig

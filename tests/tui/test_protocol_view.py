@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from refscope.daemon.protocol import ProtocolError, encode_enhanced, encode_frame
+from refscope.daemon.wire.protocol import ProtocolError, encode_enhanced, encode_frame
 from refscope.daemon.publish import EventPublisher
 from refscope.tui.app import _reachable
 from refscope.tui.events import decode_event
@@ -43,7 +43,7 @@ def test_newest_slot_drops_older_items():
     assert not slot.wait(0.01)
 
 
-STATUS = {  # the keys Daemon.status() returns (refscope.daemon.service), abridged
+STATUS = {  # the keys Daemon.status() returns (refscope.daemon.service.daemon), abridged
     "paused": False,
     "frames": {"in": 33, "out": 30, "written": 30, "dropped": 1, "dropped_by_reason": {"serve_queue_full": 1},
                "errors": 2, "errors_by_reason": {"bad_frame": 2}},
@@ -81,7 +81,7 @@ def test_drift_signals_in_each_accepted_shape():
     assert explicit["ssim"].over and explicit["ssim"].history == (1.0, 2.0)
     assert drift_signals({}) == {} and drift_signals({"quality": None}) == {}
     monitor = {"quality": {"enabled": True, "drift": True, "frames_measured": 9, "window": 5, "signals": {
-        # QualityMonitor.status() (refscope.daemon.monitor): value None while the window fills
+        # QualityMonitor.status() (refscope.daemon.service.monitor): value None while the window fills
         "coverage": {"value": 0.41, "on": 0.5, "off": 0.6, "higher_is_worse": False, "raised": True,
                      "threshold": 0.5, "direction": "below", "over": True, "history": [0.6, 0.45, 0.41]},
         "focus": {"value": None, "on": 0.5, "off": 0.6, "higher_is_worse": False, "raised": False,

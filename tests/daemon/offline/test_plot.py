@@ -11,7 +11,7 @@ from PIL import Image
 
 from refscope.daemon.cli import main
 from refscope.daemon.offline.plot import plot_evaluation
-from refscope.daemon.tiff_io import write_tiff
+from refscope.daemon.images import write_tiff
 from refscope.models.evaluation import PANEL_CELL, evaluate_pair
 from refscope.models.synthetic import make_pair
 

@@ -1,7 +1,7 @@
 """Measure what enhancing one frame costs (run as a script, in a fresh process, by test_memory_budget.py).
 
 ``python memory_probe.py S H W`` fits a small paired model at scale S on a synthetic pair, then enhances an
-(H, W) frame through :class:`~refscope.daemon.serving.ServingEngine` with ONNX Runtime (and once more with
+(H, W) frame through :class:`~refscope.daemon.serve.engine.ServingEngine` with ONNX Runtime (and once more with
 bicubic), and prints one JSON line: the budget's shares, the resident size just before enhancing, the peak
 resident size while enhancing (VmHWM, reset first) and the output shape.
 """
@@ -24,7 +24,7 @@ def _status(key: str) -> int:
 def main() -> None:
     scale, height, width = (int(v) for v in sys.argv[1:4])
     from refscope.daemon.config import ModelConfig, ServeConfig
-    from refscope.daemon.serving import ServingEngine
+    from refscope.daemon.serve.engine import ServingEngine
     from refscope.models.library import LibraryConfig
     from refscope.models.pipeline import FitConfig, fit
     from refscope.models.synthetic import make_pair

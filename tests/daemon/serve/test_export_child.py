@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from refscope.daemon.runtime import OnnxModel, RuntimeConfig
+from refscope.daemon.serve.runtime import OnnxModel, RuntimeConfig
 from refscope.daemon.serve.export import ExportError, export_paired_in_child
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, enhance, fit
@@ -48,7 +48,7 @@ def test_a_daemon_engine_serves_without_loading_pytorch():
         import sys
         import numpy as np
         from refscope.daemon.config import ModelConfig, ServeConfig
-        from refscope.daemon.serving import ServingEngine
+        from refscope.daemon.serve.engine import ServingEngine
         from refscope.models.library import LibraryConfig
         from refscope.models.pipeline import FitConfig, fit
         from refscope.models.synthetic import make_pair

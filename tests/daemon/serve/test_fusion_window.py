@@ -10,7 +10,7 @@ import pytest
 from refscope.daemon.config import load_config
 from refscope.daemon.frames import Frame
 from refscope.daemon.serve.fusion_window import FusionWindow
-from refscope.daemon.service import Daemon
+from refscope.daemon.service.daemon import Daemon
 from refscope.models.fusion import FusionConfig
 from refscope.models.noise import estimate_noise_sigma
 from refscope.models.simulator import DriftSeries, Optics, drift_series, drift_truth, make_areas

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from refscope.daemon.config import ModelConfig, ServeConfig
-from refscope.daemon.config_fields import ConfigError
-from refscope.daemon.serve.budget import MemoryBudget
-from refscope.daemon.serving import ServingEngine
+from refscope.daemon.config.fields import ConfigError
+from refscope.daemon.config.budget import MemoryBudget
+from refscope.daemon.serve.engine import ServingEngine
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair

@@ -8,7 +8,7 @@ import pytest
 import refscope.models.paired_net as paired_net
 from refscope.daemon.config import ModelConfig, ServeConfig
 from refscope.daemon.serve.onnx_cache import CACHE_DIR, MAX_ENTRIES, cached_export
-from refscope.daemon.serving import ServingEngine
+from refscope.daemon.serve.engine import ServingEngine
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
@@ -74,7 +74,7 @@ def test_only_checked_models_enter_the_cache_and_a_cache_hit_does_not_import_onn
     import subprocess
     import sys
 
-    from refscope.daemon.runtime import check_model_bytes
+    from refscope.daemon.serve.runtime import check_model_bytes
 
     fitted, _ = model
     data, manifest = paired_net.export_paired_model(fitted, version="1")
@@ -89,7 +89,7 @@ def test_only_checked_models_enter_the_cache_and_a_cache_hit_does_not_import_onn
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(fitted))
     code = ("import pickle, sys\n"
             "from refscope.daemon.config import ModelConfig, ServeConfig\n"
-            "from refscope.daemon.serving import ServingEngine\n"
+            "from refscope.daemon.serve.engine import ServingEngine\n"
             f"fitted = pickle.loads(open({str(tmp_path / 'model.pkl')!r}, 'rb').read())\n"
             "engine = ServingEngine(ModelConfig(scale=2, method='paired'), ServeConfig(), "
             f"onnx_cache_dir={str(tmp_path)!r})\n"

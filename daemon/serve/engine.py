@@ -1,0 +1,533 @@
+"""The model the daemon serves: enhance one LR frame with the current best model, swap models atomically.
+
+:class:`ServingEngine` holds the *serving state* -- the fitted model (or none), its version, the method and the
+filtering strength -- as one immutable snapshot behind a lock. :meth:`ServingEngine.enhance` takes the snapshot
+and computes outside the lock, so a model swap (:meth:`~ServingEngine.set_model`, called from the learner's
+thread) never waits for a frame in flight and never interrupts one: a frame is enhanced entirely by the model
+that was current when it started.
+
+What serves a frame:
+
+* before any model is fitted (version 0), or with method ``"bicubic"``: Keys bicubic upsampling;
+* method ``"paired"`` with a fitted model: the model exported to ONNX (:func:`refscope.models.paired_net.
+  export_paired_model`) and run by ONNX Runtime (:class:`refscope.daemon.serve.runtime.ModelSlot`, tiled with
+  ``serve.tile``/``serve.halo``) -- or, when the export, the load or ONNX Runtime itself is unavailable, the
+  NumPy reference :func:`refscope.models.pipeline.enhance` (the reason is logged and shown by
+  :meth:`~ServingEngine.describe`);
+* methods ``"paired-faithful"`` and ``"original"``: the NumPy reference (they have no ONNX form);
+* method ``"net"``: the session-trained network promoted by the background trainer (:mod:`refscope.daemon.learn.trainer`), as ONNX
+  (:meth:`~ServingEngine.set_net`); the paired library until one is promoted;
+* method ``"best"`` (the default): the *champion*, i.e. whichever of library and network was promoted last --
+  each promotion had to beat the model serving at the time and bicubic on held-out reference area.
+
+A constant frame (beam blanked) is upsampled bicubically whatever the method: every method maps a constant to
+the same constant. Outputs are float32 (S·H, S·W) arrays in the input's intensity units.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refscope.models.image_ops import upsample_bicubic
+from refscope.models.nlm import check_sigma_n
+from refscope.models.pipeline import FittedModel, enhance
+from refscope.models.tiling import balanced_tile, default_workspace_bytes_per_px, process_tiled, window_shape
+
+from ..config import METHODS as CONFIG_METHODS
+from ..config import ModelConfig, ServeConfig
+from ..config.budget import MemoryBudget
+
+__all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS", "check_frame"]
+
+SERVING_LOGGER = "refscope.serving"
+_log = logging.getLogger(SERVING_LOGGER)
+
+MIN_SIDE_PX = 8
+"""Smallest LR frame side the engine accepts, pixels."""
+
+
+def _BICUBIC_BYTES_PER_PX(scale: int) -> float:  # noqa: N802 - a constant of the scale
+    """Workspace of :func:`upsample_bicubic` per window px, bytes: the float64 row pass (S) and output (S²),
+    and its float32 copy, with a 1.5 margin."""
+    return 1.5 * (8.0 * scale + 12.0 * scale ** 2)
+
+SERVE_METHODS: tuple[str, ...] = CONFIG_METHODS
+"""Methods the engine serves: the reconstruction methods plus the trained network (``"net"``) and the champion
+(``"best"``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class EnhanceResult:
+    """One enhanced frame.
+
+    Attributes:
+        image: (S·H, S·W) float32, the input's intensity units.
+        model_name: method that produced it (``"bicubic"``, ``"paired"``, ``"paired-faithful"``, ``"original"``,
+            ``"net"``).
+        version: version of the model that produced it (the library's, or the network's for ``"net"``); 0 = none
+            (bicubic, before any model or by choice).
+        seconds: wall time of the enhancement itself, seconds.
+        backend: ``"bicubic"``, ``"onnx"`` or ``"numpy"``.
+    """
+
+    image: np.ndarray
+    model_name: str
+    version: int
+    seconds: float
+    backend: str
+
+
+@dataclass(frozen=True, eq=False)
+class _State:
+    """One consistent serving state (replaced as a whole, never mutated)."""
+
+    fitted: FittedModel | None
+    version: int
+    method: str
+    sigma_n: float | None
+    scale: int
+    onnx: Any = None  # refscope.daemon.serve.runtime.OnnxModel serving `fitted` with `sigma_n`, or None
+    onnx_note: str | None = None  # why ONNX is not used (None when it is, or not applicable)
+    net: Any = None  # OnnxModel of the promoted network, or None
+    net_version: int = 0
+    champion: str = "paired"  # what "best" serves: "paired" (the library) or "net"
+
+    @property
+    def library_method(self) -> str:
+        """The reconstruction method used when the library serves (``"net"``/``"best"`` fall back to paired)."""
+        return "paired" if self.method in ("net", "best") else self.method
+
+    @property
+    def serves_net(self) -> bool:
+        """True when the promoted network serves frames in this state."""
+        if self.net is None:
+            return False
+        return self.method == "net" or (self.method == "best" and self.champion == "net")
+
+
+def check_frame(lr: np.ndarray) -> np.ndarray:
+    """Validate an LR frame: 2-D, real, finite, at least :data:`MIN_SIDE_PX` per side (ValueError otherwise)."""
+    array = np.asarray(lr)
+    if array.ndim != 2:
+        raise ValueError(f"an LR frame must be a 2-D (H, W) array, got shape {array.shape}")
+    if array.dtype == np.bool_ or array.dtype.kind not in "uif":
+        raise ValueError(f"unsupported pixel type {array.dtype} (need a real-valued integer or float frame)")
+    if min(array.shape) < MIN_SIDE_PX:
+        raise ValueError(f"frame of shape {array.shape} is too small (at least {MIN_SIDE_PX} px per side)")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError("frame contains NaN or infinite pixels")
+    return array
+
+
+class ServingEngine:
+    """Enhances LR frames with the current model (see the module docstring). Thread-safe.
+
+    Args:
+        model_config: ``scale``, ``method`` and ``sigma_n`` at start.
+        serve_config: ONNX Runtime providers, threads, the largest tile and the networks' halo (input px), and
+            ``max_memory_mb``.
+        use_onnx: serve ``"paired"`` models through ONNX Runtime when possible (default True); False: NumPy only.
+        budget: the memory budget tiles are derived from (default: ``MemoryBudget.offline(serve.max_memory_mb)``,
+            a one-shot command's; the daemon passes its own, with the trainer's and learner's shares reserved).
+        export_in_child: export paired models to ONNX in a helper process (:mod:`refscope.daemon.serve.export`), so that this
+            process never loads PyTorch (the daemon); False: in this process (one-shot commands, tests).
+        onnx_cache_dir: a state folder whose ``onnx-cache/`` keeps exported models (:mod:`refscope.daemon.serve.onnx_cache`), so
+            the same model is not exported again at the next start; None: export every time.
+
+    Memory: every method runs tile by tile; the tile side is derived per model and scale from the budget's
+    workspace share and the model's own workspace estimate (the manifest's ``workspace_bytes_per_px``), so one
+    inference holds at most ``budget.workspace_bytes`` besides the (S·H, S·W) float32 output it returns.
+    """
+
+    def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True,
+                 budget: MemoryBudget | None = None, export_in_child: bool = False,
+                 onnx_cache_dir: Path | None = None) -> None:
+        self.model_config = model_config
+        self.serve_config = serve_config
+        self.use_onnx = bool(use_onnx)
+        self.budget = budget if budget is not None else MemoryBudget.offline(serve_config.max_memory_mb)
+        self.export_in_child = bool(export_in_child)
+        self.onnx_cache_dir = None if onnx_cache_dir is None else Path(onnx_cache_dir)
+        self._warming = 0  # exports/loads in progress (guarded by _lock)
+        self._lock = threading.Lock()  # guards _state
+        self._swap_lock = threading.Lock()  # serialises set_model / set_method / set_sigma (exports are slow)
+        self._state = _State(fitted=None, version=0, method=model_config.method, sigma_n=model_config.sigma_n,
+                             scale=model_config.scale)
+        self._slot: Any = None  # ModelSlot, created on first export
+        self._last_shape: tuple[int, int] | None = None  # (H, W) of the latest frame, for warm-ups
+
+    # ------------------------------------------------------------------------------------------ properties
+
+    @property
+    def scale(self) -> int:
+        """Output scale S."""
+        return self._snapshot().scale
+
+    @property
+    def version(self) -> int:
+        """Version of the model served; 0 before any model."""
+        return self._snapshot().version
+
+    @property
+    def method(self) -> str:
+        """Requested method (what serves it: see :meth:`describe`)."""
+        return self._snapshot().method
+
+    @property
+    def has_model(self) -> bool:
+        """True once a fitted model is loaded."""
+        return self._snapshot().fitted is not None
+
+    @property
+    def fitted(self) -> FittedModel | None:
+        """The fitted model served, or None."""
+        return self._snapshot().fitted
+
+    @property
+    def warming(self) -> bool:
+        """True while a new model is being exported, loaded and warmed up (the previous one keeps serving)."""
+        with self._lock:
+            return self._warming > 0
+
+    @contextmanager
+    def _warming_up(self) -> Iterator[None]:
+        with self._lock:
+            self._warming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._warming -= 1
+
+    def _snapshot(self) -> _State:
+        with self._lock:
+            return self._state
+
+    # ------------------------------------------------------------------------------------------ serving
+
+    def enhance(self, lr: np.ndarray) -> EnhanceResult:
+        """Enhance one (H, W) LR frame with the current model; returns an :class:`EnhanceResult`.
+
+        Raises ValueError for a frame no method can use (not 2-D, complex/bool pixels, NaN/inf, under 8 px).
+        A failure of the ONNX session on this frame falls back to the NumPy reference for this frame (logged).
+        """
+        state = self._snapshot()
+        array = check_frame(lr)
+        self._last_shape = (int(array.shape[0]), int(array.shape[1]))
+        start = time.perf_counter()
+        name, backend = self._served_by(state)
+        if backend != "bicubic" and float(np.ptp(array)) == 0.0:
+            name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
+        if backend == "bicubic":
+            out = self._bicubic(array, state.scale)
+        elif name == "net":
+            tile, halo, align = self._net_tiling(state)
+            out = state.net.run(array.astype(np.float32, copy=False), tile=balanced_tile(array.shape, tile, align=align),
+                                halo=halo, align=align)
+        elif backend == "onnx":
+            try:
+                tile, halo, align = self._tiling(state)
+                out = state.onnx.run(array.astype(np.float32, copy=False),
+                                     tile=balanced_tile(array.shape, tile, align=align), halo=halo, align=align)
+            except Exception as exc:  # noqa: BLE001 - one failed inference: fall back for this frame
+                _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
+                           type(exc).__name__, exc)
+                backend = "numpy"
+                out = self._numpy(array, state)
+        else:
+            out = self._numpy(array, state)
+        image = np.asarray(out, dtype=np.float32)
+        version = 0 if backend == "bicubic" else (state.net_version if name == "net" else state.version)
+        return EnhanceResult(image=image, model_name=name, version=version,
+                             seconds=time.perf_counter() - start, backend=backend)
+
+    @staticmethod
+    def _served_by(state: _State) -> tuple[str, str]:
+        """(method name, backend) that serves frames in ``state``."""
+        if state.method == "bicubic":
+            return "bicubic", "bicubic"
+        if state.serves_net:
+            return "net", "onnx"
+        if state.fitted is None:
+            return "bicubic", "bicubic"
+        if state.library_method == "paired" and state.onnx is not None:
+            return "paired", "onnx"
+        return state.library_method, "numpy"
+
+    def _tiling(self, state: _State) -> tuple[int, int, int]:
+        """(tile, halo, align) in input px for tiling ``state``'s paired model exactly inside the memory budget:
+        the halo is the model's receptive radius (the tiled output equals the untiled one), windows start where
+        the strided query grid of an untiled call would have a query, and the tile is the largest the serving
+        workspace share holds for this model's workspace (``serve.tile`` at most)."""
+        fitted = state.fitted
+        if fitted is None:
+            return self.serve_config.tile, self.serve_config.halo, 1
+        from refscope.models.nlm import receptive_radius
+
+        stride = fitted.paired.query_stride(fitted.scale)
+        halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
+        align = stride // math.gcd(fitted.scale, stride)
+        workspace = state.onnx.manifest.workspace_bytes_per_px if state.onnx is not None else None
+        tile = self.budget.tile(workspace_bytes_per_px=workspace or default_workspace_bytes_per_px(state.scale),
+                                scale=state.scale, halo=halo, align=align, max_tile=self.serve_config.tile)
+        return tile, halo, align
+
+    def _net_tiling(self, state: _State) -> tuple[int, int, int]:
+        """(tile, halo, align) of the promoted network: ``serve.halo`` of context (its receptive field is not
+        known exactly), windows at even LR px (the networks' stride-2 heads), tile from the budget."""
+        halo = self.serve_config.halo
+        workspace = state.net.manifest.workspace_bytes_per_px or default_workspace_bytes_per_px(state.scale)
+        tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=state.scale, halo=halo, align=2,
+                                max_tile=self.serve_config.tile)
+        return tile, halo, 2
+
+    def _bicubic(self, array: np.ndarray, scale: int) -> np.ndarray:
+        """Keys bicubic upsampling, tiled inside the budget (exact: its support is 2 LR px, the halo 3)."""
+        tile = self.budget.tile(workspace_bytes_per_px=_BICUBIC_BYTES_PER_PX(scale), scale=scale, halo=3,
+                                max_tile=self.serve_config.tile)
+        return process_tiled(array, lambda window: upsample_bicubic(window, scale), scale=scale,
+                             tile=balanced_tile(array.shape, tile), halo=3)
+
+    def _numpy(self, array: np.ndarray, state: _State) -> np.ndarray:
+        """The NumPy reference of ``state``'s library method, tiled inside the budget (exact: halo = the
+        method's receptive radius, windows aligned to the query grid)."""
+        from refscope.models.nlm import receptive_radius
+
+        fitted = state.fitted
+        assert fitted is not None
+        method = state.library_method
+        stride = fitted.paired.query_stride(fitted.scale) if method == "paired" else 1
+        halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
+        align = stride // math.gcd(fitted.scale, stride)
+        queries = (fitted.scale / stride) ** 2
+        workspace = 1.5 * 8.0 * (6 * fitted.scale ** 2 + queries * (fitted.library.patch_size ** 2 + 4))
+        tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=fitted.scale, halo=halo, align=align,
+                                max_tile=self.serve_config.tile)
+        return process_tiled(array, lambda window: enhance(window, fitted, method=method, sigma_n=state.sigma_n),
+                             scale=fitted.scale, tile=balanced_tile(array.shape, tile, align=align), halo=halo,
+                             align=align)
+
+    # ------------------------------------------------------------------------------------------ changes
+
+    def set_model(self, fitted: FittedModel, version: int) -> None:
+        """Serve ``fitted`` as model ``version`` (>= 1) from the next frame on; it becomes the champion.
+
+        The model is exported to ONNX and loaded first when the method is ``"paired"`` (a second or two; the
+        previous model keeps serving meanwhile); any failure there is logged and the NumPy reference serves
+        it instead. Raises ValueError (nothing changes) when its scale differs from the engine's.
+        """
+        if not isinstance(fitted, FittedModel):
+            raise TypeError(f"set_model needs a FittedModel, got {type(fitted).__name__}")
+        if int(version) != version or version < 1:
+            raise ValueError(f"model version must be an integer >= 1, got {version!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if fitted.scale != current.scale:
+                raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
+            candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None,
+                                champion="paired")
+            with self._warming_up():
+                candidate = self._prepare(candidate)
+            with self._lock:
+                self._state = candidate
+        name, backend = self._served_by(candidate)
+        _log.info("serving model v%d (%s, %s backend, library %d pairs)", version, name, backend, len(fitted.library))
+
+    def set_net(self, model_bytes: bytes, manifest: Any, version: int) -> None:
+        """Serve the trained network (ONNX bytes + :class:`~refscope.models.manifest.ModelManifest`) as network
+        ``version`` (>= 1) and make it the champion, from the next frame on.
+
+        The network is loaded and warmed up first (the previous model keeps serving meanwhile). Raises
+        ValueError (nothing changes) for a wrong scale or a model ONNX Runtime refuses.
+        """
+        from .runtime import ModelSlot
+
+        if int(version) != version or version < 1:
+            raise ValueError(f"network version must be an integer >= 1, got {version!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if int(manifest.scale) != current.scale:
+                raise ValueError(f"the network's scale x{manifest.scale} differs from the served scale x{current.scale}")
+            start = time.perf_counter()
+            with self._warming_up():
+                slot = ModelSlot(self._runtime_config())
+                if not slot.try_load(model_bytes, manifest):
+                    raise ValueError(f"network v{version} refused: {slot.last_error}")
+                model = slot.model
+                candidate = replace(current, net=model, net_version=int(version), champion="net")
+                self._warm_up(model, *self._net_tiling(candidate))
+            with self._lock:
+                self._state = candidate
+        _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
+                  time.perf_counter() - start, list(model.providers))
+
+    def set_champion(self, champion: str) -> None:
+        """Make ``"paired"`` (the library) or ``"net"`` the model that method ``"best"`` serves (ValueError when
+        ``"net"`` is asked for and no network is loaded)."""
+        if champion not in ("paired", "net"):
+            raise ValueError(f"champion must be 'paired' or 'net', got {champion!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if champion == "net" and current.net is None:
+                raise ValueError("no network is loaded")
+            with self._lock:
+                self._state = replace(current, champion=champion)
+
+    def _runtime_config(self) -> Any:
+        """ONNX Runtime settings of every model the engine loads (``serve`` providers and threads)."""
+        from .runtime import RuntimeConfig
+
+        tile = self.serve_config.tile
+        return RuntimeConfig(providers=self.serve_config.providers,
+                                  intra_op_threads=self.serve_config.intra_op_threads,
+                                  warmup_shape=(min(tile, 64), min(tile, 64)))
+
+    def set_method(self, name: str) -> None:
+        """Use method ``name`` (one of ``SERVE_METHODS``) from the next frame on; ValueError for an unknown name."""
+        if name not in SERVE_METHODS:
+            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(SERVE_METHODS)}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if current.method == name:
+                return
+            with self._warming_up():
+                candidate = self._prepare(replace(current, method=name))
+            with self._lock:
+                self._state = candidate
+        _log.info("method set to %s", name)
+
+    def set_sigma(self, sigma_n: float | None) -> None:
+        """Set the filtering strength (> 0; relative to the measured noise for ``"paired"``, library units for
+        the NLM methods); None restores the method's default. ValueError for a bad value."""
+        if sigma_n is not None:
+            sigma_n = check_sigma_n(sigma_n)
+        with self._swap_lock:
+            current = self._snapshot()
+            if current.sigma_n == sigma_n:
+                return
+            candidate = replace(current, sigma_n=sigma_n, onnx=None, onnx_note=None)
+            with self._warming_up():
+                candidate = self._prepare(candidate)
+            with self._lock:
+                self._state = candidate
+        _log.info("sigma_n set to %s", "the method's default" if sigma_n is None else f"{sigma_n:g}")
+
+    def set_scale(self, scale: int) -> None:
+        """Change the output scale; refused (ValueError) while a model of another scale is loaded."""
+        if int(scale) != scale or not 2 <= scale <= 8:
+            raise ValueError(f"scale must be an integer from 2 to 8, got {scale!r}")
+        with self._swap_lock:
+            current = self._snapshot()
+            if current.scale == scale:
+                return
+            if current.fitted is not None:
+                raise ValueError(f"scale x{scale} refused: model v{current.version} serves x{current.scale}; "
+                                 "a scale change needs a new session (another state folder)")
+            with self._lock:
+                self._state = replace(current, scale=int(scale))
+        _log.info("scale set to x%d", scale)
+
+    def _prepare(self, state: _State) -> _State:
+        """Load the ONNX form of ``state``'s model when it will be used and is not loaded yet."""
+        if state.fitted is None or state.library_method != "paired" or state.onnx is not None:
+            return state
+        if not self.use_onnx:
+            return replace(state, onnx_note="ONNX serving disabled")
+        try:
+            onnx_model = self._export_and_load(state)
+        except Exception as exc:  # noqa: BLE001 - any failure: serve with the NumPy reference
+            note = f"{type(exc).__name__}: {exc}"
+            _log.warning("model v%d: ONNX serving unavailable (%s); serving with the NumPy reference",
+                         state.version, note)
+            return replace(state, onnx=None, onnx_note=note)
+        return replace(state, onnx=onnx_model, onnx_note=None)
+
+    def _export_and_load(self, state: _State) -> Any:
+        from .runtime import ModelSlot
+
+        assert state.fitted is not None
+        fitted = state.fitted
+        if state.sigma_n is not None:
+            # sigma_n only sets the blend temperature: the (cached) regressors stay valid
+            fitted.regressors  # noqa: B018 - fit them once on the original, so the copy shares them
+            fitted = replace(fitted, paired=replace(fitted.paired, sigma_n=state.sigma_n))
+        start = time.perf_counter()
+        version = str(state.version)
+
+        def export() -> tuple[bytes, Any]:
+            if self.export_in_child:
+                from .export import export_paired_in_child
+
+                return export_paired_in_child(fitted, version=version)
+            from refscope.models.paired_net import export_paired_model  # imports PyTorch
+
+            return export_paired_model(fitted, version=version)
+
+        if self.onnx_cache_dir is not None:
+            from .runtime import check_model_bytes
+            from .onnx_cache import cached_export
+
+            # every cache entry passed check_model_bytes when it was stored: not checked again
+            onnx_bytes, manifest = cached_export(self.onnx_cache_dir, fitted, version, export,
+                                                 check=check_model_bytes)
+            checked = True
+        else:
+            onnx_bytes, manifest = export()
+            checked = False
+        if self._slot is None:
+            self._slot = ModelSlot(self._runtime_config())
+        if not self._slot.try_load(onnx_bytes, manifest, checked=checked):
+            raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
+        model = self._slot.model
+        window = self._warm_up(model, *self._tiling(replace(state, onnx=model)))
+        _log.info("model v%d exported to ONNX, loaded and warmed up%s in %.2f s (providers %s)", state.version,
+                  f" on one {window[0]}x{window[1]} px tile" if window else "", time.perf_counter() - start,
+                  list(model.providers))
+        return model
+
+    def _warm_up(self, model: Any, tile: int, halo: int, align: int) -> tuple[int, int] | None:
+        """Run ``model`` once on one window of the shape the latest frame's tiles have (every window of a frame
+        has that shape): the first run at a new input shape is slow, so it is paid here, not on a live frame.
+        Returns the window shape, or None before any frame."""
+        shape = self._last_shape
+        if shape is None:
+            return None
+        window = window_shape(shape, balanced_tile(shape, tile, align=align), halo, align=align)
+        ramp = np.add.outer(np.linspace(0.0, 127.5, window[0]), np.linspace(0.0, 127.5, window[1]))
+        model.run(model.manifest.denormalise(ramp))
+        return window
+
+    # ------------------------------------------------------------------------------------------ reporting
+
+    def describe(self) -> dict[str, Any]:
+        """The serving state as a JSON-able dict: ``version``, ``method`` (requested), ``served_by`` (method
+        actually used), ``backend``, ``scale``, ``sigma_n``, ``library_size``, ``providers`` (ONNX),
+        ``onnx_note`` (why ONNX is not used, or None), ``net_version`` (0: no network), ``champion``, ``warming``
+        (a new model is being exported and warmed up) and ``max_memory_mb`` (the budget tiles come from)."""
+        state = self._snapshot()
+        name, backend = self._served_by(state)
+        return {
+            "version": state.version,
+            "method": state.method,
+            "served_by": name,
+            "backend": backend,
+            "scale": state.scale,
+            "sigma_n": state.sigma_n,
+            "library_size": len(state.fitted.library) if state.fitted is not None else 0,
+            "providers": list((state.net if name == "net" else state.onnx).providers)
+            if (state.net if name == "net" else state.onnx) is not None else [],
+            "onnx_note": state.onnx_note,
+            "net_version": state.net_version,
+            "champion": state.champion,
+            "warming": self.warming,
+            "max_memory_mb": self.budget.total_mb,
+        }

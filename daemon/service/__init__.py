@@ -1,0 +1,12 @@
+"""The service room: ``refscope daemon``, the service beside the microscope, assembled from the rooms below it.
+
+:mod:`.daemon` holds :class:`~refscope.daemon.service.daemon.Daemon` (start, run, stop); :mod:`.frame_path` the
+frame path (ingest: record, classify, route; serve: enhance, write, stream, observe); :mod:`.stream_output` the
+PUB stream of raw, enhanced and confidence frames; :mod:`.commands` the control commands;
+:mod:`.control_server` the control endpoint; :mod:`.status` the ``status`` document; :mod:`.monitor` the quality
+monitor and reference requests; :mod:`.reference_hooks` how a request reaches the microscope; :mod:`.sd_notify`
+the service manager's readiness and watchdog.
+
+Imports the learning, serving, publishing, ingest, configuration, state and wire rooms; only the command line and
+the offline room (the live demo) import it.
+"""
