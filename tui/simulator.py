@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from refscope.daemon.service.control_server import ControlServer
-from refscope.daemon.wire.protocol import encode_enhanced, encode_frame
+from refscope.daemon.wire.protocol import OutputFields, encode_enhanced, encode_frame
 from refscope.daemon.publish import EventPublisher
 
 __all__ = ["FakeDaemon", "synthetic_frame", "main"]
@@ -142,9 +142,7 @@ class FakeDaemon:
                                              t=t))
             if "enhanced" in self.roles:
                 enhanced = np.kron(lr, np.ones((self.scale, self.scale), np.float32))
-                messages.append(encode_enhanced(enhanced * 4000, seq=seq, pixel_size_m=5e-9 / self.scale,
-                                                model=self._served_by(), model_version="3", latency_s=0.12,
-                                                source_seq=seq, t=t, consistency=1.0 + 0.05 * (seq % 5)))
+                messages.append(encode_enhanced(enhanced * 4000, OutputFields(seq=seq, pixel_size_m=5e-9 / self.scale, model=self._served_by(), model_version="3", latency_s=0.12, source_seq=seq, t=t), consistency=1.0 + 0.05 * (seq % 5)))
             if "confidence" in self.roles:
                 yy, xx = np.mgrid[0:big[0], 0:big[1]]
                 conf = (0.5 + 0.5 * np.cos(xx / big[1] * np.pi) * np.cos(yy / big[0] * np.pi)).astype(np.float32)

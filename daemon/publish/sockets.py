@@ -20,7 +20,7 @@ import zmq
 from ..atomic import to_jsonable
 from ..errors import RefscopeError
 from ..wire.sockets import open_socket
-from ..wire.protocol import encode_enhanced
+from ..wire.protocol import OutputFields, encode_enhanced
 from .names import PUBLISH_LOGGER
 
 __all__ = ["EVENT_TYPES", "StreamStats", "StreamPublisher", "EventPublisher"]
@@ -144,29 +144,15 @@ class StreamPublisher:
         """Bind the PUB socket (RefscopeError naming the endpoint if impossible)."""
         self._pub.start()
 
-    def publish(
-        self,
-        data: np.ndarray,
-        *,
-        seq: int,
-        pixel_size_m: float,
-        model: str,
-        model_version: str,
-        latency_s: float,
-        source_seq: int,
-        t: float,
-        confidence: str | None = None,
-        consistency: float | None = None,
-    ) -> bool:
-        """Send one enhanced frame (fields as :func:`~refscope.daemon.wire.protocol.encode_enhanced`: output pixel
-        size in metres, latency in seconds, acquisition time ``t`` in unix seconds) without blocking.
+    def publish(self, data: np.ndarray, fields: OutputFields, *, confidence: str | None = None,
+                consistency: float | None = None) -> bool:
+        """Send one enhanced frame (as :func:`~refscope.daemon.wire.protocol.encode_enhanced`: the output header's
+        ``fields``, an optional ``confidence`` flag and data ``consistency``) without blocking.
 
         Returns True if queued for sending, False if dropped because a viewer is ``hwm`` frames behind
         (counted in :meth:`stats`). Raises ProtocolError for values the wire format refuses.
         """
-        parts = encode_enhanced(data, seq=seq, pixel_size_m=pixel_size_m, model=model, model_version=model_version,
-                                latency_s=latency_s, source_seq=source_seq, t=t, confidence=confidence,
-                                consistency=consistency, copy=False)
+        parts = encode_enhanced(data, fields, confidence=confidence, consistency=consistency, copy=False)
         return self._pub.send(parts)  # zero-copy: libzmq holds the frame itself until it is sent
 
     def stats(self) -> StreamStats:

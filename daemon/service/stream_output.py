@@ -16,7 +16,7 @@ from refscope.models.consistency import data_consistency
 
 from ..frames import Frame
 from .monitor import Observation
-from ..wire.protocol import DTYPES, encode_confidence, encode_frame
+from ..wire.protocol import DTYPES, OutputFields, encode_confidence, encode_frame
 from ..publish import StreamPublisher
 from ..serve.engine import EnhanceResult
 
@@ -113,10 +113,8 @@ class StreamOutput:
         self._out_seq += 1
         seq = self._out_seq
         try:
-            sent = self.stream.publish(result.image, seq=seq, pixel_size_m=out_pixel_nm * 1e-9,
-                                       model=result.model_name, model_version=str(result.version), latency_s=latency,
-                                       source_seq=frame.seq, t=frame.t, confidence="low" if low else None,
-                                       consistency=consistency)
+            sent = self.stream.publish(result.image, self._fields(frame, result, seq, latency, out_pixel_nm),
+                                       confidence="low" if low else None, consistency=consistency)
         except Exception as exc:  # noqa: BLE001 - ProtocolError (e.g. an output side over the wire limit)
             self._error("stream_error", f"{frame.source}: not streamed ({exc})")
             sent = False
@@ -129,11 +127,16 @@ class StreamOutput:
             self._processing_s.append(max(0.0, now - item.ingested_t))
         return seq, latency, out_pixel_nm
 
+    @staticmethod
+    def _fields(frame: Frame, result: EnhanceResult, seq: int, latency: float, out_pixel_nm: float) -> OutputFields:
+        """The output header of output ``seq`` (the enhanced frame and its confidence map share it)."""
+        return OutputFields(seq=seq, pixel_size_m=out_pixel_nm * 1e-9, model=result.model_name,
+                            model_version=str(result.version), latency_s=latency, source_seq=frame.seq, t=frame.t)
+
     def _publish_confidence(self, frame: Frame, result: EnhanceResult, observation: Observation, seq: int,
                             latency: float, out_pixel_nm: float) -> None:
         """Stream the confidence map of output ``seq`` (role "confidence"), when there is one."""
         conf = observation.confidence
         if self.config.publish.stream_confidence and conf is not None and conf.shape == result.image.shape:
-            self._send(lambda: encode_confidence(conf, seq=seq, pixel_size_m=out_pixel_nm * 1e-9, model=result.model_name,
-                                                 model_version=str(result.version), latency_s=latency,
-                                                 source_seq=frame.seq, t=frame.t, copy=False), "confidence", frame)
+            fields = self._fields(frame, result, seq, latency, out_pixel_nm)
+            self._send(lambda: encode_confidence(conf, fields, copy=False), "confidence", frame)

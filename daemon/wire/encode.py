@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .header import _check_enhanced_fields, _check_input_fields, _check_shape, _show
-from .schema import (CONFIDENCE_ROLE, DEFAULT_LIMITS, DTYPES, ENHANCED_ROLE, PROTOCOL_VERSION, ProtocolError,
+from .schema import (CONFIDENCE_ROLE, DEFAULT_LIMITS, DTYPES, ENHANCED_ROLE, PROTOCOL_VERSION, OutputFields, ProtocolError,
                               ProtocolLimits)
 
 __all__ = ["encode_frame", "encode_enhanced", "encode_confidence"]
@@ -103,14 +103,8 @@ def encode_frame(
 
 def encode_enhanced(
     data: np.ndarray,
+    fields: OutputFields,
     *,
-    seq: int,
-    pixel_size_m: float,
-    model: str,
-    model_version: str,
-    latency_s: float,
-    source_seq: int,
-    t: float,
     confidence: str | None = None,
     consistency: float | None = None,
     limits: ProtocolLimits = DEFAULT_LIMITS,
@@ -118,15 +112,15 @@ def encode_enhanced(
 ) -> list[bytes]:
     """Encode an enhanced (H, W) image as a v1 output message ``[header, buffer]`` with ``role: "enhanced"``.
 
-    ``pixel_size_m`` is the output pixel size (metres), ``latency_s`` the seconds from input receipt to
-    publication, ``source_seq``/``t`` the input frame's seq and acquisition time (unix seconds), ``confidence``
-    an optional short flag such as ``"low"``, ``consistency`` the optional data consistency ρ of the frame
-    (>= 0; :mod:`refscope.models.consistency`). Raises :class:`ProtocolError` for values that would not decode.
+    ``fields`` are the output header's (:class:`~refscope.daemon.wire.schema.OutputFields`: output pixel size in
+    metres, seconds from input receipt to publication, the input frame's seq and acquisition time);
+    ``confidence`` an optional short flag such as ``"low"``, ``consistency`` the optional data consistency ρ of
+    the frame (>= 0; :mod:`refscope.models.consistency`). Raises :class:`ProtocolError` for values that would not
+    decode.
     """
     origin = "encode_enhanced"
     name, pixels = _pixels(data, origin, limits)
-    header = _output_header(ENHANCED_ROLE, name, pixels.shape, origin, seq=seq, pixel_size_m=pixel_size_m, model=model,
-                            model_version=model_version, latency_s=latency_s, source_seq=source_seq, t=t)
+    header = _output_header(ENHANCED_ROLE, name, pixels.shape, origin, fields)
     if confidence is not None:
         header["confidence"] = confidence
     if consistency is not None:
@@ -135,40 +129,36 @@ def encode_enhanced(
     return [_dump(header), _payload(pixels, copy)]
 
 
-def _output_header(role: str, dtype_name: str, shape: tuple[int, ...], origin: str, *, seq: int, pixel_size_m: float,
-                   model: str, model_version: str, latency_s: float, source_seq: int, t: float) -> dict[str, Any]:
+def _output_header(role: str, dtype_name: str, shape: tuple[int, ...], origin: str,
+                   fields: OutputFields) -> dict[str, Any]:
     """The v1 header fields shared by every output message (enhanced frame, confidence map)."""
+    if not isinstance(fields, OutputFields):
+        raise TypeError(f"{origin}: fields must be OutputFields, got {type(fields).__name__}")
     return {
         "v": PROTOCOL_VERSION,
-        "seq": _integer(seq, "seq", origin),
+        "seq": _integer(fields.seq, "seq", origin),
         "dtype": dtype_name,
         "shape": [int(shape[0]), int(shape[1])],
-        "pixel_size_m": _number(pixel_size_m, "pixel_size_m", origin),
+        "pixel_size_m": _number(fields.pixel_size_m, "pixel_size_m", origin),
         "role": role,
-        "model": model,
-        "model_version": model_version,
-        "latency_s": _number(latency_s, "latency_s", origin),
-        "source_seq": _integer(source_seq, "source_seq", origin),
-        "t": _number(t, "t", origin),
+        "model": fields.model,
+        "model_version": fields.model_version,
+        "latency_s": _number(fields.latency_s, "latency_s", origin),
+        "source_seq": _integer(fields.source_seq, "source_seq", origin),
+        "t": _number(fields.t, "t", origin),
     }
 
 
 def encode_confidence(
     data: np.ndarray,
+    fields: OutputFields,
     *,
-    seq: int,
-    pixel_size_m: float,
-    model: str,
-    model_version: str,
-    latency_s: float,
-    source_seq: int,
-    t: float,
     limits: ProtocolLimits = DEFAULT_LIMITS,
     copy: bool = True,
 ) -> list[bytes]:
     """Encode a confidence map (H, W) as a v1 output message with ``role: "confidence"`` (sent as float32).
 
-    Fields as :func:`encode_enhanced`: ``seq`` is the enhanced frame's, ``pixel_size_m`` its output pixel size.
+    ``fields`` are the enhanced frame's (its seq, its output pixel size...), as given to :func:`encode_enhanced`.
     Raises :class:`ProtocolError` for values that would not decode, ValueError for values outside [0, 1].
     """
     origin = "encode_confidence"
@@ -179,7 +169,6 @@ def encode_confidence(
     if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0.0 and array.max() <= 1.0):
         raise ValueError(f"{origin}: confidence values must be finite and in [0, 1]")
     name, pixels = _pixels(array, origin, limits)
-    header = _output_header(CONFIDENCE_ROLE, name, pixels.shape, origin, seq=seq, pixel_size_m=pixel_size_m,
-                            model=model, model_version=model_version, latency_s=latency_s, source_seq=source_seq, t=t)
+    header = _output_header(CONFIDENCE_ROLE, name, pixels.shape, origin, fields)
     _check_enhanced_fields(header, origin, limits, role=CONFIDENCE_ROLE)
     return [_dump(header), _payload(pixels, copy)]

@@ -93,6 +93,7 @@ from .schema import (
     REASON_CODES,
     STREAM_ROLES,
     EnhancedFrame,
+    OutputFields,
     ProtocolError,
     ProtocolLimits,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "ProtocolLimits",
     "DEFAULT_LIMITS",
     "EnhancedFrame",
+    "OutputFields",
     "encode_frame",
     "decode_frame",
     "encode_enhanced",

@@ -24,6 +24,7 @@ __all__ = [
     "ProtocolLimits",
     "DEFAULT_LIMITS",
     "EnhancedFrame",
+    "OutputFields",
     "METHODS",
 ]
 
@@ -94,6 +95,31 @@ class ProtocolLimits:
 
 
 DEFAULT_LIMITS = ProtocolLimits()
+
+
+@dataclass(frozen=True)
+class OutputFields:
+    """The header fields every output message carries (enhanced frame, confidence map), given once per served
+    frame to :func:`~refscope.daemon.wire.encode.encode_enhanced` and
+    :func:`~refscope.daemon.wire.encode.encode_confidence`.
+
+    Attributes:
+        seq: refscope's output counter (>= 0).
+        pixel_size_m: output pixel edge length, metres.
+        model: name of the method that produced it.
+        model_version: version/fingerprint of the fitted model.
+        latency_s: seconds from receipt of the input frame to publication.
+        source_seq: ``seq`` of the input frame it enhances.
+        t: acquisition time of the input frame, unix seconds.
+    """
+
+    seq: int
+    pixel_size_m: float
+    model: str
+    model_version: str
+    latency_s: float
+    source_seq: int
+    t: float
 
 
 @dataclass(frozen=True, eq=False)

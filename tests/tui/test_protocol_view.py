@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from refscope.daemon.wire.protocol import ProtocolError, encode_enhanced, encode_frame
+from refscope.daemon.wire.protocol import OutputFields, ProtocolError, encode_enhanced, encode_frame
 from refscope.daemon.publish import EventPublisher
 from refscope.tui.app import _reachable
 from refscope.tui.events import decode_event
@@ -18,8 +18,7 @@ def test_stream_messages_of_every_role_decode_without_copying():
     lr = np.arange(8 * 10, dtype=np.uint16).reshape(8, 10)
     raw = decode_stream_message(encode_frame(lr, seq=4, pixel_size_m=5e-9, role="lr"))
     assert (raw.role, raw.seq, raw.source_seq) == ("lr", 4, 4) and np.array_equal(raw.data, lr)
-    enh = decode_stream_message(encode_enhanced(np.ones((16, 20), np.float32), seq=9, pixel_size_m=2.5e-9,
-                                                model="paired", model_version="3", latency_s=0.1, source_seq=4, t=1.0))
+    enh = decode_stream_message(encode_enhanced(np.ones((16, 20), np.float32), OutputFields(seq=9, pixel_size_m=2.5e-9, model="paired", model_version="3", latency_s=0.1, source_seq=4, t=1.0)))
     assert (enh.role, enh.seq, enh.source_seq, enh.header["model"]) == ("enhanced", 9, 4, "paired")
     conf = np.full((16, 20), 0.5, np.float32)
     header = {"v": 1, "seq": 9, "dtype": "float32", "shape": [16, 20], "role": "confidence", "source_seq": 4}

@@ -17,7 +17,7 @@ import zmq
 import refscope.daemon.publish.folder as publish_folder_module
 from refscope.daemon.atomic import TEMP_MARKER, atomic_writer
 from refscope.daemon.errors import RefscopeError, StateError
-from refscope.daemon.wire.protocol import decode_enhanced
+from refscope.daemon.wire.protocol import OutputFields, decode_enhanced
 from refscope.daemon.publish import (
     EventPublisher,
     FolderPublisher,
@@ -345,8 +345,7 @@ def test_stream_publisher_delivers_enhanced_frames(context: zmq.Context) -> None
         deadline = time.monotonic() + 5
         seq = 0
         while received is None and time.monotonic() < deadline:  # PUB/SUB: resend until the subscription is live
-            stream.publish(image, seq=seq, pixel_size_m=2.5e-9, model="paired", model_version="v1", latency_s=0.2,
-                           source_seq=41, t=1000.0, confidence="low")
+            stream.publish(image, OutputFields(seq=seq, pixel_size_m=2.5e-9, model="paired", model_version="v1", latency_s=0.2, source_seq=41, t=1000.0), confidence="low")
             seq += 1
             if sub.poll(50):
                 received = decode_enhanced(sub.recv_multipart())
@@ -363,11 +362,9 @@ def test_stream_publisher_counts_drops_when_nobody_reads(context: zmq.Context) -
         sub = _subscriber(context, stream.bound_endpoint, rcvhwm=1)
         small = _image(0, (8, 8))
         # wait until the subscription is live (a frame arrives), then stop reading
-        assert _wait(lambda: (stream.publish(small, seq=0, pixel_size_m=1e-9, model="m", model_version="v",
-                                             latency_s=0.0, source_seq=0, t=0.0) or True) and sub.poll(20) != 0)
+        assert _wait(lambda: (stream.publish(small, OutputFields(seq=0, pixel_size_m=1e-9, model="m", model_version="v", latency_s=0.0, source_seq=0, t=0.0)) or True) and sub.poll(20) != 0)
         big = np.zeros((1024, 1024), np.float32)  # 4 MiB: kernel socket buffers fill after a few frames
-        results = [stream.publish(big, seq=i, pixel_size_m=1e-9, model="m", model_version="v", latency_s=0.0,
-                                  source_seq=i, t=0.0) for i in range(1, 60)]
+        results = [stream.publish(big, OutputFields(seq=i, pixel_size_m=1e-9, model="m", model_version="v", latency_s=0.0, source_seq=i, t=0.0)) for i in range(1, 60)]
         stats = stream.stats()
         sub.close()
     assert not all(results)
@@ -378,8 +375,7 @@ def test_stream_publisher_without_subscribers_never_blocks(context: zmq.Context)
     with StreamPublisher(LOCAL, hwm=1, context=context) as stream:
         started = time.monotonic()
         for i in range(20):
-            stream.publish(_image(), seq=i, pixel_size_m=1e-9, model="m", model_version="v", latency_s=0.0,
-                           source_seq=i, t=0.0)
+            stream.publish(_image(), OutputFields(seq=i, pixel_size_m=1e-9, model="m", model_version="v", latency_s=0.0, source_seq=i, t=0.0))
         assert time.monotonic() - started < 2.0
 
 

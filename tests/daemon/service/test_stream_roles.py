@@ -11,7 +11,7 @@ import zmq
 from refscope.daemon.config import load_config
 from refscope.daemon.frames import Frame
 from refscope.daemon.state.model_store import save_model
-from refscope.daemon.wire.protocol import (ProtocolError, decode_stream, encode_confidence, encode_enhanced, encode_frame,
+from refscope.daemon.wire.protocol import (OutputFields, ProtocolError, decode_stream, encode_confidence, encode_enhanced, encode_frame,
                                       stream_role)
 from refscope.daemon.service.daemon import Daemon
 from refscope.models.consistency import data_consistency
@@ -28,27 +28,22 @@ def test_protocol_round_trip_of_every_stream_role():
     image = np.arange(16 * 20, dtype=np.uint16).reshape(16, 20)
     conf = np.linspace(0, 1, 32 * 40, dtype=np.float32).reshape(32, 40)
     raw = encode_frame(image, seq=7, pixel_size_m=1e-8, role="lr", t=5.0)
-    enhanced = encode_enhanced(conf * 100, seq=1, pixel_size_m=5e-9, model="paired", model_version="2",
-                               latency_s=0.1, source_seq=7, t=5.0, confidence="low")
-    confidence = encode_confidence(conf, seq=1, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1,
-                                   source_seq=7, t=5.0)
+    enhanced = encode_enhanced(conf * 100, OutputFields(seq=1, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1, source_seq=7, t=5.0), confidence="low")
+    confidence = encode_confidence(conf, OutputFields(seq=1, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1, source_seq=7, t=5.0))
     assert [stream_role(m) for m in (raw, enhanced, confidence)] == ["lr", "enhanced", "confidence"]
     role, frame = decode_stream(raw)
     assert role == "lr" and frame.seq == 7 and np.array_equal(frame.data, image)
     role, enh = decode_stream(enhanced)
     assert role == "enhanced" and enh.confidence == "low" and enh.source_seq == 7 and enh.consistency is None
-    rated = encode_enhanced(conf, seq=2, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1,
-                            source_seq=8, t=5.0, consistency=np.float32(1.25))
+    rated = encode_enhanced(conf, OutputFields(seq=2, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1, source_seq=8, t=5.0), consistency=np.float32(1.25))
     assert decode_stream(rated)[1].consistency == 1.25
     with pytest.raises(ProtocolError, match="consistency"):
-        encode_enhanced(conf, seq=2, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1,
-                        source_seq=8, t=5.0, consistency=-1.0)
+        encode_enhanced(conf, OutputFields(seq=2, pixel_size_m=5e-9, model="paired", model_version="2", latency_s=0.1, source_seq=8, t=5.0), consistency=-1.0)
     role, got = decode_stream(confidence)
     assert role == "confidence" and got.source_seq == 7 and np.array_equal(got.data, conf)
     assert decode_stream([b'{"role": "histogram"}', b""]) == ("histogram", None)  # unknown roles are skipped
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        encode_confidence(conf + 0.5, seq=1, pixel_size_m=5e-9, model="m", model_version="1", latency_s=0.0,
-                          source_seq=7, t=5.0)
+        encode_confidence(conf + 0.5, OutputFields(seq=1, pixel_size_m=5e-9, model="m", model_version="1", latency_s=0.0, source_seq=7, t=5.0))
     with pytest.raises(ProtocolError):
         decode_stream([b"not json", b""])
 

@@ -14,6 +14,7 @@ from refscope.daemon.errors import RefscopeError
 from refscope.daemon.frames import Frame
 from refscope.daemon.wire.protocol import (
     DTYPES,
+    OutputFields,
     REASON_CODES,
     ProtocolError,
     ProtocolLimits,
@@ -238,10 +239,7 @@ def test_encoder_refuses_what_the_decoder_would_refuse() -> None:
 @pytest.mark.parametrize("confidence", [None, "low"])
 def test_enhanced_round_trip(confidence: str | None, rng: np.random.Generator) -> None:
     data = rng.random((40, 48)).astype(np.float32)
-    parts = encode_enhanced(
-        data, seq=5, pixel_size_m=2.45e-9, model="sparse", model_version="abc#3", latency_s=0.31,
-        source_seq=42, t=1718000000.25, confidence=confidence,
-    )
+    parts = encode_enhanced(data, OutputFields(seq=5, pixel_size_m=2.45e-9, model="sparse", model_version="abc#3", latency_s=0.31, source_seq=42, t=1718000000.25), confidence=confidence)
     header = json.loads(parts[0])
     assert header["role"] == "enhanced" and header["v"] == 1
     assert ("confidence" in header) == (confidence is not None)
@@ -257,10 +255,7 @@ def test_enhanced_decoder_rejects_input_messages_and_vice_versa() -> None:
     with pytest.raises(ProtocolError) as info:
         decode_enhanced(frame_parts)
     assert info.value.reason_code == "bad_value"
-    enhanced = encode_enhanced(
-        np.zeros((8, 8), np.float32), seq=1, pixel_size_m=1e-9, model="m", model_version="1", latency_s=0.0,
-        source_seq=1, t=0.0,
-    )
+    enhanced = encode_enhanced(np.zeros((8, 8), np.float32), OutputFields(seq=1, pixel_size_m=1e-9, model="m", model_version="1", latency_s=0.0, source_seq=1, t=0.0))
     with pytest.raises(ProtocolError) as info:
         decode_frame(enhanced, source=SRC)
     assert info.value.reason_code == "bad_value"
@@ -270,8 +265,7 @@ def test_enhanced_decoder_rejects_input_messages_and_vice_versa() -> None:
         decode_enhanced([json.dumps(header).encode(), enhanced[1]])
     assert info.value.reason_code == "missing_field" and "'model'" in str(info.value)
     with pytest.raises(ProtocolError) as info:
-        encode_enhanced(np.zeros((8, 8), np.float32), seq=1, pixel_size_m=1e-9, model="m", model_version="1",
-                        latency_s=-1.0, source_seq=1, t=0.0)
+        encode_enhanced(np.zeros((8, 8), np.float32), OutputFields(seq=1, pixel_size_m=1e-9, model="m", model_version="1", latency_s=-1.0, source_seq=1, t=0.0))
     assert info.value.reason_code == "bad_value"
 
 
