@@ -4,7 +4,7 @@ confidence maps and any message of the PUB stream, without copying the pixel buf
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -89,19 +89,15 @@ def decode_enhanced(
     origin = f"{source}#{seq_hint}" if _is_int(seq_hint) else source
     seq, dtype, shape, pixel_size_m = _check_enhanced_fields(header, origin, limits)
     data = _pixel_view(parts[1], dtype, shape, origin)
-    return EnhancedFrame(
-        data=data,
-        seq=seq,
-        pixel_size_m=pixel_size_m,
-        model=header["model"],
-        model_version=header["model_version"],
-        latency_s=float(header["latency_s"]),
-        source_seq=int(header["source_seq"]),
-        t=float(header["t"]),
-        confidence=header.get("confidence"),
-        consistency=None if header.get("consistency") is None else float(header["consistency"]),
-        header=MappingProxyType(header),
-    )
+    return EnhancedFrame(**_output_fields(header, seq, pixel_size_m), data=data, confidence=header.get("confidence"),
+                         consistency=None if header.get("consistency") is None else float(header["consistency"]),
+                         header=MappingProxyType(header))
+
+
+def _output_fields(header: Mapping[str, Any], seq: int, pixel_size_m: float) -> dict[str, Any]:
+    """The :class:`OutputFields` of a checked output header, as keywords of :class:`EnhancedFrame`."""
+    return {"seq": seq, "pixel_size_m": pixel_size_m, "model": header["model"], "model_version": header["model_version"],
+            "latency_s": float(header["latency_s"]), "source_seq": int(header["source_seq"]), "t": float(header["t"])}
 
 
 def decode_confidence(
@@ -114,9 +110,7 @@ def decode_confidence(
     origin = f"{source}#{seq_hint}" if _is_int(seq_hint) else source
     seq, dtype, shape, pixel_size_m = _check_enhanced_fields(header, origin, limits, role=CONFIDENCE_ROLE)
     data = _pixel_view(parts[1], dtype, shape, origin)
-    return EnhancedFrame(data=data, seq=seq, pixel_size_m=pixel_size_m, model=header["model"],
-                         model_version=header["model_version"], latency_s=float(header["latency_s"]),
-                         source_seq=int(header["source_seq"]), t=float(header["t"]), header=MappingProxyType(header))
+    return EnhancedFrame(**_output_fields(header, seq, pixel_size_m), data=data, header=MappingProxyType(header))
 
 
 def stream_role(parts: Sequence[Any], *, limits: ProtocolLimits = DEFAULT_LIMITS) -> str:

@@ -123,18 +123,11 @@ class OutputFields:
 
 
 @dataclass(frozen=True, eq=False)
-class EnhancedFrame:
-    """A decoded output message (see the module docstring).
+class EnhancedFrame(OutputFields):
+    """A decoded output message (see the module docstring): the output header's :class:`OutputFields` and
 
     Attributes:
         data: (H, W) read-only pixels.
-        seq: refscope's output counter.
-        pixel_size_m: output pixel edge length, metres.
-        model: name of the method that produced it.
-        model_version: version/fingerprint of the fitted model.
-        latency_s: seconds from receipt of the input frame to publication.
-        source_seq: ``seq`` of the input frame it enhances.
-        t: acquisition time of the input frame, unix seconds.
         confidence: optional short flag (e.g. ``"low"``), or None.
         consistency: data consistency ρ of the frame (its output degraded by the forward model learned from the
             references, against its own LR frame, in LR noise units; about 1 = consistent), or None.
@@ -142,13 +135,6 @@ class EnhancedFrame:
     """
 
     data: np.ndarray
-    seq: int
-    pixel_size_m: float
-    model: str
-    model_version: str
-    latency_s: float
-    source_seq: int
-    t: float
     confidence: str | None = None
     consistency: float | None = None
     header: Mapping[str, Any] = field(default_factory=dict)
