@@ -40,6 +40,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,17 @@ from refscope.models.noise import estimate_noise_sigma  # noqa: E402
 from refscope.models.peers import tune, tuned_peers  # noqa: E402
 from refscope.models.pipeline import FitConfig, enhance, fit_library  # noqa: E402
 from refscope.models.promotion import split_for_validation  # noqa: E402
+from refscope.models.self_ensemble import ENSEMBLE_SIZES, ensemble_run, ensemble_size_for  # noqa: E402
 
 PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11": "pair07",
            "pair08": "pair09", "pair09": "pair08"}
 PEERS_ENV = HERE / "peers" / ".venv"
 PEERS = ("blur", "nlm", "bm3d")
-OURS = ("paired", "net", "prior", "prior+ft", "best")
+OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "best")
+SERVE_BUDGET_S = 0.5
+"""Seconds the served network may take for a 1280x944 output (issue 12, item 5): the self-ensemble size of ``best``
+is the largest whose passes fit (:func:`refscope.models.self_ensemble.ensemble_size_for`)."""
+SERVE_OUTPUT = (944, 1280)
 BM3D_MULT = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
@@ -150,7 +156,8 @@ def ensure_prior(priors: Path, exclude: list[str], scale: int, budget_s: float) 
     return root
 
 
-def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, seed: int = 0, with_net: bool = True):
+def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, seed: int = 0, with_net: bool = True,
+               ensemble: int = 1):
     """Fit paired, net, prior, prior+ft on the pair's training area; returns predictors and the validation choice."""
     import torch
 
@@ -174,13 +181,43 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     tuned = fine_tune(prior, [p.lr], [split.train], budget_s=budget_s, validation=validation, seed=seed)
     fine_tune_s = time.perf_counter() - start
     predictors["prior+ft"] = net_predictor(tuned)
+    for n in ENSEMBLE_SIZES[1:]:
+        predictors[f"prior+ft×{n}"] = partial(ensemble_run, predictors["prior+ft"], n=n, align=2)
     name, val = choose({"bicubic": lambda x: upsample_bicubic(x, scale), "paired": predictors["paired"],
                         "prior+ft": predictors["prior+ft"]}, validation, scale)
-    predictors["best"] = predictors[name] if name != "bicubic" else (lambda x: upsample_bicubic(x, scale))
-    info = {"best_choice": name, "validation": val, "fine_tune_s": fine_tune_s,
+    served = f"prior+ft×{ensemble}" if name == "prior+ft" and ensemble > 1 else name
+    predictors["best"] = predictors[served] if name != "bicubic" else (lambda x: upsample_bicubic(x, scale))
+    info = {"best_choice": served, "validation": val, "fine_tune_s": fine_tune_s,
+            "self_ensemble": ensemble,
             "fine_tune_best_step": tuned.history[-1].get("best_step"), "fine_tune_steps": tuned.history[-1]["steps"],
             "net_steps": [h["steps"] for h in net.history] if net else None}
     return predictors, validation, info
+
+
+def serving_pass_s(scale: int, runs: int = 5) -> float:
+    """Median seconds of one pass of the network served at ``scale`` (the shipped prior: the fine-tuned networks
+    have its architecture) exported to ONNX and served as the product serves it
+    (:func:`refscope.daemon.offline.net.onnx_runner`, every core) on a real LR crop whose S-times output is
+    1280x944 -- measured before the pairs run, so that no other work shares the cores."""
+    from refscope.daemon.learn.prior_store import SHIPPED_PRIORS, load_prior
+    from refscope.daemon.offline.net import onnx_runner
+    from refscope.models.net_fit import export_netfit
+    from refscope.models.prior import frame_normalisation
+
+    lr_frame = load_pair(SCORED[0]).lr
+    fit = load_prior("auto", scale, SHIPPED_PRIORS)
+    model_bytes, manifest = export_netfit(replace(fit, normalisation=frame_normalisation(lr_frame)))
+    run = onnx_runner(model_bytes, manifest, threads=0)
+    h, w = SERVE_OUTPUT[0] // scale, SERVE_OUTPUT[1] // scale
+    crop = np.ascontiguousarray(np.pad(lr_frame, [(0, max(0, h - lr_frame.shape[0])), (0, max(0, w - lr_frame.shape[1]))],
+                                       mode="reflect")[:h, :w])
+    run(crop)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(crop)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def bicubic_scores(subs) -> list:
@@ -198,12 +235,14 @@ def score(subs, estimates: list[np.ndarray], baselines: list) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"per_sub": [r["d_psnr"] for r in rows]}
 
 
-def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_shift: bool) -> dict:
+def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_shift: bool,
+             ensembles: dict[int, int] | None = None) -> dict:
     start = time.perf_counter()
     p = load_pair(name)
     scale = p.scale
     scored = scored_subimages(p, scale)
-    predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s)
+    ensemble = (ensembles or {}).get(scale, 1)
+    predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s, ensemble=ensemble)
     result = {"pair": name, "factor": p.factor, "scale": scale, "info": info, "methods": {}}
     baselines = bicubic_scores(scored)
     for method in OURS:
@@ -214,7 +253,7 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
     if texture_shift and name in PARTNER:
         other = load_pair(PARTNER[name])
         shift_root = prior_dir(Path(priors), sorted([name, other.name]))
-        shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, with_net=False)
+        shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, with_net=False, ensemble=ensemble)
         target = scored_subimages(other, scale)
         target_baselines = bicubic_scores(target)
         result["shift"] = {"onto": other.name, "info": shift_info,
@@ -310,11 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     needed = {(tuple([n]), load_pair(n).scale) for n in names}
     if not args.no_texture_shift:
         needed |= {(tuple(sorted([n, PARTNER[n]])), load_pair(n).scale) for n in names if n in PARTNER}
+    passes = {s: serving_pass_s(s) for s in sorted({load_pair(n).scale for n in names})}
+    ensembles = {s: ensemble_size_for(t, SERVE_BUDGET_S) for s, t in passes.items()}
+    print("served network, one pass for a 1280x944 output: " + ", ".join(
+        f"x{s} {t:.3f} s -> self-ensemble of {ensembles[s]}" for s, t in passes.items()), flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(ensure_prior, [priors] * len(needed), [list(e) for e, _ in needed], [s for _, s in needed],
                       [args.prior_budget_s] * len(needed)))
         results = list(pool.map(run_pair, names, [str(priors)] * len(names), [args.budget_s] * len(names),
-                                [with_bm3d] * len(names), [not args.no_texture_shift] * len(names)))
+                                [with_bm3d] * len(names), [not args.no_texture_shift] * len(names),
+                                [ensembles] * len(names)))
     elapsed = time.perf_counter() - start
     command = ".venv/bin/python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(results, command.strip(), elapsed, args.budget_s)
