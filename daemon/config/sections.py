@@ -4,12 +4,14 @@ when the section is built (see :mod:`refscope.daemon.config` for how they are lo
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from refscope.models.nlm import SIGMA_N_RANGE
+from refscope.models.self_ensemble import ENSEMBLE_SIZES
 
 from .fields import ConfigError, check_endpoint, check_range, check_types, field_doc
 from ..wire.curve import SECRET_SUFFIX, SERVER_NAME
@@ -189,6 +191,11 @@ class ServeConfig:
         max_memory_mb: memory budget of everything the daemon and its trainer hold, MB (>= 1280 with the trainer,
             >= 800 without); tiles, the output queue and the largest frame served are derived from it
             (shares: README, "Memory").
+        self_ensemble: passes of a served network over flipped and rotated copies of the frame, averaged
+            (:mod:`refscope.models.self_ensemble`): 1, 2, 4 or 8; 0: the most that keep one frame within
+            ``frame_budget_s``, from the time the network took on the previous frames.
+        frame_budget_s: seconds one served frame may take for the network's passes when ``self_ensemble`` is 0
+            (> 0).
     """
 
     SECTION: ClassVar[str] = "serve"
@@ -202,6 +209,11 @@ class ServeConfig:
     max_memory_mb: int = field(default=1500, metadata=field_doc(
         "Memory budget of the daemon and its trainer together, MB; tile sizes, the output queue and the largest "
         "frame served are derived from it."))
+    self_ensemble: int = field(default=0, metadata=field_doc(
+        "Passes of a served network over flipped and rotated copies of each frame, averaged (1, 2, 4 or 8); "
+        "0: as many as keep a frame within frame_budget_s."))
+    frame_budget_s: float = field(default=0.5, metadata=field_doc(
+        "Seconds the network's passes may take per frame when self_ensemble is 0 (> 0)."))
 
     def __post_init__(self) -> None:
         check_types(self, "serve.")
@@ -214,6 +226,10 @@ class ServeConfig:
                      f"an integer >= 0 and less than tile / 2 = {self.tile / 2:g}", self.halo)
         check_range("serve.max_memory_mb", 600 <= self.max_memory_mb <= 1 << 20,
                      "an integer from 600 to 1048576 (MB)", self.max_memory_mb)
+        check_range("serve.self_ensemble", self.self_ensemble in (0, *ENSEMBLE_SIZES),
+                     f"0 (automatic) or one of {', '.join(map(str, ENSEMBLE_SIZES))}", self.self_ensemble)
+        check_range("serve.frame_budget_s", math.isfinite(self.frame_budget_s) and self.frame_budget_s > 0,
+                     "a number of seconds > 0", self.frame_budget_s)
 
 
 @dataclass(frozen=True)

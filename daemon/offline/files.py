@@ -1,8 +1,9 @@
 """The offline room's file glue: read frames, register and fit references, enhance and evaluate files -- the plain
 functions ``refscope fit`` / ``enhance`` / ``evaluate`` / ``batch`` / ``train`` and the Python API run.
 
-Reads through :mod:`..ingest.readers` / :mod:`..tiff_io`, serves through :class:`..serving.ServingEngine` and writes
-outputs atomically (:func:`..tiff_io.write_tiff`); nothing here parses arguments, and nothing here modifies an input
+Reads through :mod:`refscope.daemon.images` (its readers), serves through
+:class:`~refscope.daemon.serve.engine.ServingEngine` and writes outputs atomically
+(:func:`~refscope.daemon.images.write_tiff`); nothing here parses arguments, and nothing here modifies an input
 file. Command-line parsing lives in :mod:`refscope.daemon.cli`, which calls these.
 """
 from __future__ import annotations
@@ -224,7 +225,7 @@ def enhance_files(model: FittedModel, inputs: list[str], out: str, *, method: st
     Frames go through the daemon's :class:`~refscope.daemon.serve.engine.ServingEngine`, so a batch costs what live
     serving costs: the model is exported and loaded once (ONNX Runtime for ``paired`` with ``engine="onnx"``;
     the NumPy reference implementation otherwise). ``runner`` (``lr -> sr``, e.g. the trained network through
-    ONNX Runtime, :mod:`.net_cli`) replaces the engine; give ``scale`` with it and ``model`` may be None.
+    ONNX Runtime, :mod:`.net`) replaces the engine; give ``scale`` with it and ``model`` may be None.
     """
     if runner is None:
         scale = model.scale

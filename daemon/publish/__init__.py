@@ -35,8 +35,8 @@ viewer must keep reading (or disconnect).
 
 All sockets bind to the endpoint given (``tcp://127.0.0.1:*`` picks a free port; read ``bound_endpoint``).
 
-The code lives in ``publish_folder`` (the folder writer), ``publish_names`` (output names, ownership check) and
-``publish_zmq`` (the PUB publishers); this module re-exports their public names.
+The code lives in :mod:`.folder` (the folder writer, with :mod:`.spill` for failed writes), :mod:`.names`
+(output names, ownership check) and :mod:`.sockets` (the PUB publishers); this module re-exports their public names.
 """
 from __future__ import annotations
 

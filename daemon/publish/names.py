@@ -15,7 +15,7 @@ import tifffile
 __all__ = ["PUBLISH_LOGGER", "output_stem", "output_names"]
 
 PUBLISH_LOGGER = "refscope.publish"
-_INFO_KEY = "refscope"  # key of refscope's metadata in the ImageJ "Info" JSON (as in tiff_io)
+_INFO_KEY = "refscope"  # key of refscope's metadata in the ImageJ "Info" JSON (as in refscope.daemon.images)
 
 
 # ------------------------------------------------------------------------------------------------ naming

@@ -2,7 +2,7 @@
 
 Files in a state folder (beside the paired library of :mod:`refscope.daemon.state.model_store`)::
 
-    net.npz + net.json        weights (state dict, float32) and a checksummed manifest (state_store "net"):
+    net.npz + net.json        weights (state dict, float32) and a checksummed manifest (state.store "net"):
                               {"kind": "refscope-net", "format": 1, "network": "compact", "network_kwargs": {},
                                "scale": 2, "normalisation": {"offset", "scale"}, "strategy": ..., "history": [...],
                                "onnx_file": "net-<sha12>.onnx", "onnx_sha256": ..., "onnx_manifest": {...}, ...}

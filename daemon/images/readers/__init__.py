@@ -10,7 +10,7 @@ TIFF and PNG (FEI/Thermo, Zeiss, OME, ImageJ, DigitalMicrograph-saved, JEOL Sigh
 optional extra ``vendor`` (``pip install 'refscope[vendor]'``); without it those files are refused with a
 :class:`~refscope.daemon.errors.MissingReaderError` saying so.
 
-Imports only the state/wire helpers (:mod:`refscope.daemon.images.tiff_read` and friends, :mod:`refscope.daemon.errors`).
+Imports only the image room's own modules (:mod:`refscope.daemon.images.tiff_read` and friends, :mod:`refscope.daemon.errors`).
 """
 from .base import STACK_BYTES_FACTOR, VENDOR_EXTRA, VendorStack
 from .dispatch import (DEFAULT_PATTERNS, FORMATS, IMAGE_SUFFIXES, companion_reason, read_frames, read_image,

@@ -21,7 +21,7 @@ from ..common import MAX_SIDE_PX, _fail, finite_or_none
 from ..vendors import _Parsed
 
 __all__ = ["VendorStack", "STACK_BYTES_FACTOR", "VENDOR_EXTRA", "need_module", "check_stack_header",
-           "check_pixel_type", "as_stack", "finite_or_none"]  # finite_or_none: from tiff_common, for the readers
+           "check_pixel_type", "as_stack", "finite_or_none"]  # finite_or_none: from images.common, for the readers
 
 VENDOR_EXTRA = "pip install 'refscope[vendor]'"
 """How to install the optional readers (h5py, mrcfile, nionswift-io)."""
