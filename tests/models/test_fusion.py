@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from refscope.models.errors import ImageError, RegistrationError
 from refscope.models.fusion import (FrameMotion, FusionConfig, count_confidence, fuse_fine, fuse_frames,
-                                    register_frame, subpixel_diversity, warp_frame)
+                                    register_frame, spline_coefficients, subpixel_diversity, warp_frame)
 from refscope.models.metrics import psnr
 from refscope.models.simulator import DriftSeries, Optics, drift_series, drift_truth, make_areas
 from refscope.models.synthetic import render_specimen
@@ -77,6 +77,49 @@ def test_a_rotation_below_shift_only_px_is_warped_as_the_centre_shift(specimen):
     assert np.abs(warp_frame(frame, big, order=3, shift_only_px=0.25)[0] - plain).max() > 1e-2
     with pytest.raises(ValueError, match="shift_only_px"):
         FusionConfig(shift_only_px=-1.0)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_warp_from_kept_spline_coefficients_equals_scipy_resampling(specimen, order):
+    """Oracle: SciPy's own resampling of the frame (prefilter at every call). The separable shift and the general
+    warp read the frame's spline coefficients computed once (float32) and give the same pixels, also at the
+    borders, with the same valid mask."""
+    frame = _view(specimen, (0.0, 0.0)) * 1000.0 + 200.0
+    h, w = SHAPE
+    coef = spline_coefficients(frame, order=order)
+    assert coef.dtype == np.float32 and coef.shape == SHAPE
+    a = math.radians(0.7)
+    rotation = FrameMotion(np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]), np.array([1.3, -0.6]))
+    for motion in (FrameMotion.translation((0.37, -0.81)), FrameMotion.translation((-5.5, 3.0)), rotation):
+        pts = motion.apply(np.stack(np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij"), axis=-1))
+        oracle = ndimage.map_coordinates(frame, np.moveaxis(pts, -1, 0) - 0.5, order=order, mode="constant",
+                                         cval=0.0, prefilter=order > 1)
+        inside = (pts[..., 0] >= 0.5) & (pts[..., 0] <= h - 0.5) & (pts[..., 1] >= 0.5) & (pts[..., 1] <= w - 0.5)
+        for coefficients in (None, coef):
+            warped, valid = warp_frame(frame, motion, order=order, coefficients=coefficients)
+            np.testing.assert_array_equal(valid, inside)
+            tol = 1e-9 if coefficients is None else 2e-3  # float32 coefficients: 1e-6 of the 1200-level signal
+            np.testing.assert_allclose(warped[valid], oracle[valid], rtol=0, atol=tol)
+            assert not warped[~valid].any()
+    with pytest.raises(ImageError, match="coefficients"):
+        warp_frame(frame, rotation, order=order, coefficients=coef[:-1])
+
+
+def test_fusing_from_kept_coefficients_equals_fusing_the_frames(specimen):
+    """The live window passes older frames' coefficients instead of their pixels: same fused frame and counts."""
+    rng = np.random.default_rng(5)
+    shifts = [(0.0, 0.0), (0.3, -0.45), (-0.7, 0.2), (1.1, 0.6)]
+    frames = [(_view(specimen, s) + rng.normal(0, 0.03, SHAPE)).astype(np.float32) for s in shifts]
+    motions = [FrameMotion.translation(s) for s in shifts]
+    config = FusionConfig()
+    plain = fuse_frames(frames, motions=motions, config=config)
+    coefs = [None] + [spline_coefficients(f) for f in frames[1:]]
+    cached = fuse_frames([frames[0]] + coefs[1:], motions=motions, coefficients=coefs, config=config)
+    np.testing.assert_array_equal(cached.count, plain.count)
+    np.testing.assert_allclose(cached.image, plain.image, rtol=0, atol=1e-5)
+    assert cached.count.mean() > 3.5  # the shifted frames were fused, not rejected
+    with pytest.raises(ValueError, match="coefficient"):
+        fuse_frames(frames, motions=motions, coefficients=coefs[:2])
 
 
 def test_fused_noise_falls_as_one_over_sqrt_n(specimen):
