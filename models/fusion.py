@@ -8,12 +8,15 @@ newest frame is the *reference*; every older frame of the window is
    :func:`register_frame`) -- giving a :class:`FrameMotion` ``u_i = A u + b`` from the reference's pixel-edge
    coordinates ``u`` (LR px, ``(y, x)``) to the older frame's;
 2. **warped** onto the reference grid (:func:`warp_frame`, bilinear or cubic spline);
-3. **tested** tile by tile: with ``d = f_i - f_0`` (warped older frame minus reference) and σ the reference's
-   noise (:func:`~.noise.estimate_noise_sigma`), a tile of ``tile`` x ``tile`` px is kept only when
-   ``mean(d²) <= residual_ratio · 2σ²`` -- pure noise gives ``E[d²] ≈ 2σ²``, a region whose content changed
-   (a moving object, a focus or contrast change) gives far more. Rejected tiles are grown by one tile on every
-   side, and single pixels with ``|d| > pixel_k · √2 σ`` are dropped too, so a moving region falls back to the
-   reference frame there and nothing ghosts;
+3. **tested** tile by tile: with ``d = f_i - f_0`` (warped older frame minus reference) and σ(u) the
+   reference's noise at the intensity of each of its pixels (its noise-level function,
+   :func:`~.noise.estimate_noise_curve`: SEM noise is mostly shot noise, larger where the specimen is bright), a
+   tile of ``tile`` x ``tile`` px is kept only when ``mean(d²) <= residual_ratio · 2 mean(σ²)`` -- pure noise
+   gives ``E[d²] ≈ 2σ²``, a region whose content changed (a moving object, a focus or contrast change) gives far
+   more. Rejected tiles are grown by one tile on every side, and single pixels with ``|d| > pixel_k · √2 σ`` are
+   dropped too, so a moving region falls back to the reference frame there and nothing ghosts. With
+   :attr:`FusionConfig.match_intensity` the slowly varying part of ``d`` (a brightness drift) is first taken
+   off the older frame;
 4. **fused** by a weighted mean on the LR grid, ``F = Σ_i w_i f_i / Σ_i w_i`` with ``w_0 = 1`` and
    ``w_i ∈ {0, 1}`` from the test (:func:`fuse_frames`). Where ``n`` frames agree the noise drops by about
    ``1/√n``; the per-pixel count ``n`` is returned with the image.
@@ -45,7 +48,7 @@ from scipy import ndimage
 
 from .errors import ImageError, RegistrationError
 from .image_ops import as_gray_float, upsample_bicubic
-from .noise import estimate_noise_sigma
+from .noise import estimate_noise_curve, estimate_noise_sigma_quantised
 from .registration import register_global
 
 __all__ = ["FusionConfig", "FrameMotion", "FusionResult", "register_frame", "spline_coefficients", "warp_frame",
@@ -73,6 +76,11 @@ class FusionConfig:
             translating specimen scatters by about ±0.02°, up to 0.14 px at the corners of a 640 x 472 frame
             (simulated drift): below that it is registration noise, and the separable shift costs a third of a
             general warp (the live window's latency).
+        match_intensity: before the test, subtract from each warped older frame the slowly varying part of its
+            difference to the reference (per-tile medians, 5 x 5-tile median filtered, bilinear between tile
+            centres): the brightness and contrast drift of scans minutes apart (charging, contamination) is then
+            not taken for changed content, and the fused frame keeps the reference's brightness while its detail
+            is averaged (:func:`fuse_frames` only). Off by default: frames a second apart do not need it.
     """
 
     max_shift_px: float = 24.0
@@ -84,6 +92,7 @@ class FusionConfig:
     pixel_k: float = 4.0
     order: int = 3
     shift_only_px: float = 0.25
+    match_intensity: bool = False
 
     def __post_init__(self) -> None:
         checks = [("max_shift_px", self.max_shift_px > 0, "> 0"),
@@ -187,7 +196,7 @@ class FusionResult:
             intensity units.
         count: (H, W) uint16 number of frames used at each LR pixel (1 = the reference alone).
         n_frames: frames offered (reference included).
-        noise_sigma: σ of the reference frame (its units), from :func:`~.noise.estimate_noise_sigma`.
+        noise_sigma: σ of the reference frame (its units), from :func:`~.noise.estimate_noise_sigma_quantised`.
         rejected_fraction: share of (older frame, pixel) samples inside the frame that the test dropped.
     """
 
@@ -410,17 +419,41 @@ def _tile_mean(values: np.ndarray, mask: np.ndarray, tile: int) -> np.ndarray:
     return np.divide(v, n, out=np.full_like(v, np.nan), where=n > 0)
 
 
-def _agreement(warped: np.ndarray, valid: np.ndarray, ref: np.ndarray, sigma: float, config: FusionConfig
-               ) -> np.ndarray:
-    """Bool (H, W): where the warped older frame agrees with the reference (see the module docstring, step 3)."""
+def _agreement(warped: np.ndarray, valid: np.ndarray, ref: np.ndarray, var: float | np.ndarray,
+               config: FusionConfig) -> np.ndarray:
+    """Bool (H, W): where the warped older frame agrees with the reference (see the module docstring, step 3).
+    ``var``: one frame's noise variance, a number or one per tile (``ceil(H/tile), ceil(W/tile)``)."""
     d = warped - ref
-    var = max(sigma, 1e-12) ** 2
+    h, w = ref.shape
     tiles = _tile_mean(d * d, valid, config.tile)
+    var = np.maximum(np.broadcast_to(var, tiles.shape), 1e-24)
     bad = ~(tiles <= config.residual_ratio * 2.0 * var)  # NaN (no valid pixel) counts as bad
     bad = ndimage.binary_dilation(bad, structure=np.ones((3, 3), bool))
-    h, w = ref.shape
     bad_px = np.repeat(np.repeat(bad, config.tile, axis=0), config.tile, axis=1)[:h, :w]
-    return valid & ~bad_px & (np.abs(d) <= config.pixel_k * math.sqrt(2.0 * var))
+    limit = np.repeat(np.repeat(config.pixel_k ** 2 * 2.0 * var, config.tile, axis=0), config.tile, axis=1)[:h, :w]
+    return valid & ~bad_px & (d * d <= limit)
+
+
+def _intensity_offset(d: np.ndarray, valid: np.ndarray, tile: int) -> np.ndarray:
+    """Slowly varying part of the difference ``d`` (H, W) over the ``valid`` pixels: the median of each tile of
+    ``tile`` px (tiles with fewer than half their pixels valid take the median of the others), median filtered over
+    5 x 5 tiles (a changed region smaller than that does not move it) and interpolated bilinearly between tile
+    centres. Same units as ``d``."""
+    h, w = d.shape
+    th, tw = -(-h // tile), -(-w // tile)
+    pad = ((0, th * tile - h), (0, tw * tile - w))
+    cells = np.pad(np.where(valid, d, np.nan), pad, constant_values=np.nan)
+    cells = cells.reshape(th, tile, tw, tile).transpose(0, 2, 1, 3).reshape(th, tw, tile * tile)
+    enough = np.isfinite(cells).sum(axis=2) >= tile * tile // 2
+    if not enough.any():
+        return np.zeros_like(d)
+    medians = np.full((th, tw), np.nan)
+    medians[enough] = np.nanmedian(cells[enough], axis=1)
+    medians[~enough] = np.median(medians[enough])
+    medians = ndimage.median_filter(medians, size=5, mode="nearest")
+    ys = np.clip((np.arange(h) + 0.5) / tile - 0.5, 0, th - 1)
+    xs = np.clip((np.arange(w) + 0.5) / tile - 0.5, 0, tw - 1)
+    return ndimage.map_coordinates(medians, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
 
 
 def _check_stack(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion] | None,
@@ -441,12 +474,21 @@ def _check_stack(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion] | 
 
 def _prepare(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion | None] | None, noise_sigma: float | None,
              config: FusionConfig, cached: Sequence[bool] | None = None
-             ) -> tuple[list[np.ndarray], list[FrameMotion | None], float]:
+             ) -> tuple[list[np.ndarray], list[FrameMotion | None], float, float | np.ndarray]:
+    """Frames, motions, the reference's σ and the noise variance the residual test expects (a number when
+    ``noise_sigma`` is given, else one per tile from the reference's noise curve)."""
     arrays = _check_stack(frames, motions, cached)
     ref = arrays[0]
-    sigma = float(noise_sigma) if noise_sigma is not None else estimate_noise_sigma(ref)
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+    if noise_sigma is not None:
+        sigma = float(noise_sigma)
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+        var: float | np.ndarray = sigma * sigma
+    else:
+        sigma = estimate_noise_sigma_quantised(ref)
+        levels, sigmas = estimate_noise_curve(ref)
+        # σ² at each tile's mean intensity (the noise-level function varies slowly with intensity)
+        var = np.interp(_tile_mean(ref, np.ones(ref.shape, bool), config.tile), levels, sigmas) ** 2
     found: list[FrameMotion | None] = [FrameMotion.identity()]
     for i, a in enumerate(arrays[1:], start=1):
         given = motions[i] if motions is not None else None
@@ -456,7 +498,7 @@ def _prepare(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion | None]
             except RegistrationError:
                 given = None  # the scene changed: this frame is not used
         found.append(given)
-    return arrays, found, sigma
+    return arrays, found, sigma, var
 
 
 def fuse_frames(frames: Sequence[np.ndarray], *, motions: Sequence[FrameMotion | None] | None = None,
@@ -476,7 +518,8 @@ def fuse_frames(frames: Sequence[np.ndarray], *, motions: Sequence[FrameMotion |
         Not given: each frame is registered to the reference (:func:`register_frame`), and one that does not
         match is dropped.
     noise_sigma : float, optional
-        σ of a single frame, in its units (default: :func:`~.noise.estimate_noise_sigma` of the reference).
+        σ of a single frame, in its units, the same everywhere (default: the reference's noise-level function,
+        :func:`~.noise.estimate_noise_curve`, evaluated at each reference pixel).
     coefficients : sequence of (H, W) arrays or None, optional
         Each older frame's :func:`spline_coefficients` at ``config.order``, computed before (a live window keeps
         them: every older frame was the newest once), or None to compute them here; ``coefficients[0]`` is
@@ -491,7 +534,7 @@ def fuse_frames(frames: Sequence[np.ndarray], *, motions: Sequence[FrameMotion |
         raise ValueError(f"{len(coefficients)} coefficient arrays for {len(frames)} frames (one per frame, the "
                          "reference's first, None where not computed)")
     cached = [False] + [c is not None for c in (coefficients or [None] * len(frames))[1:]]
-    arrays, found, sigma = _prepare(frames, motions, noise_sigma, config, cached=cached)
+    arrays, found, sigma, var = _prepare(frames, motions, noise_sigma, config, cached=cached)
     ref = arrays[0]
     total = ref.copy()
     count = np.ones(ref.shape, dtype=np.uint16)
@@ -503,7 +546,9 @@ def fuse_frames(frames: Sequence[np.ndarray], *, motions: Sequence[FrameMotion |
         coef = coefficients[i] if coefficients is not None else None
         warped, valid = warp_frame(a, motion, order=config.order, shift_only_px=config.shift_only_px,
                                    coefficients=coef)
-        ok = _agreement(warped, valid, ref, sigma, config)
+        if config.match_intensity:
+            warped = warped - _intensity_offset(warped - ref, valid, config.tile)
+        ok = _agreement(warped, valid, ref, var, config)
         total += np.where(ok, warped, 0.0)
         count += ok
         offered += int(valid.sum())
@@ -551,7 +596,7 @@ def fuse_fine(frames: Sequence[np.ndarray], *, scale: int = 2, motions: Sequence
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
     if not kernel_sigma > 0 or not min_weight > 0:
         raise ValueError("kernel_sigma and min_weight must be > 0")
-    arrays, found, sigma = _prepare(frames, motions, noise_sigma, config)
+    arrays, found, sigma, var = _prepare(frames, motions, noise_sigma, config)
     ref = arrays[0]
     h, w = ref.shape
     fh, fw = h * scale, w * scale
@@ -567,7 +612,7 @@ def fuse_fine(frames: Sequence[np.ndarray], *, scale: int = 2, motions: Sequence
             pos = centres
         else:
             warped, valid = warp_frame(a, motion, order=config.order, shift_only_px=config.shift_only_px)
-            ok = _agreement(warped, valid, ref, sigma, config)
+            ok = _agreement(warped, valid, ref, var, config)
             total += np.where(ok, warped, 0.0)
             count += ok
             pos = motion.inverse_apply(centres)  # where each of this frame's samples lies in the reference
