@@ -412,10 +412,13 @@ def _tile_mean(values: np.ndarray, mask: np.ndarray, tile: int) -> np.ndarray:
     """Mean of ``values`` over the ``mask`` pixels of each tile (tiles of ``tile`` px, the last ones smaller);
     NaN for a tile without mask pixels. Shape ``(ceil(H/tile), ceil(W/tile))``."""
     h, w = values.shape
-    th, tw = -(-h // tile), -(-w // tile)
-    pad = ((0, th * tile - h), (0, tw * tile - w))
-    v = np.pad(np.where(mask, values, 0.0), pad).reshape(th, tile, tw, tile).sum(axis=(1, 3))
-    n = np.pad(mask.astype(np.float64), pad).reshape(th, tile, tw, tile).sum(axis=(1, 3))
+    rows, cols = np.arange(0, h, tile), np.arange(0, w, tile)
+
+    def tile_sums(a: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.add.reduceat(a, rows, axis=0), cols, axis=1)
+
+    v = tile_sums(np.where(mask, values, 0.0))
+    n = tile_sums(mask.astype(np.float64))
     return np.divide(v, n, out=np.full_like(v, np.nan), where=n > 0)
 
 
