@@ -142,10 +142,24 @@ def simulator(seed: int) -> dict:
             "shift_error_px_max": round(max(shift_err), 4), "lr_shape": [h, w]}
 
 
+def _hf_rms(image: np.ndarray, mask: np.ndarray) -> float:
+    """RMS of the finest diagonal Haar coefficients ``HH`` over the 2x2 blocks inside ``mask``: on flat regions
+    this is the noise (signal has almost no power there); the same estimator for every image compared."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    q = [image[0:h:2, 0:w:2], image[0:h:2, 1:w:2], image[1:h:2, 0:w:2], image[1:h:2, 1:w:2]]
+    m = [mask[0:h:2, 0:w:2], mask[0:h:2, 1:w:2], mask[1:h:2, 0:w:2], mask[1:h:2, 1:w:2]]
+    inside = m[0] & m[1] & m[2] & m[3]
+    return float(np.sqrt(np.mean(((q[0] - q[1] - q[2] + q[3]) / 2.0)[inside] ** 2)))
+
+
 def zeiss() -> dict | None:
     if not ZEISS.is_file():
         return None
+    from scipy import ndimage
+
     from refscope.daemon.images import read_frames
+    from refscope.models.fusion import warp_frame
+    from refscope.models.noise import estimate_noise_sigma_quantised
 
     pages = [np.asarray(f.data, dtype=np.float64) for f in read_frames(ZEISS)]
     newest, older = pages[1], pages[0]
@@ -159,16 +173,50 @@ def zeiss() -> dict | None:
            "block_field_y_px": [round(float(blocks.field[..., 0].min()), 2), round(float(blocks.field[..., 0].max()), 2)],
            "block_field_x_px": [round(float(blocks.field[..., 1].min()), 2), round(float(blocks.field[..., 1].max()), 2)],
            "block_registration_s": round(block_s, 2)}
-    for name, motion in (("rigid", rigid), ("blocks", blocks)):
-        fused = fuse_frames([newest, older], motions=[None, motion], config=cfg)
+    unclipped = (newest > newest.min()) & (newest < newest.max())
+    flat = unclipped & (ndimage.gaussian_gradient_magnitude(newest, 2.0) < 2.0)  # grey levels per px
+    out["clipped_share"] = round(1.0 - float(unclipped.mean()), 3)
+    out["flat_share"] = round(float(flat.mean()), 3)
+    out["noise_single_haar_mad"] = round(estimate_noise_sigma(newest), 3)  # the uint8 floor: 0.5 / 0.6745
+    out["noise_single_quantised"] = round(estimate_noise_sigma_quantised(newest), 3)
+    out["noise_older_quantised"] = round(estimate_noise_sigma_quantised(older), 3)
+    single_hf = _hf_rms(newest, flat)
+    for name, motion, match in (("rigid", rigid, False), ("blocks", blocks, False), ("blocks_matched", blocks, True)):
+        fused = fuse_frames([newest, older], motions=[None, motion],
+                            config=FusionConfig(register_px=512, match_intensity=match))
         both = fused.count == 2
-        single_sigma = estimate_noise_sigma(newest)
         out[name] = {"fused_share": round(float(both.mean()), 3),
-                     "noise_single": round(single_sigma, 3), "noise_fused": round(estimate_noise_sigma(fused.image), 3),
-                     "noise_ratio": round(estimate_noise_sigma(fused.image) / single_sigma, 3)}
-    from refscope.models.fusion import warp_frame
+                     "fused_share_unclipped": round(float(both[unclipped].mean()), 3),
+                     "test_sigma": round(fused.noise_sigma, 3),
+                     "noise_ratio_haar_mad": round(estimate_noise_sigma(fused.image) / estimate_noise_sigma(newest), 3),
+                     "hf_ratio_flat": round(_hf_rms(fused.image, flat) / single_hf, 3),
+                     "hf_ratio_flat_fused_px": round(_hf_rms(fused.image, flat & both) / _hf_rms(newest, flat & both),
+                                                     3) if (flat & both).any() else None}
+    # the two registered scans' difference on flat, unclipped pixels where they were fused, slow brightness
+    # drift removed: what each scan's noise is when measured against the other (2σ² for independent noise)
+    warped, valid = warp_frame(older, blocks, order=3)
+    matched = fuse_frames([newest, older], motions=[None, blocks],
+                          config=FusionConfig(register_px=512, match_intensity=True))
+    from refscope.models.fusion import _intensity_offset
 
-    warped, _ = warp_frame(older, blocks)
+    d = warped - newest
+    d = d - _intensity_offset(d, valid, cfg.tile)
+    sel = flat & valid & (matched.count == 2)
+    out["pair_difference_sigma_per_scan"] = round(float(np.std(d[sel])) / np.sqrt(2.0), 3)
+    # how far from pure noise each unclipped 16 px tile is: mean(d²) / (2 mean σ²) with σ from the noise curve
+    # (1 = noise only; the test keeps tiles <= residual_ratio = 2)
+    from refscope.models.fusion import _tile_mean
+    from refscope.models.noise import estimate_noise_curve
+
+    levels, sigmas = estimate_noise_curve(newest)
+    var = np.interp(newest, levels, sigmas) ** 2
+    use = valid & unclipped
+    excess = _tile_mean(d * d, use, cfg.tile) / (2.0 * _tile_mean(var, use, cfg.tile))
+    full = _tile_mean(use.astype(np.float64), np.ones_like(use), cfg.tile) > 0.99
+    out["tile_excess_quantiles_10_25_50_75_90"] = [round(float(v), 2) for v in
+                                                   np.nanquantile(excess[full], [0.1, 0.25, 0.5, 0.75, 0.9])]
+    out["noise_curve"] = {"levels": [round(float(v), 1) for v in levels], "sigmas": [round(float(v), 3) for v in sigmas]}
+    out["blocks_matched"]["fused_share_flat"] = round(float((matched.count == 2)[flat].mean()), 3)
     m = int(cfg.max_shift_px) + 8  # inside every registered shift
     inner = (slice(m, -m), slice(m, -m))
     out["frc_halves_period_px"] = round(frc_resolution(frc(newest[inner], warped[inner])).period_px, 3)

@@ -8,12 +8,15 @@ newest frame is the *reference*; every older frame of the window is
    :func:`register_frame`) -- giving a :class:`FrameMotion` ``u_i = A u + b`` from the reference's pixel-edge
    coordinates ``u`` (LR px, ``(y, x)``) to the older frame's;
 2. **warped** onto the reference grid (:func:`warp_frame`, bilinear or cubic spline);
-3. **tested** tile by tile: with ``d = f_i - f_0`` (warped older frame minus reference) and σ the reference's
-   noise (:func:`~.noise.estimate_noise_sigma`), a tile of ``tile`` x ``tile`` px is kept only when
-   ``mean(d²) <= residual_ratio · 2σ²`` -- pure noise gives ``E[d²] ≈ 2σ²``, a region whose content changed
-   (a moving object, a focus or contrast change) gives far more. Rejected tiles are grown by one tile on every
-   side, and single pixels with ``|d| > pixel_k · √2 σ`` are dropped too, so a moving region falls back to the
-   reference frame there and nothing ghosts;
+3. **tested** tile by tile: with ``d = f_i - f_0`` (warped older frame minus reference) and σ(u) the
+   reference's noise at the intensity of each of its pixels (its noise-level function,
+   :func:`~.noise.estimate_noise_curve`: SEM noise is mostly shot noise, larger where the specimen is bright), a
+   tile of ``tile`` x ``tile`` px is kept only when ``mean(d²) <= residual_ratio · 2 mean(σ²)`` -- pure noise
+   gives ``E[d²] ≈ 2σ²``, a region whose content changed (a moving object, a focus or contrast change) gives far
+   more. Rejected tiles are grown by one tile on every side, and single pixels with ``|d| > pixel_k · √2 σ`` are
+   dropped too, so a moving region falls back to the reference frame there and nothing ghosts. With
+   :attr:`FusionConfig.match_intensity` the slowly varying part of ``d`` (a brightness drift) is first taken
+   off the older frame;
 4. **fused** by a weighted mean on the LR grid, ``F = Σ_i w_i f_i / Σ_i w_i`` with ``w_0 = 1`` and
    ``w_i ∈ {0, 1}`` from the test (:func:`fuse_frames`). Where ``n`` frames agree the noise drops by about
    ``1/√n``; the per-pixel count ``n`` is returned with the image.
@@ -45,11 +48,11 @@ from scipy import ndimage
 
 from .errors import ImageError, RegistrationError
 from .image_ops import as_gray_float, upsample_bicubic
-from .noise import estimate_noise_sigma
+from .noise import estimate_noise_curve, estimate_noise_sigma_quantised
 from .registration import register_global
 
-__all__ = ["FusionConfig", "FrameMotion", "FusionResult", "register_frame", "warp_frame", "fuse_frames",
-           "fuse_fine", "subpixel_diversity", "count_confidence"]
+__all__ = ["FusionConfig", "FrameMotion", "FusionResult", "register_frame", "spline_coefficients", "warp_frame",
+           "fuse_frames", "fuse_fine", "subpixel_diversity", "count_confidence"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class FusionConfig:
             translating specimen scatters by about ±0.02°, up to 0.14 px at the corners of a 640 x 472 frame
             (simulated drift): below that it is registration noise, and the separable shift costs a third of a
             general warp (the live window's latency).
+        match_intensity: before the test, subtract from each warped older frame the slowly varying part of its
+            difference to the reference (per-tile medians, 5 x 5-tile median filtered, bilinear between tile
+            centres): the brightness and contrast drift of scans minutes apart (charging, contamination) is then
+            not taken for changed content, and the fused frame keeps the reference's brightness while its detail
+            is averaged (:func:`fuse_frames` only). Off by default: frames a second apart do not need it.
     """
 
     max_shift_px: float = 24.0
@@ -84,6 +92,7 @@ class FusionConfig:
     pixel_k: float = 4.0
     order: int = 3
     shift_only_px: float = 0.25
+    match_intensity: bool = False
 
     def __post_init__(self) -> None:
         checks = [("max_shift_px", self.max_shift_px > 0, "> 0"),
@@ -187,7 +196,7 @@ class FusionResult:
             intensity units.
         count: (H, W) uint16 number of frames used at each LR pixel (1 = the reference alone).
         n_frames: frames offered (reference included).
-        noise_sigma: σ of the reference frame (its units), from :func:`~.noise.estimate_noise_sigma`.
+        noise_sigma: σ of the reference frame (its units), from :func:`~.noise.estimate_noise_sigma_quantised`.
         rejected_fraction: share of (older frame, pixel) samples inside the frame that the test dropped.
     """
 
@@ -309,60 +318,153 @@ def _grid(shape: tuple[int, int], scale: int = 1) -> np.ndarray:
     return np.stack([gy, gx], axis=-1)
 
 
+def spline_coefficients(frame: np.ndarray, *, order: int = 3) -> np.ndarray:
+    """Spline coefficients of ``frame`` for :func:`warp_frame` (``coefficients=``), float32 (H, W).
+
+    Order 3: the cubic B-spline interpolation prefilter with mirror boundaries (Unser 1999), the same as
+    :func:`scipy.ndimage.spline_filter`; order 1: the frame itself (linear interpolation needs none). A frame of a
+    live window is warped at every later call, so its coefficients are worth computing once and keeping.
+    """
+    if order not in (1, 3):
+        raise ValueError(f"order must be 1 or 3, got {order!r}")
+    src = np.asarray(frame)
+    if src.ndim != 2:
+        raise ImageError(f"spline coefficients need one (H, W) frame, got shape {src.shape}")
+    if order == 1:
+        return src.astype(np.float32)
+    return ndimage.spline_filter(src.astype(np.float32), 3, output=np.float32, mode="mirror")
+
+
+def _bspline_weights(t: float, order: int) -> tuple[tuple[int, float], ...]:
+    """Taps ``(k, weight)`` interpolating at ``n + t`` (0 <= t < 1) from coefficients ``c[n + k]``."""
+    if order == 1:
+        return (0, 1.0 - t), (1, t)
+    s = 1.0 - t
+    return ((-1, s ** 3 / 6.0), (0, (4.0 - 6.0 * t * t + 3.0 * t ** 3) / 6.0),
+            (1, (4.0 - 6.0 * s * s + 3.0 * s ** 3) / 6.0), (2, t ** 3 / 6.0))
+
+
+def _shift_axis(coef: np.ndarray, offset: float, axis: int, order: int) -> np.ndarray:
+    """``out[i] = Σ_k w_k(t) c[i + n + k]`` along ``axis`` with ``n + t = offset`` (source index = i + offset);
+    zero where the source lies outside ``[0, L - 1]``."""
+    length = coef.shape[axis]
+    n = math.floor(offset)
+    t = offset - n
+    lo, hi = max(0, math.ceil(-offset)), min(length, math.floor(length - 1 - offset) + 1)
+    out = np.zeros_like(coef)
+    if hi <= lo:
+        return out
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (2, 2)
+    padded = np.pad(coef, pad, mode="reflect")  # scipy's "mirror": the taps one past the edge
+    dst = [slice(None), slice(None)]
+    dst[axis] = slice(lo, hi)
+    acc = out[tuple(dst)]
+    for k, weight in _bspline_weights(t, order):
+        if weight == 0.0:
+            continue
+        src = [slice(None), slice(None)]
+        src[axis] = slice(lo + n + k + 2, hi + n + k + 2)
+        acc += np.float32(weight) * padded[tuple(src)] if coef.dtype == np.float32 else weight * padded[tuple(src)]
+    return out
+
+
 def warp_frame(frame: np.ndarray, motion: FrameMotion, *, order: int = 1,
-               shift_only_px: float = _SHIFT_ONLY_PX) -> tuple[np.ndarray, np.ndarray]:
+               shift_only_px: float = _SHIFT_ONLY_PX, coefficients: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Resample ``frame`` onto the reference grid: ``out(u) = frame(A u + b)``; a rigid motion whose matrix moves
     no pixel by more than ``shift_only_px`` is applied as the pure shift of the frame's centre.
 
-    Returns ``(warped, valid)``: (H, W) float64 and a bool mask of the pixels whose source lies inside the frame
-    (the others are 0).
+    A shift is separable: two 1-D passes of ``order + 1`` taps on the spline coefficients (8 multiply-adds per
+    pixel at order 3, against 16 for a general 2-D resampling). ``coefficients``: the frame's
+    :func:`spline_coefficients` at ``order``, computed before (a live window keeps them); then ``frame`` is only
+    used for its shape, and the warp is computed in float32.
+
+    Returns ``(warped, valid)``: (H, W) float64 (float32 with ``coefficients``) and a bool mask of the pixels
+    whose source lies inside the frame (the others are 0).
     """
-    src = as_gray_float(frame, name="frame")
-    h, w = src.shape
+    if coefficients is None:
+        src = as_gray_float(frame, name="frame")
+        coef = src if order == 1 else ndimage.spline_filter(src, order, mode="mirror")
+    else:
+        coef = np.asarray(coefficients)
+        if coef.shape != np.shape(frame) or coef.ndim != 2:
+            raise ImageError(f"spline coefficients of shape {coef.shape} do not belong to a frame of shape "
+                             f"{np.shape(frame)}")
+    h, w = coef.shape
     centre = np.array([h / 2.0, w / 2.0])
     if motion.field is None and np.abs(motion.matrix - np.eye(2)).max() * math.hypot(h, w) / 2 <= shift_only_px:
         # a shift up to a rotation that moves no pixel by more than shift_only_px: separable, no coordinate arrays
         offset = motion.apply(centre) - centre
-        warped = ndimage.shift(src, -offset, order=order, mode="constant", cval=0.0, prefilter=order > 1)
+        warped = _shift_axis(_shift_axis(coef, float(offset[0]), 0, order), float(offset[1]), 1, order)
         ys = np.arange(h) + 0.5 + offset[0]
         xs = np.arange(w) + 0.5 + offset[1]
         valid = ((ys >= 0.5) & (ys <= h - 0.5))[:, None] & ((xs >= 0.5) & (xs <= w - 0.5))[None, :]
-    else:
-        pts = motion.apply(_grid((h, w)))
-        warped = ndimage.map_coordinates(src, np.moveaxis(pts, -1, 0) - 0.5, order=order, mode="constant", cval=0.0,
-                                         prefilter=order > 1)
-        valid = ((pts[..., 0] >= 0.5) & (pts[..., 0] <= h - 0.5) & (pts[..., 1] >= 0.5) & (pts[..., 1] <= w - 0.5))
-    return np.where(valid, warped, 0.0), valid
+        return warped, valid
+    pts = motion.apply(_grid((h, w)))
+    warped = ndimage.map_coordinates(coef, np.moveaxis(pts, -1, 0) - 0.5, order=order, mode="mirror",
+                                     prefilter=False, output=coef.dtype)
+    valid = ((pts[..., 0] >= 0.5) & (pts[..., 0] <= h - 0.5) & (pts[..., 1] >= 0.5) & (pts[..., 1] <= w - 0.5))
+    return np.where(valid, warped, 0.0).astype(coef.dtype, copy=False), valid
 
 
 def _tile_mean(values: np.ndarray, mask: np.ndarray, tile: int) -> np.ndarray:
     """Mean of ``values`` over the ``mask`` pixels of each tile (tiles of ``tile`` px, the last ones smaller);
     NaN for a tile without mask pixels. Shape ``(ceil(H/tile), ceil(W/tile))``."""
     h, w = values.shape
-    th, tw = -(-h // tile), -(-w // tile)
-    pad = ((0, th * tile - h), (0, tw * tile - w))
-    v = np.pad(np.where(mask, values, 0.0), pad).reshape(th, tile, tw, tile).sum(axis=(1, 3))
-    n = np.pad(mask.astype(np.float64), pad).reshape(th, tile, tw, tile).sum(axis=(1, 3))
+    rows, cols = np.arange(0, h, tile), np.arange(0, w, tile)
+
+    def tile_sums(a: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.add.reduceat(a, rows, axis=0), cols, axis=1)
+
+    v = tile_sums(np.where(mask, values, 0.0))
+    n = tile_sums(mask.astype(np.float64))
     return np.divide(v, n, out=np.full_like(v, np.nan), where=n > 0)
 
 
-def _agreement(warped: np.ndarray, valid: np.ndarray, ref: np.ndarray, sigma: float, config: FusionConfig
-               ) -> np.ndarray:
-    """Bool (H, W): where the warped older frame agrees with the reference (see the module docstring, step 3)."""
+def _agreement(warped: np.ndarray, valid: np.ndarray, ref: np.ndarray, var: float | np.ndarray,
+               config: FusionConfig) -> np.ndarray:
+    """Bool (H, W): where the warped older frame agrees with the reference (see the module docstring, step 3).
+    ``var``: one frame's noise variance, a number or one per tile (``ceil(H/tile), ceil(W/tile)``)."""
     d = warped - ref
-    var = max(sigma, 1e-12) ** 2
+    h, w = ref.shape
     tiles = _tile_mean(d * d, valid, config.tile)
+    var = np.maximum(np.broadcast_to(var, tiles.shape), 1e-24)
     bad = ~(tiles <= config.residual_ratio * 2.0 * var)  # NaN (no valid pixel) counts as bad
     bad = ndimage.binary_dilation(bad, structure=np.ones((3, 3), bool))
-    h, w = ref.shape
     bad_px = np.repeat(np.repeat(bad, config.tile, axis=0), config.tile, axis=1)[:h, :w]
-    return valid & ~bad_px & (np.abs(d) <= config.pixel_k * math.sqrt(2.0 * var))
+    limit = np.repeat(np.repeat(config.pixel_k ** 2 * 2.0 * var, config.tile, axis=0), config.tile, axis=1)[:h, :w]
+    return valid & ~bad_px & (d * d <= limit)
 
 
-def _check_stack(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion] | None) -> list[np.ndarray]:
+def _intensity_offset(d: np.ndarray, valid: np.ndarray, tile: int) -> np.ndarray:
+    """Slowly varying part of the difference ``d`` (H, W) over the ``valid`` pixels: the median of each tile of
+    ``tile`` px (tiles with fewer than half their pixels valid take the median of the others), median filtered over
+    5 x 5 tiles (a changed region smaller than that does not move it) and interpolated bilinearly between tile
+    centres. Same units as ``d``."""
+    h, w = d.shape
+    th, tw = -(-h // tile), -(-w // tile)
+    pad = ((0, th * tile - h), (0, tw * tile - w))
+    cells = np.pad(np.where(valid, d, np.nan), pad, constant_values=np.nan)
+    cells = cells.reshape(th, tile, tw, tile).transpose(0, 2, 1, 3).reshape(th, tw, tile * tile)
+    enough = np.isfinite(cells).sum(axis=2) >= tile * tile // 2
+    if not enough.any():
+        return np.zeros_like(d)
+    medians = np.full((th, tw), np.nan)
+    medians[enough] = np.nanmedian(cells[enough], axis=1)
+    medians[~enough] = np.median(medians[enough])
+    medians = ndimage.median_filter(medians, size=5, mode="nearest")
+    ys = np.clip((np.arange(h) + 0.5) / tile - 0.5, 0, th - 1)
+    xs = np.clip((np.arange(w) + 0.5) / tile - 0.5, 0, tw - 1)
+    return ndimage.map_coordinates(medians, np.meshgrid(ys, xs, indexing="ij"), order=1, mode="nearest")
+
+
+def _check_stack(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion] | None,
+                 cached: Sequence[bool] | None = None) -> list[np.ndarray]:
     if len(frames) == 0:
         raise ImageError("fusion needs at least one frame (the reference)")
-    arrays = [as_gray_float(f, name=f"frame {i}") for i, f in enumerate(frames)]
+    arrays = [np.asarray(f) if cached is not None and cached[i] else as_gray_float(f, name=f"frame {i}")
+              for i, f in enumerate(frames)]
     shape = arrays[0].shape
     for i, a in enumerate(arrays[1:], start=1):
         if a.shape != shape:
@@ -374,12 +476,22 @@ def _check_stack(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion] | 
 
 
 def _prepare(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion | None] | None, noise_sigma: float | None,
-             config: FusionConfig) -> tuple[list[np.ndarray], list[FrameMotion | None], float]:
-    arrays = _check_stack(frames, motions)
+             config: FusionConfig, cached: Sequence[bool] | None = None
+             ) -> tuple[list[np.ndarray], list[FrameMotion | None], float, float | np.ndarray]:
+    """Frames, motions, the reference's σ and the noise variance the residual test expects (a number when
+    ``noise_sigma`` is given, else one per tile from the reference's noise curve)."""
+    arrays = _check_stack(frames, motions, cached)
     ref = arrays[0]
-    sigma = float(noise_sigma) if noise_sigma is not None else estimate_noise_sigma(ref)
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+    if noise_sigma is not None:
+        sigma = float(noise_sigma)
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}")
+        var: float | np.ndarray = sigma * sigma
+    else:
+        sigma = estimate_noise_sigma_quantised(ref)
+        levels, sigmas = estimate_noise_curve(ref)
+        # σ² at each tile's mean intensity (the noise-level function varies slowly with intensity)
+        var = np.interp(_tile_mean(ref, np.ones(ref.shape, bool), config.tile), levels, sigmas) ** 2
     found: list[FrameMotion | None] = [FrameMotion.identity()]
     for i, a in enumerate(arrays[1:], start=1):
         given = motions[i] if motions is not None else None
@@ -389,11 +501,12 @@ def _prepare(frames: Sequence[np.ndarray], motions: Sequence[FrameMotion | None]
             except RegistrationError:
                 given = None  # the scene changed: this frame is not used
         found.append(given)
-    return arrays, found, sigma
+    return arrays, found, sigma, var
 
 
 def fuse_frames(frames: Sequence[np.ndarray], *, motions: Sequence[FrameMotion | None] | None = None,
-                noise_sigma: float | None = None, config: FusionConfig = FusionConfig()) -> FusionResult:
+                noise_sigma: float | None = None, config: FusionConfig = FusionConfig(),
+                coefficients: Sequence[np.ndarray | None] | None = None) -> FusionResult:
     """Fuse a window of frames of one field onto the grid of the reference ``frames[0]`` (the newest).
 
     ``F(u) = Σ_i w_i(u) f_i(A_i u + b_i) / Σ_i w_i(u)``, with ``w_0 = 1`` and ``w_i ∈ {0, 1}`` from the tile and
@@ -408,24 +521,37 @@ def fuse_frames(frames: Sequence[np.ndarray], *, motions: Sequence[FrameMotion |
         Not given: each frame is registered to the reference (:func:`register_frame`), and one that does not
         match is dropped.
     noise_sigma : float, optional
-        σ of a single frame, in its units (default: :func:`~.noise.estimate_noise_sigma` of the reference).
+        σ of a single frame, in its units, the same everywhere (default: the reference's noise-level function,
+        :func:`~.noise.estimate_noise_curve`, evaluated at each reference pixel).
+    coefficients : sequence of (H, W) arrays or None, optional
+        Each older frame's :func:`spline_coefficients` at ``config.order``, computed before (a live window keeps
+        them: every older frame was the newest once), or None to compute them here; ``coefficients[0]`` is
+        ignored. A frame with coefficients is taken as already validated (it is not converted again).
 
     Returns
     -------
     FusionResult
         ``image`` (H, W) float64 and ``count`` (H, W): the frames used per pixel.
     """
-    arrays, found, sigma = _prepare(frames, motions, noise_sigma, config)
+    if coefficients is not None and len(coefficients) != len(frames):
+        raise ValueError(f"{len(coefficients)} coefficient arrays for {len(frames)} frames (one per frame, the "
+                         "reference's first, None where not computed)")
+    cached = [False] + [c is not None for c in (coefficients or [None] * len(frames))[1:]]
+    arrays, found, sigma, var = _prepare(frames, motions, noise_sigma, config, cached=cached)
     ref = arrays[0]
     total = ref.copy()
     count = np.ones(ref.shape, dtype=np.uint16)
     offered = kept = 0
-    for a, motion in zip(arrays[1:], found[1:]):
+    for i, (a, motion) in enumerate(zip(arrays[1:], found[1:]), start=1):
         if motion is None:
             offered += ref.size
             continue
-        warped, valid = warp_frame(a, motion, order=config.order, shift_only_px=config.shift_only_px)
-        ok = _agreement(warped, valid, ref, sigma, config)
+        coef = coefficients[i] if coefficients is not None else None
+        warped, valid = warp_frame(a, motion, order=config.order, shift_only_px=config.shift_only_px,
+                                   coefficients=coef)
+        if config.match_intensity:
+            warped = warped - _intensity_offset(warped - ref, valid, config.tile)
+        ok = _agreement(warped, valid, ref, var, config)
         total += np.where(ok, warped, 0.0)
         count += ok
         offered += int(valid.sum())
@@ -473,7 +599,7 @@ def fuse_fine(frames: Sequence[np.ndarray], *, scale: int = 2, motions: Sequence
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
     if not kernel_sigma > 0 or not min_weight > 0:
         raise ValueError("kernel_sigma and min_weight must be > 0")
-    arrays, found, sigma = _prepare(frames, motions, noise_sigma, config)
+    arrays, found, sigma, var = _prepare(frames, motions, noise_sigma, config)
     ref = arrays[0]
     h, w = ref.shape
     fh, fw = h * scale, w * scale
@@ -489,7 +615,7 @@ def fuse_fine(frames: Sequence[np.ndarray], *, scale: int = 2, motions: Sequence
             pos = centres
         else:
             warped, valid = warp_frame(a, motion, order=config.order, shift_only_px=config.shift_only_px)
-            ok = _agreement(warped, valid, ref, sigma, config)
+            ok = _agreement(warped, valid, ref, var, config)
             total += np.where(ok, warped, 0.0)
             count += ok
             pos = motion.inverse_apply(centres)  # where each of this frame's samples lies in the reference

@@ -238,10 +238,12 @@ def _refine(lr: np.ndarray, hr_f: np.ndarray, geom: PairGeometry, *, d: int, ref
         return np.stack([fy * ry - 0.5, fx * rx - 0.5]), dy, dx, ry, rx, fy, fx, c, s
 
     def fit(val: np.ndarray) -> tuple[float, float, np.ndarray]:
+        # einsum, not `@`: a BLAS dot of more than 10k values wakes OpenBLAS's threads, which cost milliseconds per
+        # call on a busy 2-core machine (the live fusion window registers one frame per second with this)
         vm = val - val.mean()
-        a = float(vm @ target) / max(float(vm @ vm), 1e-300)
+        a = float(np.einsum("i,i->", vm, target)) / max(float(np.einsum("i,i->", vm, vm)), 1e-300)
         res = a * vm - target                               # target has zero mean, so b = -a * mean(val)
-        return a, float(res @ res), res
+        return a, float(np.einsum("i,i->", res, res)), res
 
     def sample(img: np.ndarray, cc: np.ndarray) -> np.ndarray:
         return ndimage.map_coordinates(img, cc, order=1, mode="nearest")

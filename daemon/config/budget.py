@@ -13,6 +13,10 @@ trainer (``TRAINER``)     the background training process (its own PyTorch, the 
 learner (``LEARNER``)     registration and library fitting of one reference (candidates are capped to fit),
                           then the short-lived process that exports the promoted model to ONNX (PyTorch
                           lives only there, :mod:`.export`), which starts after the learner's arrays are freed
+fusion (``fusion_mb``)    the fusion window's frames (pixels of the newest, spline coefficients of the older
+                          ones, :class:`~.fusion_window.FusionWindow`); ``fusion.max_memory_mb`` when fusion
+                          may run (``fusion.enabled`` or ``fusion.auto_static_stage``), else nothing; the
+                          window's capacity is derived from it (:meth:`MemoryBudget.fusion_frames`)
 serving                   the rest: :attr:`MemoryBudget.workspace_share` of it for the model's tiled inference
                           (the tile side is derived from it per model and scale), the remainder for the frame
                           in flight (its enhanced output, confidence map and stream copy) and the enhanced
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 
 from refscope.models.tiling import tile_for_budget
 
-__all__ = ["DEFAULT_MAX_MEMORY_MB", "MIN_SERVING_MB", "FramePlan", "MemoryBudget"]
+__all__ = ["DEFAULT_MAX_MEMORY_MB", "MIN_SERVING_MB", "FramePlan", "MemoryBudget", "fusion_capacity"]
 
 MB = 1 << 20
 
@@ -40,6 +44,23 @@ DEFAULT_MAX_MEMORY_MB = 1500
 
 MIN_SERVING_MB = 128
 """Smallest serving share (MB) a budget may leave; a smaller ``serve.max_memory_mb`` is a configuration error."""
+
+
+FUSION_BYTES_PER_PX = 4
+"""What one frame held by the fusion window costs per pixel: one float32 array (the newest frame's pixels, or an
+older frame's spline coefficients, which replace its pixels)."""
+
+
+def fusion_capacity(max_bytes: int, shape: tuple[int, int], window: int) -> int:
+    """Frames of ``shape`` (H, W) a fusion window of ``window`` frames holds within ``max_bytes``:
+    ``min(window, max_bytes // (4·H·W))``, or 0 when fewer than two fit (fusing needs two; each frame is then
+    served alone and nothing is held)."""
+    height, width = (int(v) for v in shape)
+    if height < 1 or width < 1 or int(window) < 1 or max_bytes < 0:
+        raise ValueError(f"fusion capacity needs a positive shape and window and max_bytes >= 0, got {shape!r}, "
+                         f"{window!r}, {max_bytes!r}")
+    fit = min(int(window), int(max_bytes) // (FUSION_BYTES_PER_PX * height * width))
+    return fit if fit >= 2 else 0
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,13 @@ class MemoryBudget:
         total_mb: the whole budget, MB (``serve.max_memory_mb``).
         trainer: a background trainer process shares the budget (its share is reserved).
         learner: references are learned in this process (its share is reserved).
+        fusion_mb: the fusion window's share, MB (>= 0; 0 when fusion is off).
     """
 
     total_mb: int = DEFAULT_MAX_MEMORY_MB
     trainer: bool = True
     learner: bool = True
+    fusion_mb: float = 0.0
 
     RUNTIME_MB = 320
     """Resident size of the process before any frame (Python, NumPy/SciPy, ONNX Runtime, ZMQ), MB; measured
@@ -96,11 +119,14 @@ class MemoryBudget:
     room for it."""
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.fusion_mb) and self.fusion_mb >= 0):
+            raise ValueError(f"the fusion share must be a number of MB >= 0, got {self.fusion_mb!r}")
         if int(self.total_mb) != self.total_mb or self.serving_bytes < MIN_SERVING_MB * MB:
-            need = self.reserved_bytes // MB + MIN_SERVING_MB
+            need = math.ceil(self.reserved_bytes / MB) + MIN_SERVING_MB
+            fusion = f" and fusion.max_memory_mb = {self.fusion_mb:g}" if self.fusion_mb else ""
             raise ValueError(f"serve.max_memory_mb = {self.total_mb!r} leaves less than {MIN_SERVING_MB} MB for "
                              f"serving; need an integer >= {need} with "
-                             f"{'the trainer' if self.trainer else 'no trainer'}")
+                             f"{'the trainer' if self.trainer else 'no trainer'}{fusion}")
 
     @classmethod
     def offline(cls, total_mb: int = DEFAULT_MAX_MEMORY_MB) -> MemoryBudget:
@@ -114,9 +140,14 @@ class MemoryBudget:
 
     @property
     def reserved_bytes(self) -> int:
-        """Runtime + trainer + learner shares, bytes."""
+        """Runtime + trainer + learner + fusion shares, bytes."""
         return (self.RUNTIME_MB + (self.TRAINER_MB if self.trainer else 0)
-                + (self.LEARNER_MB if self.learner else 0)) * MB
+                + (self.LEARNER_MB if self.learner else 0)) * MB + self.fusion_bytes
+
+    @property
+    def fusion_bytes(self) -> int:
+        """The fusion window's frames, bytes (``fusion_mb``)."""
+        return int(self.fusion_mb * MB)
 
     @property
     def serving_bytes(self) -> int:
@@ -145,6 +176,11 @@ class MemoryBudget:
         return self.RECENT_FRAMES_MB * MB
 
     # ------------------------------------------------------------------------------------------ derived sizes
+    def fusion_frames(self, shape: tuple[int, int], *, window: int) -> int:
+        """Frames of ``shape`` (H, W) the fusion window holds in its share (:func:`fusion_capacity` of
+        :attr:`fusion_bytes`); 0 when fusion is off or fewer than two frames fit."""
+        return fusion_capacity(self.fusion_bytes, shape, window)
+
     def tile(self, *, workspace_bytes_per_px: float, scale: int, halo: int, align: int = 1,
              max_tile: int = 4096) -> int:
         """Core size (input px) of the tiles a model of that workspace is run on at ``scale`` (see

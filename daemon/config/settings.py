@@ -194,8 +194,10 @@ class DaemonConfig:
     @property
     def memory_budget(self) -> MemoryBudget:
         """The daemon's :class:`~refscope.daemon.config.budget.MemoryBudget`: ``serve.max_memory_mb`` with the
-        trainer's share reserved when ``trainer.enabled`` and the learner's always."""
-        return MemoryBudget(self.serve.max_memory_mb, trainer=self.trainer.enabled, learner=True)
+        trainer's share reserved when ``trainer.enabled``, the learner's always, and the fusion window's
+        (``fusion.max_memory_mb``) when fusion may run."""
+        fusion_mb = self.fusion.max_memory_mb if (self.fusion.enabled or self.fusion.auto_static_stage) else 0.0
+        return MemoryBudget(self.serve.max_memory_mb, trainer=self.trainer.enabled, learner=True, fusion_mb=fusion_mb)
 
     def _check_exposure(self) -> None:
         """Refuse endpoints reachable from other hosts unless CURVE keys are configured (or insecure is allowed)."""

@@ -15,8 +15,16 @@ fuse_frames`). The window restarts with the new frame -- that frame is then serv
 
 Frames acquired more than ``max_age_s`` before the newest are dropped from the window.
 
-Memory: the window holds at most ``window`` float32 copies, and never more than ``max_bytes`` of them (a frame
-whose ``window`` copies would not fit is kept with fewer: ``min(window, max_bytes // (4·H·W))``, at least one).
+Per-frame work is done once and kept: the newest frame is held as its float32 pixels (the next frame is
+registered against them); when the next frame arrives those pixels are replaced by their cubic spline
+coefficients (:func:`refscope.models.fusion.spline_coefficients`, the same size), which every later warp of that
+frame reads directly, so each call computes one prefilter and one registration however long the window.
+
+Memory: every held frame is one float32 (H, W) array (pixels for the newest, spline coefficients for the
+others), ``4·H·W`` bytes; the window holds ``capacity = min(window, max_bytes // (4·H·W))`` of them, so
+:attr:`FusionWindow.nbytes` never exceeds ``max_bytes`` -- the fusion share of the daemon's memory budget
+(:attr:`refscope.daemon.config.budget.MemoryBudget.fusion_bytes`, ``fusion.max_memory_mb``). A frame size for
+which fewer than two frames fit is served alone and nothing is held.
 Thread: the serve loop's only; :meth:`status` may be called from any thread.
 """
 from __future__ import annotations
@@ -30,7 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from refscope.models.errors import RefscopeModelError
-from refscope.models.fusion import FrameMotion, FusionConfig as FusionModelConfig, fuse_frames, register_frame
+from refscope.models.fusion import (FrameMotion, FusionConfig as FusionModelConfig, fuse_frames, register_frame,
+                                    spline_coefficients)
+
+from ..config.budget import fusion_capacity
 
 __all__ = ["FusedFrame", "FusionWindow"]
 
@@ -59,9 +70,16 @@ class FusedFrame:
 
 @dataclass
 class _Entry:
-    data: np.ndarray  # float32 (H, W)
+    """One held frame: its float32 pixels while it is the newest, then its spline coefficients (never both)."""
+
+    data: np.ndarray | None  # float32 (H, W) pixels (the newest frame only)
+    coef: np.ndarray | None  # float32 (H, W) spline coefficients (every older frame)
     t: float
     motion: FrameMotion  # newest frame's coordinates -> this frame's
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.data, self.coef) if a is not None)
 
 
 class FusionWindow:
@@ -73,7 +91,8 @@ class FusionWindow:
         window: frames fused at most, the newest included (>= 1).
         max_age_s: frames older than this before the newest are dropped, seconds.
         stage_tolerance_px: stage moves larger than this (LR px) restart the window.
-        max_bytes: most bytes the window's float32 copies may hold.
+        max_bytes: most bytes the window's frames may hold (its share of the memory budget,
+            :attr:`~refscope.daemon.config.budget.MemoryBudget.fusion_bytes`).
         model_config: registration and test settings (:class:`refscope.models.fusion.FusionConfig`).
     """
 
@@ -82,8 +101,9 @@ class FusionWindow:
                  model_config: FusionModelConfig = FusionModelConfig()) -> None:
         if int(window) != window or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
-        if not (max_age_s > 0 and stage_tolerance_px >= 0 and max_bytes > 0):
-            raise ValueError("max_age_s and max_bytes must be > 0, stage_tolerance_px >= 0")
+        if not (max_age_s > 0 and stage_tolerance_px >= 0 and max_bytes >= 0):
+            raise ValueError(f"max_age_s must be > 0 (got {max_age_s!r}), stage_tolerance_px >= 0 (got "
+                             f"{stage_tolerance_px!r}) and max_bytes >= 0 (got {max_bytes!r})")
         self.enabled = bool(enabled)
         self.auto_static_stage = bool(auto_static_stage)
         self.window = int(window)
@@ -106,13 +126,20 @@ class FusionWindow:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the held frames take (pixels of the newest, spline coefficients of the others); <= ``max_bytes``."""
+        return sum(e.nbytes for e in self._entries)
+
     def clear(self) -> None:
         """Forget every frame (the next one starts a new window)."""
         self._entries.clear()
         self._key = None
 
-    def _capacity(self, shape: tuple[int, int]) -> int:
-        return max(1, min(self.window, self.max_bytes // (4 * shape[0] * shape[1])))
+    def capacity(self, shape: tuple[int, int]) -> int:
+        """Frames of ``shape`` (H, W) the window holds: ``min(window, max_bytes // (4·H·W))``; below 2, none (each
+        frame is served alone) -- :func:`refscope.daemon.config.budget.fusion_capacity`."""
+        return fusion_capacity(self.max_bytes, shape, self.window)
 
     def _stage_moved(self, stage: tuple[float, float] | None, pixel_size_nm: float | None) -> bool:
         if stage is None or self._stage is None:
@@ -156,16 +183,22 @@ class FusionWindow:
         if reset is not None:
             self._entries.clear()
         self._key = key
-        capacity = self._capacity(array.shape)
+        capacity = self.capacity(array.shape)
         while self._entries and (len(self._entries) >= capacity or t - self._entries[-1].t > self.max_age_s):
             self._entries.pop()  # the oldest
+        if self._entries and self._entries[0].coef is None:  # the previous newest is now an older frame
+            previous = self._entries[0]
+            previous.coef = spline_coefficients(previous.data, order=self.model_config.order)
+            previous.data = None
         older = list(self._entries)
-        self._entries.appendleft(_Entry(current, float(t), FrameMotion.identity()))
+        if capacity:
+            self._entries.appendleft(_Entry(current, None, float(t), FrameMotion.identity()))
         if not older:
             result = FusedFrame(array, None, 1, reset, shift, time.perf_counter() - start)
         else:
-            fused = fuse_frames([current] + [e.data for e in older],
-                                motions=[FrameMotion.identity()] + [e.motion for e in older], config=self.model_config)
+            fused = fuse_frames([current] + [e.coef for e in older],
+                                motions=[FrameMotion.identity()] + [e.motion for e in older],
+                                coefficients=[None] + [e.coef for e in older], config=self.model_config)
             result = FusedFrame(fused.image.astype(np.float32), fused.count, len(older) + 1, reset, shift,
                                 time.perf_counter() - start)
         self._record(result)

@@ -205,7 +205,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self.fusion = FusionWindow(enabled=fusion.enabled, auto_static_stage=fusion.auto_static_stage,
                                    window=fusion.window, max_age_s=fusion.max_age_s,
                                    stage_tolerance_px=fusion.stage_tolerance_px,
-                                   max_bytes=int(fusion.max_memory_mb * (1 << 20)))
+                                   max_bytes=config.memory_budget.fusion_bytes)
         self._role_lock = threading.Lock()
         self._last_role: dict[str, str] | None = None  # the latest frame's role and why (status "roles")
         self._context: zmq.Context | None = None

@@ -71,7 +71,7 @@ def _tables(text: str) -> dict[str | None, list[str]]:
 
 def test_example_config_is_the_codes_own_rendering():
     assert EXAMPLE.read_text(encoding="utf-8") == _example_module().render(), (
-        f"deploy/refscope.example.toml is out of date with daemon/config.py; regenerate it: {REGENERATE}")
+        f"deploy/refscope.example.toml is out of date with daemon/config/; regenerate it: {REGENERATE}")
 
 
 def test_example_config_names_and_documents_every_key():

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from refscope.models.errors import ImageError, RegistrationError
 from refscope.models.fusion import (FrameMotion, FusionConfig, count_confidence, fuse_fine, fuse_frames,
-                                    register_frame, subpixel_diversity, warp_frame)
+                                    register_frame, spline_coefficients, subpixel_diversity, warp_frame)
 from refscope.models.metrics import psnr
 from refscope.models.simulator import DriftSeries, Optics, drift_series, drift_truth, make_areas
 from refscope.models.synthetic import render_specimen
@@ -79,6 +79,49 @@ def test_a_rotation_below_shift_only_px_is_warped_as_the_centre_shift(specimen):
         FusionConfig(shift_only_px=-1.0)
 
 
+@pytest.mark.parametrize("order", [1, 3])
+def test_warp_from_kept_spline_coefficients_equals_scipy_resampling(specimen, order):
+    """Oracle: SciPy's own resampling of the frame (prefilter at every call). The separable shift and the general
+    warp read the frame's spline coefficients computed once (float32) and give the same pixels, also at the
+    borders, with the same valid mask."""
+    frame = _view(specimen, (0.0, 0.0)) * 1000.0 + 200.0
+    h, w = SHAPE
+    coef = spline_coefficients(frame, order=order)
+    assert coef.dtype == np.float32 and coef.shape == SHAPE
+    a = math.radians(0.7)
+    rotation = FrameMotion(np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]), np.array([1.3, -0.6]))
+    for motion in (FrameMotion.translation((0.37, -0.81)), FrameMotion.translation((-5.5, 3.0)), rotation):
+        pts = motion.apply(np.stack(np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij"), axis=-1))
+        oracle = ndimage.map_coordinates(frame, np.moveaxis(pts, -1, 0) - 0.5, order=order, mode="constant",
+                                         cval=0.0, prefilter=order > 1)
+        inside = (pts[..., 0] >= 0.5) & (pts[..., 0] <= h - 0.5) & (pts[..., 1] >= 0.5) & (pts[..., 1] <= w - 0.5)
+        for coefficients in (None, coef):
+            warped, valid = warp_frame(frame, motion, order=order, coefficients=coefficients)
+            np.testing.assert_array_equal(valid, inside)
+            tol = 1e-9 if coefficients is None else 2e-3  # float32 coefficients: 1e-6 of the 1200-level signal
+            np.testing.assert_allclose(warped[valid], oracle[valid], rtol=0, atol=tol)
+            assert not warped[~valid].any()
+    with pytest.raises(ImageError, match="coefficients"):
+        warp_frame(frame, rotation, order=order, coefficients=coef[:-1])
+
+
+def test_fusing_from_kept_coefficients_equals_fusing_the_frames(specimen):
+    """The live window passes older frames' coefficients instead of their pixels: same fused frame and counts."""
+    rng = np.random.default_rng(5)
+    shifts = [(0.0, 0.0), (0.3, -0.45), (-0.7, 0.2), (1.1, 0.6)]
+    frames = [(_view(specimen, s) + rng.normal(0, 0.03, SHAPE)).astype(np.float32) for s in shifts]
+    motions = [FrameMotion.translation(s) for s in shifts]
+    config = FusionConfig()
+    plain = fuse_frames(frames, motions=motions, config=config)
+    coefs = [None] + [spline_coefficients(f) for f in frames[1:]]
+    cached = fuse_frames([frames[0]] + coefs[1:], motions=motions, coefficients=coefs, config=config)
+    np.testing.assert_array_equal(cached.count, plain.count)
+    np.testing.assert_allclose(cached.image, plain.image, rtol=0, atol=1e-5)
+    assert cached.count.mean() > 3.5  # the shifted frames were fused, not rejected
+    with pytest.raises(ValueError, match="coefficient"):
+        fuse_frames(frames, motions=motions, coefficients=coefs[:2])
+
+
 def test_fused_noise_falls_as_one_over_sqrt_n(specimen):
     rng = np.random.default_rng(2)
     sigma = 0.05
@@ -122,6 +165,77 @@ def test_moving_object_falls_back_to_the_newest_frame():
     away = ~ndimage.binary_dilation(now | old, iterations=24)
     assert fused.count[away].mean() > 3.5  # elsewhere all four frames are used
     assert psnr(truth, fused.image, data_range=1.0) > psnr(truth, newest, data_range=1.0) + 3.0
+
+
+def test_a_slow_brightness_drift_is_matched_and_a_changed_region_still_falls_back(specimen):
+    """Two 8-bit scans minutes apart: the older one is brighter by a smooth ramp (charging: +6..+30 grey levels)
+    and a bright spot appeared in the newest. Without ``match_intensity`` the ramp fails the residual test almost
+    everywhere; with it, the older frame is fused wherever the specimen is the same, the fused frame keeps the
+    newest frame's brightness, and the spot is the newest frame's alone (no ghost, no halo of the ramp)."""
+    rng = np.random.default_rng(8)
+    clean = [np.clip(_view(specimen, s) * 120.0 + 60.0, 0, 255) for s in [(0.0, 0.0), (0.4, -0.3)]]
+    yy, xx = np.mgrid[0:SHAPE[0], 0:SHAPE[1]]
+    spot = np.hypot(yy - 64, xx - 80) < 7
+    newest_clean = np.where(spot, 230.0, clean[0])
+    ramp = 6.0 + 24.0 * xx / SHAPE[1]
+    newest = np.clip(np.round(newest_clean + rng.normal(0, 1.2, SHAPE)), 0, 255)
+    older = np.clip(np.round(clean[1] + ramp + rng.normal(0, 1.2, SHAPE)), 0, 255)
+    motions = [None, FrameMotion.translation((0.4, -0.3))]
+    plain = fuse_frames([newest, older], motions=motions, config=FusionConfig())
+    matched = fuse_frames([newest, older], motions=motions, config=FusionConfig(match_intensity=True))
+    inner = (slice(8, -8), slice(8, -8))
+    assert (plain.count[inner] == 2).mean() < 0.05
+    away = ~ndimage.binary_dilation(spot, iterations=40)
+    assert (matched.count[away] == 2).mean() > 0.9
+    assert matched.count[spot].max() == 1
+    region = np.zeros(SHAPE, bool)
+    region[inner] = True
+    keep = region & away
+    assert abs(float((matched.image - newest_clean)[keep].mean())) < 0.3  # the newest frame's brightness
+    assert np.std((matched.image - newest_clean)[keep]) < 0.8 * np.std((newest - newest_clean)[keep])
+    assert np.abs(matched.image - newest_clean)[spot].max() <= np.abs(newest - newest_clean)[spot].max()
+
+
+def test_shot_noise_bright_regions_are_fused_like_dark_ones(specimen):
+    """Oracle: two frames that differ by noise only (σ ∝ √signal, SEM shot noise; dark half σ ≈ 1, bright half
+    σ ≈ 4.5) must be fused everywhere. One σ for the whole frame (the median, dominated by the dark half) reads
+    the bright half's pure noise as changed content and rejects it; the reference's noise curve does not."""
+    from refscope.models.noise import estimate_noise_curve
+
+    rng = np.random.default_rng(10)
+    clean = _view(specimen, (0.0, 0.0)) * 10.0 + np.where(np.arange(SHAPE[1]) < SHAPE[1] // 2, 20.0, 400.0)
+    frames = [clean + rng.normal(0, 1, SHAPE) * np.sqrt(clean / 20.0) for _ in range(2)]
+    levels, sigmas = estimate_noise_curve(frames[0], bins=4, min_blocks=64)
+    expect = np.sqrt(levels / 20.0)
+    np.testing.assert_allclose(sigmas, expect, rtol=0.1)
+    motions = [None, FrameMotion.identity()]
+    curve = fuse_frames(frames, motions=motions)
+    inner = (slice(8, -8), slice(8, -8))
+    bright = np.zeros(SHAPE, bool)
+    bright[:, SHAPE[1] // 2 + 24:] = True
+    bright &= np.isin(np.arange(SHAPE[0]), np.arange(8, SHAPE[0] - 8))[:, None]
+    assert (curve.count[inner] == 2).mean() > 0.95
+    one_sigma = fuse_frames(frames, motions=motions, noise_sigma=curve.noise_sigma)
+    assert (one_sigma.count[bright] == 2).mean() < 0.2  # the old behaviour: the bright half's noise "changed"
+
+
+def test_noise_of_a_quiet_8_bit_scan_is_not_read_at_the_grey_level_floor():
+    """Oracle: the σ the frame was made with (plus the rounding's 1/12 grey level²). The plain Haar MAD reads 0.741
+    for every σ from 0.4 to 1 grey level on integer data with a clipped black region; the quantised estimate
+    follows σ."""
+    from refscope.models.noise import estimate_noise_sigma, estimate_noise_sigma_quantised
+
+    rng = np.random.default_rng(9)
+    base = np.add.outer(np.linspace(20, 200, 256), np.linspace(0, 30, 320))
+    for sigma in (0.5, 0.7, 1.0, 1.5, 3.0):
+        img = np.clip(np.round(base + rng.normal(0, sigma, base.shape)), 0, 255)
+        img[:60, :100] = 0  # clipped: no noise there
+        truth = math.sqrt(sigma * sigma + 1 / 12)
+        assert abs(estimate_noise_sigma_quantised(img) - truth) < 0.08 * truth, sigma
+        if sigma <= 1.0:
+            assert estimate_noise_sigma(img) == pytest.approx(0.5 / 0.6745)
+    smooth = base + rng.normal(0, 0.7, base.shape)  # not integer-valued: the plain estimate on unclipped blocks
+    assert estimate_noise_sigma_quantised(smooth) == pytest.approx(0.7, rel=0.08)
 
 
 def test_scene_change_is_not_fused(specimen):

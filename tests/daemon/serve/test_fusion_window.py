@@ -11,7 +11,7 @@ from refscope.daemon.config import load_config
 from refscope.daemon.frames import Frame
 from refscope.daemon.serve.fusion_window import FusionWindow
 from refscope.daemon.service.daemon import Daemon
-from refscope.models.fusion import FusionConfig
+from refscope.models.fusion import FrameMotion, FusionConfig, fuse_frames, register_frame
 from refscope.models.noise import estimate_noise_sigma
 from refscope.models.simulator import DriftSeries, Optics, drift_series, drift_truth, make_areas
 
@@ -113,6 +113,82 @@ def test_off_auto_static_stage_age_and_memory_bound(scene):
         FusionWindow(enabled=True, window=0)
 
 
+def test_the_window_fuses_what_the_pure_fusion_gives_from_kept_coefficients(scene):
+    """Oracle: :func:`fuse_frames` on the raw frames, with the motions the window composes (each frame registered
+    once to the one before it, ``FrameMotion.then``). The window warps the older frames from their kept float32
+    spline coefficients instead: the same fused frame and counts."""
+    frames, _, _ = scene
+    window = _window()
+    for i in range(6):
+        result = window.add(frames[i], t=float(i))
+    as32 = [f.astype(np.float32) for f in frames[:6]]
+    steps = {k: register_frame(as32[k + 1], as32[k], config=SMALL) for k in (2, 3, 4)}  # frame k+1 -> frame k
+    motions = [FrameMotion.identity(), steps[4], steps[4].then(steps[3]), steps[4].then(steps[3]).then(steps[2])]
+    oracle = fuse_frames([as32[5], as32[4], as32[3], as32[2]], motions=motions, config=SMALL)
+    assert result.frames == 4 and oracle.count.mean() > 3.5
+    np.testing.assert_array_equal(result.count, oracle.count)
+    np.testing.assert_allclose(result.image, oracle.image, rtol=0, atol=1e-6 * float(np.abs(oracle.image).max()))
+
+
+def test_each_frame_is_prefiltered_once_whatever_the_window(scene, monkeypatch):
+    """The cubic prefilter of a frame is computed when it stops being the newest and kept: one prefilter (two 1-D
+    passes) per new frame for a window of 4 or 8 -- not one per older frame and call."""
+    from scipy.ndimage import _interpolation
+
+    calls = []
+    original = _interpolation.spline_filter1d
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_interpolation, "spline_filter1d", counting)
+    frames, _, _ = scene
+    for length in (4, 8):
+        window = _window(window=length)
+        per_frame = []
+        for i, frame in enumerate(frames):
+            calls.clear()
+            result = window.add(frame, t=float(i))
+            per_frame.append(len(calls))
+        assert result.frames == min(length, len(frames))
+        assert per_frame[0] == 0 and set(per_frame[1:]) == {2}, per_frame
+    assert window.nbytes == len(window) * 4 * frames[0].size  # one float32 array per frame: coefficients or pixels
+
+
+def test_the_window_lives_inside_its_share_of_the_memory_budget(scene, tmp_path):
+    """The fusion window's frames are part of ``serve.max_memory_mb``: with fusion on, the budget reserves
+    ``fusion.max_memory_mb`` (the serving share shrinks by as much), the daemon's window gets exactly that share,
+    and the frames it holds never exceed it; with too small a share for two frames nothing is held."""
+    from refscope.daemon.config import DaemonConfig, FusionConfig as FusionSection, IngestConfig, TrainerConfig
+    from refscope.daemon.config.budget import MemoryBudget
+
+    frames, _, _ = scene
+    frame_bytes = 4 * frames[0].size
+    off = DaemonConfig(state_dir=tmp_path / "s", ingest=IngestConfig(watch=tmp_path / "in"),
+                       trainer=TrainerConfig(enabled=False))
+    on = DaemonConfig(state_dir=tmp_path / "s", ingest=IngestConfig(watch=tmp_path / "in"),
+                      trainer=TrainerConfig(enabled=False), fusion=FusionSection(enabled=True, max_memory_mb=100.0))
+    assert off.memory_budget.fusion_bytes == 0
+    assert on.memory_budget.fusion_bytes == 100 << 20
+    assert off.memory_budget.serving_bytes - on.memory_budget.serving_bytes == 100 << 20
+    with pytest.raises(ValueError, match="fusion.max_memory_mb"):
+        MemoryBudget(900, trainer=False, fusion_mb=500.0)  # the share must leave room for serving
+    budget = MemoryBudget(1500, trainer=False, fusion_mb=3.5 * frame_bytes / (1 << 20))
+    assert budget.fusion_frames(frames[0].shape, window=16) == 3
+    window = _window(window=16, max_bytes=budget.fusion_bytes)
+    for i, frame in enumerate(frames):
+        result = window.add(frame, t=float(i))
+        assert window.nbytes <= budget.fusion_bytes
+    assert len(window) == 3 and result.frames == 3
+    tiny = _window(max_bytes=frame_bytes + 1)  # one frame fits: no fusion is possible, nothing is held
+    assert MemoryBudget(1500, trainer=False, fusion_mb=(frame_bytes + 1) / (1 << 20)).fusion_frames(
+        frames[0].shape, window=4) == 0
+    for i in range(3):
+        assert tiny.add(frames[i], t=float(i)).frames == 1
+    assert tiny.nbytes == 0 and len(tiny) == 0
+
+
 # ---------------------------------------------------------------------------------------------------- daemon
 
 
@@ -125,6 +201,7 @@ def test_daemon_serves_fused_frames_and_a_stage_move_resets_within_one_frame(tmp
                                 "fusion.publish_single": "true"})
     with Daemon(config, sources=[source]) as daemon:
         daemon.fusion.model_config = SMALL
+        assert daemon.fusion.max_bytes == config.memory_budget.fusion_bytes == 64 << 20  # its share of the budget
 
         def put(i: int, stage_x: float) -> None:
             source.items.put(Frame(frames[i], PX_NM, "lr", f"mem:{i}", i, time.time(), stage_xy_m=(stage_x, 0.0)))
