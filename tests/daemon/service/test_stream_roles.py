@@ -20,6 +20,7 @@ from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
 
 from tests.daemon.queue_source import QueueSource
+from tests.daemon.waiting import stream_joined
 
 SHAPE = (96, 128)
 
@@ -77,7 +78,7 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            stream_joined(stream, daemon)
             frames = []
             for seq in range(3):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
@@ -131,7 +132,7 @@ def test_the_raw_frame_is_streamed_before_the_model_runs(tmp_path, monkeypatch):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            stream_joined(stream, daemon)
             sent = time.monotonic()
             source.items.put(Frame(np.ones(SHAPE, np.float32), 10.0, "lr", "mem:0", 0, time.time()))
             arrived: dict[str, float] = {}
@@ -166,7 +167,7 @@ def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            stream_joined(stream, daemon)
             for seq in range(2):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
                 source.items.put(Frame(noisy.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
