@@ -373,7 +373,7 @@ def test_unusable_pixels_are_rejected_by_reason(tmp_path, pair):
             assert [f.source_seq for f in frames] == [3, 4]
             assert np.allclose(frames[0].data, 7)  # a constant frame stays constant
             status = daemon.status()
-            assert status["errors_by_reason"] == {"bad_frame": 3}
+            assert status.errors_by_reason == {"bad_frame": 3}
             assert daemon.catalogue.frame("mem:nan").status == "rejected"
         finally:
             viewer.close()
@@ -390,7 +390,7 @@ def test_stream_only_daemon_marks_frames_enhanced_once_streamed(tmp_path, pair):
             viewer.wait(1, timeout=15)
             wait_for(lambda: daemon.catalogue.frame("mem:a").status == "enhanced", 5, "mem:a marked enhanced")
             assert daemon.catalogue.frame("mem:a").output_path is None
-            assert daemon.status()["publish"]["folder"] is None
+            assert daemon.status().publish.folder is None
         finally:
             viewer.close()
 
@@ -411,15 +411,15 @@ def test_a_frame_outside_the_serving_models_domain_is_logged_counted_and_served(
     config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state)})
     caplog.set_level(logging.WARNING, logger="refscope.daemon")
     with Daemon(config, sources=[source]) as daemon:
-        assert daemon.status()["domain"]["model"]["pixel_size_nm"] == pytest.approx(LR_NM)
+        assert daemon.status().domain.model["pixel_size_nm"] == pytest.approx(LR_NM)
         source.items.put(Frame(lr_frame(pair, 0), LR_NM, "lr", "mem:inside", 0, time.time()))
         foreign = np.clip(lr_frame(pair, 1) * 250, 0, 255).astype(np.uint8)
         for i in range(2):
             source.items.put(Frame(foreign, 4.0, "lr", f"mem:foreign{i}", 1 + i, time.time()))
-        wait_for(lambda: daemon.status()["frames"]["out"] == 3, 30, "3 frames served")
+        wait_for(lambda: daemon.status().frames.out == 3, 30, "3 frames served")
         status = daemon.status()
-        assert status["running"] and status["domain"]["frames_outside"] == 2
-        last = status["domain"]["last"]
+        assert status.running and status.domain.frames_outside == 2
+        last = status.domain.last
         assert last.startswith("mem:foreign1: outside the serving model's domain")
         assert "pixel size 4 nm, the model's 10 nm" in last and "pixel type uint8, the model's float32" in last
     warned = [r.getMessage() for r in caplog.records if "outside the serving model's domain" in r.getMessage()]

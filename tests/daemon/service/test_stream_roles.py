@@ -89,7 +89,7 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
             while len(got) < 9 and time.monotonic() < deadline:
                 if stream.poll(100):
                     got.append(decode_stream(stream.recv_multipart()))
-            quality = daemon.status()["quality"]
+            quality = daemon.status().quality
         written = sorted(p.name for p in (tmp_path / "out").glob("*_confidence.tif"))
     finally:
         context.destroy(linger=0)
@@ -104,11 +104,11 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
         expected = data_consistency(frames[i], enhanced.data, model.forward)
         assert enhanced.consistency == pytest.approx(expected, abs=1e-3) and 0.3 < enhanced.consistency < 2.0
         assert enhanced.confidence is None  # consistent and no drift: not flagged
-    assert quality["consistency_last"] == got[-2][1].consistency and quality["consistency_flagged"] == 0
-    assert quality["model_version"] == 1 and quality["baseline"] == "first frame" and quality["frames_measured"] == 3
-    assert quality["signals"]["coverage"]["value"] == pytest.approx(1.0, abs=0.3) and quality["drift"] is False
-    assert set(quality["signals"]) == {"coverage", "texture", "intensity", "focus", "consistency", "held_out"}
-    assert quality["signals"]["consistency"]["value"] == pytest.approx(
+    assert quality.consistency_last == got[-2][1].consistency and quality.consistency_flagged == 0
+    assert quality.model_version == 1 and quality.baseline == "first frame" and quality.frames_measured == 3
+    assert quality.signals["coverage"].value == pytest.approx(1.0, abs=0.3) and quality.drift is False
+    assert set(quality.signals) == {"coverage", "texture", "intensity", "focus", "consistency", "held_out"}
+    assert quality.signals["consistency"].value == pytest.approx(
         float(np.median([e.consistency for role, e in got if role == "enhanced"])), abs=1e-6)
     assert written == ["mem_0_x2_confidence.tif", "mem_1_x2_confidence.tif", "mem_2_x2_confidence.tif"]
 
@@ -176,13 +176,13 @@ def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
             while len(got) < 2 and time.monotonic() < deadline:
                 if stream.poll(100):
                     got.append(decode_stream(stream.recv_multipart())[1])
-            while daemon.status()["quality"]["frames_measured"] < 2 and time.monotonic() < deadline:
+            while daemon.status().quality.frames_measured < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)  # the monitor looks at a frame after it is streamed
-            quality = daemon.status()["quality"]
+            quality = daemon.status().quality
     finally:
         context.destroy(linger=0)
     assert len(got) == 2
     for enhanced in got:
         assert enhanced.consistency > config.monitor.consistency_on and enhanced.confidence == "low"
-    assert quality["consistency_flagged"] == 2 and quality["signals"]["consistency"]["raised"] is True
-    assert quality["drift"] is True
+    assert quality.consistency_flagged == 2 and quality.signals["consistency"].raised is True
+    assert quality.drift is True
