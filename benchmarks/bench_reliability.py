@@ -238,7 +238,7 @@ def fuzz(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     files = drop_mutated_files(work / "fuzz" / "files", bases, args.fuzz_files, seed=args.seed)
     print(f"  daemon folder: {args.fuzz_files} files, {dict(files)}", flush=True)
     return {"decoder": dict(decoded), "decoder_s": decoder_s, "reader": dict(read), "reader_s": reader_s,
-            "sent": len(sendable), "counted": dict(sent), "daemon_running": zmq_status["running"],
+            "sent": len(sendable), "counted": dict(sent), "daemon_running": zmq_status.running,
             "files": args.fuzz_files, "file_outcomes": dict(files)}
 
 

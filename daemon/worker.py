@@ -153,6 +153,7 @@ class Worker:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"worker {self.name}: already started")
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -161,15 +162,21 @@ class Worker:
         if self._error is not None:
             raise self._error
 
-    def stop(self, timeout: float | None = 10.0) -> None:
-        """Ask the loop to end, wait up to ``timeout`` seconds, then re-raise its failure (if any). Idempotent."""
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Ask the loop to end, wait up to ``timeout`` seconds, then re-raise its failure (if any). Idempotent.
+
+        Returns whether the thread has ended (False: a turn still runs after ``timeout``; what it holds, e.g. a
+        socket's context, must then be left alone)."""
         self._stop.set()
         thread, self._thread = self._thread, None
+        ended = True
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-            if thread.is_alive():
+            ended = not thread.is_alive()
+            if not ended:
                 _log.error("worker %s did not stop within %s s", self.name, timeout)
         self.check()
+        return ended
 
     # internals -------------------------------------------------------------------------------------------
 
@@ -181,8 +188,11 @@ class Worker:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                failed = self.failed_turns
                 supervised(lambda: self.poll_once(self.poll_interval_s), worker=self.name, item="one turn",
                            count=self._count)
+                if self.failed_turns != failed:  # a turn that keeps failing is not retried in a hot loop
+                    self._stop.wait(self.poll_interval_s)
         except BaseException as exc:  # a state failure: stored and re-raised on the owner's thread
             _log.critical("worker %s stopped: %s: %s", self.name, type(exc).__name__, exc)
             self._error = exc

@@ -30,6 +30,7 @@ from textual.widgets import Footer, Input
 
 from refscope.daemon.wire.control import COMMANDS
 from refscope.daemon.wire.curve import CurveClientKeys, client_context
+from refscope.daemon.wire.status import DaemonStatus
 
 from .drift_panel import DriftPanel
 from .event_log import EventLog
@@ -39,7 +40,7 @@ from .links import TUI_LOGGER, poll_status, send_command, subscribe
 from .live_view import ZOOM_STEP, LiveView
 from .messages import ActionDone, DaemonDown, EventsArrived, StatusUpdate, late_safe
 from .stats_panel import StatsPanel
-from .status import RateMeter, dig, drift_signals
+from .status import RateMeter, drift_signals
 from .status_bar import StatusBar
 from .stream import StreamFrame
 
@@ -143,7 +144,7 @@ class RefscopeApp(App[None]):
         self._rates = RateMeter()
         self._counts_lock = threading.Lock()
         self.stream_counts: dict[str, int] = {"bad": 0}  # stream messages received, by role
-        self.status: dict[str, Any] | None = None
+        self.status: DaemonStatus | None = None
         self.connected: bool | None = None
         self.actions_sent: list[tuple[str, dict[str, Any]]] = []
         self._sigma: float | None = None
@@ -213,23 +214,21 @@ class RefscopeApp(App[None]):
         status = message.status
         self.status = status
         self._set_connected(True, "")
-        endpoints = status.get("endpoints") if isinstance(status.get("endpoints"), Mapping) else {}
         for key in ("pub", "events"):
             if self._fixed[key] is None:
-                found = _reachable(endpoints.get(key), self.control_endpoint)
+                found = _reachable(status.endpoints.get(key), self.control_endpoint)
                 if found is not None:
                     self._endpoints[key] = found
-        frames = dig(status, "frames", default={})
-        self._rates.update("in", dig(frames, "in"))
-        self._rates.update("out", dig(frames, "out"))
+        self._rates.update("in", status.frames.in_)
+        self._rates.update("out", status.frames.out)
         with self._counts_lock:
             counts = dict(self.stream_counts)
         self.query_one(StatsPanel).show_status(status, self._rates.rates, counts)
         signals = drift_signals(status)
         self.query_one(DriftPanel).show_signals(signals)
-        self._paused = bool(status.get("paused")) if "paused" in status else None
-        self._method = dig(status, "model", "method") or status.get("method")
-        sigma = dig(status, "model", "sigma_n")
+        self._paused = status.paused
+        self._method = status.model.method or status.method
+        sigma = status.model.sigma_n
         self._sigma = float(sigma) if isinstance(sigma, (int, float)) else None
         bar = self.query_one(StatusBar)
         bar.paused, bar.method = self._paused, self._method or ""

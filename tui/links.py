@@ -24,6 +24,7 @@ import zmq
 from refscope.daemon.wire.control import ControlClient, ControlError, ControlTimeout
 from refscope.daemon.errors import RefscopeError
 from refscope.daemon.wire.protocol import ProtocolError
+from refscope.daemon.wire.status import DaemonStatus
 
 from .events import LogEntry, decode_event
 from .stream import StreamFrame, decode_stream_message
@@ -38,11 +39,12 @@ _MAX_DRAIN = 64  # messages read per wake-up before handing on
 
 
 def poll_status(context: zmq.Context, endpoint: str, *, stop: threading.Event,
-                on_status: Callable[[dict[str, Any]], None], on_down: Callable[[str], None],
+                on_status: Callable[[DaemonStatus], None], on_down: Callable[[str], None],
                 interval_s: float = 1.0, timeout_s: float = 1.0) -> None:
     """Ask ``status`` every ``interval_s`` seconds until ``stop`` is set.
 
-    ``on_status(status_dict)`` after every answer; ``on_down(reason)`` after every timeout or refusal.
+    ``on_status(status)`` after every answer (the reply read with :meth:`DaemonStatus.from_dict`, which
+    tolerates the keys an older daemon does not send); ``on_down(reason)`` after every timeout or refusal.
     """
     client = ControlClient(endpoint, timeout_s=timeout_s, context=context)
     try:
@@ -51,7 +53,7 @@ def poll_status(context: zmq.Context, endpoint: str, *, stop: threading.Event,
             try:
                 reply = client.request("status")
                 if reply.get("ok") and isinstance(reply.get("status"), dict):
-                    on_status(reply["status"])
+                    on_status(DaemonStatus.from_dict(reply["status"]))
                 else:
                     on_down(f"status refused: {reply.get('error', 'no status in the reply')}")
             except (ControlTimeout, ControlError) as exc:

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 from textual.css.query import NoMatches
 from textual.message import Message
 
+from refscope.daemon.wire.status import DaemonStatus
+
 from .events import LogEntry
 
 __all__ = ["StatusUpdate", "DaemonDown", "EventsArrived", "ActionDone", "late_safe"]
@@ -28,9 +30,9 @@ def late_safe(handler: F) -> F:
 
 
 class StatusUpdate(Message):
-    """A ``status`` reply arrived (``status``: the reply's status dict)."""
+    """A ``status`` reply arrived (``status``: the reply's status, typed)."""
 
-    def __init__(self, status: dict[str, Any]) -> None:
+    def __init__(self, status: DaemonStatus) -> None:
         super().__init__()
         self.status = status
 

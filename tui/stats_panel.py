@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from refscope.daemon.wire.status import DaemonStatus
+
 from .status import summary_lines
 
 __all__ = ["StatsPanel"]
@@ -27,7 +29,7 @@ class StatsPanel(Static):
     def on_mount(self) -> None:
         self.border_title = "numbers"
 
-    def show_status(self, status: Mapping[str, Any], rates: Mapping[str, float | None],
+    def show_status(self, status: DaemonStatus, rates: Mapping[str, float | None],
                     tui: Mapping[str, Any]) -> None:
         self.rows = summary_lines(status, rates, tui)
         self.stale = False

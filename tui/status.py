@@ -1,7 +1,8 @@
 """Reading the daemon's ``status`` reply for display: the numbers panel, rates, and drift signals.
 
-Pure functions of the reply dict (``Daemon.status`` in :mod:`refscope.daemon.service.daemon`); every key is optional
-so that an older or newer daemon still shows what it has (missing values read ``-``).
+Pure functions of the typed reply (:class:`~refscope.daemon.wire.status.DaemonStatus`, read from the wire with
+``DaemonStatus.from_dict``); a key an older daemon does not send takes its default, and values that are not
+known yet read ``-``.
 """
 from __future__ import annotations
 
@@ -12,16 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Signal", "drift_signals", "History", "RateMeter", "summary_lines", "fmt_ms", "fmt_db", "dig"]
+from refscope.daemon.wire.status import DaemonStatus, FusionStatus, TrainerStatus
 
-
-def dig(document: Any, *path: str, default: Any = None) -> Any:
-    """``document[path[0]][path[1]]...`` or ``default`` when any step is missing or not a mapping."""
-    for key in path:
-        if not isinstance(document, Mapping) or key not in document:
-            return default
-        document = document[key]
-    return default if document is None else document
+__all__ = ["Signal", "drift_signals", "History", "RateMeter", "summary_lines", "fmt_ms", "fmt_db"]
 
 
 def _num(value: Any) -> float | None:
@@ -74,63 +68,52 @@ class RateMeter:
         return self.rates[name]
 
 
-def summary_lines(status: Mapping[str, Any], rates: Mapping[str, float | None], tui: Mapping[str, Any]) -> list[
+def summary_lines(status: DaemonStatus, rates: Mapping[str, float | None], tui: Mapping[str, Any]) -> list[
         tuple[str, str]]:
     """(label, value) rows of the numbers panel; ``tui`` holds the TUI's own counters (stream
     messages received by role, ``bad``: undecodable)."""
-    frames = dig(status, "frames", default={})
-    latency = dig(status, "latency", default={})
-    queues = dig(status, "queues", default={})
-    model = dig(status, "model", default={})
+    frames, latency, queues, model = status.frames, status.latency, status.queues, status.model
 
     def rate(name: str) -> str:
         r = rates.get(name)
         return "-" if r is None else f"{r:.1f}"
 
-    dropped = dig(frames, "dropped", default=0)
-    errors = dig(frames, "errors", default=0)
-    method = dig(model, "served_by") or dig(status, "method") or "-"
-    version = dig(status, "model_version", default=dig(model, "version", default="-"))
-    backend = dig(model, "backend")
-    sigma = _num(dig(model, "sigma_n"))
+    method = model.served_by or status.method or "-"
+    backend = model.backend
+    sigma = _num(model.sigma_n)
     return [
-        ("frames", f"in {dig(frames, 'in', default='-')}  out {dig(frames, 'out', default='-')}  "
-                   f"written {dig(frames, 'written', default='-')}"),
+        ("frames", f"in {frames.in_}  out {frames.out}  written {frames.written}"),
         ("fps", f"in {rate('in')}  out {rate('out')}"),
-        ("latency", f"p50 {fmt_ms(dig(latency, 'p50_s'))}  p99 {fmt_ms(dig(latency, 'p99_s'))}"),
-        ("drops", f"{dropped}{_reasons(dig(frames, 'dropped_by_reason'))}"),
-        ("errors", f"{errors}{_reasons(dig(status, 'errors_by_reason') or dig(frames, 'errors_by_reason'))}"),
-        ("model", f"{method} v{version}" + (f" ({backend})" if backend else "")),
-        ("ΔPSNR", f"{fmt_db(dig(status, 'validation_delta_db', default=dig(model, 'validation_delta_db')))} "
-                  "validation"),
-        ("library", f"{dig(status, 'library_size', default=dig(model, 'library_size', default='-'))} pairs"),
-        ("network", _trainer_line(dig(status, "trainer", default={}))),
-        ("queues", f"serve {dig(queues, 'serve', default='-')}/{dig(queues, 'serve_limit', default='-')}  "
-                   f"out {dig(queues, 'output', default='-')}  learn {dig(queues, 'learner', default='-')}"),
+        ("latency", f"p50 {fmt_ms(latency.p50_s)}  p99 {fmt_ms(latency.p99_s)}"),
+        ("drops", f"{frames.dropped}{_reasons(frames.dropped_by_reason)}"),
+        ("errors", f"{frames.errors}{_reasons(status.errors_by_reason or frames.errors_by_reason)}"),
+        ("model", f"{method} v{status.model_version}" + (f" ({backend})" if backend else "")),
+        ("ΔPSNR", f"{fmt_db(status.validation_delta_db)} validation"),
+        ("library", f"{status.library_size} pairs"),
+        ("network", _trainer_line(status.trainer)),
+        ("queues", f"serve {queues.serve}/{queues.serve_limit}  out {queues.output}  learn {queues.learner}"),
         ("σ_n", "default" if sigma is None else f"{sigma:.3g}"),
         ("stream", f"{tui.get('enhanced', 0)} enhanced, {tui.get('bad', 0)} bad"),
-        ("fused", _fusion_line(dig(status, "fusion", default={}))),
+        ("fused", _fusion_line(status.fusion)),
     ]
 
 
-def _fusion_line(fusion: Mapping[str, Any]) -> str:
+def _fusion_line(fusion: FusionStatus) -> str:
     """Frames fused into the newest served frame (status ``fusion``), of the window, and the last restart."""
-    if not fusion or not (fusion.get("enabled") or fusion.get("auto_static_stage")):
+    if not (fusion.enabled or fusion.auto_static_stage):
         return "off"
-    line = f"{fusion.get('frames', 0)}/{fusion.get('window', '-')} frames"
-    reset = fusion.get("last_reset")
-    return line + (f"  reset: {reset}" if reset else "")
+    line = f"{fusion.frames}/{fusion.window} frames"
+    return line + (f"  reset: {fusion.last_reset}" if fusion.last_reset else "")
 
 
-def _trainer_line(trainer: Mapping[str, Any]) -> str:
+def _trainer_line(trainer: TrainerStatus) -> str:
     """One line about the background trainer: rounds, promotions, failures, and whether a round is running."""
-    if not trainer or not trainer.get("enabled", False):
+    if not trainer.enabled:
         return "off"
-    running = trainer.get("running_s")
+    running = trainer.running_s
     now = f"training {running:.0f} s" if isinstance(running, (int, float)) else "idle"
-    failures = trainer.get("failures") or 0
-    return (f"{now}  rounds {trainer.get('rounds', 0)}  promoted {trainer.get('promotions', 0)}"
-            + (f"  failed {failures}" if failures else ""))
+    return (f"{now}  rounds {trainer.rounds}  promoted {trainer.promotions}"
+            + (f"  failed {trainer.failures}" if trainer.failures else ""))
 
 
 @dataclass(frozen=True)
@@ -145,56 +128,19 @@ class Signal:
     history: tuple[float, ...] = ()
 
 
-_VALUE_KEYS = ("value", "current", "last", "latest")
-_OVER_KEYS = ("over", "exceeded", "breached", "alarm", "triggered", "drift")
-_SKIP = {"thresholds", "signals", "history", "t", "updated", "window"}
-
-
-def _signal(name: str, entry: Any, thresholds: Mapping[str, Any]) -> Signal | None:
-    history: tuple[float, ...] = ()
-    direction = "above"
-    over: bool | None = None
-    if isinstance(entry, Mapping):
-        value = next((_num(entry[k]) for k in _VALUE_KEYS if k in entry), None)
-        threshold = _num(entry.get("threshold", thresholds.get(name)))
-        if isinstance(entry.get("history"), list):
-            history = tuple(v for v in (_num(x) for x in entry["history"]) if v is not None)
-        if value is None and history:
-            value = history[-1]
-        raw_dir = str(entry.get("direction", entry.get("bad", "above"))).lower()
-        direction = "below" if raw_dir in ("below", "min", "low", "lower", "<") else "above"
-        over = next((bool(entry[k]) for k in _OVER_KEYS if isinstance(entry.get(k), bool)), None)
-    else:
-        value = _num(entry)
-        if value is None:
-            return None
-        threshold = _num(thresholds.get(name))
-    if over is None:
-        over = (value is not None and threshold is not None
-                and (value < threshold if direction == "below" else value > threshold))
-    return Signal(name, value, threshold, over, history)
-
-
-def drift_signals(status: Mapping[str, Any]) -> dict[str, Signal]:
-    """The drift signals of ``status["quality"]`` (empty when the daemon reports none).
-
-    Accepted shapes: ``{"signals": {name: {...}}}`` or ``{name: {...}}`` with per-signal ``value`` (or
-    ``current``/``last``), ``threshold``, optional ``direction`` (``"above"``/``"below"``: which side is bad),
-    ``history`` (list) and an explicit boolean ``over``/``exceeded``/``breached``/``alarm``; or
-    ``{name: number, "thresholds": {name: number}}``.
-    """
-    quality = status.get("quality") if isinstance(status, Mapping) else None
-    if not isinstance(quality, Mapping):
+def drift_signals(status: DaemonStatus) -> dict[str, Signal]:
+    """The drift signals of the status's ``quality`` (empty when the daemon reports none): each signal's latest
+    value (None while the monitor's window fills), its threshold, whether it is over it, and its recent values."""
+    if status.quality is None:
         return {}
-    thresholds = quality.get("thresholds") if isinstance(quality.get("thresholds"), Mapping) else {}
-    source = quality.get("signals") if isinstance(quality.get("signals"), Mapping) else quality
     out: dict[str, Signal] = {}
-    for name, entry in source.items():
-        if str(name) in _SKIP:
+    for name, entry in status.quality.signals.items():
+        history = tuple(v for v in (_num(x) for x in entry.history or ()) if v is not None)
+        value = _num(entry.value)
+        threshold = _num(entry.threshold if entry.threshold is not None else entry.on)
+        if value is None and threshold is None:
             continue
-        signal = _signal(str(name), entry, thresholds)
-        if signal is not None and (signal.value is not None or signal.threshold is not None):
-            out[str(name)] = signal
+        out[name] = Signal(name, value, threshold, bool(entry.over or entry.raised), history)
     return out
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from ..errors import RefscopeError
 from ..wire.sockets import open_socket
 from ..frames import INGEST_LOGGER, Frame, IngestCounters, IngestStats, get_until_stopped
 from ..wire.protocol import ProtocolError, ProtocolLimits, decode_frame
-from ..worker import supervised
+from ..worker import Worker, supervised
 
 __all__ = ["ZmqSourceConfig", "ZmqFrameSource"]
 
@@ -66,22 +65,22 @@ class ZmqSourceConfig:
             raise ValueError(f"ZMQ source {self.endpoint}: rcvhwm, max_message_bytes, queue_size, poll_interval_s must be positive")
 
 
-class ZmqFrameSource:
+class ZmqFrameSource(Worker):
     """A :class:`~refscope.daemon.frames.FrameSource` reading v1 frame messages from a PULL or SUB socket.
 
     Pass ``context`` to share a ``zmq.Context`` (it is then not terminated by :meth:`stop`); otherwise the
-    source creates and terminates its own. Sockets close with linger 0.
+    source creates and terminates its own. Sockets close with linger 0. The receiving thread is a
+    :class:`~refscope.daemon.worker.Worker` (one turn: wait for messages, take what has arrived); what stops it is
+    re-raised by :meth:`poll` and :meth:`stop`.
     """
 
     def __init__(self, config: ZmqSourceConfig, *, context: zmq.Context | None = None) -> None:
+        super().__init__(f"refscope-zmq-ingest {config.endpoint}", poll_interval_s=config.poll_interval_s)
         self.config = config
         self._own_context = context is None
         self._context = context
         self._socket: zmq.Socket | None = None
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=config.queue_size)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._counters = IngestCounters(_log)
         self._endpoint = config.endpoint
 
@@ -113,9 +112,8 @@ class ZmqFrameSource:
             self._release_context()
             raise
         self._socket = sock
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"refscope-zmq-ingest {self._endpoint}", daemon=True)
-        self._thread.start()
+        self.name = f"refscope-zmq-ingest {self._endpoint}"
+        super().start()
         _log.info("ZMQ source %s %s on %s", cfg.pattern.upper(), "bound" if cfg.bind else "connected", self._endpoint)
 
     def poll(self, timeout: float) -> Frame | None:
@@ -123,25 +121,24 @@ class ZmqFrameSource:
 
         Re-raises, on the caller's thread, any exception that stopped the receiving thread.
         """
-        self._raise_if_failed()
+        self.check()
         frame = get_until_stopped(self._queue, timeout, self._stop)
         if frame is None:
-            self._raise_if_failed()
+            self.check()
         return frame
 
     def stop(self) -> None:
-        """Stop the thread, close the socket (linger 0) and terminate the context if it is ours. Idempotent."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=max(5.0, 10 * self.config.poll_interval_s))
-            if thread.is_alive():  # pragma: no cover - the loop wakes every poll_interval_s
+        """Stop the thread, close the socket (linger 0) and terminate the context if it is ours; re-raise what
+        stopped the thread (if anything). Idempotent."""
+        ended = False
+        try:
+            ended = super().stop(timeout=max(5.0, 10 * self.config.poll_interval_s))
+        finally:
+            if not ended and self._error is None:  # pragma: no cover - the loop wakes every poll_interval_s
                 _log.error("ZMQ source %s: receiving thread did not stop", self._endpoint)
-                return
-        if self._socket is not None:  # the thread never ran (or failed before closing it)
-            self._socket.close(linger=0)
-            self._socket = None
-        self._release_context()
+            else:
+                self.on_stop()  # the thread never ran: its socket is still open
+                self._release_context()
 
     def stats(self) -> IngestStats:
         """Frames received and messages rejected (by reason code) so far."""
@@ -161,34 +158,25 @@ class ZmqFrameSource:
             self._context.term()
             self._context = None
 
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
+    def poll_once(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for messages and take every one that has arrived (worker thread)."""
         sock = self._socket
         assert sock is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        timeout_ms = max(1, int(self.config.poll_interval_s * 1000))
+        if not sock.poll(max(1, int(timeout * 1000)), zmq.POLLIN):
+            return
         label = f"zmq:{self._endpoint}"
-        try:
-            while not self._stop.is_set():
-                if not dict(poller.poll(timeout_ms)).get(sock):
-                    continue
-                while not self._stop.is_set():
-                    try:
-                        parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    received_at = time.time()
-                    supervised(lambda: self._take(parts, label, received_at), worker="zmq ingest",
-                               item=f"{label} message", count=self._counters.reject, reason="unexpected")
-        except BaseException as exc:  # stored and re-raised by poll() on the owner's thread
-            _log.exception("ZMQ source %s: receiving thread failed", self._endpoint)
-            self._error = exc
-        finally:
-            sock.close(linger=0)
+        while not self.stopping:
+            try:
+                parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            received_at = time.time()
+            supervised(lambda: self._take(parts, label, received_at), worker="zmq ingest",
+                       item=f"{label} message", count=self._counters.reject, reason="unexpected")
+
+    def on_stop(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
             self._socket = None
 
     def _take(self, parts: list[Any], label: str, received_at: float) -> None:

@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from ..state.model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_m
 from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
 from ..publish import EventPublisher
 from ..state.store import has_state, state_sha256
+from ..wire.status import LearnerStatus
 from ..worker import lower_priority, supervised
 
 __all__ = [
@@ -112,50 +113,6 @@ class ReferenceOutcome:
 
 
 OnScored = Callable[[ReferenceOutcome], None]
-
-
-@dataclass(frozen=True)
-class LearnerStatus:
-    """A snapshot of the learner (any thread may ask).
-
-    Attributes:
-        pairs_learned: references paired and fitted (whether or not the candidate was promoted).
-        references_rejected: references that could not be learned from.
-        rejected_by_reason: ``references_rejected`` by reason slug (:data:`~refscope.daemon.learn.pairing.PAIRING_REASONS`
-            or ``"fit_failed"``); a copy.
-        references_dropped: references dropped unprocessed because the queue was full.
-        queued: references waiting.
-        busy: a reference is being processed now.
-        library_size: pairs in the serving model's library (0: bicubic).
-        model_version: version of the serving model (0: bicubic, no learned model).
-        held_out_delta_db: the serving model's ΔPSNR over bicubic (dB) on the held-out area of the latest
-            reference it was judged on; 0.0 for bicubic; None when not measured yet.
-        last_decision_reason: why the latest candidate was (not) promoted, or None.
-        last_error: the latest rejection or failure message, or None.
-        models_promoted: candidates promoted so far.
-        models_rejected: candidates not promoted so far.
-        last_reference_delta_db: held-out ΔPSNR (dB) of the model that was serving when the newest reference
-            arrived, measured on that reference before learning from it (out-of-sample); None before any.
-        recent_frames: LR frames remembered for pairing now.
-        recent_mb: pixels those frames hold, MB (bounded by ``serve.max_memory_mb``'s share for them).
-    """
-
-    pairs_learned: int = 0
-    references_rejected: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    references_dropped: int = 0
-    queued: int = 0
-    busy: bool = False
-    library_size: int = 0
-    model_version: int = 0
-    held_out_delta_db: float | None = None
-    last_decision_reason: str | None = None
-    last_error: str | None = None
-    models_promoted: int = 0
-    models_rejected: int = 0
-    last_reference_delta_db: float | None = None
-    recent_frames: int = 0
-    recent_mb: float = 0.0
 
 
 YIELD_TO_SERVING_S = 5.0

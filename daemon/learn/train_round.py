@@ -21,7 +21,7 @@ learns each pair):
    ``margin_db``) and, on a win, save the network and its ONNX export as the session's network
    (:func:`~refscope.daemon.state.net_store.save_net`, atomic; ``best.json`` is left to the trainer, which serves it).
 
-The result is a JSON-able dict (see :func:`run_round`).
+The result is a :class:`~refscope.daemon.wire.status.TrainingRound` (see :func:`run_round`).
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ from ..state.net_store import NET_STATE_NAME, finite_json, has_net, load_net, lo
 from ..serve.child import die_with_parent
 from ..worker import lower_priority
 from ..state.store import has_state, state_paths
+from ..wire.status import TrainingRound
 
 __all__ = ["CHECKPOINT_DIR", "RoundSpec", "run_round", "round_process_main"]
 
@@ -127,28 +128,23 @@ def _champion_scores(spec: RoundSpec, held_out: list, scale: int) -> dict | None
     return None
 
 
-def run_round(spec: RoundSpec) -> dict[str, Any]:
-    """Run one round in this process; returns the result.
-
-    Result keys: ``round``, ``status`` (``"promoted"``, ``"kept"`` or ``"no_data"``), ``reason``, ``candidate``
-    and ``champion`` (held-out scores: mean ``d_psnr_db``/``d_ssim`` and per subimage; champion None for
-    bicubic), ``champion_kind``, ``warm_start`` (``"checkpoint"``, ``"network"`` or None), ``steps`` (per
-    phase), ``train_s``, ``round_s`` (seconds), ``pairs`` and ``held_out`` (counts), ``sources`` ([LR, HR] files of
-    each pair trained on), ``checkpointed``,
-    ``network``, ``strategy``, ``net_version``.
+def run_round(spec: RoundSpec) -> TrainingRound:
+    """Run one round in this process; returns the result: ``status`` ``"promoted"``, ``"kept"`` or ``"no_data"``
+    (nothing to train on: only ``round``, ``network``, ``strategy``, ``champion_kind``, ``net_version``,
+    ``reason`` and ``round_s``), the held-out scores of candidate and champion, the warm start, steps, times,
+    pairs and sources (see :class:`~refscope.daemon.wire.status.TrainingRound`); non-finite scores are None.
     """
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
     start = time.perf_counter()
-    result: dict[str, Any] = {"round": spec.round_index, "network": spec.network, "strategy": spec.strategy,
-                              "champion_kind": spec.champion, "net_version": spec.net_version}
     pairs = load_pairs(spec.state_dir)
     if pairs is None or not pairs.train or not pairs.held_out:
-        return {**result, "status": "no_data", "reason": "no learned reference pairs yet", "round_s": 0.0}
+        return TrainingRound(round=spec.round_index, network=spec.network, strategy=spec.strategy,
+                             champion_kind=spec.champion, net_version=spec.net_version, status="no_data",
+                             reason="no learned reference pairs yet", round_s=0.0)
     scale = pairs.scale
     spec = replace(spec, network=resolve_network(spec.network, scale))  # "auto": the network served at S
-    result["network"] = spec.network
     init, origin = _warm_start(spec, scale)
     prior = _prior(spec, scale) if init is None else None
     if prior is not None:
@@ -175,14 +171,13 @@ def run_round(spec: RoundSpec) -> dict[str, Any]:
     if decision.promote:
         sources = [s for pair in pairs.sources for s in pair]
         save_net(spec.state_dir, fit, sources=sources, validation=validation, version=str(spec.net_version))
-    result.update({
-        "status": "promoted" if decision.promote else "kept", "reason": decision.reason,
-        "candidate": candidate, "champion": champion, "warm_start": origin,
-        "steps": [h.get("steps") for h in fit.history], "train_s": train_s,
-        "round_s": time.perf_counter() - start, "pairs": len(pairs.train), "held_out": len(pairs.held_out),
-        "sources": pairs.sources, "checkpointed": finite,
-    })
-    return finite_json(result)
+    return TrainingRound(
+        round=spec.round_index, network=spec.network, strategy=spec.strategy, champion_kind=spec.champion,
+        net_version=spec.net_version, status="promoted" if decision.promote else "kept", reason=decision.reason,
+        candidate=finite_json(candidate), champion=finite_json(champion), warm_start=origin,
+        steps=tuple(finite_json([h.get("steps") for h in fit.history])), train_s=train_s,
+        round_s=time.perf_counter() - start, pairs=len(pairs.train), held_out=len(pairs.held_out),
+        sources=tuple(finite_json(pairs.sources)), checkpointed=finite)
 
 
 def _discard(folder: Path) -> None:
@@ -195,8 +190,8 @@ def _discard(folder: Path) -> None:
 def round_process_main(spec: RoundSpec, conn: Any, log_level: int = logging.INFO) -> None:
     """Entry point of the training process: lower priority, limit threads, run the round, send the result.
 
-    ``conn`` is the child end of a ``multiprocessing.Pipe``; the result dict (or ``{"status": "failed", ...}``
-    with the error) is sent once. A crash sends nothing; the trainer notices the exit code.
+    ``conn`` is the child end of a ``multiprocessing.Pipe``; the :class:`~refscope.daemon.wire.status.TrainingRound`
+    (status ``"failed"`` with the error and the spec when the round raised) is sent once. A crash sends nothing; the trainer notices the exit code.
     """
     die_with_parent()
     from ..serve.malloc import return_freed_memory
@@ -211,7 +206,7 @@ def round_process_main(spec: RoundSpec, conn: Any, log_level: int = logging.INFO
         result = run_round(spec)
     except Exception as exc:  # noqa: BLE001 - reported to the trainer, which logs and counts it
         _log.exception("round %d failed", spec.round_index)
-        result = {"round": spec.round_index, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                  "spec": asdict(spec)}
+        result = TrainingRound(round=spec.round_index, status="failed", reason=f"{type(exc).__name__}: {exc}",
+                               spec=asdict(spec))
     conn.send(result)
     conn.close()

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from ..config import TrainerConfig
 from ..errors import RefscopeError
 from ..state.net_store import SessionPairs, finite_json, load_pairs, load_served, save_pairs
 from .train_round import CHECKPOINT_DIR, RoundSpec, round_process_main
+from ..wire.status import TrainerStatus, TrainingRound
 from ..worker import supervised
 
 __all__ = ["BackgroundTrainer", "TRAINER_FILE"]
@@ -55,7 +56,7 @@ HOLD_WINDOW_S = 60.0
 MAX_HELD_SHARE = 0.75
 """Training is held at most this share of the time (serving still preempts it: ``trainer.idle_priority``)."""
 
-OnNetPromoted = Callable[[bytes, Any, int, Mapping[str, Any]], None]
+OnNetPromoted = Callable[[bytes, Any, int, TrainingRound], None]
 """``on_promoted(onnx_bytes, manifest, net_version, result)``: serve the network (trainer thread)."""
 
 
@@ -110,7 +111,8 @@ class BackgroundTrainer:
         self.net_version = int(saved.get("net_version", 0))
         self._failures = int(saved.get("failures", 0))
         self._promotions = int(saved.get("promotions", 0))
-        self._last: dict[str, Any] | None = saved.get("last")
+        last = saved.get("last")
+        self._last: TrainingRound | None = TrainingRound.from_dict(last) if isinstance(last, Mapping) else None
         self._rounds_left = self.config.rounds_per_pair if self._pairs.train else 0
         self._running_since: float | None = None
         self._retry_at = 0.0
@@ -199,19 +201,17 @@ class BackgroundTrainer:
         process = self._process
         return process.pid if process is not None and process.is_alive() else None
 
-    def status(self) -> dict[str, Any]:
-        """JSON-able status: ``enabled``, ``busy``, ``running_s``, ``rounds``, ``promotions``, ``failures``,
-        ``net_version``, ``pairs``, ``held_out``, ``rounds_left``, ``last`` (the latest round's result)."""
+    def status(self) -> TrainerStatus:
+        """The trainer's part of the daemon's status (any thread): rounds, promotions, failures, the stored pairs,
+        whether a round runs now and the latest round's result (see :class:`TrainerStatus`)."""
         with self._lock:
             running = None if self._running_since is None else time.monotonic() - self._running_since
-            return finite_json({
-                "enabled": True, "busy": running is not None, "running_s": running, "rounds": self._rounds,
-                "promotions": self._promotions, "failures": self._failures, "net_version": self.net_version,
-                "pairs": len(self._pairs.train), "held_out": len(self._pairs.held_out),
-                "rounds_left": self._rounds_left, "network": self.config.network, "strategy": self.config.strategy,
-                "round_s": self.config.round_s, "last": self._last, "held_s": round(self._held_s, 1),
-                "holds_skipped": self._skipped_holds,
-            })
+            return TrainerStatus(
+                enabled=True, busy=running is not None, running_s=running, rounds=self._rounds,
+                promotions=self._promotions, failures=self._failures, net_version=self.net_version,
+                pairs=len(self._pairs.train), held_out=len(self._pairs.held_out), rounds_left=self._rounds_left,
+                network=self.config.network, strategy=self.config.strategy, round_s=self.config.round_s,
+                last=self._last, held_s=round(self._held_s, 1), holds_skipped=self._skipped_holds)
 
     # ------------------------------------------------------------------------------------------ worker
 
@@ -260,7 +260,7 @@ class BackgroundTrainer:
         self._process = process
         _log.info("round %d: training %s for %.0f s (champion: %s)", spec.round_index, spec.network, spec.budget_s,
                   spec.champion)
-        result: dict[str, Any] | None = None
+        result: TrainingRound | None = None
         late = False
         try:
             with self._lock:  # started stopped while serving holds training
@@ -271,8 +271,8 @@ class BackgroundTrainer:
             parent_end.close()
             child_end.close()
             self._process = None
-            self._finish(spec, {"round": spec.round_index, "status": "failed",
-                                "reason": f"training process could not start ({exc})"}, token)
+            self._finish(spec, TrainingRound(round=spec.round_index, status="failed",
+                                             reason=f"training process could not start ({exc})"), token)
             return
         held_before = self._held_total()
         try:
@@ -280,7 +280,8 @@ class BackgroundTrainer:
             while result is None and not self._stop.is_set():
                 if parent_end.poll(self._poll_s):
                     try:
-                        result = parent_end.recv()
+                        received = parent_end.recv()
+                        result = received if isinstance(received, TrainingRound) else TrainingRound.from_dict(received)
                     except (EOFError, OSError):  # the child died before sending
                         break
                 elif not process.is_alive():
@@ -296,7 +297,7 @@ class BackgroundTrainer:
             return
         if result is None:
             why = "ran past its deadline" if late else f"exited with code {process.exitcode} without a result"
-            result = {"round": spec.round_index, "status": "failed", "reason": f"training process {why}"}
+            result = TrainingRound(round=spec.round_index, status="failed", reason=f"training process {why}")
         self._finish(spec, result, token)
 
     @staticmethod
@@ -316,22 +317,21 @@ class BackgroundTrainer:
             self._failures += 1
             self._failed_in_row += 1
             self._retry_at = time.monotonic() + self.config.retry_s * min(2 ** (self._failed_in_row - 1), 32)
-            self._last = {"status": "failed", "reason": f"{reason}: {message}"}
+            self._last = TrainingRound(status="failed", reason=f"{reason}: {message}")
 
-    def _finish(self, spec: RoundSpec, result: dict[str, Any], token: Any) -> None:
-        status = result.get("status")
-        if status == "promoted":
+    def _finish(self, spec: RoundSpec, result: TrainingRound, token: Any) -> None:
+        if result.status == "promoted":
             kind, now = self._champion()
             if now != token:
-                result = {**result, "status": "kept",
-                          "reason": f"{result.get('reason')}; but the serving model changed during the round "
-                                    f"(now {kind}), so it is validated again next round"}
+                result = replace(result, status="kept",
+                                 reason=f"{result.reason}; but the serving model changed during the round "
+                                        f"(now {kind}), so it is validated again next round")
                 with self._lock:
                     self._rounds_left = max(self._rounds_left, 1)
             else:
                 result = self._serve(spec, result)
         with self._lock:
-            if result.get("status") == "failed":
+            if result.status == "failed":
                 self._failures += 1
                 self._failed_in_row += 1
                 backoff = self.config.retry_s * min(2 ** (self._failed_in_row - 1), 32)
@@ -339,46 +339,46 @@ class BackgroundTrainer:
                 self._rounds_left = max(self._rounds_left, 1)
             else:
                 self._failed_in_row = 0
-            if result.get("status") == "promoted":
+            if result.status == "promoted":
                 self._promotions += 1
                 self.net_version = spec.net_version
-            self._last = finite_json(result)
+            self._last = result
         self._write_state()
         self._record(spec, result)
 
-    def _serve(self, spec: RoundSpec, result: dict[str, Any]) -> dict[str, Any]:
+    def _serve(self, spec: RoundSpec, result: TrainingRound) -> TrainingRound:
         try:
             model_bytes, manifest = load_served(self._state_dir)
             self._on_promoted(model_bytes, manifest, spec.net_version, result)
         except Exception as exc:  # noqa: BLE001 - the champion keeps serving; recorded below
             _log.error("round %d: network v%d won but could not be served (%s: %s)", spec.round_index,
                        spec.net_version, type(exc).__name__, exc)
-            return {**result, "status": "failed", "reason": f"won but could not be served: {exc}"}
+            return replace(result, status="failed", reason=f"won but could not be served: {exc}")
         return result
 
     # ------------------------------------------------------------------------------------------ records
 
-    def _record(self, spec: RoundSpec, result: Mapping[str, Any]) -> None:
-        status = result.get("status")
+    def _record(self, spec: RoundSpec, result: TrainingRound) -> None:
+        status = result.status
         level = logging.WARNING if status == "failed" else logging.INFO
-        cand = (result.get("candidate") or {}).get("d_psnr_db")
-        champ = (result.get("champion") or {}).get("d_psnr_db")
-        _log.log(level, "round %d %s: %s (candidate %s dB, %s %s dB)", spec.round_index, status, result.get("reason"),
+        cand = (result.candidate or {}).get("d_psnr_db")
+        champ = (result.champion or {}).get("d_psnr_db")
+        _log.log(level, "round %d %s: %s (candidate %s dB, %s %s dB)", spec.round_index, status, result.reason,
                  "n/a" if cand is None else f"{cand:+.3f}", spec.champion, "0" if champ is None else f"{champ:+.3f}")
-        payload = {"round": spec.round_index, "status": status, "reason": result.get("reason"),
+        payload = {"round": spec.round_index, "status": status, "reason": result.reason,
                    "candidate_delta_db": cand, "champion_delta_db": champ, "champion": spec.champion,
                    "net_version": spec.net_version if status == "promoted" else self.net_version,
-                   "round_s": result.get("round_s"), "pairs": result.get("pairs")}
+                   "round_s": result.round_s, "pairs": result.pairs}
         if self._catalogue is not None and status != "no_data":
-            scores = {"candidate": result.get("candidate"), "champion": result.get("champion"),
+            scores = {"candidate": result.candidate, "champion": result.champion,
                       "champion_kind": spec.champion, "strategy": spec.strategy, "network": spec.network,
-                      "budget_s": spec.budget_s, "steps": result.get("steps"), "warm_start": result.get("warm_start"),
-                      "pairs": result.get("pairs"), "held_out": result.get("held_out"), "round": spec.round_index,
-                      "sources": result.get("sources")}
+                      "budget_s": spec.budget_s, "steps": result.steps, "warm_start": result.warm_start,
+                      "pairs": result.pairs, "held_out": result.held_out, "round": spec.round_index,
+                      "sources": result.sources}
             try:
                 self._catalogue.record_model(f"net-{spec.net_version}", kind="net", method="net", library_size=None,
                                              scores=finite_json(scores), promoted=status == "promoted",
-                                             reason=str(result.get("reason")))
+                                             reason=str(result.reason))
                 self._catalogue.record_event("net_round", finite_json(payload))
             except Exception as exc:  # noqa: BLE001 - a catalogue hiccup must not stop training
                 _log.error("round %d not recorded in the catalogue: %s", spec.round_index, exc)
@@ -387,7 +387,7 @@ class BackgroundTrainer:
             if status == "promoted":
                 self._events.emit("model_promoted", finite_json({
                     "kind": "net", "version": spec.net_version, "held_out_delta_db": cand,
-                    "serving_delta_db": champ, "reason": result.get("reason")}))
+                    "serving_delta_db": champ, "reason": result.reason}))
 
     def _state_path(self) -> Path:
         return self._state_dir / CHECKPOINT_DIR / TRAINER_FILE
@@ -406,7 +406,8 @@ class BackgroundTrainer:
     def _write_state(self) -> None:
         with self._lock:
             document = {"rounds": self._rounds, "net_version": self.net_version, "failures": self._failures,
-                        "promotions": self._promotions, "last": self._last, "config": asdict(self.config)}
+                        "promotions": self._promotions, "last": None if self._last is None else self._last.to_dict(),
+                        "config": asdict(self.config)}
         path = self._state_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, finite_json(document))

@@ -40,6 +40,7 @@ from refscope.models.simulator import Optics, Session
 from ..atomic import atomic_write_json
 from ..config import load_config
 from ..wire.control import ControlClient, ControlTimeout
+from ..wire.status import DaemonStatus, LearnerStatus, QualityStatus
 from .simulate import HR_PATTERN, LR_PATTERN, SimulatedMicroscope, SimulatorConfig
 
 __all__ = ["LiveDemoSettings", "LiveDemo", "find_tui", "run_live_demo", "format_timeline"]
@@ -155,7 +156,7 @@ class LiveDemo:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._client: ControlClient | None = None
-        self._last_status: dict[str, Any] | None = None
+        self._last_status: DaemonStatus | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -245,24 +246,23 @@ class LiveDemo:
         with ControlClient(self.daemon.endpoints["control"], timeout_s=10.0) as client:
             while not self._stop.wait(self.settings.sample_s):
                 try:
-                    self._record(client.call("status")["status"])
+                    self._record(DaemonStatus.from_dict(client.call("status")["status"]))
                 except Exception as exc:  # noqa: BLE001 - keep sampling; the daemon reports its own problems
                     _log.warning("status not sampled: %s", exc)
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self) -> DaemonStatus:
         """Ask the daemon for its status now and record it; returns it."""
         assert self._client is not None
-        status = self._client.call("status")["status"]
+        status = DaemonStatus.from_dict(self._client.call("status")["status"])
         self._record(status)
         return status
 
-    def _record(self, status: dict[str, Any]) -> None:
-        quality = status.get("quality") or {}
-        signals = quality.get("signals") or {}
-        point = {"t": round(self.elapsed(), 2), "frames_in": status["frames"]["in"],
-                 "frames_out": status["frames"]["out"], "model_version": status["model_version"],
-                 "drift": bool(quality.get("drift")), "confidence_mean": quality.get("confidence_mean"),
-                 **{name: (info or {}).get("value") for name, info in signals.items()}}
+    def _record(self, status: DaemonStatus) -> None:
+        quality = status.quality or QualityStatus()
+        point = {"t": round(self.elapsed(), 2), "frames_in": status.frames.in_, "frames_out": status.frames.out,
+                 "model_version": status.model_version, "drift": quality.drift,
+                 "confidence_mean": quality.confidence_mean,
+                 **{name: signal.value for name, signal in quality.signals.items()}}
         with self._lock:
             self._series.append(point)
             self._last_status = status
@@ -274,15 +274,14 @@ class LiveDemo:
             point = self._series[-1] if self._series else None
         if status is None or point is None:
             return f"{self.elapsed():6.1f} s  starting..."
-        requests = (status.get("quality") or {}).get("requests") or {}
-        learner = status.get("learner") or {}
-        held = learner.get("held_out_delta_db")
+        requests = (status.quality or QualityStatus()).requests
+        held = (status.learner or LearnerStatus()).held_out_delta_db
         signals = ", ".join(f"{k} {point[k]:.2f}" for k in ("coverage", "texture", "intensity", "focus")
                             if point.get(k) is not None) or "signals n/a (no model yet)"
         return (f"{point['t']:6.1f} s  frames {point['frames_in']} in / {point['frames_out']} enhanced  model v"
                 f"{point['model_version']}{f' ({held:+.2f} dB held-out)' if held is not None and point['model_version'] else ''}"
-                f"  {signals}  drift {'YES' if point['drift'] else 'no'}  references {requests.get('received', 0)}/"
-                f"{requests.get('made', 0)} requested")
+                f"  {signals}  drift {'YES' if point['drift'] else 'no'}  references {requests.received}/"
+                f"{requests.made} requested")
 
     # ------------------------------------------------------------------------------------------ results
 
@@ -313,13 +312,12 @@ class LiveDemo:
     def summary(self) -> dict[str, Any]:
         """Figures of the run (JSON-able); see the module docstring."""
         with self._lock:
-            status = self._last_status or {}
+            status = self._last_status or DaemonStatus()
             series = list(self._series)
             events = list(self._events)
-        quality = status.get("quality") or {}
-        requests = quality.get("requests") or {}
-        learner = status.get("learner") or {}
-        frames = status.get("frames") or {}
+        quality = status.quality or QualityStatus()
+        requests, learner = quality.requests, status.learner or LearnerStatus()
+        frames, trainer = status.frames, status.trainer
         scene = self.settings.scene_change_at
         drift_t = [e["t"] for e in events if e["event"] == "quality_drift"]
         recovered_t = [e["t"] for e in events if e["event"] == "quality_recovered"]
@@ -334,37 +332,36 @@ class LiveDemo:
             "frame_shape": list(self.settings.lr_shape),
             "frame_interval_s": self.settings.frame_interval_s,
             "scene_change_s": scene,
-            "frames_in": frames.get("in", 0),
-            "frames_in_lr": frames.get("in_lr", 0),
-            "frames_out": frames.get("out", 0),
+            "frames_in": frames.in_,
+            "frames_in_lr": frames.in_lr,
+            "frames_out": frames.out,
             # from the catalogue once the daemon stopped (the last status polled can be a frame or two behind)
-            "frames_enhanced": counted.frames.get("enhanced") if counted is not None else frames.get("written", 0),
+            "frames_enhanced": counted.frames.get("enhanced") if counted is not None else frames.written,
             "frames_rejected": counted.frames.get("rejected") if counted is not None else None,
-            "frames_dropped": frames.get("dropped", 0),
-            "references_requested": requests.get("made", 0),
-            "requests_by_reason": requests.get("by_reason", {}),
-            "references_received": requests.get("received", 0),
-            "models_promoted": learner.get("models_promoted", 0),
-            "models_rejected": learner.get("models_rejected", 0),
-            "model_version": status.get("model_version", 0),
-            "served_by": (status.get("model") or {}).get("served_by"),
-            "net_rounds": (status.get("trainer") or {}).get("rounds", 0),
-            "net_promotions": (status.get("trainer") or {}).get("promotions", 0),
-            "net_failures": (status.get("trainer") or {}).get("failures", 0),
-            "held_out_delta_db": learner.get("held_out_delta_db"),
-            "last_reference_delta_db": learner.get("last_reference_delta_db"),
+            "frames_dropped": frames.dropped,
+            "references_requested": requests.made,
+            "requests_by_reason": dict(requests.by_reason),
+            "references_received": requests.received,
+            "models_promoted": learner.models_promoted,
+            "models_rejected": learner.models_rejected,
+            "model_version": status.model_version,
+            "served_by": status.model.served_by,
+            "net_rounds": trainer.rounds,
+            "net_promotions": trainer.promotions,
+            "net_failures": trainer.failures,
+            "held_out_delta_db": learner.held_out_delta_db,
+            "last_reference_delta_db": learner.last_reference_delta_db,
             "promotions": [{"t": e["t"], "version": e["payload"].get("version"),
                             "serving_t": serving.get((e["payload"].get("kind", "paired"), e["payload"].get("version"))),
                             "held_out_delta_db": e["payload"].get("held_out_delta_db")} for e in promoted],
             "drift_raised_s": drift_t,
             "drift_cleared_s": recovered_t,
             "drift_detected_after_scene_change_s": next((round(t - scene, 2) for t in drift_t if t >= scene), None),
-            "recovered": bool(after) and not quality.get("drift", False),
-            "final_signals": {k: v.get("value") for k, v in (quality.get("signals") or {}).items()},
-            "thresholds": {k: {"on": v.get("on"), "off": v.get("off")}
-                           for k, v in (quality.get("signals") or {}).items()},
-            "latency_p50_s": (status.get("latency") or {}).get("p50_s"),
-            "errors_by_reason": status.get("errors_by_reason", {}),
+            "recovered": bool(after) and not quality.drift,
+            "final_signals": {k: v.value for k, v in quality.signals.items()},
+            "thresholds": {k: {"on": v.on, "off": v.off} for k, v in quality.signals.items()},
+            "latency_p50_s": status.latency.p50_s,
+            "errors_by_reason": dict(status.errors_by_reason),
             "quality": series,
             "timeline": self.timeline(),
         }

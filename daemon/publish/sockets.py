@@ -11,7 +11,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ import zmq
 
 from ..atomic import to_jsonable
 from ..errors import RefscopeError
+from ..wire.status import StreamStats
 from ..wire.sockets import open_socket
 from ..wire.protocol import OutputFields, encode_enhanced
 from .names import PUBLISH_LOGGER
@@ -42,14 +42,6 @@ EVENT_TYPES: tuple[str, ...] = (
 """Event types the daemon emits. Other names matching ``[a-z][a-z0-9_]*`` are allowed too."""
 
 _EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-
-
-@dataclass(frozen=True)
-class StreamStats:
-    """Counters of a PUB publisher: messages ``sent``, ``dropped`` (a subscriber ``hwm`` messages behind)."""
-
-    sent: int
-    dropped: int
 
 
 class _PubSocket:

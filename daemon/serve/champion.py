@@ -20,6 +20,7 @@ from refscope.models.pipeline import FittedModel
 
 from ..errors import StateError
 from ..state.net_store import has_net, load_best, load_served, save_best
+from ..wire.status import TrainingRound
 from .engine import ServingEngine
 
 __all__ = ["Champion"]
@@ -76,14 +77,15 @@ class Champion:
             self._write("paired", {"reason": f"paired library v{version} promoted by the live learner",
                                    "version": int(version)})
 
-    def net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: Mapping[str, Any]) -> None:
-        """Serve network ``version`` (trainer thread); ValueError from the engine when it is refused."""
+    def net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: TrainingRound) -> None:
+        """Serve network ``version`` (trainer thread), promoted by the training round ``result``; ValueError from
+        the engine when it is refused."""
         with self._lock:
             self._engine.set_net(model_bytes, manifest, version)
-            scores = {"net": result.get("candidate"), result.get("champion_kind", "champion"): result.get("champion"),
-                      "bicubic": {"d_psnr_db": 0.0, "d_ssim": 0.0}}
-            self._write("net", {"reason": result.get("reason"), "version": int(version), "scores": scores,
-                                "held_out_subimages": result.get("held_out"), "round": result.get("round")})
+            champion = result.champion_kind if result.champion_kind is not None else "champion"
+            scores = {"net": result.candidate, champion: result.champion, "bicubic": {"d_psnr_db": 0.0, "d_ssim": 0.0}}
+            self._write("net", {"reason": result.reason, "version": int(version), "scores": scores,
+                                "held_out_subimages": result.held_out, "round": result.round})
 
     def _write(self, best: str, extra: Mapping[str, Any]) -> None:
         try:

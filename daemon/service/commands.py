@@ -33,7 +33,7 @@ class OperatorControls:
     def _handlers(self) -> dict[str, Any]:
         return {
             "ping": lambda: {"pong": True, "t": time.time()},
-            "status": lambda: {"status": self.status()},
+            "status": lambda: {"status": self.status().to_dict()},
             "pause": self.pause,
             "resume": self.resume,
             "request_reference": self.request_reference,

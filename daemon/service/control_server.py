@@ -10,7 +10,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -18,7 +17,8 @@ import zmq
 from ..errors import RefscopeError
 from ..wire.control import CONTROL_LOGGER, COMMANDS, ControlError, encode_reply, validate_request
 from ..wire.sockets import open_socket
-from ..worker import supervised
+from ..wire.status import ControlStats
+from ..worker import Worker, supervised
 
 __all__ = ["ControlStats", "ControlServer"]
 
@@ -26,19 +26,10 @@ _log = logging.getLogger(CONTROL_LOGGER)
 # ------------------------------------------------------------------------------------------------ server
 
 
-@dataclass(frozen=True)
-class ControlStats:
-    """Counters of a :class:`ControlServer`: requests answered, of those refused (``ok: false``) by reason."""
-
-    requests: int = 0
-    refused: int = 0
-    refused_by_reason: dict[str, int] = field(default_factory=dict)
-
-
 Handler = Callable[..., Mapping[str, Any] | None]
 
 
-class ControlServer:
+class ControlServer(Worker):
     """A REP endpoint answering :data:`COMMANDS` with ``handlers`` on its own thread.
 
     Args:
@@ -51,6 +42,9 @@ class ControlServer:
         context: shared ``zmq.Context`` (not terminated by :meth:`stop`); default: an own one.
         max_request_bytes: largest request answered, bytes.
         poll_interval_s: how often, at most, the thread checks for stop, seconds.
+
+    A :class:`~refscope.daemon.worker.Worker`: each turn answers at most one request; a failure of the thread
+    itself is handed back by :meth:`check` and :meth:`stop`.
     """
 
     def __init__(
@@ -67,17 +61,14 @@ class ControlServer:
             raise ValueError(f"control server: handlers for unknown commands {unknown}")
         if max_request_bytes < 64 or not poll_interval_s > 0:
             raise ValueError("control server: max_request_bytes must be >= 64 and poll_interval_s > 0")
+        super().__init__(f"refscope-control {endpoint}", poll_interval_s=poll_interval_s)
         self.endpoint = endpoint
         self._handlers = dict(handlers)
         self._own_context = context is None
         self._context = context
         self.max_request_bytes = int(max_request_bytes)
-        self._poll_ms = max(1, int(poll_interval_s * 1000))
         self._socket: zmq.Socket | None = None
         self._bound = endpoint
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._requests = 0
         self._refused: dict[str, int] = {}
@@ -100,29 +91,20 @@ class ControlServer:
             self._release_context()
             raise
         self._socket = sock
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"refscope-control {self._bound}", daemon=True)
-        self._thread.start()
+        self.name = f"refscope-control {self._bound}"
+        super().start()
         _log.info("control endpoint (REP) bound to %s", self._bound)
 
     def stop(self) -> None:
-        """Stop answering and close the socket. Idempotent."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5.0 + self._poll_ms / 1000)
-            if thread.is_alive():  # pragma: no cover - a handler hangs
+        """Stop answering and close the socket; re-raise what stopped the thread (if anything). Idempotent."""
+        ended = False
+        try:
+            ended = super().stop(timeout=5.0 + self.poll_interval_s)
+        finally:
+            if not ended and self._error is None:  # pragma: no cover - a handler hangs: leave its socket alone
                 _log.error("control endpoint %s: thread did not stop (a command handler hangs?)", self._bound)
-                return
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        self._release_context()
-
-    def check(self) -> None:
-        """Re-raise, on the caller's thread, the exception that stopped the server thread (if any)."""
-        if self._error is not None:
-            raise self._error
+            else:
+                self._release_context()
 
     def stats(self) -> ControlStats:
         """Requests answered and refused so far (any thread)."""
@@ -142,30 +124,27 @@ class ControlServer:
             if refused_reason is not None:
                 self._refused[refused_reason] = self._refused.get(refused_reason, 0) + 1
 
-    def _run(self) -> None:
+    def poll_once(self, timeout: float) -> None:
+        """Answer the next request, waiting at most ``timeout`` seconds for one (worker thread)."""
         sock = self._socket
         assert sock is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        if not sock.poll(max(1, int(timeout * 1000)), zmq.POLLIN):
+            return
         try:
-            while not self._stop.is_set():
-                if not dict(poller.poll(self._poll_ms)).get(sock):
-                    continue
-                try:
-                    parts = sock.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    continue
-                reply = supervised(lambda: self.handle(parts), worker="control endpoint", item="a control request",
-                                   count=lambda reason, _: self._count(reason), reason="control_failed") or encode_reply({"ok": False, "error": "internal error"})
-                try:
-                    sock.send(reply, flags=zmq.NOBLOCK)
-                except zmq.Again:  # the requester vanished; REP is ready for the next request anyway
-                    _log.debug("control endpoint: reply could not be sent (requester gone)")
-        except BaseException as exc:  # stored and re-raised by check() on the owner's thread
-            _log.exception("control endpoint %s: thread failed", self._bound)
-            self._error = exc
-        finally:
-            sock.close(linger=0)
+            parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        reply = supervised(lambda: self.handle(parts), worker="control endpoint", item="a control request",
+                           count=lambda reason, _: self._count(reason), reason="control_failed") or encode_reply(
+            {"ok": False, "error": "internal error"})
+        try:
+            sock.send(reply, flags=zmq.NOBLOCK)
+        except zmq.Again:  # the requester vanished; REP is ready for the next request anyway
+            _log.debug("control endpoint: reply could not be sent (requester gone)")
+
+    def on_stop(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
             self._socket = None
 
     def handle(self, parts: list[bytes]) -> bytes:

@@ -82,6 +82,7 @@ from ..serve.champion import Champion
 from ..config import DaemonConfig
 from .control_server import ControlServer
 from ..wire.curve import daemon_context
+from ..wire.status import TrainingRound
 from ..errors import RefscopeError
 from ..frames import Frame, FrameSource
 from ..learn.learner import Learner, ReferenceOutcome, load_initial
@@ -581,7 +582,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
         self._announce_serving("paired", version, time.monotonic() - start)
 
-    def _on_net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: Mapping[str, Any]) -> None:
+    def _on_net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: TrainingRound) -> None:
         """Trainer callback (trainer thread): serve the promoted network; ``model_serving`` once it serves."""
         start = time.monotonic()
         self.champion.net_promoted(model_bytes, manifest, version, result)  # ValueError: logged by the trainer

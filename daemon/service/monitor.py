@@ -50,6 +50,7 @@ from refscope.models.quality_monitor import (SIGNALS, FrameStats, Threshold, bad
 from ..config import MonitorConfig
 from ..frames import Frame
 from ..learn.learner import ReferenceOutcome
+from ..wire.status import DriftSignal, HookStatus, QualityStatus, ReferenceRequests
 from .reference_hooks import MONITOR_LOGGER, HookRunner
 
 __all__ = ["MAX_REGIONS", "HISTORY", "Observation", "QualityMonitor"]
@@ -421,31 +422,33 @@ class QualityMonitor:
         with self._lock:
             return [dict(h) for h in self._history]
 
-    def status(self) -> dict[str, Any]:
-        """The ``quality`` dict of the daemon's status (JSON-able)."""
+    def status(self) -> QualityStatus:
+        """The ``quality`` part of the daemon's status."""
+        hook = None
+        if self._hooks is not None:
+            hs = self._hooks.stats()
+            hook = HookStatus(name=self._hooks.hook.name, delivered=hs.delivered, failed=hs.failed,
+                              dropped=hs.dropped, last_error=hs.last_error)
         with self._lock:
             profile = self._profile
             outstanding = dict(self._outstanding) if self._outstanding is not None else None
             if outstanding is not None:
                 outstanding["age_s"] = self._clock() - outstanding["t"]
-            out = {
-                "enabled": self.config.enabled,
-                "model_version": profile.version if profile is not None else 0,
-                "baseline": None if profile is None else (f"{len(profile.stats)} training region(s)"
-                                                          if profile.source == "training regions" else "first frame"),
-                "signals": self._signal_payload(history=_STATUS_HISTORY),
-                "drift": self._drift,
-                "frames_measured": self._frames,
-                "confidence_mean": self._last_conf_mean,
-                "consistency_last": self._last_consistency,
-                "consistency_flagged": self._consistency_flagged,
-                "window": self.config.window,
-                "requests": {"made": self._requests, "by_reason": dict(self._by_reason), "received": self._received,
-                             "expired": self._timeouts, "outstanding": outstanding, "last": self._last_request},
-                "history": [dict(h) for h in list(self._history)[-_STATUS_HISTORY:]],
-            }
-        if self._hooks is not None:
-            hs = self._hooks.stats()
-            out["requests"]["hook"] = {"name": self._hooks.hook.name, "delivered": hs.delivered, "failed": hs.failed,
-                                       "dropped": hs.dropped, "last_error": hs.last_error}
-        return out
+            return QualityStatus(
+                enabled=self.config.enabled,
+                model_version=profile.version if profile is not None else 0,
+                baseline=None if profile is None else (f"{len(profile.stats)} training region(s)"
+                                                       if profile.source == "training regions" else "first frame"),
+                signals={name: DriftSignal.from_dict(signal)
+                         for name, signal in self._signal_payload(history=_STATUS_HISTORY).items()},
+                drift=self._drift,
+                frames_measured=self._frames,
+                confidence_mean=self._last_conf_mean,
+                consistency_last=self._last_consistency,
+                consistency_flagged=self._consistency_flagged,
+                window=self.config.window,
+                requests=ReferenceRequests(made=self._requests, by_reason=dict(self._by_reason),
+                                           received=self._received, expired=self._timeouts, outstanding=outstanding,
+                                           last=self._last_request, hook=hook),
+                history=tuple(dict(h) for h in list(self._history)[-_STATUS_HISTORY:]),
+            )

@@ -27,7 +27,8 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+
+from ..wire.status import DaemonStatus
 
 __all__ = ["Notifier", "Watchdog", "ServiceNotifications", "watchdog_interval_s", "daemon_status_line"]
 
@@ -256,15 +257,14 @@ class ServiceNotifications:
         self.notifier.close()
 
 
-def daemon_status_line(status: Mapping[str, Any]) -> str:
+def daemon_status_line(status: DaemonStatus) -> str:
     """One line summing up :meth:`Daemon.status() <refscope.daemon.service.daemon.Daemon.status>` for ``STATUS=``, e.g.
     ``"serving: 120 frames in, 118 out, 0 dropped, 2 errors; model v3 paired on CPUExecutionProvider"``."""
-    frames = status.get("frames") or {}
-    model = status.get("model") or {}
-    state = "paused" if status.get("paused") else "serving"
-    line = (f"{state}: {frames.get('in', 0)} frames in, {frames.get('out', 0)} out, {frames.get('dropped', 0)} "
-            f"dropped, {frames.get('errors', 0)} errors; model v{status.get('model_version', 0)}")
-    method, served_by = status.get("method"), model.get("served_by")
+    frames = status.frames
+    state = "paused" if status.paused else "serving"
+    line = (f"{state}: {frames.in_} frames in, {frames.out} out, {frames.dropped} dropped, {frames.errors} errors; "
+            f"model v{status.model_version}")
+    method, served_by = status.method, status.model.served_by
     if method:
         line += f" {method}"
     if served_by:

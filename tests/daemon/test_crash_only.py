@@ -79,6 +79,37 @@ def test_worker_base_goes_on_after_a_bad_turn_and_hands_a_state_failure_back() -
         worker.stop()
 
 
+def test_worker_base_stops_between_turns_releases_on_its_own_thread_and_starts_again() -> None:
+    class Waiting(Worker):
+        def __init__(self) -> None:
+            super().__init__("waiting", poll_interval_s=0.05)
+            self.turns = 0
+            self.released_on: list[str] = []
+
+        def poll_once(self, timeout: float) -> None:
+            self.turns += 1
+            time.sleep(timeout)  # a poll that found nothing
+
+        def on_stop(self) -> None:
+            self.released_on.append(threading.current_thread().name)
+
+    worker = Waiting()
+    worker.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        worker.start()
+    wait_for(lambda: worker.turns >= 2, 5, "two turns")
+    assert worker.stop(timeout=5) is True and worker.stopping
+    assert worker.released_on == ["waiting"] and worker.failed_turns == 0
+    turns = worker.turns
+    time.sleep(0.2)
+    assert worker.turns == turns  # no turn after stop
+    assert worker.stop() is True  # idempotent
+    worker.start()  # a stopped worker can run again
+    wait_for(lambda: worker.turns > turns, 5, "a turn after the restart")
+    worker.stop()
+    assert worker.released_on == ["waiting", "waiting"]
+
+
 # ------------------------------------------------------------------------------------------- ZMQ ingest
 
 
@@ -105,7 +136,7 @@ def test_no_zmq_message_stops_the_daemon(tmp_path: Path, monkeypatch: pytest.Mon
         push.send_multipart([json.dumps(huge).encode(), pixels])
         push.send_multipart(_valid(666))
         push.send_multipart(_valid(2))
-        wait_for(lambda: daemon.status()["frames"]["written"] == 1, 15, "the valid frame written")
+        wait_for(lambda: daemon.status().frames.written == 1, 15, "the valid frame written")
         daemon.check()  # no component failed
         status = control_status(daemon)
         ingest = status["ingest"]["zmq"]
@@ -167,10 +198,10 @@ def test_outputs_refused_by_the_output_folder_are_written_while_the_daemon_runs(
         refusing["on"] = True
         for i in range(1, 4):
             put_frame(watch, tmp_path, f"f{i}.tif", rng.random((32, 40)), LR_NM)
-        wait_for(lambda: daemon.status()["publish"]["folder"]["retry_waiting"] == 3, 20, "3 outputs waiting")
+        wait_for(lambda: daemon.status().publish.folder.retry_waiting == 3, 20, "3 outputs waiting")
         refusing["errno"] = errno.ENOSPC
         put_frame(watch, tmp_path, "f4.tif", rng.random((32, 40)), LR_NM)
-        wait_for(lambda: daemon.status()["publish"]["folder"]["retry_waiting"] == 4, 20, "4 outputs waiting")
+        wait_for(lambda: daemon.status().publish.folder.retry_waiting == 4, 20, "4 outputs waiting")
         status = control_status(daemon)
         assert status["errors_by_reason"] == {"write_permission": 3, "write_disk_full": 1}
         assert status["frames"]["errors"] == 4  # one figure for every failure (the TUI's "errors" row)
@@ -216,15 +247,15 @@ def test_a_reference_handed_over_but_not_learned_is_learned_after_a_restart(
         wait_for(lambda: handed, 20, "the reference handed to the learner")
     monkeypatch.setattr(Learner, "_process", real_process)
     with Daemon(config, folder_options=FAST_FOLDER) as daemon:
-        wait_for(lambda: daemon.status()["learner"]["pairs_learned"] == 1, 60, "the reference learned again")
-        assert "already_seen" not in daemon.status()["frames"]["skipped"]  # the reference was not skipped
+        wait_for(lambda: daemon.status().learner.pairs_learned == 1, 60, "the reference learned again")
+        assert "already_seen" not in daemon.status().frames.skipped  # the reference was not skipped
     with Catalogue.in_state_dir(config.state_dir) as catalogue:
         record = catalogue.frame(str(watch / "ref_001.tif"))
         assert catalogue.learned(record.source, record.size, record.mtime) == "learned"
     with Daemon(config, folder_options=FAST_FOLDER) as daemon:  # learned now: never again
-        wait_for(lambda: daemon.status()["frames"]["in"] == 2, 20, "the folder read again")
-        wait_for(lambda: daemon.status()["frames"]["skipped"].get("already_seen") == 1, 10, "the reference skipped")
-        assert daemon.status()["learner"]["pairs_learned"] == 0
+        wait_for(lambda: daemon.status().frames.in_ == 2, 20, "the folder read again")
+        wait_for(lambda: daemon.status().frames.skipped.get("already_seen") == 1, 10, "the reference skipped")
+        assert daemon.status().learner.pairs_learned == 0
 
 
 def test_a_reference_the_learner_fails_on_is_quarantined_not_retried_at_every_restart(
@@ -243,11 +274,11 @@ def test_a_reference_the_learner_fails_on_is_quarantined_not_retried_at_every_re
             if attempt == 0:
                 put_frame(watch, tmp_path, "scan_000.tif", specimen.lr, LR_NM)
                 put_frame(watch, tmp_path, "ref_001.tif", specimen.hr, HR_NM)
-                wait_for(lambda: daemon.status()["learner"]["rejected_by_reason"].get("learn_failed") == 1, 20,
+                wait_for(lambda: daemon.status().learner.rejected_by_reason.get("learn_failed") == 1, 20,
                          "the reference quarantined")
                 put_frame(watch, tmp_path, "scan_002.tif", specimen.lr, LR_NM)
                 wait_for(lambda: (out / "scan_002_x2.tif").exists(), 20, "serving goes on")
             else:
-                wait_for(lambda: daemon.status()["frames"]["skipped"].get("already_seen") == 1, 20, "skipped")
-                assert daemon.status()["learner"]["rejected_by_reason"] == {}
+                wait_for(lambda: daemon.status().frames.skipped.get("already_seen") == 1, 20, "skipped")
+                assert daemon.status().learner.rejected_by_reason == {}
             daemon.check()

@@ -321,18 +321,18 @@ def test_restart_keeps_the_roles_of_files_seen_before(tmp_path):
             put_frame(watch, staging, f"scan_{i:03d}.tif", specimen.lr, LR_NM)
         wait_for(lambda: len(list(out.glob("*.tif"))) == 2, 20, "2 outputs")
         put_frame(watch, staging, "a_reference.tif", specimen.hr, HR_NM)  # sorts first
-        wait_for(lambda: daemon.status()["frames"]["in_hr"] == 1, 20, "the reference taken as HR")
+        wait_for(lambda: daemon.status().frames.in_hr == 1, 20, "the reference taken as HR")
         learner = daemon.learner
         wait_for(lambda: (lambda s: s.pairs_learned + s.references_rejected == 1 and not s.busy)(learner.status()),
                  60, "the reference learned (a reference not learned yet is learned again after a restart)")
         wait_for(lambda: (out / "a_reference_x2.tif").exists(), 20, "the zoomed-in frame enhanced")
     with Daemon(config, folder_options=FAST_FOLDER) as daemon:
-        wait_for(lambda: daemon.status()["frames"]["in"] == 3, 20, "the folder read again")
+        wait_for(lambda: daemon.status().frames.in_ == 3, 20, "the folder read again")
         put_frame(watch, staging, "scan_002.tif", specimen.lr, LR_NM)
         wait_for(lambda: (out / "scan_002_x2.tif").exists(), 20, "the new frame enhanced")
         status = daemon.status()
-        assert status["frames"]["skipped"] == {"already_seen": 1, "already_enhanced": 3}
-        assert status["frames"]["in_hr"] == 1 and status["frames"]["in_both"] == 1
+        assert status.frames.skipped == {"already_seen": 1, "already_enhanced": 3}
+        assert status.frames.in_hr == 1 and status.frames.in_both == 1
     assert sorted(p.name for p in out.glob("*.tif")) == ["a_reference_x2.tif"] + [f"scan_{i:03d}_x2.tif" for i in range(3)]
 
 
@@ -417,7 +417,7 @@ def test_output_disk_filling_up(tmp_path, small_disk):
         wait_for(lambda: len(written()) == 2, 20, "2 outputs")
         small_disk["fill"]()
         names += [lr(2), lr(3), lr(4)]
-        wait_for(lambda: daemon.status()["errors_by_reason"].get("write_disk_full", 0) == 3, 20,
+        wait_for(lambda: daemon.status().errors_by_reason.get("write_disk_full", 0) == 3, 20,
                  "3 writes refused for want of space")
         status = control_status(daemon)  # the control endpoint answers; nothing else went wrong
         assert status["running"] and status["frames"]["out"] == 5 and len(written()) == 2
@@ -427,10 +427,10 @@ def test_output_disk_filling_up(tmp_path, small_disk):
         names += [lr(5), lr(6)]
         # the 3 refused outputs are retried while the daemon runs: written without a restart
         wait_for(lambda: len(written()) == 7, 30, "writing again once there is space, the refused ones included")
-        assert daemon.status()["errors_by_reason"]["write_disk_full"] == 3
+        assert daemon.status().errors_by_reason["write_disk_full"] == 3
     with Daemon(config, folder_options=FAST_FOLDER) as daemon:  # restarted: nothing left to back-fill
-        wait_for(lambda: daemon.status()["frames"]["in"] == 7, 20, "the folder read again")
-        assert len(written()) == 7 and daemon.status()["errors_by_reason"] == {}
+        wait_for(lambda: daemon.status().frames.in_ == 7, 20, "the folder read again")
+        assert len(written()) == 7 and daemon.status().errors_by_reason == {}
     assert written() == {n.replace(".tif", "_x2.tif") for n in names}
     assert check_restarted(watch, out, daemon.config.state_dir, names)[0] == 0
 
@@ -457,8 +457,8 @@ def test_acquisition_folder_vanishing_and_coming_back(tmp_path):
         wait_for(lambda: len(outputs()) == 2, 20, "2 outputs")
 
         shutil.rmtree(watch)  # deleted (e.g. the acquisition software clears its folder)
-        source = next(iter(daemon.status()["ingest"]))
-        wait_for(lambda: "missing" in (daemon.status()["ingest"][source]["last_error"] or ""), 10,
+        source = next(iter(daemon.status().ingest))
+        wait_for(lambda: "missing" in (daemon.status().ingest[source].last_error or ""), 10,
                  "the missing folder noticed")
         time.sleep(0.5)
         daemon.check()  # no component failed
@@ -491,12 +491,12 @@ def test_zmq_peer_killed_and_another_connecting(tmp_path):
                                  "--interval", "0.05", "--scene-change", "none", "--seed", "1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: daemon.status()["frames"]["in"] >= 5, 60, "frames from the first peer")
+            wait_for(lambda: daemon.status().frames.in_ >= 5, 60, "frames from the first peer")
         finally:
             peer.send_signal(signal.SIGKILL)  # gone without closing its socket
             peer.wait(timeout=10)
         time.sleep(0.5)
-        first = daemon.status()["frames"]["in"]
+        first = daemon.status().frames.in_
         daemon.check()
         assert control_status(daemon)["running"]
 
@@ -504,10 +504,10 @@ def test_zmq_peer_killed_and_another_connecting(tmp_path):
                                                   session=Session(scene_change_s=None), frame_interval_s=0.05,
                                                   seed=2, push_endpoint=endpoint))
         with sim:
-            wait_for(lambda: daemon.status()["frames"]["in"] >= first + 5, 30, "frames from the second peer")
+            wait_for(lambda: daemon.status().frames.in_ >= first + 5, 30, "frames from the second peer")
         sent = sim.stats().frames
-        wait_for(lambda: daemon.status()["frames"]["in"] == first + sent, 10, "every frame of the second peer")
-        wait_for(lambda: daemon.status()["frames"]["written"] == first + sent, 20, "every frame written")
+        wait_for(lambda: daemon.status().frames.in_ == first + sent, 10, "every frame of the second peer")
+        wait_for(lambda: daemon.status().frames.written == first + sent, 20, "every frame written")
         status = control_status(daemon)
         assert status["errors_by_reason"] == {} and sim.stats().errors == 0
     assert len(list(out.glob("*.tif"))) == first + sent

@@ -383,11 +383,11 @@ def expected_counts(batch: list[Message]) -> Counter[str]:
 def send_and_check(daemon: Daemon, push: zmq.Socket, batch: list[Message]) -> Counter[str]:
     """Send ``batch``; assert that the daemon counts exactly what :func:`expected_counts` says and that its
     control endpoint answers. Returns the counts added."""
-    before = Counter(daemon.status()["errors_by_reason"])
+    before = Counter(daemon.status().errors_by_reason)
     added = expected_counts(batch)
     for message in batch:
         push.send_multipart(list(message.parts))
-    wait_for(lambda: Counter(daemon.status()["errors_by_reason"]) == before + added, 30,
+    wait_for(lambda: Counter(daemon.status().errors_by_reason) == before + added, 30,
              f"errors_by_reason {dict(before + added)} after {[m.what for m in batch][:10]}")
     status = control_status(daemon)
     assert status["running"] and Counter(status["errors_by_reason"]) == before + added
@@ -396,11 +396,11 @@ def send_and_check(daemon: Daemon, push: zmq.Socket, batch: list[Message]) -> Co
 
 def check_still_enhances(daemon: Daemon, push: zmq.Socket) -> None:
     """A valid frame sent after the bad ones is enhanced and written; nothing new is refused."""
-    refused = sum(daemon.status()["errors_by_reason"].values())
-    written = daemon.status()["frames"]["written"]
+    refused = sum(daemon.status().errors_by_reason.values())
+    written = daemon.status().frames.written
     pixels = (np.arange(24 * 32).reshape(24, 32) % 200).astype(np.uint16)
     push.send_multipart(encode_frame(pixels, seq=10**6 + written, pixel_size_m=5e-9, role="lr", t=time.time()))
-    wait_for(lambda: daemon.status()["frames"]["written"] == written + 1, 15, "the valid frame written")
+    wait_for(lambda: daemon.status().frames.written == written + 1, 15, "the valid frame written")
     status = control_status(daemon)
     assert sum(status["errors_by_reason"].values()) == refused
     assert status["frames"]["errors"] == sum(status["errors_by_reason"].values())  # every failure, one figure
@@ -422,7 +422,7 @@ def test_daemon_counts_every_bad_message_and_keeps_serving(batch: list[Message],
 
 
 def test_daemon_still_enhances_after_the_fuzzing(zmq_daemon: tuple[Daemon, zmq.Socket]) -> None:
-    assert sum(zmq_daemon[0].status()["errors_by_reason"].values()) > 0  # the fuzzing above ran
+    assert sum(zmq_daemon[0].status().errors_by_reason.values()) > 0  # the fuzzing above ran
     check_still_enhances(*zmq_daemon)
 
 
@@ -449,9 +449,9 @@ def drop_mutated_files(work: Path, bases: list[bytes], n_files: int, seed: int) 
 
         def settled() -> bool:
             status = daemon.status()
-            ingest = next(iter(status["ingest"].values()))
-            done = status["frames"]["out"] + sum(status["frames"]["errors_by_reason"].values())
-            return ingest["received"] + ingest["rejected"] == len(files) and done == ingest["received"]
+            ingest = next(iter(status.ingest.values()))
+            done = status.frames.out + sum(status.frames.errors_by_reason.values())
+            return ingest.received + ingest.rejected == len(files) and done == ingest.received
 
         wait_for(settled, 30 + n_files, f"the {len(files)} mutated files handled", interval=0.2)
         status = control_status(daemon)
@@ -463,7 +463,7 @@ def drop_mutated_files(work: Path, bases: list[bytes], n_files: int, seed: int) 
         write_tiff(work / "valid.tif", (np.arange(32 * 40).reshape(32, 40) % 97).astype(np.uint16), pixel_size_nm=10.0)
         (watch / "valid.tif").write_bytes((work / "valid.tif").read_bytes())
         wait_for(lambda: (out / "valid_x2.tif").exists(), 15, "the valid file enhanced")
-        wait_for(lambda: daemon.status()["frames"]["written"] == status["frames"]["out"] + 1, 10, "all outputs written")
+        wait_for(lambda: daemon.status().frames.written == status["frames"]["out"] + 1, 10, "all outputs written")
         assert len(outputs(out)) == status["frames"]["out"] + 1
     for name, digest in digests.items():
         assert hashlib.sha256((watch / name).read_bytes()).hexdigest() == digest, f"{name} was modified"

@@ -141,6 +141,7 @@ def check_soak(result: SoakResult) -> None:
     assert second["p99"] <= limit, f"latency p99 rose from {first['p99']:.3f} s to {second['p99']:.3f} s"
 
 
+@pytest.mark.slow  # 16 s of feeding plus start-up and drain; `make test` runs "not slow"
 def test_soak_short(tmp_path: Path) -> None:
     result = run_soak(tmp_path, duration_s=16.0, interval_s=0.25)
     first, second = result.latency_halves()

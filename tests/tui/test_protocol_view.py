@@ -10,6 +10,7 @@ from refscope.daemon.wire.protocol import OutputFields, ProtocolError, encode_en
 from refscope.daemon.publish import EventPublisher
 from refscope.tui.app import _reachable
 from refscope.tui.events import decode_event
+from refscope.daemon.wire.status import DaemonStatus
 from refscope.tui.status import RateMeter, drift_signals, summary_lines
 from refscope.tui.stream import NewestSlot, decode_stream_message
 
@@ -57,37 +58,35 @@ STATUS = {  # the keys Daemon.status() returns (refscope.daemon.service.daemon),
 
 
 def test_status_rows_from_a_daemon_status_and_from_an_empty_one():
-    rows = dict(summary_lines(STATUS, {"in": 4.0, "out": None}, {"enhanced": 7, "lr": 7, "bad": 1}))
+    rows = dict(summary_lines(DaemonStatus.from_dict(STATUS), {"in": 4.0, "out": None},
+                              {"enhanced": 7, "lr": 7, "bad": 1}))
     assert rows["frames"] == "in 33  out 30  written 30" and rows["fps"] == "in 4.0  out -"
     assert rows["latency"] == "p50 116 ms  p99 310 ms" and rows["model"] == "paired v3 (onnx)"
     assert rows["ΔPSNR"].startswith("+0.84 dB") and rows["drops"] == "1 (serve_queue_full 1)"
     assert rows["errors"] == "2 (bad_frame 2)" and rows["σ_n"] == "1.25" and rows["library"] == "8000 pairs"
     assert rows["queues"] == "serve 2/8  out 0  learn 1" and rows["stream"] == "7 enhanced, 1 bad"
-    empty = dict(summary_lines({}, {}, {}))
-    assert empty["latency"] == "p50 -  p99 -" and empty["model"] == "- v-" and empty["σ_n"] == "default"
+    empty = dict(summary_lines(DaemonStatus.from_dict({}), {}, {}))  # a daemon that sent none of these keys
+    assert empty["latency"] == "p50 -  p99 -" and empty["model"] == "- v0" and empty["σ_n"] == "default"
+    assert empty["ΔPSNR"].startswith("- ") and empty["network"] == "off"
     assert rows["fused"] == "3/4 frames  reset: stage_moved" and empty["fused"] == "off"
 
 
-def test_drift_signals_in_each_accepted_shape():
-    nested = {"quality": {"signals": {"ncc": {"value": 0.5, "threshold": 0.6, "direction": "below"},
-                                      "noise": {"current": 1.0, "threshold": 1.2}}}}
-    signals = drift_signals(nested)
-    assert signals["ncc"].over and not signals["noise"].over
-    flat = drift_signals({"quality": {"noise": 1.5, "thresholds": {"noise": 1.2}}})
-    assert flat["noise"].over and flat["noise"].threshold == 1.2
-    explicit = drift_signals({"quality": {"ssim": {"value": 0.9, "threshold": 0.8, "exceeded": True,
-                                                   "history": [1, 2]}}})
-    assert explicit["ssim"].over and explicit["ssim"].history == (1.0, 2.0)
-    assert drift_signals({}) == {} and drift_signals({"quality": None}) == {}
+def test_drift_signals_from_the_quality_monitor():
+    assert drift_signals(DaemonStatus.from_dict({})) == {}
+    assert drift_signals(DaemonStatus.from_dict({"quality": None})) == {}
     monitor = {"quality": {"enabled": True, "drift": True, "frames_measured": 9, "window": 5, "signals": {
         # QualityMonitor.status() (refscope.daemon.service.monitor): value None while the window fills
         "coverage": {"value": 0.41, "on": 0.5, "off": 0.6, "higher_is_worse": False, "raised": True,
                      "threshold": 0.5, "direction": "below", "over": True, "history": [0.6, 0.45, 0.41]},
         "focus": {"value": None, "on": 0.5, "off": 0.6, "higher_is_worse": False, "raised": False,
-                  "threshold": 0.5, "direction": "below", "over": False, "history": []}}}}
-    signals = drift_signals(monitor)
-    assert set(signals) == {"coverage", "focus"} and signals["coverage"].over and not signals["focus"].over
+                  "threshold": 0.5, "direction": "below", "over": False, "history": []},
+        # an older daemon: no generic keys, no history
+        "intensity": {"value": 1.4, "on": 1.2, "off": 1.1, "higher_is_worse": True, "raised": True}}}}
+    signals = drift_signals(DaemonStatus.from_dict(monitor))
+    assert set(signals) == {"coverage", "focus", "intensity"}
+    assert signals["coverage"].over and not signals["focus"].over and signals["coverage"].threshold == 0.5
     assert signals["coverage"].history == (0.6, 0.45, 0.41) and signals["focus"].value is None
+    assert signals["intensity"].over and signals["intensity"].threshold == 1.2 and signals["intensity"].history == ()
 
 
 def test_rate_meter_over_a_window_and_after_a_restart():

@@ -79,17 +79,17 @@ def test_trainer_round_starts_from_the_prior(priors: Path, monkeypatch, tmp_path
     spec = dict(state_dir=str(tmp_path), network="auto", strategy="real-pairs", budget_s=1.5,
                 bootstrap_fraction=0.3, champion="bicubic")
     result = run_round(RoundSpec(round_index=1, prior=True, **spec))
-    assert result["warm_start"] == "prior" and result["status"] in ("promoted", "kept")
-    assert result["network"] == "fullres"  # "auto" resolved at the session's scale
+    assert result.warm_start == "prior" and result.status in ("promoted", "kept")
+    assert result.network == "fullres"  # "auto" resolved at the session's scale
     # the best checkpoint includes the prior itself: the round never scores below it on the held-out subimages
     prior = load_prior("auto", 2)
     prior.normalisation = Normalisation.from_images([split.train[0]])
     floor = held_out_delta_psnr(net_predictor(prior), split.held_out, scale=2)
-    assert result["candidate"]["d_psnr_db"] >= floor - 1e-6
+    assert result.candidate["d_psnr_db"] >= floor - 1e-6
     scratch = tmp_path / "scratch"
     save_pairs(scratch, pairs)
     spec["state_dir"] = str(scratch)
-    assert run_round(RoundSpec(round_index=1, prior=False, **spec))["warm_start"] is None
+    assert run_round(RoundSpec(round_index=1, prior=False, **spec)).warm_start is None
 
 
 def test_fit_and_train_use_the_prior_unless_told_not_to(priors: Path, monkeypatch, tmp_path: Path, capsys) -> None:

@@ -67,19 +67,19 @@ def test_round_warm_starts_checkpoints_and_promotes_only_by_the_gate(tmp_path: P
     _store(tmp_path, split)
     first = run_round(_spec(tmp_path, 1))
     second = run_round(_spec(tmp_path, 2, net_version=2))
-    assert first["warm_start"] is None and second["warm_start"] == "checkpoint"
+    assert first.warm_start is None and second.warm_start == "checkpoint"
     for result in (first, second):
-        cand = result["candidate"]["d_psnr_db"]
-        assert len(result["candidate"]["per_subimage_d_psnr_db"]) == 3 and result["held_out"] == 3
-        assert result["status"] == ("promoted" if decide_promotion(cand, 0.0).promote else "kept")
-        assert result["checkpointed"] is True
+        cand = result.candidate["d_psnr_db"]
+        assert len(result.candidate["per_subimage_d_psnr_db"]) == 3 and result.held_out == 3
+        assert result.status == ("promoted" if decide_promotion(cand, 0.0).promote else "kept")
+        assert result.checkpointed is True
     assert has_net(tmp_path / CHECKPOINT_DIR)
-    assert has_net(tmp_path) == ("promoted" in (first["status"], second["status"]))
+    assert has_net(tmp_path) == ("promoted" in (first.status, second.status))
 
 
 def test_round_without_pairs_does_nothing(tmp_path: Path) -> None:
     result = run_round(_spec(tmp_path))
-    assert result["status"] == "no_data" and not has_net(tmp_path / CHECKPOINT_DIR)
+    assert result.status == "no_data" and not has_net(tmp_path / CHECKPOINT_DIR)
 
 
 def test_corrupted_rounds_are_not_promoted(tmp_path: Path, split) -> None:
@@ -93,8 +93,8 @@ def test_corrupted_rounds_are_not_promoted(tmp_path: Path, split) -> None:
     save_net(tmp_path / CHECKPOINT_DIR, fit)
 
     diverged = run_round(_spec(tmp_path, 2, champion="net"))
-    assert diverged["warm_start"] == "checkpoint" and diverged["status"] == "kept"
-    assert "non-finite" in diverged["reason"] and diverged["checkpointed"] is False
+    assert diverged.warm_start == "checkpoint" and diverged.status == "kept"
+    assert "non-finite" in diverged.reason and diverged.checkpointed is False
     assert not has_net(tmp_path / CHECKPOINT_DIR)  # the next round starts from the promoted network
     assert _sha(next(tmp_path.glob("net-*.onnx"))) == served
 
@@ -103,8 +103,8 @@ def test_corrupted_rounds_are_not_promoted(tmp_path: Path, split) -> None:
     garbage.add((lr, np.random.default_rng(0).permutation(hr.ravel()).reshape(hr.shape)), split.held_out, ["x"])
     save_pairs(tmp_path, garbage)
     scrambled = run_round(_spec(tmp_path, 3, champion="bicubic"))
-    assert scrambled["warm_start"] == "network" and scrambled["status"] == "kept"
-    assert scrambled["candidate"]["d_psnr_db"] < 0.0
+    assert scrambled.warm_start == "network" and scrambled.status == "kept"
+    assert scrambled.candidate["d_psnr_db"] < 0.0
     assert _sha(next(tmp_path.glob("net-*.onnx"))) == served
 
 
@@ -139,15 +139,15 @@ def test_supervisor_trains_in_a_process_and_records_each_round(tmp_path: Path, s
     trainer.start()
     try:
         trainer.add_pair(split, ["lr.tif", "hr.tif"])
-        wait_for(lambda: trainer.status()["rounds"] >= 1 and not trainer.status()["busy"])
+        wait_for(lambda: trainer.status().rounds >= 1 and not trainer.status().busy)
         trainer.check()
     finally:
         trainer.stop()
     status = trainer.status()
-    assert status["failures"] == 0 and status["last"]["status"] in ("promoted", "kept")
-    assert status["pairs"] == 1 and status["held_out"] == 3 and status["rounds_left"] == 0
+    assert status.failures == 0 and status.last.status in ("promoted", "kept")
+    assert status.pairs == 1 and status.held_out == 3 and status.rounds_left == 0
     rows = Catalogue.in_state_dir(tmp_path).model_history()
-    assert [r.kind for r in rows] == ["net"] and rows[0].promoted == (status["last"]["status"] == "promoted")
+    assert [r.kind for r in rows] == ["net"] and rows[0].promoted == (status.last.status == "promoted")
     assert rows[0].scores["sources"] == [["lr.tif", "hr.tif"]] and rows[0].scores["strategy"] == "real-pairs"
     assert len(rows[0].scores["candidate"]["per_subimage_d_psnr_db"]) == 3
     assert len(served) == (1 if rows[0].promoted else 0)
@@ -155,7 +155,7 @@ def test_supervisor_trains_in_a_process_and_records_each_round(tmp_path: Path, s
     assert saved["rounds"] == 1 and saved["net_version"] == (1 if served else 0)
     # a restart keeps the pairs, the counters and the checkpoint
     again = _trainer(tmp_path, lambda: ("bicubic", 0), served)
-    assert again.status()["pairs"] == 1 and again.status()["rounds"] == 1
+    assert again.status().pairs == 1 and again.status().rounds == 1
     assert has_net(tmp_path / CHECKPOINT_DIR)
 
 
@@ -165,9 +165,9 @@ def test_a_crashing_or_killed_round_does_not_stop_the_trainer(tmp_path: Path, sp
     trainer = _trainer(tmp_path, lambda: ("bicubic", 0), served, target=_crash)
     trainer.start()
     try:
-        wait_for(lambda: trainer.status()["failures"] >= 2, timeout=60)
+        wait_for(lambda: trainer.status().failures >= 2, timeout=60)
         trainer.check()  # the supervisor itself is fine
-        assert "exited with code 3" in trainer.status()["last"]["reason"]
+        assert "exited with code 3" in trainer.status().last.reason
     finally:
         trainer.stop()
     assert served == []
@@ -178,9 +178,9 @@ def test_a_crashing_or_killed_round_does_not_stop_the_trainer(tmp_path: Path, sp
         wait_for(lambda: killed.child_pid is not None, timeout=30)
         time.sleep(1.0)
         os.kill(killed.child_pid, signal.SIGKILL)
-        wait_for(lambda: killed.status()["failures"] >= 3, timeout=30)  # 2 from before the restart + this one
+        wait_for(lambda: killed.status().failures >= 3, timeout=30)  # 2 from before the restart + this one
         killed.check()
-        assert "exited with code -9" in killed.status()["last"]["reason"]
+        assert "exited with code -9" in killed.status().last.reason
     finally:
         killed.stop()
     assert served == []
@@ -197,9 +197,9 @@ def test_a_round_that_cannot_start_is_a_failed_round(tmp_path: Path, split, monk
     trainer = _trainer(tmp_path, lambda: ("bicubic", 0), [])
     trainer.start()
     try:
-        wait_for(lambda: trainer.status()["failures"] >= 1, timeout=30)
+        wait_for(lambda: trainer.status().failures >= 1, timeout=30)
         trainer.check()
-        assert "could not start" in trainer.status()["last"]["reason"]
+        assert "could not start" in trainer.status().last.reason
     finally:
         trainer.stop()
 
@@ -211,25 +211,25 @@ def test_a_win_is_not_served_when_the_champion_changed_during_the_round(tmp_path
     trainer = _trainer(tmp_path, lambda: ("paired", next(tokens)), served, target=_fake_win, rounds_per_pair=1)
     trainer.start()
     try:
-        wait_for(lambda: trainer.status()["last"] is not None, timeout=60)
+        wait_for(lambda: trainer.status().last is not None, timeout=60)
     finally:
         trainer.stop()
-    assert served == [] and trainer.status()["last"]["status"] == "kept"
-    assert "changed during the round" in trainer.status()["last"]["reason"]
+    assert served == [] and trainer.status().last.status == "kept"
+    assert "changed during the round" in trainer.status().last.reason
 
     steady: list = []
     trainer = _trainer(tmp_path, lambda: ("paired", 7), steady, target=_fake_win, rounds_per_pair=1)
     trainer.start()
     try:
         trainer.add_pair(split, ["b"])  # no network saved: the win cannot be served -> a failure, nothing served
-        wait_for(lambda: trainer.status()["failures"] == 1, timeout=60)
-        assert steady == [] and "could not be served" in trainer.status()["last"]["reason"]
+        wait_for(lambda: trainer.status().failures == 1, timeout=60)
+        assert steady == [] and "could not be served" in trainer.status().last.reason
         _untrained_net(tmp_path)
         wait_for(lambda: steady != [], timeout=60)  # retried after retry_s: now served
     finally:
         trainer.stop()
-    assert steady[0][0] == 1 and trainer.status()["last"]["status"] == "promoted"
-    assert trainer.status()["net_version"] == 1 and trainer.status()["promotions"] == 1
+    assert steady[0][0] == 1 and trainer.status().last.status == "promoted"
+    assert trainer.status().net_version == 1 and trainer.status().promotions == 1
 
 
 # ------------------------------------------------------------------------------------------------ champion
@@ -280,8 +280,8 @@ def test_daemon_status_reports_the_trainer_and_restores_the_network(tmp_path: Pa
                                 "publish.pub_endpoint": "tcp://127.0.0.1:*", "trainer.round_s": "1"})
     with Daemon(config) as daemon:
         status = daemon.status()
-        assert status["model"]["served_by"] == "net" and status["model"]["champion"] == "net"
-        assert status["trainer"]["enabled"] is True and status["trainer"]["pairs"] == 1
+        assert status.model.served_by == "net" and status.model.champion == "net"
+        assert status.trainer.enabled is True and status.trainer.pairs == 1
         daemon.check()
 
 
@@ -326,7 +326,7 @@ def test_serving_holds_the_training_process_and_its_deadline_does_not_count_held
     finally:
         trainer.stop()  # a held round is continued so that it can be terminated
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or _state_of(pid) == "Z", timeout=10, what="the round gone")
-    assert trainer.status()["failures"] == 0
+    assert trainer.status().failures == 0
 
 
 def test_hold_does_nothing_when_pause_while_serving_is_off(tmp_path: Path, split) -> None:
@@ -363,7 +363,7 @@ def test_training_is_not_starved_when_frames_keep_serving_busy(tmp_path: Path, s
         time.sleep(1.0)
         trainer.hold(False)
         trainer.hold(True)  # held ~100 % of the window so far: skipped
-        assert trainer.status()["holds_skipped"] == 1 and trainer.status()["held_s"] >= 1.0
+        assert trainer.status().holds_skipped == 1 and trainer.status().held_s >= 1.0
         ticks = tmp_path / "ticks"
         wait_for(lambda: ticks.exists() and int(ticks.read_text()) > 10, timeout=10, what="the round running")
     finally:

@@ -19,7 +19,7 @@ from refscope.daemon.offline.simulate import SimulatedMicroscope, SimulatorConfi
 from refscope.daemon.images import read_image
 from refscope.models.simulator import (Event, Optics, Session, make_areas, scan_hr, scan_lr, stage_to_area,
                                        state_at)
-from tests.daemon.waiting import wait_for
+from tests.daemon.waiting import events_joined, wait_for
 
 SMALL = Optics(lr_shape=(96, 128))
 
@@ -130,7 +130,7 @@ def _close_the_loop(config, optics: Optics, context: zmq.Context, events: list[d
         sub.setsockopt(zmq.SUBSCRIBE, b"event")
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(daemon.endpoints["events"])
-        time.sleep(0.3)
+        events_joined(sub, daemon)
 
         def seen(kind: str, **match: Any) -> list[dict]:
             while sub.poll(0):

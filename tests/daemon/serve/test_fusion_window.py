@@ -208,12 +208,12 @@ def test_daemon_serves_fused_frames_and_a_stage_move_resets_within_one_frame(tmp
 
         for i in range(3):
             put(i, 0.0)
-            wait_for(lambda: daemon.status()["frames"]["out"] >= i + 1, 30, f"frame {i} served")
-        fusion = daemon.status()["fusion"]
-        assert fusion["enabled"] and fusion["frames"] == 3 and fusion["fused"] == 2
+            wait_for(lambda: daemon.status().frames.out >= i + 1, 30, f"frame {i} served")
+        fusion = daemon.status().fusion
+        assert fusion.enabled and fusion.frames == 3 and fusion.fused == 2
         put(3, 5e-6)  # the stage moved by 500 px
-        wait_for(lambda: daemon.status()["frames"]["out"] >= 4, 30, "frame 3 served")
-        fusion = daemon.status()["fusion"]
-        assert fusion["frames"] == 1 and fusion["last_reset"] == "stage_moved"
+        wait_for(lambda: daemon.status().frames.out >= 4, 30, "frame 3 served")
+        fusion = daemon.status().fusion
+        assert fusion.frames == 1 and fusion.last_reset == "stage_moved"
         wait_for(lambda: (tmp_path / "out" / "1_single_x2.tif").exists() or any(
             "_single" in p.name for p in (tmp_path / "out").iterdir()), 10, "single-frame output written")

@@ -23,6 +23,7 @@ from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
 
 from tests.daemon.queue_source import QueueSource
+from tests.daemon.waiting import events_joined, stream_joined
 
 LR_SHAPE = (96, 128)
 
@@ -163,13 +164,14 @@ def test_every_daemon_command_round_trips(tmp_path, monkeypatch):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            events_joined(events, daemon)
+            stream_joined(stream, daemon)
 
-            def event(kind: str) -> dict:
-                def next_of_kind():
+            def event(kind: str, **match: object) -> dict:
+                def next_of_kind():  # the next such event (an automatic no_model request may come first)
                     while events.poll(0):
                         doc = json.loads(events.recv_multipart()[1])
-                        if doc["type"] == kind:
+                        if doc["type"] == kind and all(doc["payload"].get(k) == v for k, v in match.items()):
                             return doc
                     return None
                 return _wait(next_of_kind, 5, f"a {kind} event")
@@ -200,7 +202,7 @@ def test_every_daemon_command_round_trips(tmp_path, monkeypatch):
             # request_reference
             reply = client.call("request_reference", region=[10, 20, 40, 60], note="the left particle")
             assert reply["requested"]["reason"] == "operator"
-            payload = event("reference_requested")["payload"]
+            payload = event("reference_requested", reason="operator")["payload"]
             assert payload["reason"] == "operator" and payload["region"] == [10, 20, 40, 60]
             assert payload["region_nm"] == [100, 200, 400, 600] and payload["frame"] == "mem:2"
             assert client.call("request_reference")["requested"]["region"] is None

@@ -94,8 +94,8 @@ def test_requests_without_a_model_are_rate_limited():
     payload = monitor.request(reason="operator", frame=frame(lr, 8), region=[0, 0, 10, 10], note="here")
     assert payload["region"] == [0, 0, 10, 10] and payload["note"] == "here" and payload["suggested_region"]
     status = monitor.status()
-    assert status["requests"]["made"] == 4 and status["requests"]["received"] == 1
-    assert status["requests"]["by_reason"] == {"no_model": 3, "operator": 1}
+    assert status.requests.made == 4 and status.requests.received == 1
+    assert status.requests.by_reason == {"no_model": 3, "operator": 1}
 
 
 def test_drift_raises_requests_and_clears_after_learning_the_new_scene(microscope):
@@ -124,18 +124,18 @@ def test_drift_raises_requests_and_clears_after_learning_the_new_scene(microscop
     y0, x0, y1, x1 = request["region"]
     assert (y1 - y0, x1 - x0) == (64, 80) and 0 <= y0 < y1 <= SHAPE[0] and 0 <= x0 < x1 <= SHAPE[1]
     quality = monitor.status()
-    assert quality["signals"]["coverage"]["on"] == config.coverage_on and quality["drift"] is True
-    assert quality["signals"]["coverage"]["threshold"] == config.coverage_on and quality["signals"]["coverage"]["over"]
+    assert quality.signals["coverage"].on == config.coverage_on and quality.drift is True
+    assert quality.signals["coverage"].threshold == config.coverage_on and quality.signals["coverage"].over
     # the model learns the new scene: signals restart with a profile of both regions; cell frames clear the drift
     new, new_region = learn(103.0, model)
     monitor.on_outcome(ReferenceOutcome("hr:2", "mem:x", new_region, 0.1, 1.2, True, 2, "beats"), new)
-    assert monitor.status()["signals"]["held_out"]["value"] == pytest.approx(1.2)
+    assert monitor.status().signals["held_out"].value == pytest.approx(1.2)
     assert monitor.drift  # until frames are measured with the new model
     for t in (104.0, 105.0):
         seq += 1
         monitor.observe(frame(scan(t), seq))
-    assert not monitor.drift and len(events.of("quality_recovered")) == 1, {k: (v["value"], v["raised"]) for k, v in monitor.status()["signals"].items()}
-    assert monitor.status()["model_version"] == 2 and monitor.status()["baseline"] == "2 training region(s)"
+    assert not monitor.drift and len(events.of("quality_recovered")) == 1, {k: (v["value"], v["raised"]) for k, v in monitor.status().signals.items()}
+    assert monitor.status().model_version == 2 and monitor.status().baseline == "2 training region(s)"
 
 
 def test_low_held_out_score_raises_drift():
@@ -175,9 +175,9 @@ def test_an_answered_request_never_expires():
     clock.now += 200.0
     monitor.tick()
     assert events.of("reference_request_expired") == []
-    assert monitor.status()["requests"]["expired"] == 0
+    assert monitor.status().requests.expired == 0
     monitor.on_outcome(ReferenceOutcome("mem:2", "mem:1", None, None, None, False, 0, "no match"), None)
-    assert monitor.status()["requests"]["outstanding"] is None
+    assert monitor.status().requests.outstanding is None
     # an unanswered request still expires
     clock.now += 20.0
     monitor.observe(frame(lr, 3))

@@ -26,6 +26,7 @@ from refscope.daemon.service.sd_notify import (
     watchdog_interval_s,
 )
 from refscope.daemon.service.daemon import Daemon
+from refscope.daemon.wire.status import DaemonStatus
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX") or sys.platform == "win32",
                                 reason="systemd notifications are Linux-only")
@@ -157,9 +158,9 @@ def test_watchdog_pings_only_while_the_check_passes(manager):
 def test_status_line_sums_up_the_daemon_status():
     status = {"paused": False, "frames": {"in": 12, "out": 11, "dropped": 1, "errors": 0},
               "model_version": 3, "method": "paired", "model": {"served_by": "CPUExecutionProvider"}}
-    assert daemon_status_line(status) == ("serving: 12 frames in, 11 out, 1 dropped, 0 errors; model v3 paired on "
+    assert daemon_status_line(DaemonStatus.from_dict(status)) == ("serving: 12 frames in, 11 out, 1 dropped, 0 errors; model v3 paired on "
                                           "CPUExecutionProvider")
-    assert daemon_status_line({"paused": True}).startswith("paused: 0 frames in")
+    assert daemon_status_line(DaemonStatus.from_dict({"paused": True})).startswith("paused: 0 frames in")
 
 
 # ------------------------------------------------------------------------------------------ the daemon

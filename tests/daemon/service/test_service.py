@@ -30,7 +30,7 @@ from refscope.daemon.publish import output_stem
 from refscope.daemon.service.daemon import Daemon
 from refscope.daemon.images import read_image, write_tiff
 from refscope.models.synthetic import make_pair
-from tests.daemon.waiting import wait_for
+from tests.daemon.waiting import stream_joined, wait_for
 from tests.daemon.queue_source import QueueSource
 
 LR_SHAPE = (160, 200)
@@ -84,14 +84,14 @@ def write_slowly(path: Path, data: bytes, *, via_temp: bool, chunks: int = 4, pa
 class Viewer:
     """A SUB socket on the daemon's stream collecting decoded enhanced frames (other roles skipped)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, daemon: Daemon) -> None:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(endpoint)
+        self.socket.connect(daemon.endpoints["pub"])
         self.frames: list[Any] = []
-        time.sleep(0.3)  # PUB/SUB: let the subscription reach the publisher
+        stream_joined(self.socket, daemon)  # PUB/SUB: the subscription has reached the publisher
 
     def drain(self) -> list[Any]:
         while self.socket.poll(0):
@@ -141,7 +141,7 @@ def test_folder_end_to_end_learns_from_a_reference(tmp_path, pair):
     daemon = Daemon(make_config(tmp_path, **{"ingest.watch": str(watch), "publish.out_dir": str(out)}),
                     folder_options=FAST_FOLDER)
     daemon.start()
-    viewer = Viewer(daemon.endpoints["pub"])
+    viewer = Viewer(daemon)
     try:
         # three LR frames: temp name + rename, direct chunked write, temp name + rename
         for i, via_temp in enumerate((True, False, True)):
@@ -219,7 +219,7 @@ def test_zmq_end_to_end_learns_from_a_reference(tmp_path, pair):
     daemon = Daemon(make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*",
                                              "publish.out_dir": str(out)}))
     daemon.start()
-    viewer = Viewer(daemon.endpoints["pub"])
+    viewer = Viewer(daemon)
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
@@ -278,7 +278,7 @@ def test_bad_inputs_are_counted_and_later_frames_still_served(tmp_path, pair, mo
     daemon = Daemon(make_config(tmp_path, **{"ingest.watch": str(watch), "ingest.zmq_endpoint": "tcp://127.0.0.1:*",
                                              "publish.out_dir": str(out)}), folder_options=FAST_FOLDER)
     daemon.start()
-    viewer = Viewer(daemon.endpoints["pub"])
+    viewer = Viewer(daemon)
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
@@ -359,7 +359,7 @@ def test_unusable_pixels_are_rejected_by_reason(tmp_path, pair):
     source = QueueSource()
     config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "publish.out_dir": str(tmp_path / "o")})
     with Daemon(config, sources=[source]) as daemon:
-        viewer = Viewer(daemon.endpoints["pub"])
+        viewer = Viewer(daemon)
         try:
             t = time.time()
             nan = lr_frame(pair, 0).copy()
@@ -373,7 +373,7 @@ def test_unusable_pixels_are_rejected_by_reason(tmp_path, pair):
             assert [f.source_seq for f in frames] == [3, 4]
             assert np.allclose(frames[0].data, 7)  # a constant frame stays constant
             status = daemon.status()
-            assert status["errors_by_reason"] == {"bad_frame": 3}
+            assert status.errors_by_reason == {"bad_frame": 3}
             assert daemon.catalogue.frame("mem:nan").status == "rejected"
         finally:
             viewer.close()
@@ -384,13 +384,13 @@ def test_stream_only_daemon_marks_frames_enhanced_once_streamed(tmp_path, pair):
     config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(tmp_path / "state")})
     assert config.publish.out_dir is None
     with Daemon(config, sources=[source]) as daemon:
-        viewer = Viewer(daemon.endpoints["pub"])
+        viewer = Viewer(daemon)
         try:
             source.items.put(Frame(lr_frame(pair, 0), LR_NM, "lr", "mem:a", 0, time.time()))
             viewer.wait(1, timeout=15)
             wait_for(lambda: daemon.catalogue.frame("mem:a").status == "enhanced", 5, "mem:a marked enhanced")
             assert daemon.catalogue.frame("mem:a").output_path is None
-            assert daemon.status()["publish"]["folder"] is None
+            assert daemon.status().publish.folder is None
         finally:
             viewer.close()
 
@@ -411,15 +411,15 @@ def test_a_frame_outside_the_serving_models_domain_is_logged_counted_and_served(
     config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state)})
     caplog.set_level(logging.WARNING, logger="refscope.daemon")
     with Daemon(config, sources=[source]) as daemon:
-        assert daemon.status()["domain"]["model"]["pixel_size_nm"] == pytest.approx(LR_NM)
+        assert daemon.status().domain.model["pixel_size_nm"] == pytest.approx(LR_NM)
         source.items.put(Frame(lr_frame(pair, 0), LR_NM, "lr", "mem:inside", 0, time.time()))
         foreign = np.clip(lr_frame(pair, 1) * 250, 0, 255).astype(np.uint8)
         for i in range(2):
             source.items.put(Frame(foreign, 4.0, "lr", f"mem:foreign{i}", 1 + i, time.time()))
-        wait_for(lambda: daemon.status()["frames"]["out"] == 3, 30, "3 frames served")
+        wait_for(lambda: daemon.status().frames.out == 3, 30, "3 frames served")
         status = daemon.status()
-        assert status["running"] and status["domain"]["frames_outside"] == 2
-        last = status["domain"]["last"]
+        assert status.running and status.domain.frames_outside == 2
+        last = status.domain.last
         assert last.startswith("mem:foreign1: outside the serving model's domain")
         assert "pixel size 4 nm, the model's 10 nm" in last and "pixel type uint8, the model's float32" in last
     warned = [r.getMessage() for r in caplog.records if "outside the serving model's domain" in r.getMessage()]

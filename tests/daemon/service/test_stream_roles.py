@@ -20,6 +20,7 @@ from refscope.models.pipeline import FitConfig, fit
 from refscope.models.synthetic import make_pair
 
 from tests.daemon.queue_source import QueueSource
+from tests.daemon.waiting import stream_joined
 
 SHAPE = (96, 128)
 
@@ -72,7 +73,7 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            stream_joined(stream, daemon)
             frames = []
             for seq in range(3):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
@@ -83,7 +84,7 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
             while len(got) < 9 and time.monotonic() < deadline:
                 if stream.poll(100):
                     got.append(decode_stream(stream.recv_multipart()))
-            quality = daemon.status()["quality"]
+            quality = daemon.status().quality
         written = sorted(p.name for p in (tmp_path / "out").glob("*_confidence.tif"))
     finally:
         context.destroy(linger=0)
@@ -98,11 +99,11 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
         expected = data_consistency(frames[i], enhanced.data, model.forward)
         assert enhanced.consistency == pytest.approx(expected, abs=1e-3) and 0.3 < enhanced.consistency < 2.0
         assert enhanced.confidence is None  # consistent and no drift: not flagged
-    assert quality["consistency_last"] == got[-2][1].consistency and quality["consistency_flagged"] == 0
-    assert quality["model_version"] == 1 and quality["baseline"] == "first frame" and quality["frames_measured"] == 3
-    assert quality["signals"]["coverage"]["value"] == pytest.approx(1.0, abs=0.3) and quality["drift"] is False
-    assert set(quality["signals"]) == {"coverage", "texture", "intensity", "focus", "consistency", "held_out"}
-    assert quality["signals"]["consistency"]["value"] == pytest.approx(
+    assert quality.consistency_last == got[-2][1].consistency and quality.consistency_flagged == 0
+    assert quality.model_version == 1 and quality.baseline == "first frame" and quality.frames_measured == 3
+    assert quality.signals["coverage"].value == pytest.approx(1.0, abs=0.3) and quality.drift is False
+    assert set(quality.signals) == {"coverage", "texture", "intensity", "focus", "consistency", "held_out"}
+    assert quality.signals["consistency"].value == pytest.approx(
         float(np.median([e.consistency for role, e in got if role == "enhanced"])), abs=1e-6)
     assert written == ["mem_0_x2_confidence.tif", "mem_1_x2_confidence.tif", "mem_2_x2_confidence.tif"]
 
@@ -126,7 +127,7 @@ def test_the_raw_frame_is_streamed_before_the_model_runs(tmp_path, monkeypatch):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            stream_joined(stream, daemon)
             sent = time.monotonic()
             source.items.put(Frame(np.ones(SHAPE, np.float32), 10.0, "lr", "mem:0", 0, time.time()))
             arrived: dict[str, float] = {}
@@ -161,7 +162,7 @@ def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
             stream = context.socket(zmq.SUB)
             stream.setsockopt(zmq.SUBSCRIBE, b"")
             stream.connect(daemon.endpoints["pub"])
-            time.sleep(0.3)
+            stream_joined(stream, daemon)
             for seq in range(2):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
                 source.items.put(Frame(noisy.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
@@ -170,13 +171,13 @@ def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
             while len(got) < 2 and time.monotonic() < deadline:
                 if stream.poll(100):
                     got.append(decode_stream(stream.recv_multipart())[1])
-            while daemon.status()["quality"]["frames_measured"] < 2 and time.monotonic() < deadline:
+            while daemon.status().quality.frames_measured < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)  # the monitor looks at a frame after it is streamed
-            quality = daemon.status()["quality"]
+            quality = daemon.status().quality
     finally:
         context.destroy(linger=0)
     assert len(got) == 2
     for enhanced in got:
         assert enhanced.consistency > config.monitor.consistency_on and enhanced.confidence == "low"
-    assert quality["consistency_flagged"] == 2 and quality["signals"]["consistency"]["raised"] is True
-    assert quality["drift"] is True
+    assert quality.consistency_flagged == 2 and quality.signals["consistency"].raised is True
+    assert quality.drift is True
