@@ -88,7 +88,7 @@ def run_scale(scale: int, runs: int) -> list[dict]:
         start = time.perf_counter()
         engine.set_model(fitted, 1)
         promotion = time.perf_counter() - start
-        tile = engine._tiling(engine._snapshot())[0]  # noqa: SLF001
+        tile = engine.tiling(data.shape)[0]
         rows.append({"scale": scale, "method": label, "tile": tile, "promotion_s": promotion,
                      **_serve(engine, data, runs)})
         if fitted is model:

@@ -2,8 +2,8 @@
 
 For S = 2, 3, 4 the shipped prior of every network (``compact`` and ``fullres``; ``auto`` picks one per S) is
 exported to ONNX in a real LR frame's units and run by :func:`refscope.daemon.offline.net.onnx_runner` -- the same
-ONNX Runtime session options, tiles (offline memory budget) and ``serve.halo`` of context as ``refscope enhance``
-and the live daemon -- on an LR crop of the size whose S-times output is 1280x944 (a real FEI LR frame of
+ONNX Runtime session options, tiles (offline memory budget) and context (the network's own halo, recorded in its
+manifest) as ``refscope enhance`` and the live daemon -- on an LR crop of the size whose S-times output is 1280x944 (a real FEI LR frame of
 ``../shared/data/sem_pairs/raw`` when present, else a synthetic one). In the same run it times Keys bicubic
 (:func:`refscope.models.image_ops.upsample_bicubic`) on the same crop, the baseline every served frame is compared
 with. Target (issue 12): the served network's 1280x944 output in at most 0.5 s on this 2-core CPU.
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `.venv/bin/python benchmarks/bench_net_serving.py --runs {args.runs} --threads {args.threads}` — "
         f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other work), {time.strftime('%Y-%m-%d')}. "
         f"Input: {source}, cropped so that the S-times output is 1280x944. Each shipped prior exported to ONNX and "
-        "run by `refscope.daemon.offline.net.onnx_runner` (the tiles and `serve.halo` of `refscope enhance` and the "
+        "run by `refscope.daemon.offline.net.onnx_runner` (the tiles and halo of `refscope enhance` and the "
         f"daemon); median of {args.runs} runs after a warm-up. Target: the served (`auto`) network ≤ "
         f"{TARGET_S} s.",
         "",

@@ -238,6 +238,7 @@ class EMSR(nn.Module):
         # Windows are anchored at the input's top-left corner, so tiles should also start at multiples of M.
         per_block = 2 * (n_resblocks + n_deep) + 2 + 2 * (2 ** atw_levels - 1) + 2 + (window - 1) + 1
         self.halo = 1 + n_blocks * per_block + 2 + 2
+        self.align = int(window)  # the W-MSA windows are anchored at the input's top-left corner
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         shallow = self.shallow(y)

@@ -2,7 +2,8 @@
 
 A :class:`ModelManifest` is a frozen, hashable record. It says which method produced the model
 (``kind``), its integer upscaling factor ``scale`` (S), the affine input normalisation the network
-was trained with, and provenance (version, creation time, ONNX opset, validation metrics).
+was trained with, how it tiles (receptive radius ``halo`` and window alignment ``align``, when known), and
+provenance (version, creation time, ONNX opset, validation metrics).
 
 Normalisation convention (intensities in the caller's units, e.g. raw detector counts)::
 
@@ -117,6 +118,20 @@ class ModelManifest:
         model's own estimate, used to derive tile sizes from a memory budget
         (:func:`refscope.models.tiling.tile_for_budget`). ``None`` (models exported before it was recorded):
         the runtime assumes :func:`refscope.models.tiling.default_workspace_bytes_per_px`.
+    halo : int or None
+        The model's receptive radius, LR (input) px: an output pixel depends on input pixels at most this far
+        away, so tiles with this much context reproduce the untiled output (:func:`refscope.models.tiling.
+        process_tiled`). ``None`` (models exported before it was recorded, or external models): not known; the
+        server chooses a context (``serve.halo``).
+    align : int or None
+        Tile windows must start at multiples of this many input px for the model to see the grid an untiled
+        call sees (a stride-2 head: 2; window attention of side M: M; the paired library's query lattice:
+        ``stride / gcd(S, stride)``; 1: any origin). ``None``: not known (as ``halo``).
+
+    Notes
+    -----
+    ``halo`` and ``align`` are written by :meth:`to_dict` only when known, so a manifest without them reads and
+    writes exactly as before they existed.
     """
 
     kind: str
@@ -129,6 +144,8 @@ class ModelManifest:
     opset: int = 17
     validation: tuple[tuple[str, float], ...] = ()
     workspace_bytes_per_px: float | None = None
+    halo: int | None = None
+    align: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
@@ -168,6 +185,12 @@ class ModelManifest:
             if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
                 raise ManifestError(f"workspace_bytes_per_px: must be a finite number > 0 or null, got {value!r}")
             object.__setattr__(self, "workspace_bytes_per_px", float(value))
+        for name, least in (("halo", 0), ("align", 1)):
+            value = getattr(self, name)
+            if value is not None:
+                if not _is_int(value) or value < least:
+                    raise ManifestError(f"{name}: must be an integer >= {least} (input px) or null, got {value!r}")
+                object.__setattr__(self, name, int(value))
 
     # -- views -----------------------------------------------------------------------------------------------
 
@@ -195,6 +218,9 @@ class ModelManifest:
         for f in fields(self):
             out[f.name] = getattr(self, f.name)
         out["validation"] = self.validation_dict()
+        for name in ("halo", "align"):  # unknown: left out, as manifests written before these keys existed
+            if out[name] is None:
+                del out[name]
         return out
 
     def to_json(self, *, indent: int | None = 2) -> str:

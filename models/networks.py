@@ -10,8 +10,10 @@ Every network here
   (:class:`KeysUpsample`), and its last layer starts at zero, so an untrained network is exactly bicubic;
 * accepts any N, H, W (H, W >= 2) and exports to ONNX opset 17 with dynamic N/H/W
   (:func:`refscope.models.onnx_export.export_torch_module`);
-* exposes ``scale`` (S) and ``halo`` (LR pixels of context an output pixel depends on; the minimum tiling
-  halo).
+* exposes ``scale`` (S), ``halo`` (LR pixels of context an output pixel depends on; the minimum tiling
+  halo) and ``align`` (tile windows must start at multiples of this many LR px to see the grid an untiled call
+  sees); :func:`refscope.models.onnx_export.export_torch_module` records both in the
+  :class:`~refscope.models.manifest.ModelManifest`, so serving tiles every network exactly.
 
 :data:`NETWORKS` maps a name to its constructor; :func:`build_network` builds one by name.
 The name ``"auto"`` stands for the network refscope serves at each scale
@@ -93,6 +95,7 @@ class CompactSR(nn.Module):
         self.tail = _zero_tail(channels, 4 * self.scale * self.scale)
         # LR px: head reaches 2 px, each 3x3 layer at half resolution 2 px, plus the phase within a 2 x 2 cell
         self.halo = 2 + 2 * (n_layers + 1) + 1
+        self.align = 2  # the stride-2 head's 2 x 2 cells are anchored at the input's origin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.upsample(x)
@@ -142,6 +145,7 @@ class FullResSR(nn.Module):
         self.tail = _zero_tail(channels, self.scale * self.scale)
         # LR px: one per 3x3 convolution (the Keys base reaches 2)
         self.halo = max(n_layers + 2, 2)
+        self.align = 1  # every layer is translation-equivariant: any tile origin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.body(F.relu(self.head(x)))

@@ -29,7 +29,7 @@ from .library import PairedLibrary
 from .patches import aggregate_patches, check_patch_size, extract_patches, pad_for_patches, patch_grid
 
 __all__ = ["SIGMA_N_RANGE", "PairedConfig", "PairedRegressors", "fit_paired_regressors", "nlm_average", "reconstruct_paired_faithful", "reconstruct_original", "reconstruct_paired",
-           "receptive_radius", "check_sigma_n"]
+           "receptive_radius", "query_alignment", "check_sigma_n"]
 
 SIGMA_N_RANGE = (1e-2, 1e2)
 """Accepted NLM strengths ``sigma_n`` (relative to the measured noise for the paired method, library units for the
@@ -145,6 +145,19 @@ def receptive_radius(scale: int, patch_size: int, stride: int) -> int:
     if stride < 1 or scale < 1:
         raise ValueError(f"scale and stride must be >= 1, got {scale!r}, {stride!r}")
     return int(math.ceil(2 * half / scale)) + 3
+
+
+def query_alignment(scale: int, stride: int) -> int:
+    """LR pixels at multiples of which a tile window must start for a strided query lattice anchored at the
+    window's origin to fall where an untiled call's lattice falls; the tiling alignment.
+
+    Queries sit every ``stride`` output px, i.e. every ``stride / S`` LR px: a window origin at a multiple of
+    ``stride / gcd(S, stride)`` LR px is a whole number of query steps from the frame's origin (1 when the
+    stride divides S, as at the default stride = S).
+    """
+    if stride < 1 or scale < 1:
+        raise ValueError(f"scale and stride must be >= 1, got {scale!r}, {stride!r}")
+    return int(stride) // math.gcd(int(scale), int(stride))
 
 
 @dataclass(frozen=True)

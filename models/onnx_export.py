@@ -313,6 +313,8 @@ def export_torch_module(
     validation: Mapping[str, float] | tuple[tuple[str, float], ...] = (),
     sample_shape: tuple[int, int] = (16, 16),
     workspace_bytes_per_px: float | None = None,
+    halo: int | None = None,
+    align: int | None = None,
 ) -> tuple[bytes, ModelManifest]:
     """Export a PyTorch upscaler to ONNX with dynamic N, H and W axes.
 
@@ -331,6 +333,9 @@ def export_torch_module(
     workspace_bytes_per_px : float, optional
         The module's peak inference memory per input pixel (manifest field); default: the conservative
         :func:`refscope.models.tiling.conv_workspace_bytes_per_px` estimate from its layers.
+    halo, align : int, optional
+        The module's receptive radius and tile alignment, input px (manifest fields); default: the module's own
+        ``halo`` / ``align`` attributes (every refscope network and the paired library have them), else unknown.
     sample_shape : tuple of int
         (H, W) of the tracing sample, in pixels. Any size the module accepts; avoid 1, which the
         tracer may treat as a broadcastable constant. The default 16 x 16 suits convolution networks.
@@ -362,6 +367,8 @@ def export_torch_module(
         validation=validation,
         workspace_bytes_per_px=(workspace_bytes_per_px if workspace_bytes_per_px is not None
                                 else conv_workspace_bytes_per_px(module, scale)),
+        halo=halo if halo is not None else getattr(module, "halo", None),
+        align=align if align is not None else getattr(module, "align", None),
     )
     if not isinstance(module, torch.nn.Module):
         raise OnnxModelError(f"expected a torch.nn.Module, got {type(module).__name__}", reason="export")

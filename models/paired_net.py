@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .keys_upsample import bicubic_phase_kernels
 from .keys_upsample import symmetric_pad2
-from .nlm import PairedConfig, PairedRegressors, fit_paired_regressors, receptive_radius
+from .nlm import PairedConfig, PairedRegressors, fit_paired_regressors, query_alignment, receptive_radius
 from .patches import check_patch_size
 
 __all__ = ["PAIRED_KIND", "PairedLibraryNet", "receptive_radius", "export_paired_model"]
@@ -151,6 +151,17 @@ class PairedLibraryNet(torch.nn.Module):
         """LR pixels of context an output pixel depends on (minimum halo for tiling)."""
         return receptive_radius(self.scale, self.patch_size, self.stride)
 
+    @property
+    def halo(self) -> int:
+        """The tiling halo, LR px: :attr:`receptive_radius` (recorded in the exported manifest)."""
+        return self.receptive_radius
+
+    @property
+    def align(self) -> int:
+        """Tile windows start at multiples of this many LR px: the query lattice's anchor
+        (:func:`~refscope.models.nlm.query_alignment`; recorded in the exported manifest)."""
+        return query_alignment(self.scale, self.stride)
+
     # -------------------------------------------------------------------------------------------- pieces
     def upsample(self, x: torch.Tensor) -> torch.Tensor:
         """Keys bicubic upsampling, (N, 1, H, W) -> (N, 1, S·H, S·W); equals ``upsample_bicubic`` per image."""
@@ -248,7 +259,8 @@ def export_paired_model(model, *, opset: int = 17, version: str = "1", validatio
         The model maps library units to library units; the manifest carries the intensity map
         ``x_norm = (x - low) · 255 / (high - low)`` (``input_offset = low``, ``input_scale = 255/(high - low)``)
         so :class:`refscope.daemon.runtime.OnnxModel` takes and returns LR intensities. ``kind`` is
-        ``"paired-library"``, ``library_size`` = len(library).
+        ``"paired-library"``, ``library_size`` = len(library), ``halo`` and ``align`` the exact tiling of
+        :attr:`PairedLibraryNet.halo` / :attr:`PairedLibraryNet.align`.
     """
     from .onnx_export import export_torch_module
 

@@ -25,7 +25,7 @@ from .library import LibraryConfig, PairedLibrary
 from .local_registration import matched_patches, register_local
 from .metrics import fit_intensity_coefficients
 from .nlm import (PairedConfig, check_sigma_n, PairedRegressors, fit_paired_regressors, reconstruct_original, reconstruct_paired,
-                  reconstruct_paired_faithful)
+                  reconstruct_paired_faithful, query_alignment, receptive_radius)
 from .noise import correlation_ceiling, estimate_noise_sigma
 from .registration import PairGeometry, overlap_box, register_global, resample_hr_to_lr_grid
 
@@ -121,6 +121,15 @@ class FittedModel:
         if self._regressors is None:
             self._regressors = fit_paired_regressors(self.library, self.paired)
         return self._regressors
+
+    def tiling(self, method: str = "paired") -> tuple[int, int]:
+        """(halo, align) in LR px that tile ``method``'s reconstruction (``paired``, ``paired-faithful`` or
+        ``original``) exactly: the receptive radius (:func:`~refscope.models.nlm.receptive_radius`) and the
+        query lattice's alignment (:func:`~refscope.models.nlm.query_alignment`; the NLM methods query every
+        output px)."""
+        stride = self.paired.query_stride(self.scale) if method == "paired" else 1
+        return (receptive_radius(self.scale, self.library.patch_size, stride),
+                query_alignment(self.scale, stride))
 
 
 def register_reference(lr: np.ndarray, hr: np.ndarray, *, factor: float, config: FitConfig = FitConfig()) -> PairGeometry:

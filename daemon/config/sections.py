@@ -186,8 +186,10 @@ class ServeConfig:
         intra_op_threads: CPU threads per inference, >= 0; 0: ONNX Runtime's default (all cores).
         tile: largest tile edge, input (LR) pixels, >= 64; the tile actually used is derived per model and scale
             from ``max_memory_mb`` and may be smaller.
-        halo: overlap added around each tile for the trained networks, input pixels, >= 0 and < tile / 2 (the
-            paired library and bicubic use their exact receptive radius).
+        halo: overlap added around each tile for a trained network whose ONNX manifest does not record its
+            receptive radius (exported by a refscope before it did, or an external model), input pixels, >= 0 and
+            < tile / 2; every other model -- networks exported now, the paired library, bicubic -- is tiled with
+            its own exact receptive radius and alignment (:mod:`refscope.daemon.serve.served_model`).
         max_memory_mb: memory budget of everything the daemon and its trainer hold, MB (>= 1280 with the trainer,
             >= 800 without); tiles, the output queue and the largest frame served are derived from it
             (shares: README, "Memory").

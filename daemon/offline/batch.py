@@ -31,13 +31,14 @@ Errors and exit codes
     every output written or already done; 1: some inputs failed, the others were written; 2: nothing was
     done (every input failed, or a bad state folder, argument or scheduler).
 
-The Dask graphs, model distribution and schedulers live in :mod:`refscope.daemon.offline.batch_compute`, stack files and resume
+The model is the :class:`~refscope.daemon.serve.served_model.ServedModel` ``refscope enhance`` serves, tiled with
+the same halo and alignment (its own) by the same tiling code (:func:`refscope.models.tiling.tile_plan`), so batch
+and enhance give the same pixels. The Dask graphs, model distribution and schedulers live in :mod:`refscope.daemon.offline.batch_compute`, stack files and resume
 records in :mod:`refscope.daemon.offline.batch_files`, the arguments and ``--scheduler`` in :mod:`refscope.daemon.cli.batch`.
 """
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import sys
 import time
@@ -48,10 +49,11 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_json, atomic_writer
-from .batch_compute import ModelSpec, model_key, slab_graph
+from .batch_compute import slab_graph
 from .batch_files import (DEFAULT_BLOCK_PX, MIN_BLOCK_PX, PROGRESS_DIR, RECORD_FORMAT, block_ok, output_done,
                           probe_input, read_record, read_slices, same_key, write_stack)
 from ..errors import InputFileError, RefscopeError, StateError
+from ..serve.served_model import ServedModel, bicubic_model, onnx_model
 from ..state.model_domain import ModelDomain, check_domain
 from ..state.provenance import model_id, provenance
 from ..images import acquisition_metadata, output_pixels, read_image, write_tiff
@@ -68,7 +70,8 @@ class BatchConfig:
     """Options of one batch run.
 
     Attributes:
-        block_px: block side in LR px (>= 64); rounded up to the model's alignment and twice its overlap.
+        block_px: block (tile core) side in LR px (>= 64); raised to twice the model's halo, rounded up to its
+            alignment, then spread evenly over the frame (:func:`~refscope.daemon.offline.batch_compute.block_tile`).
         z_block: slices per resumable block of a volume (>= 1); None: at most 64 MiB of output and 16 slices.
         quiet: no progress bar and no per-file lines (errors and nothing else on the terminal).
         domain: the model's domain (:mod:`refscope.daemon.state.model_domain`); a frame outside it gets a warning naming what differs,
@@ -122,13 +125,14 @@ class BatchReport:
 # ------------------------------------------------------------------------------------------------- model
 
 
-def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ModelSpec, str]:
-    """The :class:`ModelSpec` that ``refscope enhance STATE_DIR --method M`` would serve, and a label for it.
+def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ServedModel, str]:
+    """The :class:`~refscope.daemon.serve.served_model.ServedModel` that ``refscope enhance STATE_DIR --method M``
+    serves, and a label for it.
 
     ``method`` None is ``best`` once a network exists, else ``paired`` (as enhance); ``best`` is resolved
     through ``best.json``. Raises :class:`StateError` for a missing or unusable state folder.
     """
-    from .net import has_net, resolve_method
+    from .net import has_net, resolve_method, served_net
 
     folder = Path(state_dir)
     if not folder.is_dir():
@@ -138,34 +142,26 @@ def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ModelSp
     label = f"best = {resolved}" if requested == "best" else resolved
     log.info("%s: batch serves %s (requested %s)", folder, resolved, requested)
     if resolved == "net":
-        from ..state.net_store import load_net, load_served
-
-        data, manifest = load_served(folder)
-        fit = load_net(folder)
-        network = fit.build()
-        window = int(fit.network_kwargs.get("window", 8)) if fit.network == "emsr" else 1
-        doc = manifest.to_dict()
-        return ModelSpec(key=model_key(data, doc, "net"), method="net", scale=manifest.scale,
-                         model_id=model_id(folder, "net"), halo=int(network.halo), align=math.lcm(2, window), onnx_bytes=data, manifest=doc), label
+        return served_net(folder), label
     from ..state.model_store import load_model
     from ..state.net_store import load_served
     from ..state.store import has_state
 
     if resolved == "bicubic":
         scale = load_model(folder).scale if has_state(folder, "library") else load_served(folder)[1].scale
-        return ModelSpec(key=f"bicubic-x{scale}", method="bicubic", scale=scale, halo=3), label
+        return bicubic_model(scale), label
     if resolved != "paired":
         raise ValueError(f"--method: batch serves paired, net or best (net, paired or bicubic), not {resolved!r}")
-    from refscope.models.paired_net import export_paired_model, receptive_radius
+    from refscope.models.paired_net import export_paired_model
+
+    from ..serve.onnx_cache import cached_export
+    from ..serve.runtime import check_model_bytes
 
     model = load_model(folder)
-    data, manifest = export_paired_model(model, version="1")  # what `refscope enhance` serves
-    doc = manifest.to_dict()
-    stride = model.paired.query_stride(model.scale)
-    return ModelSpec(key=model_key(data, doc, "paired"), method="paired", scale=model.scale,
-                     model_id=model_id(folder, "paired"),
-                     halo=receptive_radius(model.scale, model.library.patch_size, stride),
-                     align=stride // math.gcd(model.scale, stride), onnx_bytes=data, manifest=doc), label
+    # what `refscope enhance` serves: model version 1, from (or into) the state folder's export cache
+    data, manifest = cached_export(folder, model, "1", lambda: export_paired_model(model, version="1"),
+                                   check=check_model_bytes)
+    return onnx_model(data, manifest, method="paired", model_id=model_id(folder, "paired")), label
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -221,7 +217,7 @@ def _record_path(output: Path) -> Path:
     return output.parent / PROGRESS_DIR / f"{output.name}.json"
 
 
-def _prepare(job: BatchJob, spec: ModelSpec, config: BatchConfig, report: BatchReport) -> _Task | None:
+def _prepare(job: BatchJob, spec: ServedModel, config: BatchConfig, report: BatchReport) -> _Task | None:
     """Probe ``job``, compare with its record; None when its output is already done (counted as skipped)."""
     stat = job.source.stat() if job.source.is_file() else None
     if stat is None:
@@ -261,8 +257,8 @@ def _prepare(job: BatchJob, spec: ModelSpec, config: BatchConfig, report: BatchR
     return task
 
 
-def _slab(task: _Task, spec: ModelSpec, config: BatchConfig, z0: int, z1: int) -> tuple[np.ndarray, dict[int, float]]:
-    """The LR slab of ``task`` for ``z0:z1`` in the model's input dtype, and its constant slices."""
+def _slab(task: _Task, spec: ServedModel, config: BatchConfig, z0: int, z1: int) -> tuple[np.ndarray, dict[int, float]]:
+    """The LR slab of ``task`` for ``z0:z1`` as float32 (what serving hands a model), and its constant slices."""
     if not task.volume:
         from .files import load_frame
 
@@ -270,18 +266,18 @@ def _slab(task: _Task, spec: ModelSpec, config: BatchConfig, z0: int, z1: int) -
         check_domain(task.job.source, frame, config.domain, strict=config.strict)
         task.pixel_nm = frame.pixel_size_nm
         task.pixel_type, task.source_meta = frame.pixel_type, acquisition_metadata(frame)
-        return frame.data[np.newaxis].astype(spec.dtype), {}
+        return frame.data[np.newaxis].astype(np.float32), {}  # as serving hands windows to a model
     data = read_slices(task.job.source, z0, z1, task.shape)  # type: ignore[arg-type]
     flat = data.reshape(data.shape[0], -1)
     low, high = flat.min(axis=1), flat.max(axis=1)
     constant = {k: float(low[k]) for k in range(data.shape[0]) if low[k] == high[k]}
-    return data.astype(spec.dtype), constant
+    return data.astype(np.float32), constant
 
 
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run_batch(spec: ModelSpec, jobs: list[BatchJob], runner: Any, config: BatchConfig = BatchConfig(), *,
+def run_batch(spec: ServedModel, jobs: list[BatchJob], runner: Any, config: BatchConfig = BatchConfig(), *,
               label: str | None = None) -> BatchReport:
     """Enhance every job with ``spec`` on ``runner`` (:mod:`refscope.daemon.offline.batch_compute`), resuming finished work.
 
@@ -342,7 +338,7 @@ def run_batch(spec: ModelSpec, jobs: list[BatchJob], runner: Any, config: BatchC
     return report
 
 
-def _build(runner: Any, task: _Task, spec: ModelSpec, config: BatchConfig, z0: int, z1: int) -> Any:
+def _build(runner: Any, task: _Task, spec: ServedModel, config: BatchConfig, z0: int, z1: int) -> Any:
     if task.failed:
         raise _Skipped()
     slab, constant = _slab(task, spec, config, z0, z1)
@@ -371,7 +367,7 @@ def _commit(task: _Task) -> None:
                                          "output_size": stat.st_size, "output_mtime_ns": stat.st_mtime_ns})
 
 
-def _write_frame(task: _Task, spec: ModelSpec, image: np.ndarray, label: str, report: BatchReport,
+def _write_frame(task: _Task, spec: ServedModel, image: np.ndarray, label: str, report: BatchReport,
                  config: BatchConfig) -> None:
     s = spec.scale
     pixel = task.pixel_nm / s if task.pixel_nm else None
@@ -385,7 +381,7 @@ def _write_frame(task: _Task, spec: ModelSpec, image: np.ndarray, label: str, re
         print(f"{task.job.source} -> {task.job.output}  {image.shape[0]}x{image.shape[1]} ({size}), {label} (batch)")
 
 
-def _finish(task: _Task, spec: ModelSpec, label: str, report: BatchReport, config: BatchConfig) -> None:
+def _finish(task: _Task, spec: ServedModel, label: str, report: BatchReport, config: BatchConfig) -> None:
     """Assemble a volume's z-blocks into its 3-D TIFF (atomically), record it, remove the blocks."""
     z, h, w = task.shape  # type: ignore[misc]
     s = spec.scale

@@ -47,7 +47,7 @@ from ..state.store import has_state
 from ..images import LoadedImage
 
 __all__ = ["DEFAULT_BUDGET_S", "choose_best", "fit_session_net", "resolve_method",
-           "onnx_runner", "cmd_train", "cmd_evaluate", "infer_onnx_scale"]
+           "onnx_runner", "model_runner", "served_net", "cmd_train", "cmd_evaluate", "infer_onnx_scale"]
 
 log = logging.getLogger("refscope.cli")
 DEFAULT_BUDGET_S = 240.0
@@ -317,22 +317,49 @@ def resolve_method(state_dir: str | Path, method: str | None) -> str:
     return "paired" if has_state(folder, "library") or not has_net(folder) else "net"
 
 
-def onnx_runner(model_bytes: bytes, manifest, *, threads: int = 0):
-    """``lr -> sr`` (float32) through ONNX Runtime (:class:`refscope.daemon.serve.runtime.OnnxModel`, CPU/GPU as available),
-    tile by tile inside the offline memory budget as the daemon serves networks."""
-    from ..serve.runtime import OnnxModel, RuntimeConfig
-
-    from refscope.models.tiling import default_workspace_bytes_per_px
-
+def model_runner(served, *, threads: int = 0):
+    """``lr -> sr`` (float32) of a :class:`~refscope.daemon.serve.served_model.ServedModel` (its ONNX session
+    loaded here, CPU/GPU as available, ``threads`` per inference), tile by tile inside the offline memory budget
+    with the model's own halo and alignment, as the daemon serves it."""
     from ..config import ServeConfig
     from ..config.budget import MemoryBudget
+    from ..serve.runtime import RuntimeConfig
 
-    model = OnnxModel(model_bytes, manifest, RuntimeConfig(intra_op_threads=threads))
-    serve = ServeConfig()  # the same tiles as live serving: serve.halo of context, tile from the offline budget
-    tile = MemoryBudget.offline(serve.max_memory_mb).tile(
-        workspace_bytes_per_px=manifest.workspace_bytes_per_px or default_workspace_bytes_per_px(manifest.scale),
-        scale=manifest.scale, halo=serve.halo, align=2, max_tile=serve.tile)
-    return lambda frame: model.run(np.asarray(frame, dtype=np.float32), tile=tile, halo=serve.halo, align=2)
+    model = served.loaded(RuntimeConfig(intra_op_threads=threads))
+    serve = ServeConfig()  # the tiles of live serving: the largest the offline budget holds, serve.tile at most
+    workspace = MemoryBudget.offline(serve.max_memory_mb).workspace_bytes
+
+    def run(frame: np.ndarray) -> np.ndarray:
+        return model.enhance(frame, tile=model.tile(np.shape(frame), max_tile=serve.tile, workspace_bytes=workspace))
+
+    return run
+
+
+def onnx_runner(model_bytes: bytes, manifest, *, threads: int = 0):
+    """``lr -> sr`` (float32) of ONNX ``model_bytes`` described by ``manifest``, through :func:`model_runner`.
+    A manifest that records no halo (an external model, or one exported by an older refscope) is tiled as the
+    daemon tiles such a network: ``serve.halo`` of context at even origins."""
+    from ..config import ServeConfig
+    from ..serve.served_model import onnx_model
+
+    return model_runner(onnx_model(model_bytes, manifest, method="net", fallback=(ServeConfig().halo, 2)),
+                        threads=threads)
+
+
+def served_net(state_dir: str | Path):
+    """The session's network in ``state_dir`` as a :class:`~refscope.daemon.serve.served_model.ServedModel`
+    (ONNX bytes, manifest, halo and alignment, model id). A manifest saved before refscope recorded the
+    network's halo and alignment gets them from the saved network itself (imports PyTorch)."""
+    from ..serve.served_model import onnx_model
+    from ..state.provenance import model_id
+
+    folder = Path(state_dir)
+    data, manifest = load_served(folder)
+    fallback = None
+    if manifest.halo is None or manifest.align is None:
+        network = load_net(folder).build()
+        fallback = (int(network.halo), int(getattr(network, "align", 2)))
+    return onnx_model(data, manifest, method="net", model_id=model_id(folder, "net"), fallback=fallback)
 
 
 def enhance_runner(state_dir: str | Path, method: str) -> tuple[FittedModel | None, object, int, str]:
@@ -341,8 +368,8 @@ def enhance_runner(state_dir: str | Path, method: str) -> tuple[FittedModel | No
     if not folder.is_dir():
         raise StateError(f"{folder}: no such state folder; create one with `refscope fit LR.tif HR.tif -o {folder}`")
     if method == "net":
-        data, manifest = load_served(folder)
-        return None, onnx_runner(data, manifest), manifest.scale, method
+        served = served_net(folder)
+        return None, model_runner(served), served.scale, method
     if method == "bicubic" and not has_state(folder, "library") and has_net(folder):
         scale = load_served(folder)[1].scale
         return None, lambda frame: upsample_bicubic(frame, scale), scale, method

@@ -10,10 +10,9 @@ What serves a frame:
 
 * before any model is fitted (version 0), or with method ``"bicubic"``: Keys bicubic upsampling;
 * method ``"paired"`` with a fitted model: the model exported to ONNX (:func:`refscope.models.paired_net.
-  export_paired_model`) and run by ONNX Runtime (:class:`refscope.daemon.serve.runtime.ModelSlot`, tiled with
-  ``serve.tile``/``serve.halo``) -- or, when the export, the load or ONNX Runtime itself is unavailable, the
-  NumPy reference :func:`refscope.models.pipeline.enhance` (the reason is logged and shown by
-  :meth:`~ServingEngine.describe`);
+  export_paired_model`) and run by ONNX Runtime (:class:`refscope.daemon.serve.runtime.ModelSlot`) -- or, when
+  the export, the load or ONNX Runtime itself is unavailable, the NumPy reference
+  :func:`refscope.models.pipeline.enhance` (the reason is logged and shown by :meth:`~ServingEngine.describe`);
 * methods ``"paired-faithful"`` and ``"original"``: the NumPy reference (they have no ONNX form);
 * method ``"net"``: the session-trained network promoted by the background trainer (:mod:`refscope.daemon.learn.trainer`), as ONNX
   (:meth:`~ServingEngine.set_net`); the paired library until one is promoted;
@@ -22,11 +21,15 @@ What serves a frame:
 
 A constant frame (beam blanked) is upsampled bicubically whatever the method: every method maps a constant to
 the same constant. Outputs are float32 (S·H, S·W) arrays in the input's intensity units.
+
+Whatever serves is a :class:`~refscope.daemon.serve.served_model.ServedModel`, tiled with its own halo and
+alignment (the receptive radius and grid anchor the export recorded in the manifest; ``serve.halo`` at even
+origins only for a network exported before they were recorded) by the tile the memory budget holds for its
+workspace (``serve.tile`` at most) -- exactly as ``refscope batch`` tiles it, so both give the untiled output.
 """
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -37,14 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from refscope.models.image_ops import upsample_bicubic
 from refscope.models.nlm import check_sigma_n
-from refscope.models.pipeline import FittedModel, enhance
-from refscope.models.tiling import balanced_tile, default_workspace_bytes_per_px, process_tiled, window_shape
+from refscope.models.pipeline import FittedModel
 
 from ..config import METHODS as CONFIG_METHODS
 from ..config import ModelConfig, ServeConfig
 from ..config.budget import MemoryBudget
+from .served_model import ServedModel, bicubic_model, numpy_model, onnx_model
 
 __all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS", "check_frame"]
 
@@ -53,12 +55,6 @@ _log = logging.getLogger(SERVING_LOGGER)
 
 MIN_SIDE_PX = 8
 """Smallest LR frame side the engine accepts, pixels."""
-
-
-def _BICUBIC_BYTES_PER_PX(scale: int) -> float:  # noqa: N802 - a constant of the scale
-    """Workspace of :func:`upsample_bicubic` per window px, bytes: the float64 row pass (S) and output (S²),
-    and its float32 copy, with a 1.5 margin."""
-    return 1.5 * (8.0 * scale + 12.0 * scale ** 2)
 
 SERVE_METHODS: tuple[str, ...] = CONFIG_METHODS
 """Methods the engine serves: the reconstruction methods plus the trained network (``"net"``) and the champion
@@ -95,9 +91,9 @@ class _State:
     method: str
     sigma_n: float | None
     scale: int
-    onnx: Any = None  # refscope.daemon.serve.runtime.OnnxModel serving `fitted` with `sigma_n`, or None
+    onnx: ServedModel | None = None  # `fitted` with `sigma_n` through ONNX Runtime (session loaded), or None
     onnx_note: str | None = None  # why ONNX is not used (None when it is, or not applicable)
-    net: Any = None  # OnnxModel of the promoted network, or None
+    net: ServedModel | None = None  # the promoted network through ONNX Runtime (session loaded), or None
     net_version: int = 0
     champion: str = "paired"  # what "best" serves: "paired" (the library) or "net"
 
@@ -133,8 +129,8 @@ class ServingEngine:
 
     Args:
         model_config: ``scale``, ``method`` and ``sigma_n`` at start.
-        serve_config: ONNX Runtime providers, threads, the largest tile and the networks' halo (input px), and
-            ``max_memory_mb``.
+        serve_config: ONNX Runtime providers, threads, the largest tile, the halo of a network whose manifest
+            records none (input px), and ``max_memory_mb``.
         use_onnx: serve ``"paired"`` models through ONNX Runtime when possible (default True); False: NumPy only.
         budget: the memory budget tiles are derived from (default: ``MemoryBudget.offline(serve.max_memory_mb)``,
             a one-shot command's; the daemon passes its own, with the trainer's and learner's shares reserved).
@@ -227,24 +223,16 @@ class ServingEngine:
         name, backend = self._served_by(state)
         if backend != "bicubic" and float(np.ptp(array)) == 0.0:
             name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
-        if backend == "bicubic":
-            out = self._bicubic(array, state.scale)
-        elif name == "net":
-            tile, halo, align = self._net_tiling(state)
-            out = state.net.run(array.astype(np.float32, copy=False), tile=balanced_tile(array.shape, tile, align=align),
-                                halo=halo, align=align)
-        elif backend == "onnx":
-            try:
-                tile, halo, align = self._tiling(state)
-                out = state.onnx.run(array.astype(np.float32, copy=False),
-                                     tile=balanced_tile(array.shape, tile, align=align), halo=halo, align=align)
-            except Exception as exc:  # noqa: BLE001 - one failed inference: fall back for this frame
-                _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
-                           type(exc).__name__, exc)
-                backend = "numpy"
-                out = self._numpy(array, state)
-        else:
-            out = self._numpy(array, state)
+        served = self._model(state, name, backend)
+        try:
+            out = self._run(served, array)
+        except Exception as exc:  # noqa: BLE001 - one failed inference of the paired model: fall back for this frame
+            if backend != "onnx" or name == "net":
+                raise
+            _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
+                       type(exc).__name__, exc)
+            backend = "numpy"
+            out = self._run(self._model(state, name, backend), array)
         image = np.asarray(out, dtype=np.float32)
         version = 0 if backend == "bicubic" else (state.net_version if name == "net" else state.version)
         return EnhanceResult(image=image, model_name=name, version=version,
@@ -263,58 +251,38 @@ class ServingEngine:
             return "paired", "onnx"
         return state.library_method, "numpy"
 
-    def _tiling(self, state: _State) -> tuple[int, int, int]:
-        """(tile, halo, align) in input px for tiling ``state``'s paired model exactly inside the memory budget:
-        the halo is the model's receptive radius (the tiled output equals the untiled one), windows start where
-        the strided query grid of an untiled call would have a query, and the tile is the largest the serving
-        workspace share holds for this model's workspace (``serve.tile`` at most)."""
-        fitted = state.fitted
-        if fitted is None:
-            return self.serve_config.tile, self.serve_config.halo, 1
-        from refscope.models.nlm import receptive_radius
+    def served_model(self) -> ServedModel:
+        """The :class:`ServedModel` that serves a (non-constant) frame now: its halo, alignment, scale,
+        workspace and provenance."""
+        state = self._snapshot()
+        return self._model(state, *self._served_by(state))
 
-        stride = fitted.paired.query_stride(fitted.scale)
-        halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
-        align = stride // math.gcd(fitted.scale, stride)
-        workspace = state.onnx.manifest.workspace_bytes_per_px if state.onnx is not None else None
-        tile = self.budget.tile(workspace_bytes_per_px=workspace or default_workspace_bytes_per_px(state.scale),
-                                scale=state.scale, halo=halo, align=align, max_tile=self.serve_config.tile)
-        return tile, halo, align
+    def tiling(self, shape: tuple[int, int]) -> tuple[int, int, int]:
+        """(tile, halo, align) in input px with which a (non-constant) frame of ``shape`` is served now."""
+        served = self.served_model()
+        return self._tile(served, shape), served.halo, served.align
 
-    def _net_tiling(self, state: _State) -> tuple[int, int, int]:
-        """(tile, halo, align) of the promoted network: ``serve.halo`` of context (its receptive field is not
-        known exactly), windows at even LR px (the networks' stride-2 heads), tile from the budget."""
-        halo = self.serve_config.halo
-        workspace = state.net.manifest.workspace_bytes_per_px or default_workspace_bytes_per_px(state.scale)
-        tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=state.scale, halo=halo, align=2,
-                                max_tile=self.serve_config.tile)
-        return tile, halo, 2
+    def _model(self, state: _State, name: str, backend: str) -> ServedModel:
+        """The :class:`ServedModel` that serves ``name`` on ``backend`` in ``state`` (see :meth:`_served_by`)."""
+        if backend == "bicubic":
+            return bicubic_model(state.scale)
+        if name == "net":
+            assert state.net is not None
+            return state.net
+        if backend == "onnx":
+            assert state.onnx is not None
+            return state.onnx
+        assert state.fitted is not None
+        return numpy_model(state.fitted, state.library_method, state.sigma_n)
 
-    def _bicubic(self, array: np.ndarray, scale: int) -> np.ndarray:
-        """Keys bicubic upsampling, tiled inside the budget (exact: its support is 2 LR px, the halo 3)."""
-        tile = self.budget.tile(workspace_bytes_per_px=_BICUBIC_BYTES_PER_PX(scale), scale=scale, halo=3,
-                                max_tile=self.serve_config.tile)
-        return process_tiled(array, lambda window: upsample_bicubic(window, scale), scale=scale,
-                             tile=balanced_tile(array.shape, tile), halo=3)
+    def _tile(self, served: ServedModel, shape: tuple[int, int]) -> int:
+        """Core size (input px) of ``served``'s tiles on a frame of ``shape``: the largest the budget's workspace
+        share holds for the model's workspace and halo, ``serve.tile`` at most, spread evenly over the frame."""
+        return served.tile(shape, max_tile=self.serve_config.tile, workspace_bytes=self.budget.workspace_bytes)
 
-    def _numpy(self, array: np.ndarray, state: _State) -> np.ndarray:
-        """The NumPy reference of ``state``'s library method, tiled inside the budget (exact: halo = the
-        method's receptive radius, windows aligned to the query grid)."""
-        from refscope.models.nlm import receptive_radius
-
-        fitted = state.fitted
-        assert fitted is not None
-        method = state.library_method
-        stride = fitted.paired.query_stride(fitted.scale) if method == "paired" else 1
-        halo = receptive_radius(fitted.scale, fitted.library.patch_size, stride)
-        align = stride // math.gcd(fitted.scale, stride)
-        queries = (fitted.scale / stride) ** 2
-        workspace = 1.5 * 8.0 * (6 * fitted.scale ** 2 + queries * (fitted.library.patch_size ** 2 + 4))
-        tile = self.budget.tile(workspace_bytes_per_px=workspace, scale=fitted.scale, halo=halo, align=align,
-                                max_tile=self.serve_config.tile)
-        return process_tiled(array, lambda window: enhance(window, fitted, method=method, sigma_n=state.sigma_n),
-                             scale=fitted.scale, tile=balanced_tile(array.shape, tile, align=align), halo=halo,
-                             align=align)
+    def _run(self, served: ServedModel, array: np.ndarray) -> np.ndarray:
+        """``served`` on ``array``, tiled inside the budget with the model's own halo and alignment (exact)."""
+        return served.enhance(array, tile=self._tile(served, array.shape))
 
     # ------------------------------------------------------------------------------------------ changes
 
@@ -362,9 +330,11 @@ class ServingEngine:
                 slot = ModelSlot(self._runtime_config())
                 if not slot.try_load(model_bytes, manifest):
                     raise ValueError(f"network v{version} refused: {slot.last_error}")
-                model = slot.model
+                # a manifest from before refscope recorded the network's halo: serve.halo at even origins
+                model = onnx_model(model_bytes, manifest, method="net", session=slot.model, keep_bytes=False,
+                                   fallback=(self.serve_config.halo, 2))
                 candidate = replace(current, net=model, net_version=int(version), champion="net")
-                self._warm_up(model, *self._net_tiling(candidate))
+                self._warm_up(model)
             with self._lock:
                 self._state = candidate
         _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
@@ -487,21 +457,23 @@ class ServingEngine:
             self._slot = ModelSlot(self._runtime_config())
         if not self._slot.try_load(onnx_bytes, manifest, checked=checked):
             raise RuntimeError(self._slot.last_error or "the ONNX model was refused")
-        model = self._slot.model
-        window = self._warm_up(model, *self._tiling(replace(state, onnx=model)))
+        # a cached export from before refscope recorded the halo: the library's own receptive radius and lattice
+        model = onnx_model(onnx_bytes, manifest, method="paired", session=self._slot.model, keep_bytes=False,
+                           fallback=fitted.tiling("paired"))
+        window = self._warm_up(model)
         _log.info("model v%d exported to ONNX, loaded and warmed up%s in %.2f s (providers %s)", state.version,
                   f" on one {window[0]}x{window[1]} px tile" if window else "", time.perf_counter() - start,
                   list(model.providers))
         return model
 
-    def _warm_up(self, model: Any, tile: int, halo: int, align: int) -> tuple[int, int] | None:
+    def _warm_up(self, model: ServedModel) -> tuple[int, int] | None:
         """Run ``model`` once on one window of the shape the latest frame's tiles have (every window of a frame
         has that shape): the first run at a new input shape is slow, so it is paid here, not on a live frame.
         Returns the window shape, or None before any frame."""
         shape = self._last_shape
-        if shape is None:
+        if shape is None or model.manifest is None:
             return None
-        window = window_shape(shape, balanced_tile(shape, tile, align=align), halo, align=align)
+        window = model.window_shape(shape, tile=self._tile(model, shape))
         ramp = np.add.outer(np.linspace(0.0, 127.5, window[0]), np.linspace(0.0, 127.5, window[1]))
         model.run(model.manifest.denormalise(ramp))
         return window

@@ -177,6 +177,7 @@ def test_onnx_export_matches_torch_on_two_sizes(name, scale, kwargs, rng):
         model_bytes, manifest = export_torch_module(net, scale=scale, kind=name)
     check_onnx_model(model_bytes, expected_scale=scale)
     assert manifest.kind == name and manifest.scale == scale
+    assert (manifest.halo, manifest.align) == (net.halo, net.align)  # serving tiles with the network's own
     net.eval()
     for shape in [(1, 1, 16, 16), (2, 1, 13, 21)]:
         x = rng.random(shape).astype(np.float32)

@@ -221,9 +221,32 @@ def test_manifest_json_round_trip_and_normalisation() -> None:
     np.testing.assert_allclose(manifest.denormalise(manifest.normalise(x)), x)
 
 
+def test_manifest_records_tiling_and_reads_manifests_saved_before_it() -> None:
+    """``halo``/``align`` round-trip; a manifest without them (saved before they existed) reads as unknown and
+    writes back exactly as it was."""
+    manifest = ModelManifest(kind="emsr", scale=2, halo=35, align=8, created="2026-11-22T07:00:00+00:00")
+    again = ModelManifest.from_json(manifest.to_json())
+    assert again == manifest and (again.halo, again.align) == (35, 8)
+    old = {k: v for k, v in manifest.to_dict().items() if k not in ("halo", "align")}
+    before = ModelManifest.from_dict(old)
+    assert (before.halo, before.align) == (None, None) and before.to_dict() == old
+
+
+def test_export_records_the_modules_halo_and_alignment() -> None:
+    module = TinySR(2)
+    module.halo, module.align = 2, 1
+    _, manifest = export_torch_module(module, scale=2)
+    assert (manifest.halo, manifest.align) == (2, 1)
+    _, unknown = export_torch_module(TinySR(2), scale=2)  # a module that does not say: unknown, not guessed
+    assert (unknown.halo, unknown.align) == (None, None) and "halo" not in unknown.to_dict()
+
+
 @pytest.mark.parametrize(
     "edit,key",
     [
+        ({"halo": -1}, "halo"),
+        ({"align": 0}, "align"),
+        ({"align": 2.5}, "align"),
         ({"scale": 0}, "scale"),
         ({"scale": 2.0}, "scale"),
         ({"kind": "Big Model"}, "kind"),

@@ -154,6 +154,7 @@ def test_export_manifest_and_served_output_equal_enhance(fitted, served, scale):
     check_onnx_model(model_bytes, expected_scale=scale)
     assert manifest.kind == PAIRED_KIND and manifest.scale == scale and manifest.opset == 17
     assert manifest.library_size == len(model.library)
+    assert (manifest.halo, manifest.align) == model.tiling("paired")  # the exact tiling travels with the model
     np.testing.assert_allclose(manifest.normalise(np.array([model.intensity.low, model.intensity.high])),
                                [0.0, 255.0], atol=1e-3)
     # two frame sizes (one odd) through the same session: dynamic H and W, outputs in LR units
@@ -181,9 +182,9 @@ def test_tiled_serving_at_scale_3_needs_aligned_windows(fitted, served):
     pair, model = fitted[3]
     _, _, session = served[3]
     stride = model.paired.query_stride(3)
-    align = stride // math.gcd(3, stride)
-    assert align == 2
-    halo = receptive_radius(3, model.library.patch_size, stride)
+    halo, align = model.tiling("paired")
+    assert align == 2 == stride // math.gcd(3, stride)
+    assert halo == receptive_radius(3, model.library.patch_size, stride)
     lr = pair.lr[:61, :75]
     whole = session.run(lr)
     _assert_close(session.run(lr, tile=13, halo=halo, align=align), whole, REL)

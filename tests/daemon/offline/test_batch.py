@@ -21,7 +21,7 @@ import tifffile
 
 from refscope.daemon.offline import batch, batch_compute
 from refscope.daemon.offline.batch import PROGRESS_DIR, BatchConfig, load_batch_model, plan_jobs, run_batch
-from refscope.daemon.offline.batch_compute import ThreadsRunner, axis_chunks, slab_graph
+from refscope.daemon.offline.batch_compute import ThreadsRunner, block_tile, slab_graph
 from refscope.daemon.cli import main
 from refscope.daemon.config import ModelConfig, ServeConfig
 from refscope.daemon.state.model_store import load_model
@@ -106,12 +106,15 @@ def _same_as_enhance(out: Path, enhanced: Path, names: list[str], *, same_source
         assert not same_source or ours.metadata.extra == theirs.metadata.extra
 
 
-def test_axis_chunks_merge_short_edge_blocks() -> None:
-    assert axis_chunks(200, 64) == (64, 64, 72)
-    assert axis_chunks(300, 64) == (64, 64, 64, 108)
-    assert axis_chunks(640, 256) == (256, 256, 128)
-    assert axis_chunks(300, 256) == (300,)
-    assert all(min(axis_chunks(n, 64)) >= min(n, 64) and sum(axis_chunks(n, 64)) == n for n in range(8, 700, 7))
+def test_block_tile_keeps_the_block_count_and_the_models_alignment() -> None:
+    """--block caps the core; the cores are spread evenly, aligned to the model's grid, at least twice its halo."""
+    from refscope.daemon.serve.served_model import ServedModel
+
+    plain = ServedModel(method="net", scale=2, halo=5, align=1, workspace_bytes_per_px=1.0)
+    assert block_tile((200, 300), plain, 64) == 60  # 4 x 5 cores of <= 64, as few as 64 px blocks need
+    assert block_tile((300, 150), plain, 256) == 150
+    aligned = ServedModel(method="net", scale=2, halo=45, align=8, workspace_bytes_per_px=1.0)
+    assert block_tile((1000, 1000), aligned, 64) == 96  # 2 x halo = 90, rounded up to the alignment
 
 
 def test_batch_on_local_cluster_matches_enhance(state, frames, enhanced, cluster, tmp_path, capsys) -> None:
@@ -129,7 +132,7 @@ def test_batch_on_local_cluster_matches_enhance(state, frames, enhanced, cluster
         assert np.array_equal(read_image(out / name).data, whole), name
     graph = slab_graph(ThreadsRunner(1).source(np.zeros((1, *LR_SHAPE), np.float32)), spec, block_px=64,
                        constant={})
-    assert graph.numblocks == (1, 3, 4) and spec.depth < 64
+    assert graph.numblocks == (1, 4, 5) and spec.halo < 64
     with distributed.Client(cluster) as client:  # both worker processes loaded the model from its bytes
         loaded = client.run(lambda: sorted(batch_compute._MODELS))
     assert len(loaded) == 2 and all(spec.key in keys for keys in loaded.values())

@@ -106,8 +106,8 @@ def test_tiled_serving_equals_the_untiled_reference_whatever_the_budget():
     frame = np.random.default_rng(5).normal(500.0, 80.0, (150, 170))
     engine = ServingEngine(ModelConfig(scale=4), ServeConfig(tile=64, halo=8), budget=MemoryBudget.offline(600))
     engine.set_model(model, 1)
-    tile, halo, _ = engine._tiling(engine._snapshot())
-    assert tile < 150 and halo >= 1
+    tile, halo, align = engine.tiling(frame.shape)
+    assert tile < 150 and (halo, align) == model.tiling("paired") and halo >= 1
     served = engine.enhance(frame)
     assert served.backend == "onnx"
     oracle = enhance(frame, model, method="paired")

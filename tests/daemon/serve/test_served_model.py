@@ -1,0 +1,99 @@
+"""The one served-model type: its halo and alignment are the model's own, tiling with them is exact, a manifest
+saved before they were recorded falls back as the daemon always served such a network, and it travels to Dask
+workers as bytes (oracle: the untiled run of the same ONNX session)."""
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from refscope.daemon.config import ModelConfig, ServeConfig
+from refscope.daemon.serve.engine import ServingEngine
+from refscope.daemon.serve.runtime import RuntimeConfig
+from refscope.daemon.serve.served_model import ServedModel, bicubic_model, onnx_model
+from refscope.models.image_ops import upsample_bicubic
+
+torch = pytest.importorskip("torch")
+
+
+def _exported(name: str, **kwargs):
+    """(bytes, manifest, network) of a small seeded network whose zero-started layers are perturbed."""
+    from refscope.models.networks import build_network
+    from refscope.models.training import export_network, Normalisation
+
+    net = build_network(name, scale=2, seed=0, **kwargs)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for param in net.parameters():
+            if not param.abs().sum():
+                param.copy_(0.05 * torch.randn(param.shape, generator=gen))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's own notes
+        data, manifest = export_network(net, Normalisation(0.0, 1 / 255.0), kind=name)
+    return data, manifest, net
+
+
+@pytest.fixture(scope="module")
+def emsr():
+    return _exported("emsr", channels=8, n_blocks=1, n_resblocks=1, heads=2, window=8)
+
+
+def _frame(shape=(200, 232)) -> np.ndarray:
+    rng = np.random.default_rng(4)
+    return (128 + 60 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def test_emsr_tiles_exactly_with_its_own_halo_and_alignment_and_not_with_the_old_rule(emsr) -> None:
+    data, manifest, net = emsr
+    served = onnx_model(data, manifest, method="net").loaded(RuntimeConfig(intra_op_threads=1))
+    assert (served.halo, served.align) == (net.halo, net.align) == (35, 8)
+    frame = _frame()
+    whole = served.run(frame)
+    tiled = served.enhance(frame, tile=48)
+    assert len(served.plan(frame.shape, tile=48)) == 5 * 5
+    assert float(np.max(np.abs(tiled - whole))) <= 1e-5 * float(np.max(np.abs(whole)))
+    # the rule live serving had for networks: serve.halo = 32 px of context, windows at even px
+    old = replace(served, halo=32, align=2).enhance(frame, tile=48)
+    assert float(np.max(np.abs(old - whole))) > 1e-4 * float(np.max(np.abs(whole)))
+
+
+def test_a_manifest_without_tiling_uses_the_fallback_and_says_when_there_is_none(emsr) -> None:
+    data, manifest, _ = emsr
+    before = replace(manifest, halo=None, align=None)  # as saved by a refscope that did not record them
+    assert (onnx_model(data, before, method="net", fallback=(32, 2)).halo,
+            onnx_model(data, before, method="net", fallback=(32, 2)).align) == (32, 2)
+    assert onnx_model(data, manifest, method="net", fallback=(32, 2)).halo == 35  # recorded: the fallback is unused
+    with pytest.raises(ValueError, match="no halo/align"):
+        onnx_model(data, before, method="net")
+
+
+def test_engine_serves_a_network_with_its_own_tiling_and_an_old_one_with_serve_halo(emsr) -> None:
+    data, manifest, _ = emsr
+    engine = ServingEngine(ModelConfig(scale=2, method="net"), ServeConfig(tile=64, halo=20))
+    engine.set_net(data, manifest, 1)
+    assert engine.tiling((500, 500))[1:] == (35, 8)
+    engine.set_net(data, replace(manifest, halo=None, align=None), 2)
+    assert engine.tiling((500, 500))[1:] == (20, 2)
+
+
+def test_a_served_model_travels_as_bytes_without_its_session(emsr) -> None:
+    data, manifest, _ = emsr
+    served = onnx_model(data, manifest, method="net", model_id="net:abc").loaded()
+    assert served.session is not None and served.backend == "onnx" and served.providers
+    copy = pickle.loads(pickle.dumps(served))
+    assert copy.session is None and copy.onnx_bytes == data and copy.key == served.key
+    assert (copy.halo, copy.align, copy.model_id, copy.manifest) == (35, 8, "net:abc", manifest)
+    with pytest.raises(RuntimeError, match="not loaded"):
+        copy.run(_frame((16, 16)))
+    frame = _frame((40, 48))
+    np.testing.assert_array_equal(copy.loaded().run(frame), served.run(frame))
+
+
+def test_bicubic_served_model_is_exact_with_its_halo() -> None:
+    served = pickle.loads(pickle.dumps(bicubic_model(3)))  # picklable: shipped to workers like any model
+    assert isinstance(served, ServedModel) and (served.halo, served.align, served.backend) == (3, 1, "bicubic")
+    frame = _frame((70, 90)).astype(np.float64)
+    np.testing.assert_allclose(served.enhance(frame, tile=16), upsample_bicubic(frame, 3), rtol=1e-6, atol=1e-3)
