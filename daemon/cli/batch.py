@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from refscope.models.self_ensemble import ENSEMBLE_SIZES
+
 from ..offline.batch_files import DEFAULT_BLOCK_PX, MIN_BLOCK_PX
 from ..errors import RefscopeError
 
@@ -56,6 +58,9 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("paired", "net", "best"), default=None,
                    help="paired library, trained network, or the winner in best.json (default: best once a "
                    "network exists, else paired)")
+    p.add_argument("--self-ensemble", type=int, choices=ENSEMBLE_SIZES, default=1, metavar="N",
+                   help="passes of the network over flipped and rotated copies of each frame, averaged: 1 (default), "
+                   "2, 4 or 8 -- the same pixels as `refscope enhance --self-ensemble N`")
     p.add_argument("--scheduler", default="threads", metavar="S",
                    help="threads (default), processes (a local cluster) or tcp://HOST:PORT of a Dask scheduler")
     p.add_argument("--workers", type=_at_least(1), default=None, metavar="N",
@@ -119,7 +124,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     config = BatchConfig(block_px=args.block, z_block=args.z_block, quiet=args.quiet,
                          domain=load_domain(args.state_dir), strict=args.strict)
     check_scheduler(args.scheduler, args.workers)  # before the model export (a second or two)
-    spec, label = load_batch_model(args.state_dir, args.method)
+    spec, label = load_batch_model(args.state_dir, args.method, self_ensemble=args.self_ensemble)
     jobs = plan_jobs(args.inputs, args.output, spec.scale)
     with open_runner(args.scheduler, args.workers, progress=not args.quiet) as runner:
         report = run_batch(spec, jobs, runner, config, label=label)

@@ -32,6 +32,7 @@ import time
 from refscope.models.library import LibraryConfig
 from refscope.models.network_names import NETWORK_NAMES as REGISTERED_NETWORKS
 from refscope.models.pipeline import METHODS, FitConfig, default_patch_size
+from refscope.models.self_ensemble import ENSEMBLE_SIZES
 from refscope.tui.cli import add_tui_parser
 
 from .batch import add_batch_parser
@@ -102,7 +103,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     requested = args.method or ("best" if net_cli.has_net(args.state_dir) else "paired")
     method = net_cli.resolve_method(args.state_dir, requested)
-    model, runner, scale, method = net_cli.enhance_runner(args.state_dir, method)
+    model, runner, scale, method = net_cli.enhance_runner(args.state_dir, method, self_ensemble=args.self_ensemble)
     label = f"best = {method}" if requested == "best" else None
     return enhance_files(model, args.inputs, args.output, method=method, sigma_n=args.sigma_n,
                          engine=args.engine, runner=runner, scale=scale, label=label, state_dir=args.state_dir,
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in library units (1/255 of the LR range) for paired-faithful/original (default 1)")
     p.add_argument("--engine", choices=("onnx", "numpy"), default="onnx",
                    help="onnx: serve through ONNX Runtime like the daemon (default); numpy: the reference code")
+    p.add_argument("--self-ensemble", type=int, choices=ENSEMBLE_SIZES, default=1, metavar="N",
+                   help="passes of the network over flipped and rotated copies of each frame, averaged: 1 (default), "
+                   "2, 4 or 8 (N times the time; about +0.02, +0.03, +0.04 dB on real pairs)")
     p.add_argument("--dtype", choices=("input", "float32"), default="input",
                    help="output pixel type: input (default: uint8/uint16 inputs give rounded, clipped uint8/uint16 "
                    "outputs, others float32) or float32")

@@ -42,7 +42,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,11 @@ class BatchReport:
 # ------------------------------------------------------------------------------------------------- model
 
 
-def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ServedModel, str]:
-    """The :class:`~refscope.daemon.serve.served_model.ServedModel` that ``refscope enhance STATE_DIR --method M``
-    serves, and a label for it.
+def load_batch_model(state_dir: str | Path, method: str | None, *,
+                     self_ensemble: int = 1) -> tuple[ServedModel, str]:
+    """The :class:`~refscope.daemon.serve.served_model.ServedModel` that ``refscope enhance STATE_DIR --method M
+    --self-ensemble N`` serves, and a label for it (``self_ensemble``: passes of the network averaged; the
+    library and bicubic ignore it).
 
     ``method`` None is ``best`` once a network exists, else ``paired`` (as enhance); ``best`` is resolved
     through ``best.json``. Raises :class:`StateError` for a missing or unusable state folder.
@@ -142,7 +144,7 @@ def load_batch_model(state_dir: str | Path, method: str | None) -> tuple[ServedM
     label = f"best = {resolved}" if requested == "best" else resolved
     log.info("%s: batch serves %s (requested %s)", folder, resolved, requested)
     if resolved == "net":
-        return served_net(folder), label
+        return replace(served_net(folder), ensemble=self_ensemble), label
     from ..state.model_store import load_model
     from ..state.net_store import load_served
     from ..state.store import has_state
@@ -229,7 +231,7 @@ def _prepare(job: BatchJob, spec: ServedModel, config: BatchConfig, report: Batc
         per_slice = 4 * spec.scale ** 2 * shape[1] * shape[2]
         z_block = config.z_block or max(1, min(_MAX_Z_BLOCK, _Z_BLOCK_BYTES // per_slice))
     key = {"format": RECORD_FORMAT, "input": str(job.source.resolve()), "input_size": stat.st_size,
-           "input_mtime_ns": stat.st_mtime_ns, "model": spec.key, "scale": spec.scale,
+           "input_mtime_ns": stat.st_mtime_ns, "model": spec.key, "scale": spec.scale, "self_ensemble": spec.ensemble,
            "shape": list(shape) if shape else None, "z_block": z_block if shape else None}
     previous = read_record(_record_path(job.output))
     if output_done(previous, key, job.output):

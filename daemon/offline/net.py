@@ -22,6 +22,7 @@ import argparse
 import logging
 import math
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -362,13 +363,15 @@ def served_net(state_dir: str | Path):
     return onnx_model(data, manifest, method="net", model_id=model_id(folder, "net"), fallback=fallback)
 
 
-def enhance_runner(state_dir: str | Path, method: str) -> tuple[FittedModel | None, object, int, str]:
-    """(paired model or None, runner or None, scale, method) for ``refscope enhance``."""
+def enhance_runner(state_dir: str | Path, method: str, *,
+                   self_ensemble: int = 1) -> tuple[FittedModel | None, object, int, str]:
+    """(paired model or None, runner or None, scale, method) for ``refscope enhance`` (``self_ensemble``: passes
+    of the network averaged over flipped and rotated copies; the library and bicubic ignore it)."""
     folder = Path(state_dir)
     if not folder.is_dir():
         raise StateError(f"{folder}: no such state folder; create one with `refscope fit LR.tif HR.tif -o {folder}`")
     if method == "net":
-        served = served_net(folder)
+        served = replace(served_net(folder), ensemble=self_ensemble)
         return None, model_runner(served), served.scale, method
     if method == "bicubic" and not has_state(folder, "library") and has_net(folder):
         scale = load_served(folder)[1].scale

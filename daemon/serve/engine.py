@@ -42,6 +42,7 @@ import numpy as np
 
 from refscope.models.nlm import check_sigma_n
 from refscope.models.pipeline import FittedModel
+from refscope.models.self_ensemble import ensemble_size_for
 
 from ..config import METHODS as CONFIG_METHODS
 from ..config import ModelConfig, ServeConfig
@@ -73,6 +74,7 @@ class EnhanceResult:
             (bicubic, before any model or by choice).
         seconds: wall time of the enhancement itself, seconds.
         backend: ``"bicubic"``, ``"onnx"`` or ``"numpy"``.
+        ensemble: self-ensemble size of the network (passes averaged; 1 for every other method).
     """
 
     image: np.ndarray
@@ -80,6 +82,7 @@ class EnhanceResult:
     version: int
     seconds: float
     backend: str
+    ensemble: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +163,8 @@ class ServingEngine:
                              scale=model_config.scale)
         self._slot: Any = None  # ModelSlot, created on first export
         self._last_shape: tuple[int, int] | None = None  # (H, W) of the latest frame, for warm-ups
+        self._net_pass_s_per_px: float | None = None  # one network pass, seconds per output px (latest frames)
+        self._last_ensemble = 1  # self-ensemble size of the latest frame the network served
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -224,6 +229,8 @@ class ServingEngine:
         if backend != "bicubic" and float(np.ptp(array)) == 0.0:
             name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
         served = self._model(state, name, backend)
+        if name == "net":
+            served = replace(served, ensemble=self._ensemble_for(array.shape, served.scale))
         try:
             out = self._run(served, array)
         except Exception as exc:  # noqa: BLE001 - one failed inference of the paired model: fall back for this frame
@@ -235,8 +242,28 @@ class ServingEngine:
             out = self._run(self._model(state, name, backend), array)
         image = np.asarray(out, dtype=np.float32)
         version = 0 if backend == "bicubic" else (state.net_version if name == "net" else state.version)
-        return EnhanceResult(image=image, model_name=name, version=version,
-                             seconds=time.perf_counter() - start, backend=backend)
+        seconds = time.perf_counter() - start
+        if name == "net":
+            self._note_net_pass(seconds / (served.ensemble * image.size), served.ensemble)
+        return EnhanceResult(image=image, model_name=name, version=version, seconds=seconds, backend=backend,
+                             ensemble=served.ensemble if name == "net" else 1)
+
+    def _ensemble_for(self, shape: tuple[int, int], scale: int) -> int:
+        """Self-ensemble size of the network on a frame of ``shape``: ``serve.self_ensemble`` when set, else the
+        most passes that fit ``serve.frame_budget_s`` at the pass time of the latest frames (1 before any)."""
+        fixed = self.serve_config.self_ensemble
+        if fixed:
+            return fixed
+        per_px = self._net_pass_s_per_px
+        if per_px is None:
+            return 1
+        return ensemble_size_for(per_px * scale * scale * shape[0] * shape[1], self.serve_config.frame_budget_s)
+
+    def _note_net_pass(self, seconds_per_px: float, ensemble: int) -> None:
+        """Remember how long one network pass took per output px (mean with the previous frames' figure)."""
+        previous = self._net_pass_s_per_px
+        self._net_pass_s_per_px = seconds_per_px if previous is None else 0.5 * (previous + seconds_per_px)
+        self._last_ensemble = ensemble
 
     @staticmethod
     def _served_by(state: _State) -> tuple[str, str]:
@@ -337,6 +364,7 @@ class ServingEngine:
                 self._warm_up(model)
             with self._lock:
                 self._state = candidate
+                self._net_pass_s_per_px = None  # another network: its pass time is measured afresh
         _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
                   time.perf_counter() - start, list(model.providers))
 
@@ -484,7 +512,8 @@ class ServingEngine:
         """The serving state as a JSON-able dict: ``version``, ``method`` (requested), ``served_by`` (method
         actually used), ``backend``, ``scale``, ``sigma_n``, ``library_size``, ``providers`` (ONNX),
         ``onnx_note`` (why ONNX is not used, or None), ``net_version`` (0: no network), ``champion``, ``warming``
-        (a new model is being exported and warmed up) and ``max_memory_mb`` (the budget tiles come from)."""
+        (a new model is being exported and warmed up), ``max_memory_mb`` (the budget tiles come from) and
+        ``self_ensemble`` (passes the network averaged on the latest frame it served)."""
         state = self._snapshot()
         name, backend = self._served_by(state)
         return {
@@ -502,4 +531,5 @@ class ServingEngine:
             "champion": state.champion,
             "warming": self.warming,
             "max_memory_mb": self.budget.total_mb,
+            "self_ensemble": self._last_ensemble,
         }

@@ -38,6 +38,7 @@ import numpy as np
 
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.manifest import ModelManifest
+from refscope.models.self_ensemble import ENSEMBLE_SIZES, ensemble_run
 from refscope.models.tiling import (TileBox, balanced_tile, default_workspace_bytes_per_px, process_tiled,
                                     tile_for_budget, tile_plan, window_shape)
 
@@ -78,6 +79,9 @@ class ServedModel:
             (:func:`~refscope.daemon.state.provenance.model_id`), or None.
         session: the loaded :class:`~refscope.daemon.serve.runtime.OnnxModel` (never pickled), or None.
         fn: the NumPy window function of a non-ONNX model, ``(h, w) -> (S·h, S·w)``, or None.
+        ensemble: passes over flipped and rotated copies of each window, averaged (1, 2, 4 or 8; geometric
+            self-ensemble, :func:`refscope.models.self_ensemble.ensemble_run`, with the windows padded to
+            :attr:`align` so that tiling stays exact).
     """
 
     method: str
@@ -91,11 +95,14 @@ class ServedModel:
     model_id: str | None = None
     session: Any = field(default=None, repr=False)
     fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if int(self.halo) != self.halo or self.halo < 0 or int(self.align) != self.align or self.align < 1:
             raise ValueError(f"a served model needs halo >= 0 and align >= 1 (LR px), got {self.halo!r}, "
                              f"{self.align!r}")
+        if self.ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"self-ensemble size must be one of {ENSEMBLE_SIZES}, got {self.ensemble!r}")
         object.__setattr__(self, "halo", int(self.halo))
         object.__setattr__(self, "align", int(self.align))
 
@@ -131,12 +138,26 @@ class ServedModel:
 
     # ------------------------------------------------------------------------------------------ running
     def run(self, window: np.ndarray) -> np.ndarray:
-        """Enhance one (h, w) window whole: (S·h, S·w), the input's intensity units (float32 for ONNX)."""
+        """Enhance one (h, w) window whole: (S·h, S·w), the input's intensity units (float32 for ONNX); with
+        :attr:`ensemble` > 1 the average of that many passes over flipped and rotated copies."""
+        if self.ensemble > 1:
+            return ensemble_run(self._run_once, window, self.ensemble, align=self.align)
+        return self._run_once(window)
+
+    def _run_once(self, window: np.ndarray) -> np.ndarray:
         if self.session is not None:
             return self.session.run(window)
         if self.fn is not None:
             return self.fn(window)
         raise RuntimeError(f"{self.method} model {self.key or ''}: its ONNX session is not loaded (loaded())")
+
+    @property
+    def window_bytes_per_px(self) -> float:
+        """Working memory of one window per window px, bytes: the model's own and, for a self-ensemble, the
+        float64 sum of the outputs, a transformed copy of the window and its padding (:attr:`align`)."""
+        if self.ensemble == 1:
+            return self.workspace_bytes_per_px
+        return self.workspace_bytes_per_px + 8.0 * self.scale ** 2 + 8.0
 
     def tile(self, shape: tuple[int, int], *, max_tile: int, workspace_bytes: int | None = None) -> int:
         """Core size (LR px) for a frame of ``shape``: the largest that ``workspace_bytes`` holds for this model
@@ -144,7 +165,7 @@ class ServedModel:
         evenly over the frame and rounded to :attr:`align` (:func:`~refscope.models.tiling.balanced_tile`)."""
         most = int(max_tile)
         if workspace_bytes is not None:
-            most = tile_for_budget(int(workspace_bytes), workspace_bytes_per_px=self.workspace_bytes_per_px,
+            most = tile_for_budget(int(workspace_bytes), workspace_bytes_per_px=self.window_bytes_per_px,
                                    scale=self.scale, halo=self.halo, align=self.align, max_tile=most)
         return balanced_tile(shape, most, align=self.align)
 

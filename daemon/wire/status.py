@@ -190,6 +190,7 @@ class ModelStatus(_Part):
     champion: str | None = None
     warming: bool = False
     max_memory_mb: float | None = None
+    self_ensemble: int = 1
     validation_delta_db: float | None = None
 
 

@@ -97,3 +97,44 @@ def test_bicubic_served_model_is_exact_with_its_halo() -> None:
     assert isinstance(served, ServedModel) and (served.halo, served.align, served.backend) == (3, 1, "bicubic")
     frame = _frame((70, 90)).astype(np.float64)
     np.testing.assert_allclose(served.enhance(frame, tile=16), upsample_bicubic(frame, 3), rtol=1e-6, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def compact():
+    return _exported("compact", channels=8, n_layers=2)
+
+
+def test_the_engine_serves_a_fixed_self_ensemble_exactly(compact) -> None:
+    """``serve.self_ensemble = 4``: every frame the network serves is the average of 4 passes over flipped
+    copies (oracle: :func:`ensemble_run` of the untiled session on the whole frame), tiled exactly."""
+    from refscope.models.self_ensemble import ensemble_run
+
+    data, manifest, net = compact
+    engine = ServingEngine(ModelConfig(scale=2, method="net"), ServeConfig(tile=64, halo=20, self_ensemble=4))
+    engine.set_net(data, manifest, 1)
+    frame = _frame((150, 173))
+    result = engine.enhance(frame)
+    served = engine.served_model()
+    whole = ensemble_run(served.run, frame, 4, align=net.align)
+    assert result.ensemble == 4 and engine.describe()["self_ensemble"] == 4
+    assert engine.tiling(frame.shape)[0] < 150  # several tiles
+    np.testing.assert_allclose(result.image, whole, rtol=0, atol=1e-4 * float(np.abs(whole).max()))
+    assert np.abs(result.image - served.run(frame)).max() > 1e-3  # not one pass
+
+
+def test_the_automatic_self_ensemble_fits_the_frame_budget(compact) -> None:
+    """``serve.self_ensemble = 0``: one pass on the first frame (no timing yet), then as many passes as the
+    network's measured pass time lets fit in ``serve.frame_budget_s``: 8 with a generous budget, 1 with none to
+    spare; a new network is timed afresh."""
+    data, manifest, _ = compact
+    frame = _frame((64, 80))
+    generous = ServingEngine(ModelConfig(scale=2, method="net"), ServeConfig(frame_budget_s=60.0))
+    generous.set_net(data, manifest, 1)
+    assert [generous.enhance(frame).ensemble for _ in range(3)] == [1, 8, 8]
+    generous.set_net(data, manifest, 2)
+    assert generous.enhance(frame).ensemble == 1
+    tight = ServingEngine(ModelConfig(scale=2, method="net"), ServeConfig(frame_budget_s=1e-6))
+    tight.set_net(data, manifest, 1)
+    assert [tight.enhance(frame).ensemble for _ in range(3)] == [1, 1, 1]
+    bicubic = ServingEngine(ModelConfig(scale=2, method="bicubic"), ServeConfig(self_ensemble=8))
+    assert bicubic.enhance(frame).ensemble == 1  # only a network is ensembled
