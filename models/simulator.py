@@ -39,6 +39,7 @@ import numpy as np
 
 from scipy import ndimage
 
+from .degradations import add_poisson_gaussian
 from .synthetic import render_specimen, scan
 
 __all__ = ["Area", "Event", "Optics", "Session", "State", "make_areas", "specimen_from_image", "state_at",
@@ -198,7 +199,7 @@ def _scan(a: Area, stage_xy_m: Sequence[float], shape: tuple[int, int], pixel_nm
     clean = scan(a.image, field_box=box, pixel_size=pixel, probe_sigma_px=probe_px, dose=None, read_noise=0.0,
                  rng=rng, line_jitter_px=jitter_px)
     signal = np.clip(state.gain * clean + state.offset, 0.0, None)
-    noisy = rng.poisson(dose * signal) / dose + rng.normal(0.0, optics.read_noise, signal.shape)
+    noisy = add_poisson_gaussian(signal, sigma=optics.read_noise, dose=dose, rng=rng)
     return np.rint(np.clip(noisy, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
@@ -350,7 +351,7 @@ def scan_stem(specimen: np.ndarray, optics: StemOptics, *, centre_nm: tuple[floa
     if dose is not None:
         if rng is None:
             raise ValueError("rng is required for shot noise")
-        image = rng.poisson(dose * image) / dose
+        image = add_poisson_gaussian(image, sigma=0.0, dose=dose, rng=rng)
     return image
 
 

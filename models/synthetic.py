@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .degradations import add_poisson_gaussian
+
 __all__ = ["KINDS", "NOISE_PRESETS", "ScanNoise", "SyntheticPair", "rotation_matrix_yx", "render_specimen", "scan",
            "make_pair"]
 
@@ -283,17 +285,9 @@ def scan(specimen: np.ndarray, *, field_box: tuple[float, float, int, int], pixe
     if sigma > 0:
         crop = ndimage.gaussian_filter(crop, sigma, mode="nearest")
     signal = ndimage.map_coordinates(crop, [sy - 0.5 - ya, sx - 0.5 - xa], order=1, mode="nearest")
-    signal = _add_noise(signal, dose=dose, read_noise=read_noise, rng=rng)
+    signal = add_poisson_gaussian(signal, sigma=read_noise, dose=dose, rng=rng)
     if dtype == "uint16":
         return np.rint(np.clip(signal, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return signal
-
-
-def _add_noise(signal: np.ndarray, *, dose: float | None, read_noise: float, rng) -> np.ndarray:
-    if dose is not None:
-        signal = rng.poisson(dose * np.clip(signal, 0.0, None)) / dose
-    if read_noise > 0:
-        signal = signal + rng.normal(0.0, read_noise, signal.shape)
     return signal
 
 
@@ -457,10 +451,10 @@ def make_pair(*, rng: np.random.Generator, lr_shape: tuple[int, int] = (256, 320
     lr_signal = gain * scan(specimen, field_box=(*lr_origin, h, w), pixel_size=s_lr,
                             probe_sigma_px=lr_probe_sigma_px, dose=None, read_noise=0.0, rng=rng,
                             line_jitter_px=noise.line_jitter_px) + off
-    lr = _add_noise(lr_signal, dose=noise.lr_dose, read_noise=noise.read_noise, rng=rng)
+    lr = add_poisson_gaussian(lr_signal, sigma=noise.read_noise, dose=noise.lr_dose, rng=rng)
     hr_clean = scan(specimen, field_box=(*hr_origin, *hr_shape), pixel_size=oversample,
                     probe_sigma_px=hr_probe_sigma_px, rotation_deg=rotation_deg, dose=None, read_noise=0.0, rng=None)
-    hr = _add_noise(hr_clean, dose=noise.hr_dose, read_noise=noise.read_noise, rng=rng)
+    hr = add_poisson_gaussian(hr_clean, sigma=noise.read_noise, dose=noise.hr_dose, rng=rng)
     return SyntheticPair(
         lr=lr, hr=hr, hr_clean=hr_clean, specimen=specimen,
         offset_yx=(float(offset[0]), float(offset[1])), factor_yx=(float(factor), float(factor)),

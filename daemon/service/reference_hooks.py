@@ -46,6 +46,7 @@ import zmq
 from ..atomic import atomic_write_json, to_jsonable
 from ..config import MonitorConfig
 from ..errors import RefscopeError
+from ..worker import Worker
 
 __all__ = ["MONITOR_LOGGER", "ReferenceHook", "LogHook", "FileHook", "ZmqPushHook", "ScriptHook", "HookStats",
            "HookRunner", "make_hook", "request_file_name"]
@@ -201,29 +202,20 @@ class HookStats:
     last_error: str | None = None
 
 
-class HookRunner:
+class HookRunner(Worker):
     """Delivers requests through ``hook`` on a worker thread (``start``, ``submit``, ``stop``).
 
     A failed delivery is logged and counted; the worker carries on. Only a bug in the runner itself stops it
-    (re-raised by :meth:`check`).
+    (re-raised by :meth:`check`). What is still queued when it stops is delivered before the hook is closed.
     """
 
     def __init__(self, hook: ReferenceHook, *, queue_size: int = 8, poll_interval_s: float = 0.1) -> None:
+        super().__init__("refscope-reference-hook", poll_interval_s=poll_interval_s)
         self.hook = hook
         self._queue: queue.Queue[Mapping[str, Any]] = queue.Queue(maxsize=max(1, int(queue_size)))
-        self._poll_s = float(poll_interval_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._delivered = self._failed = self._dropped = 0
         self._last_error: str | None = None
-        self._error: BaseException | None = None
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RefscopeError("reference hook runner: already started")
-        self._thread = threading.Thread(target=self._run, name="refscope-reference-hook", daemon=True)
-        self._thread.start()
 
     def submit(self, request: Mapping[str, Any]) -> None:
         """Queue a request (never blocks; on a full queue the oldest waiting one is dropped)."""
@@ -245,40 +237,39 @@ class HookRunner:
         with self._lock:
             return HookStats(self._delivered, self._failed, self._dropped, self._last_error)
 
-    def check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = 10.0) -> bool:
         """Deliver what is queued (for up to ``timeout`` s), stop the thread and close the hook. Idempotent."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
         try:
-            self.hook.close()
-        except Exception:  # noqa: BLE001 - closing: report and go on
-            _log.exception("reference hook %s: error while closing", self.hook.name)
+            return super().stop(timeout)
+        finally:
+            try:
+                self.hook.close()
+            except Exception:  # noqa: BLE001 - closing: report and go on
+                _log.exception("reference hook %s: error while closing", self.hook.name)
 
-    def _run(self) -> None:
+    def poll_once(self, timeout: float) -> None:
         try:
-            while True:
-                try:
-                    request = self._queue.get(timeout=self._poll_s)
-                except queue.Empty:
-                    if self._stop.is_set():
-                        return
-                    continue
-                try:
-                    self.hook.deliver(request)
-                    with self._lock:
-                        self._delivered += 1
-                except Exception as exc:  # noqa: BLE001 - a failed delivery never stops the runner
-                    message = f"reference request {request.get('id')} not delivered by the {self.hook.name} hook: {exc}"
-                    with self._lock:
-                        self._failed += 1
-                        self._last_error = message
-                    _log.error("%s", message)
-        except BaseException as exc:  # re-raised by check()
-            _log.exception("reference hook runner failed")
-            self._error = exc
+            request = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self._deliver(request)
+
+    def on_stop(self) -> None:
+        while True:  # what was submitted before stop() is still delivered
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._deliver(request)
+
+    def _deliver(self, request: Mapping[str, Any]) -> None:
+        try:
+            self.hook.deliver(request)
+            with self._lock:
+                self._delivered += 1
+        except Exception as exc:  # noqa: BLE001 - a failed delivery never stops the runner
+            message = f"reference request {request.get('id')} not delivered by the {self.hook.name} hook: {exc}"
+            with self._lock:
+                self._failed += 1
+                self._last_error = message
+            _log.error("%s", message)
