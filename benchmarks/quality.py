@@ -1,7 +1,8 @@
 """Real-data quality benchmark (issue 12): refscope's methods beside the classical and pretrained peers, per pair.
 
     .venv/bin/python benchmarks/quality.py [--pairs pair00,pair07] [--jobs 2] [--budget-s 120]
-        [--priors /tmp/refscope-priors] [--prior-budget-s 300] [--no-texture-shift] [--no-write]
+        [--priors /tmp/refscope-priors] [--prior-budget-s 300] [--no-texture-shift] [--no-bm3d] [--no-tkrem]
+        [--peers-only] [--no-write]
 
 Protocol (the 3x4 subimage split of each pair's overlap, refscope's own registration of the raw FEI files):
 learn from the left 9 subimages (75 % of the overlap), score the right 3 (out of sample), per-image linear intensity
@@ -14,7 +15,10 @@ Methods (all in this run):
 - peers: ``blur`` (Gaussian of the bicubic output, σ on validation), ``nlm`` (scikit-image non-local means of the LR
   then bicubic, strength on validation), ``bm3d`` (the ``bm3d`` package on the LR or on the bicubic output, variant
   and strength on validation; run in the benchmark's own environment ``benchmarks/peers/.venv``, created here,
-  because its licence keeps it out of the product);
+  because its licence keeps it out of the product), ``tk-r-em`` (the pretrained EM restoration networks of the
+  ``tk_r_em`` package on the LR, then bicubic; network and placement on validation; GPL-3 and TensorFlow, so it
+  runs in its own environment ``benchmarks/peers/tkrem/.venv``, created here: :mod:`external_peers`). A peer
+  whose environment cannot be created is left out, saying so on stderr;
 - refscope: ``paired`` (the session library), ``net`` (the session network from scratch: LR-only bootstrap then the
   pairs, as before issue 12), ``prior`` (the pretrained prior alone, trained without this pair or any pair sharing a
   frame with it), ``prior+ft`` (that prior fine-tuned on the training area for ``--budget-s``, checkpoint chosen on
@@ -23,6 +27,9 @@ Methods (all in this run):
 
 Texture shift: for each pair, every refscope model fitted on it enhances the scored columns of the other pair of the
 same S (different specimen area, texture no reference showed); that prior is trained without either pair.
+
+``--peers-only`` scores the peers alone (no refscope fitting, no priors, no texture shift) and writes its own
+section of RESULTS.md (``quality12_peers``) and ``quality_peers_results.json``.
 
 Leave-one-out priors are trained by ``benchmarks/train_prior.py`` into ``--priors`` (``excl-<pairs>/<network>-x<S>``,
 the network ``auto`` serves at S)
@@ -47,6 +54,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from external_peers import BM3D_ENV, TKREM_ENV, ensure_env, tkrem_peer  # noqa: E402
 from results_md import write_section  # noqa: E402
 from sem_pairs import DATA, SCORED, LoadedPair, load_pair  # noqa: E402
 
@@ -61,8 +69,8 @@ from refscope.models.self_ensemble import ENSEMBLE_SIZES, ensemble_run, ensemble
 
 PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11": "pair07",
            "pair08": "pair09", "pair09": "pair08"}
-PEERS_ENV = HERE / "peers" / ".venv"
-PEERS = ("blur", "nlm", "bm3d")
+PEERS_ENV = BM3D_ENV.path
+PEERS = ("blur", "nlm", "bm3d", "tk-r-em")
 OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "best")
 SERVE_BUDGET_S = 0.5
 """Seconds the served network may take for a 1280x944 output (issue 12, item 5): the self-ensemble size of ``best``
@@ -106,20 +114,20 @@ def bm3d_batch(images: list[np.ndarray], sigmas: list[float]) -> list[list[np.nd
 
 
 def ensure_peers_env() -> bool:
-    if (PEERS_ENV / "bin" / "python").exists():
-        return True
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS_ENV)], check=True)
-        subprocess.run([str(PEERS_ENV / "bin" / "pip"), "install", "-q", "bm3d", "numpy", "scipy"], check=True)
-        return True
-    except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"peers environment could not be created ({exc}); BM3D is left out", file=sys.stderr)
-        return False
+    """The BM3D environment, created if missing; False (said on stderr) when it cannot be."""
+    return ensure_env(BM3D_ENV)
 
 
-def peer_predictors(lr_frame: np.ndarray, validation, scored, scale: int, with_bm3d: bool) -> dict:
+def ensure_tkrem_env() -> bool:
+    """The tk-r-em environment (TensorFlow 2.12 CPU, ``tk_r_em`` without deps), created if missing; False (said on
+    stderr) when it cannot be."""
+    return ensure_env(TKREM_ENV)
+
+
+def peer_predictors(lr_frame: np.ndarray, validation, scored, scale: int, with_bm3d: bool,
+                    with_tkrem: bool = False) -> dict:
     """For each peer: its setting chosen on the validation subimages and its outputs on the scored ones (blur and
-    NLM are the package's own, :mod:`refscope.models.peers`; BM3D runs in the peers environment)."""
+    NLM are the package's own, :mod:`refscope.models.peers`; BM3D and tk-r-em run in their own environments)."""
     out = {name: {"setting": setting, "scored": [predict(lr) for lr, _ in scored]}
            for name, (predict, setting) in tuned_peers(validation, scale=scale, lr_frame=lr_frame).items()}
     if with_bm3d:
@@ -138,6 +146,13 @@ def peer_predictors(lr_frame: np.ndarray, validation, scored, scale: int, with_b
                                  for i, (lr, ref) in enumerate(validation)])) for k in outputs}
         best = max(val, key=val.get)
         out["bm3d"] = {"setting": f"{best[0]} x{best[1]}", "scored": outputs[best][nv:]}
+    if with_tkrem:
+        try:
+            tk = tkrem_peer(lr_frame, validation, scored, scale)
+        except (subprocess.SubprocessError, RuntimeError, OSError) as exc:
+            print(f"tk-r-em failed ({exc}); it is left out of this pair", file=sys.stderr)
+        else:
+            out["tk-r-em"] = tk
     return out
 
 
@@ -156,6 +171,13 @@ def ensure_prior(priors: Path, exclude: list[str], scale: int, budget_s: float) 
     return root
 
 
+def training_area(p: LoadedPair, scale: int):
+    """(LR, HR grid, :func:`split_for_validation` of them) of the pair's left 9 subimages; ``split.held_out`` is the
+    validation strip (its right quarter)."""
+    train_lr, train_hr = p.region(scale, columns=(0, COLS - 1))
+    return train_lr, train_hr, split_for_validation(train_lr, train_hr, scale=scale)
+
+
 def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, seed: int = 0, with_net: bool = True,
                ensemble: int = 1):
     """Fit paired, net, prior, prior+ft on the pair's training area; returns predictors and the validation choice."""
@@ -166,8 +188,7 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     from refscope.models.prior import fine_tune, frame_normalisation
 
     torch.set_num_threads(1)
-    train_lr, train_hr = p.region(scale, columns=(0, COLS - 1))
-    split = split_for_validation(train_lr, train_hr, scale=scale)
+    train_lr, train_hr, split = training_area(p, scale)
     validation = list(split.held_out)
     library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
     predictors = {"paired": lambda x: enhance(x, library, method="paired")}
@@ -236,21 +257,30 @@ def score(subs, estimates: list[np.ndarray], baselines: list) -> dict:
 
 
 def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_shift: bool,
-             ensembles: dict[int, int] | None = None) -> dict:
+             with_tkrem: bool = False, peers_only: bool = False, ensembles: dict[int, int] | None = None) -> dict:
     start = time.perf_counter()
     p = load_pair(name)
     scale = p.scale
     scored = scored_subimages(p, scale)
-    ensemble = (ensembles or {}).get(scale, 1)
-    predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s, ensemble=ensemble)
-    result = {"pair": name, "factor": p.factor, "scale": scale, "info": info, "methods": {}}
     baselines = bicubic_scores(scored)
-    for method in OURS:
-        result["methods"][method] = score(scored, [predictors[method](lr) for lr, _ in scored], baselines)
-    peers = peer_predictors(p.lr, validation, scored, scale, with_bm3d)
+    ensemble = (ensembles or {}).get(scale, 1)
+    if peers_only:
+        validation, info = list(training_area(p, scale)[2].held_out), {}
+    else:
+        predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s,
+                                                  ensemble=ensemble)
+    result = {"pair": name, "factor": p.factor, "scale": scale, "info": info, "methods": {}}
+    if not peers_only:
+        for method in OURS:
+            result["methods"][method] = score(scored, [predictors[method](lr) for lr, _ in scored], baselines)
+    peers = peer_predictors(p.lr, validation, scored, scale, with_bm3d, with_tkrem)
     for method, res in peers.items():
         result["methods"][method] = score(scored, res["scored"], baselines) | {"setting": str(res["setting"])}
-    if texture_shift and name in PARTNER:
+    if "tk-r-em" in peers:  # every setting on the scored subimages, for the record only (the peer is the choice)
+        tk = peers["tk-r-em"]
+        result["tkrem_settings"] = {k: {"validation_d_psnr": tk["validation"][k]}
+                                    | score(scored, v, baselines) for k, v in tk["candidates"].items()}
+    if texture_shift and not peers_only and name in PARTNER:
         other = load_pair(PARTNER[name])
         shift_root = prior_dir(Path(priors), sorted([name, other.name]))
         shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, with_net=False, ensemble=ensemble)
@@ -265,35 +295,40 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
 
 # ------------------------------------------------------------------------------------------------ report
 def render(results: list[dict], command: str, elapsed: float, budget_s: float) -> str:
+    """The RESULTS.md section of a run: per-pair ΔPSNR and ΔSSIM of every method every pair has, mean and worst,
+    FRC, the strongest peer per pair and on the mean (every peer in :data:`PEERS` counts, tk-r-em included) and,
+    when refscope's methods ran, `best` against it and the texture shift."""
     methods = list(PEERS) + list(OURS)
     have = [m for m in methods if all(m in r["methods"] for r in results)]
-    lines = ["## Real-data quality: refscope beside the peers (issue 12, `benchmarks/quality.py`)", "",
+    ours = "best" in have
+    title = ("refscope beside the peers" if ours else "the peers alone (`--peers-only`, no refscope method)")
+    tuning = (f" Fine-tuning budget {budget_s:g} s on 1 thread; each `prior` was trained without the scored pair or "
+              "any pair sharing a raw frame with it." if ours else "")
+    lines = [f"{'##' if ours else '###'} Real-data quality: {title} (issue 12, `benchmarks/quality.py`)", "",
              f"Command: `{command}` — {elapsed / 60:.1f} min on {platform.node() or 'this machine'} "
-             f"({os.cpu_count()} cores, {platform.machine()}, shared with other work; torch 1 thread per pair), "
+             f"({os.cpu_count()} cores, {platform.machine()}, shared with other work; 1 thread per pair), "
              f"{time.strftime('%Y-%m-%d')}.",
              "Protocol: 3x4 subimages of each overlap (refscope's own registration of the raw FEI files); learn from "
              "the left 9, score the right 3, per-image linear intensity fit, Δ vs Keys bicubic (positive = better; "
              "FRC period: px of the S-grid at the 1/7 FRC crossing against the noisy HR, smaller = finer). Every "
              "setting and checkpoint chosen on the right quarter of the training area (validation strip), never on "
-             f"the scored columns. Fine-tuning budget {budget_s:g} s on 1 thread; each `prior` was trained without the "
-             "scored pair or any pair sharing a raw frame with it.", "",
-             "ΔPSNR dB per pair:", "",
-             "| pair | S | " + " | ".join(have) + " |", "|---|---|" + "---|" * len(have)]
-    for r in results:
-        lines.append(f"| {r['pair']} | {r['scale']} | " + " | ".join(f"{r['methods'][m]['d_psnr']:+.2f}" for m in have)
-                     + " |")
-    for label, fn in (("mean", np.mean), ("worst", np.min)):
-        lines.append(f"| **{label}** | | " + " | ".join(f"**{fn([r['methods'][m]['d_psnr'] for r in results]):+.2f}**"
-                                                       for m in have) + " |")
-    lines += ["", "Mean ΔSSIM and FRC (mean over pairs):", "", "| | " + " | ".join(have) + " |",
-              "|---|" + "---|" * len(have),
-              "| ΔSSIM | " + " | ".join(f"{np.mean([r['methods'][m]['d_ssim'] for r in results]):+.4f}" for m in have) + " |",
+             f"the scored columns.{tuning}", ""]
+    for label, key, fmt in (("ΔPSNR dB", "d_psnr", "{:+.2f}"), ("ΔSSIM", "d_ssim", "{:+.4f}")):
+        lines += [f"{label} per pair:", "", "| pair | S | " + " | ".join(have) + " |", "|---|---|" + "---|" * len(have)]
+        for r in results:
+            lines.append(f"| {r['pair']} | {r['scale']} | "
+                         + " | ".join(fmt.format(r["methods"][m][key]) for m in have) + " |")
+        for name, fn in (("mean", np.mean), ("worst", np.min)):
+            cells = [fmt.format(fn([r["methods"][m][key] for r in results])) for m in have]
+            lines.append(f"| **{name}** | | " + " | ".join(f"**{c}**" for c in cells) + " |")
+        lines.append("")
+    bicubic_frc = np.mean([r["methods"][have[0]]["frc_px_bicubic"] for r in results]) if have else float("nan")
+    lines += ["FRC (mean over pairs):", "", "| | " + " | ".join(have) + " |", "|---|" + "---|" * len(have),
               "| FRC period px | " + " | ".join(f"{np.mean([r['methods'][m]['frc_px'] for r in results]):.2f}"
                                                for m in have) + " |",
-              f"| (bicubic FRC px) | {np.mean([r['methods']['best']['frc_px_bicubic'] for r in results]):.2f} |" +
-              " |" * (len(have) - 1)]
+              f"| (bicubic FRC px) | {bicubic_frc:.2f} |" + " |" * (len(have) - 1)]
     peers = [m for m in PEERS if m in have]
-    if peers:
+    if peers and ours:
         lines += ["", "Per pair: the strongest peer, `best` against it, what `best` served, and the peers' settings:", "",
                   "| pair | strongest peer | its ΔPSNR | best ΔPSNR | best − peer | best chose "
                   "| fine-tune s (best step / steps) | peer settings |",
@@ -305,11 +340,30 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
                          f"{r['methods']['best']['d_psnr'] - r['methods'][top]['d_psnr']:+.2f} | {i['best_choice']} | "
                          f"{i['fine_tune_s']:.0f} ({i['fine_tune_best_step']}/{i['fine_tune_steps']}) | "
                          + ", ".join(f"{m} {r['methods'][m].get('setting')}" for m in peers) + " |")
+    elif peers:
+        lines += ["", "Per pair: the strongest peer and the peers' settings (chosen on the validation strip):", "",
+                  "| pair | strongest peer | its ΔPSNR | peer settings |", "|---|---|---|---|"]
+        for r in results:
+            top = max(peers, key=lambda m: r["methods"][m]["d_psnr"])
+            lines.append(f"| {r['pair']} | {top} | {r['methods'][top]['d_psnr']:+.2f} | "
+                         + ", ".join(f"{m} {r['methods'][m].get('setting')}" for m in peers) + " |")
+    if peers:
         strongest = max(peers, key=lambda m: np.mean([r["methods"][m]["d_psnr"] for r in results]))
-        best_mean = np.mean([r["methods"]["best"]["d_psnr"] for r in results])
         peer_mean = np.mean([r["methods"][strongest]["d_psnr"] for r in results])
-        lines += ["", f"Strongest peer on the mean: {strongest} ({peer_mean:+.2f} dB); best {best_mean:+.2f} dB "
-                  f"({best_mean - peer_mean:+.2f} dB over it)."]
+        line = f"Strongest peer on the mean: {strongest} ({peer_mean:+.2f} dB)"
+        if ours:
+            best_mean = np.mean([r["methods"]["best"]["d_psnr"] for r in results])
+            line += f"; best {best_mean:+.2f} dB ({best_mean - peer_mean:+.2f} dB over it)"
+        lines += ["", line + "."]
+    settings = sorted({k for r in results for k in r.get("tkrem_settings", {})})
+    if "tk-r-em" in have and all("tkrem_settings" in r for r in results):
+        lines += ["", "tk-r-em by setting on the scored subimages (ΔPSNR dB; for the record only — the peer is the "
+                  "setting chosen on the validation strip):", "",
+                  "| pair | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+        for r in results:
+            row = r["tkrem_settings"]
+            lines.append(f"| {r['pair']} | " + " | ".join(f"{row[k]['d_psnr']:+.2f}" if k in row else "–"
+                                                        for k in settings) + " |")
     shifts = [r for r in results if "shift" in r]
     if shifts:
         lines += ["", "Texture shift (model fitted on the pair, scored on the other pair of the same S; ΔPSNR dB):", "",
@@ -328,16 +382,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=120.0, help="fine-tuning seconds per model (1 thread)")
     parser.add_argument("--priors", default="/tmp/refscope-priors", help="leave-one-out priors (trained if missing)")
     parser.add_argument("--prior-budget-s", type=float, default=300.0)
-    parser.add_argument("--no-bm3d", action="store_true")
+    parser.add_argument("--no-bm3d", action="store_true", help="leave BM3D out (its environment is not made)")
+    parser.add_argument("--no-tkrem", action="store_true",
+                        help="leave tk-r-em out (its TensorFlow environment, about 1.5 GB, is not made)")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="score the peers alone: no refscope fitting, no priors, no texture shift; writes the "
+                             "quality12_peers section and quality_peers_results.json")
     parser.add_argument("--no-texture-shift", action="store_true")
     parser.add_argument("--no-in-sample", action="store_true", help=argparse.SUPPRESS)  # accepted, as before
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--from-json", nargs=2, metavar=("COMMAND", "MINUTES"),
                         help="re-render RESULTS.md from quality_results.json of the run COMMAND that took MINUTES")
     args = parser.parse_args(argv)
+    section_name, json_name = ("quality12_peers", "quality_peers_results.json") if args.peers_only else \
+        ("quality12", "quality_results.json")
     if args.from_json:
-        results = json.loads((HERE / "quality_results.json").read_text())
-        write_section("quality12", render(results, args.from_json[0], 60 * float(args.from_json[1]), args.budget_s))
+        results = json.loads((HERE / json_name).read_text())
+        write_section(section_name, render(results, args.from_json[0], 60 * float(args.from_json[1]), args.budget_s))
         return 0
     if not (DATA / "pairs.json").is_file():
         print(f"real data not found at {DATA}", file=sys.stderr)
@@ -346,26 +407,28 @@ def main(argv: list[str] | None = None) -> int:
     priors = Path(args.priors)
     start = time.perf_counter()
     with_bm3d = not args.no_bm3d and ensure_peers_env()
-    needed = {(tuple([n]), load_pair(n).scale) for n in names}
-    if not args.no_texture_shift:
+    with_tkrem = not args.no_tkrem and ensure_tkrem_env()
+    needed = set() if args.peers_only else {(tuple([n]), load_pair(n).scale) for n in names}
+    if not args.no_texture_shift and not args.peers_only:
         needed |= {(tuple(sorted([n, PARTNER[n]])), load_pair(n).scale) for n in names if n in PARTNER}
-    passes = {s: serving_pass_s(s) for s in sorted({load_pair(n).scale for n in names})}
+    passes = {} if args.peers_only else {s: serving_pass_s(s) for s in sorted({load_pair(n).scale for n in names})}
     ensembles = {s: ensemble_size_for(t, SERVE_BUDGET_S) for s, t in passes.items()}
     print("served network, one pass for a 1280x944 output: " + ", ".join(
         f"x{s} {t:.3f} s -> self-ensemble of {ensembles[s]}" for s, t in passes.items()), flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(ensure_prior, [priors] * len(needed), [list(e) for e, _ in needed], [s for _, s in needed],
                       [args.prior_budget_s] * len(needed)))
-        results = list(pool.map(run_pair, names, [str(priors)] * len(names), [args.budget_s] * len(names),
-                                [with_bm3d] * len(names), [not args.no_texture_shift] * len(names),
-                                [ensembles] * len(names)))
+        n = len(names)
+        results = list(pool.map(run_pair, names, [str(priors)] * n, [args.budget_s] * n, [with_bm3d] * n,
+                                [not args.no_texture_shift] * n, [with_tkrem] * n, [args.peers_only] * n,
+                                [ensembles] * n))
     elapsed = time.perf_counter() - start
     command = ".venv/bin/python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(results, command.strip(), elapsed, args.budget_s)
     print(section)
     if not args.no_write:
-        write_section("quality12", section)
-        (HERE / "quality_results.json").write_text(json.dumps(results, indent=1, default=str))
+        write_section(section_name, section)
+        (HERE / json_name).write_text(json.dumps(results, indent=1, default=str))
     return 0
 
 

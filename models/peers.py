@@ -6,8 +6,9 @@
 
 A peer's setting is chosen by :func:`tune` on held-out subimages *inside* the training area (the right quarter
 of it, :func:`~refscope.models.promotion.split_for_validation`), never on the scored area, exactly as refscope's own
-checkpoints are chosen. BM3D, the strongest classical peer, is not here: its licence keeps it out of the package;
-``benchmarks/quality.py`` runs it in its own environment.
+checkpoints are chosen. BM3D, the strongest classical peer, and the pretrained restorer ``tk-r-em`` (GPL-3,
+TensorFlow) are not here: their licences keep them out of the package; ``benchmarks/quality.py`` runs each in its
+own environment (``benchmarks/external_peers.py``).
 """
 from __future__ import annotations
 

@@ -79,6 +79,15 @@ def test_no_gpl_licensed_package_is_among_the_installed_dependencies() -> None:
     assert not offenders, f"GPL-licensed dependencies of MIT refscope: {offenders}"
 
 
+BENCHMARK_ONLY = {"tk-r-em", "tensorflow", "tensorflow-cpu", "bm3d"}
+"""Peers of ``benchmarks/quality.py`` that live only in their own environments under ``benchmarks/peers/`` (tk-r-em:
+GPL-3 and TensorFlow; bm3d: non-commercial licence) and must never be pulled in by refscope."""
+
+
+def test_the_benchmark_only_peers_are_not_dependencies() -> None:
+    assert not BENCHMARK_ONLY & set(installed_closure()), sorted(BENCHMARK_ONLY & set(installed_closure()))
+
+
 @pytest.mark.parametrize("name", ["h5py", "mrcfile", "nionswift-io", "niondata", "nionutils"])
 def test_the_vendor_readers_are_permissively_licensed(name: str) -> None:
     texts = " ".join(_licence_texts(metadata.distribution(name)))
