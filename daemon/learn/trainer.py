@@ -42,7 +42,7 @@ from ..errors import RefscopeError
 from ..state.net_store import SessionPairs, finite_json, load_pairs, load_served, save_pairs
 from .train_round import CHECKPOINT_DIR, RoundSpec, round_process_main
 from ..wire.status import TrainerStatus, TrainingRound
-from ..worker import supervised
+from ..worker import Worker, supervised
 
 __all__ = ["BackgroundTrainer", "TRAINER_FILE"]
 
@@ -60,7 +60,7 @@ OnNetPromoted = Callable[[bytes, Any, int, TrainingRound], None]
 """``on_promoted(onnx_bytes, manifest, net_version, result)``: serve the network (trainer thread)."""
 
 
-class BackgroundTrainer:
+class BackgroundTrainer(Worker):
     """Supervises training rounds (see the module docstring). ``start()``, feed :meth:`add_pair`, ``stop()``.
 
     Args:
@@ -89,11 +89,9 @@ class BackgroundTrainer:
         self._events = events
         self._target = target
         self._poll_s = float(poll_s)
+        super().__init__("refscope-trainer", poll_interval_s=1.0)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._process: Any = None
         self._held = False  # serving holds the training process stopped (see hold())
         self._held_since = 0.0
@@ -122,10 +120,7 @@ class BackgroundTrainer:
 
     def start(self) -> None:
         """Start the supervisor thread."""
-        if self._thread is not None:
-            raise RefscopeError("trainer: already started")
-        self._thread = threading.Thread(target=self._run, name="refscope-trainer", daemon=True)
-        self._thread.start()
+        super().start()
         _log.info("background trainer started: %s x%d, %s, %.0f s rounds, %d stored pair(s)", self.config.network,
                   self._scale, self.config.strategy, self.config.round_s, len(self._pairs.train))
 
@@ -142,13 +137,13 @@ class BackgroundTrainer:
         if self._error is not None:
             raise RefscopeError(f"trainer failed: {type(self._error).__name__}: {self._error}") from self._error
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the supervisor; a round in progress is terminated (its checkpoint is the previous round's)."""
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Stop the supervisor; a round in progress is terminated (its checkpoint is the previous round's).
+        Returns whether the thread ended; re-raises a failure of the supervisor (:meth:`check`)."""
         self._stop.set()
         with self._lock:
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        return super().stop(timeout)
 
     def hold(self, held: bool) -> None:
         """Stop (``SIGSTOP``) the training process while serving needs the CPU, continue it (``SIGCONT``) after.
@@ -215,23 +210,20 @@ class BackgroundTrainer:
 
     # ------------------------------------------------------------------------------------------ worker
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                spec = self._next_round()
-                if spec is not None:
-                    supervised(lambda: self._run_round(spec), worker="trainer", item=f"round {spec.round_index}",
-                               count=self._round_failed, reason="round_failed", logger=_log)
-        except BaseException as exc:  # noqa: BLE001 - stored and re-raised by check()
-            self._error = exc
-            _log.exception("trainer stopped by an unexpected error")
+    def poll_once(self, timeout: float) -> None:
+        """One turn of the supervisor: wait up to ``timeout`` s for a round to be due, then run it (a failed
+        round is counted and retried later, never the end of the trainer)."""
+        spec = self._next_round(timeout)
+        if spec is not None:
+            supervised(lambda: self._run_round(spec), worker="trainer", item=f"round {spec.round_index}",
+                       count=self._round_failed, reason="round_failed", logger=_log)
 
-    def _next_round(self) -> RoundSpec | None:
+    def _next_round(self, timeout: float) -> RoundSpec | None:
         """Wait until a round is due; returns its spec (None when stopping or still waiting)."""
         with self._lock:
             due = (self._rounds_left > 0 and bool(self._pairs.train) and time.monotonic() >= self._retry_at)
             if not due:
-                self._wake.wait(timeout=1.0)
+                self._wake.wait(timeout=timeout)
                 return None
             self._rounds_left -= 1
             self._rounds += 1
