@@ -141,6 +141,13 @@ class Worker:
         """Wait up to ``timeout`` seconds for one input and handle it."""
         raise NotImplementedError
 
+    def on_start(self) -> None:
+        """Called on the worker thread before the first turn (e.g. to lower the thread's priority)."""
+
+    def on_failure(self, exc: BaseException) -> None:
+        """Called on the worker thread when a failure of the daemon's own state stops the loop (before
+        :meth:`on_stop`; the failure is then re-raised on the owner's thread by :meth:`check`)."""
+
     def on_stop(self) -> None:
         """Called on the worker thread when the loop ends (release sockets...)."""
 
@@ -187,6 +194,7 @@ class Worker:
 
     def _run(self) -> None:
         try:
+            self.on_start()
             while not self._stop.is_set():
                 failed = self.failed_turns
                 supervised(lambda: self.poll_once(self.poll_interval_s), worker=self.name, item="one turn",
@@ -196,6 +204,10 @@ class Worker:
         except BaseException as exc:  # a state failure: stored and re-raised on the owner's thread
             _log.critical("worker %s stopped: %s: %s", self.name, type(exc).__name__, exc)
             self._error = exc
+            try:
+                self.on_failure(exc)
+            except Exception:  # noqa: BLE001 - best effort: the failure itself is what matters
+                _log.exception("worker %s: error while reporting its failure", self.name)
         finally:
             try:
                 self.on_stop()

@@ -63,7 +63,7 @@ from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_
 from ..publish import EventPublisher
 from ..state.store import has_state, state_sha256
 from ..wire.status import LearnerStatus
-from ..worker import lower_priority, supervised
+from ..worker import Worker, lower_priority, supervised
 
 __all__ = [
     "LEARNER_LOGGER",
@@ -133,7 +133,7 @@ def _predictor(model: FittedModel) -> Callable[[np.ndarray], np.ndarray]:
     return lambda lr: enhance(lr, model, method=LEARN_METHOD)
 
 
-class Learner:
+class Learner(Worker):
     """The learning worker (see the module docstring). ``start()``, feed it, ``check()`` now and then, ``stop()``.
 
     Args:
@@ -212,12 +212,10 @@ class Learner:
         self._recent = RecentFrames(recent_lr, recent_lr_bytes)
         self._serving_busy = serving_busy
 
+        super().__init__("refscope-learner", poll_interval_s=self._poll_s)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[tuple[Frame, list[Frame]]] = deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
         self._model = initial_model
         self._version = int(initial_version)
@@ -237,8 +235,7 @@ class Learner:
         """Start the worker thread (RefscopeError if already started or stopped)."""
         if self._thread is not None or self._stop.is_set():
             raise RefscopeError("learner: already started (or stopped); make a new Learner")
-        self._thread = threading.Thread(target=self._run, name="refscope-learner", daemon=True)
-        self._thread.start()
+        super().start()
         _log.info("learner started: serving model version %d (%s)", self._version,
                   "bicubic" if self._model is None else f"library of {len(self._model.library)} pairs")
 
@@ -302,29 +299,21 @@ class Learner:
         with self._lock:
             return self._model, self._version
 
-    def check(self) -> None:
-        """Re-raise, on the caller's thread, the exception that stopped the worker (if any)."""
-        if self._error is not None:
-            raise self._error
-
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop the worker: the reference being fitted is finished (or abandoned before its fit starts),
         waiting ones are discarded. Waits up to ``timeout`` seconds, then re-raises a worker failure.
-        Idempotent."""
+        Idempotent; returns whether the thread ended."""
         with self._wake:
             self._stop.set()
             self._wake.notify_all()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                _log.error("learner: worker did not stop within %s s", timeout)
-        with self._lock:
-            left = len(self._queue)
-            self._queue.clear()
-        if left:
-            _log.info("learner stopped; %d waiting reference(s) not processed", left)
-        self.check()
+        try:
+            return super().stop(timeout)
+        finally:
+            with self._lock:
+                left = len(self._queue)
+                self._queue.clear()
+            if left:
+                _log.info("learner stopped; %d waiting reference(s) not processed", left)
 
     def __enter__(self) -> Learner:
         self.start()
@@ -335,40 +324,38 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------- worker
 
-    def _next(self) -> tuple[Frame, list[Frame]] | None:
+    def _next(self, timeout: float) -> tuple[Frame, list[Frame]] | None:
         with self._wake:
             if not self._queue and not self._stop.is_set():
-                self._wake.wait(self._poll_s)
+                self._wake.wait(timeout)
             if self._stop.is_set() or not self._queue:
                 return None
             self._busy = True
             return self._queue.popleft()
 
-    def _run(self) -> None:
+    def on_start(self) -> None:
         lower_priority(where="the learner")  # serving first: a reference may wait a second, a frame should not
+
+    def poll_once(self, timeout: float) -> None:
+        """One turn: wait up to ``timeout`` s for a reference, then learn from it under the crash-only rule (a
+        reference that fails is counted and quarantined; only a failure of the state stops the learner)."""
+        item = self._next(timeout)
+        if item is None:
+            return
+        hr = item[0]
+        self._yield_to_serving()
         try:
-            while not self._stop.is_set():
-                item = self._next()
-                if item is None:
-                    continue
-                hr = item[0]
-                self._yield_to_serving()
-                try:
-                    supervised(lambda: self._process(*item), worker="learner", item=f"HR reference {hr.source}",
-                               count=self._count_failure, quarantine=lambda _, message: self._quarantine(hr, message),
-                               reason="learn_failed", logger=_log)
-                finally:
-                    with self._lock:
-                        self._busy = False
-        except BaseException as exc:  # re-raised by check()/stop() on the owner's thread
-            _log.exception("learner: worker failed")
+            supervised(lambda: self._process(*item), worker="learner", item=f"HR reference {hr.source}",
+                       count=self._count_failure, quarantine=lambda _, message: self._quarantine(hr, message),
+                       reason="learn_failed", logger=_log)
+        finally:
             with self._lock:
-                self._last_error = f"learner failed: {type(exc).__name__}: {exc}"
-            self._error = exc
-            try:
-                self._emit("error", {"component": "learner", "message": f"learner failed: {exc}"})
-            except Exception:  # noqa: BLE001 - best effort: the failure itself is what matters
-                pass
+                self._busy = False
+
+    def on_failure(self, exc: BaseException) -> None:
+        with self._lock:
+            self._last_error = f"learner failed: {type(exc).__name__}: {exc}"
+        self._emit("error", {"component": "learner", "message": f"learner failed: {exc}"})
 
     def _yield_to_serving(self) -> None:
         """Wait while serving is busy (at most :data:`YIELD_TO_SERVING_S`): the frame first, then the reference."""

@@ -282,3 +282,33 @@ def test_a_reference_the_learner_fails_on_is_quarantined_not_retried_at_every_re
                 wait_for(lambda: daemon.status().frames.skipped.get("already_seen") == 1, 20, "skipped")
                 assert daemon.status().learner.rejected_by_reason == {}
             daemon.check()
+
+
+def test_a_worker_starts_and_reports_its_failure_on_its_own_thread():
+    """``Worker.on_start`` runs on the worker's thread before the first turn; a failure of the state stops the
+    loop, ``on_failure`` sees it on that thread, and the owner gets it from ``check``/``stop``."""
+    from refscope.daemon.errors import StateError
+    from refscope.daemon.worker import Worker
+
+    seen: dict[str, object] = {}
+
+    class Failing(Worker):
+        def on_start(self) -> None:
+            seen["start"] = threading.current_thread().name
+
+        def poll_once(self, timeout: float) -> None:
+            raise StateError("catalogue gone")
+
+        def on_failure(self, exc: BaseException) -> None:
+            seen["failure"] = (threading.current_thread().name, str(exc))
+
+    worker = Failing("failing-worker", poll_interval_s=0.01)
+    worker.start()
+    deadline = time.monotonic() + 5.0
+    while "failure" not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == {"start": "failing-worker", "failure": ("failing-worker", "catalogue gone")}
+    with pytest.raises(StateError, match="catalogue gone"):
+        worker.check()
+    with pytest.raises(StateError):
+        worker.stop()
