@@ -21,7 +21,7 @@ from ..errors import RefscopeError
 from .names import PUBLISH_LOGGER, _is_own, output_names, output_stem
 from .spill import Spilled, SpillQueue
 from ..images import write_tiff
-from ..worker import supervised
+from ..worker import Worker, supervised
 
 __all__ = ["PublishedFile", "PublishStats", "FolderPublisher"]
 
@@ -117,7 +117,7 @@ class _Job:
 _STOP = object()
 
 
-class FolderPublisher:
+class FolderPublisher(Worker):
     """Writes enhanced frames as TIFFs in ``out_dir`` on a worker thread (lossless; see :mod:`~refscope.daemon.publish`).
 
     Args:
@@ -154,6 +154,7 @@ class FolderPublisher:
         self.block_s = float(block_s)
         self._on_written = on_written
         self._poll_s = float(poll_interval_s)
+        super().__init__(f"refscope-publish {self.out_dir}", poll_interval_s=self._poll_s)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.queue_limit)
         self._lock = threading.Lock()
         self._written = 0
@@ -161,10 +162,7 @@ class FolderPublisher:
         self._dropped: dict[str, int] = {}
         self._errors: dict[str, int] = {}
         self._last_error: str | None = None
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
         self._abandon = threading.Event()
-        self._thread: threading.Thread | None = None
         self._spill = SpillQueue(Path(spill_dir) if spill_dir is not None else None, limit=spill_limit,
                                  memory_limit=self.queue_limit, first_s=retry_first_s, max_s=retry_max_s)
         self._retried = 0
@@ -182,11 +180,9 @@ class FolderPublisher:
             raise RefscopeError(f"{self.out_dir}: cannot create the output folder ({exc.strerror or exc})") from exc
         if not os.access(self.out_dir, os.W_OK):
             raise RefscopeError(f"{self.out_dir}: output folder is not writable")
-        self._stop.clear()
         self._abandon.clear()
         self._spill.restore()
-        self._thread = threading.Thread(target=self._run, name=f"refscope-publish {self.out_dir}", daemon=True)
-        self._thread.start()
+        super().start()
         _log.info("writing enhanced frames to %s (queue limit %d)", self.out_dir, self.queue_limit)
 
     def submit(
@@ -263,11 +259,6 @@ class FolderPublisher:
                              f"enhanced frame not written to {self.out_dir}")
             return False
 
-    def check(self) -> None:
-        """Re-raise, on the caller's thread, the exception that stopped the worker (if any)."""
-        if self._error is not None:
-            raise self._error
-
     def stats(self) -> PublishStats:
         """Current counters (any thread)."""
         with self._lock:
@@ -284,19 +275,13 @@ class FolderPublisher:
                 retried=self._retried,
             )
 
-    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+    def stop(self, drain: bool = True, timeout: float | None = None) -> bool:
         """Stop the worker. With ``drain`` it first writes every queued frame; otherwise queued frames are
         dropped (counted under ``"stopped"``). Waits up to ``timeout`` seconds (None: as long as draining
-        takes), then re-raises a failure of the worker. Idempotent."""
-        self._stop.set()
+        takes), then re-raises a failure of the worker. Idempotent; returns whether the thread ended."""
         if not drain:
             self._abandon.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                _log.error("folder publisher %s: writer thread did not stop within %s s", self.out_dir, timeout)
-        self.check()
+        return super().stop(timeout)
 
     def __enter__(self) -> FolderPublisher:
         self.start()
@@ -325,33 +310,41 @@ class FolderPublisher:
             self._last_error = message
         _log.error("write failed (%s): %s", reason, message)
 
-    def _run(self) -> None:
+    def poll_once(self, timeout: float) -> None:
+        """One turn: retry the spilled output that is due, or write the next queued frame (waiting at most
+        ``timeout`` s, less when a spilled output falls due sooner)."""
+        now = time.monotonic()
+        spilled = self._spill.take_due(now)
+        if spilled is not None:
+            supervised(lambda: self._retry(spilled), worker="output writer", item=spilled.source,
+                       count=self._count_error, quarantine=lambda *_: self._spill.done(spilled),
+                       reason="unexpected", logger=_log)
+            return
+        next_due = self._spill.next_due()
+        wait = timeout if next_due is None else min(timeout, max(0.001, next_due - now))
         try:
-            while True:
-                if self._abandon.is_set():
-                    self._discard_queue()
-                    return
-                now = time.monotonic()
-                spilled = self._spill.take_due(now)
-                if spilled is not None:
-                    supervised(lambda: self._retry(spilled), worker="output writer", item=spilled.source,
-                               count=self._count_error, quarantine=lambda *_: self._spill.done(spilled),
-                               reason="unexpected", logger=_log)
-                    continue
-                next_due = self._spill.next_due()
-                wait = self._poll_s if next_due is None else min(self._poll_s, max(0.001, next_due - now))
-                try:
-                    job = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    if self._stop.is_set():
-                        self._last_tries()
-                        return
-                    continue
-                supervised(lambda: self._write_or_spill(job), worker="output writer", item=job.source,
-                           count=self._count_error, reason="unexpected", logger=_log)
-        except BaseException as exc:  # re-raised by submit()/check()/stop() on the owner's thread
-            _log.exception("folder publisher %s: writer thread failed", self.out_dir)
-            self._error = exc
+            job = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return
+        self._write_job(job)
+
+    def on_stop(self) -> None:
+        """Stopping: without ``drain`` the queued frames are dropped (counted); with it each is written, then every
+        waiting output is tried once more (:meth:`_last_tries`)."""
+        if self._abandon.is_set():
+            self._discard_queue()
+            return
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._write_job(job)
+        self._last_tries()
+
+    def _write_job(self, job: _Job) -> None:
+        supervised(lambda: self._write_or_spill(job), worker="output writer", item=job.source,
+                   count=self._count_error, reason="unexpected", logger=_log)
 
     def _write_or_spill(self, job: _Job) -> None:
         """Write ``job``; when the folder refused it for a reason that may pass, keep it for a retry."""
