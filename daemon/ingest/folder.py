@@ -77,7 +77,7 @@ from ..errors import IncompleteFileError, InputFileError, MissingReaderError, Re
 from ..frames import FRAME_ROLES, INGEST_LOGGER, Frame, FrameRole, IngestCounters, IngestStats, get_until_stopped
 from ..images.readers import DEFAULT_PATTERNS, companion_reason, read_frames
 from ..images import LoadedImage
-from ..worker import is_state_failure, supervised
+from ..worker import Worker, is_state_failure, supervised
 
 __all__ = [
     "FolderSourceConfig",
@@ -345,7 +345,7 @@ def _acquisition_order(path: str) -> tuple[int, Any]:
     return mtime, natural_key(path)
 
 
-class FolderFrameSource:
+class FolderFrameSource(Worker):
     """A :class:`~refscope.daemon.frames.FrameSource` delivering new image files of a folder (see module doc)."""
 
     def __init__(self, config: FolderSourceConfig,
@@ -363,12 +363,10 @@ class FolderFrameSource:
         self._read = reader
         self._ledger = ledger
         self._queue: queue.Queue[Frame] = queue.Queue(maxsize=config.queue_size)
-        self._stop = threading.Event()
+        super().__init__(f"refscope-folder-ingest {self._root}", poll_interval_s=config.poll_interval_s)
         self._wake = threading.Event()
         self._hints_lock = threading.Lock()
         self._hints: dict[str, str] = {}
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._counters = IngestCounters(_log)
         # worker-owned state (set up in start() before the thread runs)
         self._observer: Any = None
@@ -400,8 +398,7 @@ class FolderFrameSource:
             for path, info in _walk(self._root, self.config.recursive, _EVERY_FILE):
                 self._seen[path] = (info.st_size, info.st_mtime_ns)
             self._next_scan = self._scan_period() + time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"refscope-folder-ingest {self._root}", daemon=True)
-        self._thread.start()
+        super().start()
         _log.info("folder source: watching %s (%s)", self._root, "polling" if self._polling else "native events")
 
     def poll(self, timeout: float) -> Frame | None:
@@ -409,22 +406,21 @@ class FolderFrameSource:
 
         Re-raises, on the caller's thread, any exception that stopped the worker.
         """
-        self._raise_if_failed()
+        self.check()
         frame = get_until_stopped(self._queue, timeout, self._stop)
         if frame is None:
-            self._raise_if_failed()
+            self.check()
         return frame
 
-    def stop(self) -> None:
-        """Stop the worker and the file-system observer. Idempotent."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the worker and the file-system observer (waiting up to ``timeout`` s; default: 5 s or 4 poll
+        intervals), then re-raise a failure of the worker. Idempotent; returns whether the thread ended."""
         self._stop.set()
         self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=max(5.0, 4 * self.config.poll_interval_s))
-            if thread.is_alive():  # pragma: no cover
-                _log.error("folder source %s: worker did not stop", self._root)
-        self._stop_observer()
+        try:
+            return super().stop(max(5.0, 4 * self.config.poll_interval_s) if timeout is None else timeout)
+        finally:
+            self._stop_observer()
 
     def stats(self) -> IngestStats:
         """Frames delivered and files rejected (by reason) so far."""
@@ -438,10 +434,6 @@ class FolderFrameSource:
         self.stop()
 
     # ------------------------------------------------------------------------------------------ internals
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
 
     def _scan_period(self) -> float:
         if self._polling:
@@ -553,25 +545,22 @@ class FolderFrameSource:
             if self._wanted(path):
                 self._pending[path] = _Pending(due=now)
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._check_root()
-                now = time.monotonic()
-                self._drain_hints(now)
-                if self._root_id is not None and now >= self._next_scan:
-                    self._scan(self._root, now)
-                    self._next_scan = now + self._scan_period()
-                self._process_due()
-                wake_at = min([p.due for p in self._pending.values()] + [self._next_scan])
-                timeout = min(max(0.0, wake_at - time.monotonic()), self.config.poll_interval_s)
-                if self._wake.wait(timeout):
-                    self._wake.clear()
-        except BaseException as exc:  # stored and re-raised by poll() on the owner's thread
-            _log.exception("folder source %s: worker failed", self._root)
-            self._error = exc
-        finally:
-            self._stop_observer()
+    def poll_once(self, timeout: float) -> None:
+        """One turn: notice the folder, take the observer's hints, scan when due, deliver the files that are
+        ready, then sleep until the next is due (at most ``timeout`` s) or a hint wakes it."""
+        self._check_root()
+        now = time.monotonic()
+        self._drain_hints(now)
+        if self._root_id is not None and now >= self._next_scan:
+            self._scan(self._root, now)
+            self._next_scan = now + self._scan_period()
+        self._process_due()
+        wake_at = min([p.due for p in self._pending.values()] + [self._next_scan])
+        if self._wake.wait(min(max(0.0, wake_at - time.monotonic()), timeout)):
+            self._wake.clear()
+
+    def on_stop(self) -> None:
+        self._stop_observer()
 
     def _process_due(self) -> None:
         now = time.monotonic()

@@ -293,20 +293,45 @@ def test_full_queue_blocks_then_counts_a_drop(tmp_path: Path) -> None:
 
 
 def test_worker_failure_is_re_raised_on_the_owner_thread(tmp_path: Path) -> None:
+    """The crash-only rule of every worker: a failure of the daemon's own state stops the source and is re-raised
+    by ``poll`` (and ``stop``) on the owner's thread; an unexpected error in one turn is counted and the source
+    goes on delivering files."""
+    from refscope.daemon.errors import StateError
+
     config = FolderSourceConfig(tmp_path, **FAST)  # type: ignore[arg-type]
     source = FolderFrameSource(config)
 
     def explode(*_: object) -> None:
-        raise RuntimeError("worker bug")
+        raise StateError("catalogue gone")
 
     source._process_due = explode  # type: ignore[method-assign]
     source.start()
-    try:
-        with pytest.raises(RuntimeError, match="worker bug"):
-            for _ in range(100):
-                source.poll(0.02)
-    finally:
+    with pytest.raises(StateError, match="catalogue gone"):
+        for _ in range(100):
+            source.poll(0.02)
+    with pytest.raises(StateError):
         source.stop()
+
+    flaky = FolderFrameSource(FolderSourceConfig(tmp_path / "flaky", **FAST))  # type: ignore[arg-type]
+    (tmp_path / "flaky").mkdir()
+    real, calls = flaky._process_due, []
+
+    def once_broken() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("worker bug")
+        real()
+
+    flaky._process_due = once_broken  # type: ignore[method-assign]
+    with flaky:
+        tiff_bytes_path = tmp_path / "flaky" / "a.tif"
+        tiff_bytes_path.write_bytes(tiff_bytes(image(100)))
+        frame = None
+        for _ in range(200):
+            frame = flaky.poll(0.02)
+            if frame is not None:
+                break
+        assert frame is not None and flaky.failed_turns == 1
 
 
 def test_config_is_validated(tmp_path: Path) -> None:
