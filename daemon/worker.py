@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from .errors import StateError
 
@@ -184,6 +184,13 @@ class Worker:
                 _log.error("worker %s did not stop within %s s", self.name, timeout)
         self.check()
         return ended
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     # internals -------------------------------------------------------------------------------------------
 

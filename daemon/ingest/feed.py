@@ -144,13 +144,6 @@ class ZmqFrameSource(Worker):
         """Frames received and messages rejected (by reason code) so far."""
         return self._counters.snapshot()
 
-    def __enter__(self) -> ZmqFrameSource:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------------------------------ internals
 
     def _release_context(self) -> None:

@@ -426,13 +426,6 @@ class FolderFrameSource(Worker):
         """Frames delivered and files rejected (by reason) so far."""
         return self._counters.snapshot()
 
-    def __enter__(self) -> FolderFrameSource:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------------------------------ internals
 
     def _scan_period(self) -> float:

@@ -315,13 +315,6 @@ class Learner(Worker):
             if left:
                 _log.info("learner stopped; %d waiting reference(s) not processed", left)
 
-    def __enter__(self) -> Learner:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------------------------------- worker
 
     def _next(self, timeout: float) -> tuple[Frame, list[Frame]] | None:

@@ -283,13 +283,6 @@ class FolderPublisher(Worker):
             self._abandon.set()
         return super().stop(timeout)
 
-    def __enter__(self) -> FolderPublisher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop(drain=True)
-
     # ------------------------------------------------------------------------------------------ internals
 
     def _count_drop(self, reason: str, message: str) -> None:
