@@ -44,6 +44,7 @@ from refscope.models.simulator import (Area, Event, Optics, Session, State, make
                                        specimen_from_image, state_at)
 from refscope.models.synthetic import KINDS
 
+from ..worker import Worker
 from ..errors import RefscopeError
 from ..wire.protocol import encode_frame
 from ..images import read_image, write_tiff
@@ -111,7 +112,7 @@ class SimulatorStats:
     last_error: str | None
 
 
-class SimulatedMicroscope:
+class SimulatedMicroscope(Worker):
     """The simulator as a worker thread: ``start()``, ``timeline()`` / ``stats()`` any time, ``stop()``.
 
     Rendering the specimen happens in :meth:`start` (about a second for 256x320 frames).
@@ -121,9 +122,7 @@ class SimulatedMicroscope:
         self.config = config
         self._areas: list[Area] = []
         self._rng = np.random.default_rng(config.seed + 1)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        super().__init__("refscope-simulator", poll_interval_s=0.05)
         self._lock = threading.Lock()
         self._timeline: list[dict[str, Any]] = []
         self._frames = self._references = self._requests = self._errors = 0
@@ -174,38 +173,24 @@ class SimulatedMicroscope:
         if cfg.requests_dir is not None:
             cfg.requests_dir.mkdir(parents=True, exist_ok=True)
             self._seen_requests = {p.name for p in cfg.requests_dir.glob("*.json")}  # old requests are not ours
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="refscope-simulator", daemon=True)
-        self._thread.start()
+        self._t0 = self._next_frame = time.monotonic()
+        super().start()
         self._note("started", areas=[a.name for a in areas], frame_shape=list(cfg.optics.lr_shape),
                    pixel_nm=cfg.optics.lr_pixel_nm)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread and close the sockets; re-raises a failure of the thread. Idempotent."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-        for sock in (self._push, self._sub):
-            if sock is not None:
-                sock.close()
-        self._push = self._sub = None
-        if self._context is not None:
-            self._context.term()
-            self._context = None
-        self.check()
-
-    def check(self) -> None:
-        """Re-raise the exception that stopped the thread (if any)."""
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> SimulatedMicroscope:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Stop the thread and close the sockets; re-raises a failure of the thread. Idempotent; returns whether
+        the thread ended."""
+        try:
+            return super().stop(timeout)
+        finally:
+            for sock in (self._push, self._sub):
+                if sock is not None:
+                    sock.close()
+            self._push = self._sub = None
+            if self._context is not None:
+                self._context.term()
+                self._context = None
 
     def elapsed(self) -> float:
         """Seconds since :meth:`start`."""
@@ -239,24 +224,20 @@ class SimulatedMicroscope:
             self._last_error = message
         _log.error("simulator: %s", message)
 
-    def _run(self) -> None:
-        try:
-            next_frame = time.monotonic()
-            while not self._stop.is_set():
-                self._collect_requests()
-                now = time.monotonic()
-                due = [r for r in self._pending if r[0] <= now]
-                self._pending = [r for r in self._pending if r[0] > now]
-                for _, request in due:
-                    self._answer(request)
-                if now >= next_frame:
-                    self._acquire()
-                    next_frame = max(next_frame + self.config.frame_interval_s, time.monotonic())
-                wake = min([next_frame] + [r[0] for r in self._pending])
-                self._stop.wait(min(0.05, max(0.0, wake - time.monotonic())))
-        except BaseException as exc:  # re-raised by check()/stop()
-            _log.exception("simulator failed")
-            self._error = exc
+    def poll_once(self, timeout: float) -> None:
+        """One turn: answer the reference requests that are due, scan a frame when one is due, then sleep until
+        the next is due (at most ``timeout`` s)."""
+        self._collect_requests()
+        now = time.monotonic()
+        due = [r for r in self._pending if r[0] <= now]
+        self._pending = [r for r in self._pending if r[0] > now]
+        for _, request in due:
+            self._answer(request)
+        if now >= self._next_frame:
+            self._acquire()
+            self._next_frame = max(self._next_frame + self.config.frame_interval_s, time.monotonic())
+        wake = min([self._next_frame] + [r[0] for r in self._pending])
+        self._stop.wait(min(timeout, max(0.0, wake - time.monotonic())))
 
     def _state_now(self) -> State:
         state = state_at(self.elapsed(), self._areas, self.config.optics, self._session)
