@@ -41,6 +41,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import dask
@@ -111,8 +112,12 @@ def block_tile(shape: tuple[int, int], model: ServedModel, block_px: int) -> int
 
 
 def enhance_window(window: np.ndarray, *, key: str, scale: int, crop: tuple[int, int, int, int],
-                   constant: dict[int, float], block_id: tuple[int, int, int] | None = None) -> np.ndarray:
+                   constant: dict[int, float], ensemble: int = 1,
+                   block_id: tuple[int, int, int] | None = None) -> np.ndarray:
     """Enhance one (1, h, w) window of slice ``block_id[0]`` and return its (1, S·ch, S·cw) float32 core.
+
+    ``key`` names the cached session (one per model checksum, whatever the self-ensemble), ``ensemble`` the
+    passes this batch averages (:attr:`ServedModel.ensemble <refscope.daemon.serve.served_model.ServedModel.ensemble>`).
 
     ``crop`` is the core inside the window, (y0, y1, x0, x1) LR px (:attr:`refscope.models.tiling.TileBox.crop`);
     ``constant`` maps z indices of constant frames to their value (served as that constant, as the daemon serves
@@ -124,7 +129,7 @@ def enhance_window(window: np.ndarray, *, key: str, scale: int, crop: tuple[int,
     if z in constant:
         return np.full((1, s * (y1 - y0), s * (x1 - x0)), constant[z], dtype=np.float32)
     frame = np.array(window[0], dtype=np.float32, order="C", copy=True)  # as process_tiled hands a window over
-    full = cached_model(key).run(frame)
+    full = replace(cached_model(key), ensemble=ensemble).run(frame)
     return np.asarray(full[s * y0:s * y1, s * x0:s * x1], dtype=np.float32)[np.newaxis]
 
 
@@ -141,7 +146,7 @@ def slab_graph(source: da.Array, model: ServedModel, *, block_px: int, constant:
         core = x[:, wy0:wy1, wx0:wx1].map_blocks(
             enhance_window, dtype=np.float32, meta=np.empty((0, 0, 0), dtype=np.float32),
             chunks=((1,) * depth, (s * (cy1 - cy0),), (s * (cx1 - cx0),)),
-            key=model.key, scale=s, crop=box.crop, constant=dict(constant))
+            key=model.key, scale=s, crop=box.crop, constant=dict(constant), ensemble=model.ensemble)
         rows.setdefault(cy0, []).append(core)
     return da.block([rows[y] for y in sorted(rows)])
 

@@ -138,3 +138,22 @@ def test_the_automatic_self_ensemble_fits_the_frame_budget(compact) -> None:
     assert [tight.enhance(frame).ensemble for _ in range(3)] == [1, 1, 1]
     bicubic = ServingEngine(ModelConfig(scale=2, method="bicubic"), ServeConfig(self_ensemble=8))
     assert bicubic.enhance(frame).ensemble == 1  # only a network is ensembled
+
+
+def test_batch_workers_run_each_models_own_self_ensemble_on_one_cached_session(compact) -> None:
+    """Dask workers keep one ONNX session per model checksum; two batches of the same network with different
+    ``--self-ensemble`` in one process must each get their own number of passes (oracle: the served model's own
+    tiled output at that ensemble size)."""
+    import dask
+
+    from refscope.daemon.offline.batch_compute import install_model, slab_graph
+
+    data, manifest, _ = compact
+    frame = _frame((90, 110))
+    for n in (1, 4):
+        model = replace(onnx_model(data, manifest, method="net"), ensemble=n)
+        install_model(model)
+        (out,) = dask.compute(slab_graph(dask.array.from_array(frame[np.newaxis]), model, block_px=48,
+                                         constant={}), scheduler="synchronous")
+        expected = model.loaded().enhance(frame, tile=model.tile(frame.shape, max_tile=48))
+        np.testing.assert_allclose(out[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
