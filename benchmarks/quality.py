@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -75,7 +74,6 @@ OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "pri
 SERVE_BUDGET_S = 0.5
 """Seconds the served network may take for a 1280x944 output (issue 12, item 5): the self-ensemble size of ``best``
 is the largest whose passes fit (:func:`refscope.models.self_ensemble.ensemble_size_for`)."""
-SERVE_OUTPUT = (944, 1280)
 BM3D_MULT = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
@@ -219,26 +217,20 @@ def serving_pass_s(scale: int, runs: int = 5) -> float:
     """Median seconds of one pass of the network served at ``scale`` (the shipped prior: the fine-tuned networks
     have its architecture) exported to ONNX and served as the product serves it
     (:func:`refscope.daemon.offline.net.onnx_runner`, every core) on a real LR crop whose S-times output is
-    1280x944 -- measured before the pairs run, so that no other work shares the cores."""
+    1280x944 (the crop and timing of ``bench_net_serving.py``) -- measured before the pairs run, so that no other
+    work shares the cores."""
+    from bench_net_serving import OUTPUT, lr_frame, p50
+
     from refscope.daemon.learn.prior_store import SHIPPED_PRIORS, load_prior
     from refscope.daemon.offline.net import onnx_runner
     from refscope.models.net_fit import export_netfit
     from refscope.models.prior import frame_normalisation
 
-    lr_frame = load_pair(SCORED[0]).lr
+    frame, _ = lr_frame()
     fit = load_prior("auto", scale, SHIPPED_PRIORS)
-    model_bytes, manifest = export_netfit(replace(fit, normalisation=frame_normalisation(lr_frame)))
-    run = onnx_runner(model_bytes, manifest, threads=0)
-    h, w = SERVE_OUTPUT[0] // scale, SERVE_OUTPUT[1] // scale
-    crop = np.ascontiguousarray(np.pad(lr_frame, [(0, max(0, h - lr_frame.shape[0])), (0, max(0, w - lr_frame.shape[1]))],
-                                       mode="reflect")[:h, :w])
-    run(crop)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(crop)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    run = onnx_runner(*export_netfit(replace(fit, normalisation=frame_normalisation(frame))), threads=0)
+    crop = np.ascontiguousarray(frame[:OUTPUT[0] // scale, :OUTPUT[1] // scale])
+    return p50(lambda: run(crop), runs)[0]
 
 
 def bicubic_scores(subs) -> list:
