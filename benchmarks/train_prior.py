@@ -1,11 +1,13 @@
 """Train refscope's pretrained EM priors from the physical SEM pairs of ../shared/data/sem_pairs.
 
     .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 600] [--exclude pair00,...] [--out DIR]
+                                               [--network auto] [--device cpu|cuda]
 
-For every S, the ``--network`` (default ``auto``: the network served at S, ``compact`` at x2 and ``fullres`` at x3
-and above) is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4 grids), minus
+For every S, the ``--network`` (default ``auto``: the network served at S,
+:data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4 grids), minus
 ``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality benchmark: a pair
-is never scored by a model that saw its images). Writes ``<out>/<network>-x<S>/`` (the state folder
+is never scored by a model that saw its images). The right quarter of every pair's overlap is held out and the
+best checkpoint on it is kept (:func:`refscope.models.prior.train_prior`). Writes ``<out>/<network>-x<S>/`` (the state folder
 :mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, machine).
 Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
 
@@ -39,7 +41,7 @@ SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwel
 
 
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
-                network: str = "auto") -> Path:
+                network: str = "auto", device: str = "cpu") -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -50,20 +52,32 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
         pairs.append(PriorPair(p.lr, lr_region, hr_grid, name))
         files.extend(p.files)
     print(f"x{scale}: training {network} on {', '.join(names)} for {budget_s:g} s", flush=True)
-    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network))
+    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network,
+                                                                  device=device))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
             "licence_of_data": "MIT", "degradation": "none: physical LR/HR pairs (point-sampled, noisy LR scans)",
             "loss": "L2 against the noisy HR grid (Noise2Noise)", "budget_s": budget_s,
             "steps": fit.history[0]["steps"], "seconds": round(fit.history[0]["seconds"], 1), "seed": seed,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "best_step": fit.history[0].get("best_step"),
+            "best_validation_d_psnr_db": fit.history[0].get("best_validation_d_psnr_db"),
+            "validation_curve": fit.history[0].get("validation_curve"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device_name(device),
             "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
             "command": " ".join(["benchmarks/train_prior.py"] + sys.argv[1:]),
             "trained": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_json(folder / "card.json", card)
-    print(f"x{scale}: {card['steps']} steps in {card['seconds']} s -> {folder}", flush=True)
+    print(f"x{scale}: {card['steps']} steps in {card['seconds']} s, best on the held-out strips at step "
+          f"{card['best_step']} ({card['best_validation_d_psnr_db']} dB) -> {folder}", flush=True)
     return folder
+
+
+def device_name(device: str) -> str:
+    """What the card records of the training device: ``cpu``, or the GPU's own name."""
+    if torch.device(device).type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--network", default="auto", help="auto (the network served at each scale) or a registered name")
+    parser.add_argument("--device", default="cpu", help="torch device of the training steps: cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
     for scale in (int(s) for s in args.scales.split(",")):
-        train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network)
+        train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network, args.device)
     return 0
 
 

@@ -41,7 +41,7 @@ from .training import (Normalisation, PatchSource, TrainConfig, export_network, 
 
 __all__ = ["NET_STRATEGIES", "NetFit", "fit_network", "net_predictor", "default_patch", "score_predictors",
            "subimage_categories", "PooledSource", "lr_only_config", "standard_evaluation", "StandardScore",
-           "export_netfit", "train_phase", "phase_record"]
+           "export_netfit", "train_phase", "phase_record", "BestCheckpoint"]
 
 NET_STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -139,8 +139,10 @@ def _calibrated(regions: Sequence[Region], scale: int) -> list[Region]:
     return out
 
 
-class _BestCheckpoint:
-    """Keeps the weights with the best mean ΔPSNR over bicubic on held-out validation regions."""
+class BestCheckpoint:
+    """Keeps the weights with the best mean ΔPSNR over bicubic on held-out validation regions (LR, HR grid) in the
+    units of ``norm``, measured by :meth:`consider` and every ``every`` steps through :meth:`on_step` (pass it as
+    :func:`~refscope.models.training.train`'s ``on_step``). ``state`` is on the CPU whatever the training device."""
 
     def __init__(self, net: nn.Module, norm: Normalisation, validation: Sequence[Region], scale: int,
                  every: int) -> None:
@@ -149,6 +151,7 @@ class _BestCheckpoint:
         self.net, self.norm, self.every, self.scale = net, norm, int(every), int(scale)
         self.validation = tuple((np.asarray(lr, np.float64), np.asarray(hr, np.float64)) for lr, hr in validation)
         self.score, self.step, self.state = -math.inf, 0, None
+        self.curve: list[tuple[int, float]] = []                # (step, validation ΔPSNR) of every measurement
         self._steps_before = 0
 
     def consider(self, step: int) -> None:
@@ -156,9 +159,10 @@ class _BestCheckpoint:
         self.net.eval()
         score = held_out_delta_psnr(lambda x: predict(self.net, x, self.norm), self.validation, scale=self.scale)
         self.net.train(was_training)
+        self.curve.append((int(step), float(score)))
         if score > self.score or self.state is None:
             self.score, self.step = float(score), int(step)
-            self.state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            self.state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
 
     def on_step(self, step: int, loss: float) -> None:
         self._steps_before += 1
@@ -274,7 +278,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         else:
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
         cfg = TrainConfig(strategy=strategy, loss=loss, patch=p, batch=batch, lr=lr, steps=10 ** 9, seed=seed + 1)
-        keeper = _BestCheckpoint(net, norm, validation, scale, validate_every) if validation else None
+        keeper = BestCheckpoint(net, norm, validation, scale, validate_every) if validation else None
         if keeper is not None:
             if state is not None:
                 warm_start(net, state)

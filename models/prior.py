@@ -16,6 +16,14 @@ Every pair is mapped into network units by *its own* LR frame's robust range (0.
 identity normalisation ``(offset 0, scale 1)``, and whoever applies it normalises the input frame the same way:
 :func:`frame_normalisation`.
 
+Checkpoint
+----------
+The right-hand strip of every pair's overlap (:func:`refscope.models.promotion.split_for_validation`, a quarter
+of it) is held out, and the weights with the best mean ΔPSNR over bicubic on those strips are kept, not the last
+ones. A prior trained on a few pairs overfits them: on the physical SEM pairs, priors of ~13 000 steps served
+0.1-0.5 dB worse on the pair they never saw than priors of ~2 000 steps (``benchmarks/RESULTS.md``, issue 12),
+so how long a prior trains must not decide how good it is.
+
 Loss
 ----
 Plain L2 against the noisy HR grid: with HR noise independent of the LR's, the minimiser is the clean HR mean
@@ -30,9 +38,10 @@ import numpy as np
 
 from .image_ops import upsample_bicubic
 from .metrics import fit_intensity_coefficients
-from .net_fit import NetFit, fit_network, phase_record, train_phase
+from .net_fit import BestCheckpoint, NetFit, fit_network, phase_record, train_phase
 from .network_names import resolve_network
 from .networks import build_network
+from .promotion import split_for_validation
 from .training import Normalisation, TrainConfig, make_real_pair_dataset
 
 #: How a session fine-tunes a prior (chosen on the validation strips of the physical pairs, issue 12): a small
@@ -67,7 +76,10 @@ class PriorConfig:
     """How a prior is trained. ``budget_s``: wall-clock seconds. ``patch``: LR patch side; ``batch``: patches per
     Adam step at learning rate ``lr`` (the last quarter of the time at ``lr / 4``); ``loss`` ``"l2"`` (see the
     module docstring). ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
-    :data:`refscope.models.networks.NETWORKS` entry."""
+    :data:`refscope.models.networks.NETWORKS` entry. ``device``: the torch device of the steps (``"cuda"`` trains
+    many times more steps in the same budget; :class:`~refscope.models.training.TrainConfig`). ``validate_every``:
+    steps between two measurements on the held-out strips (module docstring); 0 trains on the whole overlaps and
+    keeps the last weights."""
 
     budget_s: float = 300.0
     network: str = "auto"
@@ -77,10 +89,14 @@ class PriorConfig:
     lr: float = 1e-3
     loss: str = "l2"
     seed: int = 0
+    device: str = "cpu"
+    validate_every: int = 100
 
     def __post_init__(self) -> None:
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be > 0 s, got {self.budget_s}")
+        if self.validate_every < 0:
+            raise ValueError(f"validate_every must be >= 0 steps (0 = keep the last weights), got {self.validate_every}")
         if self.patch < 8 or self.batch < 1 or not self.lr > 0:
             raise ValueError(f"need patch >= 8, batch >= 1 and lr > 0, got {self.patch}, {self.batch}, {self.lr}")
 
@@ -108,13 +124,20 @@ def prior_regions(pairs: Sequence[PriorPair], scale: int) -> list[tuple[np.ndarr
 
 def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig = PriorConfig()) -> NetFit:
     """Train ``config.network`` for x``scale`` on every pair for ``config.budget_s`` seconds (1 thread is the
-    caller's choice); returns a :class:`NetFit` with the :data:`IDENTITY` normalisation and one history entry.
+    caller's choice); returns a :class:`NetFit` with the :data:`IDENTITY` normalisation and one history entry,
+    holding the best checkpoint on the held-out strips (``best_step``, ``best_validation_d_psnr_db`` and the
+    ``validation_curve`` of (step, dB) it was chosen from) unless ``config.validate_every`` is 0.
 
     Raises ``ValueError`` without pairs, or when a pair's LR region is smaller than the patch.
     """
     if not pairs:
         raise ValueError("a prior needs at least one registered LR/HR pair")
     regions = prior_regions(pairs, scale)
+    validation: list[tuple[np.ndarray, np.ndarray]] = []
+    if config.validate_every:
+        splits = [split_for_validation(lr, hr, scale=scale) for lr, hr in regions]
+        regions = [split.train for split in splits]
+        validation = [sub for split in splits for sub in split.held_out]
     patch = int(min([config.patch] + [min(lr.shape) for lr, _ in regions]))
     if patch < 8:
         small = [p.name for p, (lr, _) in zip(pairs, regions) if min(lr.shape) < 8]
@@ -123,11 +146,19 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
     network = resolve_network(config.network, scale)
     net = build_network(network, scale=scale, seed=config.seed, **config.network_kwargs)
     cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=config.lr,
-                      steps=10 ** 9, seed=config.seed)
-    results = train_phase(net, cfg, source, config.budget_s, None)
-    history = [{**phase_record("prior", results), "pairs": [p.name for p in pairs]}]
-    return NetFit(network, int(scale), results[-1].state_dict, IDENTITY, dict(config.network_kwargs), "prior",
-                  history)
+                      steps=10 ** 9, seed=config.seed, device=config.device)
+    keeper = BestCheckpoint(net, IDENTITY, validation, scale, config.validate_every) if validation else None
+    if keeper is not None:
+        keeper.consider(0)
+    results = train_phase(net, cfg, source, config.budget_s, None, on_step=keeper.on_step if keeper else None)
+    record = {**phase_record("prior", results), "pairs": [p.name for p in pairs]}
+    state = results[-1].state_dict
+    if keeper is not None:
+        keeper.consider(record["steps"])
+        state = keeper.state
+        record.update(best_step=keeper.step, best_validation_d_psnr_db=keeper.score,
+                      validation_curve=[[step, round(score, 4)] for step, score in keeper.curve])
+    return NetFit(network, int(scale), state, IDENTITY, dict(config.network_kwargs), "prior", [record])
 
 
 def fine_tune(prior: NetFit, lr_frames: Sequence[np.ndarray], regions: Sequence[tuple[np.ndarray, np.ndarray]], *,

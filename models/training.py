@@ -35,8 +35,8 @@ from .image_ops import upsample_bicubic
 from .metrics import fit_intensity_coefficients
 from .noise import estimate_noise_sigma
 
-__all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "PatchSource", "make_real_pair_dataset",
-           "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss", "noise_robust_loss", "train", "warm_start",
+__all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "training_device", "PatchSource",
+           "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss", "noise_robust_loss", "train", "warm_start",
            "predict", "export_network"]
 
 STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
@@ -81,7 +81,9 @@ class TrainConfig:
     lambdas: (λ1, λ2, λ3) of eq. 16 (noise-robust only). noisier_sigma: σ of the noise that makes y', network
     units (None = the source's estimated LR noise level); each sample draws σ' = σ·U(noisier_range).
     grad_clip: max gradient norm (None = off). seed: all sampling randomness (NumPy); with the same network
-    initialisation and step count, training is reproducible.
+    initialisation and step count, training is reproducible. device: the torch device the steps run on
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``); patches are sampled on the CPU either way and the network is handed
+    back on the CPU.
     """
 
     strategy: str = "real-pairs"
@@ -98,6 +100,7 @@ class TrainConfig:
     lr_halve_every: int | None = None
     grad_clip: float | None = None
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -328,6 +331,24 @@ def warm_start(network: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mo
     return network
 
 
+def training_device(name: str) -> torch.device:
+    """The torch device called ``name``, checked usable; ValueError naming what is missing otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown training device {name!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"training device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA "
+                             f"device; install a CUDA build of torch or train on 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"training device {name!r} asked for, but torch sees only "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"training device {name!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
 def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
           init_state: dict[str, torch.Tensor] | None = None, budget_s: float | None = None,
           on_step: Callable[[int, float], bool | None] | None = None) -> TrainResult:
@@ -358,6 +379,7 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                          f"a {data_source.kind!r} one; build it with the matching make_*_dataset function")
     if getattr(network, "scale", data_source.scale) != data_source.scale:
         raise ValueError(f"the network upscales x{network.scale} but the data are x{data_source.scale}")
+    device = training_device(config.device)
     if init_state is not None:
         warm_start(network, init_state)
     budget = config.time_budget_s if budget_s is None else budget_s
@@ -365,6 +387,7 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
     p = 1 if config.loss == "l1" else 2
     robust = config.strategy == "noise-robust"
     sigma = data_source.noise_sigma if config.noisier_sigma is None else float(config.noisier_sigma)
+    network.to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
     losses: list[float] = []
     network.train()
@@ -377,10 +400,10 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                 for group in optimiser.param_groups:
                     group["lr"] *= 0.5
             x, y = data_source.sample(config.batch, rng, config.augment)
-            inputs, target = torch.from_numpy(x), torch.from_numpy(y)
+            inputs, target = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             if robust:
                 sig = sigma * rng.uniform(*config.noisier_range, size=(config.batch, 1, 1, 1))
-                noisier = torch.from_numpy((x + sig * rng.standard_normal(x.shape)).astype(np.float32))
+                noisier = torch.from_numpy((x + sig * rng.standard_normal(x.shape)).astype(np.float32)).to(device)
                 out = network(torch.cat([inputs, noisier]))
                 loss, _ = noise_robust_loss(out[: config.batch], out[config.batch:], target,
                                             lambdas=config.lambdas, p=p)
@@ -396,23 +419,26 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                 break
     finally:
         network.eval()
+        network.to("cpu")
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     return TrainResult(state, len(losses), tuple(losses), time.perf_counter() - start)
 
 
 def predict(network: nn.Module, lr: np.ndarray, normalisation: Normalisation) -> np.ndarray:
-    """Super-resolve one LR frame (H, W) in the caller's units; returns (S·H, S·W) float64 in the same units."""
+    """Super-resolve one LR frame (H, W) in the caller's units; returns (S·H, S·W) float64 in the same units.
+    Runs on whatever device the network's weights are on (a validation during GPU training)."""
     image = np.asarray(lr)
     if image.ndim != 2 or min(image.shape) < 2:
         raise ValueError(f"expected a 2-D LR frame of at least 2 x 2 px, got shape {image.shape}")
     was_training = network.training
+    device = next(network.parameters()).device                 # the device it is training on, if any
     network.eval()
     try:
         with torch.no_grad():
-            out = network(torch.from_numpy(normalisation.apply(image))[None, None])
+            out = network(torch.from_numpy(normalisation.apply(image))[None, None].to(device))
     finally:
         network.train(was_training)
-    return normalisation.invert(out[0, 0].numpy())
+    return normalisation.invert(out[0, 0].cpu().numpy())
 
 
 def export_network(network: nn.Module, normalisation: Normalisation, *, kind: str, **manifest_fields):

@@ -13,6 +13,7 @@ This module writes no files. (TensorRT writes its engine cache itself into ``trt
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -44,6 +45,7 @@ __all__ = [
     "check_model_bytes",
     "choose_providers",
     "verify_active_providers",
+    "preload_gpu_libraries",
 ]
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,26 @@ def choose_providers(config: RuntimeConfig, available: Sequence[str]) -> list[tu
     return [(name, _provider_options(name, config)) for name in names]
 
 
+@functools.cache
+def preload_gpu_libraries(ort: Any) -> bool:
+    """Let onnxruntime-gpu find CUDA and cuDNN in pip's ``nvidia-*`` wheels (or PyTorch's copies), once per process.
+
+    onnxruntime-gpu >= 1.21 looks there only when :func:`onnxruntime.preload_dlls` is called; otherwise the CUDA
+    provider fails to load unless the libraries are on the system's library path, and the session falls back to
+    the CPU. Returns whether the preload ran; a failure is logged (the provider check then reports what is
+    missing) and never raised. Older runtimes without ``preload_dlls`` return False.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return False
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - a library that is not there is reported by the provider check
+        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system library path", exc)
+        return False
+    return True
+
+
 def _gpu_install_hint() -> str:
     return (
         "install the GPU build with pip install 'refscope[gpu]' (onnxruntime-gpu, not together with onnxruntime) "
@@ -296,6 +318,8 @@ class OnnxModel:
         self._ort = ort
 
         requested = choose_providers(self.config, ort.get_available_providers())
+        if any(name in GPU_PROVIDERS for name, _ in requested):
+            preload_gpu_libraries(ort)
         if self.config.trt_cache_dir is not None and any(name == TENSORRT for name, _ in requested):
             os.makedirs(self.config.trt_cache_dir, exist_ok=True)
         options = ort.SessionOptions()

@@ -8,7 +8,8 @@ import pytest
 
 from refscope.models.net_fit import fit_network, net_predictor
 from refscope.models.pipeline import FitConfig, register_reference, training_grids
-from refscope.models.prior import IDENTITY, PriorConfig, PriorPair, frame_normalisation, train_prior
+from refscope.models.prior import (IDENTITY, PriorConfig, PriorPair, frame_normalisation, prior_regions,
+                                  train_prior)
 from refscope.models.promotion import held_out_delta_psnr, split_for_validation
 from refscope.models.synthetic import make_pair
 
@@ -30,7 +31,7 @@ def pairs() -> list[PriorPair]:
 
 @pytest.fixture(scope="module")
 def prior(pairs) -> object:
-    return train_prior(pairs[:3], scale=2, config=PriorConfig(budget_s=6.0, batch=8, patch=24))
+    return train_prior(pairs[:3], scale=2, config=PriorConfig(budget_s=6.0, batch=8, patch=24, validate_every=0))
 
 
 def _held_out(pair: PriorPair):
@@ -70,6 +71,25 @@ def test_fine_tune_from_prior_keeps_the_best_validation_checkpoint(prior, pairs)
     assert record["best_validation_d_psnr_db"] == pytest.approx(score(kept), abs=1e-6)
     assert score(kept) >= prior_score - 1e-6 > score(wrecked) + 0.5
     assert 0 <= record["best_step"] <= record["steps"]
+
+
+def test_prior_keeps_its_best_checkpoint_on_the_held_out_strips(pairs) -> None:
+    """The weights handed back are the best of every measurement on the pairs' held-out strips, not the last."""
+    kept = train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=2.0, batch=8, patch=24, validate_every=5))
+    held_out = [sub for lr, hr in prior_regions(pairs[:2], 2)
+                for sub in split_for_validation(lr, hr, scale=2).held_out]
+    record = kept.history[0]
+    steps, scores = zip(*record["validation_curve"])
+    assert steps[0] == 0 and steps[-1] == record["steps"] and len(steps) >= 3
+    assert record["best_validation_d_psnr_db"] == pytest.approx(max(scores), abs=1e-4)
+    assert record["best_step"] == steps[int(np.argmax(scores))]
+    # the weights really are that checkpoint's: re-measured on the same strips
+    assert held_out_delta_psnr(net_predictor(kept), tuple(held_out), scale=2) == pytest.approx(
+        record["best_validation_d_psnr_db"], abs=1e-6)
+    whole = train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=0.5, batch=8, patch=24, validate_every=0))
+    assert "best_step" not in whole.history[0]
+    with pytest.raises(ValueError, match="validate_every"):
+        PriorConfig(validate_every=-1)
 
 
 def test_prior_refuses_bad_input(pairs) -> None:

@@ -15,7 +15,7 @@ from refscope.models.networks import build_network
 from refscope.models.noise import estimate_noise_sigma
 from refscope.models.training import (Normalisation, TrainConfig, export_network, lp_loss, make_lr_only_dataset,
                                       make_real_pair_dataset, make_synthetic_dataset, noise_robust_loss, predict,
-                                      train, warm_start)
+                                      train, training_device, warm_start)
 
 torch.set_num_threads(1)
 
@@ -220,6 +220,29 @@ def test_budget_and_stop_callback(rng):
     assert train(small_net(), TrainConfig(steps=50, patch=12), source, budget_s=0.0).steps == 0
     result = train(small_net(), TrainConfig(steps=50, patch=12, batch=2), source, on_step=lambda step, _: step >= 3)
     assert result.steps == 3 and len(result.losses) == 3
+
+
+@pytest.mark.parametrize("name", ["banana", "meta", "cuda:99"])
+def test_an_unusable_training_device_is_refused_by_name(name):
+    with pytest.raises(ValueError, match=name):
+        training_device(name)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            training_device("cuda")
+
+
+def test_training_on_an_explicit_device_hands_the_network_back_on_the_cpu(rng):
+    source = _sources(rng)["noise-robust"]
+    config = TrainConfig(strategy="noise-robust", patch=12, batch=2, steps=4, lr=1e-3, seed=5)
+    reference = train(small_net(), config, source)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        net = small_net()
+        result = train(net, TrainConfig(**{**config.__dict__, "device": device}), source)
+        assert all(p.device.type == "cpu" for p in net.parameters())
+        assert all(v.device.type == "cpu" for v in result.state_dict.values())
+        # the same steps on another device: the same losses up to float32 kernel differences
+        np.testing.assert_allclose(result.losses, reference.losses, rtol=1e-3 if device != "cpu" else 0)
 
 
 def test_predict_returns_caller_units(rng):

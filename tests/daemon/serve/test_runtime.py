@@ -26,6 +26,7 @@ from refscope.daemon.serve.runtime import (
     RuntimeConfig,
     choose_providers,
     import_onnxruntime,
+    preload_gpu_libraries,
     verify_active_providers,
 )
 from refscope.models.manifest import ModelManifest
@@ -71,7 +72,7 @@ def models() -> dict[str, tuple[bytes, ModelManifest]]:
     }
 
 
-CPU_ONLY = RuntimeConfig(intra_op_threads=1, warmup_shape=(16, 16))
+CPU_ONLY = RuntimeConfig(providers=(CPU,), intra_op_threads=1, warmup_shape=(16, 16))
 
 
 # -- import guard ------------------------------------------------------------------------------------------
@@ -155,6 +156,7 @@ def test_verify_detects_silent_cpu_fallback(caplog: pytest.LogCaptureFixture) ->
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="premise: a CPU-only ONNX Runtime build")
 def test_onnx_model_refuses_silent_fallback_of_real_session(monkeypatch, models) -> None:
     # Pretend this CPU build offers the GPU providers: onnxruntime then quietly builds a CPU-only session.
     monkeypatch.setattr(ort, "get_available_providers", lambda: [TENSORRT, CUDA, CPU])
@@ -164,6 +166,45 @@ def test_onnx_model_refuses_silent_fallback_of_real_session(monkeypatch, models)
     slot = ModelSlot(RuntimeConfig(require_gpu=True, warmup_shape=(8, 8)))
     assert not slot.try_load(model_bytes, manifest)
     assert "silently fell back" in slot.last_error
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_a_gpu_request_preloads_the_cuda_libraries_once_and_survives_a_failed_preload(monkeypatch, models,
+                                                                                       caplog) -> None:
+    # onnxruntime-gpu finds pip's CUDA/cuDNN only after preload_dlls(); without it the CUDA provider falls back.
+    calls = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append("preload"), raising=False)
+    preload_gpu_libraries.cache_clear()
+    OnnxModel(*models["x2"], RuntimeConfig(warmup_shape=(8, 8)))
+    OnnxModel(*models["x2"], RuntimeConfig(warmup_shape=(8, 8)))
+    assert calls == ["preload"]                                  # once per process
+    preload_gpu_libraries.cache_clear()
+    OnnxModel(*models["x2"], CPU_ONLY)                           # a CPU session never asks
+    assert calls == ["preload"]
+
+    def broken() -> None:
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(ort, "preload_dlls", broken, raising=False)
+    preload_gpu_libraries.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="refscope.daemon.serve.runtime"):
+        model = OnnxModel(*models["x2"], RuntimeConfig(warmup_shape=(8, 8)))
+    assert "libcudnn.so.9" in caplog.text and CPU in model.providers
+    preload_gpu_libraries.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a CUDA device")
+def test_a_cuda_session_is_active_and_serves_the_cpu_pixels(models, rng) -> None:
+    # The real GPU path: provider verified active, IO binding on the device, tiles as on the CPU.
+    model = OnnxModel(*models["x3"], RuntimeConfig(providers=(CUDA, CPU), require_gpu=True, warmup_shape=(32, 32)))
+    assert model.uses_gpu and model.providers[0] == CUDA
+    image = rng.random((91, 70)).astype(np.float32)
+    on_cpu = OnnxModel(*models["x3"], CPU_ONLY).run(image)
+    for tile in (None, 32):
+        out = model.run(image, tile=tile, halo=4)
+        assert np.max(np.abs(out - on_cpu)) <= 1e-4 * np.max(np.abs(on_cpu))
 
 
 # -- OnnxModel ---------------------------------------------------------------------------------------------
