@@ -110,6 +110,14 @@ def supervised(action: Callable[[], T], *, worker: str, item: str, count: Count 
         return None
 
 
+class _Failed(BaseException):
+    """Raised by :meth:`Worker.fail` inside a turn: not an ``Exception``, so :func:`supervised` lets it through."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 class Worker:
     """A stoppable worker thread whose every turn runs under the crash-only rule.
 
@@ -150,6 +158,12 @@ class Worker:
 
     def on_stop(self) -> None:
         """Called on the worker thread when the loop ends (release sockets...)."""
+
+    def fail(self, failure: BaseException) -> None:
+        """From inside a turn: stop the loop with ``failure``, handed to the owner like a state failure
+        (:meth:`on_failure`, then re-raised by :meth:`check`). For something the worker depends on that no
+        further turn can mend, e.g. a frame source whose own thread died. Does not return."""
+        raise _Failed(failure)
 
     # public ----------------------------------------------------------------------------------------------
 
@@ -209,6 +223,8 @@ class Worker:
                 if self.failed_turns != failed:  # a turn that keeps failing is not retried in a hot loop
                     self._stop.wait(self.poll_interval_s)
         except BaseException as exc:  # a state failure: stored and re-raised on the owner's thread
+            if isinstance(exc, _Failed):
+                exc = exc.failure
             _log.critical("worker %s stopped: %s: %s", self.name, type(exc).__name__, exc)
             self._error = exc
             try:

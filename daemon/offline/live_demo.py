@@ -41,6 +41,7 @@ from ..atomic import atomic_write_json
 from ..config import load_config
 from ..wire.control import ControlClient, ControlTimeout
 from ..wire.status import DaemonStatus, LearnerStatus, QualityStatus
+from ..worker import Worker
 from .simulate import HR_PATTERN, LR_PATTERN, SimulatedMicroscope, SimulatorConfig
 
 __all__ = ["LiveDemoSettings", "LiveDemo", "find_tui", "run_live_demo", "format_timeline"]
@@ -140,6 +141,62 @@ def format_timeline(timeline: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+class _EventFeed(Worker):
+    """Watches the daemon's event feed; each event's type and payload go to ``on_event`` (the demo's timeline)."""
+
+    def __init__(self, endpoint: str, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        super().__init__("refscope-demo-events", poll_interval_s=0.1)
+        self.endpoint = endpoint
+        self._on_event = on_event
+        self._sock: Any = None
+
+    def on_start(self) -> None:
+        self._sock = zmq.Context.instance().socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"event")
+        self._sock.connect(self.endpoint)
+
+    def poll_once(self, timeout: float) -> None:
+        if not self._sock.poll(int(timeout * 1000)):
+            return
+        try:
+            document = json.loads(self._sock.recv_multipart()[-1])
+        except (ValueError, IndexError):
+            return
+        self._on_event(document.get("type"), document.get("payload") or {})
+
+    def on_stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+
+
+class _StatusSampler(Worker):
+    """Asks the daemon for its status every ``every_s`` seconds; each reply goes to ``record``. A failed sample is
+    logged and the next one comes as planned (the daemon reports its own problems)."""
+
+    def __init__(self, endpoint: str, every_s: float, record: Callable[[DaemonStatus], None]) -> None:
+        super().__init__("refscope-demo-sampler", poll_interval_s=every_s)
+        self.endpoint = endpoint
+        self._record = record
+        self._client: ControlClient | None = None
+
+    def on_start(self) -> None:
+        self._client = ControlClient(self.endpoint, timeout_s=10.0)
+
+    def poll_once(self, timeout: float) -> None:
+        if self._stop.wait(timeout):
+            return
+        assert self._client is not None
+        try:
+            self._record(DaemonStatus.from_dict(self._client.call("status")["status"]))
+        except Exception as exc:  # noqa: BLE001 - keep sampling; the daemon reports its own problems
+            _log.warning("status not sampled: %s", exc)
+
+    def on_stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 class LiveDemo:
     """The daemon, the simulated microscope and an observer of both (``start()``, ``sample()``, ``stop()``)."""
 
@@ -153,8 +210,7 @@ class LiveDemo:
         self._events: list[dict[str, Any]] = []
         self._series: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._observers: list[Worker] = []
         self._client: ControlClient | None = None
         self._last_status: DaemonStatus | None = None
 
@@ -181,10 +237,9 @@ class LiveDemo:
         self.daemon = Daemon(config, folder_options={"poll_interval_s": 0.1, "retry_s": 0.2})
         self.daemon.start()
         self._client = ControlClient(self.daemon.endpoints["control"], timeout_s=10.0)
-        events = threading.Thread(target=self._collect_events, args=(self.daemon.endpoints["events"],),
-                                  name="refscope-demo-events", daemon=True)
-        sampler = threading.Thread(target=self._sample_loop, name="refscope-demo-sampler", daemon=True)
-        self._threads = [events, sampler]
+        events = _EventFeed(self.daemon.endpoints["events"], self._on_event)
+        sampler = _StatusSampler(self.daemon.endpoints["control"], s.sample_s, self._record)
+        self._observers = [events, sampler]
         events.start()
         time.sleep(0.2)  # PUB/SUB: let the subscription reach the event feed before anything happens
         optics = replace(Optics(), lr_shape=s.lr_shape)
@@ -202,10 +257,9 @@ class LiveDemo:
         """Stop the microscope, take a last sample, stop the observers and the daemon. Idempotent."""
         if self.microscope is not None:
             self.microscope.stop()
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10.0)
-        self._threads = []
+        for observer in self._observers:
+            observer.stop(timeout=10.0)
+        self._observers = []
         if self.daemon is not None:
             try:
                 self.sample()
@@ -219,36 +273,12 @@ class LiveDemo:
 
     # ------------------------------------------------------------------------------------------ observing
 
-    def _collect_events(self, endpoint: str) -> None:
-        context = zmq.Context.instance()
-        sock = context.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"event")
-        sock.connect(endpoint)
-        try:
-            while not self._stop.is_set():
-                if not sock.poll(100):
-                    continue
-                try:
-                    document = json.loads(sock.recv_multipart()[-1])
-                except (ValueError, IndexError):
-                    continue
-                kind = document.get("type")
-                if kind in _SHOWN_EVENTS:
-                    payload = document.get("payload") or {}
-                    with self._lock:
-                        self._events.append({"t": round(self.elapsed(), 2), "who": "daemon", "event": kind,
-                                             "detail": _short(kind, payload), "payload": payload})
-        finally:
-            sock.close(linger=0)
-
-    def _sample_loop(self) -> None:
-        with ControlClient(self.daemon.endpoints["control"], timeout_s=10.0) as client:
-            while not self._stop.wait(self.settings.sample_s):
-                try:
-                    self._record(DaemonStatus.from_dict(client.call("status")["status"]))
-                except Exception as exc:  # noqa: BLE001 - keep sampling; the daemon reports its own problems
-                    _log.warning("status not sampled: %s", exc)
+    def _on_event(self, kind: str | None, payload: dict[str, Any]) -> None:
+        """An event of the daemon's feed: the ones the demo shows go on its timeline."""
+        if kind in _SHOWN_EVENTS:
+            with self._lock:
+                self._events.append({"t": round(self.elapsed(), 2), "who": "daemon", "event": kind,
+                                     "detail": _short(kind, payload), "payload": payload})
 
     def sample(self) -> DaemonStatus:
         """Ask the daemon for its status now and record it; returns it."""

@@ -1,20 +1,29 @@
 """The daemon's control commands: pause/resume, reference requests, settings and snapshots.
 
-Part of :class:`~refscope.daemon.service.daemon.Daemon` (a mixin): :meth:`OperatorControls._handlers` maps the control
-protocol's commands (:mod:`refscope.daemon.wire.control`) to these methods; each returns the JSON-able reply or raises ValueError
-with a message for the operator.
+One of the :class:`~refscope.daemon.service.daemon.Daemon`'s collaborators: :meth:`OperatorControls.handlers` maps the
+control protocol's commands (:mod:`refscope.daemon.wire.control`) to these methods; each returns the JSON-able reply
+or raises ValueError with a message for the operator.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..publish import output_stem
 from ..images import write_tiff
+from ..learn.learner import Learner
+from ..publish import output_stem
+from ..serve.engine import ServingEngine
+from ..wire.status import DaemonStatus
+from .frame_path import LearnerSlot, NewestFrame
+from .monitor import QualityMonitor
+from .tally import Tally
 
 __all__ = ["OperatorControls"]
 
@@ -28,12 +37,38 @@ old snapshots are the operator's to move or delete)."""
 
 
 class OperatorControls:
-    """Control commands of :class:`~refscope.daemon.service.daemon.Daemon` (mixin)."""
+    """The operator's commands to a running daemon.
 
-    def _handlers(self) -> dict[str, Any]:
+    Args:
+        engine: the serving engine (method, sigma, scale).
+        monitor: the quality monitor (reference requests; reset at a change of scale).
+        learners: the current learner, replaced at a change of scale by ``make_learner(model, version, scale)``.
+        newest: the newest enhanced frame (snapshots, reference regions).
+        paused: set while paused (frames recorded and learned from, not enhanced).
+        status: the daemon's status report.
+        state_dir: where ``snapshots/`` are written.
+        tally: events (``paused``, ``settings_changed``...).
+    """
+
+    def __init__(self, *, engine: ServingEngine, monitor: QualityMonitor, learners: LearnerSlot,
+                 make_learner: Callable[[Any, int, int], Learner], newest: NewestFrame, paused: threading.Event,
+                 status: Callable[[], DaemonStatus], state_dir: Path, tally: Tally) -> None:
+        self.engine = engine
+        self.monitor = monitor
+        self.learners = learners
+        self._make_learner = make_learner
+        self.newest = newest
+        self._paused = paused
+        self._status = status
+        self.state_dir = Path(state_dir)
+        self._tally = tally
+        self._last_snapshot: float | None = None  # time.monotonic() of the latest snapshot
+
+    def handlers(self) -> dict[str, Any]:
+        """The control protocol's commands, by name."""
         return {
             "ping": lambda: {"pong": True, "t": time.time()},
-            "status": lambda: {"status": self.status().to_dict()},
+            "status": lambda: {"status": self._status().to_dict()},
             "pause": self.pause,
             "resume": self.resume,
             "request_reference": self.request_reference,
@@ -46,7 +81,7 @@ class OperatorControls:
         if not self._paused.is_set():
             self._paused.set()
             _log.info("paused: frames are recorded but not enhanced or published")
-            self._emit("paused", {"paused": True}, record=True)
+            self._tally.emit("paused", {"paused": True}, record=True)
         return {"paused": True}
 
     def resume(self) -> dict[str, Any]:
@@ -54,7 +89,7 @@ class OperatorControls:
         if self._paused.is_set():
             self._paused.clear()
             _log.info("resumed")
-            self._emit("resumed", {"paused": False}, record=True)
+            self._tally.emit("resumed", {"paused": False}, record=True)
         return {"paused": False}
 
     def request_reference(self, region: list[float] | None = None, note: str | None = None) -> dict[str, Any]:
@@ -62,13 +97,12 @@ class OperatorControls:
 
         ``region``: [y0, x0, y1, x1] in LR pixels of the newest frame, or None (anywhere).
         """
-        with self._newest_lock:
-            newest = self._newest[0] if self._newest is not None else None
+        held = self.newest.get()
+        newest = held[0] if held is not None else None
         if region is not None and newest is not None:
             height, width = newest.shape
             if region[2] > height or region[3] > width:
                 raise ValueError(f"region {region} lies outside the newest frame ({height}x{width} px)")
-        assert self.monitor is not None
         payload = self.monitor.request(reason="operator", frame=newest, region=region, note=note,
                                        detail="requested by the operator")
         return {"requested": payload}
@@ -83,15 +117,15 @@ class OperatorControls:
         if sigma_n is not ...:
             self.engine.set_sigma(sigma_n)
         state = self.engine.describe()
-        self._emit("settings_changed", state, record=True)
+        self._tally.emit("settings_changed", state, record=True)
         return {"model": state}
 
     def _set_scale(self, scale: int) -> None:
-        with self._learner_lock:
+        with self.learners.lock:
             if self.engine.has_model:
                 raise ValueError(f"scale x{scale} refused: model v{self.engine.version} serves x{self.engine.scale}; "
                                  "a new scale needs another state folder")
-            old = self.learner
+            old = self.learners.current
             if old is not None:
                 status = old.status()
                 if status.busy or status.queued:
@@ -100,19 +134,17 @@ class OperatorControls:
             learner = self._make_learner(None, 0, scale)
             if old is not None:
                 old.stop(timeout=30.0)
-            if self.monitor is not None:
-                self.monitor.reset()
+            self.monitor.reset()
             learner.start()
-            self.learner = learner
+            self.learners.current = learner
 
     def snapshot(self) -> dict[str, Any]:
         """Write the newest frame (raw) and its enhancement as TIFFs into ``<state_dir>/snapshots/``."""
-        with self._newest_lock:
-            newest = self._newest
+        newest = self.newest.get()
         if newest is None:
             raise ValueError("no frame has been enhanced yet")
         frame, result = newest
-        folder = self.config.state_dir / "snapshots"
+        folder = self.state_dir / "snapshots"
         now = time.monotonic()
         last = self._last_snapshot
         if last is not None and now - last < SNAPSHOT_MIN_INTERVAL_S:

@@ -61,11 +61,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,32 +75,34 @@ from refscope.models.pipeline import FitConfig, FittedModel, default_patch_size
 from refscope.models.promotion import PromotionDecision
 
 from ..atomic import TEMP_MARKER, atomic_write_json
-from ..state.catalogue import CATALOGUE_NAME, Catalogue
-from ..serve.champion import Champion
 from ..config import DaemonConfig
-from .control_server import ControlServer
-from ..wire.curve import daemon_context
-from ..wire.status import TrainingRound
 from ..errors import RefscopeError
-from ..frames import Frame, FrameSource
+from ..frames import FrameSource
+from ..images import read_frames
+from ..ingest.feed import ZmqFrameSource
+from ..ingest.folder import FolderFrameSource
 from ..learn.learner import Learner, ReferenceOutcome, load_initial
+from ..learn.pairing import RoleClassifier
+from ..learn.trainer import BackgroundTrainer
+from ..publish import EventPublisher, FolderPublisher, PublishedFile
+from ..publish.spill import SPILL_DIR
+from ..serve.champion import Champion
+from ..serve.engine import ServingEngine
+from ..serve.fusion_window import FusionWindow
+from ..state.catalogue import CATALOGUE_NAME, Catalogue
 from ..state.model_domain import DomainWatch
 from ..state.model_store import load_domain
-from .monitor import QualityMonitor
-from ..learn.pairing import RoleClassifier
-from ..publish import EventPublisher, FolderPublisher, PublishedFile, StreamPublisher
-from ..publish.spill import SPILL_DIR
-from .reference_hooks import HookRunner, make_hook
-from ..serve.fusion_window import FusionWindow
-from ..serve.engine import EnhanceResult, ServingEngine
-from ..ingest.folder import FolderFrameSource
-from ..ingest.feed import ZmqFrameSource
-from ..images import read_frames
+from ..wire.curve import daemon_context
+from ..wire.status import DaemonStatus, TrainingRound
 from .commands import OperatorControls
-from .frame_path import MAX_FRAME_PIXELS, SERVE_QUEUE_SIZE, FramePipeline, ServeItem
-from .stream_output import FrameStream, StreamOutput
+from .control_server import ControlServer
+from .frame_path import (MAX_FRAME_PIXELS, SERVE_QUEUE_SIZE, IngestLoop, LearnerSlot, NewestFrame, ServeLoop,
+                         ServeQueue)
+from .monitor import QualityMonitor
+from .reference_hooks import HookRunner, make_hook
 from .status import StatusReport
-from ..learn.trainer import BackgroundTrainer
+from .stream_output import FrameStream, StreamOutput
+from .tally import LATENCY_WINDOW, Tally
 
 __all__ = [
     "DAEMON_LOGGER",
@@ -119,8 +119,6 @@ _log = logging.getLogger(DAEMON_LOGGER)
 
 DAEMON_FILE = "daemon.json"
 """``<state_dir>/daemon.json``: pid and bound endpoints of the running daemon."""
-LATENCY_WINDOW = 300
-"""Frames over which latency percentiles are computed."""
 
 
 def fit_config_for(config: DaemonConfig, *, scale: int | None = None) -> FitConfig:
@@ -147,28 +145,16 @@ def _remove_stale_temps(folder: Path) -> None:
                 _log.warning("cannot remove stale temporary file %s: %s", entry.path, exc)
 
 
-class _Counters:
-    """Thread-safe named counters."""
+class Daemon:
+    """The refscope service (see the module docstring), assembled from explicit collaborators.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, int] = {}
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] = self._values.get(name, 0) + n
-
-    def get(self, name: str) -> int:
-        with self._lock:
-            return self._values.get(name, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-
-class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
-    """The refscope service (see the module docstring).
+    Built at construction: the :class:`~refscope.daemon.service.tally.Tally` (counts, errors, latencies, events),
+    the :class:`~refscope.daemon.serve.engine.ServingEngine`, the role classifier, the fusion window, the serve queue,
+    the learner slot and the :class:`~refscope.daemon.service.status.StatusReport`. Built by :meth:`start`, each
+    given what it uses: the catalogue, the publishers, the quality monitor, the learner and trainer, the
+    :class:`~refscope.daemon.service.commands.OperatorControls` behind the control server, the sources, and the two
+    loops (:class:`~refscope.daemon.service.frame_path.IngestLoop`, :class:`~refscope.daemon.service.frame_path.ServeLoop`,
+    workers whose failure stops the daemon).
 
     Args:
         config: the validated configuration.
@@ -199,57 +185,51 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._folder_options = dict(folder_options or {})
         self._serve_block_s = float(serve_block_s)
         self._drain_s = float(drain_s)
+        self.tally = Tally(_log, latency_window=LATENCY_WINDOW)
         self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget,
-                                     export_in_child=True, onnx_cache_dir=config.state_dir)
-        self._classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
+                                    export_in_child=True, onnx_cache_dir=config.state_dir)
+        self.classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
         fusion = config.fusion
         self.fusion = FusionWindow(enabled=fusion.enabled, auto_static_stage=fusion.auto_static_stage,
                                    window=fusion.window, max_age_s=fusion.max_age_s,
                                    stage_tolerance_px=fusion.stage_tolerance_px,
                                    max_bytes=config.memory_budget.fusion_bytes)
-        self._role_lock = threading.Lock()
-        self._last_role: dict[str, str] | None = None  # the latest frame's role and why (status "roles")
-        self._context: zmq.Context | None = None
-        self.catalogue: Catalogue | None = None
-        self.learner: Learner | None = None
-        self.trainer: BackgroundTrainer | None = None
+        self.serve_queue = ServeQueue(SERVE_QUEUE_SIZE)
+        self.learners = LearnerSlot()
+        self.newest = NewestFrame()
+        self.domain_watch = DomainWatch(_log)  # frames served outside the model's domain: logged, counted
         self.champion = Champion(self.engine, config.state_dir)
-        self.folder: FolderPublisher | None = None
-        self.stream: StreamPublisher | None = None
-        self.events: EventPublisher | None = None
-        self.control: ControlServer | None = None
-        self.monitor: QualityMonitor | None = None
-        self._hooks: HookRunner | None = None
-        self._sources: list[tuple[str, FrameSource]] = []
-        self._serve_queue: queue.Queue[ServeItem] = queue.Queue(maxsize=SERVE_QUEUE_SIZE)
-        self._serving_now = threading.Event()  # the serve loop is working on a frame
-        self._threads: list[threading.Thread] = []
-        self._stop_ingest = threading.Event()
-        self._stop_serve = threading.Event()
-        self._stop_requested = threading.Event()
         self._paused = threading.Event()
         self._started = False
         self._stopped = False
-        self._failure: BaseException | None = None
-        self._failure_lock = threading.Lock()
-        self._counts = _Counters()  # frames in/out, skipped.*, dropped.*
-        self.domain_watch = DomainWatch(_log)  # frames served outside the model's domain: logged, counted
-        self._errors = _Counters()  # errors by reason
-        self._last_error: str | None = None
-        self._lat_lock = threading.Lock()
-        self._latency: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._model_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._processing_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self._newest: tuple[Frame, EnhanceResult] | None = None
-        self._newest_lock = threading.Lock()
-        self._last_snapshot: float | None = None  # time.monotonic() of the latest snapshot
-        self._out_seq = 0
         self._started_at = 0.0
-        self._warned_no_pixel = False
-        self._learner_lock = threading.Lock()
-        self._relearn: list[tuple[Frame, float]] = []  # references to learn again after a restart (ingest thread)
+        self._stop_requested = threading.Event()
+        self.report = StatusReport(config, tally=self.tally, engine=self.engine, classify=self.classify,
+                                   fusion=self.fusion, domain_watch=self.domain_watch, serve_queue=self.serve_queue,
+                                   learners=self.learners, running=lambda: self._started and not self._stopped,
+                                   paused=self._paused.is_set,
+                                   uptime_s=lambda: time.time() - self._started_at if self._started else 0.0,
+                                   endpoints=lambda: self.endpoints)
+        self._context: zmq.Context | None = None
+        self.catalogue: Catalogue | None = None
+        self.trainer: BackgroundTrainer | None = None
+        self.folder: FolderPublisher | None = None
+        self.stream: FrameStream | None = None
+        self.events: EventPublisher | None = None
+        self.control: ControlServer | None = None
+        self.monitor: QualityMonitor | None = None
+        self.controls: OperatorControls | None = None
+        self.ingest: IngestLoop | None = None
+        self.serve: ServeLoop | None = None
+        self._hooks: HookRunner | None = None
+        self._sources: list[tuple[str, FrameSource]] = []
 
     # ------------------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def learner(self) -> Learner | None:
+        """The current learner (replaced when the operator changes the scale)."""
+        return self.learners.current
 
     @property
     def endpoints(self) -> dict[str, str | None]:
@@ -270,6 +250,10 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         """True while paused (see the module docstring)."""
         return self._paused.is_set()
 
+    def status(self) -> DaemonStatus:
+        """Everything the TUI shows (:class:`~refscope.daemon.service.status.StatusReport`)."""
+        return self.report.status()
+
     def start(self) -> None:
         """Open the catalogue, load the saved model, bind every socket, start the threads.
 
@@ -281,6 +265,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._started = True
         self._started_at = time.time()
         cfg = self.config
+        tally = self.tally
         try:
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
             self._folder_options.setdefault("include_existing", (cfg.state_dir / CATALOGUE_NAME).exists())
@@ -288,6 +273,8 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                 if folder is not None:
                     _remove_stale_temps(folder)
             self.catalogue = Catalogue.in_state_dir(cfg.state_dir)
+            tally.attach(catalogue=self.catalogue)
+            self.report.attach(catalogue=self.catalogue)
             model, version = load_initial(cfg.state_dir)
             if model is not None:
                 if model.scale != cfg.model.scale:
@@ -306,14 +293,18 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
             self.stream.start()
             self.events = EventPublisher(cfg.control.events_endpoint, context=self._context)
             self.events.start()
+            tally.attach(events=self.events)
+            self.report.attach(stream=self.stream, events=self.events)
             if cfg.publish.out_dir is not None:
                 self.folder = FolderPublisher(cfg.publish.out_dir, queue_limit=cfg.publish.output_queue_limit,
                                               on_written=self._on_written, spill_dir=cfg.state_dir / SPILL_DIR)
                 self.folder.start()
+                self.report.attach(folder=self.folder)
             self._hooks = HookRunner(make_hook(cfg.monitor, context=self._context))
             self._hooks.start()
-            self.monitor = QualityMonitor(cfg.monitor, emit=lambda kind, payload: self._emit(kind, payload, record=True),
+            self.monitor = QualityMonitor(cfg.monitor, emit=lambda kind, payload: tally.emit(kind, payload, record=True),
                                           hooks=self._hooks, model_pending=self._model_pending)
+            self.report.attach(monitor=self.monitor)
             if model is not None:
                 self.monitor.set_model(model, version)
             if cfg.trainer.enabled:
@@ -321,24 +312,36 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                                                  champion=self.champion.current,
                                                  on_promoted=self._on_net_promoted, catalogue=self.catalogue,
                                                  events=self.events)
+                self.report.attach(trainer=self.trainer)
             self.champion.restore(self.trainer.net_version if self.trainer is not None else 1)
-            self.learner = self._make_learner(model, version, cfg.model.scale)
-            self.learner.start()
+            self.learners.current = self._make_learner(model, version, cfg.model.scale)
+            self.learners.current.start()
             if self.trainer is not None:
                 self.trainer.start()
-            self.control = ControlServer(cfg.control.endpoint, self._handlers(), context=self._context)
+            self.controls = OperatorControls(engine=self.engine, monitor=self.monitor, learners=self.learners,
+                                             make_learner=self._make_learner, newest=self.newest, paused=self._paused,
+                                             status=self.status, state_dir=cfg.state_dir, tally=tally)
+            self.control = ControlServer(cfg.control.endpoint, self.controls.handlers(), context=self._context)
             self.control.start()
+            self.report.attach(control=self.control)
             self._sources = self._build_sources()
+            self.report.attach(sources=self._sources)
             for _, source in self._sources:
                 source.start()
-            self._threads = [
-                threading.Thread(target=self._guard, args=(self._ingest_loop, "ingest"), name="refscope-ingest",
-                                 daemon=True),
-                threading.Thread(target=self._guard, args=(self._serve_loop, "serve"), name="refscope-serve",
-                                 daemon=True),
-            ]
-            for thread in self._threads:
-                thread.start()
+            self.ingest = IngestLoop(cfg, sources=self._sources, catalogue=self.catalogue, learners=self.learners,
+                                     classify=self.classify, engine=self.engine, monitor=self.monitor,
+                                     serve_queue=self.serve_queue, serve_block_s=self._serve_block_s, tally=tally,
+                                     on_failure=self.request_stop)
+            self.serve = ServeLoop(cfg, serve_queue=self.serve_queue, catalogue=self.catalogue, engine=self.engine,
+                                   domain_watch=self.domain_watch, paused=self._paused, fusion=self.fusion,
+                                   learners=self.learners, folder=self.folder,
+                                   output=StreamOutput(self.stream, cfg.publish,
+                                                       consistency_on=cfg.monitor.consistency_on, tally=tally),
+                                   monitor=self.monitor, trainer=self.trainer, newest=self.newest, tally=tally,
+                                   on_failure=self.request_stop)
+            self.report.attach(ingest=self.ingest)
+            self.ingest.start()
+            self.serve.start()
             self._write_daemon_file()
         except BaseException:
             self._shutdown()
@@ -363,7 +366,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                        initial_version=version, on_scored=self._on_scored,
                        on_learned=self.trainer.add_pair if self.trainer is not None else None,
                        recent_lr_bytes=self.config.memory_budget.recent_frames_bytes,
-                       serving_busy=self._serving_busy)
+                       serving_busy=self.serve_queue.busy)
 
     def _build_sources(self) -> list[tuple[str, FrameSource]]:
         if self._given_sources is not None:
@@ -399,22 +402,19 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         self._stop_requested.set()
         if self.control is not None:
             self._quietly(self.control.stop, "control endpoint")
-        self._stop_ingest.set()
         for _, source in self._sources:
             self._quietly(source.stop, "source")
-        for thread in self._threads:
-            if thread.name == "refscope-ingest":
-                thread.join(timeout=10.0)
-        self._stop_serve.set()
-        for thread in self._threads:
-            if thread.name == "refscope-serve":
-                thread.join(timeout=self._drain_s + 60.0)
+        if self.ingest is not None:
+            self._quietly(lambda: self.ingest.stop(timeout=10.0), "ingest loop")
+        if self.serve is not None:
+            self._quietly(lambda: self.serve.finish(self._drain_s, timeout=60.0), "serve loop")
         if self.folder is not None:
             self._quietly(lambda: self.folder.stop(drain=True, timeout=timeout), "output writer")
         if self.trainer is not None:
             self._quietly(self.trainer.stop, "trainer")
-        if self.learner is not None:
-            self._quietly(lambda: self.learner.stop(timeout=60.0), "learner")
+        learner = self.learners.current
+        if learner is not None:
+            self._quietly(lambda: learner.stop(timeout=60.0), "learner")
         if self._hooks is not None:
             self._quietly(self._hooks.stop, "reference hook")
         for pub in (self.stream, self.events):
@@ -455,8 +455,9 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
 
     def check(self) -> None:
         """Re-raise, on the caller's thread, the failure of any component (thread, learner, writer, control)."""
-        if self._failure is not None:
-            raise self._failure
+        for loop in (self.ingest, self.serve):
+            if loop is not None:
+                loop.check()
         if self.learner is not None:
             self.learner.check()
         if self.trainer is not None:
@@ -489,24 +490,17 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
                     _log.critical("refscope daemon: %s failed: %s; stopping", type(exc).__name__, exc)
                     code = 1
                     break
-            if self._failure is not None:
-                code = 1
+            if code == 0:
+                try:
+                    self.check()  # a loop that failed and asked for the stop
+                except BaseException as exc:  # noqa: BLE001
+                    _log.critical("refscope daemon: %s failed: %s; stopping", type(exc).__name__, exc)
+                    code = 1
         finally:
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return code
-
-    def _guard(self, loop: Any, name: str) -> None:
-        """Run a thread's loop; store an escaping exception as the daemon's failure and request a stop."""
-        try:
-            loop()
-        except BaseException as exc:  # re-raised by check() on the owner's thread
-            _log.exception("daemon: %s thread failed", name)
-            with self._failure_lock:
-                if self._failure is None:
-                    self._failure = exc
-            self._stop_requested.set()
 
     def _write_daemon_file(self) -> None:
         try:
@@ -518,36 +512,13 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
 
     # ------------------------------------------------------------------------------------------ counting
 
-    def _error(self, reason: str, message: str, *, level: int = logging.WARNING, exc_info: Any = None) -> None:
-        """Count a per-frame problem under ``reason`` and log it; the daemon goes on."""
-        self._errors.add(reason)
-        self._last_error = message
-        _log.log(level, "%s: %s", reason, message, exc_info=exc_info)
-
-    def _catalogue_call(self, action: Any, what: str) -> bool:
-        """Run a catalogue write; a failure is counted (``catalogue_error``) and logged. True if it worked."""
-        try:
-            action()
-            return True
-        except Exception as exc:  # noqa: BLE001 - StateError (disk full, locked) or a bug: counted, go on
-            self._error("catalogue_error", f"{what}: {exc}", level=logging.ERROR)
-            return False
-
-    def _emit(self, type: str, payload: Mapping[str, Any], *, record: bool = False) -> None:
-        if record and self.catalogue is not None:
-            self._catalogue_call(lambda: self.catalogue.record_event(type, payload), f"event {type}")
-        if self.events is not None:
-            try:
-                self.events.emit(type, payload)
-            except (ValueError, RefscopeError) as exc:
-                _log.warning("event %s not published: %s", type, exc)
-
     def _on_written(self, published: PublishedFile) -> None:
         """FolderPublisher callback (writer thread): the frame's output exists -> enhanced in the catalogue."""
-        self._counts.add("written")
-        if self.catalogue is not None:
-            self._catalogue_call(lambda: self.catalogue.mark_enhanced(published.source, published.path),
-                                 published.source)
+        self.tally.counts.add("written")
+        catalogue = self.catalogue
+        if catalogue is not None:
+            self.tally.catalogue_call(lambda: catalogue.mark_enhanced(published.source, published.path),
+                                      published.source)
 
     def _on_scored(self, outcome: ReferenceOutcome) -> None:
         """Learner callback (learner thread): the monitor learns the reference's scores and the new profile."""
@@ -557,15 +528,15 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
             model = self.engine.fitted if self.engine.version == outcome.version else None
             self.monitor.on_outcome(outcome, model)
         except Exception as exc:  # noqa: BLE001 - a measurement problem must not stop the learner
-            self._error("monitor_failed", f"{outcome.hr_source}: quality profile not updated "
-                        f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
+            self.tally.error("monitor_failed", f"{outcome.hr_source}: quality profile not updated "
+                             f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
 
     def _model_pending(self) -> bool:
         """A model is on its way (monitor, serve thread): a reference is being learned or waits to be, or a promoted
         model is being exported and warmed up."""
         if self.engine.warming:
             return True
-        learner = getattr(self, "learner", None)
+        learner = self.learners.current
         if learner is None:
             return False
         status = learner.status()
@@ -577,7 +548,7 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
         try:
             self.champion.library_promoted(model, version)
         except ValueError as exc:
-            self._error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
+            self.tally.error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
             return
         self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
         self._announce_serving("paired", version, time.monotonic() - start)
@@ -591,6 +562,6 @@ class Daemon(FramePipeline, StreamOutput, OperatorControls, StatusReport):
     def _announce_serving(self, kind: str, version: int, seconds: float) -> None:
         """The event that says a promoted model now enhances the frames (``model_promoted`` says it won; export
         and warm-up come between)."""
-        self._emit("model_serving", {"kind": kind, "version": int(version), "engine_version": self.engine.version,
+        self.tally.emit("model_serving", {"kind": kind, "version": int(version), "engine_version": self.engine.version,
                                      "backend": self.engine.describe().get("backend"),
                                      "promotion_to_serving_s": round(seconds, 3)}, record=True)

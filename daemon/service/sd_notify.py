@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from ..wire.status import DaemonStatus
+from ..worker import Worker
 
 __all__ = ["Notifier", "Watchdog", "ServiceNotifications", "watchdog_interval_s", "daemon_status_line"]
 
@@ -127,8 +128,9 @@ def status_lines(status: Callable[[], str] | None) -> list[str]:
         return []
 
 
-class Watchdog:
-    """A stoppable thread sending ``WATCHDOG=1`` every ``interval_s`` seconds while ``check()`` passes.
+class Watchdog(Worker):
+    """A :class:`~refscope.daemon.worker.Worker` sending ``WATCHDOG=1`` every ``interval_s`` seconds while
+    ``check()`` passes.
 
     Args:
         notifier: where the pings go.
@@ -137,8 +139,9 @@ class Watchdog:
         status: optional; returns a one-line status sent with each ping (``STATUS=...``); its errors are ignored.
         on_failure: called once, on this thread, with the exception of the first failed check.
 
-    The first ping is sent at :meth:`start`. After a failed check the thread sends ``STATUS=failed: ...``, calls
-    ``on_failure`` and ends: the pings never resume, so a service manager restarts a service that does not stop.
+    The first ping is sent at :meth:`start`. Its own failure rule: *any* failed check (not only a failure of the
+    daemon's state) ends the pings. The thread sends ``STATUS=failed: ...``, calls ``on_failure`` and ends: the
+    pings never resume, so a service manager restarts a service that does not stop.
     """
 
     def __init__(
@@ -152,49 +155,41 @@ class Watchdog:
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"watchdog interval must be > 0 seconds, got {interval_s!r}")
+        super().__init__("refscope-watchdog", poll_interval_s=interval_s)
         self.notifier = notifier
         self.interval_s = float(interval_s)
         self._check = check
         self._status = status
-        self._on_failure = on_failure
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._on_check_failed = on_failure
         self.pings = 0
         self.failure: BaseException | None = None
         """The exception of the failed check that ended the pings (None while healthy)."""
 
-    def start(self) -> None:
-        """Start the thread (first ping at once)."""
-        if self._thread is not None:
-            raise RuntimeError("watchdog already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="refscope-watchdog", daemon=True)
-        self._thread.start()
+    def poll_once(self, timeout: float) -> None:
+        """One ping (after a passing check), then wait ``timeout`` seconds or until stopped."""
+        try:
+            self._check()
+        except BaseException as exc:  # noqa: BLE001 - any failure ends the pings; the owner re-raises it
+            self._give_up(exc)
+            return
+        self.notifier.notify("WATCHDOG=1", *status_lines(self._status))
+        self.pings += 1
+        self._stop.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop pinging and wait up to ``timeout`` seconds for the thread. Idempotent."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _give_up(self, exc: BaseException) -> None:
+        self.failure = exc
+        self._stop.set()  # no more turns
+        self.notifier.status(f"failed: {type(exc).__name__}: {exc}")
+        _log.error("watchdog: health check failed (%s: %s); no more watchdog pings", type(exc).__name__, exc)
+        if self._on_check_failed is not None:
             try:
-                self._check()
-            except BaseException as exc:  # noqa: BLE001 - any failure ends the pings; the owner re-raises it
-                self.failure = exc
-                self.notifier.status(f"failed: {type(exc).__name__}: {exc}")
-                _log.error("watchdog: health check failed (%s: %s); no more watchdog pings", type(exc).__name__, exc)
-                if self._on_failure is not None:
-                    try:
-                        self._on_failure(exc)
-                    except Exception:  # noqa: BLE001 - reporting only
-                        _log.exception("watchdog: on_failure callback failed")
-                return
-            self.notifier.notify("WATCHDOG=1", *status_lines(self._status))
-            self.pings += 1
-            self._stop.wait(self.interval_s)
+                self._on_check_failed(exc)
+            except Exception:  # noqa: BLE001 - reporting only
+                _log.exception("watchdog: on_failure callback failed")
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """Stop pinging and wait up to ``timeout`` seconds for the thread. Idempotent."""
+        return super().stop(timeout)
 
 
 class ServiceNotifications:

@@ -79,6 +79,36 @@ def test_worker_base_goes_on_after_a_bad_turn_and_hands_a_state_failure_back() -
         worker.stop()
 
 
+def test_worker_fail_stops_it_with_a_failure_that_is_not_a_state_error() -> None:
+    """A dependency no turn can mend (a frame source whose own thread died): the worker stops and its owner gets
+    the failure itself, as for a state failure; an ordinary bad turn is still only counted."""
+    told: list[BaseException] = []
+
+    class Watcher(Worker):
+        def __init__(self) -> None:
+            super().__init__("watcher", poll_interval_s=0.01)
+            self.turns = 0
+
+        def poll_once(self, timeout: float) -> None:
+            self.turns += 1
+            if self.turns == 1:
+                raise ValueError("one bad input")
+            if self.turns == 3:
+                self.fail(RuntimeError("acquisition watcher crashed"))
+            time.sleep(timeout)
+
+        def on_failure(self, exc: BaseException) -> None:
+            told.append(exc)
+
+    worker = Watcher()
+    worker.start()
+    wait_for(lambda: worker._error is not None, 5, "the failure")
+    assert worker.turns == 3 and worker.failed_turns == 1
+    assert len(told) == 1 and isinstance(told[0], RuntimeError)
+    with pytest.raises(RuntimeError, match="acquisition watcher crashed"):
+        worker.stop()
+
+
 def test_worker_base_stops_between_turns_releases_on_its_own_thread_and_starts_again() -> None:
     class Waiting(Worker):
         def __init__(self) -> None:
