@@ -2,11 +2,15 @@
 
     .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 600] [--exclude pair00,...] [--out DIR]
                                                [--network auto] [--device cpu|cuda]
+                                               [--unpaired ../shared/data/sem_unpaired/raw [--unpaired-crop 96]]
 
 For every S, the ``--network`` (default ``auto``: the network served at S,
 :data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4 grids), minus
 ``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality benchmark: a pair
-is never scored by a model that saw its images). The right quarter of every pair's overlap is held out and the
+is never scored by a model that saw its images). ``--unpaired DIR`` adds one physical-style pair per HR-only frame
+of DIR (a random crop of ``--unpaired-crop`` LR px a side, scanned S times coarser by
+:func:`refscope.models.prior.scanned_pair`); ``../shared/data/sem_unpaired`` shows no area of any scored pair. The
+right quarter of every pair's overlap is held out and the
 best checkpoint on it is kept (:func:`refscope.models.prior.train_prior`). Writes ``<out>/<network>-x<S>/`` (the state folder
 :mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, machine).
 Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
@@ -24,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +37,7 @@ from sem_pairs import load_pair, prior_pairs  # noqa: E402
 
 from refscope.daemon.atomic import atomic_write_json  # noqa: E402
 from refscope.daemon.state.net_store import save_net  # noqa: E402
-from refscope.models.prior import PriorConfig, PriorPair, train_prior  # noqa: E402
+from refscope.models.prior import PriorConfig, PriorPair, ScanDegradation, scanned_pair, train_prior  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "daemon" / "learn" / "priors"
 SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwell; lung cells on an insert, Feb 2020; "
@@ -40,8 +45,27 @@ SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwel
           "Medical Imaging), as ../shared/data/sem_pairs")
 
 
+def unpaired_pairs(folder: Path, scale: int, crop_lr: int, seed: int) -> tuple[list[PriorPair], list[str]]:
+    """One scanned pair per HR-only frame of ``folder`` (a random ``crop_lr``-LR-px crop of each, seeded)."""
+    from refscope.daemon.images import read_image
+
+    rng = np.random.default_rng(seed + 1000 * scale)
+    pairs, files = [], []
+    side = crop_lr * scale
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")):
+        image = np.asarray(read_image(path).data, dtype=np.float64)
+        if min(image.shape) < side:
+            continue
+        y = int(rng.integers(0, image.shape[0] - side + 1))
+        x = int(rng.integers(0, image.shape[1] - side + 1))
+        pairs.append(scanned_pair(image[y:y + side, x:x + side], scale, rng=rng, name=path.name))
+        files.append(path.name)
+    return pairs, files
+
+
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
-                network: str = "auto", device: str = "cpu") -> Path:
+                network: str = "auto", device: str = "cpu", unpaired: Path | None = None,
+                unpaired_crop: int = 96) -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -51,13 +75,22 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
         lr_region, hr_grid = p.region(scale)
         pairs.append(PriorPair(p.lr, lr_region, hr_grid, name))
         files.extend(p.files)
+    scanned: list[str] = []
+    if unpaired is not None:
+        extra, scanned = unpaired_pairs(unpaired, scale, unpaired_crop, seed)
+        pairs.extend(extra)
+        files.extend(scanned)
     print(f"x{scale}: training {network} on {', '.join(names)} for {budget_s:g} s", flush=True)
     fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network,
                                                                   device=device))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
-            "licence_of_data": "MIT", "degradation": "none: physical LR/HR pairs (point-sampled, noisy LR scans)",
+            "licence_of_data": "MIT",
+            "degradation": ("none: physical LR/HR pairs (point-sampled, noisy LR scans)" if not scanned else
+                            f"physical pairs, plus {len(scanned)} HR-only frames scanned S times coarser "
+                            f"({ScanDegradation()}; {unpaired_crop} LR px crops)"),
+            "unpaired_frames": scanned,
             "loss": "L2 against the noisy HR grid (Noise2Noise)", "budget_s": budget_s,
             "steps": fit.history[0]["steps"], "seconds": round(fit.history[0]["seconds"], 1), "seed": seed,
             "best_step": fit.history[0].get("best_step"),
@@ -89,11 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--network", default="auto", help="auto (the network served at each scale) or a registered name")
     parser.add_argument("--device", default="cpu", help="torch device of the training steps: cpu, cuda or cuda:N")
+    parser.add_argument("--unpaired", type=Path, help="a folder of HR-only frames to add as scanned pairs")
+    parser.add_argument("--unpaired-crop", type=int, default=96, help="LR px a side of each HR-only frame's crop")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
     for scale in (int(s) for s in args.scales.split(",")):
-        train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network, args.device)
+        train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network, args.device, args.unpaired,
+                    args.unpaired_crop)
     return 0
 
 

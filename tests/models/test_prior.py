@@ -100,3 +100,26 @@ def test_prior_refuses_bad_input(pairs) -> None:
         train_prior([bad], scale=2, config=PriorConfig(budget_s=0.1))
     with pytest.raises(ValueError, match="budget_s"):
         PriorConfig(budget_s=0)
+
+
+def test_a_scanned_pair_samples_the_hr_at_the_lr_pixel_centres_with_the_lr_noise_of_a_fast_scan() -> None:
+    from scipy import ndimage
+
+    from refscope.models.noise import estimate_noise_sigma
+    from refscope.models.prior import ScanDegradation, scanned_pair
+
+    y, x = np.mgrid[:240, :320].astype(float)
+    hr = 1000.0 + 400.0 * np.sin(x / 23.0) * np.cos(y / 31.0)  # smooth: the probe blur barely changes it
+    degradation = ScanDegradation(probe_sigma_lr_px=(0.3, 0.3), noise_rel=(0.035, 0.035), line_jitter_lr_px=0.0)
+    pair = scanned_pair(hr, 4, rng=np.random.default_rng(0), degradation=degradation, name="smooth")
+    assert pair.lr_region.shape == (60, 80) and pair.hr_grid.shape == (240, 320) and pair.name == "smooth"
+    centres = 4 * (np.mgrid[:60, :80] + 0.5) - 0.5                    # LR pixel i sees HR rows 4i..4i+3
+    expected = ndimage.map_coordinates(hr, centres, order=1)
+    span = np.subtract(*np.percentile(hr, [99.5, 0.5]))
+    residual = pair.lr_region - expected
+    assert abs(residual.mean()) < 0.01 * span                       # no offset, no shift
+    assert estimate_noise_sigma(pair.lr_region) / span == pytest.approx(0.035, rel=0.15)
+    shifted = ndimage.map_coordinates(hr, centres + np.array([0.0, 2.0])[:, None, None], order=1)
+    assert np.std(pair.lr_region - shifted) > 1.2 * np.std(residual)  # half an LR pixel off would show
+    with pytest.raises(ValueError, match="too small"):
+        scanned_pair(hr[:20, :20], 4, rng=np.random.default_rng(0))
