@@ -5,15 +5,15 @@
                                                [--unpaired ../shared/data/sem_unpaired/raw [--unpaired-crop 96]]
 
 For every S, the ``--network`` (default ``auto``: the network served at S,
-:data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair gives S = 2, 3, 4 grids), minus
-``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for the quality benchmark: a pair
-is never scored by a model that saw its images). ``--unpaired DIR`` adds one physical-style pair per HR-only frame
-of DIR (a random crop of ``--unpaired-crop`` LR px a side, scanned S times coarser by
-:func:`refscope.models.prior.scanned_pair`); ``../shared/data/sem_unpaired`` shows no area of any scored pair. The
-right quarter of every pair's overlap is held out and the
-best checkpoint on it is kept (:func:`refscope.models.prior.train_prior`). Writes ``<out>/<network>-x<S>/`` (the state folder
-:mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, machine).
-Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
+:data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair
+gives S = 2, 3, 4 grids), minus ``--exclude`` and every pair sharing a raw frame with them (leave-one-out priors for
+the quality benchmark: a pair is never scored by a model that saw its images). The right quarter of every pair's
+overlap is held out and the best checkpoint on it is kept (:func:`refscope.models.prior.train_prior`).
+``--unpaired DIR`` adds one physical-style pair per HR-only frame of DIR (a random crop of ``--unpaired-crop`` LR px
+a side, scanned S times coarser by :func:`refscope.models.prior.scanned_pair`; measured not to help yet, see
+``benchmarks/RESULTS.md``). ``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
+:mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, best checkpoint,
+device, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
 
 The data: Thermo Fisher/FEI Versa 3D, 5 kV ETD secondary electrons, lung cells on an insert, Feb 2020; source
 GitHub Advanced-Vision-and-Learning-Lab/SEM_Images_Lacunarity, MIT licence (Mohan & Peeples). Only the trained
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exclude", default="", help="comma-separated pairs a leave-one-out prior must not see")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--network", default="auto", help="auto (the network served at each scale) or a registered name")
+    parser.add_argument("--network", default="auto",
+                        help="auto (the network served at each scale) or a registered name")
     parser.add_argument("--device", default="cpu", help="torch device of the training steps: cpu, cuda or cuda:N")
     parser.add_argument("--unpaired", type=Path, help="a folder of HR-only frames to add as scanned pairs")
     parser.add_argument("--unpaired-crop", type=int, default=96, help="LR px a side of each HR-only frame's crop")

@@ -29,7 +29,7 @@ every tile window starts at a multiple of ``stride / gcd(S, stride)`` LR px: alw
 lattice and differ slightly from the untiled output.
 
 :func:`export_paired_model` exports a fitted model with the intensity map in the manifest, so that
-:class:`refscope.daemon.runtime.OnnxModel` feeds raw LR intensities and gets LR intensities back.
+:class:`refscope.daemon.serve.runtime.OnnxModel` feeds raw LR intensities and gets LR intensities back.
 """
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def export_paired_model(model, *, opset: int = 17, version: str = "1", validatio
     (bytes, ModelManifest)
         The model maps library units to library units; the manifest carries the intensity map
         ``x_norm = (x - low) · 255 / (high - low)`` (``input_offset = low``, ``input_scale = 255/(high - low)``)
-        so :class:`refscope.daemon.runtime.OnnxModel` takes and returns LR intensities. ``kind`` is
+        so :class:`refscope.daemon.serve.runtime.OnnxModel` takes and returns LR intensities. ``kind`` is
         ``"paired-library"``, ``library_size`` = len(library), ``halo`` and ``align`` the exact tiling of
         :attr:`PairedLibraryNet.halo` / :attr:`PairedLibraryNet.align`.
     """

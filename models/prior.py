@@ -98,7 +98,8 @@ class PriorConfig:
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be > 0 s, got {self.budget_s}")
         if self.validate_every < 0:
-            raise ValueError(f"validate_every must be >= 0 steps (0 = keep the last weights), got {self.validate_every}")
+            raise ValueError(f"validate_every must be >= 0 steps (0 = keep the last weights), "
+                             f"got {self.validate_every}")
         if self.patch < 8 or self.batch < 1 or not self.lr > 0:
             raise ValueError(f"need patch >= 8, batch >= 1 and lr > 0, got {self.patch}, {self.batch}, {self.lr}")
 

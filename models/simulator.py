@@ -1,7 +1,7 @@
 """Physics of a virtual SEM session: specimen areas, a field that drifts, contrast/focus changes, LR and HR scans.
 
 Pure functions of their arguments (time included): the simulated microscope process
-(:mod:`refscope.daemon.simulate`) calls them on a clock; tests call them at chosen times.
+(:mod:`refscope.daemon.offline.simulate`) calls them on a clock; tests call them at chosen times.
 
 Geometry. Each :class:`Area` is a clean specimen image (signal in [0, 1], e.g. from
 :func:`~.synthetic.render_specimen`) whose top-left specimen pixel edge sits at stage position ``origin_m``

@@ -36,7 +36,8 @@ from .metrics import fit_intensity_coefficients
 from .noise import estimate_noise_sigma
 
 __all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "training_device", "PatchSource",
-           "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss", "noise_robust_loss", "train", "warm_start",
+           "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss",
+           "noise_robust_loss", "train", "warm_start",
            "predict", "export_network"]
 
 STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")

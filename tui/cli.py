@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["DEFAULT_CONTROL", "add_tui_parser", "run_tui_command"]
+__all__ = ["DEFAULT_CONTROL", "add_tui_parser", "run_tui_command", "load_run_tui"]
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5560"
 
@@ -40,6 +40,16 @@ def add_tui_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="this operator's secret CURVE key file (NAME.key_secret), authorized on the daemon")
     p.set_defaults(handler=run_tui_command)
     return p
+
+
+def load_run_tui() -> Any:
+    """:func:`refscope.tui.app.run_tui` (imports textual), or None when the TUI cannot be loaded here (the live
+    demo then prints status lines instead)."""
+    try:
+        from .app import run_tui
+    except ImportError:
+        return None
+    return run_tui
 
 
 def run_tui_command(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from refscope.models.library import LibraryConfig
 from refscope.models.network_names import NETWORK_NAMES as REGISTERED_NETWORKS
 from refscope.models.pipeline import METHODS, FitConfig, default_patch_size
 from refscope.models.self_ensemble import ENSEMBLE_SIZES
-from refscope.tui.cli import add_tui_parser
+from refscope.tui.cli import add_tui_parser, load_run_tui
 
 from .batch import add_batch_parser
 from .daemon import add_daemon_parser
@@ -182,8 +182,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(main, seed=args.seed, json_path=args.json, small=args.small, workdir=args.workdir)
     from ..offline.live_demo import run_live_demo
 
+    tui = None if args.headless or not sys.stdout.isatty() else load_run_tui()
     return run_live_demo(headless=args.headless, duration_s=args.duration, json_path=args.json,
-                         workdir=args.workdir, seed=args.seed, small=args.small, interval_s=args.interval)
+                         workdir=args.workdir, seed=args.seed, small=args.small, interval_s=args.interval, tui=tui)
 
 
 # ----------------------------------------------------------------------------------------------- parser

@@ -12,19 +12,17 @@ newcomer sees within two minutes: enhanced frames from the first seconds; a refe
 frames arrive (no model yet), answered, learned (model v1); the quality monitor raising drift after the scene
 change, a reference requested where support is worst, answered, learned (model v2), quality recovering.
 
-With a TUI (``refscope.tui`` providing ``run_tui``, called with the control endpoint -- as ``connect=`` when it
-takes that keyword -- and ``stream=``/``events=`` when it takes those) and a terminal, it is shown until the
+With a TUI (``tui``: a ``run_tui`` the command line hands in, called with the control endpoint -- as ``connect=``
+when it takes that keyword -- and ``stream=``/``events=`` when it takes those) and a terminal, it is shown until the
 operator quits; otherwise a line of status is printed every few seconds for ``duration_s``. ``headless`` prints only progress lines and, at the end, the timeline and
 figures; ``json_path`` receives :meth:`LiveDemo.summary` (frames_in, frames_out, references_requested,
 references_received, models_promoted, the quality signals over time, the timeline, ...).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -44,7 +42,7 @@ from ..wire.status import DaemonStatus, LearnerStatus, QualityStatus
 from ..worker import Worker
 from .simulate import HR_PATTERN, LR_PATTERN, SimulatedMicroscope, SimulatorConfig
 
-__all__ = ["LiveDemoSettings", "LiveDemo", "find_tui", "run_live_demo", "format_timeline"]
+__all__ = ["LiveDemoSettings", "LiveDemo", "run_live_demo", "format_timeline"]
 
 _log = logging.getLogger("refscope.demo")
 
@@ -88,19 +86,6 @@ class LiveDemoSettings:
         if self.scene_change_s is not None:
             return float(self.scene_change_s)
         return 40.0 if self.duration_s is None else max(12.0, 0.4 * float(self.duration_s))
-
-
-def find_tui() -> Callable[..., Any] | None:
-    """``run_tui`` of ``refscope.tui`` (or ``refscope.tui.app``) when the TUI provides one, else None."""
-    for name in ("refscope.tui", "refscope.tui.app"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        run = getattr(module, "run_tui", None)
-        if callable(run):
-            return run
-    return None
 
 
 def _short(kind: str, payload: dict[str, Any]) -> str:
@@ -448,9 +433,10 @@ def _print_report(summary: dict[str, Any]) -> None:
 
 def run_live_demo(*, headless: bool = False, duration_s: float | None = None, json_path: str | None = None,
                   workdir: str | None = None, seed: int = 0, small: bool = False,
-                  interval_s: float | None = None) -> int:
-    """Run the live demo (see the module docstring); returns 0, or 1 when nothing was learned."""
-    tui = None if headless or not sys.stdout.isatty() else find_tui()
+                  interval_s: float | None = None, tui: Callable[..., Any] | None = None) -> int:
+    """Run the live demo (see the module docstring); returns 0, or 1 when nothing was learned. ``tui``: the TUI's
+    ``run_tui`` to show it in (None: status lines); ignored when ``headless``."""
+    tui = None if headless else tui
     if duration_s is None and tui is None:
         duration_s = 60.0 if headless else 90.0
     settings = LiveDemoSettings(duration_s=duration_s, lr_shape=(128, 160) if small else (256, 320),

@@ -153,7 +153,8 @@ class Daemon:
     the learner slot and the :class:`~refscope.daemon.service.status.StatusReport`. Built by :meth:`start`, each
     given what it uses: the catalogue, the publishers, the quality monitor, the learner and trainer, the
     :class:`~refscope.daemon.service.commands.OperatorControls` behind the control server, the sources, and the two
-    loops (:class:`~refscope.daemon.service.frame_path.IngestLoop`, :class:`~refscope.daemon.service.frame_path.ServeLoop`,
+    loops (:class:`~refscope.daemon.service.frame_path.IngestLoop`,
+    :class:`~refscope.daemon.service.frame_path.ServeLoop`,
     workers whose failure stops the daemon).
 
     Args:
@@ -302,7 +303,8 @@ class Daemon:
                 self.report.attach(folder=self.folder)
             self._hooks = HookRunner(make_hook(cfg.monitor, context=self._context))
             self._hooks.start()
-            self.monitor = QualityMonitor(cfg.monitor, emit=lambda kind, payload: tally.emit(kind, payload, record=True),
+            self.monitor = QualityMonitor(cfg.monitor,
+                                          emit=lambda kind, payload: tally.emit(kind, payload, record=True),
                                           hooks=self._hooks, model_pending=self._model_pending)
             self.report.attach(monitor=self.monitor)
             if model is not None:

@@ -232,7 +232,8 @@ def test_the_operator_controls_alone(parts, tmp_path: Path) -> None:
     paused, newest = threading.Event(), NewestFrame()
     controls = OperatorControls(engine=engine, monitor=Monitor(), learners=LearnerSlot(),  # type: ignore[arg-type]
                                 make_learner=lambda *a: None, newest=newest, paused=paused,  # type: ignore[arg-type]
-                                status=lambda: None, state_dir=tmp_path / "state", tally=tally)  # type: ignore[arg-type]
+                                status=lambda: None, state_dir=tmp_path / "state",  # type: ignore[arg-type]
+                                tally=tally)
     handlers = controls.handlers()
     assert set(handlers) == {"ping", "status", "pause", "resume", "request_reference", "set", "snapshot"}
     assert handlers["pause"]() == {"paused": True} and paused.is_set()
