@@ -47,3 +47,20 @@ def test_tui_is_called_with_the_daemon_endpoints():
     live_demo._run_tui(run_tui, endpoints)
     live_demo._run_tui(run_tui_connect, endpoints)
     assert calls == [("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"), "tcp://127.0.0.1:1"]
+
+
+def test_the_live_demo_shows_the_tui_the_command_line_hands_it(tmp_path, capsys):
+    """The TUI comes from the command line (the one import of refscope.tui in daemon/), not from the demo."""
+    from refscope.daemon.wire.control import ControlClient
+
+    seen = []
+
+    def run_tui(control, *, stream=None, events=None, log_file=None):
+        with ControlClient(control, timeout_s=10.0) as client:  # a live daemon answers on what the TUI was given
+            seen.append(client.call("status")["status"]["running"])
+
+    assert live_demo.run_live_demo(tui=run_tui, small=True, workdir=str(tmp_path / "demo")) in (0, 1)
+    assert seen == [True]
+    assert live_demo.run_live_demo(tui=run_tui, headless=True, duration_s=1.0, small=True,
+                                   workdir=str(tmp_path / "demo2")) in (0, 1)
+    assert seen == [True]  # headless: no TUI
