@@ -92,3 +92,16 @@ def test_the_benchmark_only_peers_are_not_dependencies() -> None:
 def test_the_vendor_readers_are_permissively_licensed(name: str) -> None:
     texts = " ".join(_licence_texts(metadata.distribution(name)))
     assert re.search(r"BSD|Apache|MIT", texts), (name, texts)
+
+
+def test_refscope_ships_its_own_mit_licence_as_an_spdx_expression() -> None:
+    """An MIT product carries the licence text, and declares it the way setuptools >= 77 requires (the TOML-table
+    form is refused by setuptools from 2027-02-18 on)."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    text = (root / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "WITHOUT WARRANTY OF ANY KIND" in text
