@@ -134,7 +134,6 @@ def bare_sessions() -> dict:
 
 def training(seconds: float) -> dict:
     """Steps per second of the x4 prior recipe (fullres, patch 32, batch 16, L2) on CUDA and on one CPU thread."""
-    sys.path.insert(0, str(HERE))
     from sem_pairs import load_pair, prior_pairs
 
     from refscope.models.networks import build_network

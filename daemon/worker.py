@@ -130,14 +130,18 @@ class Worker:
         name: thread name and the worker's name in logs and reasons.
         poll_interval_s: the ``timeout`` given to :meth:`poll_once`, seconds (> 0).
         on_error: ``on_error(reason, message)`` for each failed turn.
+        on_stopped: ``on_stopped()`` once a failure has stopped the loop (after :meth:`on_failure`), on the worker
+            thread: e.g. the owner's request to stop, so that it need not wait for its next :meth:`check`.
     """
 
-    def __init__(self, name: str, *, poll_interval_s: float = 0.1, on_error: Count | None = None) -> None:
+    def __init__(self, name: str, *, poll_interval_s: float = 0.1, on_error: Count | None = None,
+                 on_stopped: Callable[[], object] | None = None) -> None:
         if not poll_interval_s > 0:
             raise ValueError(f"worker {name}: poll_interval_s must be > 0 seconds, got {poll_interval_s!r}")
         self.name = name
         self.poll_interval_s = float(poll_interval_s)
         self._on_error = on_error
+        self._on_stopped = on_stopped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -229,6 +233,8 @@ class Worker:
             self._error = exc
             try:
                 self.on_failure(exc)
+                if self._on_stopped is not None:
+                    self._on_stopped()
             except Exception:  # noqa: BLE001 - best effort: the failure itself is what matters
                 _log.exception("worker %s: error while reporting its failure", self.name)
         finally:

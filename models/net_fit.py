@@ -41,7 +41,7 @@ from .training import (Normalisation, PatchSource, TrainConfig, export_network, 
 
 __all__ = ["NET_STRATEGIES", "NetFit", "fit_network", "net_predictor", "default_patch", "score_predictors",
            "subimage_categories", "PooledSource", "lr_only_config", "standard_evaluation", "StandardScore",
-           "export_netfit", "train_phase", "phase_record", "BestCheckpoint"]
+           "export_netfit", "train_phase", "phase_record", "BestCheckpoint", "checkpointed_phase"]
 
 NET_STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -185,6 +185,27 @@ def train_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state
     return results
 
 
+def checkpointed_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, strategy: str,
+                       keeper: BestCheckpoint | None) -> tuple[dict | None, dict]:
+    """:func:`train_phase` whose weights are the best of ``keeper``'s measurements (None: the last weights). The
+    starting weights (``state``, else the network's own) are a candidate, then every ``keeper.every`` steps and the
+    last. Returns (weights, the phase's history record, with ``best_step``, ``best_validation_d_psnr_db`` and the
+    ``validation_curve`` of (step, dB) when a keeper chose)."""
+    if keeper is not None:
+        if state is not None:
+            warm_start(net, state)
+        keeper.consider(0)  # the starting weights are a candidate
+    results = train_phase(net, cfg, source, budget_s, state, on_step=keeper.on_step if keeper else None)
+    state = results[-1].state_dict if results else state
+    record = phase_record(strategy, results)
+    if keeper is not None:
+        keeper.consider(record["steps"])
+        state = keeper.state
+        record.update(best_step=keeper.step, best_validation_d_psnr_db=keeper.score,
+                      validation_curve=[[step, round(score, 4)] for step, score in keeper.curve])
+    return state, record
+
+
 def phase_record(strategy: str, results: list) -> dict:
     losses = [v for r in results for v in r.losses]
     n = max(1, len(losses) // 20)
@@ -279,17 +300,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
         cfg = TrainConfig(strategy=strategy, loss=loss, patch=p, batch=batch, lr=lr, steps=10 ** 9, seed=seed + 1)
         keeper = BestCheckpoint(net, norm, validation, scale, validate_every) if validation else None
-        if keeper is not None:
-            if state is not None:
-                warm_start(net, state)
-            keeper.consider(0)  # the warm start itself is a candidate
-        results = train_phase(net, cfg, source, left, state, on_step=keeper.on_step if keeper else None)
-        state = results[-1].state_dict if results else state
-        record = phase_record(strategy, results)
-        if keeper is not None:
-            keeper.consider(record["steps"])
-            state = keeper.state
-            record.update(best_step=keeper.step, best_validation_d_psnr_db=keeper.score)
+        state, record = checkpointed_phase(net, cfg, source, left, state, strategy, keeper)
         history.append(record)
     if state is None:
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}

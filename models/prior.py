@@ -21,7 +21,7 @@ Checkpoint
 The right-hand strip of every pair's overlap (:func:`refscope.models.promotion.split_for_validation`, a quarter
 of it) is held out, and the weights with the best mean ΔPSNR over bicubic on those strips are kept, not the last
 ones. A prior trained on a few pairs overfits them: on the physical SEM pairs, priors of ~13 000 steps served
-0.1-0.5 dB worse on the pair they never saw than priors of ~2 000 steps (``benchmarks/RESULTS.md``, issue 12),
+0.1-0.6 dB worse on the pair they never saw than priors of ~2 000 steps (``benchmarks/RESULTS.md``, issue 12),
 so how long a prior trains must not decide how good it is.
 
 Loss
@@ -38,7 +38,7 @@ import numpy as np
 
 from .image_ops import upsample_bicubic
 from .metrics import fit_intensity_coefficients
-from .net_fit import BestCheckpoint, NetFit, fit_network, phase_record, train_phase
+from .net_fit import BestCheckpoint, NetFit, checkpointed_phase, fit_network
 from .network_names import resolve_network
 from .networks import build_network
 from .noise import estimate_noise_sigma
@@ -211,16 +211,8 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
     cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=config.lr,
                       steps=10 ** 9, seed=config.seed, device=config.device)
     keeper = BestCheckpoint(net, IDENTITY, validation, scale, config.validate_every) if validation else None
-    if keeper is not None:
-        keeper.consider(0)
-    results = train_phase(net, cfg, source, config.budget_s, None, on_step=keeper.on_step if keeper else None)
-    record = {**phase_record("prior", results), "pairs": [p.name for p in pairs]}
-    state = results[-1].state_dict
-    if keeper is not None:
-        keeper.consider(record["steps"])
-        state = keeper.state
-        record.update(best_step=keeper.step, best_validation_d_psnr_db=keeper.score,
-                      validation_curve=[[step, round(score, 4)] for step, score in keeper.curve])
+    state, record = checkpointed_phase(net, cfg, source, config.budget_s, None, "prior", keeper)
+    record["pairs"] = [p.name for p in pairs]
     return NetFit(network, int(scale), state, IDENTITY, dict(config.network_kwargs), "prior", [record])
 
 

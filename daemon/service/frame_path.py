@@ -155,7 +155,8 @@ class IngestLoop(Worker):
                  learners: LearnerSlot, classify: RoleClassifier, engine: ServingEngine,
                  monitor: QualityMonitor | None, serve_queue: ServeQueue, serve_block_s: float, tally: Tally,
                  on_failure: Callable[[], None] | None = None) -> None:
-        super().__init__("refscope-ingest", poll_interval_s=0.1, on_error=tally.count_failure)
+        super().__init__("refscope-ingest", poll_interval_s=0.1, on_error=tally.count_failure,
+                         on_stopped=on_failure)
         self.config = config
         self.sources = list(sources)
         self.catalogue = catalogue
@@ -166,7 +167,6 @@ class IngestLoop(Worker):
         self.serve_queue = serve_queue
         self.serve_block_s = float(serve_block_s)
         self.tally = tally
-        self._on_failure = on_failure
         self._role_lock = threading.Lock()
         self._last_role: dict[str, str] | None = None
         self._relearn: list[tuple[Frame, float]] = []  # references to learn again after a restart
@@ -183,10 +183,6 @@ class IngestLoop(Worker):
         learner = self.learners.current
         assert learner is not None
         return learner
-
-    def on_failure(self, exc: BaseException) -> None:
-        if self._on_failure is not None:
-            self._on_failure()
 
     def poll_once(self, timeout: float) -> None:
         slice_s = 0.1 / max(1, len(self.sources))
@@ -250,7 +246,7 @@ class IngestLoop(Worker):
         learned = self._learned_before(frame, size, mtime) if known else None
         if learned is not None:
             self.tally.counts.add("skipped.already_seen")
-            self.tally.log.info("%s: HR reference already %s before; skipped", frame.source, learned)
+            _log.info("%s: HR reference already %s before; skipped", frame.source, learned)
             return None
         self.tally.catalogue_call(lambda: catalogue.record_frame(frame.source, role=role, seq=frame.seq, t=frame.t,
                                                                  size=size, mtime=mtime), frame.source)
@@ -259,14 +255,14 @@ class IngestLoop(Worker):
             if known:
                 # re-read after a restart, maybe before the LR frame it belongs to: learned once the re-read
                 # folder has been taken in (see _submit_relearned)
-                self.tally.log.warning("%s: HR reference was handed to the learner but not learned before the "
-                                       "daemon stopped; it is learned again", frame.source)
+                _log.warning("%s: HR reference was handed to the learner but not learned before the daemon "
+                             "stopped; it is learned again", frame.source)
                 self._relearn.append((frame, time.monotonic()))
             elif not self.learner.submit_reference(frame):
                 self.tally.error("learner_unavailable", f"{frame.source}: the learner is not accepting references")
             else:
-                self.tally.log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source,
-                                    frame.pixel_size_nm or 0)
+                _log.info("%s: HR reference (%.4g nm/px) handed to the learner", frame.source,
+                          frame.pixel_size_nm or 0)
                 if self.monitor is not None:
                     self.monitor.reference_arrived(frame)
 
@@ -335,8 +331,8 @@ class IngestLoop(Worker):
     def _note_role(self, frame: Frame, decision: RoleDecision) -> None:
         """Log every frame's role and why; keep the latest in the status; a zoom-series frame (``"both"``) and a
         move of the live stream to a coarser magnification are also events (recorded in the catalogue)."""
-        self.tally.log.info("%s: %s (%s)", frame.source, {"lr": "live frame", "hr": "reference",
-                            "both": "reference and live frame"}[decision.role], decision.reason)
+        _log.info("%s: %s (%s)", frame.source, {"lr": "live frame", "hr": "reference", "both": "reference and live "
+                  "frame"}[decision.role], decision.reason)
         with self._role_lock:
             self._last_role = {"source": frame.source, "role": decision.role, "reason": decision.reason}
         if decision.role == "both" or "live stream moves" in decision.reason:
@@ -367,7 +363,8 @@ class ServeLoop(Worker):
                  folder: FolderPublisher | None, output: StreamOutput, monitor: QualityMonitor | None,
                  trainer: Any, newest: NewestFrame, tally: Tally,
                  on_failure: Callable[[], None] | None = None) -> None:
-        super().__init__("refscope-serve", poll_interval_s=0.05, on_error=tally.count_failure)
+        super().__init__("refscope-serve", poll_interval_s=0.05, on_error=tally.count_failure,
+                         on_stopped=on_failure)
         self.config = config
         self.serve_queue = serve_queue
         self.catalogue = catalogue
@@ -382,11 +379,6 @@ class ServeLoop(Worker):
         self.trainer = trainer
         self.newest = newest
         self.tally = tally
-        self._on_failure = on_failure
-
-    def on_failure(self, exc: BaseException) -> None:
-        if self._on_failure is not None:
-            self._on_failure()
 
     def finish(self, drain_s: float, timeout: float) -> bool:
         """Stop after serving what is queued, for at most ``drain_s`` seconds (what is left is processed after a
@@ -398,7 +390,7 @@ class ServeLoop(Worker):
         ended = self.stop(timeout=timeout)
         left = self.serve_queue.items.qsize()
         if left:
-            self.tally.log.warning("stopping with %d frame(s) not enhanced (they are processed after a restart)", left)
+            _log.warning("stopping with %d frame(s) not enhanced (they are processed after a restart)", left)
         return ended
 
     def poll_once(self, timeout: float) -> None:
@@ -479,7 +471,7 @@ class ServeLoop(Worker):
                              f"({type(exc).__name__}: {exc})", level=logging.ERROR)
             return None
         if fused.reset not in (None, "off"):
-            self.tally.log.info("%s: fusion window restarted (%s)", frame.source, fused.reset)
+            _log.info("%s: fusion window restarted (%s)", frame.source, fused.reset)
         learner = self.learners.current
         if fused.frames > 1 and learner is not None:
             learner.note_fused(replace(frame, data=fused.image))  # pair references with what is served

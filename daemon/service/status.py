@@ -7,11 +7,10 @@ started (yet) reads as absent.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from ..config import DaemonConfig
-from ..frames import FrameSource
 from ..learn.pairing import RoleClassifier
 from ..serve.engine import ServingEngine
 from ..serve.fusion_window import FusionWindow
@@ -47,7 +46,6 @@ class StatusReport:
         self._learners = learners
         self._running, self._paused, self._uptime_s, self._endpoints = running, paused, uptime_s, endpoints
         self._parts: dict[str, Any] = {}
-        self._sources: Sequence[tuple[str, FrameSource]] = ()
 
     def attach(self, **parts: Any) -> None:
         """Components as the daemon starts them: ``catalogue``, ``folder``, ``stream``, ``events``, ``control``,
@@ -56,8 +54,6 @@ class StatusReport:
                                 "sources"}
         if unknown:
             raise TypeError(f"StatusReport.attach: unknown part(s) {sorted(unknown)}")
-        if "sources" in parts:
-            self._sources = list(parts.pop("sources"))
         self._parts.update(parts)
 
     def status(self) -> DaemonStatus:
@@ -67,7 +63,7 @@ class StatusReport:
         errors = self._tally.errors.snapshot()
         n_lat, latency, model_s, processing = self._tally.latency_summary()
         ingest: dict[str, IngestSourceStatus] = {}
-        for name, source in self._sources:
+        for name, source in part("sources") or ():
             try:
                 stats = source.stats()
                 ingest[name] = IngestSourceStatus(

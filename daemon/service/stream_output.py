@@ -6,6 +6,7 @@ without blocking; a dropped or unencodable message is counted, never fatal.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from .monitor import Observation
 from .tally import Tally
 
 __all__ = ["FrameStream", "StreamOutput", "NOMINAL_PIXEL_NM"]
+
+_log = logging.getLogger("refscope.daemon")
 
 NOMINAL_PIXEL_NM = 1.0
 """Stream pixel size of frames without one, nm (the wire format needs a positive value)."""
@@ -81,8 +84,8 @@ class StreamOutput:
         returns (output seq, latency s, output pixel nm)."""
         if out_pixel_nm is None:
             if not self._warned_no_pixel:
-                self._tally.log.warning("%s: frame has no pixel size; streaming with a nominal %g nm input pixel "
-                                        "(set ingest.pixel_size_nm)", frame.source, NOMINAL_PIXEL_NM)
+                _log.warning("%s: frame has no pixel size; streaming with a nominal %g nm input pixel (set "
+                             "ingest.pixel_size_nm)", frame.source, NOMINAL_PIXEL_NM)
                 self._warned_no_pixel = True
             out_pixel_nm = NOMINAL_PIXEL_NM / scale
         low = drift or (consistency is not None and consistency >= self._consistency_on)
