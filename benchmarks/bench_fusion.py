@@ -1,6 +1,7 @@
 """Multi-frame fusion of the live LR frames before enhancement (issue 16): what it gains, and what it costs.
 
     python benchmarks/bench_fusion.py [--json F] [--seed N] [--skip-zeiss] [--skip-latency]
+    python benchmarks/bench_fusion.py --choose F   # the spectral merge's settings, swept on validation series
 
 1. **Simulator, truth known** (:func:`refscope.models.simulator.drift_series`, default optics and noise: 256x320
    LR frames, dose 300, read noise 0.01, line jitter 0.1 px, slow sub-pixel drift, a bright disc moving 2.9 px per
@@ -11,16 +12,20 @@
    specimen of frame 15's field at x2 (:func:`~refscope.models.simulator.drift_truth`): PSNR / SSIM over the
    frame (8 LR px border left out), the same inside the moving object's region (where it is now and where it was
    during the window), and the FRC resolution against the truth (1/7 threshold, output px). Rows: bicubic and
-   ``best`` of one frame, ``best`` of the fused frame (N = 1, 2, 4, 8), and the finer-grid shift-and-add
-   (:func:`~refscope.models.fusion.fuse_fine`, N = 2, 4, 8).
+   ``best`` of one frame, ``best`` of the fused frame (N = 1, 2, 4, 8) by the tile test and (``spectral:`` rows) by
+   the spectral merge (:data:`SPECTRAL`), and the finer-grid shift-and-add
+   (:func:`~refscope.models.fusion.fuse_fine`, N = 2, 4, 8). The spectral merge's settings were chosen by
+   :func:`choose` (``--choose``) on other simulated series.
 2. **Real Zeiss pair** (``../shared/data/hr_only/zeiss_sem/ZEISS_SEM_multipage.tif``, two InLens scans of one area 3
    min apart): the registered shift (rigid, and the block field of the slow-scan distortion), the noise of one
    frame and of the fused frame by the wavelet (Haar MAD) estimate :func:`~refscope.models.noise.
-   estimate_noise_sigma`, the share of pixels fused, and the FRC of the two registered scans (the fused frame's
+   estimate_noise_sigma` and by the finest diagonal Haar band on flat pixels, the share of pixels fused (the
+   spectral merge: the older scan's mean weight), and the FRC of the two registered scans (the fused frame's
    independent halves).
 3. **Latency** of the daemon's serve step on 640x472 LR frames: :class:`~refscope.daemon.serve.fusion_window.
    FusionWindow.add` (one registration + window-1 warps and tests) and the enhancement by the serving engine's
-   paired model (ONNX Runtime), per frame, median of 12 frames after 4 warm-up frames.
+   paired model (ONNX Runtime), per frame, median of 12 frames after 4 warm-up frames; then the fusion alone,
+   tile test and spectral merge alternating, CPU time per frame (3 runs each).
 """
 from __future__ import annotations
 
@@ -30,13 +35,12 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from refscope.daemon.config import ModelConfig, ServeConfig
-from refscope.daemon.serve.fusion_window import FusionWindow
-from refscope.daemon.serve.engine import ServingEngine
 from refscope.models.fusion import FusionConfig, fuse_fine, fuse_frames, register_frame, subpixel_diversity
 from refscope.models.image_ops import upsample_bicubic
 from refscope.models.metrics import frc, frc_resolution, masked_psnr, psnr, ssim
@@ -50,6 +54,9 @@ ZEISS = HERE.parent.parent / "shared" / "data" / "hr_only" / "zeiss_sem" / "ZEIS
 SCALE = 2
 NS = (1, 2, 4, 8)
 FIT_AT, SCORE_AT = 7, 15
+SPECTRAL = FusionConfig(merge="spectral")
+"""The spectral merge as measured here: ``FusionConfig``'s spectral defaults (c, pixel test k, dilation, blur),
+chosen on this simulator's rows (see :func:`choose`); never tuned on the Zeiss pair."""
 
 
 def _best(lr: np.ndarray, hr: np.ndarray) -> tuple[object, dict]:
@@ -76,7 +83,25 @@ def _scores(truth: np.ndarray, est: np.ndarray, mask: np.ndarray) -> dict:
             "frc_period_px": round(res.period_px, 3)}
 
 
-def simulator(seed: int) -> dict:
+@dataclass
+class _Series:
+    """One simulated series, registered: what every row of :func:`simulator` is computed from."""
+
+    frames: list[np.ndarray]
+    motions: dict[int, list]  # anchor frame -> its window's motions (None for the anchor itself)
+    hr: np.ndarray
+    truth: np.ndarray
+    mask: np.ndarray
+    clean_lr: np.ndarray
+    lr_shape: tuple[int, int]
+    registration_s: list[float]
+    shift_error_px: list[float]
+
+    def window(self, anchor: int, n: int) -> tuple[list[np.ndarray], list]:
+        return [self.frames[anchor - i] for i in range(n)], self.motions[anchor][:n]
+
+
+def _series(seed: int) -> _Series:
     rng = np.random.default_rng(seed)
     optics = Optics()
     area = make_areas(["mixed"], optics, rng=rng)[0]
@@ -108,38 +133,122 @@ def simulator(seed: int) -> dict:
             reg_s.append(time.perf_counter() - t0)
     shift_err = [float(np.hypot(*(np.array(m.shift_yx((h, w))) - (drift.field_yx[SCORE_AT - i] - drift.field_yx[SCORE_AT]))))
                  for i, m in enumerate(motions[SCORE_AT]) if m is not None]
-
-    def window(anchor: int, n: int) -> tuple[list[np.ndarray], list]:
-        return [frames[anchor - i] for i in range(n)], motions[anchor][:n]
-
-    rows: dict[str, dict] = {}
     clean_lr = drift_truth(area, optics, series, drift, SCORE_AT, scale=1)  # no noise: what fusion tends to
-    rows["bicubic of the noise-free frame (ceiling)"] = _scores(truth, upsample_bicubic(clean_lr, SCALE), mask)
-    predict1, info1 = _best(frames[FIT_AT], hr)
-    rows["bicubic, 1 frame"] = _scores(truth, upsample_bicubic(frames[SCORE_AT], SCALE), mask)
-    rows["best, 1 frame"] = dict(_scores(truth, predict1(frames[SCORE_AT]), mask), **{"chose": info1["chose"]})
-    timings = {}
-    for n in NS[1:]:
-        fit_frames, fit_motions = window(FIT_AT, n)
-        fused_fit = fuse_frames(fit_frames, motions=fit_motions, config=cfg)
-        predict, info = _best(fused_fit.image, hr)
-        score_frames, score_motions = window(SCORE_AT, n)
-        t0 = time.perf_counter()
-        fused = fuse_frames(score_frames, motions=score_motions, config=cfg)
-        timings[n] = time.perf_counter() - t0
-        rows[f"bicubic of fused N={n}"] = _scores(truth, upsample_bicubic(fused.image, SCALE), mask)
-        rows[f"fused N={n} then best"] = dict(_scores(truth, predict(fused.image), mask), chose=info["chose"],
-                                              mean_count=round(fused.mean_count, 2))
-        fine = fuse_fine(score_frames, scale=SCALE, motions=score_motions, config=cfg)
-        rows[f"finer grid N={n}"] = dict(_scores(truth, fine.image, mask),
-                                         diversity=subpixel_diversity(score_motions, (h, w), scale=SCALE))
+    return _Series(frames, motions, hr, truth, mask, clean_lr, (h, w), reg_s, shift_err)
+
+
+def _fused_rows(sim: _Series, config: FusionConfig, n: int, prefix: str = "") -> tuple[dict, float]:
+    """Rows ``{prefix}bicubic of fused N=n`` and ``{prefix}fused N=n then best`` (the library fitted on the fused
+    frame the daemon would pair with), and the seconds the scored fusion took."""
+    fit_frames, fit_motions = sim.window(FIT_AT, n)
+    score_frames, score_motions = sim.window(SCORE_AT, n)
+    fused_fit = fuse_frames(fit_frames, motions=fit_motions, config=config)
+    predict, info = _best(fused_fit.image, sim.hr)
+    t0 = time.perf_counter()
+    fused = fuse_frames(score_frames, motions=score_motions, config=config)
+    took = time.perf_counter() - t0
+    return {f"{prefix}bicubic of fused N={n}": _scores(sim.truth, upsample_bicubic(fused.image, SCALE), sim.mask),
+            f"{prefix}fused N={n} then best": dict(_scores(sim.truth, predict(fused.image), sim.mask),
+                                                   chose=info["chose"], mean_count=round(fused.mean_count, 2),
+                                                   mean_effective_count=round(_effective(fused), 2))}, took
+
+
+def _single_rows(sim: _Series) -> dict:
+    predict1, info1 = _best(sim.frames[FIT_AT], sim.hr)
+    frame = sim.frames[SCORE_AT]
+    return {"bicubic of the noise-free frame (ceiling)": _scores(sim.truth, upsample_bicubic(sim.clean_lr, SCALE),
+                                                                 sim.mask),
+            "bicubic, 1 frame": _scores(sim.truth, upsample_bicubic(frame, SCALE), sim.mask),
+            "best, 1 frame": dict(_scores(sim.truth, predict1(frame), sim.mask), chose=info1["chose"])}
+
+
+def _deltas(rows: dict) -> None:
     base = rows["best, 1 frame"]
     for row in rows.values():
         row["d_psnr"] = round(row["psnr"] - base["psnr"], 3)
         row["d_object_psnr"] = round(row["object_psnr"] - base["object_psnr"], 3)
-    return {"rows": rows, "registration_s_median": round(statistics.median(reg_s), 4),
-            "fuse_s": {str(n): round(s, 4) for n, s in timings.items()},
-            "shift_error_px_max": round(max(shift_err), 4), "lr_shape": [h, w]}
+
+
+def simulator(seed: int, spectral: FusionConfig = SPECTRAL) -> dict:
+    sim = _series(seed)
+    h, w = sim.lr_shape
+    cfg = FusionConfig()
+    rows = _single_rows(sim)
+    timings: dict[str, float] = {}
+    for n in NS[1:]:
+        for prefix, config in (("", cfg), ("spectral: ", spectral)):
+            more, took = _fused_rows(sim, config, n, prefix)
+            rows.update(more)
+            timings[f"{config.merge} N={n}"] = took
+        score_frames, score_motions = sim.window(SCORE_AT, n)
+        fine = fuse_fine(score_frames, scale=SCALE, motions=score_motions, config=cfg)
+        rows[f"finer grid N={n}"] = dict(_scores(sim.truth, fine.image, sim.mask),
+                                         diversity=subpixel_diversity(score_motions, (h, w), scale=SCALE))
+    _deltas(rows)
+    return {"rows": rows, "registration_s_median": round(statistics.median(sim.registration_s), 4),
+            "fuse_s": {key: round(s, 4) for key, s in timings.items()},
+            "spectral_config": _spectral_settings(spectral),
+            "shift_error_px_max": round(max(sim.shift_error_px), 4), "lr_shape": [h, w]}
+
+
+def _spectral_settings(config: FusionConfig) -> dict:
+    return {k: getattr(config, k) for k in ("spectral_c", "spectral_k", "spectral_dilate_px", "spectral_blur_px",
+                                            "tile")}
+
+
+CHOOSE_SEEDS = (101, 102, 103)
+"""Validation series for :func:`choose`: other simulated areas and drifts than the reported seed's."""
+CHOOSE_GRID = [dict(spectral_c=c, spectral_k=k, spectral_dilate_px=r, spectral_blur_px=b)
+               for c in (8.0, 16.0, 32.0, 64.0, 128.0)
+               for k, r, b in ((3.0, 1, 0.0), (3.5, 1, 0.0), (4.0, 1, 0.0), (4.0, 2, 0.0), (4.5, 2, 0.0),
+                               (8.0, 1, 1.0))]
+CHOOSE_TIE_DB = 0.02
+"""Mean gains within this of the best are taken as equal (the simulator cannot tell them apart)."""
+
+
+def choose(grid: Sequence[dict] = tuple(CHOOSE_GRID), seeds: Sequence[int] = CHOOSE_SEEDS) -> dict:
+    """Sweep the spectral merge's settings on validation series (never the reported seed, never the Zeiss pair).
+
+    For each setting and seed: ``fused N then best`` for N = 2, 4, 8 against the seed's single-frame ``best``.
+    Allowed: the object region at or above single-frame ``best`` in every (seed, N). Among the allowed settings
+    whose mean PSNR gain is within :data:`CHOOSE_TIE_DB` of the best one (:func:`_pick`): the cheaper first (no
+    blur before the pixel test: the blur costs ~3 ms per older frame, ~9 ms of the live window's 100 ms), then the
+    largest worst-case object-region gain. The tile test's figures on the same series are recorded beside them."""
+    sims = {seed: _series(seed) for seed in seeds}
+    singles = {seed: _single_rows(sim)["best, 1 frame"] for seed, sim in sims.items()}
+
+    def measure(config: FusionConfig) -> dict:
+        gains, objects = [], []
+        for seed, sim in sims.items():
+            for n in NS[1:]:
+                row = _fused_rows(sim, config, n)[0][f"fused N={n} then best"]
+                gains.append(row["psnr"] - singles[seed]["psnr"])
+                objects.append(row["object_psnr"] - singles[seed]["object_psnr"])
+        return {"mean_d_psnr": round(float(np.mean(gains)), 3), "min_d_object_psnr": round(float(np.min(objects)), 3),
+                "d_psnr": [round(g, 3) for g in gains], "d_object_psnr": [round(o, 3) for o in objects]}
+
+    tiles = measure(FusionConfig())
+    results = []
+    for setting in grid:
+        results.append(dict(setting=setting, **measure(FusionConfig(merge="spectral", **setting))))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return {"seeds": list(seeds), "order": [f"seed {s} N={n}" for s in seeds for n in NS[1:]], "tiles": tiles,
+            "results": results, "chosen": _pick(results)}
+
+
+def _pick(results: Sequence[dict]) -> dict | None:
+    """:func:`choose`'s rule over its per-setting results."""
+    allowed = [r for r in results if r["min_d_object_psnr"] >= 0.0]
+    if not allowed:
+        return None
+    top = max(r["mean_d_psnr"] for r in allowed)
+    return max((r for r in allowed if r["mean_d_psnr"] >= top - CHOOSE_TIE_DB),
+               key=lambda r: (r["setting"].get("spectral_blur_px", 0.0) == 0.0, r["min_d_object_psnr"]))
+
+
+def _effective(fused) -> float:
+    """Mean frames per pixel: the spectral merge's effective count, the tile test's count."""
+    return float((fused.effective_count if fused.effective_count is not None else fused.count).mean())
 
 
 def _hf_rms(image: np.ndarray, mask: np.ndarray) -> float:
@@ -190,8 +299,27 @@ def zeiss() -> dict | None:
                      "test_sigma": round(fused.noise_sigma, 3),
                      "noise_ratio_haar_mad": round(estimate_noise_sigma(fused.image) / estimate_noise_sigma(newest), 3),
                      "hf_ratio_flat": round(_hf_rms(fused.image, flat) / single_hf, 3),
+                     "hf_ratio_unclipped": round(_hf_rms(fused.image, unclipped) / _hf_rms(newest, unclipped), 3),
                      "hf_ratio_flat_fused_px": round(_hf_rms(fused.image, flat & both) / _hf_rms(newest, flat & both),
                                                      3) if (flat & both).any() else None}
+    # the spectral merge (SPECTRAL's settings, chosen on the simulator): every pixel is fused in part; and, to show
+    # what its pixel test costs on this pair, the same merge without it (not a setting: it ghosts moving objects)
+    spectral = replace(SPECTRAL, register_px=512)
+    for name, motion, config in (("rigid_spectral", rigid, spectral), ("blocks_spectral", blocks, spectral),
+                                 ("blocks_spectral_no_pixel_test", blocks,
+                                  replace(spectral, spectral_k=1e9, spectral_dilate_px=0))):
+        t0 = time.perf_counter()
+        fused = fuse_frames([newest, older], motions=[None, motion], config=config)
+        took = time.perf_counter() - t0
+        older_weight = fused.effective_count - 1.0  # the older scan's share: 1 fused in full, 0 not at all
+        out[name] = {"older_weight_mean": round(float(older_weight.mean()), 3),
+                     "older_weight_unclipped": round(float(older_weight[unclipped].mean()), 3),
+                     "older_weight_flat": round(float(older_weight[flat].mean()), 3),
+                     "rejected_fraction": round(fused.rejected_fraction, 3),
+                     "hf_ratio_flat": round(_hf_rms(fused.image, flat) / single_hf, 3),
+                     "hf_ratio_unclipped": round(_hf_rms(fused.image, unclipped) / _hf_rms(newest, unclipped), 3),
+                     "mean_change_unclipped": round(float((fused.image - newest)[unclipped].mean()), 3),
+                     "fuse_s": round(took, 2)}
     # the two registered scans' difference on flat, unclipped pixels where they were fused, slow brightness
     # drift removed: what each scan's noise is when measured against the other (2σ² for independent noise)
     warped, valid = warp_frame(older, blocks, order=3)
@@ -224,6 +352,10 @@ def zeiss() -> dict | None:
 
 
 def latency(seed: int) -> dict:
+    from refscope.daemon.config import ModelConfig, ServeConfig
+    from refscope.daemon.serve.engine import ServingEngine
+    from refscope.daemon.serve.fusion_window import FusionWindow
+
     rng = np.random.default_rng(seed)
     optics = Optics(lr_shape=(472, 640))
     area = make_areas(["mixed"], optics, rng=rng, travel_lr_px=16)[0]
@@ -252,13 +384,29 @@ def latency(seed: int) -> dict:
             fuse_cpu_s.append(c1 - c0)
             model_s.append(t2 - t1)
             total_s.append(t2 - t0)
-    return {"lr_shape": [h, w], "window": 4, "backend": result.backend,
-            "fusion_ms_median": round(1e3 * statistics.median(fuse_s), 1),
-            "fusion_ms_max": round(1e3 * max(fuse_s), 1),
-            "fusion_cpu_ms_median": round(1e3 * statistics.median(fuse_cpu_s), 1),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-            "model_ms_median": round(1e3 * statistics.median(model_s), 1),
-            "frames_per_s": round(1.0 / statistics.median(total_s), 2)}
+    out = {"lr_shape": [h, w], "window": 4, "backend": result.backend,
+           "fusion_ms_median": round(1e3 * statistics.median(fuse_s), 1),
+           "fusion_ms_max": round(1e3 * max(fuse_s), 1),
+           "fusion_cpu_ms_median": round(1e3 * statistics.median(fuse_cpu_s), 1),
+           "load_average_1min": round(os.getloadavg()[0], 2),
+           "model_ms_median": round(1e3 * statistics.median(model_s), 1),
+           "frames_per_s": round(1.0 / statistics.median(total_s), 2)}
+    # the fusion alone, both merges, alternating (3 runs each, per-frame median of each run): the CPU time above
+    # includes ONNX Runtime's spinning threads after each model call; the fusion's own work is single-threaded
+    runs: dict[str, list[float]] = {"tiles": [], "spectral": []}
+    for _ in range(3):
+        for merge, config in (("tiles", FusionConfig()), ("spectral", SPECTRAL)):
+            alone = FusionWindow(enabled=True, window=4, model_config=config)
+            cpu = []
+            for i, frame in enumerate(frames):
+                c0 = time.process_time()
+                alone.add(frame, t=float(i), stage_xy_m=(0.0, 0.0), pixel_size_nm=optics.lr_pixel_nm)
+                if i >= 4:
+                    cpu.append(time.process_time() - c0)
+            runs[merge].append(round(1e3 * statistics.median(cpu), 1))
+    out["fusion_alone_cpu_ms"] = {merge: {"runs": r, "median": statistics.median(r)} for merge, r in runs.items()}
+    out["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,21 +415,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--skip-zeiss", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--choose", type=Path, metavar="JSON",
+                        help="only sweep the spectral merge's settings on the validation series and write them here "
+                             "(about 20 minutes)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.choose is not None:
+        from refscope.daemon.atomic import atomic_write_json
+
+        swept = choose()
+        swept["wall_s"] = round(time.perf_counter() - start, 1)
+        atomic_write_json(args.choose, swept, indent=1)
+        print(json.dumps(swept["chosen"]))
+        return 0
     results = {"simulator": simulator(args.seed)}
     results["zeiss"] = None if args.skip_zeiss else zeiss()
     results["latency"] = None if args.skip_latency else latency(args.seed)
     results["wall_s"] = round(time.perf_counter() - start, 1)
     text = json.dumps(results, indent=1)
     print(text)
+    print(file=sys.stderr)
     if args.json is not None:
         from refscope.daemon.atomic import atomic_write_json
 
         atomic_write_json(args.json, results, indent=1)
     sim = results["simulator"]["rows"]
-    print(f"\nfused N=4 then best: {sim['fused N=4 then best']['d_psnr']:+.2f} dB over single-frame best "
-          f"(object region {sim['fused N=4 then best']['d_object_psnr']:+.2f} dB)", file=sys.stderr)
+    for prefix in ("", "spectral: "):
+        row = sim[f"{prefix}fused N=4 then best"]
+        print(f"{prefix}fused N=4 then best: {row['d_psnr']:+.2f} dB over single-frame best "
+              f"(object region {row['d_object_psnr']:+.2f} dB)", file=sys.stderr)
     return 0
 
 

@@ -57,11 +57,13 @@ from external_peers import BM3D_ENV, TKREM_ENV, ensure_env, tkrem_peer  # noqa: 
 from results_md import write_section  # noqa: E402
 from sem_pairs import DATA, SCORED, LoadedPair, load_pair  # noqa: E402
 
+from refscope.models.baseline import SafeBaseline  # noqa: E402
+from refscope.models.confidence import reference_q, support_grid  # noqa: E402
 from refscope.models.evaluation import COLS, ROWS, split_subimages  # noqa: E402
 from refscope.models.image_ops import upsample_bicubic  # noqa: E402
 from refscope.models.metrics import fit_intensity, psnr, score_all  # noqa: E402
 from refscope.models.noise import estimate_noise_sigma  # noqa: E402
-from refscope.models.peers import tune, tuned_peers  # noqa: E402
+from refscope.models.peers import tune, tuned_blur, tuned_peers  # noqa: E402
 from refscope.models.pipeline import FitConfig, enhance, fit_library  # noqa: E402
 from refscope.models.promotion import split_for_validation  # noqa: E402
 from refscope.models.self_ensemble import ENSEMBLE_SIZES, ensemble_run, ensemble_size_for  # noqa: E402
@@ -70,7 +72,7 @@ PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11":
            "pair08": "pair09", "pair09": "pair08"}
 PEERS_ENV = BM3D_ENV.path
 PEERS = ("blur", "nlm", "bm3d", "tk-r-em")
-OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "best")
+OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "best, no blend", "best")
 SERVE_BUDGET_S = 0.5
 """Seconds the served network may take for a 1280x944 output (issue 12, item 5): the self-ensemble size of ``best``
 is the largest whose passes fit (:func:`refscope.models.self_ensemble.ensemble_size_for`)."""
@@ -189,6 +191,8 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     train_lr, train_hr, split = training_area(p, scale)
     validation = list(split.held_out)
     library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
+    sigma, delta = tuned_blur(validation, scale=scale)  # the safe baseline, as the daemon's learner chooses it
+    library.safe = SafeBaseline(sigma, delta, reference_q([support_grid(train_lr, library)]))
     predictors = {"paired": lambda x: enhance(x, library, method="paired")}
     net = fit_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed) if with_net else None
     if net is not None:
@@ -205,12 +209,30 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     name, val = choose({"bicubic": lambda x: upsample_bicubic(x, scale), "paired": predictors["paired"],
                         "prior+ft": predictors["prior+ft"]}, validation, scale)
     served = f"prior+ft×{ensemble}" if name == "prior+ft" and ensemble > 1 else name
-    predictors["best"] = predictors[served] if name != "bicubic" else (lambda x: upsample_bicubic(x, scale))
-    info = {"best_choice": served, "validation": val, "fine_tune_s": fine_tune_s,
+    predictors["best, no blend"] = predictors[served] if name != "bicubic" else (lambda x: upsample_bicubic(x, scale))
+    blends: list[dict] = []
+    predictors["best"] = (safe_blended(predictors[served], library, blends) if name != "bicubic"
+                          else predictors["best, no blend"])
+    info = {"best_choice": served, "validation": val, "fine_tune_s": fine_tune_s, "safe_baseline": library.safe.to_dict(),
+            "safe_blend": blends,
             "self_ensemble": ensemble,
             "fine_tune_best_step": tuned.history[-1].get("best_step"), "fine_tune_steps": tuned.history[-1]["steps"],
             "net_steps": [h["steps"] for h in net.history] if net else None}
     return predictors, validation, info
+
+
+def safe_blended(predict, library, record: list[dict]):
+    """``predict`` pulled toward the library's safe baseline as the daemon serves it
+    (:func:`refscope.models.safe_blend.blend_with_library`); what each call's blend did is appended to ``record``."""
+    from refscope.models.safe_blend import blend_with_library
+
+    def run(lr: np.ndarray) -> np.ndarray:
+        out = np.array(predict(lr), dtype=np.float32)
+        _, summary = blend_with_library(out, lr, library)
+        record.append({"blended_share": summary.blended_share, "baseline_share": summary.baseline_share})
+        return out.astype(np.float64)
+
+    return run
 
 
 def serving_pass_s(scale: int, runs: int = 5) -> float:
@@ -280,7 +302,7 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
         target_baselines = bicubic_scores(target)
         result["shift"] = {"onto": other.name, "info": shift_info,
                            "methods": {m: score(target, [shifted[m](lr) for lr, _ in target], target_baselines)
-                                       for m in ("paired", "prior", "prior+ft", "best")}}
+                                       for m in ("paired", "prior", "prior+ft", "best, no blend", "best")}}
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -359,12 +381,26 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
     shifts = [r for r in results if "shift" in r]
     if shifts:
         lines += ["", "Texture shift (model fitted on the pair, scored on the other pair of the same S; ΔPSNR dB):", "",
-                  "| fitted on | scored on | paired | prior | prior+ft | best | best chose |", "|---|---|---|---|---|---|---|"]
+                  "| fitted on | scored on | paired | prior | prior+ft | best, no blend | best | best chose "
+                  "| blended share |", "|---|---|---|---|---|---|---|---|---|"]
         for r in shifts:
             s = r["shift"]
-            lines.append(f"| {r['pair']} | {s['onto']} | " + " | ".join(f"{s['methods'][m]['d_psnr']:+.2f}"
-                         for m in ("paired", "prior", "prior+ft", "best")) + f" | {s['info']['best_choice']} |")
+            lines.append(f"| {r['pair']} | {s['onto']} | " + " | ".join(
+                f"{s['methods'][m]['d_psnr']:+.2f}" if m in s["methods"] else "–"
+                for m in ("paired", "prior", "prior+ft", "best, no blend", "best"))
+                + f" | {s['info']['best_choice']} | {blended_share(s['info']):.4f} |")
+    if ours:
+        lines += ["", "Safe blend (`best` is the served model pulled toward the safe baseline where it is not "
+                  "trusted, as the daemon serves it; `best, no blend` the model alone): share of scored output "
+                  "pixels the baseline contributed to, per pair: "
+                  + ", ".join(f"{r['pair']} {blended_share(r['info']):.4f}" for r in results) + "."]
     return "\n".join(lines)
+
+
+def blended_share(info: dict) -> float:
+    """Mean share of output pixels the safe baseline contributed to over the calls recorded in ``info``."""
+    shares = [b["blended_share"] for b in info.get("safe_blend", [])]
+    return float(np.mean(shares)) if shares else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from .noise import estimate_noise_sigma
 
 from .pipeline import FittedModel
 
-__all__ = ["KeyIndex", "SupportGrid", "key_index", "support_grid", "reference_q", "confidence_map",
+__all__ = ["KeyIndex", "SupportGrid", "key_index", "support_grid", "reference_q", "confidence_map", "interpolate_grid",
            "DEFAULT_STRIDE", "DEFAULT_MAX_POINTS", "DEFAULT_MAX_KEYS"]
 
 DEFAULT_STRIDE = 6
@@ -211,11 +211,30 @@ def _linear_weights(centres: np.ndarray, n_out: int) -> np.ndarray:
     return weights
 
 
-def confidence_map(grid: SupportGrid, q_ref: float) -> np.ndarray:
-    """Per-pixel confidence ``2^-(q / q_ref)²`` on the output grid: (S·H, S·W) float32 in [0, 1]."""
+def _check_q_ref(q_ref: float) -> None:
     if not (math.isfinite(q_ref) and q_ref > 0):
         raise ValueError(f"q_ref must be a finite number > 0, got {q_ref!r}")
-    conf = np.exp2(-(grid.q / q_ref) ** 2).astype(np.float32)
-    wy = _linear_weights(grid.ys.astype(np.float64), grid.out_shape[0]).astype(np.float32)
-    wx = _linear_weights(grid.xs.astype(np.float64), grid.out_shape[1]).astype(np.float32)
-    return np.clip((wy @ conf) @ wx.T, 0.0, 1.0)
+
+
+def interpolate_grid(grid: SupportGrid, values: np.ndarray, rows: tuple[int, int] | None = None,
+                     cols: tuple[int, int] | None = None) -> np.ndarray:
+    """``values`` (gh, gw), one per patch centre of ``grid``, interpolated bilinearly onto output ``rows`` x
+    ``cols`` ((start, stop); None: all): float32 (constant beyond the first and last centre)."""
+    values = np.asarray(values)
+    if values.shape != grid.q.shape:
+        raise ValueError(f"values {values.shape} are not one per grid point {grid.q.shape}")
+    spans = []
+    for name, span, size in (("rows", rows, grid.out_shape[0]), ("cols", cols, grid.out_shape[1])):
+        lo, hi = (0, size) if span is None else span
+        if not 0 <= lo < hi <= size:
+            raise ValueError(f"{name} {lo}:{hi} are not a non-empty range of the {size} output {name}")
+        spans.append(slice(lo, hi))
+    wy = _linear_weights(grid.ys.astype(np.float64), grid.out_shape[0])[spans[0]].astype(np.float32)
+    wx = _linear_weights(grid.xs.astype(np.float64), grid.out_shape[1])[spans[1]].astype(np.float32)
+    return (wy @ values.astype(np.float32)) @ wx.T
+
+
+def confidence_map(grid: SupportGrid, q_ref: float) -> np.ndarray:
+    """Per-pixel confidence ``2^-(q / q_ref)²`` on the output grid: (S·H, S·W) float32 in [0, 1]."""
+    _check_q_ref(q_ref)
+    return np.clip(interpolate_grid(grid, np.exp2(-(grid.q / q_ref) ** 2)), 0.0, 1.0)

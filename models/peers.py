@@ -21,7 +21,8 @@ from .image_ops import upsample_bicubic
 from .noise import estimate_noise_sigma
 from .promotion import held_out_delta_psnr
 
-__all__ = ["BLUR_SIGMAS", "NLM_STRENGTHS", "PEERS", "blur_predictor", "nlm_predictor", "tune", "tuned_peers"]
+__all__ = ["BLUR_SIGMAS", "NLM_STRENGTHS", "PEERS", "blur_predictor", "nlm_predictor", "tune", "tuned_peers",
+           "tuned_blur"]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 #: Candidate Gaussian σ of ``blur``, output pixels.
@@ -32,7 +33,7 @@ PEERS = ("blur", "nlm")
 
 
 def blur_predictor(sigma: float, scale: int) -> Predictor:
-    """``lr (h, w) -> (S·h, S·w)``: bicubic, then a Gaussian of ``sigma`` output px."""
+    """``lr (h, w) -> (S·h, S·w)``: bicubic, then a Gaussian of ``sigma`` output px (0: bicubic itself)."""
     return lambda lr: ndimage.gaussian_filter(upsample_bicubic(np.asarray(lr, np.float64), scale), float(sigma))
 
 
@@ -65,3 +66,10 @@ def tuned_peers(validation: Sequence[tuple[np.ndarray, np.ndarray]], *, scale: i
     blur, _ = tune(lambda s: blur_predictor(s, scale), BLUR_SIGMAS, validation, scale=scale)
     nlm, _ = tune(lambda k: nlm_predictor(k, sigma_n, scale), NLM_STRENGTHS, validation, scale=scale)
     return {"blur": (blur_predictor(blur, scale), blur), "nlm": (nlm_predictor(nlm, sigma_n, scale), nlm)}
+
+
+def tuned_blur(validation: Sequence[tuple[np.ndarray, np.ndarray]], *, scale: int) -> tuple[float, float]:
+    """(σ, its mean validation ΔPSNR over bicubic, dB) of the ``blur`` best on ``validation``, bicubic itself
+    (σ = 0, 0 dB) among the candidates: the safe baseline of :mod:`.baseline`, never worse than bicubic there."""
+    sigma, scores = tune(lambda s: blur_predictor(s, scale), (0.0, *BLUR_SIGMAS), validation, scale=scale)
+    return float(sigma), float(scores[sigma])

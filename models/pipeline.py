@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .baseline import SafeBaseline
 from .consistency import ForwardModel, fit_forward_model, merge_forward_models
 from .errors import ImageError, RegistrationError
 from .image_ops import as_gray_float, upsample_bicubic
@@ -104,7 +105,9 @@ class FitConfig:
 class FittedModel:
     """A fitted paired model: library, intensity map, scale, measured LR noise (library units), geometries, and
     the forward model (HR -> LR in LR units) learned from the same pairs (:mod:`.consistency`; None when the
-    pairs were too small to fit it, or for a model saved before it existed)."""
+    pairs were too small to fit it, or for a model saved before it existed), and the safe baseline chosen on the
+    held-out area of its newest reference (:mod:`.baseline`; None when none was chosen: served outputs are then
+    not blended toward it, :mod:`.safe_blend`)."""
 
     library: PairedLibrary
     intensity: IntensityScale
@@ -113,7 +116,13 @@ class FittedModel:
     paired: PairedConfig = field(default_factory=PairedConfig)
     geometries: list[PairGeometry] = field(default_factory=list)
     forward: ForwardModel | None = None
+    safe: SafeBaseline | None = None
     _regressors: PairedRegressors | None = field(default=None, repr=False)
+
+    @property
+    def lr_noise_sigma(self) -> float:
+        """The measured LR noise of the frames the model learned from, in LR intensity units."""
+        return float(self.noise_sigma) * (self.intensity.high - self.intensity.low) / 255.0
 
     @property
     def regressors(self) -> PairedRegressors:

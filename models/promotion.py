@@ -2,8 +2,9 @@
 
 A new physical pair (LR overlap region, HR grid S times finer) is split like the paper's protocol: the left
 9 of 3x4 subimages are learned from, the right 3 are held out. A candidate model is promoted only if its mean
-ΔPSNR over bicubic on the held-out subimages beats both the serving model's and bicubic's (ΔPSNR 0) by
-``margin`` dB; otherwise the champion keeps serving and the reason is recorded.
+ΔPSNR over bicubic on the held-out subimages beats the serving model's, bicubic's (ΔPSNR 0) and the safe
+baseline's (:mod:`.baseline`: the tuned blur of bicubic) by ``margin`` dB; otherwise the champion keeps serving
+and the reason is recorded.
 
 Models are passed as *predictors*: callables mapping an (h, w) LR array to its (S·h, S·w) reconstruction, so
 paired libraries, networks and ONNX sessions are judged by one rule.
@@ -112,17 +113,21 @@ class PromotionDecision:
     reason: str
 
 
-def decide_promotion(candidate_delta_db: float, champion_delta_db: float, *, margin_db: float = 0.0) -> PromotionDecision:
-    """Promote only if the candidate beats the champion and bicubic (0 dB) by more than ``margin_db``."""
-    bar = max(champion_delta_db, 0.0) + margin_db
+def decide_promotion(candidate_delta_db: float, champion_delta_db: float, *, margin_db: float = 0.0,
+                     baseline_delta_db: float = 0.0) -> PromotionDecision:
+    """Promote only if the candidate beats the champion, bicubic (0 dB) and the safe baseline
+    (``baseline_delta_db``, its held-out ΔPSNR on the same subimages) by more than ``margin_db``."""
+    bars = {"the serving model": champion_delta_db, "the safe baseline": baseline_delta_db, "bicubic": 0.0}
+    loser = max(bars, key=lambda k: (bars[k], k == "bicubic"))  # the highest bar (bicubic on a tie at 0)
+    bar = bars[loser] + margin_db
     if not np.isfinite(candidate_delta_db):
         reason = "candidate produced non-finite output on held-out reference area"
         return PromotionDecision(False, candidate_delta_db, champion_delta_db, reason)
     if candidate_delta_db > bar:
+        beaten = "bicubic" if baseline_delta_db <= 0 else "the safe baseline and bicubic"
         reason = (f"held-out ΔPSNR {candidate_delta_db:+.2f} dB beats serving model ({champion_delta_db:+.2f} dB) "
-                  f"and bicubic")
+                  f"and {beaten}")
         return PromotionDecision(True, candidate_delta_db, champion_delta_db, reason)
-    loser = "bicubic" if champion_delta_db <= 0 else "the serving model"
     reason = (f"held-out ΔPSNR {candidate_delta_db:+.2f} dB does not beat {loser} "
-              f"({max(champion_delta_db, 0.0):+.2f} dB{f' + {margin_db:.2f} dB margin' if margin_db else ''})")
+              f"({bars[loser]:+.2f} dB{f' + {margin_db:.2f} dB margin' if margin_db else ''})")
     return PromotionDecision(False, candidate_delta_db, champion_delta_db, reason)

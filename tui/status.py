@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from refscope.daemon.wire.status import DaemonStatus, FusionStatus, TrainerStatus
+from refscope.daemon.wire.status import DaemonStatus, FusionStatus, ModelStatus, TrainerStatus
 
 __all__ = ["Signal", "drift_signals", "History", "RateMeter", "summary_lines", "fmt_ms", "fmt_db"]
 
@@ -95,7 +95,18 @@ def summary_lines(status: DaemonStatus, rates: Mapping[str, float | None], tui: 
         ("σ_n", "default" if sigma is None else f"{sigma:.3g}"),
         ("stream", f"{tui.get('enhanced', 0)} enhanced, {tui.get('bad', 0)} bad"),
         ("fused", _fusion_line(status.fusion)),
+        ("safe", _safe_line(model)),
     ]
+
+
+def _safe_line(model: ModelStatus) -> str:
+    """The safe baseline outputs are pulled toward (status ``model.safe_baseline_sigma_px``) and the share of the
+    latest frame it contributed to (``model.safe_blend_share``)."""
+    sigma = _num(model.safe_baseline_sigma_px)
+    if sigma is None:
+        return "-"
+    share = _num(model.safe_blend_share)
+    return f"blur σ {sigma:g} px" + ("" if share is None else f"  {100 * share:.1f}% of the last frame")
 
 
 def _fusion_line(fusion: FusionStatus) -> str:

@@ -118,7 +118,7 @@ def open_runner(scheduler: str, workers: int | None, *, progress: bool = True) -
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """``refscope batch``: plan, run and summarise; returns the exit code (see :data:`EXIT_CODES`)."""
-    from ..offline.batch import BatchConfig, load_batch_model, plan_jobs, run_batch
+    from ..offline.batch import BatchConfig, load_batch_model, load_safe_library, plan_jobs, run_batch
     from ..state.model_store import load_domain
 
     config = BatchConfig(block_px=args.block, z_block=args.z_block, quiet=args.quiet,
@@ -127,7 +127,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     spec, label = load_batch_model(args.state_dir, args.method, self_ensemble=args.self_ensemble)
     jobs = plan_jobs(args.inputs, args.output, spec.scale)
     with open_runner(args.scheduler, args.workers, progress=not args.quiet) as runner:
-        report = run_batch(spec, jobs, runner, config, label=label)
+        report = run_batch(spec, jobs, runner, config, label=label, safe=load_safe_library(args.state_dir, spec))
         where = runner.description
     rate = report.output_px / 1e6 / report.seconds if report.seconds > 0 else 0.0
     if not args.quiet or report.failed:

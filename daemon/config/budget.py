@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from refscope.models.safe_blend import blend_bytes
 from refscope.models.tiling import tile_for_budget
 
 __all__ = ["DEFAULT_MAX_MEMORY_MB", "MIN_SERVING_MB", "FramePlan", "MemoryBudget", "fusion_capacity"]
@@ -189,7 +190,7 @@ class MemoryBudget:
                                halo=halo, align=align, max_tile=max_tile)
 
     def plan_frame(self, shape: tuple[int, int], scale: int, *, confidence: bool = True, stream: bool = True,
-                   write_confidence: bool = False, queue_limit: int = 64) -> FramePlan:
+                   write_confidence: bool = False, queue_limit: int = 64, safe_blend: bool = False) -> FramePlan:
         """Cost of serving an (H, W) LR frame at ``scale`` (float32 outputs of S²·H·W px).
 
         In flight: the enhanced frame (shared, not copied, by the writer's queue and the stream, which sends it
@@ -197,12 +198,15 @@ class MemoryBudget:
         to be written holds its enhanced frame and, with ``write_confidence``, its map; as many wait as the
         frame share leaves room for, at least the one in flight and at most ``queue_limit``
         (``publish.output_queue_limit``). ``stream`` is accepted for the caller's clarity; the stream costs no
-        copy.
+        copy. ``safe_blend``: the blend toward the safe baseline runs on the serving path
+        (:func:`refscope.models.safe_blend.blend_bytes` more in flight).
         """
         del stream  # zero-copy: the stream holds the enhanced frame itself
         height, width = (int(v) for v in shape)
         out = 4 * int(scale) ** 2 * height * width
         in_flight = out * (1 + int(confidence)) + 8 * height * width
+        if safe_blend:
+            in_flight += blend_bytes((height, width), int(scale))
         queued = out * (1 + int(write_confidence))
         room = self.frames_bytes - in_flight
         if room < 0:

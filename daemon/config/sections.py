@@ -198,6 +198,13 @@ class ServeConfig:
             ``frame_budget_s``, from the time the network took on the previous frames.
         frame_budget_s: seconds one served frame may take for the network's passes when ``self_ensemble`` is 0
             (> 0).
+        safe_blend: pull every output of the library or the network toward the safe baseline (a blur of bicubic
+            chosen on each reference's held-out area) where the frame is unlike every reference
+            (:mod:`refscope.models.safe_blend`).
+        safe_blend_start, safe_blend_stop: library support ratios ``q / q_ref`` at which the hand-over to the
+            baseline starts and is complete (0 < start < stop).
+        safe_blend_rho_start, safe_blend_rho_stop: the same for the local data consistency ρ of the output (its
+            departure from its own LR input over the LR noise, 8 x 8 LR px or the support grid's spacing).
     """
 
     SECTION: ClassVar[str] = "serve"
@@ -216,6 +223,18 @@ class ServeConfig:
         "0: as many as keep a frame within frame_budget_s."))
     frame_budget_s: float = field(default=0.5, metadata=field_doc(
         "Seconds the network's passes may take per frame when self_ensemble is 0 (> 0)."))
+    safe_blend: bool = field(default=True, metadata=field_doc(
+        "Pull the output toward the safe baseline (a tuned blur of bicubic) where the frame is unlike every "
+        "reference (library support ratio above safe_blend_start)."))
+    safe_blend_start: float = field(default=2.0, metadata=field_doc(
+        "Library support ratio q / q_ref up to which the model serves alone (> 0)."))
+    safe_blend_stop: float = field(default=6.0, metadata=field_doc(
+        "Library support ratio q / q_ref from which the safe baseline serves alone (> safe_blend_start)."))
+    safe_blend_rho_start: float = field(default=4.0, metadata=field_doc(
+        "Local data consistency (output vs its own LR input, in LR noise units) up to which the model serves "
+        "alone (> 0)."))
+    safe_blend_rho_stop: float = field(default=6.0, metadata=field_doc(
+        "Local data consistency from which the safe baseline serves alone (> safe_blend_rho_start)."))
 
     def __post_init__(self) -> None:
         check_types(self, "serve.")
@@ -232,6 +251,18 @@ class ServeConfig:
                      f"0 (automatic) or one of {', '.join(map(str, ENSEMBLE_SIZES))}", self.self_ensemble)
         check_range("serve.frame_budget_s", math.isfinite(self.frame_budget_s) and self.frame_budget_s > 0,
                      "a number of seconds > 0", self.frame_budget_s)
+        check_range("serve.safe_blend_start", math.isfinite(self.safe_blend_start) and self.safe_blend_start > 0,
+                     "a number > 0", self.safe_blend_start)
+        check_range("serve.safe_blend_stop", math.isfinite(self.safe_blend_stop)
+                     and self.safe_blend_stop > self.safe_blend_start,
+                     f"a number > serve.safe_blend_start = {self.safe_blend_start:g}", self.safe_blend_stop)
+        check_range("serve.safe_blend_rho_start",
+                     math.isfinite(self.safe_blend_rho_start) and self.safe_blend_rho_start > 0, "a number > 0",
+                     self.safe_blend_rho_start)
+        check_range("serve.safe_blend_rho_stop", math.isfinite(self.safe_blend_rho_stop)
+                     and self.safe_blend_rho_stop > self.safe_blend_rho_start,
+                     f"a number > serve.safe_blend_rho_start = {self.safe_blend_rho_start:g}",
+                     self.safe_blend_rho_stop)
 
 
 @dataclass(frozen=True)

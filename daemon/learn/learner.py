@@ -48,8 +48,10 @@ from typing import Any
 
 import numpy as np
 
+from refscope.models.baseline import SafeBaseline
 from refscope.models.errors import RefscopeModelError
 from refscope.models.pipeline import FitConfig, FittedModel, enhance, fit_library
+from refscope.models.safe_blend import choose_safe_baseline
 from refscope.models.promotion import (HeldOutSplit, PromotionDecision, decide_promotion, held_out_delta_psnr,
                                        split_for_validation)
 
@@ -147,7 +149,8 @@ class Learner(Worker):
         initial_model: the model serving now (e.g. from :func:`load_initial`), None for bicubic.
         initial_version: its version (0: bicubic).
         queue_size: references waiting at most (>= 1); beyond it the oldest waiting one is dropped.
-        margin_db: a candidate must beat the serving model and bicubic by more than this, dB.
+        margin_db: a candidate must beat the serving model, bicubic and the reference's safe baseline by more
+            than this, dB.
         recent_lr: LR frames remembered for pairing (>= 1).
         recent_lr_bytes: pixels those frames may hold, bytes (the oldest fall out first); None: no byte bound.
         serving_busy: returns True while a frame is being served or waits to be; a reference taken from the queue
@@ -160,6 +163,10 @@ class Learner(Worker):
             (promoted or not): its training area and held-out subimages
             (:class:`~refscope.models.promotion.HeldOutSplit`) and ``[lr_source, hr_source]`` -- the background
             trainer's data. An exception from it stops the worker like ``on_promoted``'s.
+        on_baseline: called on the worker thread as ``on_baseline(baseline)`` when no model serves yet and the
+            reference's safe baseline (:class:`~refscope.models.baseline.SafeBaseline`) beat both the candidate
+            and bicubic on its held-out area: serve it until a model is promoted. Must return quickly; an
+            exception from it stops the worker like ``on_promoted``'s. None: bicubic keeps serving.
     """
 
     def __init__(
@@ -181,6 +188,7 @@ class Learner(Worker):
         poll_interval_s: float = 0.1,
         on_scored: OnScored | None = None,
         on_learned: Callable[[HeldOutSplit, list[str]], None] | None = None,
+        on_baseline: Callable[[SafeBaseline], None] | None = None,
     ) -> None:
         if int(queue_size) != queue_size or queue_size < 1:
             raise ValueError(f"learner: queue_size must be an integer >= 1, got {queue_size!r}")
@@ -204,6 +212,7 @@ class Learner(Worker):
         self._on_promoted = on_promoted
         self._on_scored = on_scored
         self._on_learned = on_learned
+        self._on_baseline = on_baseline
         self._last_reference_db: float | None = None
         self._hooks = hooks if hooks is not None else PairingHooks()
         self._margin_db = float(margin_db)
@@ -396,13 +405,16 @@ class Learner(Worker):
             champion_db = held_out_delta_psnr(None if champion is None else _predictor(champion), split.held_out,
                                               scale=scale)
             candidate_db = held_out_delta_psnr(_predictor(candidate), split.held_out, scale=scale)
+            candidate.safe = choose_safe_baseline(candidate, [pair.lr_region], split.held_out,
+                                                  previous=champion.safe if champion is not None else None)
         except (RefscopeModelError, ValueError) as exc:
             message = f"HR reference {hr.source} (paired with {pair.lr_source}) could not be learned from: {exc}"
             self._reject(hr.source, "fit_failed", message)
             self._done(hr, "rejected")
             self._scored(ReferenceOutcome(hr.source, pair.lr_source, None, None, None, False, self._version, message))
             return
-        decision = decide_promotion(candidate_db, champion_db, margin_db=self._margin_db)
+        decision = decide_promotion(candidate_db, champion_db, margin_db=self._margin_db,
+                                    baseline_delta_db=candidate.safe.delta_db)
         with self._lock:
             self._last_reference_db = _finite(champion_db)
         self._record_pair(pair)
@@ -414,6 +426,10 @@ class Learner(Worker):
                           domain=ModelDomain.of_frame(lr_frame) if lr_frame is not None else None)
         else:
             self._keep_champion(candidate, decision, pair, champion_db)
+            baseline = candidate.safe
+            if (champion is None and self._on_baseline is not None and baseline.delta_db > 0
+                    and baseline.delta_db >= candidate_db):
+                self._on_baseline(baseline)  # nothing learned beats the tuned blur yet: it serves, not bicubic
         self._done(hr, "learned")  # after the pair (trainer's pairs, catalogue) and a promoted library are saved
         with self._lock:
             version = self._version

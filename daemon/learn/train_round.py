@@ -17,7 +17,8 @@ learns each pair):
    intensity fit (:func:`refscope.models.promotion.held_out_scores`);
 4. **checkpoint** the candidate (atomically) unless its output was non-finite, so the next round -- also after a
    restart -- continues from it;
-5. **decide** (:func:`refscope.models.promotion.decide_promotion`: beat the champion and bicubic by
+5. **decide** (:func:`refscope.models.promotion.decide_promotion`: beat the champion, bicubic and the safe
+   baseline -- the blur of bicubic best on the same subimages, :func:`refscope.models.peers.tuned_blur` -- by
    ``margin_db``) and, on a win, save the network and its ONNX export as the session's network
    (:func:`~refscope.daemon.state.net_store.save_net`, atomic; ``best.json`` is left to the trainer, which serves it).
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from refscope.models.network_names import resolve_network
 from refscope.models.pipeline import enhance
+from refscope.models.peers import tuned_blur
 from refscope.models.promotion import decide_promotion, held_out_scores, summarise_scores
 
 from ..errors import StateError
@@ -160,7 +162,9 @@ def run_round(spec: RoundSpec) -> TrainingRound:
     candidate = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     champion = _champion_scores(spec, pairs.held_out, scale)
     champion_db = champion["d_psnr_db"] if champion is not None else 0.0
-    decision = decide_promotion(candidate["d_psnr_db"], champion_db, margin_db=spec.margin_db)
+    _, baseline_db = tuned_blur(list(pairs.held_out), scale=scale)  # the safe baseline on the same subimages
+    decision = decide_promotion(candidate["d_psnr_db"], champion_db, margin_db=spec.margin_db,
+                                baseline_delta_db=baseline_db)
     finite = bool(np.isfinite(candidate["d_psnr_db"]))
     validation = {"held_out_d_psnr_db": candidate["d_psnr_db"], "held_out_d_ssim": candidate["d_ssim"]}
     checkpoint = Path(spec.state_dir) / CHECKPOINT_DIR

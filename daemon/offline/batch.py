@@ -32,8 +32,10 @@ Errors and exit codes
     done (every input failed, or a bad state folder, argument or scheduler).
 
 The model is the :class:`~refscope.daemon.serve.served_model.ServedModel` ``refscope enhance`` serves, tiled with
-the same halo and alignment (its own) by the same tiling code (:func:`refscope.models.tiling.tile_plan`), so batch
-and enhance give the same pixels. The Dask graphs, model distribution and schedulers live in :mod:`refscope.daemon.offline.batch_compute`, stack files and resume
+the same halo and alignment (its own) by the same tiling code (:func:`refscope.models.tiling.tile_plan`), and each
+assembled frame (each slice of a volume) is pulled toward the state's safe baseline where the model is not trusted
+as enhance and the daemon do it (:func:`load_safe_library`, :func:`refscope.models.safe_blend.blend_with_library`),
+so batch and enhance give the same pixels. The Dask graphs, model distribution and schedulers live in :mod:`refscope.daemon.offline.batch_compute`, stack files and resume
 records in :mod:`refscope.daemon.offline.batch_files`, the arguments and ``--scheduler`` in :mod:`refscope.daemon.cli.batch`.
 """
 from __future__ import annotations
@@ -47,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from refscope.models.pipeline import FittedModel
+from refscope.models.safe_blend import blend_with_library
 
 from ..atomic import atomic_write_json, atomic_writer
 from .batch_compute import slab_graph
@@ -166,6 +171,36 @@ def load_batch_model(state_dir: str | Path, method: str | None, *,
     return onnx_model(data, manifest, method="paired", model_id=model_id(folder, "paired")), label
 
 
+def load_safe_library(state_dir: str | Path, spec: ServedModel) -> FittedModel | None:
+    """The state's paired library when outputs of ``spec`` are pulled toward its safe baseline, as ``refscope
+    enhance`` pulls them (a library or network output, a library with a safe baseline at ``spec``'s scale),
+    else None."""
+    from ..state.model_store import load_model
+    from ..state.store import has_state
+
+    folder = Path(state_dir)
+    if spec.method not in ("paired", "net") or not has_state(folder, "library"):
+        return None
+    library = load_model(folder)
+    return library if library.safe is not None and library.scale == spec.scale else None
+
+
+def _frame_pixels(task: _Task) -> np.ndarray:
+    """The LR pixels of a one-frame job, read as ``refscope enhance`` reads them (what its engine blends with)."""
+    from .files import load_frame
+
+    return load_frame(task.job.source).data
+
+
+def _blended(image: np.ndarray, lr: np.ndarray, library: FittedModel | None) -> np.ndarray:
+    """``image`` (float32, one frame) pulled toward ``library``'s safe baseline, as the serving engine does."""
+    if library is None:
+        return image
+    out = np.array(image, dtype=np.float32)
+    blend_with_library(out, lr, library)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- inputs
 
 
@@ -219,7 +254,8 @@ def _record_path(output: Path) -> Path:
     return output.parent / PROGRESS_DIR / f"{output.name}.json"
 
 
-def _prepare(job: BatchJob, spec: ServedModel, config: BatchConfig, report: BatchReport) -> _Task | None:
+def _prepare(job: BatchJob, spec: ServedModel, config: BatchConfig, report: BatchReport,
+             safe: FittedModel | None = None) -> _Task | None:
     """Probe ``job``, compare with its record; None when its output is already done (counted as skipped)."""
     stat = job.source.stat() if job.source.is_file() else None
     if stat is None:
@@ -232,7 +268,8 @@ def _prepare(job: BatchJob, spec: ServedModel, config: BatchConfig, report: Batc
         z_block = config.z_block or max(1, min(_MAX_Z_BLOCK, _Z_BLOCK_BYTES // per_slice))
     key = {"format": RECORD_FORMAT, "input": str(job.source.resolve()), "input_size": stat.st_size,
            "input_mtime_ns": stat.st_mtime_ns, "model": spec.key, "scale": spec.scale, "self_ensemble": spec.ensemble,
-           "shape": list(shape) if shape else None, "z_block": z_block if shape else None}
+           "shape": list(shape) if shape else None, "z_block": z_block if shape else None,
+           "safe_baseline": safe.safe.to_dict() if safe is not None and safe.safe is not None else None}
     previous = read_record(_record_path(job.output))
     if output_done(previous, key, job.output):
         report.skipped += 1
@@ -280,8 +317,11 @@ def _slab(task: _Task, spec: ServedModel, config: BatchConfig, z0: int, z1: int)
 
 
 def run_batch(spec: ServedModel, jobs: list[BatchJob], runner: Any, config: BatchConfig = BatchConfig(), *,
-              label: str | None = None) -> BatchReport:
+              label: str | None = None, safe: FittedModel | None = None) -> BatchReport:
     """Enhance every job with ``spec`` on ``runner`` (:mod:`refscope.daemon.offline.batch_compute`), resuming finished work.
+
+    ``safe``: the library whose safe baseline each output frame is pulled toward (:func:`load_safe_library`);
+    None: the model's output as it is.
 
     Prints one line per output written (unless ``config.quiet``) and one ``refscope batch: error: ...`` line per
     failed input on stderr. Returns the counts; :attr:`BatchReport.exit_code` is the command's exit code.
@@ -292,7 +332,7 @@ def run_batch(spec: ServedModel, jobs: list[BatchJob], runner: Any, config: Batc
     tasks: list[_Task] = []
     for job in jobs:
         try:
-            task = _prepare(job, spec, config, report)
+            task = _prepare(job, spec, config, report, safe)
         except (RefscopeError, ValueError, OSError) as exc:
             _fail(report, job, exc)
             continue
@@ -307,7 +347,7 @@ def run_batch(spec: ServedModel, jobs: list[BatchJob], runner: Any, config: Batc
     def items():
         for task in tasks:
             if not task.todo:  # every block of a volume was there: assemble it
-                _finish(task, spec, label, report, config)
+                _finish(task, spec, label, report, config, safe)
             for z0, z1 in task.todo:
                 yield (task, z0, z1), (lambda r, t=task, a=z0, b=z1: _build(r, t, spec, config, a, b))
 
@@ -330,9 +370,10 @@ def run_batch(spec: ServedModel, jobs: list[BatchJob], runner: Any, config: Batc
                     np.save(handle, np.ascontiguousarray(result, dtype=np.float32))
                 task.remaining -= 1
                 if task.remaining == 0:
-                    _finish(task, spec, label, report, config)
+                    _finish(task, spec, label, report, config, safe)
             else:
-                _write_frame(task, spec, result[0], label, report, config)
+                lr = None if safe is None else _frame_pixels(task)
+                _write_frame(task, spec, _blended(result[0], lr, safe), label, report, config)
         except (RefscopeError, ValueError, OSError) as exc:  # e.g. a full disk: this output fails, others go on
             task.failed = True
             _fail(report, task.job, exc)
@@ -383,8 +424,10 @@ def _write_frame(task: _Task, spec: ServedModel, image: np.ndarray, label: str, 
         print(f"{task.job.source} -> {task.job.output}  {image.shape[0]}x{image.shape[1]} ({size}), {label} (batch)")
 
 
-def _finish(task: _Task, spec: ServedModel, label: str, report: BatchReport, config: BatchConfig) -> None:
-    """Assemble a volume's z-blocks into its 3-D TIFF (atomically), record it, remove the blocks."""
+def _finish(task: _Task, spec: ServedModel, label: str, report: BatchReport, config: BatchConfig,
+            safe: FittedModel | None = None) -> None:
+    """Assemble a volume's z-blocks into its 3-D TIFF (atomically), record it, remove the blocks; each slice
+    pulled toward ``safe``'s safe baseline (None: as computed)."""
     z, h, w = task.shape  # type: ignore[misc]
     s = spec.scale
     out_shape = (z, s * h, s * w)
@@ -393,7 +436,9 @@ def _finish(task: _Task, spec: ServedModel, label: str, report: BatchReport, con
     def slices():
         for z0 in starts:
             block = np.load(task.block_path(z0, min(z0 + task.z_block, z)), mmap_mode="r")
-            yield from (np.asarray(block[k]) for k in range(block.shape[0]))
+            for k in range(block.shape[0]):
+                lr = None if safe is None else read_slices(task.job.source, z0 + k, z0 + k + 1, task.shape)[0]
+                yield _blended(np.asarray(block[k]), lr, safe)
 
     pixel = task.pixel_nm / s if task.pixel_nm else None
     try:

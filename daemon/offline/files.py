@@ -23,7 +23,9 @@ from refscope.models.errors import RefscopeModelError
 from refscope.models.evaluation import EvaluationReport, evaluate_pair
 from refscope.models.image_ops import as_gray_float
 from refscope.models.pipeline import FitConfig, FittedModel, fit_library, register_reference, training_grids
+from refscope.models.promotion import split_for_validation
 from refscope.models.registration import PairGeometry
+from refscope.models.safe_blend import choose_safe_baseline
 
 from .batch_files import write_stack
 from ..config import ModelConfig, ServeConfig
@@ -124,12 +126,22 @@ def register_files(lr: LoadedImage, references: list[LoadedImage], config: FitCo
 
 def fit_files(lr: LoadedImage, references: list[LoadedImage], config: FitConfig,
               registered: tuple[list, list] | None = None) -> FittedModel:
-    """Register every reference in ``lr`` and fit one library on all overlaps (as ``pipeline.fit``)."""
+    """Register every reference in ``lr`` and fit one library on all overlaps (as ``pipeline.fit``), with its
+    safe baseline chosen on the right quarter of every overlap (:func:`refscope.models.safe_blend.
+    choose_safe_baseline`, as the daemon's learner chooses it; the blur's choice does not depend on the library,
+    so learning from those columns too does not leak into it)."""
     regions, geometries = registered or register_files(lr, references, config)
     try:
-        return fit_library(regions, config=config, geometries=geometries)
+        model = fit_library(regions, config=config, geometries=geometries)
     except RefscopeModelError as exc:
         raise _about(lr.path, exc) from exc
+    try:
+        held_out = [sub for region, grid in regions
+                    for sub in split_for_validation(region, grid, scale=config.scale).held_out]
+        model.safe = choose_safe_baseline(model, [region for region, _ in regions], held_out)
+    except (RefscopeModelError, ValueError) as exc:  # the model stands; its outputs are then not blended
+        log.warning("%s: no safe baseline chosen (%s); outputs will not be pulled toward one", lr.path, exc)
+    return model
 
 
 def expand_inputs(inputs: list[str], scale: int) -> list[Path]:

@@ -17,7 +17,13 @@ What serves a frame:
 * method ``"net"``: the session-trained network promoted by the background trainer (:mod:`refscope.daemon.learn.trainer`), as ONNX
   (:meth:`~ServingEngine.set_net`); the paired library until one is promoted;
 * method ``"best"`` (the default): the *champion*, i.e. whichever of library and network was promoted last --
-  each promotion had to beat the model serving at the time and bicubic on held-out reference area.
+  each promotion had to beat the model serving at the time, bicubic and the reference's safe baseline on held-out
+  reference area;
+* before any model, when the first reference's safe baseline (the tuned blur of bicubic) beat what was learned
+  from it (:meth:`~ServingEngine.set_baseline`): that baseline, ``"baseline"``, instead of bicubic.
+
+Every output of the library or the network is pulled toward the library's safe baseline where the model is not
+trusted (``serve.safe_blend``; see :class:`ServingEngine`).
 
 A constant frame (beam blanked) is upsampled bicubically whatever the method: every method maps a constant to
 the same constant. Outputs are float32 (S·H, S·W) arrays in the input's intensity units.
@@ -40,14 +46,17 @@ from typing import Any
 
 import numpy as np
 
+from refscope.models.baseline import SafeBaseline
+from refscope.models.confidence import DEFAULT_STRIDE, KeyIndex, SupportGrid, key_index
 from refscope.models.nlm import check_sigma_n
 from refscope.models.pipeline import FittedModel
+from refscope.models.safe_blend import BlendSummary, SafeBlendConfig, blend_with_library
 from refscope.models.self_ensemble import ensemble_size_for
 
 from ..config import METHODS as CONFIG_METHODS
 from ..config import ModelConfig, ServeConfig
 from ..config.budget import MemoryBudget
-from .served_model import ServedModel, bicubic_model, numpy_model, onnx_model
+from .served_model import ServedModel, baseline_model, bicubic_model, numpy_model, onnx_model
 
 __all__ = ["EnhanceResult", "ServingEngine", "SERVING_LOGGER", "MIN_SIDE_PX", "SERVE_METHODS", "check_frame"]
 
@@ -69,12 +78,18 @@ class EnhanceResult:
     Attributes:
         image: (S·H, S·W) float32, the input's intensity units.
         model_name: method that produced it (``"bicubic"``, ``"paired"``, ``"paired-faithful"``, ``"original"``,
-            ``"net"``).
+            ``"net"``, or ``"baseline"``: the safe baseline, served while no model is, :meth:`ServingEngine.set_baseline`).
         version: version of the model that produced it (the library's, or the network's for ``"net"``); 0 = none
             (bicubic, before any model or by choice).
         seconds: wall time of the enhancement itself, seconds.
         backend: ``"bicubic"``, ``"onnx"`` or ``"numpy"``.
         ensemble: self-ensemble size of the network (passes averaged; 1 for every other method).
+        safe_blend: what pulling the output toward the safe baseline did (:mod:`refscope.models.safe_blend`;
+            ``seconds`` includes it), or None when it did not run (``serve.safe_blend`` off, bicubic, or a
+            model without a safe baseline).
+        support: the library support of the frame measured for the blend (reused by the quality monitor), or
+            None.
+        support_version: the version of the library ``support`` was measured with (0 without one).
     """
 
     image: np.ndarray
@@ -83,6 +98,9 @@ class EnhanceResult:
     seconds: float
     backend: str
     ensemble: int = 1
+    safe_blend: BlendSummary | None = None
+    support: SupportGrid | None = None
+    support_version: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +117,8 @@ class _State:
     net: ServedModel | None = None  # the promoted network through ONNX Runtime (session loaded), or None
     net_version: int = 0
     champion: str = "paired"  # what "best" serves: "paired" (the library) or "net"
+    keys: KeyIndex | None = None  # the library's keys for the support of the safe blend (None: no blend)
+    baseline: SafeBaseline | None = None  # serves instead of bicubic while no model does (set_baseline)
 
     @property
     def library_method(self) -> str:
@@ -141,6 +161,14 @@ class ServingEngine:
             process never loads PyTorch (the daemon); False: in this process (one-shot commands, tests).
         onnx_cache_dir: a state folder whose ``onnx-cache/`` keeps exported models (:mod:`refscope.daemon.serve.onnx_cache`), so
             the same model is not exported again at the next start; None: export every time.
+        support_stride: spacing of the patches whose library support drives the safe blend, output px (the
+            daemon passes ``monitor.confidence_stride``, so the monitor reuses the measurement).
+
+    Safe blend (``serve.safe_blend``): when the served library carries a safe baseline
+    (:attr:`~refscope.models.pipeline.FittedModel.safe`, chosen by the learner), every output of the library or
+    the network is pulled toward that baseline where the frame is unlike the references
+    or where the output departs from its own input more than the noise allows
+    (:func:`refscope.models.safe_blend.blend_toward_baseline`, in place, block by block).
 
     Memory: every method runs tile by tile; the tile side is derived per model and scale from the budget's
     workspace share and the model's own workspace estimate (the manifest's ``workspace_bytes_per_px``), so one
@@ -149,7 +177,7 @@ class ServingEngine:
 
     def __init__(self, model_config: ModelConfig, serve_config: ServeConfig, *, use_onnx: bool = True,
                  budget: MemoryBudget | None = None, export_in_child: bool = False,
-                 onnx_cache_dir: Path | None = None) -> None:
+                 onnx_cache_dir: Path | None = None, support_stride: int = DEFAULT_STRIDE) -> None:
         self.model_config = model_config
         self.serve_config = serve_config
         self.use_onnx = bool(use_onnx)
@@ -165,6 +193,10 @@ class ServingEngine:
         self._last_shape: tuple[int, int] | None = None  # (H, W) of the latest frame, for warm-ups
         self._net_pass_s_per_px: float | None = None  # one network pass, seconds per output px (latest frames)
         self._last_ensemble = 1  # self-ensemble size of the latest frame the network served
+        self.support_stride = int(support_stride)
+        self._blend_config = SafeBlendConfig(serve_config.safe_blend_start, serve_config.safe_blend_stop,
+                                             serve_config.safe_blend_rho_start, serve_config.safe_blend_rho_stop)
+        self._last_blend: BlendSummary | None = None  # what the blend did on the latest frame
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -242,11 +274,35 @@ class ServingEngine:
             out = self._run(self._model(state, name, backend), array)
         image = np.asarray(out, dtype=np.float32)
         version = 0 if backend == "bicubic" else (state.net_version if name == "net" else state.version)
-        seconds = time.perf_counter() - start
         if name == "net":
-            self._note_net_pass(seconds / (served.ensemble * image.size), served.ensemble)
+            self._note_net_pass((time.perf_counter() - start) / (served.ensemble * image.size), served.ensemble)
+        image, grid, blend = self._safe_blend(state, backend, array, image)
+        seconds = time.perf_counter() - start
         return EnhanceResult(image=image, model_name=name, version=version, seconds=seconds, backend=backend,
-                             ensemble=served.ensemble if name == "net" else 1)
+                             ensemble=served.ensemble if name == "net" else 1, safe_blend=blend, support=grid,
+                             support_version=state.version if grid is not None else 0)
+
+    def _safe_blend(self, state: _State, backend: str, array: np.ndarray, image: np.ndarray
+                    ) -> tuple[np.ndarray, SupportGrid | None, BlendSummary | None]:
+        """``image`` pulled toward the library's safe baseline (in place when writeable) where ``array`` is unlike
+        its references, with the support measured and what the blend did; unchanged with None, None for bicubic,
+        without ``serve.safe_blend`` or for a model without a safe baseline."""
+        fitted = state.fitted
+        if (backend == "bicubic" or state.keys is None or fitted is None or fitted.safe is None
+                or fitted.scale != state.scale):
+            self._last_blend = None
+            return image, None, None
+        if not image.flags.writeable:
+            image = np.array(image)
+        try:
+            grid, blend = blend_with_library(image, array, fitted, keys=state.keys, stride=self.support_stride,
+                                             config=self._blend_config)
+        except (ValueError, FloatingPointError, MemoryError) as exc:  # the model's output stands (blocks done
+            _log.error("safe blend not applied to this frame (%s: %s)", type(exc).__name__, exc)  # are whole)
+            self._last_blend = None
+            return image, None, None
+        self._last_blend = blend
+        return image, grid, blend
 
     def _ensemble_for(self, shape: tuple[int, int], scale: int) -> int:
         """Self-ensemble size of the network on a frame of ``shape``: ``serve.self_ensemble`` when set, else the
@@ -273,7 +329,7 @@ class ServingEngine:
         if state.serves_net:
             return "net", "onnx"
         if state.fitted is None:
-            return "bicubic", "bicubic"
+            return ("baseline", "numpy") if state.baseline is not None else ("bicubic", "bicubic")
         if state.library_method == "paired" and state.onnx is not None:
             return "paired", "onnx"
         return state.library_method, "numpy"
@@ -293,6 +349,9 @@ class ServingEngine:
         """The :class:`ServedModel` that serves ``name`` on ``backend`` in ``state`` (see :meth:`_served_by`)."""
         if backend == "bicubic":
             return bicubic_model(state.scale)
+        if name == "baseline":
+            assert state.baseline is not None
+            return baseline_model(state.scale, state.baseline.sigma_px)
         if name == "net":
             assert state.net is not None
             return state.net
@@ -328,14 +387,27 @@ class ServingEngine:
             current = self._snapshot()
             if fitted.scale != current.scale:
                 raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
+            keys = key_index(fitted) if self.serve_config.safe_blend and fitted.safe is not None else None
             candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None,
-                                champion="paired")
+                                champion="paired", keys=keys)
             with self._warming_up():
                 candidate = self._prepare(candidate)
             with self._lock:
                 self._state = candidate
         name, backend = self._served_by(candidate)
         _log.info("serving model v%d (%s, %s backend, library %d pairs)", version, name, backend, len(fitted.library))
+
+    def set_baseline(self, baseline: SafeBaseline) -> None:
+        """Serve ``baseline`` (the tuned blur of bicubic, :mod:`refscope.models.baseline`) instead of bicubic from
+        the next frame on while no model serves: the first reference's safe baseline beat what was learned from
+        it. A model set later serves instead; method ``"bicubic"`` stays bicubic."""
+        if not isinstance(baseline, SafeBaseline):
+            raise TypeError(f"set_baseline needs a SafeBaseline, got {type(baseline).__name__}")
+        with self._swap_lock:
+            with self._lock:
+                self._state = replace(self._state, baseline=baseline)
+        _log.info("serving the safe baseline (blur of bicubic, sigma %.2f px) until a model is promoted",
+                  baseline.sigma_px)
 
     def set_net(self, model_bytes: bytes, manifest: Any, version: int) -> None:
         """Serve the trained network (ONNX bytes + :class:`~refscope.models.manifest.ModelManifest`) as network
@@ -430,8 +502,8 @@ class ServingEngine:
             if current.fitted is not None:
                 raise ValueError(f"scale x{scale} refused: model v{current.version} serves x{current.scale}; "
                                  "a scale change needs a new session (another state folder)")
-            with self._lock:
-                self._state = replace(current, scale=int(scale))
+            with self._lock:  # a safe baseline was chosen at the old scale (its σ is in those output px)
+                self._state = replace(current, scale=int(scale), baseline=None)
         _log.info("scale set to x%d", scale)
 
     def _prepare(self, state: _State) -> _State:
@@ -532,4 +604,7 @@ class ServingEngine:
             "warming": self.warming,
             "max_memory_mb": self.budget.total_mb,
             "self_ensemble": self._last_ensemble,
+            "safe_baseline_sigma_px": (state.fitted.safe.sigma_px if state.keys is not None and state.fitted is not None
+                                       and state.fitted.safe is not None else None),
+            "safe_blend_share": self._last_blend.blended_share if self._last_blend is not None else None,
         }

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -42,7 +43,8 @@ from refscope.models.self_ensemble import ENSEMBLE_SIZES, ensemble_run
 from refscope.models.tiling import (TileBox, balanced_tile, default_workspace_bytes_per_px, process_tiled,
                                     tile_for_budget, tile_plan, window_shape)
 
-__all__ = ["ServedModel", "onnx_model", "bicubic_model", "numpy_model", "model_key", "BICUBIC_HALO"]
+__all__ = ["ServedModel", "onnx_model", "bicubic_model", "baseline_model", "numpy_model", "model_key",
+           "BICUBIC_HALO"]
 
 BICUBIC_HALO = 3
 """Context of Keys bicubic upsampling, LR px (its support is 2 LR px)."""
@@ -223,6 +225,19 @@ def bicubic_model(scale: int, *, model_id: str | None = None) -> ServedModel:
     return ServedModel(method="bicubic", scale=int(scale), halo=BICUBIC_HALO, align=1,
                        workspace_bytes_per_px=_bicubic_bytes_per_px(int(scale)), key=f"bicubic-x{int(scale)}",
                        model_id=model_id, fn=functools.partial(upsample_bicubic, scale=int(scale)))
+
+
+def baseline_model(scale: int, sigma_px: float) -> ServedModel:
+    """The safe baseline (:mod:`refscope.models.baseline`): Keys bicubic upsampling by ``scale``, then a Gaussian
+    of ``sigma_px`` output px; exact when tiled (halo: bicubic's plus the Gaussian's ``ceil(4σ / S)`` LR px)."""
+    from refscope.models.baseline import TRUNCATE
+    from refscope.models.peers import blur_predictor
+
+    scale = int(scale)
+    halo = BICUBIC_HALO + int(math.ceil(TRUNCATE * float(sigma_px) / scale))
+    return ServedModel(method="baseline", scale=scale, halo=halo, align=1,
+                       workspace_bytes_per_px=_bicubic_bytes_per_px(scale) + 1.5 * 8.0 * scale ** 2,
+                       key=f"baseline-x{scale}-s{float(sigma_px):g}", fn=blur_predictor(float(sigma_px), scale))
 
 
 def numpy_model(fitted: Any, method: str, sigma_n: float | None = None) -> ServedModel:

@@ -70,6 +70,7 @@ from typing import Any
 
 import zmq
 
+from refscope.models.baseline import SafeBaseline
 from refscope.models.library import LibraryConfig
 from refscope.models.pipeline import FitConfig, FittedModel, default_patch_size
 from refscope.models.promotion import PromotionDecision
@@ -188,7 +189,8 @@ class Daemon:
         self._drain_s = float(drain_s)
         self.tally = Tally(_log, latency_window=LATENCY_WINDOW)
         self.engine = ServingEngine(config.model, config.serve, use_onnx=use_onnx, budget=config.memory_budget,
-                                    export_in_child=True, onnx_cache_dir=config.state_dir)
+                                    export_in_child=True, onnx_cache_dir=config.state_dir,
+                                    support_stride=config.monitor.confidence_stride)
         self.classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
         fusion = config.fusion
         self.fusion = FusionWindow(enabled=fusion.enabled, auto_static_stage=fusion.auto_static_stage,
@@ -367,6 +369,7 @@ class Daemon:
                        events=self.events, on_promoted=self._on_promoted, initial_model=model,
                        initial_version=version, on_scored=self._on_scored,
                        on_learned=self.trainer.add_pair if self.trainer is not None else None,
+                       on_baseline=self._on_baseline,
                        recent_lr_bytes=self.config.memory_budget.recent_frames_bytes,
                        serving_busy=self.serve_queue.busy)
 
@@ -554,6 +557,13 @@ class Daemon:
             return
         self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
         self._announce_serving("paired", version, time.monotonic() - start)
+
+    def _on_baseline(self, baseline: SafeBaseline) -> None:
+        """Learner callback (learner thread): no model serves yet and the first reference's safe baseline beat what
+        was learned from it: serve that baseline instead of bicubic; ``model_serving`` (kind ``baseline``)."""
+        start = time.monotonic()
+        self.engine.set_baseline(baseline)
+        self._announce_serving("baseline", 0, time.monotonic() - start)
 
     def _on_net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: TrainingRound) -> None:
         """Trainer callback (trainer thread): serve the promoted network; ``model_serving`` once it serves."""

@@ -130,7 +130,8 @@ def plan_frame(frame: Frame, engine: ServingEngine, config: DaemonConfig, *, mon
     return engine.budget.plan_frame(
         (height, width), engine.scale, stream=publish.pub_endpoint is not None,
         confidence=monitored and (publish.stream_confidence or publish.write_confidence),
-        write_confidence=publish.write_confidence, queue_limit=publish.output_queue_limit)
+        write_confidence=publish.write_confidence, queue_limit=publish.output_queue_limit,
+        safe_blend=config.serve.safe_blend)
 
 
 class IngestLoop(Worker):
@@ -434,7 +435,8 @@ class ServeLoop(Worker):
         if self.monitor is None:
             return Observation(None, {}, False)
         try:
-            return self.monitor.observe(frame, out_shape=result.image.shape, consistency=consistency)
+            return self.monitor.observe(frame, out_shape=result.image.shape, consistency=consistency,
+                                        support=result.support, support_version=result.support_version)
         except Exception as exc:  # noqa: BLE001 - quality measurement must never stop serving
             self.tally.error("monitor_failed", f"{frame.source}: quality not measured ({type(exc).__name__}: {exc})",
                              level=logging.ERROR, exc_info=exc)

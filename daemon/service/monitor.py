@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from refscope.models.confidence import KeyIndex, confidence_map, key_index, reference_q, support_grid
+from refscope.models.confidence import KeyIndex, SupportGrid, confidence_map, key_index, reference_q, support_grid
 from refscope.models.pipeline import FittedModel
 from refscope.models.quality_monitor import (SIGNALS, FrameStats, Threshold, badness_on_lr_grid, drift_signals,
                                              frame_stats, hysteresis, region_shape, suggest_region)
@@ -203,10 +203,13 @@ class QualityMonitor:
     # ------------------------------------------------------------------------------------------ frames
 
     def observe(self, frame: Frame, *, out_shape: tuple[int, int] | None = None,
-                consistency: float | None = None) -> Observation:
+                consistency: float | None = None, support: SupportGrid | None = None,
+                support_version: int = 0) -> Observation:
         """Measure one served LR frame (serve thread); may make an automatic request. ``out_shape``: shape of its
         enhanced frame (the confidence map is returned only when it matches); ``consistency``: the data
-        consistency ρ the server measured on that output (None: not measured)."""
+        consistency ρ the server measured on that output (None: not measured); ``support``: the library support
+        of this frame the server already measured (for its safe blend) with library ``support_version`` -- used
+        instead of measuring it again when that is the monitor's model and the grid is this frame's."""
         with self._lock:
             profile = self._profile
         if profile is None:
@@ -217,7 +220,12 @@ class QualityMonitor:
         if not self.config.enabled:
             return Observation(None, {}, self.drift)
         data = np.asarray(frame.data, dtype=np.float64)
-        grid = support_grid(data, profile.model, keys=profile.keys, stride=self.config.confidence_stride)
+        scale = profile.model.scale
+        if (support is not None and support_version == profile.version
+                and support.out_shape == (scale * data.shape[0], scale * data.shape[1])):
+            grid = support
+        else:
+            grid = support_grid(data, profile.model, keys=profile.keys, stride=self.config.confidence_stride)
         stats = frame_stats(data, support=grid)
         if not profile.stats:  # a model loaded at start: this first frame is its baseline
             profile = _Profile(profile.model, profile.version, profile.keys, (stats,), reference_q([grid]),

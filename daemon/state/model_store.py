@@ -10,6 +10,7 @@ config) and ``library.json`` a checksummed manifest::
      "paired": {...},                                # PairedConfig of the default reconstruction
      "geometries": [{"offset_yx": ..., "factor_yx": ..., "rotation_deg": ..., "score": ...}, ...],
      "forward": {"radius": r, "kernel": [[...]], "offset": c, "pixels": n} or null,   # HR -> LR model (consistency)
+     "safe": {"sigma_px": s, "delta_db": d, "q_ref": q} or null,   # safe baseline (models.baseline); absent: none
      "library_size": L, "sources": ["lr.tif", "hr.tif"], "created": "2024-...Z"}
 
 The per-category regressors of the ``paired`` method are derived from the library, so they are not stored:
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from refscope.models.baseline import SafeBaseline
 from refscope.models.consistency import ForwardModel
 from refscope.models.errors import RefscopeModelError
 from refscope.models.library import PairedLibrary
@@ -100,6 +102,7 @@ def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources
         "paired": dataclasses.asdict(model.paired),
         "geometries": [_geometry_to_json(g) for g in model.geometries],
         "forward": _forward_to_json(model.forward),
+        "safe": model.safe.to_dict() if model.safe is not None else None,
         "library_size": len(model.library),
         "library_config": dataclasses.asdict(model.library.config),
         "sources": [str(s) for s in sources],
@@ -152,6 +155,7 @@ def load_model(state_dir: str | os.PathLike[str]) -> FittedModel:
             paired=PairedConfig(**manifest["paired"]),
             geometries=[_geometry_from_json(g) for g in manifest.get("geometries", [])],
             forward=_forward_from_json(manifest.get("forward"), int(manifest["scale"])),
+            safe=SafeBaseline.from_dict(manifest["safe"]) if manifest.get("safe") is not None else None,
         )
     except (KeyError, TypeError, ValueError, RefscopeModelError) as exc:
         detail = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)

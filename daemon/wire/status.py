@@ -175,7 +175,9 @@ class Queues(_Part):
 class ModelStatus(_Part):
     """``model``: the serving state (:meth:`ServingEngine.describe
     <refscope.daemon.serve.engine.ServingEngine.describe>`) and the serving model's held-out ΔPSNR
-    (``validation_delta_db``, dB; None when not measured)."""
+    (``validation_delta_db``, dB; None when not measured). ``safe_baseline_sigma_px``: σ of the safe baseline
+    outputs are pulled toward (None: no safe blend); ``safe_blend_share``: share of the latest served frame's
+    pixels the baseline contributed to (None: the blend did not run on it)."""
 
     version: int = 0
     method: str | None = None
@@ -192,6 +194,8 @@ class ModelStatus(_Part):
     max_memory_mb: float | None = None
     self_ensemble: int = 1
     validation_delta_db: float | None = None
+    safe_baseline_sigma_px: float | None = None
+    safe_blend_share: float | None = None
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,16 @@ def test_broken_or_worse_candidates_are_not_promoted(rng):
     assert not decide_promotion(0.3, 0.5).promote
     assert decide_promotion(0.6, 0.5).promote
     assert not decide_promotion(0.55, 0.5, margin_db=0.1).promote
+
+
+def test_a_candidate_must_beat_the_safe_baseline_too() -> None:
+    from refscope.models.promotion import decide_promotion
+
+    refused = decide_promotion(0.30, 0.10, baseline_delta_db=0.40)
+    assert not refused.promote and "does not beat the safe baseline (+0.40 dB)" in refused.reason
+    promoted = decide_promotion(0.45, 0.10, baseline_delta_db=0.40)
+    assert promoted.promote and "the safe baseline and bicubic" in promoted.reason
+    assert not decide_promotion(0.45, 0.10, baseline_delta_db=0.40, margin_db=0.1).promote
+    champion_higher = decide_promotion(0.30, 0.50, baseline_delta_db=0.40)
+    assert "does not beat the serving model (+0.50 dB)" in champion_higher.reason
+    assert "does not beat bicubic" in decide_promotion(-0.1, -0.2).reason  # no baseline, no champion: as before

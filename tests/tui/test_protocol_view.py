@@ -51,6 +51,7 @@ STATUS = {  # the keys Daemon.status() returns (refscope.daemon.service.daemon),
     "latency": {"p50_s": 0.116, "p99_s": 0.31},
     "queues": {"serve": 2, "serve_limit": 8, "output": 0, "learner": 1},
     "model": {"version": 3, "method": "paired", "served_by": "paired", "backend": "onnx", "sigma_n": 1.25,
+              "safe_baseline_sigma_px": 1.25, "safe_blend_share": 0.034,
               "library_size": 8000, "validation_delta_db": 0.84},
     "library_size": 8000, "model_version": 3, "method": "paired", "validation_delta_db": 0.84,
     "fusion": {"enabled": True, "auto_static_stage": False, "window": 4, "frames": 3, "last_reset": "stage_moved"},
@@ -69,6 +70,7 @@ def test_status_rows_from_a_daemon_status_and_from_an_empty_one():
     assert empty["latency"] == "p50 -  p99 -" and empty["model"] == "- v0" and empty["σ_n"] == "default"
     assert empty["ΔPSNR"].startswith("- ") and empty["network"] == "off"
     assert rows["fused"] == "3/4 frames  reset: stage_moved" and empty["fused"] == "off"
+    assert rows["safe"] == "blur σ 1.25 px  3.4% of the last frame" and empty["safe"] == "-"
 
 
 def test_drift_signals_from_the_quality_monitor():

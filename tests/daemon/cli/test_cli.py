@@ -68,6 +68,10 @@ def test_fit_prints_registration_and_saves_model(files, tmp_path: Path, capsys) 
     assert out.count("NCC") == 2 and "library: 500 patch pairs" in out and "noise sigma" in out
     assert (tmp_path / "s" / "library.json").is_file() and (tmp_path / "s" / "library.npz").is_file()
     assert (_digest(files["lr"]), _digest(files["hr"])) == before  # inputs untouched
+    from refscope.daemon.state.model_store import load_model
+
+    safe = load_model(tmp_path / "s").safe  # chosen on the right quarter of each overlap, as the learner does
+    assert safe is not None and safe.sigma_px >= 0 and safe.delta_db >= 0 and safe.q_ref > 0
 
 
 def test_enhance_one_file(files, state, tmp_path: Path, capsys) -> None:

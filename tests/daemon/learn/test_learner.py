@@ -385,3 +385,48 @@ def test_a_reference_waits_for_the_frame_being_served_at_most_the_yield_time(tmp
         learner.submit_reference(hr_frame(first.hr, "b_hr.tif"))
         wait_for(done(learner, 2))
         assert 1.4 <= started[1] - submitted < 5.0
+
+
+def test_a_promoted_library_carries_its_safe_baseline_chosen_on_the_held_out_area(tmp_path: Path, scenes) -> None:
+    from refscope.models.baseline import SafeBaseline
+    from refscope.models.confidence import reference_q, support_grid
+    from refscope.models.peers import tuned_blur
+
+    first = scenes[0]
+    splits: list[Any] = []
+    promoted = Promotions()
+    learner = make_learner(tmp_path, None, None, promoted, on_learned=lambda split, sources: splits.append(split))
+    learner.start()
+    try:
+        learner.note_lr(lr_frame(first, "first_lr.tif"))
+        assert learner.submit_reference(hr_frame(first.hr, "first_hr.tif"))
+        wait_for(done(learner, 1))
+    finally:
+        learner.stop(timeout=30)
+    ((model, version, _),), (split,) = promoted.calls, splits
+    sigma, delta = tuned_blur(split.held_out, scale=2)
+    region = np.hstack([split.train[0], np.vstack([lr for lr, _ in split.held_out])])  # the pair's LR overlap
+    assert model.safe == SafeBaseline(sigma, delta, reference_q([support_grid(region, model)]))
+    loaded, saved_version = load_initial(tmp_path / "state")
+    assert saved_version == version and loaded is not None and loaded.safe == model.safe  # saved with the model
+
+
+def test_when_the_first_reference_teaches_less_than_the_safe_baseline_the_baseline_is_offered(tmp_path: Path,
+                                                                                             scenes) -> None:
+    second = scenes[1]
+    offered: list[Any] = []
+    promoted = Promotions()
+    learner = make_learner(tmp_path, None, None, promoted, on_baseline=offered.append)
+    learner.start()
+    try:
+        learner.note_lr(lr_frame(second, "second_lr.tif"))
+        garbage = scramble_training_area(second, np.random.default_rng(5))
+        assert learner.submit_reference(hr_frame(garbage, "garbage_hr.tif"))
+        wait_for(done(learner, 1))
+        status = learner.status()
+    finally:
+        learner.stop(timeout=30)
+    assert promoted.calls == [] and status.model_version == 0
+    (baseline,) = offered
+    assert baseline.delta_db > 0 and baseline.sigma_px > 0  # the blur beat bicubic on the held-out area
+    assert "does not beat the safe baseline" in (status.last_decision_reason or "")

@@ -136,3 +136,29 @@ def test_a_self_ensemble_gives_the_same_pixels_in_enhance_and_batch(frame, tmp_p
             _assert_same(outputs[n], read_image(batched).data)
     change = np.abs(outputs[4].astype(np.float64) - outputs[1])
     assert 1e-3 < float(change.max()) < 0.5 * float(np.ptp(outputs[1]))
+
+
+def test_the_safe_blend_gives_the_same_pixels_in_enhance_and_batch(paired_state, frame, tmp_path) -> None:
+    """A state whose safe baseline hands part of the big frame over (its ``q_ref`` set to a quarter of the
+    frame's median support, so ``q / q_ref`` spans the 2 → 6 hand-over): enhance and batch agree, and the blend
+    really ran (the output differs from the model alone, which a state without a safe baseline gives)."""
+    import shutil
+    from dataclasses import replace
+
+    from refscope.daemon.state.model_store import load_model, save_model
+    from refscope.models.baseline import SafeBaseline
+    from refscope.models.confidence import support_grid
+
+    fitted = load_model(paired_state)
+    q = support_grid(read_image(frame).data, fitted).q
+    states = {}
+    for name, safe in (("blended", SafeBaseline(1.0, 0.1, float(np.median(q)) / 4)), ("alone", None)):
+        states[name] = tmp_path / name
+        shutil.copytree(paired_state, states[name])
+        save_model(states[name], replace(fitted, safe=safe), sources=["lr.tif", "hr.tif"])
+    enhanced, batched = _enhance_and_batch(states["blended"], frame, tmp_path, "paired")
+    _assert_same(enhanced, batched)
+    (tmp_path / "alone_out").mkdir()
+    alone, _ = _enhance_and_batch(states["alone"], frame, tmp_path / "alone_out", "paired")
+    changed = np.abs(enhanced.astype(np.float64) - alone) > 1e-3 * float(np.ptp(alone))
+    assert 0.05 < changed.mean() < 0.95

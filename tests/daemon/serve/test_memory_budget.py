@@ -146,3 +146,12 @@ def test_a_promotion_warming_up_keeps_serving_the_previous_model(monkeypatch):
         promoting.join(60)
     assert not engine.warming
     assert engine.enhance(frame).version == 2
+
+
+def test_the_safe_blend_is_counted_in_the_frame_in_flight() -> None:
+    from refscope.models.safe_blend import blend_bytes
+
+    budget = MemoryBudget(1500)
+    plain = budget.plan_frame((1024, 1536), 4)
+    blended = budget.plan_frame((1024, 1536), 4, safe_blend=True)
+    assert blended.in_flight_bytes - plain.in_flight_bytes == blend_bytes((1024, 1536), 4) > 24 * 1024 * 1536

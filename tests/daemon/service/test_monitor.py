@@ -201,3 +201,23 @@ def test_no_model_request_while_a_model_is_on_its_way():
     pending["now"] = False  # the reference was refused: no model after all, so ask
     monitor.observe(frame(lr, 9))
     assert [r["reason"] for r in events.of("reference_requested")] == ["no_model"]
+
+
+def test_the_support_the_server_measured_is_used_instead_of_measuring_it_again(microscope):
+    from dataclasses import replace
+
+    from refscope.models.confidence import confidence_map, support_grid
+
+    scan, learn = microscope
+    model, region = learn(0.0)
+    monitor = QualityMonitor(MonitorConfig(), emit=Recorder(), clock=Clock())
+    monitor.set_model(model, 3, regions=[region])
+    data = scan(1.0)
+    measured = support_grid(data, model, stride=MonitorConfig().confidence_stride)
+    doctored = replace(measured, q=measured.q * 10.0)  # what only a reused grid can give
+    q_ref = monitor._profile.q_ref
+    reused = monitor.observe(frame(data, 1), support=doctored, support_version=3)
+    np.testing.assert_array_equal(reused.confidence, confidence_map(doctored, q_ref))
+    for version, grid in ((2, doctored), (3, replace(doctored, out_shape=(2, 2)))):  # another model, another frame
+        fresh = monitor.observe(frame(data, 2), support=grid, support_version=version)
+        np.testing.assert_allclose(fresh.confidence, confidence_map(measured, q_ref), atol=1e-6)
