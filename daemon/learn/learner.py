@@ -51,9 +51,9 @@ import numpy as np
 from refscope.models.baseline import SafeBaseline
 from refscope.models.errors import RefscopeModelError
 from refscope.models.pipeline import FitConfig, FittedModel, enhance, fit_library
-from refscope.models.safe_blend import choose_safe_baseline
 from refscope.models.promotion import (HeldOutSplit, PromotionDecision, decide_promotion, held_out_delta_psnr,
                                        split_for_validation)
+from refscope.models.safe_blend import choose_safe_baseline
 
 from ..atomic import atomic_write_json
 from ..state.catalogue import Catalogue
