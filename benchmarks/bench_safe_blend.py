@@ -44,15 +44,12 @@ from results_md import write_section  # noqa: E402
 from sem_pairs import SCORED, load_pair  # noqa: E402
 
 from refscope.daemon.images.tiff_read import read_image  # noqa: E402
-from refscope.models.baseline import SafeBaseline  # noqa: E402
-from refscope.models.confidence import key_index, reference_q, support_grid  # noqa: E402
+from refscope.models.confidence import key_index  # noqa: E402
 from refscope.models.evaluation import COLS  # noqa: E402
-from refscope.models.image_ops import upsample_bicubic  # noqa: E402
-from refscope.models.metrics import fit_intensity, psnr  # noqa: E402
-from refscope.models.peers import blur_predictor, tuned_blur  # noqa: E402
+from refscope.models.peers import blur_predictor  # noqa: E402
 from refscope.models.pipeline import FitConfig, enhance, fit, fit_library, training_grids  # noqa: E402
-from refscope.models.promotion import split_for_validation  # noqa: E402
-from refscope.models.safe_blend import blend_with_library  # noqa: E402
+from refscope.models.promotion import held_out_delta_psnr, split_for_validation  # noqa: E402
+from refscope.models.safe_blend import blend_with_library, choose_safe_baseline  # noqa: E402
 
 RAW = Path(os.environ.get("REFSCOPE_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "sem_pairs" / "raw"
 FULL = {4: ("3b9a58__NiO_DCs_5KV_1200x_ETD_HV_s5.0_13.5WD_032.tif", "96336e__NiO_DC_5000x_E.tif",
@@ -76,8 +73,8 @@ def wrong(name: str, out: np.ndarray, scale: int) -> np.ndarray:
 
 
 def d_psnr(hr: np.ndarray, est: np.ndarray, lr: np.ndarray, scale: int) -> float:
-    base = psnr(hr, fit_intensity(upsample_bicubic(lr, scale), hr))
-    return psnr(hr, fit_intensity(est, hr)) - base
+    """ΔPSNR of the output ``est`` of ``lr`` over bicubic against ``hr``, as the protocol scores it."""
+    return held_out_delta_psnr(lambda _: est, ((lr, hr),), scale=scale)
 
 
 def real_pairs() -> list[dict]:
@@ -88,8 +85,8 @@ def real_pairs() -> list[dict]:
         train_lr, train_hr = p.region(scale, columns=(0, COLS - 1))
         split = split_for_validation(train_lr, train_hr, scale=scale)
         library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
-        sigma, delta = tuned_blur(list(split.held_out), scale=scale)
-        library.safe = SafeBaseline(sigma, delta, reference_q([support_grid(train_lr, library)]))
+        library.safe = choose_safe_baseline(library, [train_lr], split.held_out)
+        sigma = library.safe.sigma_px
         keys = key_index(library)
         lr, hr = p.region(scale, columns=(COLS - 1, COLS))  # the scored column (its 3 subimages together)
         out = enhance(lr, library)
@@ -114,9 +111,11 @@ def full_frames(runs: int) -> list[dict]:
         factor = lr.pixel_size_nm / hr.pixel_size_nm
         lr_data, hr_data = np.asarray(lr.data, np.float64), np.asarray(hr.data, np.float64)
         model = fit(lr_data, [(hr_data, factor)], config=FitConfig(scale=scale))
-        (y0, y1), (x0, x1) = training_grids(lr_data, hr_data, model.geometries[-1], scale=scale)[0]
+        ((y0, y1), (x0, x1)), grid = training_grids(lr_data, hr_data, model.geometries[-1], scale=scale)
+        region = lr_data[y0:y1, x0:x1]
+        split = split_for_validation(region, grid, scale=scale)
+        model.safe = choose_safe_baseline(model, [region], split.held_out)  # as `refscope fit` chooses it
         keys = key_index(model)
-        model.safe = SafeBaseline(1.0, 0.1, reference_q([support_grid(lr_data[y0:y1, x0:x1], model, keys=keys)]))
         data = np.asarray(frame.data, np.float64)
         out = enhance(data, model).astype(np.float32)
         for case, image in (("library", out), ("misrendered", wrong("misrendered", out, scale).astype(np.float32))):

@@ -57,15 +57,14 @@ from external_peers import BM3D_ENV, TKREM_ENV, ensure_env, tkrem_peer  # noqa: 
 from results_md import write_section  # noqa: E402
 from sem_pairs import DATA, SCORED, LoadedPair, load_pair  # noqa: E402
 
-from refscope.models.baseline import SafeBaseline  # noqa: E402
-from refscope.models.confidence import reference_q, support_grid  # noqa: E402
 from refscope.models.evaluation import COLS, ROWS, split_subimages  # noqa: E402
 from refscope.models.image_ops import upsample_bicubic  # noqa: E402
 from refscope.models.metrics import fit_intensity, psnr, score_all  # noqa: E402
 from refscope.models.noise import estimate_noise_sigma  # noqa: E402
-from refscope.models.peers import tune, tuned_blur, tuned_peers  # noqa: E402
+from refscope.models.peers import tune, tuned_peers  # noqa: E402
 from refscope.models.pipeline import FitConfig, enhance, fit_library  # noqa: E402
 from refscope.models.promotion import split_for_validation  # noqa: E402
+from refscope.models.safe_blend import choose_safe_baseline  # noqa: E402
 from refscope.models.self_ensemble import ENSEMBLE_SIZES, ensemble_run, ensemble_size_for  # noqa: E402
 
 PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11": "pair07",
@@ -191,8 +190,7 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     train_lr, train_hr, split = training_area(p, scale)
     validation = list(split.held_out)
     library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
-    sigma, delta = tuned_blur(validation, scale=scale)  # the safe baseline, as the daemon's learner chooses it
-    library.safe = SafeBaseline(sigma, delta, reference_q([support_grid(train_lr, library)]))
+    library.safe = choose_safe_baseline(library, [train_lr], validation)  # as the daemon's learner chooses it
     predictors = {"paired": lambda x: enhance(x, library, method="paired")}
     net = fit_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed) if with_net else None
     if net is not None:

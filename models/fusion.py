@@ -59,7 +59,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from .errors import ImageError, RegistrationError
@@ -526,10 +525,7 @@ def _intensity_offset(d: np.ndarray, valid: np.ndarray, tile: int, *, fast: bool
     elif part.any():
         medians[part] = np.nanmedian(cells[part], axis=1)
     medians[~enough] = np.median(medians[enough])
-    if fast:  # the same 5 x 5 median filter (an odd count: one of the values), without ndimage's overhead
-        medians = np.median(sliding_window_view(np.pad(medians, 2, mode="edge"), (5, 5)), axis=(2, 3))
-    else:
-        medians = ndimage.median_filter(medians, size=5, mode="nearest")
+    medians = ndimage.median_filter(medians, size=5, mode="nearest")
     ys = np.clip((np.arange(h) + 0.5) / tile - 0.5, 0, th - 1)
     xs = np.clip((np.arange(w) + 0.5) / tile - 0.5, 0, tw - 1)
     if fast:  # float32: the offset only sets a threshold

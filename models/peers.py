@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from .baseline import baseline_block
 from .image_ops import upsample_bicubic
 from .noise import estimate_noise_sigma
 from .promotion import held_out_delta_psnr
@@ -33,8 +33,14 @@ PEERS = ("blur", "nlm")
 
 
 def blur_predictor(sigma: float, scale: int) -> Predictor:
-    """``lr (h, w) -> (S·h, S·w)``: bicubic, then a Gaussian of ``sigma`` output px (0: bicubic itself)."""
-    return lambda lr: ndimage.gaussian_filter(upsample_bicubic(np.asarray(lr, np.float64), scale), float(sigma))
+    """``lr (h, w) -> (S·h, S·w)``: bicubic, then a Gaussian of ``sigma`` output px (0: bicubic itself); the safe
+    baseline's equation (:func:`~.baseline.baseline_block` over the whole frame)."""
+    def run(lr: np.ndarray) -> np.ndarray:
+        lr = np.asarray(lr, np.float64)
+        return baseline_block(lr, scale=scale, sigma_px=float(sigma), rows=(0, scale * lr.shape[0]),
+                              cols=(0, scale * lr.shape[1]))
+
+    return run
 
 
 def nlm_predictor(strength: float, noise_sigma: float, scale: int) -> Predictor:

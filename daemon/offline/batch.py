@@ -185,15 +185,9 @@ def load_safe_library(state_dir: str | Path, spec: ServedModel) -> FittedModel |
     return library if library.safe is not None and library.scale == spec.scale else None
 
 
-def _frame_pixels(task: _Task) -> np.ndarray:
-    """The LR pixels of a one-frame job, read as ``refscope enhance`` reads them (what its engine blends with)."""
-    from .files import load_frame
-
-    return load_frame(task.job.source).data
-
-
-def _blended(image: np.ndarray, lr: np.ndarray, library: FittedModel | None) -> np.ndarray:
-    """``image`` (float32, one frame) pulled toward ``library``'s safe baseline, as the serving engine does."""
+def _blended(image: np.ndarray, lr: np.ndarray | None, library: FittedModel | None) -> np.ndarray:
+    """``image`` (float32, one frame, made from the LR pixels ``lr``) pulled toward ``library``'s safe baseline,
+    as the serving engine does."""
     if library is None:
         return image
     out = np.array(image, dtype=np.float32)
@@ -233,6 +227,7 @@ class _Task:
     failed: bool = False
     pixel_type: str | None = None  # a frame's pixel type in its file (the output's, as enhance writes it)
     source_meta: dict[str, Any] = field(default_factory=dict)  # acquisition metadata carried over, as enhance
+    lr: np.ndarray | None = None  # a frame's LR pixels as read (what the safe blend uses), until it is written
 
     @property
     def volume(self) -> bool:
@@ -305,6 +300,7 @@ def _slab(task: _Task, spec: ServedModel, config: BatchConfig, z0: int, z1: int)
         check_domain(task.job.source, frame, config.domain, strict=config.strict)
         task.pixel_nm = frame.pixel_size_nm
         task.pixel_type, task.source_meta = frame.pixel_type, acquisition_metadata(frame)
+        task.lr = frame.data
         return frame.data[np.newaxis].astype(np.float32), {}  # as serving hands windows to a model
     data = read_slices(task.job.source, z0, z1, task.shape)  # type: ignore[arg-type]
     flat = data.reshape(data.shape[0], -1)
@@ -372,7 +368,7 @@ def run_batch(spec: ServedModel, jobs: list[BatchJob], runner: Any, config: Batc
                 if task.remaining == 0:
                     _finish(task, spec, label, report, config, safe)
             else:
-                lr = None if safe is None else _frame_pixels(task)
+                lr, task.lr = task.lr, None
                 _write_frame(task, spec, _blended(result[0], lr, safe), label, report, config)
         except (RefscopeError, ValueError, OSError) as exc:  # e.g. a full disk: this output fails, others go on
             task.failed = True

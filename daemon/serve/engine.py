@@ -288,8 +288,7 @@ class ServingEngine:
         its references, with the support measured and what the blend did; unchanged with None, None for bicubic,
         without ``serve.safe_blend`` or for a model without a safe baseline."""
         fitted = state.fitted
-        if (backend == "bicubic" or state.keys is None or fitted is None or fitted.safe is None
-                or fitted.scale != state.scale):
+        if backend == "bicubic" or state.keys is None or fitted is None or fitted.safe is None:
             self._last_blend = None
             return image, None, None
         if not image.flags.writeable:
@@ -604,7 +603,6 @@ class ServingEngine:
             "warming": self.warming,
             "max_memory_mb": self.budget.total_mb,
             "self_ensemble": self._last_ensemble,
-            "safe_baseline_sigma_px": (state.fitted.safe.sigma_px if state.keys is not None and state.fitted is not None
-                                       and state.fitted.safe is not None else None),
+            "safe_baseline_sigma_px": state.fitted.safe.sigma_px if state.keys is not None else None,  # keys: a safe one
             "safe_blend_share": self._last_blend.blended_share if self._last_blend is not None else None,
         }
