@@ -142,30 +142,68 @@ def _calibrated(regions: Sequence[Region], scale: int) -> list[Region]:
 class BestCheckpoint:
     """Keeps the weights with the best mean ΔPSNR over bicubic on held-out validation regions (LR, HR grid) in the
     units of ``norm``, measured by :meth:`consider` and every ``every`` steps through :meth:`on_step` (pass it as
-    :func:`~refscope.models.training.train`'s ``on_step``). ``state`` is on the CPU whatever the training device."""
+    :func:`~refscope.models.training.train`'s ``on_step``). ``state`` is on the CPU whatever the training device.
+
+    With ``average`` = ``d`` in (0, 1) the candidates are not the training weights but their exponential moving
+    average (Polyak-Ruppert averaging, as EMA weights in Tarvainen & Valpola 2017), updated after every step,
+    ``θ̄ ← d θ̄ + (1 - d) θ`` over the floating-point parameters and buffers (integer buffers follow the training
+    weights), started from the weights at the first :meth:`consider`: a fine-tune on a small, noisy reference
+    follows a noisy path, and the average over the last ``≈ 1 / (1 - d)`` steps sits nearer the clean optimum than
+    any single point of it. The network itself keeps training on its own weights."""
 
     def __init__(self, net: nn.Module, norm: Normalisation, validation: Sequence[Region], scale: int,
-                 every: int) -> None:
+                 every: int, average: float = 0.0) -> None:
         if every < 1:
             raise ValueError(f"validate_every must be >= 1 step, got {every}")
+        if not 0.0 <= average < 1.0:
+            raise ValueError(f"the weight average's decay must be in [0, 1) (0: no average), got {average!r}")
         self.net, self.norm, self.every, self.scale = net, norm, int(every), int(scale)
         self.validation = tuple((np.asarray(lr, np.float64), np.asarray(hr, np.float64)) for lr, hr in validation)
         self.score, self.step, self.state = -math.inf, 0, None
         self.curve: list[tuple[int, float]] = []                # (step, validation ΔPSNR) of every measurement
+        self.decay = float(average)
+        self.average: dict[str, torch.Tensor] | None = None     # θ̄ (decay > 0), on the training device
         self._steps_before = 0
+
+    def _update_average(self) -> None:
+        with torch.no_grad():
+            for name, value in self.net.state_dict().items():
+                if self.average is None:
+                    break
+                if value.is_floating_point():
+                    self.average[name].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+                else:
+                    self.average[name].copy_(value)
+
+    def candidate(self) -> dict[str, torch.Tensor]:
+        """The weights a measurement now scores: the average (``average`` > 0), else the training weights."""
+        if self.decay and self.average is None:
+            self.average = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return self.average if self.decay else self.net.state_dict()
 
     def consider(self, step: int) -> None:
         was_training = self.net.training
+        weights = self.candidate()
+        own = {k: v.detach().clone() for k, v in self.net.state_dict().items()} if self.decay else None
+        if own is not None:
+            self.net.load_state_dict(weights)
         self.net.eval()
-        score = held_out_delta_psnr(lambda x: predict(self.net, x, self.norm), self.validation, scale=self.scale)
-        self.net.train(was_training)
+        try:
+            score = held_out_delta_psnr(lambda x: predict(self.net, x, self.norm), self.validation, scale=self.scale)
+        finally:
+            if own is not None:
+                self.net.load_state_dict(own)
+            self.net.train(was_training)
         self.curve.append((int(step), float(score)))
         if score > self.score or self.state is None:
             self.score, self.step = float(score), int(step)
-            self.state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+            self.state = {k: v.detach().cpu().clone() for k, v in weights.items()}
 
     def on_step(self, step: int, loss: float) -> None:
         self._steps_before += 1
+        if self.decay:
+            self.candidate()
+            self._update_average()
         if self._steps_before % self.every == 0:
             self.consider(self._steps_before)
 
@@ -222,7 +260,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
                 loss: str = "l1",
                 normalisation: Normalisation | None = None,
                 multiscale: MultiScaleConfig | None = None,
-                validation: Sequence[Region] = (), validate_every: int = 40) -> NetFit:
+                validation: Sequence[Region] = (), validate_every: int = 40, average: float = 0.0) -> NetFit:
     """Train ``network`` for x``scale`` within ``budget_s`` seconds: LR-only bootstrap, then fine-tune on pairs.
 
     Parameters
@@ -247,6 +285,9 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         (:func:`~refscope.models.promotion.held_out_delta_psnr`) is measured, and the best checkpoint, not the
         last, is returned: fine-tuning on a small reference cannot run away (issue 12). The history's last
         entry records ``best_step`` and ``best_validation_d_psnr_db``.
+    average : float
+        With ``validation``: decay ``d`` in [0, 1) of the exponential moving average of the fine-tune's weights
+        that the checkpoints are taken from (:class:`BestCheckpoint`; 0: the training weights themselves).
     seed : int
         Weight initialisation and patch sampling.
     patch, batch, lr, bootstrap_lr, loss
@@ -299,7 +340,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         else:
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
         cfg = TrainConfig(strategy=strategy, loss=loss, patch=p, batch=batch, lr=lr, steps=10 ** 9, seed=seed + 1)
-        keeper = BestCheckpoint(net, norm, validation, scale, validate_every) if validation else None
+        keeper = BestCheckpoint(net, norm, validation, scale, validate_every, average) if validation else None
         state, record = checkpointed_phase(net, cfg, source, left, state, strategy, keeper)
         history.append(record)
     if state is None:

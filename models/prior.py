@@ -217,15 +217,17 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
 
 
 def fine_tune(prior: NetFit, lr_frames: Sequence[np.ndarray], regions: Sequence[tuple[np.ndarray, np.ndarray]], *,
-              budget_s: float, validation: Sequence[tuple[np.ndarray, np.ndarray]] = (), seed: int = 0) -> NetFit:
+              budget_s: float, validation: Sequence[tuple[np.ndarray, np.ndarray]] = (), seed: int = 0,
+              **settings) -> NetFit:
     """The session's network: ``prior`` fine-tuned on the session's registered ``regions`` for ``budget_s`` seconds.
 
     ``lr_frames`` (whole LR frames, or the training areas when only those are at hand) set the session's network
     units (their robust range, as :func:`frame_normalisation`). With ``validation`` (held-out subimages inside
     the training area) the best checkpoint is returned, the prior itself included, so a fine-tune can only help
-    on the validation strip (:func:`~refscope.models.net_fit.fit_network`). Settings: :data:`FINE_TUNE`.
+    on the validation strip (:func:`~refscope.models.net_fit.fit_network`). Settings: :data:`FINE_TUNE`, where
+    ``settings`` (keywords of :func:`~refscope.models.net_fit.fit_network`: ``lr``, ``average``, ...) replace them.
     """
     norm = Normalisation.from_images(list(lr_frames))
     return fit_network(list(lr_frames), list(regions), scale=prior.scale, network=prior.network,
                        network_kwargs=prior.network_kwargs, budget_s=budget_s, bootstrap_fraction=0.0, init=prior,
-                       normalisation=norm, validation=validation, seed=seed, **FINE_TUNE)
+                       normalisation=norm, validation=validation, seed=seed, **{**FINE_TUNE, **settings})

@@ -123,3 +123,62 @@ def test_a_scanned_pair_samples_the_hr_at_the_lr_pixel_centres_with_the_lr_noise
     assert np.std(pair.lr_region - shifted) > 1.2 * np.std(residual)  # half an LR pixel off would show
     with pytest.raises(ValueError, match="too small"):
         scanned_pair(hr[:20, :20], 4, rng=np.random.default_rng(0))
+
+
+def test_checkpoints_of_the_weight_average_follow_the_closed_form_average(prior, pairs) -> None:
+    """``BestCheckpoint(average=d)``: after steps with weights θ_1..θ_n from θ_0, the average it scores is
+    ``d^n θ_0 + Σ_k (1 - d) d^(n-k) θ_k`` (written out here), the training weights are left as they were, and
+    the kept checkpoint is the average's, re-measured on the same strip."""
+    import torch
+
+    from refscope.models.net_fit import BestCheckpoint, NetFit
+    from refscope.models.networks import build_network
+    from refscope.models.training import warm_start
+
+    pair = pairs[3]
+    split = split_for_validation(pair.lr_region, pair.hr_grid, scale=2)
+    norm = frame_normalisation(pair.lr_frame)
+    net = build_network(prior.network, scale=2, **prior.network_kwargs)
+    warm_start(net, prior.state_dict)
+    d = 0.7
+    keeper = BestCheckpoint(net, norm, split.held_out, scale=2, every=3, average=d)
+    keeper.consider(0)
+    rng = torch.Generator().manual_seed(0)
+    seen = [{k: v.clone() for k, v in net.state_dict().items()}]
+    for step in range(1, 4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=rng))
+        seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        keeper.on_step(step, 0.0)
+    n = len(seen) - 1
+    for name, value in net.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        expected = d ** n * seen[0][name] + sum((1 - d) * d ** (n - k) * seen[k][name] for k in range(1, n + 1))
+        torch.testing.assert_close(keeper.average[name], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(value, seen[-1][name])  # the network trains on its own weights
+    # the measurement at step 3 scored the average, not the training weights; the kept weights are the best's
+    measure = lambda state: held_out_delta_psnr(  # noqa: E731
+        net_predictor(NetFit(prior.network, 2, {k: v.clone() for k, v in state.items()}, norm, prior.network_kwargs)),
+        split.held_out, scale=2)
+    assert [s for s, _ in keeper.curve] == [0, 3]
+    assert keeper.curve[1][1] == pytest.approx(measure(keeper.average), abs=1e-6)
+    assert abs(keeper.curve[1][1] - measure(seen[-1])) > 1e-3
+    assert measure(keeper.state) == pytest.approx(keeper.score, abs=1e-6) == max(s for _, s in keeper.curve)
+    with pytest.raises(ValueError, match="decay must be in"):
+        BestCheckpoint(net, norm, split.held_out, scale=2, every=3, average=1.0)
+
+
+def test_fine_tune_settings_replace_the_defaults(prior, pairs) -> None:
+    """``fine_tune(..., average=d)`` reaches the checkpoint keeper; an unknown setting is refused by name."""
+    from refscope.models.prior import fine_tune
+
+    pair = pairs[3]
+    split = split_for_validation(pair.lr_region, pair.hr_grid, scale=2)
+    tuned = fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.6, validation=split.held_out, average=0.9)
+    record = tuned.history[-1]
+    assert record["best_validation_d_psnr_db"] == pytest.approx(
+        held_out_delta_psnr(net_predictor(tuned), split.held_out, scale=2), abs=1e-6)
+    with pytest.raises(TypeError, match="momentum"):
+        fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.1, momentum=0.9)

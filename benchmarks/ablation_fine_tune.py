@@ -1,0 +1,116 @@
+"""Ablation of the session fine-tune of a prior (issue 12): settings side by side on the same priors and pairs.
+
+    python benchmarks/ablation_fine_tune.py --priors DIR [--variants base,avg0.995] [--pairs pair00,...]
+                                            [--budget-s 120] [--jobs 12] [--json F]
+
+Each (pair, variant) fine-tunes the pair's leave-one-out prior (``DIR/excl-<pair>``, trained by
+``benchmarks/train_prior.py`` as ``benchmarks/quality.py`` trains them) on the left 9 subimages of the pair's overlap
+for ``--budget-s`` seconds on 1 thread, keeping the best checkpoint on the validation strip (the right quarter of
+the training area), exactly as ``quality.py``'s ``prior+ft``; the variants differ only in the settings they give
+:func:`refscope.models.prior.fine_tune` (:data:`VARIANTS`). Reported per pair: the validation strip's ΔPSNR of the
+kept checkpoint (what a choice among variants may look at) and, for the record, ΔPSNR / ΔSSIM over bicubic on the
+scored right column (one pass, no self-ensemble, no blend). Variants run concurrently, one process each: give
+every job its own core (``--jobs``) or the budget buys fewer steps for all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from quality import bicubic_scores, prior_dir, score, scored_subimages, training_area  # noqa: E402
+from sem_pairs import SCORED, load_pair  # noqa: E402
+
+VARIANTS: dict[str, dict] = {
+    "base": {},                                   # FINE_TUNE as shipped
+    "avg0.99": {"average": 0.99},                 # checkpoints of the weights' moving average, ~100 steps
+    "avg0.995": {"average": 0.995},               # ~200 steps
+}
+"""Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant. Results: RESULTS.md, "Ablation:
+checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no average)."""
+
+
+def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dict:
+    import torch
+
+    from refscope.daemon.learn.prior_store import load_prior
+    from refscope.models.net_fit import net_predictor
+    from refscope.models.prior import fine_tune
+
+    torch.set_num_threads(1)
+    p = load_pair(pair)
+    scale = p.scale
+    _, _, split = training_area(p, scale)
+    prior = load_prior("auto", scale, prior_dir(Path(priors), [pair]))
+    start = time.perf_counter()
+    tuned = fine_tune(prior, [p.lr], [split.train], budget_s=budget_s, validation=list(split.held_out), seed=seed,
+                      **VARIANTS[variant])
+    took = time.perf_counter() - start
+    predict = net_predictor(tuned)
+    scored = scored_subimages(p, scale)
+    result = score(scored, [predict(lr) for lr, _ in scored], bicubic_scores(scored))
+    last = tuned.history[-1]
+    return {"pair": pair, "variant": variant, "scale": scale, "validation_d_psnr": last.get("best_validation_d_psnr_db"),
+            "best_step": last.get("best_step"), "steps": last["steps"], "seconds": round(took, 1),
+            "scored_d_psnr": result["d_psnr"], "scored_d_ssim": result["d_ssim"], "frc_px": result["frc_px"]}
+
+
+def table(rows: list[dict], variants: list[str], key: str, fmt: str) -> str:
+    pairs = sorted({r["pair"] for r in rows})
+    by = {(r["pair"], r["variant"]): r for r in rows}
+    lines = ["| pair | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    for pair in pairs:
+        lines.append(f"| {pair} | " + " | ".join(format(by[pair, v][key], fmt) if (pair, v) in by else "–"
+                                                   for v in variants) + " |")
+    means = [np.mean([by[p, v][key] for p in pairs if (p, v) in by]) for v in variants]
+    lines.append("| **mean** | " + " | ".join(f"**{format(m, fmt)}**" for m in means) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--priors", required=True, help="leave-one-out priors of quality.py (excl-<pair>/...)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--pairs", default=",".join(SCORED))
+    parser.add_argument("--budget-s", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    pairs = args.pairs.split(",")
+    for pair in pairs:  # register each pair once (cached) before the workers start
+        load_pair(pair)
+    jobs = [(pair, v) for pair in pairs for v in variants]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run, [j[0] for j in jobs], [j[1] for j in jobs], [args.priors] * len(jobs),
+                             [args.budget_s] * len(jobs), [args.seed] * len(jobs)))
+    elapsed = time.perf_counter() - start
+    print(f"{len(jobs)} fine-tunes of {args.budget_s:g} s, {args.jobs} at a time, in {elapsed / 60:.1f} min on "
+          f"{platform.machine()} ({os.cpu_count()} cores)")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "budget_s": args.budget_s, "jobs": args.jobs,
+                                         "machine": platform.machine(), "cores": os.cpu_count()}, indent=1))
+    for title, key, fmt in (("validation strip ΔPSNR dB (the choice)", "validation_d_psnr", "+.3f"),
+                            ("scored ΔPSNR dB (record)", "scored_d_psnr", "+.3f"),
+                            ("scored ΔSSIM (record)", "scored_d_ssim", "+.4f"),
+                            ("steps", "steps", ".0f"), ("best step", "best_step", ".0f")):
+        print(f"\n{title}\n" + table(rows, variants, key, fmt))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
