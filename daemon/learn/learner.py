@@ -60,7 +60,7 @@ from ..state.catalogue import Catalogue
 from ..errors import RefscopeError, StateError
 from ..frames import Frame
 from ..state.model_domain import ModelDomain
-from ..state.model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model
+from ..state.model_store import MODEL_KIND, MODEL_STATE_NAME, load_model, save_model, save_served_baseline
 from .pairing import PairingError, PairingHooks, PairResult, RecentFrames, pair_reference
 from ..publish import EventPublisher
 from ..state.store import has_state, state_sha256
@@ -165,7 +165,8 @@ class Learner(Worker):
             trainer's data. An exception from it stops the worker like ``on_promoted``'s.
         on_baseline: called on the worker thread as ``on_baseline(baseline)`` when no model serves yet and the
             reference's safe baseline (:class:`~refscope.models.baseline.SafeBaseline`) beat both the candidate
-            and bicubic on its held-out area: serve it until a model is promoted. Must return quickly; an
+            and bicubic on its held-out area: serve it until a model is promoted (recorded first in the state folder,
+            :func:`~refscope.daemon.state.model_store.save_served_baseline`). Must return quickly; an
             exception from it stops the worker like ``on_promoted``'s. None: bicubic keeps serving.
     """
 
@@ -429,7 +430,9 @@ class Learner(Worker):
             baseline = candidate.safe
             if (champion is None and self._on_baseline is not None and baseline.delta_db > 0
                     and baseline.delta_db >= candidate_db):
-                self._on_baseline(baseline)  # nothing learned beats the tuned blur yet: it serves, not bicubic
+                # nothing learned beats the tuned blur yet: it serves, not bicubic, and again after a restart
+                save_served_baseline(self._state_dir, baseline, scale=self._config.scale, source=hr.source)
+                self._on_baseline(baseline)
         self._done(hr, "learned")  # after the pair (trainer's pairs, catalogue) and a promoted library are saved
         with self._lock:
             version = self._version

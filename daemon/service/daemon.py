@@ -92,7 +92,7 @@ from ..serve.engine import ServingEngine
 from ..serve.fusion_window import FusionWindow
 from ..state.catalogue import CATALOGUE_NAME, Catalogue
 from ..state.model_domain import DomainWatch
-from ..state.model_store import load_domain
+from ..state.model_store import load_domain, load_served_baseline
 from ..wire.curve import daemon_context
 from ..wire.status import DaemonStatus, TrainingRound
 from .commands import OperatorControls
@@ -286,6 +286,10 @@ class Daemon:
                         "the same scale or another state folder")
                 self.engine.set_model(model, version)
                 self.domain_watch.set_model(load_domain(cfg.state_dir))
+            else:
+                baseline = load_served_baseline(cfg.state_dir, cfg.model.scale)
+                if baseline is not None:  # the session's safe baseline served before the restart
+                    self.engine.set_baseline(baseline)
             listening = [(key, endpoint) for key, endpoint in (
                 ("ingest.zmq_endpoint", cfg.ingest.zmq_endpoint), ("publish.pub_endpoint", cfg.publish.pub_endpoint),
                 ("control.endpoint", cfg.control.endpoint), ("control.events_endpoint", cfg.control.events_endpoint))

@@ -15,6 +15,13 @@ config) and ``library.json`` a checksummed manifest::
 
 The per-category regressors of the ``paired`` method are derived from the library, so they are not stored:
 they are refitted (deterministically) on first use after loading.
+
+Before any model is promoted, the safe baseline that serves instead of bicubic (the first reference's, when it
+beat what was learned from it) is kept in ``served_baseline.json`` (:func:`save_served_baseline`), so that a
+restarted daemon serves it again rather than falling back to bicubic::
+
+    {"kind": "served-baseline", "scale": 2, "safe": {"sigma_px": s, "delta_db": d, "q_ref": q},
+     "source": "ref.tif", "created": "2024-...Z"}
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from refscope.models.nlm import PairedConfig
 from refscope.models.pipeline import FittedModel, IntensityScale
 from refscope.models.registration import PairGeometry
 
+from ..atomic import atomic_write_json
 from ..errors import StateError
 from .model_domain import ModelDomain
 from .store import has_state, load_arrays, save_arrays, state_paths
@@ -110,6 +118,46 @@ def save_model(state_dir: str | os.PathLike[str], model: FittedModel, *, sources
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     save_arrays(folder, MODEL_STATE_NAME, model.library.to_arrays(), manifest)
+
+
+SERVED_BASELINE_FILE = "served_baseline.json"
+SERVED_BASELINE_KIND = "served-baseline"
+
+
+def save_served_baseline(state_dir: str | os.PathLike[str], baseline: SafeBaseline, *, scale: int,
+                         source: str) -> None:
+    """Record atomically in ``state_dir`` that ``baseline`` (chosen on reference ``source`` at x``scale``) serves
+    while no model does (module docstring)."""
+    folder = Path(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / SERVED_BASELINE_FILE, {
+        "kind": SERVED_BASELINE_KIND, "scale": int(scale), "safe": baseline.to_dict(), "source": str(source),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def load_served_baseline(state_dir: str | os.PathLike[str], scale: int) -> SafeBaseline | None:
+    """The safe baseline :func:`save_served_baseline` recorded in ``state_dir`` for x``scale`` (its σ is in that
+    scale's output px); None when none was recorded or it was recorded for another scale.
+
+    Raises :class:`StateError` naming the file when it exists but cannot be read or is not such a record.
+    """
+    path = Path(state_dir) / SERVED_BASELINE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: cannot be read as the served safe baseline ({exc}); remove it to serve bicubic "
+                         "until the next reference") from exc
+    try:
+        if record["kind"] != SERVED_BASELINE_KIND:
+            raise ValueError(f"kind {record['kind']!r} is not {SERVED_BASELINE_KIND!r}")
+        if int(record["scale"]) != int(scale):
+            return None
+        return SafeBaseline.from_dict(record["safe"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"{path}: not a served safe baseline record ({exc}); remove it to serve bicubic until the "
+                         "next reference") from exc
 
 
 def load_domain(state_dir: str | os.PathLike[str]) -> ModelDomain | None:

@@ -15,6 +15,7 @@ import zmq
 
 import refscope.daemon.learn.learner as learner_module
 from refscope.daemon.state.catalogue import Catalogue
+from refscope.daemon.state.model_store import load_served_baseline
 from refscope.daemon.errors import RefscopeError
 from refscope.daemon.frames import Frame
 from refscope.daemon.learn.learner import MODEL_VERSION_FILE, Learner, load_initial
@@ -430,3 +431,4 @@ def test_when_the_first_reference_teaches_less_than_the_safe_baseline_the_baseli
     (baseline,) = offered
     assert baseline.delta_db > 0 and baseline.sigma_px > 0  # the blur beat bicubic on the held-out area
     assert "does not beat the safe baseline" in (status.last_decision_reason or "")
+    assert load_served_baseline(tmp_path / "state", CONFIG.scale) == baseline  # a restart serves it again

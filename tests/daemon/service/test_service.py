@@ -426,6 +426,45 @@ def test_a_frame_outside_the_serving_models_domain_is_logged_counted_and_served(
     assert len(warned) == 1 and warned[0].startswith("mem:foreign0")  # once per change, not once per frame
 
 
+def test_a_safe_baseline_that_serves_before_any_model_serves_again_after_a_restart(tmp_path):
+    """A first reference that teaches less than the tuned blur of bicubic (a noisy field, a reference whose training
+    area is scrambled): the daemon serves that blur (``baseline``), announces it, and a restarted daemon on the same
+    state folder serves it again, not bicubic."""
+    from tests.daemon.learn.test_learner import scramble_training_area
+
+    pair = make_pair(rng=np.random.default_rng(7), lr_shape=LR_SHAPE, factor=2.0, lr_pixel_size_nm=LR_NM, noise="high")
+
+    config = make_config(tmp_path, **{"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(tmp_path / "state")})
+    garbage = scramble_training_area(pair, np.random.default_rng(5)).astype(np.float32)
+    source = QueueSource()
+    with Daemon(config, sources=[source]) as daemon:
+        viewer = Viewer(daemon)
+        try:
+            source.items.put(Frame(lr_frame(pair, 0), LR_NM, "lr", "mem:lr0", 0, time.time()))
+            viewer.wait(1, timeout=20)
+            source.items.put(Frame(garbage, HR_NM, "hr", "mem:garbage_hr", 1, time.time()))
+            wait_for(lambda: any(e.type == "model_serving" for e in daemon.catalogue.recent_events(50)), 40,
+                     "the safe baseline to serve")
+            serving = next(e for e in daemon.catalogue.recent_events(50) if e.type == "model_serving")
+            assert serving.payload["kind"] == "baseline" and daemon.engine.describe()["served_by"] == "baseline"
+            before = len(viewer.drain())
+            source.items.put(Frame(lr_frame(pair, 1), LR_NM, "lr", "mem:lr1", 2, time.time()))
+            frames = viewer.wait(before + 1, timeout=20)
+            assert (frames[-1].model, frames[-1].model_version) == ("baseline", "0")
+        finally:
+            viewer.close()
+    source = QueueSource()
+    with Daemon(config, sources=[source]) as restarted:
+        assert restarted.engine.describe()["served_by"] == "baseline"
+        viewer = Viewer(restarted)
+        try:
+            source.items.put(Frame(lr_frame(pair, 2), LR_NM, "lr", "mem:lr2", 3, time.time()))
+            (frame,) = viewer.wait(1, timeout=20)[-1:]
+            assert (frame.model, frame.model_version) == ("baseline", "0")
+        finally:
+            viewer.close()
+
+
 # ----------------------------------------------------------------------------------------------- CLI glue
 
 

@@ -86,3 +86,23 @@ def test_foreign_or_incomplete_manifest_is_refused(tmp_path: Path, fitted) -> No
     path.write_text(json.dumps(document))
     with pytest.raises(StateError, match=r"library.json: is not a valid model \(missing entry 'intensity'\)"):
         load_model(tmp_path)
+
+
+def test_the_served_safe_baseline_is_kept_for_its_scale_and_a_damaged_record_is_named(tmp_path) -> None:
+    from refscope.daemon.state.model_store import (SERVED_BASELINE_FILE, load_served_baseline,
+                                                   save_served_baseline)
+    from refscope.models.baseline import SafeBaseline
+
+    state = tmp_path / "state"
+    assert load_served_baseline(state, 2) is None  # nothing recorded: bicubic
+    baseline = SafeBaseline(1.25, 0.31, 7.5)
+    save_served_baseline(state, baseline, scale=2, source="ref_000.tif")
+    assert load_served_baseline(state, 2) == baseline
+    assert load_served_baseline(state, 4) is None  # its σ is in x2 output px: not for another scale
+    assert [p.name for p in state.iterdir()] == [SERVED_BASELINE_FILE]  # written atomically: no temporary left
+    (state / SERVED_BASELINE_FILE).write_text('{"kind": "served-baseline", "scale": 2, "safe": {"sigma_px": -1}}')
+    with pytest.raises(StateError, match=f"{SERVED_BASELINE_FILE}.*not a served safe baseline"):
+        load_served_baseline(state, 2)
+    (state / SERVED_BASELINE_FILE).write_text("{trunc")
+    with pytest.raises(StateError, match=f"{SERVED_BASELINE_FILE}.*cannot be read"):
+        load_served_baseline(state, 2)
