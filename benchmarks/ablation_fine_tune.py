@@ -1,7 +1,7 @@
 """Ablation of the session fine-tune of a prior (issue 12): settings side by side on the same priors and pairs.
 
     python benchmarks/ablation_fine_tune.py --priors DIR [--variants base,avg0.995] [--pairs pair00,...]
-                                            [--budget-s 120] [--jobs 12] [--json F]
+                                            [--budget-s 120] [--seeds 0,1,2] [--jobs 12] [--json F]
 
 Each (pair, variant) fine-tunes the pair's leave-one-out prior (``DIR/excl-<pair>``, trained by
 ``benchmarks/train_prior.py`` as ``benchmarks/quality.py`` trains them) on the left 9 subimages of the pair's overlap
@@ -9,8 +9,10 @@ for ``--budget-s`` seconds on 1 thread, keeping the best checkpoint on the valid
 the training area), exactly as ``quality.py``'s ``prior+ft``; the variants differ only in the settings they give
 :func:`refscope.models.prior.fine_tune` (:data:`VARIANTS`). Reported per pair: the validation strip's ΔPSNR of the
 kept checkpoint (what a choice among variants may look at) and, for the record, ΔPSNR / ΔSSIM over bicubic on the
-scored right column (one pass, no self-ensemble, no blend). Variants run concurrently, one process each: give
-every job its own core (``--jobs``) or the budget buys fewer steps for all.
+scored right column (one pass, no self-ensemble, no blend). With several ``--seeds``, :func:`combinations` also
+scores the outputs of the seeds' fine-tunes averaged, and blended with the pair's paired library (self-ensemble of
+:data:`ENSEMBLE` passes). Jobs run concurrently, one process each: give every job its own core (``--jobs``) or the
+budget buys fewer steps for all.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from quality import bicubic_scores, prior_dir, score, scored_subimages, training_area  # noqa: E402
 from sem_pairs import SCORED, load_pair  # noqa: E402
+
+from refscope.models.promotion import held_out_delta_psnr  # noqa: E402
+from refscope.models.self_ensemble import ensemble_run  # noqa: E402
+
+ENSEMBLE = 4
+"""Self-ensemble passes of the outputs combined by :func:`combinations` (what ``best`` serves at S = 2, 3)."""
+BLEND_WEIGHTS = (0.0, 0.25, 0.5)
+"""Candidate weights of the paired library in :func:`combinations`' blends."""
 
 VARIANTS: dict[str, dict] = {
     "base": {},                                   # FINE_TUNE as shipped
@@ -59,9 +70,46 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     scored = scored_subimages(p, scale)
     result = score(scored, [predict(lr) for lr, _ in scored], bicubic_scores(scored))
     last = tuned.history[-1]
-    return {"pair": pair, "variant": variant, "scale": scale, "validation_d_psnr": last.get("best_validation_d_psnr_db"),
-            "best_step": last.get("best_step"), "steps": last["steps"], "seconds": round(took, 1),
-            "scored_d_psnr": result["d_psnr"], "scored_d_ssim": result["d_ssim"], "frc_px": result["frc_px"]}
+    row = {"pair": pair, "variant": variant, "seed": seed, "scale": scale,
+           "validation_d_psnr": last.get("best_validation_d_psnr_db"),
+           "best_step": last.get("best_step"), "steps": last["steps"], "seconds": round(took, 1),
+           "scored_d_psnr": result["d_psnr"], "scored_d_ssim": result["d_ssim"], "frc_px": result["frc_px"]}
+    ensemble = partial(ensemble_run, predict, n=ENSEMBLE, align=2)  # as `best` serves it (self-ensemble)
+    preds = {"validation": [ensemble(lr) for lr, _ in split.held_out], "scored": [ensemble(lr) for lr, _ in scored]}
+    return row, preds
+
+
+def combinations(pair: str, runs: list[tuple[dict, dict]]) -> dict[str, dict]:
+    """Outputs of several fine-tunes of one pair (different seeds) averaged pixel by pixel, and each blended with
+    the pair's paired library ``w · paired + (1 - w) · net`` with ``w`` chosen on the validation strip
+    (:data:`BLEND_WEIGHTS`): validation and scored ΔPSNR / ΔSSIM of every combination (self-ensemble of
+    :data:`ENSEMBLE` passes everywhere)."""
+    from refscope.models.pipeline import FitConfig, enhance, fit_library
+
+    p = load_pair(pair)
+    scale = p.scale
+    train_lr, train_hr, split = training_area(p, scale)
+    scored = scored_subimages(p, scale)
+    baselines = bicubic_scores(scored)
+    library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
+    lib_val = [enhance(lr, library, method="paired") for lr, _ in split.held_out]
+    lib_sc = [enhance(lr, library, method="paired") for lr, _ in scored]
+
+    def val_score(outputs: list[np.ndarray]) -> float:
+        it = iter(outputs)
+        return held_out_delta_psnr(lambda _: next(it), split.held_out, scale=scale)
+
+    out: dict[str, dict] = {}
+    for k in range(1, len(runs) + 1):
+        val = [np.mean([r[1]["validation"][i] for r in runs[:k]], axis=0) for i in range(len(split.held_out))]
+        sc = [np.mean([r[1]["scored"][i] for r in runs[:k]], axis=0) for i in range(len(scored))]
+        out[f"net×{ENSEMBLE}, {k} seed(s)"] = {"validation": val_score(val)} | score(scored, sc, baselines)
+        by_w = {w: val_score([w * a + (1 - w) * b for a, b in zip(lib_val, val)]) for w in BLEND_WEIGHTS}
+        w = max(by_w, key=by_w.get)
+        out[f"net×{ENSEMBLE}, {k} seed(s) + paired"] = ({"validation": by_w[w], "w": w}
+                                                      | score(scored, [w * a + (1 - w) * b for a, b in zip(lib_sc, sc)],
+                                                              baselines))
+    return out
 
 
 def table(rows: list[dict], variants: list[str], key: str, fmt: str) -> str:
@@ -82,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--pairs", default=",".join(SCORED))
     parser.add_argument("--budget-s", type=float, default=120.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; with several, their outputs are also "
+                        "averaged and blended with the library (combinations)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -93,22 +142,41 @@ def main(argv: list[str] | None = None) -> int:
     pairs = args.pairs.split(",")
     for pair in pairs:  # register each pair once (cached) before the workers start
         load_pair(pair)
-    jobs = [(pair, v) for pair in pairs for v in variants]
+    seeds = [int(v) for v in args.seeds.split(",")]
+    jobs = [(pair, v, seed) for pair in pairs for v in variants for seed in seeds]
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(run, [j[0] for j in jobs], [j[1] for j in jobs], [args.priors] * len(jobs),
-                             [args.budget_s] * len(jobs), [args.seed] * len(jobs)))
+        done = list(pool.map(run, [j[0] for j in jobs], [j[1] for j in jobs], [args.priors] * len(jobs),
+                             [args.budget_s] * len(jobs), [j[2] for j in jobs]))
+        combined = {}
+        if len(seeds) > 1:
+            for v in variants:
+                per_pair = {pair: [d for d in done if d[0]["pair"] == pair and d[0]["variant"] == v] for pair in pairs}
+                results = pool.map(combinations, pairs, [per_pair[pair] for pair in pairs])
+                combined[v] = dict(zip(pairs, results))
+    rows = [d[0] for d in done if d[0]["seed"] == seeds[0]]
     elapsed = time.perf_counter() - start
     print(f"{len(jobs)} fine-tunes of {args.budget_s:g} s, {args.jobs} at a time, in {elapsed / 60:.1f} min on "
           f"{platform.machine()} ({os.cpu_count()} cores)")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "budget_s": args.budget_s, "jobs": args.jobs,
-                                         "machine": platform.machine(), "cores": os.cpu_count()}, indent=1))
+        args.json.write_text(json.dumps({"rows": [d[0] for d in done], "combined": combined, "budget_s": args.budget_s,
+                                         "jobs": args.jobs, "machine": platform.machine(), "cores": os.cpu_count()},
+                                        indent=1))
     for title, key, fmt in (("validation strip ΔPSNR dB (the choice)", "validation_d_psnr", "+.3f"),
                             ("scored ΔPSNR dB (record)", "scored_d_psnr", "+.3f"),
                             ("scored ΔSSIM (record)", "scored_d_ssim", "+.4f"),
                             ("steps", "steps", ".0f"), ("best step", "best_step", ".0f")):
-        print(f"\n{title}\n" + table(rows, variants, key, fmt))
+        print(f"\n{title} (seed {seeds[0]})\n" + table(rows, variants, key, fmt))
+    for v, by_pair in combined.items():
+        names = list(next(iter(by_pair.values())))
+        for key in ("validation", "d_psnr", "d_ssim"):
+            print(f"\n{v}: combinations, {key}\n| pair | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+            for pair, res in by_pair.items():
+                print(f"| {pair} | " + " | ".join(f"{res[n][key]:+.4f}" for n in names) + " |")
+            print("| **mean** | " + " | ".join(f"**{np.mean([r[n][key] for r in by_pair.values()]):+.4f}**"
+                                             for n in names) + " |")
+        print("library weight chosen: " + ", ".join(f"{pair} {[res[n]['w'] for n in names if 'w' in res[n]]}"
+                                                    for pair, res in by_pair.items()))
     return 0
 
 
