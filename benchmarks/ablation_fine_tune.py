@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     "base": {},                                   # FINE_TUNE as shipped
     "avg0.99": {"average": 0.99},                 # checkpoints of the weights' moving average, ~100 steps
     "avg0.995": {"average": 0.995},               # ~200 steps
+    "hr-gauss0.5": {"hr_filter": ("gaussian", 0.5)},  # the HR targets low-passed (σ fine px); validation stays noisy
+    "hr-nlm": {"hr_filter": ("nlm", 0.8)},        # the HR targets denoised by NLM (h = 0.8 σ of the HR)
 }
 """Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant. Results: RESULTS.md, "Ablation:
 checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no average)."""
@@ -62,9 +64,13 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     scale = p.scale
     _, _, split = training_area(p, scale)
     prior = load_prior("auto", scale, prior_dir(Path(priors), [pair]))
+    settings = dict(VARIANTS[variant])
+    train_lr, train_hr = split.train
+    if "hr_filter" in settings:  # denoised targets: less variance, some bias; the checkpoint is chosen on noisy HR
+        train_hr = filtered_targets(train_hr, *settings.pop("hr_filter"))
     start = time.perf_counter()
-    tuned = fine_tune(prior, [p.lr], [split.train], budget_s=budget_s, validation=list(split.held_out), seed=seed,
-                      **VARIANTS[variant])
+    tuned = fine_tune(prior, [p.lr], [(train_lr, train_hr)], budget_s=budget_s, validation=list(split.held_out),
+                      seed=seed, **settings)
     took = time.perf_counter() - start
     predict = net_predictor(tuned)
     scored = scored_subimages(p, scale)
@@ -77,6 +83,24 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     ensemble = partial(ensemble_run, predict, n=ENSEMBLE, align=2)  # as `best` serves it (self-ensemble)
     preds = {"validation": [ensemble(lr) for lr, _ in split.held_out], "scored": [ensemble(lr) for lr, _ in scored]}
     return row, preds
+
+
+def filtered_targets(hr: np.ndarray, kind: str, amount: float) -> np.ndarray:
+    """The HR training grid low-passed (``"gaussian"``, σ = ``amount`` fine px) or denoised by non-local means
+    (``"nlm"``, scikit-image, h = ``amount`` σ with σ the HR's wavelet noise estimate)."""
+    from scipy import ndimage
+
+    from refscope.models.noise import estimate_noise_sigma
+
+    hr = np.asarray(hr, dtype=np.float64)
+    if kind == "gaussian":
+        return ndimage.gaussian_filter(hr, amount, mode="reflect")
+    if kind == "nlm":
+        from skimage.restoration import denoise_nl_means
+
+        sigma = estimate_noise_sigma(hr)
+        return denoise_nl_means(hr, h=amount * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True)
+    raise ValueError(f"unknown target filter {kind!r}")
 
 
 def combinations(pair: str, runs: list[tuple[dict, dict]]) -> dict[str, dict]:
