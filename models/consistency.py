@@ -31,7 +31,7 @@ from .metrics import fit_intensity_coefficients
 from .noise import estimate_noise_sigma
 
 __all__ = ["ForwardModel", "fit_forward_model", "merge_forward_models", "data_consistency", "local_consistency",
-           "FLAG_RATIO"]
+           "consistency_residual", "consistency_ratio", "FLAG_RATIO"]
 
 #: ρ above which a served frame is flagged: its departure from its own input is clearly beyond the LR noise.
 #: The HR reference scans of the six scored ``sem_pairs`` pairs themselves (forward model fitted on the left 75 %
@@ -170,38 +170,48 @@ def merge_forward_models(old: ForwardModel | None, new: ForwardModel | None) -> 
                         (w_old * old.offset + w_new * new.offset) / total, old.pixels + new.pixels)
 
 
-def _residual(lr: np.ndarray, sr: np.ndarray, model: ForwardModel) -> tuple[np.ndarray, np.ndarray]:
+def consistency_residual(lr: np.ndarray, sr: np.ndarray, model: ForwardModel) -> np.ndarray:
+    """``LR − D(SR)`` of equation (2): (h, w) float64 for an (S·h, S·w) output ``sr`` of ``lr`` (one pass of the
+    forward model; :func:`data_consistency` and :func:`local_consistency` take it when already computed)."""
     lr = np.asarray(lr, dtype=np.float64)
     sr = np.asarray(sr)
     if sr.shape != (model.scale * lr.shape[0], model.scale * lr.shape[1]):
         raise ValueError(f"data consistency: output {sr.shape} is not {model.scale} x the input {lr.shape}")
-    return lr, lr - model.degrade(sr)
+    return lr - model.degrade(sr)
 
 
-def data_consistency(lr: np.ndarray, sr: np.ndarray, model: ForwardModel, *, sigma: float | None = None) -> float:
-    """ρ of equation (2): rms(LR − D(SR)) over the LR noise σ (estimated from ``lr`` unless given).
-
-    ``sr`` is (S·h, S·w) in the LR's intensity units. Returns ``inf`` for a noise-free LR with any residual and
-    0.0 when both vanish.
-    """
-    lr, residual = _residual(lr, sr, model)
-    rms = float(np.sqrt(np.mean(residual ** 2)))
-    noise = estimate_noise_sigma(lr) if sigma is None else float(sigma)
+def consistency_ratio(rms: float, noise: float) -> float:
+    """ρ = ``rms / noise``: ``inf`` for a noise-free LR with any residual, 0.0 when both vanish."""
     if noise > 0:
-        return rms / noise
+        return float(rms) / float(noise)
     return 0.0 if rms == 0 else float("inf")
 
 
+def data_consistency(lr: np.ndarray, sr: np.ndarray, model: ForwardModel, *, sigma: float | None = None,
+                     residual: np.ndarray | None = None) -> float:
+    """ρ of equation (2): rms(LR − D(SR)) over the LR noise σ (estimated from ``lr`` unless given).
+
+    ``sr`` is (S·h, S·w) in the LR's intensity units; ``residual``: :func:`consistency_residual` of ``lr`` and
+    ``sr`` when already computed. Returns ``inf`` for a noise-free LR with any residual and 0.0 when both vanish.
+    """
+    if residual is None:
+        residual = consistency_residual(lr, sr, model)
+    rms = float(np.sqrt(np.mean(residual ** 2)))
+    return consistency_ratio(rms, estimate_noise_sigma(np.asarray(lr, np.float64)) if sigma is None else float(sigma))
+
+
 def local_consistency(lr: np.ndarray, sr: np.ndarray, model: ForwardModel, *, window: int = 8,
-                      sigma: float | None = None) -> np.ndarray:
+                      sigma: float | None = None, residual: np.ndarray | None = None) -> np.ndarray:
     """Equation (2) over a ``window`` x ``window`` LR px neighbourhood of every LR pixel: (h, w) float64,
     ``sqrt(box_mean(( LR − D(SR))²)) / σ`` (reflecting borders; σ estimated from ``lr`` unless given). Where a
     model departs from its own input more than the noise allows -- a texture it renders wrongly -- this rises
-    far above 1 there, while the frame's ρ may hide it."""
+    far above 1 there, while the frame's ρ may hide it. ``residual``: :func:`consistency_residual` when already
+    computed."""
     if int(window) != window or window < 1:
         raise ValueError(f"window must be an integer >= 1 LR px, got {window!r}")
-    lr, residual = _residual(lr, sr, model)
-    noise = estimate_noise_sigma(lr) if sigma is None else float(sigma)
+    if residual is None:
+        residual = consistency_residual(lr, sr, model)
+    noise = estimate_noise_sigma(np.asarray(lr, np.float64)) if sigma is None else float(sigma)
     rms = np.sqrt(np.maximum(ndimage.uniform_filter(residual * residual, int(window), mode="reflect"), 0.0))
     if noise > 0:
         return rms / noise

@@ -44,7 +44,7 @@ import numpy as np
 from .baseline import SafeBaseline, baseline_block
 from .confidence import (DEFAULT_MAX_POINTS, DEFAULT_STRIDE, KeyIndex, SupportGrid, interpolate_grid, key_index,
                          reference_q, support_grid)
-from .consistency import ForwardModel, local_consistency
+from .consistency import ForwardModel, consistency_residual, consistency_ratio, local_consistency
 from .noise import estimate_noise_sigma
 from .peers import tuned_blur
 from .pipeline import FittedModel
@@ -89,11 +89,27 @@ class BlendSummary:
         blended_share: share of output pixels with ``w < 1`` (the baseline contributes), 0 to 1.
         baseline_share: share of output pixels with ``w = 0`` (the baseline alone), 0 to 1.
         mean_weight: mean of ``w`` over the frame (1: the model everywhere).
+        residual_rms: rms over the frame of ``LR − D(M)``, the model's output before the blend degraded by the
+            forward model (:func:`~.consistency.consistency_residual`; the consistency signal's one pass), LR units;
+            None without a forward model.
+        lr_noise_sigma: the LR noise σ estimated from the frame (:func:`~.noise.estimate_noise_sigma`, no floor);
+            None without a forward model.
     """
 
     blended_share: float
     baseline_share: float
     mean_weight: float
+    residual_rms: float | None = None
+    lr_noise_sigma: float | None = None
+
+    @property
+    def model_consistency(self) -> float | None:
+        """ρ of the model's output before the blend (:func:`~.consistency.data_consistency`'s value for it,
+        from the blend's own pass of the forward model); the served frame's ρ when ``blended_share`` is 0.
+        None without a forward model."""
+        if self.residual_rms is None or self.lr_noise_sigma is None:
+            return None
+        return consistency_ratio(self.residual_rms, self.lr_noise_sigma)
 
 
 def hand_over(x: np.ndarray, start: float, stop: float) -> np.ndarray:
@@ -181,14 +197,18 @@ def blend_toward_baseline(output: np.ndarray, lr: np.ndarray, grid: SupportGrid,
         raise ValueError(f"the support grid is for an output of {grid.out_shape}, not {output.shape}")
     if int(band_rows) != band_rows or band_rows < 1:
         raise ValueError(f"band_rows must be an integer >= 1, got {band_rows!r}")
-    rho = None
+    rho = rms = frame_sigma = None
     if forward is not None:
-        sigma = max(estimate_noise_sigma(np.asarray(lr, dtype=np.float64)), float(noise_floor))
-        rho = local_consistency(lr, output, forward, window=consistency_window(grid, scale), sigma=sigma)
+        residual = consistency_residual(lr, output, forward)
+        rms = float(np.sqrt(np.mean(residual ** 2)))
+        frame_sigma = estimate_noise_sigma(np.asarray(lr, dtype=np.float64))
+        rho = local_consistency(lr, output, forward, window=consistency_window(grid, scale),
+                                sigma=max(frame_sigma, float(noise_floor)), residual=residual)
+        del residual
     weights = trust_grid(grid, baseline.q_ref, consistency=rho, config=config)
     hot = weights < 1.0  # grid points that pull their neighbourhood toward the baseline
     if not hot.any():
-        return BlendSummary(0.0, 0.0, 1.0)
+        return BlendSummary(0.0, 0.0, 1.0, rms, frame_sigma)
     row_lo, row_hi = _influence(grid.ys, output.shape[0])
     col_lo, col_hi = _influence(grid.xs, output.shape[1])
     hot_rows = hot.any(axis=1)
@@ -212,7 +232,7 @@ def blend_toward_baseline(output: np.ndarray, lr: np.ndarray, grid: SupportGrid,
         base = baseline_block(lr, scale=scale, sigma_px=baseline.sigma_px, rows=(start, stop), cols=(c0, c1))
         block = output[start:stop, c0:c1]
         block[...] = base + w * (block - base)
-    return BlendSummary(blended / output.size, alone / output.size, weight_sum / output.size)
+    return BlendSummary(blended / output.size, alone / output.size, weight_sum / output.size, rms, frame_sigma)
 
 
 def blend_with_library(output: np.ndarray, lr: np.ndarray, library: FittedModel, *, keys: KeyIndex | None = None,

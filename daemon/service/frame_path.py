@@ -417,7 +417,14 @@ class ServeLoop(Worker):
     def _consistency(self, frame: Frame, result: EnhanceResult) -> float | None:
         """Data consistency ρ of a served frame (:func:`refscope.models.consistency.data_consistency` with the
         forward model learned with the serving library); None without one (bicubic, no model yet, a model saved
-        before forward models existed, another scale). A failure is counted (``consistency_failed``), never fatal."""
+        before forward models existed, another scale). Where the safe blend left the model's output as it was, the
+        blend's own pass of the forward model gives it (:attr:`~refscope.models.safe_blend.BlendSummary.
+        model_consistency`), not a second pass. A failure is counted (``consistency_failed``), never fatal."""
+        blend = result.safe_blend
+        if blend is not None and blend.blended_share == 0.0 and blend.model_consistency is not None:
+            # the served pixels are the model's: the blend already degraded them by the forward model once
+            rho = blend.model_consistency
+            return round(float(rho), 4) if math.isfinite(rho) else None
         fitted = self.engine.fitted
         forward = fitted.forward if fitted is not None else None
         if forward is None or result.image.shape != (forward.scale * frame.shape[0], forward.scale * frame.shape[1]):

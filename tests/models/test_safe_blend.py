@@ -229,3 +229,27 @@ def test_the_blend_stays_within_the_memory_it_declares(session) -> None:
         tracemalloc.stop()
     assert summary.blended_share > 0.5  # the premise: the baseline was computed over most of the frame
     assert peak <= blend_bytes(frame.shape, 2)
+
+
+def test_the_blend_reports_the_model_outputs_data_consistency_from_its_own_pass(session, monkeypatch) -> None:
+    """``BlendSummary.model_consistency`` is data_consistency of the output *before* the blend (oracle), for a
+    trusted output (nothing blended) and for a wrong one (blended), from one pass of the forward model."""
+    from refscope.models.consistency import ForwardModel, data_consistency
+
+    model, keys, q_ref, lr = session
+    grid = support_grid(lr, model, keys=keys)
+    good = enhance(lr, model)
+    wrong = 2 * good.mean() - good
+    calls = []
+    degrade = ForwardModel.degrade
+    monkeypatch.setattr(ForwardModel, "degrade", lambda self, hr, **kw: calls.append(1) or degrade(self, hr, **kw))
+    for output in (good, wrong):
+        out = output.astype(np.float32)
+        expected = data_consistency(lr, out.copy(), model.forward)
+        calls.clear()
+        summary = blend_toward_baseline(out, lr, grid, SafeBaseline(1.0, 0.1, q_ref), forward=model.forward)
+        assert len(calls) == 1
+        assert summary.model_consistency == pytest.approx(expected, rel=1e-9)
+    assert summary.blended_share > 0.5 and summary.model_consistency > 4.0  # the inverted output
+    plain = blend_toward_baseline(good.astype(np.float32), lr, grid, SafeBaseline(1.0, 0.1, q_ref))
+    assert plain.model_consistency is None and plain.residual_rms is None  # no forward model, no figure

@@ -108,6 +108,49 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
     assert written == ["mem_0_x2_confidence.tif", "mem_1_x2_confidence.tif", "mem_2_x2_confidence.tif"]
 
 
+def test_a_frame_the_safe_blend_left_alone_is_degraded_by_the_forward_model_once(tmp_path, monkeypatch):
+    """The safe blend measures the model's output against its input through the forward model; where it blends
+    nothing, the published data consistency is that measurement, not a second pass (one ``degrade`` per frame),
+    and it is data_consistency of the published pixels."""
+    from dataclasses import replace
+
+    from refscope.models.baseline import SafeBaseline
+    from refscope.models.consistency import ForwardModel
+
+    pair, model, config = _served_state(tmp_path)
+    model = replace(model, safe=SafeBaseline(1.0, 0.1, 1e6))  # a baseline the library is trusted against everywhere
+    save_model(config.state_dir, model, sources=["synthetic"])
+    calls: list[tuple[int, int]] = []
+    degrade = ForwardModel.degrade
+    monkeypatch.setattr(ForwardModel, "degrade", lambda self, hr, **kw: calls.append(hr.shape) or degrade(self, hr, **kw))
+    source = QueueSource()
+    context = zmq.Context()
+    try:
+        with Daemon(config, sources=[source], use_onnx=False) as daemon:
+            stream = context.socket(zmq.SUB)
+            stream.setsockopt(zmq.SUBSCRIBE, b"")
+            stream.connect(daemon.endpoints["pub"])
+            stream_joined(stream, daemon)
+            frames = [(pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)).astype(np.float32)
+                      for seq in range(3)]
+            for seq, frame in enumerate(frames):
+                source.items.put(Frame(frame, 10.0, "lr", f"mem:{seq}", seq, time.time()))
+            enhanced = []
+            deadline = time.monotonic() + 20
+            while len(enhanced) < 3 and time.monotonic() < deadline:
+                if stream.poll(100):
+                    role, item = decode_stream(stream.recv_multipart())
+                    if role == "enhanced":
+                        enhanced.append(item)
+            served = [daemon.status().model.safe_blend_share]
+    finally:
+        context.destroy(linger=0)
+    assert len(enhanced) == 3 and served == [0.0]
+    assert calls.count((2 * SHAPE[0], 2 * SHAPE[1])) == 3  # one pass per served frame
+    for frame, item in zip(frames, enhanced):
+        assert item.consistency == pytest.approx(data_consistency(frame, item.data, model.forward), abs=1e-3)
+
+
 def test_the_raw_frame_is_streamed_before_the_model_runs(tmp_path, monkeypatch):
     """What the operator looks at first (issue 18): the new scan reaches her raw pane at once, not after the model."""
     source = QueueSource()
