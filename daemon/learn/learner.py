@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,9 @@ LEARN_METHOD = "paired"
 
 _log = logging.getLogger(LEARNER_LOGGER)
 
-OnPromoted = Callable[[FittedModel, int, PromotionDecision], None]
+OnPromoted = Callable[..., None]
+"""``on_promoted(model, version, decision)``, and ``on_promoted(model, version, decision, serve=False)`` for a
+library promoted behind a serving network (see :class:`Learner`'s ``served_net``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +123,11 @@ YIELD_TO_SERVING_S = 5.0
 """Longest a reference waits for serving to become idle before it is learned anyway (at lower priority), seconds.
 A zoom-series frame is a reference and a live frame at once: it is served first (1.1 s at x4 on 2 cores alone,
 2.3 s while the learner fitted it in the same process)."""
+
+
+def _db(value: float) -> str:
+    """``value`` dB for a reason text (``+0.42 dB``)."""
+    return f"{value:+.2f} dB"
 
 
 def _finite(value: float | None) -> float | None:
@@ -163,6 +170,12 @@ class Learner(Worker):
             (promoted or not): its training area and held-out subimages
             (:class:`~refscope.models.promotion.HeldOutSplit`) and ``[lr_source, hr_source]`` -- the background
             trainer's data. An exception from it stops the worker like ``on_promoted``'s.
+        served_net: returns the network that serves now as a predictor (LR -> S-times output), or None while no
+            network is the champion (:meth:`~refscope.daemon.serve.engine.ServingEngine.champion_net`). A library
+            that would be promoted is then also measured against that network on the reference's held-out area;
+            where the network scores at least as well, the library is promoted as the session's library (saved,
+            versioned, the support of the safe blend) but the network keeps serving: ``on_promoted(...,
+            serve=False)``. None: a promoted library always serves.
         on_baseline: called on the worker thread as ``on_baseline(baseline)`` when no model serves yet and the
             reference's safe baseline (:class:`~refscope.models.baseline.SafeBaseline`) beat both the candidate
             and bicubic on its held-out area: serve it until a model is promoted (recorded first in the state folder,
@@ -190,6 +203,7 @@ class Learner(Worker):
         on_scored: OnScored | None = None,
         on_learned: Callable[[HeldOutSplit, list[str]], None] | None = None,
         on_baseline: Callable[[SafeBaseline], None] | None = None,
+        served_net: Callable[[], Callable[[np.ndarray], np.ndarray] | None] | None = None,
     ) -> None:
         if int(queue_size) != queue_size or queue_size < 1:
             raise ValueError(f"learner: queue_size must be an integer >= 1, got {queue_size!r}")
@@ -214,6 +228,7 @@ class Learner(Worker):
         self._on_scored = on_scored
         self._on_learned = on_learned
         self._on_baseline = on_baseline
+        self._served_net = served_net
         self._last_reference_db: float | None = None
         self._hooks = hooks if hooks is not None else PairingHooks()
         self._margin_db = float(margin_db)
@@ -423,8 +438,9 @@ class Learner(Worker):
             self._on_learned(split, [pair.lr_source, pair.hr_source])
         if decision.promote:
             lr_frame = next((f for f in recent if f.source == pair.lr_source), None)
+            serve, decision = self._against_served_net(decision, split, hr.source)
             self._promote(candidate, decision, pair,
-                          domain=ModelDomain.of_frame(lr_frame) if lr_frame is not None else None)
+                          domain=ModelDomain.of_frame(lr_frame) if lr_frame is not None else None, serve=serve)
         else:
             self._keep_champion(candidate, decision, pair, champion_db)
             baseline = candidate.safe
@@ -487,8 +503,28 @@ class Learner(Worker):
                                          library_size=len(candidate.library), scores=scores, promoted=promoted,
                                          reason=reason)
 
+    def _against_served_net(self, decision: PromotionDecision, split: HeldOutSplit, source: str
+                            ) -> tuple[bool, PromotionDecision]:
+        """(whether the promoted library should serve, the decision with the network's score in its reason): a
+        network that serves and scores at least the library's held-out ΔPSNR on this reference keeps serving."""
+        net = self._served_net() if self._served_net is not None else None
+        if net is None:
+            return True, decision
+        try:
+            net_db = held_out_delta_psnr(net, split.held_out, scale=self._config.scale)
+        except Exception as exc:  # noqa: BLE001 - an unmeasurable network does not keep the library from serving
+            _log.error("the serving network could not be measured on %s's held-out area (%s: %s); the library "
+                       "serves", source, type(exc).__name__, exc)
+            return True, decision
+        if not np.isfinite(net_db) or net_db < decision.candidate_delta_db:
+            return True, replace(decision, reason=f"{decision.reason}; it also beats the serving network "
+                                                  f"({_db(net_db)} held-out)")
+        return False, replace(decision, reason=f"{decision.reason}; the serving network keeps serving: it scores "
+                                               f"{_db(net_db)} on this reference's held-out area against the "
+                                               f"library's {_db(decision.candidate_delta_db)}")
+
     def _promote(self, candidate: FittedModel, decision: PromotionDecision, pair: PairResult, *,
-                 domain: ModelDomain | None = None) -> None:
+                 domain: ModelDomain | None = None, serve: bool = True) -> None:
         version = self._version + 1
         scores = self._scores(decision, pair)
         try:
@@ -516,8 +552,12 @@ class Learner(Worker):
         self._record_model(version, candidate, scores, True, decision.reason)
         self._emit("model_promoted", {"version": version, "held_out_delta_db": _finite(decision.candidate_delta_db),
                                       "serving_delta_db": _finite(decision.champion_delta_db),
-                                      "reason": decision.reason, "library_size": len(candidate.library)})
-        self._on_promoted(candidate, version, decision)
+                                      "reason": decision.reason, "library_size": len(candidate.library),
+                                      "serves": "paired" if serve else "net"})
+        if serve:
+            self._on_promoted(candidate, version, decision)
+        else:
+            self._on_promoted(candidate, version, decision, serve=False)
 
     def _keep_champion(self, candidate: FittedModel, decision: PromotionDecision, pair: PairResult,
                        champion_db: float) -> None:

@@ -70,12 +70,17 @@ class Champion:
             return False
         return True
 
-    def library_promoted(self, model: FittedModel, version: int) -> None:
-        """Serve library ``version`` (learner thread); ValueError from the engine when it is refused."""
+    def library_promoted(self, model: FittedModel, version: int, *, serve: bool = True) -> None:
+        """Serve library ``version`` (learner thread); ValueError from the engine when it is refused.
+
+        ``serve=False``: the network that serves stays the champion (it beat the library on the library's own
+        reference); the library is loaded as the session's library (support and safe baseline of the blend,
+        method ``"paired"``) and ``best.json`` keeps naming the network."""
         with self._lock:
-            self._engine.set_model(model, version)
-            self._write("paired", {"reason": f"paired library v{version} promoted by the live learner",
-                                   "version": int(version)})
+            self._engine.set_model(model, version, champion=serve)
+            if serve:
+                self._write("paired", {"reason": f"paired library v{version} promoted by the live learner",
+                                       "version": int(version)})
 
     def net_promoted(self, model_bytes: bytes, manifest: Any, version: int, result: TrainingRound) -> None:
         """Serve network ``version`` (trainer thread), promoted by the training round ``result``; ValueError from

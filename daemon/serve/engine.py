@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -371,8 +371,12 @@ class ServingEngine:
 
     # ------------------------------------------------------------------------------------------ changes
 
-    def set_model(self, fitted: FittedModel, version: int) -> None:
+    def set_model(self, fitted: FittedModel, version: int, *, champion: bool = True) -> None:
         """Serve ``fitted`` as model ``version`` (>= 1) from the next frame on; it becomes the champion.
+
+        With ``champion=False`` a network that is the champion stays the champion: ``fitted`` becomes the session's
+        library (what method ``"paired"`` serves, the support and safe baseline of every blend) while ``"best"``
+        keeps serving the network (the library lost to it on its own reference's held-out area).
 
         The model is exported to ONNX and loaded first when the method is ``"paired"`` (a second or two; the
         previous model keeps serving meanwhile); any failure there is logged and the NumPy reference serves
@@ -387,8 +391,9 @@ class ServingEngine:
             if fitted.scale != current.scale:
                 raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
             keys = key_index(fitted) if self.serve_config.safe_blend and fitted.safe is not None else None
+            keep_net = not champion and current.champion == "net" and current.net is not None
             candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None,
-                                champion="paired", keys=keys)
+                                champion="net" if keep_net else "paired", keys=keys)
             with self._warming_up():
                 candidate = self._prepare(candidate)
             with self._lock:
@@ -438,6 +443,16 @@ class ServingEngine:
                 self._net_pass_s_per_px = None  # another network: its pass time is measured afresh
         _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
                   time.perf_counter() - start, list(model.providers))
+
+    def champion_net(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The network method ``"best"`` serves now, as a predictor ``(h, w) LR -> (S·h, S·w) float32`` (one pass,
+        tiled in the budget; no self-ensemble, no safe blend): what a new library must beat before it serves.
+        None while the champion is not a network."""
+        state = self._snapshot()
+        if state.champion != "net" or state.net is None:
+            return None
+        served = replace(state.net, ensemble=1)
+        return lambda lr: np.asarray(self._run(served, check_frame(lr)), dtype=np.float32)
 
     def set_champion(self, champion: str) -> None:
         """Make ``"paired"`` (the library) or ``"net"`` the model that method ``"best"`` serves (ValueError when

@@ -373,7 +373,7 @@ class Daemon:
                        events=self.events, on_promoted=self._on_promoted, initial_model=model,
                        initial_version=version, on_scored=self._on_scored,
                        on_learned=self.trainer.add_pair if self.trainer is not None else None,
-                       on_baseline=self._on_baseline,
+                       on_baseline=self._on_baseline, served_net=self.engine.champion_net,
                        recent_lr_bytes=self.config.memory_budget.recent_frames_bytes,
                        serving_busy=self.serve_queue.busy)
 
@@ -551,16 +551,20 @@ class Daemon:
         status = learner.status()
         return bool(status.busy or status.queued)
 
-    def _on_promoted(self, model: FittedModel, version: int, decision: PromotionDecision) -> None:
-        """Learner callback (learner thread): serve the promoted model; ``model_serving`` once it serves."""
+    def _on_promoted(self, model: FittedModel, version: int, decision: PromotionDecision, *, serve: bool = True
+                     ) -> None:
+        """Learner callback (learner thread): serve the promoted model; ``model_serving`` once it serves.
+        ``serve=False``: the network that serves beat the library on its reference; the library is loaded as the
+        session's library and the network keeps serving (no ``model_serving``)."""
         start = time.monotonic()
         try:
-            self.champion.library_promoted(model, version)
+            self.champion.library_promoted(model, version, serve=serve)
         except ValueError as exc:
             self.tally.error("model_refused", f"model v{version}: {exc}", level=logging.ERROR)
             return
         self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
-        self._announce_serving("paired", version, time.monotonic() - start)
+        if serve:
+            self._announce_serving("paired", version, time.monotonic() - start)
 
     def _on_baseline(self, baseline: SafeBaseline) -> None:
         """Learner callback (learner thread): no model serves yet and the first reference's safe baseline beat what

@@ -22,7 +22,8 @@ from refscope.daemon.learn.learner import MODEL_VERSION_FILE, Learner, load_init
 from refscope.daemon.publish import EventPublisher
 from refscope.models.errors import LibraryError
 from refscope.models.library import LibraryConfig
-from refscope.models.pipeline import FitConfig, FittedModel
+from refscope.models.image_ops import upsample_bicubic
+from refscope.models.pipeline import FitConfig, FittedModel, enhance
 from refscope.models.promotion import PromotionDecision
 from refscope.models.synthetic import SyntheticPair, make_pair
 from tests.daemon.waiting import wait_for
@@ -53,9 +54,11 @@ class Promotions:
 
     def __init__(self) -> None:
         self.calls: list[tuple[FittedModel, int, PromotionDecision]] = []
+        self.serve: list[bool] = []
 
-    def __call__(self, model: FittedModel, version: int, decision: PromotionDecision) -> None:
+    def __call__(self, model: FittedModel, version: int, decision: PromotionDecision, *, serve: bool = True) -> None:
         self.calls.append((model, version, decision))
+        self.serve.append(serve)
 
 
 def lr_frame(pair: SyntheticPair, source: str, seq: int = 0) -> Frame:
@@ -432,3 +435,50 @@ def test_when_the_first_reference_teaches_less_than_the_safe_baseline_the_baseli
     assert baseline.delta_db > 0 and baseline.sigma_px > 0  # the blur beat bicubic on the held-out area
     assert "does not beat the safe baseline" in (status.last_decision_reason or "")
     assert load_served_baseline(tmp_path / "state", CONFIG.scale) == baseline  # a restart serves it again
+
+
+@pytest.mark.parametrize("net_wins", [True, False])
+def test_a_library_is_measured_against_the_network_that_serves(tmp_path: Path, scenes, net_wins: bool) -> None:
+    """A library that beats the serving library would replace a network that serves, which was never compared with
+    it. With ``served_net`` it is: where the network scores at least as well on the reference's held-out area the
+    library is promoted behind it (saved, versioned, ``serve=False``); where it does not, the library serves."""
+    from refscope.models.pipeline import fit
+
+    first = scenes[0]
+    if net_wins:  # a "network" that has seen the whole reference, the held-out area included
+        oracle = fit(first.lr, [(first.hr, 2.0)], config=CONFIG)
+        net = lambda lr: enhance(lr, oracle, method="paired")  # noqa: E731
+    else:
+        net = lambda lr: upsample_bicubic(lr, 2)  # noqa: E731
+    asked: list[int] = []
+    promoted = Promotions()
+    learner = make_learner(tmp_path, None, None, promoted, served_net=lambda: asked.append(1) or net)
+    learner.start()
+    try:
+        learner.note_lr(lr_frame(first, "first_lr.tif"))
+        assert learner.submit_reference(hr_frame(first.hr, "first_hr.tif"))
+        wait_for(done(learner, 1))
+        status = learner.status()
+    finally:
+        learner.stop(timeout=30)
+    assert asked and status.model_version == 1 and len(promoted.calls) == 1
+    assert promoted.serve == [not net_wins]
+    reason = promoted.calls[0][2].reason
+    assert ("the serving network keeps serving" in reason) is net_wins
+    assert ("it also beats the serving network" in reason) is (not net_wins)
+    loaded, version = load_initial(tmp_path / "state")
+    assert version == 1 and loaded is not None  # saved either way: the session's library grows
+
+
+def test_without_a_serving_network_a_promoted_library_serves(tmp_path: Path, scenes) -> None:
+    first = scenes[0]
+    promoted = Promotions()
+    learner = make_learner(tmp_path, None, None, promoted, served_net=lambda: None)
+    learner.start()
+    try:
+        learner.note_lr(lr_frame(first, "first_lr.tif"))
+        assert learner.submit_reference(hr_frame(first.hr, "first_hr.tif"))
+        wait_for(done(learner, 1))
+    finally:
+        learner.stop(timeout=30)
+    assert promoted.serve == [True] and "serving network" not in promoted.calls[0][2].reason

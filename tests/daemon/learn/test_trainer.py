@@ -261,7 +261,10 @@ def test_champion_serves_the_latest_promotion_and_restores_it(tmp_path: Path, sp
     assert fresh.describe()["served_by"] == "net" and fresh.describe()["net_version"] == 4
     np.testing.assert_allclose(fresh.enhance(lr).image, out.image, rtol=1e-5, atol=1e-4)
 
-    champion.library_promoted(library, 2)  # a newer library wins back "best"
+    champion.library_promoted(library, 2, serve=False)  # promoted behind the network: it lost to it
+    assert engine.enhance(lr).model_name == "net" and engine.describe()["version"] == 2
+    assert load_best(tmp_path)["best"] == "net"  # a restart still serves the network
+    champion.library_promoted(library, 3)  # a newer library wins back "best"
     assert engine.enhance(lr).model_name == "paired" and load_best(tmp_path)["best"] == "paired"
     assert Champion(ServingEngine(ModelConfig(scale=2), ServeConfig()), tmp_path).restore(4) is False
 
@@ -283,6 +286,21 @@ def test_daemon_status_reports_the_trainer_and_restores_the_network(tmp_path: Pa
         assert status.model.served_by == "net" and status.model.champion == "net"
         assert status.trainer.enabled is True and status.trainer.pairs == 1
         daemon.check()
+        # a new reference: its library is measured against the network that serves, not only the old library
+        from refscope.daemon.images import write_tiff
+
+        pair = make_pair(rng=np.random.default_rng(8), lr_shape=(96, 128), factor=2.0)
+        write_tiff(tmp_path / "in" / "a_lr.tif", pair.lr.astype(np.float32), pixel_size_nm=10.0)
+        time.sleep(0.5)
+        write_tiff(tmp_path / "in" / "b_hr.tif", pair.hr.astype(np.float32), pixel_size_nm=5.0)
+        promoted = wait_for(lambda: [e for e in daemon.catalogue.recent_events(50) if e.type == "model_promoted"],
+                            60, "the new reference's library promoted")
+        payload = promoted[0].payload
+        assert "serving network" in payload["reason"]
+        if payload["serves"] == "paired":  # it beat the network too: it serves once loaded
+            wait_for(lambda: any(e.type == "model_serving" for e in daemon.catalogue.recent_events(50)), 30,
+                     "the library serving")
+        assert daemon.status().model.champion == ("net" if payload["serves"] == "net" else "paired")
 
 
 # ------------------------------------------------------------------------------------------------ serving first

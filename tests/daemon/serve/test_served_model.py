@@ -157,3 +157,29 @@ def test_batch_workers_run_each_models_own_self_ensemble_on_one_cached_session(c
                                          constant={}), scheduler="synchronous")
         expected = model.loaded().enhance(frame, tile=model.tile(frame.shape, max_tile=48))
         np.testing.assert_allclose(out[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_a_library_set_behind_the_serving_network_leaves_the_network_serving(emsr) -> None:
+    """``set_model(champion=False)`` while a network is the champion: the library becomes the session's library
+    (its version, method "paired") and "best" still serves the network; ``champion_net`` is that network's single
+    pass (oracle: the untiled ONNX run), and None once a library is the champion."""
+    from refscope.models.library import LibraryConfig
+    from refscope.models.pipeline import FitConfig, fit
+    from refscope.models.synthetic import make_pair
+
+    data, manifest, _ = emsr
+    pair = make_pair(rng=np.random.default_rng(3), lr_shape=(96, 112), factor=2.0)
+    library = fit(pair.lr, [(pair.hr, 2.0)], config=FitConfig(scale=2, library=LibraryConfig(size=300, patch_size=9)))
+    engine = ServingEngine(ModelConfig(scale=2), ServeConfig(), use_onnx=False)
+    assert engine.champion_net() is None  # bicubic serves
+    engine.set_model(library, 1)
+    engine.set_net(data, manifest, 1)
+    engine.set_model(library, 2, champion=False)
+    state = engine.describe()
+    assert (state["champion"], state["version"], state["served_by"]) == ("net", 2, "net")
+    frame = _frame((64, 72))
+    assert engine.enhance(frame).model_name == "net"
+    whole = onnx_model(data, manifest, method="net").loaded(RuntimeConfig(intra_op_threads=1)).run(frame)
+    np.testing.assert_allclose(engine.champion_net()(frame), whole, rtol=0, atol=1e-4 * float(np.abs(whole).max()))
+    engine.set_model(library, 3)  # a library that beat the network serves
+    assert engine.describe()["champion"] == "paired" and engine.champion_net() is None
