@@ -33,6 +33,7 @@ from torch import nn
 from .degradations import SYNTHETIC_II, BlurNoise, MultiScaleConfig, multiscale_pair, synthetic_lr
 from .image_ops import upsample_bicubic
 from .metrics import fit_intensity_coefficients
+from .normalisation import Normalisation
 from .noise import estimate_noise_sigma
 
 __all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "training_device", "PatchSource",
@@ -41,34 +42,6 @@ __all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "trainin
            "predict", "export_network"]
 
 STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """Affine intensity map into network units: ``x_norm = (x - offset) * scale`` (manifest convention)."""
-
-    offset: float
-    scale: float
-
-    @classmethod
-    def from_images(cls, images: Sequence[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5)
-                    ) -> "Normalisation":
-        """Map the ``percentiles`` range of all pixels of ``images`` (caller's units) onto [0, 1]."""
-        values = np.concatenate([np.asarray(im, dtype=np.float64).ravel() for im in images])
-        low, high = np.percentile(values, percentiles)
-        if not high > low:
-            low, high = float(values.min()), float(values.max())
-        if not high > low:
-            raise ValueError("the training images are constant; there is nothing to normalise or learn")
-        return cls(float(low), float(1.0 / (high - low)))
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """Caller's units -> network units, float32."""
-        return ((np.asarray(image, dtype=np.float64) - self.offset) * self.scale).astype(np.float32)
-
-    def invert(self, image: np.ndarray) -> np.ndarray:
-        """Network units -> caller's units, float64."""
-        return np.asarray(image, dtype=np.float64) / self.scale + self.offset
 
 
 @dataclass(frozen=True)

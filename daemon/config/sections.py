@@ -198,6 +198,10 @@ class ServeConfig:
             ``frame_budget_s``, from the time the network took on the previous frames.
         frame_budget_s: seconds one served frame may take for the network's passes when ``self_ensemble`` is 0
             (> 0).
+        prior: before anything is learned from the session, serve the pretrained EM prior shipped for the scale
+            (:mod:`refscope.daemon.learn.prior_store`; model ``"prior"`` v0) instead of bicubic, until a library,
+            network or safe baseline beats it on a reference's held-out area. Off, or no prior for the scale
+            (``REFSCOPE_PRIORS=none``): bicubic.
         safe_blend: pull every output of the library or the network toward the safe baseline (a blur of bicubic
             chosen on each reference's held-out area) where the frame is unlike every reference
             (:mod:`refscope.models.safe_blend`).
@@ -223,6 +227,9 @@ class ServeConfig:
         "0: as many as keep a frame within frame_budget_s."))
     frame_budget_s: float = field(default=0.5, metadata=field_doc(
         "Seconds the network's passes may take per frame when self_ensemble is 0 (> 0)."))
+    prior: bool = field(default=True, metadata=field_doc(
+        "Before anything is learned from the session, serve the pretrained EM prior shipped for the scale instead "
+        "of bicubic, until a library, network or safe baseline beats it on a reference's held-out area."))
     safe_blend: bool = field(default=True, metadata=field_doc(
         "Pull the output toward the safe baseline (a tuned blur of bicubic) where the frame is unlike every "
         "reference (library support ratio above safe_blend_start)."))

@@ -170,15 +170,15 @@ class Learner(Worker):
             (promoted or not): its training area and held-out subimages
             (:class:`~refscope.models.promotion.HeldOutSplit`) and ``[lr_source, hr_source]`` -- the background
             trainer's data. An exception from it stops the worker like ``on_promoted``'s.
-        served_net: returns the network that serves now as a predictor (LR -> S-times output), or None while no
-            network is the champion (:meth:`~refscope.daemon.serve.engine.ServingEngine.champion_net`). A library
+        served_net: returns the network that serves now as a predictor (LR -> S-times output): a trained network or
+            the shipped prior served before anything was learned; None while no network is the champion (:meth:`~refscope.daemon.serve.engine.ServingEngine.champion_net`). A library
             that would be promoted is then also measured against that network on the reference's held-out area;
             where the network scores at least as well, the library is promoted as the session's library (saved,
             versioned, the support of the safe blend) but the network keeps serving: ``on_promoted(...,
             serve=False)``. None: a promoted library always serves.
         on_baseline: called on the worker thread as ``on_baseline(baseline)`` when no model serves yet and the
-            reference's safe baseline (:class:`~refscope.models.baseline.SafeBaseline`) beat both the candidate
-            and bicubic on its held-out area: serve it until a model is promoted (recorded first in the state folder,
+            reference's safe baseline (:class:`~refscope.models.baseline.SafeBaseline`) beat the candidate,
+            bicubic and the serving prior (``served_net``) on its held-out area: serve it until a model is promoted (recorded first in the state folder,
             :func:`~refscope.daemon.state.model_store.save_served_baseline`). Must return quickly; an
             exception from it stops the worker like ``on_promoted``'s. None: bicubic keeps serving.
     """
@@ -445,7 +445,8 @@ class Learner(Worker):
             self._keep_champion(candidate, decision, pair, champion_db)
             baseline = candidate.safe
             if (champion is None and self._on_baseline is not None and baseline.delta_db > 0
-                    and baseline.delta_db >= candidate_db):
+                    and baseline.delta_db >= candidate_db
+                    and baseline.delta_db >= max(self._served_net_db(split, hr.source) or 0.0, 0.0)):
                 # nothing learned beats the tuned blur yet: it serves, not bicubic, and again after a restart
                 save_served_baseline(self._state_dir, baseline, scale=self._config.scale, source=hr.source)
                 self._on_baseline(baseline)
@@ -503,18 +504,25 @@ class Learner(Worker):
                                          library_size=len(candidate.library), scores=scores, promoted=promoted,
                                          reason=reason)
 
+    def _served_net_db(self, split: HeldOutSplit, source: str) -> float | None:
+        """Held-out ΔPSNR of the network (or prior) that serves now on this reference; None when none serves or
+        it cannot be measured (logged: an unmeasurable network does not hold back what was learned)."""
+        net = self._served_net() if self._served_net is not None else None
+        if net is None:
+            return None
+        try:
+            return held_out_delta_psnr(net, split.held_out, scale=self._config.scale)
+        except Exception as exc:  # noqa: BLE001
+            _log.error("the serving network could not be measured on %s's held-out area (%s: %s)", source,
+                       type(exc).__name__, exc)
+            return None
+
     def _against_served_net(self, decision: PromotionDecision, split: HeldOutSplit, source: str
                             ) -> tuple[bool, PromotionDecision]:
         """(whether the promoted library should serve, the decision with the network's score in its reason): a
         network that serves and scores at least the library's held-out ΔPSNR on this reference keeps serving."""
-        net = self._served_net() if self._served_net is not None else None
-        if net is None:
-            return True, decision
-        try:
-            net_db = held_out_delta_psnr(net, split.held_out, scale=self._config.scale)
-        except Exception as exc:  # noqa: BLE001 - an unmeasurable network does not keep the library from serving
-            _log.error("the serving network could not be measured on %s's held-out area (%s: %s); the library "
-                       "serves", source, type(exc).__name__, exc)
+        net_db = self._served_net_db(split, source)
+        if net_db is None:
             return True, decision
         if not np.isfinite(net_db) or net_db < decision.candidate_delta_db:
             return True, replace(decision, reason=f"{decision.reason}; it also beats the serving network "

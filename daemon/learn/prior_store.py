@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from refscope.models.network_names import resolve_network
 
-from ..state.net_store import has_net, load_net
+from ..state.net_store import has_net, load_net, load_served
 
 if TYPE_CHECKING:  # PyTorch is imported only by load_net
     from refscope.models.net_fit import NetFit
 
-__all__ = ["SHIPPED_PRIORS", "priors_folder", "prior_folder", "load_prior"]
+__all__ = ["SHIPPED_PRIORS", "priors_folder", "prior_folder", "load_prior", "load_served_prior"]
 
 SHIPPED_PRIORS = Path(__file__).resolve().parent / "priors"
 
@@ -60,3 +60,19 @@ def load_prior(network: str, scale: int, root: Path | None = None) -> "NetFit | 
 
         raise StateError(f"{folder}: holds a {fit.network} x{fit.scale} network, not {network} x{scale}")
     return fit
+
+
+def load_served_prior(scale: int, root: Path | None = None) -> "tuple[bytes, Any] | None":
+    """The x``scale`` prior of the network served at that scale in its served form: ONNX bytes (checksum verified)
+    and :class:`~refscope.models.manifest.ModelManifest` (identity normalisation: the engine applies it in each
+    frame's own units), without PyTorch; None if there is none. Raises
+    :class:`~refscope.daemon.errors.StateError` for a damaged prior or one of another scale."""
+    folder = prior_folder("auto", scale, root)
+    if folder is None:
+        return None
+    data, manifest = load_served(folder)
+    if int(manifest.scale) != int(scale):
+        from ..errors import StateError
+
+        raise StateError(f"{folder}: holds a x{manifest.scale} network, not x{scale}")
+    return data, manifest

@@ -49,6 +49,7 @@ import numpy as np
 from refscope.models.baseline import SafeBaseline
 from refscope.models.confidence import DEFAULT_STRIDE, KeyIndex, SupportGrid, key_index
 from refscope.models.nlm import check_sigma_n
+from refscope.models.normalisation import Normalisation
 from refscope.models.pipeline import FittedModel
 from refscope.models.safe_blend import BlendSummary, SafeBlendConfig, blend_with_library
 from refscope.models.self_ensemble import ensemble_size_for
@@ -116,14 +117,20 @@ class _State:
     onnx_note: str | None = None  # why ONNX is not used (None when it is, or not applicable)
     net: ServedModel | None = None  # the promoted network through ONNX Runtime (session loaded), or None
     net_version: int = 0
-    champion: str = "paired"  # what "best" serves: "paired" (the library) or "net"
+    champion: str = "paired"  # what "best" serves: "paired" (the library), "net" or "prior"
     keys: KeyIndex | None = None  # the library's keys for the support of the safe blend (None: no blend)
     baseline: SafeBaseline | None = None  # serves instead of bicubic while no model does (set_baseline)
+    prior: ServedModel | None = None  # the shipped EM prior, served before anything is learned (set_prior)
 
     @property
     def library_method(self) -> str:
         """The reconstruction method used when the library serves (``"net"``/``"best"`` fall back to paired)."""
         return "paired" if self.method in ("net", "best") else self.method
+
+    @property
+    def serves_prior(self) -> bool:
+        """True when the shipped prior serves frames in this state (method ``"best"``, nothing learned beat it)."""
+        return self.prior is not None and self.method == "best" and self.champion == "prior"
 
     @property
     def serves_net(self) -> bool:
@@ -261,12 +268,12 @@ class ServingEngine:
         if backend != "bicubic" and float(np.ptp(array)) == 0.0:
             name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
         served = self._model(state, name, backend)
-        if name == "net":
+        if name == "net":  # the prior runs one pass: it serves while the session learns, and must leave it the CPU
             served = replace(served, ensemble=self._ensemble_for(array.shape, served.scale))
         try:
-            out = self._run(served, array)
+            out = self._run_prior(served, array) if name == "prior" else self._run(served, array)
         except Exception as exc:  # noqa: BLE001 - one failed inference of the paired model: fall back for this frame
-            if backend != "onnx" or name == "net":
+            if backend != "onnx" or name in ("net", "prior"):
                 raise
             _log.error("ONNX inference failed (%s: %s); using the NumPy reference for this frame",
                        type(exc).__name__, exc)
@@ -325,6 +332,8 @@ class ServingEngine:
         """(method name, backend) that serves frames in ``state``."""
         if state.method == "bicubic":
             return "bicubic", "bicubic"
+        if state.serves_prior:
+            return "prior", "onnx"
         if state.serves_net:
             return "net", "onnx"
         if state.fitted is None:
@@ -354,6 +363,9 @@ class ServingEngine:
         if name == "net":
             assert state.net is not None
             return state.net
+        if name == "prior":
+            assert state.prior is not None
+            return state.prior
         if backend == "onnx":
             assert state.onnx is not None
             return state.onnx
@@ -369,14 +381,22 @@ class ServingEngine:
         """``served`` on ``array``, tiled inside the budget with the model's own halo and alignment (exact)."""
         return served.enhance(array, tile=self._tile(served, array.shape))
 
+    def _run_prior(self, served: ServedModel, array: np.ndarray) -> np.ndarray:
+        """The prior (identity normalisation) on ``array`` in the frame's own network units: its 0.5-99.5
+        percentile range mapped onto [0, 1] before the network and back after it
+        (:func:`refscope.models.prior.frame_normalisation`); a global affine map, so tiling stays exact."""
+        norm = Normalisation.from_images([array])
+        return norm.invert(self._run(served, norm.apply(array)))
+
     # ------------------------------------------------------------------------------------------ changes
 
     def set_model(self, fitted: FittedModel, version: int, *, champion: bool = True) -> None:
         """Serve ``fitted`` as model ``version`` (>= 1) from the next frame on; it becomes the champion.
 
-        With ``champion=False`` a network that is the champion stays the champion: ``fitted`` becomes the session's
-        library (what method ``"paired"`` serves, the support and safe baseline of every blend) while ``"best"``
-        keeps serving the network (the library lost to it on its own reference's held-out area).
+        With ``champion=False`` a network (or the prior) that is the champion stays the champion: ``fitted``
+        becomes the session's library (what method ``"paired"`` serves, the support and safe baseline of every
+        blend) while ``"best"`` keeps serving the network (the library lost to it on its own reference's held-out
+        area). A library that becomes the champion retires the prior.
 
         The model is exported to ONNX and loaded first when the method is ``"paired"`` (a second or two; the
         previous model keeps serving meanwhile); any failure there is logged and the NumPy reference serves
@@ -391,9 +411,11 @@ class ServingEngine:
             if fitted.scale != current.scale:
                 raise ValueError(f"the model's scale x{fitted.scale} differs from the served scale x{current.scale}")
             keys = key_index(fitted) if self.serve_config.safe_blend and fitted.safe is not None else None
-            keep_net = not champion and current.champion == "net" and current.net is not None
+            kept = current.champion if not champion and (
+                (current.champion == "net" and current.net is not None)
+                or (current.champion == "prior" and current.prior is not None)) else None
             candidate = replace(current, fitted=fitted, version=int(version), onnx=None, onnx_note=None,
-                                champion="net" if keep_net else "paired", keys=keys)
+                                champion=kept or "paired", keys=keys, prior=current.prior if kept == "prior" else None)
             with self._warming_up():
                 candidate = self._prepare(candidate)
             with self._lock:
@@ -408,8 +430,10 @@ class ServingEngine:
         if not isinstance(baseline, SafeBaseline):
             raise TypeError(f"set_baseline needs a SafeBaseline, got {type(baseline).__name__}")
         with self._swap_lock:
-            with self._lock:
-                self._state = replace(self._state, baseline=baseline)
+            with self._lock:  # it beat what was learned and the prior (if one served) on the reference
+                current = self._state
+                self._state = replace(current, baseline=baseline, prior=None,
+                                      champion="paired" if current.champion == "prior" else current.champion)
         _log.info("serving the safe baseline (blur of bicubic, sigma %.2f px) until a model is promoted",
                   baseline.sigma_px)
 
@@ -436,7 +460,7 @@ class ServingEngine:
                 # a manifest from before refscope recorded the network's halo: serve.halo at even origins
                 model = onnx_model(model_bytes, manifest, method="net", session=slot.model, keep_bytes=False,
                                    fallback=(self.serve_config.halo, 2))
-                candidate = replace(current, net=model, net_version=int(version), champion="net")
+                candidate = replace(current, net=model, net_version=int(version), champion="net", prior=None)
                 self._warm_up(model)
             with self._lock:
                 self._state = candidate
@@ -446,13 +470,44 @@ class ServingEngine:
 
     def champion_net(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """The network method ``"best"`` serves now, as a predictor ``(h, w) LR -> (S·h, S·w) float32`` (one pass,
-        tiled in the budget; no self-ensemble, no safe blend): what a new library must beat before it serves.
-        None while the champion is not a network."""
+        tiled in the budget; no self-ensemble, no safe blend): what a new library must beat before it serves. The
+        shipped prior while it serves (:meth:`set_prior`); None while the champion is not a network."""
         state = self._snapshot()
+        if state.serves_prior:
+            prior = replace(state.prior, ensemble=1)
+            return lambda lr: np.asarray(self._run_prior(prior, check_frame(lr)), dtype=np.float32)
         if state.champion != "net" or state.net is None:
             return None
         served = replace(state.net, ensemble=1)
         return lambda lr: np.asarray(self._run(served, check_frame(lr)), dtype=np.float32)
+
+    def set_prior(self, model_bytes: bytes, manifest: Any) -> None:
+        """Serve the pretrained EM prior shipped for this scale (ONNX bytes + manifest, identity normalisation: it
+        runs in each frame's own units, :meth:`_run_prior`) as model ``"prior"`` v0 from the next frame on, while
+        nothing has been learned: the first library, network or safe baseline that beats it on a reference's
+        held-out area retires it (the learner measures it through :meth:`champion_net`).
+
+        Raises ValueError (nothing changes) for a wrong scale, a model ONNX Runtime refuses, or when a library or
+        network is already loaded (a session that has learned serves what it learned)."""
+        from .runtime import ModelSlot
+
+        with self._swap_lock:
+            current = self._snapshot()
+            if int(manifest.scale) != current.scale:
+                raise ValueError(f"the prior's scale x{manifest.scale} differs from the served scale x{current.scale}")
+            if current.fitted is not None or current.net is not None or current.baseline is not None:
+                raise ValueError("the prior serves only before anything is learned; this session has a model")
+            with self._warming_up():
+                slot = ModelSlot(self._runtime_config())
+                if not slot.try_load(model_bytes, manifest):
+                    raise ValueError(f"the prior was refused: {slot.last_error}")
+                model = onnx_model(model_bytes, manifest, method="net", session=slot.model, keep_bytes=False,
+                                   fallback=(self.serve_config.halo, 2))
+                self._warm_up(model)
+            with self._lock:
+                self._state = replace(self._state, prior=model, champion="prior")
+        _log.info("serving the shipped prior (%s x%d) until something learned from this session beats it",
+                  manifest.kind, manifest.scale)
 
     def set_champion(self, champion: str) -> None:
         """Make ``"paired"`` (the library) or ``"net"`` the model that method ``"best"`` serves (ValueError when
@@ -517,7 +572,8 @@ class ServingEngine:
                 raise ValueError(f"scale x{scale} refused: model v{current.version} serves x{current.scale}; "
                                  "a scale change needs a new session (another state folder)")
             with self._lock:  # a safe baseline was chosen at the old scale (its σ is in those output px)
-                self._state = replace(current, scale=int(scale), baseline=None)
+                self._state = replace(current, scale=int(scale), baseline=None, prior=None,
+                                      champion="paired" if current.champion == "prior" else current.champion)
         _log.info("scale set to x%d", scale)
 
     def _prepare(self, state: _State) -> _State:
@@ -610,8 +666,8 @@ class ServingEngine:
             "scale": state.scale,
             "sigma_n": state.sigma_n,
             "library_size": len(state.fitted.library) if state.fitted is not None else 0,
-            "providers": list((state.net if name == "net" else state.onnx).providers)
-            if (state.net if name == "net" else state.onnx) is not None else [],
+            "providers": list(served.providers) if (served := {"net": state.net, "prior": state.prior}.get(
+                name, state.onnx)) is not None else [],
             "onnx_note": state.onnx_note,
             "net_version": state.net_version,
             "champion": state.champion,

@@ -77,13 +77,14 @@ from refscope.models.promotion import PromotionDecision
 
 from ..atomic import TEMP_MARKER, atomic_write_json
 from ..config import DaemonConfig
-from ..errors import RefscopeError
+from ..errors import RefscopeError, StateError
 from ..frames import FrameSource
 from ..images import read_frames
 from ..ingest.feed import ZmqFrameSource
 from ..ingest.folder import FolderFrameSource
 from ..learn.learner import Learner, ReferenceOutcome, load_initial
 from ..learn.pairing import RoleClassifier
+from ..learn.prior_store import load_served_prior
 from ..learn.trainer import BackgroundTrainer
 from ..publish import EventPublisher, FolderPublisher, PublishedFile
 from ..publish.spill import SPILL_DIR
@@ -321,7 +322,9 @@ class Daemon:
                                                  on_promoted=self._on_net_promoted, catalogue=self.catalogue,
                                                  events=self.events)
                 self.report.attach(trainer=self.trainer)
-            self.champion.restore(self.trainer.net_version if self.trainer is not None else 1)
+            restored = self.champion.restore(self.trainer.net_version if self.trainer is not None else 1)
+            if model is None and not restored and cfg.serve.prior and self.engine.describe()["served_by"] == "bicubic":
+                self._serve_prior(cfg.model.scale)
             self.learners.current = self._make_learner(model, version, cfg.model.scale)
             self.learners.current.start()
             if self.trainer is not None:
@@ -565,6 +568,17 @@ class Daemon:
         self.domain_watch.set_model(load_domain(self.config.state_dir))  # the learner saved it with the model
         if serve:
             self._announce_serving("paired", version, time.monotonic() - start)
+
+    def _serve_prior(self, scale: int) -> None:
+        """Serve the shipped prior for ``scale`` while nothing is learned (``serve.prior``); a missing prior leaves
+        bicubic, a damaged one is logged and counted (``prior_failed``) and bicubic serves."""
+        try:
+            prior = load_served_prior(scale)
+            if prior is not None:
+                self.engine.set_prior(*prior)
+        except (StateError, ValueError) as exc:
+            self.tally.error("prior_failed", f"the shipped x{scale} prior cannot serve ({exc}); bicubic serves until "
+                             "a model is learned", level=logging.ERROR)
 
     def _on_baseline(self, baseline: SafeBaseline) -> None:
         """Learner callback (learner thread): no model serves yet and the first reference's safe baseline beat what

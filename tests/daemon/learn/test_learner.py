@@ -482,3 +482,26 @@ def test_without_a_serving_network_a_promoted_library_serves(tmp_path: Path, sce
     finally:
         learner.stop(timeout=30)
     assert promoted.serve == [True] and "serving network" not in promoted.calls[0][2].reason
+
+
+def test_a_safe_baseline_does_not_replace_a_serving_prior_that_beats_it(tmp_path: Path, scenes) -> None:
+    """The garbage first reference of the test above, while a network (the shipped prior) serves that scores
+    better than the tuned blur on the held-out area: the baseline is not offered, the network keeps serving."""
+    from refscope.models.pipeline import fit
+
+    second = scenes[1]
+    oracle = fit(second.lr, [(second.hr, 2.0)], config=CONFIG)  # has seen the held-out area: beats any blur
+    offered: list[Any] = []
+    promoted = Promotions()
+    learner = make_learner(tmp_path, None, None, promoted, on_baseline=offered.append,
+                           served_net=lambda: (lambda lr: enhance(lr, oracle, method="paired")))
+    learner.start()
+    try:
+        learner.note_lr(lr_frame(second, "second_lr.tif"))
+        garbage = scramble_training_area(second, np.random.default_rng(5))
+        assert learner.submit_reference(hr_frame(garbage, "garbage_hr.tif"))
+        wait_for(done(learner, 1))
+    finally:
+        learner.stop(timeout=30)
+    assert promoted.calls == [] and offered == []
+    assert load_served_baseline(tmp_path / "state", CONFIG.scale) is None

@@ -151,7 +151,7 @@ def test_folder_end_to_end_learns_from_a_reference(tmp_path, pair):
         assert {f.source_seq for f in frames[:3]} == {0, 1, 2}
         for f in frames[:3]:
             assert f.data.shape == (2 * LR_SHAPE[0], 2 * LR_SHAPE[1])
-            assert f.model == "bicubic" and f.model_version == "0"
+            assert f.model == "prior" and f.model_version == "0"  # nothing learned yet: the shipped prior serves
             assert f.pixel_size_m == pytest.approx(LR_NM / 2 * 1e-9)
             assert 0 <= f.latency_s < 10
         wait_for(lambda: len(outputs(out)) == 3, 10, "3 output TIFFs")
