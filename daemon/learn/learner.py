@@ -538,7 +538,7 @@ class Learner(Worker):
         try:
             save_model(self._state_dir, candidate, sources=[pair.lr_source, pair.hr_source], domain=domain)
             _write_version(self._state_dir, version, decision.candidate_delta_db, len(candidate.library),
-                           [pair.lr_source, pair.hr_source])
+                           [pair.lr_source, pair.hr_source], serves=serve)
         except (StateError, OSError, ValueError) as exc:
             message = (f"candidate model {version} (from {pair.hr_source}) beat the serving model but could not be "
                        f"saved in {self._state_dir} ({exc}); the serving model is kept")
@@ -586,9 +586,12 @@ class Learner(Worker):
 # -------------------------------------------------------------------------------------- saved version
 
 
-def _write_version(state_dir: Path, version: int, delta_db: float, library_size: int, sources: list[str]) -> None:
-    """Write ``model_version.json`` atomically, tied to the library just saved by its checksum."""
+def _write_version(state_dir: Path, version: int, delta_db: float, library_size: int, sources: list[str], *,
+                   serves: bool = True) -> None:
+    """Write ``model_version.json`` atomically, tied to the library just saved by its checksum; ``serves`` False
+    for a library promoted behind the network or prior that beat it (:func:`library_serves`)."""
     atomic_write_json(state_dir / MODEL_VERSION_FILE, {
+        "serves": bool(serves),
         "version": int(version),
         "library_sha256": state_sha256(state_dir, MODEL_STATE_NAME),
         "held_out_delta_db": _finite(delta_db),
@@ -596,6 +599,17 @@ def _write_version(state_dir: Path, version: int, delta_db: float, library_size:
         "sources": sources,
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+
+
+def library_serves(state_dir: str | Path) -> bool:
+    """False when the saved library was promoted behind the network or prior that beat it on its reference
+    (``model_version.json`` says so): a restart serves that champion, the library only as the session's library.
+    True otherwise, also without a record (a state written by ``refscope fit -o``, or by an older refscope)."""
+    try:
+        record = json.loads((Path(state_dir) / MODEL_VERSION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return not (isinstance(record, dict) and record.get("serves") is False)
 
 
 def load_initial(state_dir: str | Path) -> tuple[FittedModel | None, int]:

@@ -82,7 +82,7 @@ from ..frames import FrameSource
 from ..images import read_frames
 from ..ingest.feed import ZmqFrameSource
 from ..ingest.folder import FolderFrameSource
-from ..learn.learner import Learner, ReferenceOutcome, load_initial
+from ..learn.learner import Learner, ReferenceOutcome, library_serves, load_initial
 from ..learn.pairing import RoleClassifier
 from ..learn.prior_store import load_served_prior
 from ..learn.trainer import BackgroundTrainer
@@ -94,6 +94,7 @@ from ..serve.fusion_window import FusionWindow
 from ..state.catalogue import CATALOGUE_NAME, Catalogue
 from ..state.model_domain import DomainWatch
 from ..state.model_store import load_domain, load_served_baseline
+from ..state.net_store import has_net
 from ..wire.curve import daemon_context
 from ..wire.status import DaemonStatus, TrainingRound
 from .commands import OperatorControls
@@ -285,7 +286,10 @@ class Daemon:
                     raise RefscopeError(
                         f"{cfg.state_dir}: the saved model is x{model.scale} but model.scale is {cfg.model.scale}; use "
                         "the same scale or another state folder")
-                self.engine.set_model(model, version)
+                behind = not library_serves(cfg.state_dir)  # it lost to the network or prior serving then
+                if behind and cfg.serve.prior and not has_net(cfg.state_dir):
+                    self._serve_prior(cfg.model.scale)  # the prior it lost to serves again
+                self.engine.set_model(model, version, champion=not behind)
                 self.domain_watch.set_model(load_domain(cfg.state_dir))
             else:
                 baseline = load_served_baseline(cfg.state_dir, cfg.model.scale)

@@ -93,3 +93,24 @@ def test_a_daemon_serves_the_prior_until_it_learns_unless_told_not_to(tmp_path, 
         source.items.put(Frame(_frame(), 10.0, "lr", "mem:0", 0, time.time()))
         wait_for(lambda: daemon.status().frames.out == 1, 30, "one frame served")
         assert daemon.engine.describe()["served_by"] == ("prior" if on else "bicubic")
+
+
+@pytest.mark.parametrize("behind", [True, False])
+def test_a_restart_serves_the_prior_a_saved_library_lost_to(tmp_path, library, behind: bool) -> None:
+    """A library promoted behind the serving prior (``model_version.json``: ``serves`` false) stays behind it after
+    a restart; one that won serves."""
+    from refscope.daemon.learn.learner import _write_version, library_serves, load_initial
+    from refscope.daemon.state.model_store import save_model
+
+    state = tmp_path / "state"
+    save_model(state, library, sources=["lr.tif", "hr.tif"])
+    _write_version(state, 3, 0.2, len(library.library), ["lr.tif", "hr.tif"], serves=not behind)
+    assert library_serves(state) is (not behind) and load_initial(state)[1] == 3
+    config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "state_dir": str(state),
+                                "control.endpoint": "tcp://127.0.0.1:*",
+                                "control.events_endpoint": "tcp://127.0.0.1:*",
+                                "publish.pub_endpoint": "tcp://127.0.0.1:*", "trainer.enabled": "false"})
+    with Daemon(config, sources=[QueueSource()], use_onnx=False) as daemon:
+        state_now = daemon.engine.describe()
+    assert state_now["version"] == 3
+    assert state_now["served_by"] == ("prior" if behind else "paired")
