@@ -444,8 +444,6 @@ class ServingEngine:
         The network is loaded and warmed up first (the previous model keeps serving meanwhile). Raises
         ValueError (nothing changes) for a wrong scale or a model ONNX Runtime refuses.
         """
-        from .runtime import ModelSlot
-
         if int(version) != version or version < 1:
             raise ValueError(f"network version must be an integer >= 1, got {version!r}")
         with self._swap_lock:
@@ -453,20 +451,28 @@ class ServingEngine:
             if int(manifest.scale) != current.scale:
                 raise ValueError(f"the network's scale x{manifest.scale} differs from the served scale x{current.scale}")
             start = time.perf_counter()
-            with self._warming_up():
-                slot = ModelSlot(self._runtime_config())
-                if not slot.try_load(model_bytes, manifest):
-                    raise ValueError(f"network v{version} refused: {slot.last_error}")
-                # a manifest from before refscope recorded the network's halo: serve.halo at even origins
-                model = onnx_model(model_bytes, manifest, method="net", session=slot.model, keep_bytes=False,
-                                   fallback=(self.serve_config.halo, 2))
-                candidate = replace(current, net=model, net_version=int(version), champion="net", prior=None)
-                self._warm_up(model)
+            model = self._load_network(model_bytes, manifest, f"network v{version}")
+            candidate = replace(current, net=model, net_version=int(version), champion="net", prior=None)
             with self._lock:
                 self._state = candidate
                 self._net_pass_s_per_px = None  # another network: its pass time is measured afresh
         _log.info("serving network v%d (%s, loaded in %.2f s, providers %s)", version, manifest.kind,
                   time.perf_counter() - start, list(model.providers))
+
+    def _load_network(self, model_bytes: bytes, manifest: Any, what: str) -> ServedModel:
+        """A network's ONNX bytes loaded (ONNX Runtime, the engine's providers) and warmed up while the current
+        model keeps serving; ValueError naming ``what`` when ONNX Runtime refuses it."""
+        from .runtime import ModelSlot
+
+        with self._warming_up():
+            slot = ModelSlot(self._runtime_config())
+            if not slot.try_load(model_bytes, manifest):
+                raise ValueError(f"{what} refused: {slot.last_error}")
+            # a manifest from before refscope recorded the network's halo: serve.halo at even origins
+            model = onnx_model(model_bytes, manifest, method="net", session=slot.model, keep_bytes=False,
+                               fallback=(self.serve_config.halo, 2))
+            self._warm_up(model)
+        return model
 
     def champion_net(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """The network method ``"best"`` serves now, as a predictor ``(h, w) LR -> (S·h, S·w) float32`` (one pass,
@@ -489,21 +495,13 @@ class ServingEngine:
 
         Raises ValueError (nothing changes) for a wrong scale, a model ONNX Runtime refuses, or when a library or
         network is already loaded (a session that has learned serves what it learned)."""
-        from .runtime import ModelSlot
-
         with self._swap_lock:
             current = self._snapshot()
             if int(manifest.scale) != current.scale:
                 raise ValueError(f"the prior's scale x{manifest.scale} differs from the served scale x{current.scale}")
             if current.fitted is not None or current.net is not None or current.baseline is not None:
                 raise ValueError("the prior serves only before anything is learned; this session has a model")
-            with self._warming_up():
-                slot = ModelSlot(self._runtime_config())
-                if not slot.try_load(model_bytes, manifest):
-                    raise ValueError(f"the prior was refused: {slot.last_error}")
-                model = onnx_model(model_bytes, manifest, method="net", session=slot.model, keep_bytes=False,
-                                   fallback=(self.serve_config.halo, 2))
-                self._warm_up(model)
+            model = self._load_network(model_bytes, manifest, "the prior")
             with self._lock:
                 self._state = replace(self._state, prior=model, champion="prior")
         _log.info("serving the shipped prior (%s x%d) until something learned from this session beats it",

@@ -109,6 +109,20 @@ def make_learner(tmp_path: Path, catalogue: Catalogue | None, events: Any, on_pr
                    on_promoted=on_promoted, poll_interval_s=0.02, **options)
 
 
+def learn_one(tmp_path: Path, scene: SyntheticPair, hr: np.ndarray, **options: Any) -> tuple[Promotions, Any]:
+    """A learner with ``options`` learns from one reference ``hr`` of ``scene``; (its promotions, its status)."""
+    promoted = Promotions()
+    learner = make_learner(tmp_path, None, None, promoted, **options)
+    learner.start()
+    try:
+        learner.note_lr(lr_frame(scene, "lr.tif"))
+        assert learner.submit_reference(hr_frame(hr, "hr.tif"))
+        wait_for(done(learner, 1))
+        return promoted, learner.status()
+    finally:
+        learner.stop(timeout=30)
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -451,16 +465,7 @@ def test_a_library_is_measured_against_the_network_that_serves(tmp_path: Path, s
     else:
         net = lambda lr: upsample_bicubic(lr, 2)  # noqa: E731
     asked: list[int] = []
-    promoted = Promotions()
-    learner = make_learner(tmp_path, None, None, promoted, served_net=lambda: asked.append(1) or net)
-    learner.start()
-    try:
-        learner.note_lr(lr_frame(first, "first_lr.tif"))
-        assert learner.submit_reference(hr_frame(first.hr, "first_hr.tif"))
-        wait_for(done(learner, 1))
-        status = learner.status()
-    finally:
-        learner.stop(timeout=30)
+    promoted, status = learn_one(tmp_path, first, first.hr, served_net=lambda: asked.append(1) or net)
     assert asked and status.model_version == 1 and len(promoted.calls) == 1
     assert promoted.serve == [not net_wins]
     reason = promoted.calls[0][2].reason
@@ -471,16 +476,7 @@ def test_a_library_is_measured_against_the_network_that_serves(tmp_path: Path, s
 
 
 def test_without_a_serving_network_a_promoted_library_serves(tmp_path: Path, scenes) -> None:
-    first = scenes[0]
-    promoted = Promotions()
-    learner = make_learner(tmp_path, None, None, promoted, served_net=lambda: None)
-    learner.start()
-    try:
-        learner.note_lr(lr_frame(first, "first_lr.tif"))
-        assert learner.submit_reference(hr_frame(first.hr, "first_hr.tif"))
-        wait_for(done(learner, 1))
-    finally:
-        learner.stop(timeout=30)
+    promoted, _ = learn_one(tmp_path, scenes[0], scenes[0].hr, served_net=lambda: None)
     assert promoted.serve == [True] and "serving network" not in promoted.calls[0][2].reason
 
 
@@ -492,16 +488,8 @@ def test_a_safe_baseline_does_not_replace_a_serving_prior_that_beats_it(tmp_path
     second = scenes[1]
     oracle = fit(second.lr, [(second.hr, 2.0)], config=CONFIG)  # has seen the held-out area: beats any blur
     offered: list[Any] = []
-    promoted = Promotions()
-    learner = make_learner(tmp_path, None, None, promoted, on_baseline=offered.append,
-                           served_net=lambda: (lambda lr: enhance(lr, oracle, method="paired")))
-    learner.start()
-    try:
-        learner.note_lr(lr_frame(second, "second_lr.tif"))
-        garbage = scramble_training_area(second, np.random.default_rng(5))
-        assert learner.submit_reference(hr_frame(garbage, "garbage_hr.tif"))
-        wait_for(done(learner, 1))
-    finally:
-        learner.stop(timeout=30)
+    garbage = scramble_training_area(second, np.random.default_rng(5))
+    promoted, _ = learn_one(tmp_path, second, garbage, on_baseline=offered.append,
+                            served_net=lambda: (lambda lr: enhance(lr, oracle, method="paired")))
     assert promoted.calls == [] and offered == []
     assert load_served_baseline(tmp_path / "state", CONFIG.scale) is None

@@ -63,6 +63,15 @@ def _served_state(tmp_path, **overrides: str):
     return pair, model, config
 
 
+def _subscribed(context: zmq.Context, daemon: Daemon) -> zmq.Socket:
+    """A SUB socket on the daemon's stream, subscribed to everything and joined (PUB/SUB)."""
+    stream = context.socket(zmq.SUB)
+    stream.setsockopt(zmq.SUBSCRIBE, b"")
+    stream.connect(daemon.endpoints["pub"])
+    stream_joined(stream, daemon)
+    return stream
+
+
 def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
     pair, model, config = _served_state(tmp_path, **{"publish.out_dir": str(tmp_path / "out"),
                                                      "publish.write_confidence": "true"})
@@ -70,10 +79,7 @@ def test_daemon_streams_raw_enhanced_and_confidence_per_frame(tmp_path):
     context = zmq.Context()
     try:
         with Daemon(config, sources=[source], use_onnx=False) as daemon:
-            stream = context.socket(zmq.SUB)
-            stream.setsockopt(zmq.SUBSCRIBE, b"")
-            stream.connect(daemon.endpoints["pub"])
-            stream_joined(stream, daemon)
+            stream = _subscribed(context, daemon)
             frames = []
             for seq in range(3):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
@@ -127,10 +133,7 @@ def test_a_frame_the_safe_blend_left_alone_is_degraded_by_the_forward_model_once
     context = zmq.Context()
     try:
         with Daemon(config, sources=[source], use_onnx=False) as daemon:
-            stream = context.socket(zmq.SUB)
-            stream.setsockopt(zmq.SUBSCRIBE, b"")
-            stream.connect(daemon.endpoints["pub"])
-            stream_joined(stream, daemon)
+            stream = _subscribed(context, daemon)
             frames = [(pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)).astype(np.float32)
                       for seq in range(3)]
             for seq, frame in enumerate(frames):
@@ -167,10 +170,7 @@ def test_the_raw_frame_is_streamed_before_the_model_runs(tmp_path, monkeypatch):
                 return real(data)
 
             monkeypatch.setattr(daemon.engine, "enhance", slow)
-            stream = context.socket(zmq.SUB)
-            stream.setsockopt(zmq.SUBSCRIBE, b"")
-            stream.connect(daemon.endpoints["pub"])
-            stream_joined(stream, daemon)
+            stream = _subscribed(context, daemon)
             sent = time.monotonic()
             source.items.put(Frame(np.ones(SHAPE, np.float32), 10.0, "lr", "mem:0", 0, time.time()))
             arrived: dict[str, float] = {}
@@ -202,10 +202,7 @@ def test_an_output_that_departs_from_its_input_is_flagged(tmp_path):
                 return dataclasses.replace(result, image=result.image + invented)
 
             daemon.engine.enhance = departing
-            stream = context.socket(zmq.SUB)
-            stream.setsockopt(zmq.SUBSCRIBE, b"")
-            stream.connect(daemon.endpoints["pub"])
-            stream_joined(stream, daemon)
+            stream = _subscribed(context, daemon)
             for seq in range(2):
                 noisy = pair.lr + np.random.default_rng(seq).normal(0, 0.003, SHAPE)
                 source.items.put(Frame(noisy.astype(np.float32), 10.0, "lr", f"mem:{seq}", seq, time.time()))
