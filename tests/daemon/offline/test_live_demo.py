@@ -9,7 +9,7 @@ from refscope.daemon.cli import main
 
 def test_headless_demo_requests_receives_and_learns(tmp_path, capsys):
     out = tmp_path / "summary.json"
-    assert main(["demo", "--headless", "--duration", "30", "--json", str(out), "--workdir", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--headless", "--duration", "20", "--json", str(out), "--workdir", str(tmp_path / "demo")]) == 0
     summary = json.loads(out.read_text())
     for key in ("frames_in", "frames_out", "references_requested", "references_received", "models_promoted",
                 "quality", "timeline"):
