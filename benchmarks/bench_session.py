@@ -20,11 +20,15 @@ seconds between frames (:func:`refscope.daemon.ingest.replay.replay`; real gaps 
   the LR (then bicubic), whose strengths are chosen on the left 75 % of the crop; every method is scored on the
   right 25 % after a per-image linear intensity fit: ΔPSNR, ΔSSIM over bicubic and the FRC resolution (1/7
   threshold, in output px). The served frame was made by whatever model served at that moment -- never one that
-  saw that HR reference.
+  saw that HR reference: the shipped priors saw every ``sem_pairs`` pair, so each session's daemon reads its priors
+  (the prior served from the first frame, ``serve.prior``, and the trainer's warm start) from ``--priors
+  DIR/<session date>/`` -- priors trained without that session's frames -- and runs without any otherwise
+  (``REFSCOPE_PRIORS=none``).
 
 Writes the ``session`` section of benchmarks/RESULTS.md and, with ``--json``, every figure.
 
     .venv/bin/python benchmarks/bench_session.py [--scales 2,4] [--sessions 2020-02-13] [--gap-s 20] [--json F]
+        [--priors DIR]
         [--keep DIR] [--data DIR]   # DIR/raw: any sessions; DIR/pairs.json: optional
 """
 from __future__ import annotations
@@ -34,7 +38,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -108,7 +111,8 @@ def _log_times(log: Path, pattern: str) -> list[tuple[float, re.Match]]:
     return found
 
 
-def run_session(name: str, items: list[ReplayItem], scale: int, gap_s: float, work: Path, settle_s: float) -> dict:
+def run_session(name: str, items: list[ReplayItem], scale: int, gap_s: float, work: Path, settle_s: float,
+                priors: Path | None = None) -> dict:
     root = work / f"{name}-x{scale}"
     watch, out, state = root / "watch", root / "out", root / "state"
     for folder in (watch, out):
@@ -118,8 +122,12 @@ def run_session(name: str, items: list[ReplayItem], scale: int, gap_s: float, wo
     command = [str(REFSCOPE), "daemon", "--watch", str(watch), "--out", str(out), "--state", str(state), "--scale",
                str(scale), "--control", f"tcp://127.0.0.1:{port}", "--pub", f"tcp://127.0.0.1:{port + 1}",
                "--events", f"tcp://127.0.0.1:{port + 2}"]
+    # the shipped priors saw every sem_pairs pair: a session is served (prior from the first frame, the trainer's
+    # warm start) only by priors trained without its frames (--priors DIR/<session>), else by none
+    own = priors / name if priors is not None and (priors / name).is_dir() else None
+    env = {**os.environ, "REFSCOPE_PRIORS": str(own) if own is not None else "none"}
     with open(log, "w") as handle:
-        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     peak, stop, exits = [0], threading.Event(), []
 
     seen: dict[str, float] = {}  # output name -> when it first appeared
@@ -322,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--data", metavar="DIR", help="a folder with raw/ (the sessions' frames) and, optionally, "
                         "pairs.json (hand-checked pairs, for the operator-view scores); default: sem_pairs")
+    parser.add_argument("--priors", metavar="DIR", type=Path,
+                        help="DIR/<session date>/: priors trained without that session's frames (REFSCOPE_PRIORS "
+                             "layout; benchmarks/train_prior.py --exclude); a session without one runs with none")
     parser.add_argument("--keep", metavar="DIR", help="replay into DIR and keep it (daemon logs, outputs, state)")
     args = parser.parse_args(argv)
     data = Path(args.data) if args.data else DATA
@@ -338,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for scale in (int(s) for s in args.scales.split(",")):
                 print(f"session {name} ({len(items)} frames) at x{scale} ...", flush=True)
-                run = run_session(name, items, scale, args.gap_s, Path(tmp), args.settle_s)
+                run = run_session(name, items, scale, args.gap_s, Path(tmp), args.settle_s, args.priors)
                 run["scores"] = score_operator_view(run, items, data)
                 print(json.dumps({k: v for k, v in run.items() if k not in ("scores",)}, default=str), flush=True)
                 runs.append(run)
