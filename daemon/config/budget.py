@@ -194,19 +194,20 @@ class MemoryBudget:
         """Cost of serving an (H, W) LR frame at ``scale`` (float32 outputs of S²·H·W px).
 
         In flight: the enhanced frame (shared, not copied, by the writer's queue and the stream, which sends it
-        zero-copy), its confidence map (``confidence``) and the LR frame as float64. Each *further* frame waiting
-        to be written holds its enhanced frame and, with ``write_confidence``, its map; as many wait as the
-        frame share leaves room for, at least the one in flight and at most ``queue_limit``
-        (``publish.output_queue_limit``). ``stream`` is accepted for the caller's clarity; the stream costs no
-        copy. ``safe_blend``: the blend toward the safe baseline runs on the serving path
-        (:func:`refscope.models.safe_blend.blend_bytes` more in flight).
+        zero-copy), the LR frame as float64, and the larger of its confidence map (``confidence``) and the
+        temporaries of the blend toward the safe baseline (``safe_blend``, :func:`refscope.models.safe_blend.
+        blend_bytes`): the blend runs inside the enhancement and frees them before the quality look makes the map.
+        Each *further* frame waiting to be written holds its enhanced frame and, with ``write_confidence``, its
+        map; as many wait as the frame share leaves room for, at least the one in flight and at most
+        ``queue_limit`` (``publish.output_queue_limit``). ``stream`` is accepted for the caller's clarity; the
+        stream costs no copy.
         """
         del stream  # zero-copy: the stream holds the enhanced frame itself
         height, width = (int(v) for v in shape)
         out = 4 * int(scale) ** 2 * height * width
-        in_flight = out * (1 + int(confidence)) + 8 * height * width
-        if safe_blend:
-            in_flight += blend_bytes((height, width), int(scale))
+        after = out if confidence else 0  # the map, made after the enhancement
+        during = blend_bytes((height, width), int(scale)) if safe_blend else 0  # inside it, freed on return
+        in_flight = out + 8 * height * width + max(after, during)
         queued = out * (1 + int(write_confidence))
         room = self.frames_bytes - in_flight
         if room < 0:

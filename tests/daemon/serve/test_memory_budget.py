@@ -151,9 +151,31 @@ def test_a_promotion_warming_up_keeps_serving_the_previous_model(monkeypatch):
 
 
 def test_the_safe_blend_is_counted_in_the_frame_in_flight() -> None:
+    """The blend's temporaries are held inside the enhancement, the confidence map after it: the frame in flight
+    holds the larger of the two, not both."""
     from refscope.models.safe_blend import blend_bytes
 
     budget = MemoryBudget(1500)
-    plain = budget.plan_frame((1024, 1536), 4)
-    blended = budget.plan_frame((1024, 1536), 4, safe_blend=True)
-    assert blended.in_flight_bytes - plain.in_flight_bytes == blend_bytes((1024, 1536), 4) > 24 * 1024 * 1536
+    blend = blend_bytes((1024, 1536), 4)
+    out, lr = 4 * 16 * 1024 * 1536, 8 * 1024 * 1536
+    assert blend > 24 * 1024 * 1536
+    assert budget.plan_frame((1024, 1536), 4, confidence=False, safe_blend=True).in_flight_bytes == out + lr + blend
+    assert budget.plan_frame((1024, 1536), 4, confidence=False).in_flight_bytes == out + lr
+    assert budget.plan_frame((1024, 1536), 4, safe_blend=True).in_flight_bytes == out + lr + max(out, blend)
+
+
+def test_a_real_frame_at_x4_fits_the_default_daemon_budget() -> None:
+    """A 1536x1024 FEI frame at x4 is an ordinary input: under the default configuration (1500 MB, trainer on,
+    monitor, safe blend) the daemon's own plan serves it (it refused it as too_large while the blend's
+    temporaries and the confidence map were counted as held together)."""
+    import time
+
+    from refscope.daemon.config import load_config
+    from refscope.daemon.frames import Frame
+    from refscope.daemon.service.frame_path import plan_frame
+
+    config = load_config(None, {"ingest.zmq_endpoint": "tcp://127.0.0.1:*", "model.scale": "4"})
+    engine = ServingEngine(config.model, config.serve, budget=config.memory_budget)
+    frame = Frame(np.zeros((1024, 1536), np.uint16), 27.0, "lr", "mem:fei", 0, time.time())
+    plan = plan_frame(frame, engine, config, monitored=True)
+    assert plan.fits, plan.reason
