@@ -283,7 +283,8 @@ def _f(value, fmt: str = "+.2f") -> str:
 def report(runs: list[dict], args: argparse.Namespace, seconds: float) -> str:
     lines = ["## Real sessions replayed through the daemon (`benchmarks/bench_session.py`)", "",
              f"Command: `.venv/bin/python benchmarks/bench_session.py --scales {args.scales} --gap-s {args.gap_s:g}"
-             + (f" --sessions {args.sessions}" if args.sessions else "") + f"` — {seconds / 60:.1f} min on "
+             + (f" --sessions {args.sessions}" if args.sessions else "")
+             + (f" --priors {args.priors}" if args.priors else "") + f"` — {seconds / 60:.1f} min on "
              f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}. Default daemon configuration (trainer on, `serve.max_memory_mb` 1500) "
              f"except `model.scale`; frames copied {args.gap_s:g} s apart in acquisition order.", "",
