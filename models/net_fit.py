@@ -166,14 +166,13 @@ class BestCheckpoint:
         self._steps_before = 0
 
     def _update_average(self) -> None:
+        average = self.candidate()
         with torch.no_grad():
             for name, value in self.net.state_dict().items():
-                if self.average is None:
-                    break
                 if value.is_floating_point():
-                    self.average[name].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+                    average[name].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
                 else:
-                    self.average[name].copy_(value)
+                    average[name].copy_(value)
 
     def candidate(self) -> dict[str, torch.Tensor]:
         """The weights a measurement now scores: the average (``average`` > 0), else the training weights."""
@@ -202,7 +201,6 @@ class BestCheckpoint:
     def on_step(self, step: int, loss: float) -> None:
         self._steps_before += 1
         if self.decay:
-            self.candidate()
             self._update_average()
         if self._steps_before % self.every == 0:
             self.consider(self._steps_before)

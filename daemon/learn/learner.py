@@ -171,15 +171,17 @@ class Learner(Worker):
             (:class:`~refscope.models.promotion.HeldOutSplit`) and ``[lr_source, hr_source]`` -- the background
             trainer's data. An exception from it stops the worker like ``on_promoted``'s.
         served_net: returns the network that serves now as a predictor (LR -> S-times output): a trained network or
-            the shipped prior served before anything was learned; None while no network is the champion (:meth:`~refscope.daemon.serve.engine.ServingEngine.champion_net`). A library
-            that would be promoted is then also measured against that network on the reference's held-out area;
+            the shipped prior served before anything was learned; None while no network is the champion
+            (:meth:`~refscope.daemon.serve.engine.ServingEngine.champion_net`). A library that would be promoted
+            is then also measured against that network on the reference's held-out area;
             where the network scores at least as well, the library is promoted as the session's library (saved,
             versioned, the support of the safe blend) but the network keeps serving: ``on_promoted(...,
             serve=False)``. None: a promoted library always serves.
         on_baseline: called on the worker thread as ``on_baseline(baseline)`` when no model serves yet and the
             reference's safe baseline (:class:`~refscope.models.baseline.SafeBaseline`) beat the candidate,
-            bicubic and the serving prior (``served_net``) on its held-out area: serve it until a model is promoted (recorded first in the state folder,
-            :func:`~refscope.daemon.state.model_store.save_served_baseline`). Must return quickly; an
+            bicubic and the serving prior (``served_net``) on its held-out area: serve it until a model is promoted
+            (recorded first in the state folder, :func:`~refscope.daemon.state.model_store.save_served_baseline`).
+            Must return quickly; an
             exception from it stops the worker like ``on_promoted``'s. None: bicubic keeps serving.
     """
 
@@ -446,7 +448,7 @@ class Learner(Worker):
             baseline = candidate.safe
             if (champion is None and self._on_baseline is not None and baseline.delta_db > 0
                     and baseline.delta_db >= candidate_db
-                    and baseline.delta_db >= max(self._served_net_db(split, hr.source) or 0.0, 0.0)):
+                    and baseline.delta_db >= (self._served_net_db(split, hr.source) or 0.0)):
                 # nothing learned beats the tuned blur yet: it serves, not bicubic, and again after a restart
                 save_served_baseline(self._state_dir, baseline, scale=self._config.scale, source=hr.source)
                 self._on_baseline(baseline)

@@ -140,6 +140,12 @@ class _State:
         return self.method == "net" or (self.method == "best" and self.champion == "net")
 
 
+def _without_prior(state: _State) -> _State:
+    """``state`` with the shipped prior retired (a safe baseline or another scale replaced it): what was its
+    champion role falls to the library, or bicubic before one."""
+    return replace(state, prior=None, champion="paired" if state.champion == "prior" else state.champion)
+
+
 def check_frame(lr: np.ndarray) -> np.ndarray:
     """Validate an LR frame: 2-D, real, finite, at least :data:`MIN_SIDE_PX` per side (ValueError otherwise)."""
     array = np.asarray(lr)
@@ -431,9 +437,7 @@ class ServingEngine:
             raise TypeError(f"set_baseline needs a SafeBaseline, got {type(baseline).__name__}")
         with self._swap_lock:
             with self._lock:  # it beat what was learned and the prior (if one served) on the reference
-                current = self._state
-                self._state = replace(current, baseline=baseline, prior=None,
-                                      champion="paired" if current.champion == "prior" else current.champion)
+                self._state = _without_prior(replace(self._state, baseline=baseline))
         _log.info("serving the safe baseline (blur of bicubic, sigma %.2f px) until a model is promoted",
                   baseline.sigma_px)
 
@@ -480,12 +484,13 @@ class ServingEngine:
         shipped prior while it serves (:meth:`set_prior`); None while the champion is not a network."""
         state = self._snapshot()
         if state.serves_prior:
-            prior = replace(state.prior, ensemble=1)
-            return lambda lr: np.asarray(self._run_prior(prior, check_frame(lr)), dtype=np.float32)
-        if state.champion != "net" or state.net is None:
+            model, run = state.prior, self._run_prior
+        elif state.champion == "net" and state.net is not None:
+            model, run = state.net, self._run
+        else:
             return None
-        served = replace(state.net, ensemble=1)
-        return lambda lr: np.asarray(self._run(served, check_frame(lr)), dtype=np.float32)
+        one_pass = replace(model, ensemble=1)
+        return lambda lr: np.asarray(run(one_pass, check_frame(lr)), dtype=np.float32)
 
     def set_prior(self, model_bytes: bytes, manifest: Any) -> None:
         """Serve the pretrained EM prior shipped for this scale (ONNX bytes + manifest, identity normalisation: it
@@ -570,8 +575,7 @@ class ServingEngine:
                 raise ValueError(f"scale x{scale} refused: model v{current.version} serves x{current.scale}; "
                                  "a scale change needs a new session (another state folder)")
             with self._lock:  # a safe baseline was chosen at the old scale (its σ is in those output px)
-                self._state = replace(current, scale=int(scale), baseline=None, prior=None,
-                                      champion="paired" if current.champion == "prior" else current.champion)
+                self._state = _without_prior(replace(current, scale=int(scale), baseline=None))
         _log.info("scale set to x%d", scale)
 
     def _prepare(self, state: _State) -> _State:

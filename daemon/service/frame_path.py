@@ -422,19 +422,19 @@ class ServeLoop(Worker):
         model_consistency`), not a second pass. A failure is counted (``consistency_failed``), never fatal."""
         blend = result.safe_blend
         if blend is not None and blend.blended_share == 0.0 and blend.model_consistency is not None:
-            # the served pixels are the model's: the blend already degraded them by the forward model once
-            rho = blend.model_consistency
-            return round(float(rho), 4) if math.isfinite(rho) else None
-        fitted = self.engine.fitted
-        forward = fitted.forward if fitted is not None else None
-        if forward is None or result.image.shape != (forward.scale * frame.shape[0], forward.scale * frame.shape[1]):
-            return None
-        try:
-            rho = data_consistency(frame.data, result.image, forward)
-        except Exception as exc:  # noqa: BLE001 - a measurement must never stop serving
-            self.tally.error("consistency_failed", f"{frame.source}: data consistency not measured "
-                             f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
-            return None
+            rho = blend.model_consistency  # the served pixels are the model's: the blend already degraded them
+        else:
+            fitted = self.engine.fitted
+            forward = fitted.forward if fitted is not None else None
+            if forward is None or result.image.shape != (forward.scale * frame.shape[0],
+                                                         forward.scale * frame.shape[1]):
+                return None
+            try:
+                rho = data_consistency(frame.data, result.image, forward)
+            except Exception as exc:  # noqa: BLE001 - a measurement must never stop serving
+                self.tally.error("consistency_failed", f"{frame.source}: data consistency not measured "
+                                 f"({type(exc).__name__}: {exc})", level=logging.ERROR, exc_info=exc)
+                return None
         return round(float(rho), 4) if math.isfinite(rho) else None
 
     def _observe(self, frame: Frame, result: EnhanceResult, consistency: float | None = None) -> Observation:

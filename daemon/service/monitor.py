@@ -215,7 +215,8 @@ class QualityMonitor:
         if profile is None:
             pending = self._model_pending is not None and self._model_pending()
             if self.config.request_without_model and not pending:  # a model on its way needs no new reference
-                self._auto_request("no_model", "nothing learned from this session yet: the first HR reference builds a model", frame)
+                self._auto_request("no_model", "nothing learned from this session yet: the first HR reference "
+                                   "builds a model", frame)
             return Observation(None, {}, self.drift)
         if not self.config.enabled:
             return Observation(None, {}, self.drift)
