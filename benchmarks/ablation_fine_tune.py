@@ -43,10 +43,15 @@ BLEND_WEIGHTS = (0.0, 0.25, 0.5)
 
 VARIANTS: dict[str, dict] = {
     "base": {},                                   # FINE_TUNE as shipped
+    "l2": {"ssim_weight": 0.0},                   # plain L2 (FINE_TUNE before the structural term)
     "avg0.99": {"average": 0.99},                 # checkpoints of the weights' moving average, ~100 steps
     "avg0.995": {"average": 0.995},               # ~200 steps
     "hr-gauss0.5": {"hr_filter": ("gaussian", 0.5)},  # the HR targets low-passed (σ fine px); validation stays noisy
     "hr-nlm": {"hr_filter": ("nlm", 0.8)},        # the HR targets denoised by NLM (h = 0.8 σ of the HR)
+    "ssim0.002": {"ssim_weight": 0.002},          # L2 + w (1 - SSIM) against the noisy HR (training.ssim_loss)
+    "ssim0.01": {"ssim_weight": 0.01},
+    "ssim0.02": {"ssim_weight": 0.02},
+    "ssim0.05": {"ssim_weight": 0.05},
 }
 """Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant. Results: RESULTS.md, "Ablation:
 checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no average)."""
@@ -75,9 +80,11 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     predict = net_predictor(tuned)
     scored = scored_subimages(p, scale)
     result = score(scored, [predict(lr) for lr, _ in scored], bicubic_scores(scored))
+    held = list(split.held_out)
+    on_validation = score(held, [predict(lr) for lr, _ in held], bicubic_scores(held))
     last = tuned.history[-1]
     row = {"pair": pair, "variant": variant, "seed": seed, "scale": scale,
-           "validation_d_psnr": last.get("best_validation_d_psnr_db"),
+           "validation_d_psnr": last.get("best_validation_d_psnr_db"), "validation_d_ssim": on_validation["d_ssim"],
            "best_step": last.get("best_step"), "steps": last["steps"], "seconds": round(took, 1),
            "scored_d_psnr": result["d_psnr"], "scored_d_ssim": result["d_ssim"], "frc_px": result["frc_px"]}
     ensemble = partial(ensemble_run, predict, n=ENSEMBLE, align=2)  # as `best` serves it (self-ensemble)
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "jobs": args.jobs, "machine": platform.machine(), "cores": os.cpu_count()},
                                         indent=1))
     for title, key, fmt in (("validation strip ΔPSNR dB (the choice)", "validation_d_psnr", "+.3f"),
+                            ("validation strip ΔSSIM (the choice)", "validation_d_ssim", "+.4f"),
                             ("scored ΔPSNR dB (record)", "scored_d_psnr", "+.3f"),
                             ("scored ΔSSIM (record)", "scored_d_ssim", "+.4f"),
                             ("steps", "steps", ".0f"), ("best step", "best_step", ".0f")):

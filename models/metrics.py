@@ -30,16 +30,19 @@ from skimage.metrics import structural_similarity
 from .errors import ImageError
 
 __all__ = [
-    "FRCCurve", "FRCResolution", "QualityScores", "MS_SSIM_WEIGHTS", "fit_intensity_coefficients",
+    "FRCCurve", "FRCResolution", "QualityScores", "MS_SSIM_WEIGHTS", "SSIM_SIGMA", "SSIM_RADIUS", "SSIM_K1", "SSIM_K2",
+    "fit_intensity_coefficients",
     "fit_intensity", "psnr", "ssim", "ms_ssim", "frc", "frc_resolution", "frc_mean", "foreground_mask",
     "masked_psnr", "fg_bg_psnr", "canny_edges", "edge_similarity_maps", "edge_similarity", "score_all",
 ]
 
 #: Wang et al. 2003 per-scale exponents, finest scale first.
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-_SIGMA, _RADIUS = 1.5, 5  # Gaussian SSIM window; skimage: int(3.5 * 1.5 + 0.5) = 5 -> 11x11
-_WIN = 2 * _RADIUS + 1
-_K1, _K2 = 0.01, 0.03
+#: The Gaussian SSIM window: σ (px) and radius (px); skimage: int(3.5 * 1.5 + 0.5) = 5 -> 11x11.
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5
+_WIN = 2 * SSIM_RADIUS + 1
+#: SSIM's stabilising constants: C1 = (K1 L)^2, C2 = (K2 L)^2 for a data range L (Wang et al. 2004).
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -136,7 +139,7 @@ def psnr(reference: np.ndarray, estimate: np.ndarray, *, data_range: float | Non
 
 
 def _ssim(ref: np.ndarray, est: np.ndarray, data_range: float) -> float:
-    return float(structural_similarity(ref, est, data_range=data_range, gaussian_weights=True, sigma=_SIGMA,
+    return float(structural_similarity(ref, est, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA,
                                        use_sample_covariance=False))
 
 
@@ -169,16 +172,16 @@ def ssim(reference: np.ndarray, estimate: np.ndarray, *, data_range: float | Non
 
 def _ssim_and_cs(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[float, float]:
     """Mean SSIM (luminance x contrast-structure) and mean contrast-structure over the border-free region."""
-    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
 
     def blur(a: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(a, _SIGMA, truncate=_RADIUS / _SIGMA, mode="reflect")
+        return ndimage.gaussian_filter(a, SSIM_SIGMA, truncate=SSIM_RADIUS / SSIM_SIGMA, mode="reflect")
 
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     cs = (2 * cxy + c2) / (vx + vy + c2)
     lum = (2 * mx * my + c1) / (mx * mx + my * my + c1)
-    crop = (slice(_RADIUS, -_RADIUS),) * 2
+    crop = (slice(SSIM_RADIUS, -SSIM_RADIUS),) * 2
     return float(np.mean((lum * cs)[crop])), float(np.mean(cs[crop]))
 
 

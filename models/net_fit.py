@@ -255,7 +255,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
                 budget_s: float = 240.0, bootstrap_fraction: float = 0.3, strategy: str = "real-pairs",
                 seed: int = 0, network_kwargs: Mapping | None = None, init: NetFit | None = None,
                 patch: int | None = None, batch: int = 8, lr: float = 1e-3, bootstrap_lr: float = 5e-4,
-                loss: str = "l1",
+                loss: str = "l1", ssim_weight: float = 0.0,
                 normalisation: Normalisation | None = None,
                 multiscale: MultiScaleConfig | None = None,
                 validation: Sequence[Region] = (), validate_every: int = 40, average: float = 0.0) -> NetFit:
@@ -293,6 +293,8 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         fine-tune (1e-3) and LR-only (5e-4) phases (the final phase runs its last quarter at a quarter of
         the rate), and the
         fine-tune loss (``"l1"``). Chosen on the physical x2.4/x4.17 pairs (benchmarks/quality_net.py).
+    ssim_weight : float
+        Weight of a structural term added to the fine-tune loss (:func:`~refscope.models.training.ssim_loss`).
 
     Returns
     -------
@@ -337,7 +339,8 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
             source = make_synthetic_dataset([hr for _, hr in regions], scale, p, normalisation=norm)
         else:
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
-        cfg = TrainConfig(strategy=strategy, loss=loss, patch=p, batch=batch, lr=lr, steps=10 ** 9, seed=seed + 1)
+        cfg = TrainConfig(strategy=strategy, loss=loss, ssim_weight=ssim_weight, patch=p, batch=batch, lr=lr,
+                          steps=10 ** 9, seed=seed + 1)
         keeper = BestCheckpoint(net, norm, validation, scale, validate_every, average) if validation else None
         state, record = checkpointed_phase(net, cfg, source, left, state, strategy, keeper)
         history.append(record)

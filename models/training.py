@@ -32,12 +32,12 @@ from torch import nn
 
 from .degradations import SYNTHETIC_II, BlurNoise, MultiScaleConfig, multiscale_pair, synthetic_lr
 from .image_ops import upsample_bicubic
-from .metrics import fit_intensity_coefficients
+from .metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, fit_intensity_coefficients
 from .normalisation import Normalisation
 from .noise import estimate_noise_sigma
 
 __all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "training_device", "PatchSource",
-           "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss",
+           "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss", "ssim_loss",
            "noise_robust_loss", "train", "warm_start",
            "predict", "export_network"]
 
@@ -54,7 +54,8 @@ class TrainConfig:
     limit reached stops training). augment: random flips and 90° rotations (the 8 dihedral transforms).
     lambdas: (λ1, λ2, λ3) of eq. 16 (noise-robust only). noisier_sigma: σ of the noise that makes y', network
     units (None = the source's estimated LR noise level); each sample draws σ' = σ·U(noisier_range).
-    grad_clip: max gradient norm (None = off). seed: all sampling randomness (NumPy); with the same network
+    ssim_weight: weight w of the structural term added to the loss, ``lp + w·(1 - SSIM)`` (:func:`ssim_loss`;
+    0 = off). grad_clip: max gradient norm (None = off). seed: all sampling randomness (NumPy); with the same network
     initialisation and step count, training is reproducible. device: the torch device the steps run on
     (``"cpu"``, ``"cuda"``, ``"cuda:1"``); patches are sampled on the CPU either way and the network is handed
     back on the CPU.
@@ -72,6 +73,7 @@ class TrainConfig:
     noisier_sigma: float | None = None
     noisier_range: tuple[float, float] = (0.0, 1.0)
     lr_halve_every: int | None = None
+    ssim_weight: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -84,6 +86,8 @@ class TrainConfig:
         if self.patch < 4 or self.batch < 1 or self.steps < 0 or not self.lr > 0:
             raise ValueError(f"need patch >= 4, batch >= 1, steps >= 0 and lr > 0; got {self.patch}, {self.batch}, "
                              f"{self.steps}, {self.lr}")
+        if not self.ssim_weight >= 0:
+            raise ValueError(f"ssim_weight must be >= 0, got {self.ssim_weight}")
         if len(self.lambdas) != 3 or min(self.lambdas) < 0:
             raise ValueError(f"lambdas must be three non-negative weights (eq. 16), got {self.lambdas}")
         low, high = self.noisier_range
@@ -261,6 +265,31 @@ def lp_loss(prediction: torch.Tensor, target: torch.Tensor, p: int) -> torch.Ten
     return diff.abs().mean() if p == 1 else (diff * diff).mean()
 
 
+def ssim_loss(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """``1 - mean SSIM(ẑ, z)`` over the valid (border-free) windows of (B, 1, H, W) tensors.
+
+    Wang et al., IEEE TIP 13(4), 2004, eq. (13), with the Gaussian window (σ 1.5 px, 11 x 11) and constants
+    ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` of :func:`refscope.models.metrics.ssim`; ``L = data_range`` in the
+    tensors' units (network units: the LR frame's robust range is 1). Differentiable; patches smaller than the
+    window raise ValueError.
+    """
+    if min(prediction.shape[-2:]) < 2 * SSIM_RADIUS + 1:
+        raise ValueError(f"SSIM needs patches of at least {2 * SSIM_RADIUS + 1} px, got {tuple(prediction.shape)}")
+    taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=prediction.dtype, device=prediction.device)
+    g = torch.exp(-taps ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    moments = torch.cat([prediction, target, prediction * prediction, target * target, prediction * target], 1)
+    channels = moments.shape[1]
+    rows = torch.nn.functional.conv2d(moments, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    blurred = torch.nn.functional.conv2d(rows, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    n = prediction.shape[1]
+    mx, my, xx, yy, xy = (blurred[:, i * n:(i + 1) * n] for i in range(5))   # separable window: 22 taps, not 121
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    vx, vy, cov = xx - mx * mx, yy - my * my, xy - mx * my
+    ssim_map = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return 1.0 - ssim_map.mean()
+
+
 def noise_robust_loss(pred: torch.Tensor, pred_noisier: torch.Tensor, target: torch.Tensor, *,
                       lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0), p: int = 1
                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -353,6 +382,9 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                          f"a {data_source.kind!r} one; build it with the matching make_*_dataset function")
     if getattr(network, "scale", data_source.scale) != data_source.scale:
         raise ValueError(f"the network upscales x{network.scale} but the data are x{data_source.scale}")
+    if config.ssim_weight and config.patch * data_source.scale < 2 * SSIM_RADIUS + 1:
+        raise ValueError(f"ssim_weight needs targets of at least {2 * SSIM_RADIUS + 1} px: patch {config.patch} "
+                         f"at x{data_source.scale} gives {config.patch * data_source.scale}")
     device = training_device(config.device)
     if init_state is not None:
         warm_start(network, init_state)
@@ -382,7 +414,10 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                 loss, _ = noise_robust_loss(out[: config.batch], out[config.batch:], target,
                                             lambdas=config.lambdas, p=p)
             else:
-                loss = lp_loss(network(inputs), target, p)
+                out = network(inputs)
+                loss = lp_loss(out, target, p)
+                if config.ssim_weight:
+                    loss = loss + config.ssim_weight * ssim_loss(out, target)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:

@@ -182,3 +182,26 @@ def test_fine_tune_settings_replace_the_defaults(prior, pairs) -> None:
         held_out_delta_psnr(net_predictor(tuned), split.held_out, scale=2), abs=1e-6)
     with pytest.raises(TypeError, match="momentum"):
         fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.1, momentum=0.9)
+
+
+def test_the_session_fine_tune_adds_the_structural_term(prior, pairs, monkeypatch) -> None:
+    """The shipped fine-tune trains on L2 + 0.01 (1 - SSIM) (FINE_TUNE); ``ssim_weight=0`` is plain L2."""
+    from refscope.models import training
+    from refscope.models.prior import fine_tune
+
+    calls: list[int] = []
+    real = training.ssim_loss
+
+    def counted(prediction, target, data_range=1.0):
+        calls.append(int(prediction.shape[0]))
+        return real(prediction, target, data_range)
+
+    monkeypatch.setattr(training, "ssim_loss", counted)
+    pair = pairs[3]
+    split = split_for_validation(pair.lr_region, pair.hr_grid, scale=2)
+    tuned = fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.4, validation=split.held_out)
+    steps = tuned.history[-1]["steps"]
+    assert steps > 0 and calls == [16] * steps            # every step, on the 16-patch batch
+    calls.clear()
+    fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.2, validation=split.held_out, ssim_weight=0.0)
+    assert calls == []

@@ -10,12 +10,12 @@ import torch
 from refscope.models.degradations import (INTERPOLATIONS, MULTISCALE_PRESETS, BlurNoise, MultiScaleConfig,
                                           bicubic_downsample, downscale, multiscale_pair, resize, synthetic_lr)
 from refscope.models.image_ops import upsample_bicubic
-from refscope.models.metrics import psnr
+from refscope.models.metrics import psnr, ssim
 from refscope.models.networks import build_network
 from refscope.models.noise import estimate_noise_sigma
 from refscope.models.training import (Normalisation, TrainConfig, export_network, lp_loss, make_lr_only_dataset,
                                       make_real_pair_dataset, make_synthetic_dataset, noise_robust_loss, predict,
-                                      train, training_device, warm_start)
+                                      ssim_loss, train, training_device, warm_start)
 
 torch.set_num_threads(1)
 
@@ -116,6 +116,36 @@ def test_noise_robust_loss_matches_hand_formula(p):
     t3 = np.mean(np.abs([-0.5, 1, 0, -2]) ** p)      # f(y) - f(y')
     np.testing.assert_allclose([float(t) for t in terms], [t1, t2, t3])
     assert np.isclose(float(total), 1.0 * t1 + 0.5 * t2 + 2.0 * t3)
+
+
+def test_ssim_loss_is_one_minus_the_metric_and_has_a_gradient(rng):
+    clean = rng.random((2, 1, 24, 30))
+    target = clean + 0.1 * rng.standard_normal(clean.shape)
+    pred = torch.tensor(clean, requires_grad=True)
+    loss = ssim_loss(pred, torch.tensor(target), data_range=1.0)
+    oracle = np.mean([ssim(target[i, 0], clean[i, 0], data_range=1.0) for i in range(2)])   # scikit-image
+    assert np.isclose(loss.item(), 1.0 - oracle, atol=1e-9)
+    loss.backward()
+    assert float(pred.grad.abs().sum()) > 0
+    assert float(ssim_loss(torch.tensor(target), torch.tensor(target))) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 11 px"):
+        ssim_loss(pred[..., :10, :10], torch.tensor(target)[..., :10, :10])
+    with pytest.raises(ValueError, match="ssim_weight"):
+        TrainConfig(ssim_weight=-1.0)
+
+
+def test_the_structural_term_is_added_to_the_training_loss(rng):
+    source = _sources(rng)["real-pairs"]
+    runs = {}
+    for weight in (0.0, 0.5):
+        net = small_net()
+        result = train(net, TrainConfig(strategy="real-pairs", patch=12, batch=4, steps=3, lr=1e-3, seed=1,
+                                        ssim_weight=weight), source)
+        runs[weight] = result.losses
+    assert runs[0.5][0] > runs[0.0][0]       # same first batch and weights: the structural term is added
+    assert np.all(np.isfinite(runs[0.5]))
+    with pytest.raises(ValueError, match="at least 11 px: patch 5 at x2"):   # refused before the first step
+        train(small_net(), TrainConfig(strategy="real-pairs", patch=5, steps=3, ssim_weight=0.5), source)
 
 
 # ------------------------------------------------------------------------------------------------ datasets
