@@ -1,6 +1,7 @@
 """Multi-frame fusion of the live LR frames before enhancement (issue 16): what it gains, and what it costs.
 
-    python benchmarks/bench_fusion.py [--json F] [--seed N] [--skip-zeiss] [--skip-latency]
+    python benchmarks/bench_fusion.py [--json F] [--seed N] [--skip-zeiss] [--skip-latency] [--net-budget-s T]
+                                      [--ns 2,4,8]
     python benchmarks/bench_fusion.py --choose F   # the spectral merge's settings, swept on validation series
 
 1. **Simulator, truth known** (:func:`refscope.models.simulator.drift_series`, default optics and noise: 256x320
@@ -15,7 +16,10 @@
    ``best`` of one frame, ``best`` of the fused frame (N = 1, 2, 4, 8) by the tile test and (``spectral:`` rows) by
    the spectral merge (:data:`SPECTRAL`), and the finer-grid shift-and-add
    (:func:`~refscope.models.fusion.fuse_fine`, N = 2, 4, 8). The spectral merge's settings were chosen by
-   :func:`choose` (``--choose``) on other simulated series.
+   :func:`choose` (``--choose``) on other simulated series. The ceiling row, ``best`` of the noise-free frame
+   (fitted on the clean frame 7, applied to the clean frame 15), is what fusing ever more frames tends to.
+   ``--net-budget-s T``: ``best`` is the daemon's network instead (the shipped x2 prior fine-tuned T s), spectral
+   merge only, for the window lengths ``--ns``.
 2. **Real Zeiss pair** (``../shared/data/hr_only/zeiss_sem/ZEISS_SEM_multipage.tif``, two InLens scans of one area 3
    min apart): the registered shift (rigid, and the block field of the slow-scan distortion), the noise of one
    frame and of the fused frame by the wavelet (Haar MAD) estimate :func:`~refscope.models.noise.
@@ -59,13 +63,29 @@ SPECTRAL = FusionConfig(merge="spectral")
 chosen on this simulator's rows (see :func:`choose`); never tuned on the Zeiss pair."""
 
 
-def _best(lr: np.ndarray, hr: np.ndarray) -> tuple[object, dict]:
-    """The daemon's rule without the network: paired if it beats bicubic on the held-out quarter, else bicubic."""
+def _best(lr: np.ndarray, hr: np.ndarray, net_budget_s: float = 0.0) -> tuple[object, dict]:
+    """The daemon's rule without the network: paired if it beats bicubic on the held-out quarter, else bicubic.
+    With ``net_budget_s`` > 0, the rule with the network instead: the shipped x2 prior fine-tuned for that many
+    seconds (1 thread) on the reference's training part, best checkpoint on its held-out quarter (the prior
+    itself included), as :func:`refscope.models.prior.fine_tune` runs in the daemon."""
     cfg = FitConfig(scale=SCALE)
     geometry = register_reference(lr, hr, factor=float(SCALE), config=cfg)
     (y0, y1), (x0, x1) = box = training_grids(lr, hr, geometry, scale=SCALE)[0]
     grid = training_grids(lr, hr, geometry, scale=SCALE)[1]
     split = split_for_validation(lr[y0:y1, x0:x1], grid, scale=SCALE)
+    if net_budget_s > 0:
+        import torch
+
+        from refscope.daemon.learn.prior_store import load_prior
+        from refscope.models.net_fit import net_predictor
+        from refscope.models.prior import fine_tune
+
+        torch.set_num_threads(1)
+        tuned = fine_tune(load_prior("auto", SCALE), [lr], [split.train], budget_s=net_budget_s,
+                          validation=list(split.held_out))
+        predict = net_predictor(tuned, threads=1)
+        delta = held_out_delta_psnr(predict, split.held_out, scale=SCALE)
+        return predict, {"chose": "prior+ft", "held_out_delta_db": round(float(delta), 3), "box": box}
     model = fit_library([split.train], config=cfg)
     delta = held_out_delta_psnr(lambda x: enhance(x, model), split.held_out, scale=SCALE)
     chosen = "paired" if delta > 0 else "bicubic"
@@ -93,6 +113,7 @@ class _Series:
     truth: np.ndarray
     mask: np.ndarray
     clean_lr: np.ndarray
+    clean_fit_lr: np.ndarray
     lr_shape: tuple[int, int]
     registration_s: list[float]
     shift_error_px: list[float]
@@ -134,16 +155,18 @@ def _series(seed: int) -> _Series:
     shift_err = [float(np.hypot(*(np.array(m.shift_yx((h, w))) - (drift.field_yx[SCORE_AT - i] - drift.field_yx[SCORE_AT]))))
                  for i, m in enumerate(motions[SCORE_AT]) if m is not None]
     clean_lr = drift_truth(area, optics, series, drift, SCORE_AT, scale=1)  # no noise: what fusion tends to
-    return _Series(frames, motions, hr, truth, mask, clean_lr, (h, w), reg_s, shift_err)
+    clean_fit_lr = drift_truth(area, optics, series, drift, FIT_AT, scale=1)
+    return _Series(frames, motions, hr, truth, mask, clean_lr, clean_fit_lr, (h, w), reg_s, shift_err)
 
 
-def _fused_rows(sim: _Series, config: FusionConfig, n: int, prefix: str = "") -> tuple[dict, float]:
+def _fused_rows(sim: _Series, config: FusionConfig, n: int, prefix: str = "",
+                net_budget_s: float = 0.0) -> tuple[dict, float]:
     """Rows ``{prefix}bicubic of fused N=n`` and ``{prefix}fused N=n then best`` (the library fitted on the fused
     frame the daemon would pair with), and the seconds the scored fusion took."""
     fit_frames, fit_motions = sim.window(FIT_AT, n)
     score_frames, score_motions = sim.window(SCORE_AT, n)
     fused_fit = fuse_frames(fit_frames, motions=fit_motions, config=config)
-    predict, info = _best(fused_fit.image, sim.hr)
+    predict, info = _best(fused_fit.image, sim.hr, net_budget_s)
     t0 = time.perf_counter()
     fused = fuse_frames(score_frames, motions=score_motions, config=config)
     took = time.perf_counter() - t0
@@ -153,11 +176,14 @@ def _fused_rows(sim: _Series, config: FusionConfig, n: int, prefix: str = "") ->
                                                    mean_effective_count=round(_effective(fused), 2))}, took
 
 
-def _single_rows(sim: _Series) -> dict:
-    predict1, info1 = _best(sim.frames[FIT_AT], sim.hr)
+def _single_rows(sim: _Series, net_budget_s: float = 0.0) -> dict:
+    predict1, info1 = _best(sim.frames[FIT_AT], sim.hr, net_budget_s)
+    clean_predict, clean_info = _best(sim.clean_fit_lr, sim.hr, net_budget_s)  # what fusing ever more perfect frames tends to
     frame = sim.frames[SCORE_AT]
     return {"bicubic of the noise-free frame (ceiling)": _scores(sim.truth, upsample_bicubic(sim.clean_lr, SCALE),
                                                                  sim.mask),
+            "best of the noise-free frame (ceiling of fused then best)": dict(
+                _scores(sim.truth, clean_predict(sim.clean_lr), sim.mask), chose=clean_info["chose"]),
             "bicubic, 1 frame": _scores(sim.truth, upsample_bicubic(frame, SCALE), sim.mask),
             "best, 1 frame": dict(_scores(sim.truth, predict1(frame), sim.mask), chose=info1["chose"])}
 
@@ -169,15 +195,19 @@ def _deltas(rows: dict) -> None:
         row["d_object_psnr"] = round(row["object_psnr"] - base["object_psnr"], 3)
 
 
-def simulator(seed: int, spectral: FusionConfig = SPECTRAL) -> dict:
+def simulator(seed: int, spectral: FusionConfig = SPECTRAL, net_budget_s: float = 0.0,
+              ns: Sequence[int] = NS[1:]) -> dict:
+    """The simulator's rows for the fused ``ns``; ``net_budget_s`` > 0: ``best`` with the network (:func:`_best`),
+    spectral merge only (each row fine-tunes a network)."""
     sim = _series(seed)
     h, w = sim.lr_shape
     cfg = FusionConfig()
-    rows = _single_rows(sim)
+    rows = _single_rows(sim, net_budget_s)
     timings: dict[str, float] = {}
-    for n in NS[1:]:
-        for prefix, config in (("", cfg), ("spectral: ", spectral)):
-            more, took = _fused_rows(sim, config, n, prefix)
+    merges = (("spectral: ", spectral),) if net_budget_s > 0 else (("", cfg), ("spectral: ", spectral))
+    for n in ns:
+        for prefix, config in merges:
+            more, took = _fused_rows(sim, config, n, prefix, net_budget_s)
             rows.update(more)
             timings[f"{config.merge} N={n}"] = took
         score_frames, score_motions = sim.window(SCORE_AT, n)
@@ -415,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--skip-zeiss", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--net-budget-s", type=float, default=0.0,
+                        help="simulator rows with best = the shipped prior fine-tuned this many seconds (1 thread) "
+                             "instead of the paired library; spectral merge only")
+    parser.add_argument("--ns", default=",".join(map(str, NS[1:])), help="fused window lengths of the simulator rows")
     parser.add_argument("--choose", type=Path, metavar="JSON",
                         help="only sweep the spectral merge's settings on the validation series and write them here "
                              "(about 20 minutes)")
@@ -428,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.choose, swept, indent=1)
         print(json.dumps(swept["chosen"]))
         return 0
-    results = {"simulator": simulator(args.seed)}
+    results = {"simulator": simulator(args.seed, net_budget_s=args.net_budget_s,
+                                      ns=[int(v) for v in args.ns.split(",")])}
     results["zeiss"] = None if args.skip_zeiss else zeiss()
     results["latency"] = None if args.skip_latency else latency(args.seed)
     results["wall_s"] = round(time.perf_counter() - start, 1)
@@ -441,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.json, results, indent=1)
     sim = results["simulator"]["rows"]
     for prefix in ("", "spectral: "):
-        row = sim[f"{prefix}fused N=4 then best"]
+        row = sim.get(f"{prefix}fused N=4 then best")
+        if row is None:
+            continue
         print(f"{prefix}fused N=4 then best: {row['d_psnr']:+.2f} dB over single-frame best "
               f"(object region {row['d_object_psnr']:+.2f} dB)", file=sys.stderr)
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["FusionConfig"]
+__all__ = ["FusionConfig", "MERGES"]
 
-_MERGES = ("tiles", "spectral")
+#: The merges of :func:`.fusion.fuse_frames` (``FusionConfig.merge``).
+MERGES: tuple[str, ...] = ("tiles", "spectral")
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ class FusionConfig:
     spectral_blur_px: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.merge not in _MERGES:
-            raise ValueError(f"FusionConfig.merge must be one of {', '.join(map(repr, _MERGES))}, got {self.merge!r}")
+        if self.merge not in MERGES:
+            raise ValueError(f"FusionConfig.merge must be one of {', '.join(map(repr, MERGES))}, got {self.merge!r}")
         checks = [("max_shift_px", self.max_shift_px > 0, "> 0"),
                   ("max_rotation_deg", 0 <= self.max_rotation_deg <= 5, "in [0, 5] degrees"),
                   ("register_px", self.register_px >= 32, "an integer >= 32"),

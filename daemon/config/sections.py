@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from refscope.models.fusion_config import MERGES as FUSION_MERGES
 from refscope.models.nlm import SIGMA_N_RANGE
 from refscope.models.self_ensemble import ENSEMBLE_SIZES
 
@@ -572,8 +573,8 @@ class SecurityConfig:
 class FusionConfig:
     """Multi-frame fusion of the live LR frames before enhancement (see :mod:`refscope.daemon.serve.fusion_window`).
 
-    The newest frames of one field are registered to the newest (shift, small rotation), tested tile by tile for
-    changed content (a moving object falls back to the newest frame there) and averaged; the fused frame is what
+    The newest frames of one field are registered to the newest (shift, small rotation), tested for changed
+    content (a moving object falls back to the newest frame there) and merged (``merge``); the fused frame is what
     the model serves and what references are paired with. Off by default: a moving stage gains nothing from it.
 
     Attributes:
@@ -588,6 +589,9 @@ class FusionConfig:
             ``window`` copies is fused with fewer (at least one: served alone).
         publish_single: also write the single-frame enhancement of each fused frame (``<stem>_single``) beside
             the fused one in the output folder.
+        merge: how the registered frames are merged (:class:`refscope.models.fusion.FusionConfig` ``merge``):
+            ``"spectral"`` (per tile and frequency, the pairwise Wiener merge, a per-pixel test keeping a moving
+            object the newest frame's) or ``"tiles"`` (whole tiles kept or left out by the residual test).
     """
 
     SECTION: ClassVar[str] = "fusion"
@@ -607,6 +611,9 @@ class FusionConfig:
         "Most memory the window's frames (float32 copies) may hold, MB (> 0); larger frames are fused with fewer."))
     publish_single: bool = field(default=False, metadata=field_doc(
         "Also write the single-frame enhancement (<stem>_single) beside each fused frame in the output folder."))
+    merge: str = field(default="spectral", metadata=field_doc(
+        "How registered frames are merged: \"spectral\" (per frequency, moving objects kept the newest frame's) or "
+        "\"tiles\" (whole tiles by the residual test; it ghosted a moving object on some simulated series)."))
 
     def __post_init__(self) -> None:
         check_types(self, "fusion.")
@@ -615,3 +622,5 @@ class FusionConfig:
         check_range("fusion.stage_tolerance_px", self.stage_tolerance_px >= 0, "a number of LR pixels >= 0",
                     self.stage_tolerance_px)
         check_range("fusion.max_memory_mb", self.max_memory_mb > 0, "a number of MB > 0", self.max_memory_mb)
+        check_range("fusion.merge", self.merge in FUSION_MERGES, f"one of {', '.join(map(repr, FUSION_MERGES))}",
+                    self.merge)

@@ -118,6 +118,14 @@ class FusionWindow:
         self._stats = {"fused": 0, "alone": 0, "resets": {}, "last_frames": 0, "last_reset": None,
                        "last_shift_yx": None, "last_s": None}
 
+    @classmethod
+    def from_config(cls, section, max_bytes: int) -> "FusionWindow":
+        """The window the daemon's ``[fusion]`` section describes (:class:`refscope.daemon.config.FusionConfig`),
+        within ``max_bytes`` (the budget's fusion share)."""
+        return cls(enabled=section.enabled, auto_static_stage=section.auto_static_stage, window=section.window,
+                   max_age_s=section.max_age_s, stage_tolerance_px=section.stage_tolerance_px, max_bytes=max_bytes,
+                   model_config=FusionModelConfig(merge=section.merge))
+
     @property
     def active(self) -> bool:
         """True when fusion may run (``enabled`` or ``auto_static_stage``)."""

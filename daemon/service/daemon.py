@@ -194,11 +194,7 @@ class Daemon:
                                     export_in_child=True, onnx_cache_dir=config.state_dir,
                                     support_stride=config.monitor.confidence_stride)
         self.classify = RoleClassifier(config.ingest, lr_pixel_size_nm=config.ingest.pixel_size_nm)
-        fusion = config.fusion
-        self.fusion = FusionWindow(enabled=fusion.enabled, auto_static_stage=fusion.auto_static_stage,
-                                   window=fusion.window, max_age_s=fusion.max_age_s,
-                                   stage_tolerance_px=fusion.stage_tolerance_px,
-                                   max_bytes=config.memory_budget.fusion_bytes)
+        self.fusion = FusionWindow.from_config(config.fusion, config.memory_budget.fusion_bytes)
         self.serve_queue = ServeQueue(SERVE_QUEUE_SIZE)
         self.learners = LearnerSlot()
         self.newest = NewestFrame()
