@@ -23,6 +23,7 @@ import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
 
     from refscope.daemon.learn.prior_store import load_prior
     from refscope.models.net_fit import net_predictor
-    from refscope.models.prior import fine_tune
+    from refscope.models.prior import fine_tune, frame_normalisation
 
     torch.set_num_threads(1)
     p = load_pair(pair)
@@ -74,8 +75,11 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     if "hr_filter" in settings:  # denoised targets: less variance, some bias; the checkpoint is chosen on noisy HR
         train_hr = filtered_targets(train_hr, *settings.pop("hr_filter"))
     start = time.perf_counter()
-    tuned = fine_tune(prior, [p.lr], [(train_lr, train_hr)], budget_s=budget_s, validation=list(split.held_out),
-                      seed=seed, **settings)
+    if budget_s > 0:
+        tuned = fine_tune(prior, [p.lr], [(train_lr, train_hr)], budget_s=budget_s, validation=list(split.held_out),
+                          seed=seed, **settings)
+    else:  # the prior alone, in the frame's own units
+        tuned = replace(prior, normalisation=frame_normalisation(p.lr))
     took = time.perf_counter() - start
     predict = net_predictor(tuned)
     scored = scored_subimages(p, scale)
@@ -84,7 +88,9 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     on_validation = score(held, [predict(lr) for lr, _ in held], bicubic_scores(held))
     last = tuned.history[-1]
     row = {"pair": pair, "variant": variant, "seed": seed, "scale": scale,
-           "validation_d_psnr": last.get("best_validation_d_psnr_db"), "validation_d_ssim": on_validation["d_ssim"],
+           "validation_d_psnr": (last.get("best_validation_d_psnr_db") if budget_s > 0  # the keeper's measure
+                                 else held_out_delta_psnr(predict, held, scale=scale)),
+           "validation_d_ssim": on_validation["d_ssim"],
            "best_step": last.get("best_step"), "steps": last["steps"], "seconds": round(took, 1),
            "scored_d_psnr": result["d_psnr"], "scored_d_ssim": result["d_ssim"], "frc_px": result["frc_px"]}
     ensemble = partial(ensemble_run, predict, n=ENSEMBLE, align=2)  # as `best` serves it (self-ensemble)
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--priors", required=True, help="leave-one-out priors of quality.py (excl-<pair>/...)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--pairs", default=",".join(SCORED))
-    parser.add_argument("--budget-s", type=float, default=120.0)
+    parser.add_argument("--budget-s", type=float, default=120.0, help="fine-tune seconds; 0: score the prior alone")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; with several, their outputs are also "
                         "averaged and blended with the library (combinations)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)

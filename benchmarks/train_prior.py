@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 600] [--exclude pair00,...] [--out DIR]
                                                [--network auto] [--device cpu|cuda]
                                                [--unpaired ../shared/data/sem_unpaired/raw [--unpaired-crop 96]]
+                                               [--ssim-weight 0.0]
 
 For every S, the ``--network`` (default ``auto``: the network served at S,
 :data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair
@@ -65,7 +66,7 @@ def unpaired_pairs(folder: Path, scale: int, crop_lr: int, seed: int) -> tuple[l
 
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
                 network: str = "auto", device: str = "cpu", unpaired: Path | None = None,
-                unpaired_crop: int = 96) -> Path:
+                unpaired_crop: int = 96, ssim_weight: float = 0.0) -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -82,7 +83,7 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
         files.extend(scanned)
     print(f"x{scale}: training {network} on {', '.join(names)} for {budget_s:g} s", flush=True)
     fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network,
-                                                                  device=device))
+                                                                  device=device, ssim_weight=ssim_weight))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
@@ -91,7 +92,8 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
                             f"physical pairs, plus {len(scanned)} HR-only frames scanned S times coarser "
                             f"({ScanDegradation()}; {unpaired_crop} LR px crops)"),
             "unpaired_frames": scanned,
-            "loss": "L2 against the noisy HR grid (Noise2Noise)", "budget_s": budget_s,
+            "loss": "L2 against the noisy HR grid (Noise2Noise)" + (f" + {ssim_weight:g} (1 - SSIM)" if ssim_weight
+                                                                      else ""), "budget_s": budget_s,
             "steps": fit.history[0]["steps"], "seconds": round(fit.history[0]["seconds"], 1), "seed": seed,
             "best_step": fit.history[0].get("best_step"),
             "best_validation_d_psnr_db": fit.history[0].get("best_validation_d_psnr_db"),
@@ -125,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device of the training steps: cpu, cuda or cuda:N")
     parser.add_argument("--unpaired", type=Path, help="a folder of HR-only frames to add as scanned pairs")
     parser.add_argument("--unpaired-crop", type=int, default=96, help="LR px a side of each HR-only frame's crop")
+    parser.add_argument("--ssim-weight", type=float, default=0.0, help="w of the structural term L2 + w (1 - SSIM)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
     for scale in (int(s) for s in args.scales.split(",")):
         train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network, args.device, args.unpaired,
-                    args.unpaired_crop)
+                    args.unpaired_crop, args.ssim_weight)
     return 0
 
 

@@ -80,7 +80,7 @@ class PriorPair:
 class PriorConfig:
     """How a prior is trained. ``budget_s``: wall-clock seconds. ``patch``: LR patch side; ``batch``: patches per
     Adam step at learning rate ``lr`` (the last quarter of the time at ``lr / 4``); ``loss`` ``"l2"`` (see the
-    module docstring). ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
+    module docstring), plus ``ssim_weight`` x (1 - SSIM) (:func:`refscope.models.training.ssim_loss`; 0: off). ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
     :data:`refscope.models.networks.NETWORKS` entry. ``device``: the torch device of the steps (``"cuda"`` trains
     many times more steps in the same budget; :class:`~refscope.models.training.TrainConfig`). ``validate_every``:
     steps between two measurements on the held-out strips (module docstring); 0 trains on the whole overlaps and
@@ -93,6 +93,7 @@ class PriorConfig:
     batch: int = 16
     lr: float = 1e-3
     loss: str = "l2"
+    ssim_weight: float = 0.0
     seed: int = 0
     device: str = "cpu"
     validate_every: int = 100
@@ -211,8 +212,8 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
     source = make_real_pair_dataset(regions, scale, patch, normalisation=IDENTITY, intensity_fit=False)
     network = resolve_network(config.network, scale)
     net = build_network(network, scale=scale, seed=config.seed, **config.network_kwargs)
-    cfg = TrainConfig(strategy="real-pairs", loss=config.loss, patch=patch, batch=config.batch, lr=config.lr,
-                      steps=10 ** 9, seed=config.seed, device=config.device)
+    cfg = TrainConfig(strategy="real-pairs", loss=config.loss, ssim_weight=config.ssim_weight, patch=patch,
+                      batch=config.batch, lr=config.lr, steps=10 ** 9, seed=config.seed, device=config.device)
     keeper = BestCheckpoint(net, IDENTITY, validation, scale, config.validate_every) if validation else None
     state, record = checkpointed_phase(net, cfg, source, config.budget_s, None, "prior", keeper)
     record["pairs"] = [p.name for p in pairs]

@@ -205,3 +205,18 @@ def test_the_session_fine_tune_adds_the_structural_term(prior, pairs, monkeypatc
     calls.clear()
     fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.2, validation=split.held_out, ssim_weight=0.0)
     assert calls == []
+
+
+def test_a_prior_can_train_with_the_structural_term(pairs, monkeypatch) -> None:
+    """``PriorConfig.ssim_weight`` reaches the prior's training steps (``train_prior.py --ssim-weight``)."""
+    from refscope.models import training
+
+    calls: list[int] = []
+    real = training.ssim_loss
+    monkeypatch.setattr(training, "ssim_loss", lambda p, t, data_range=1.0: calls.append(1) or real(p, t, data_range))
+    fit = train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=0.3, batch=4, patch=12, validate_every=0,
+                                                             ssim_weight=0.01))
+    assert len(calls) == fit.history[0]["steps"] > 0
+    calls.clear()
+    train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=0.2, batch=4, patch=12, validate_every=0))
+    assert calls == []
