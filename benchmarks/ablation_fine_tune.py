@@ -5,10 +5,11 @@
 
 Each (pair, variant) fine-tunes the pair's leave-one-out prior (``DIR/excl-<pair>``, trained by
 ``benchmarks/train_prior.py`` as ``benchmarks/quality.py`` trains them) on the left 9 subimages of the pair's overlap
-for ``--budget-s`` seconds on 1 thread, keeping the best checkpoint on the validation strip (the right quarter of
-the training area), exactly as ``quality.py``'s ``prior+ft``; the variants differ only in the settings they give
-:func:`refscope.models.prior.fine_tune` (:data:`VARIANTS`). Reported per pair: the validation strip's ΔPSNR of the
-kept checkpoint (what a choice among variants may look at) and, for the record, ΔPSNR / ΔSSIM over bicubic on the
+for ``--budget-s`` seconds on 1 thread (0: the prior alone, no fine-tune), keeping the best checkpoint on the
+validation strip (the right quarter of the training area), exactly as ``quality.py``'s ``prior+ft``; the variants
+differ only in the settings they give :func:`refscope.models.prior.fine_tune` (:data:`VARIANTS`). Reported per
+pair: the validation strip's ΔPSNR and ΔSSIM of the kept checkpoint (what a choice among variants may look at)
+and, for the record, ΔPSNR / ΔSSIM over bicubic on the
 scored right column (one pass, no self-ensemble, no blend). With several ``--seeds``, :func:`combinations` also
 scores the outputs of the seeds' fine-tunes averaged, and blended with the pair's paired library (self-ensemble of
 :data:`ENSEMBLE` passes). Jobs run concurrently, one process each: give every job its own core (``--jobs``) or the
@@ -55,7 +56,8 @@ VARIANTS: dict[str, dict] = {
     "ssim0.05": {"ssim_weight": 0.05},
 }
 """Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant. Results: RESULTS.md, "Ablation:
-checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no average)."""
+checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no average), "Ablation: denoised HR
+targets" (not kept) and "Ablation: a structural term" (kept: ``FINE_TUNE`` has ``ssim_weight`` 0.01)."""
 
 
 def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dict:
