@@ -70,8 +70,8 @@ def _best(lr: np.ndarray, hr: np.ndarray, net_budget_s: float = 0.0) -> tuple[ob
     itself included), as :func:`refscope.models.prior.fine_tune` runs in the daemon."""
     cfg = FitConfig(scale=SCALE)
     geometry = register_reference(lr, hr, factor=float(SCALE), config=cfg)
-    (y0, y1), (x0, x1) = box = training_grids(lr, hr, geometry, scale=SCALE)[0]
-    grid = training_grids(lr, hr, geometry, scale=SCALE)[1]
+    box, grid = training_grids(lr, hr, geometry, scale=SCALE)
+    (y0, y1), (x0, x1) = box
     split = split_for_validation(lr[y0:y1, x0:x1], grid, scale=SCALE)
     if net_budget_s > 0:
         import torch
@@ -83,9 +83,9 @@ def _best(lr: np.ndarray, hr: np.ndarray, net_budget_s: float = 0.0) -> tuple[ob
         torch.set_num_threads(1)
         tuned = fine_tune(load_prior("auto", SCALE), [lr], [split.train], budget_s=net_budget_s,
                           validation=list(split.held_out))
-        predict = net_predictor(tuned, threads=1)
-        delta = held_out_delta_psnr(predict, split.held_out, scale=SCALE)
-        return predict, {"chose": "prior+ft", "held_out_delta_db": round(float(delta), 3), "box": box}
+        delta = tuned.history[-1]["best_validation_d_psnr_db"]  # the kept checkpoint's, on the held-out quarter
+        return net_predictor(tuned, threads=1), {"chose": "prior+ft", "held_out_delta_db": round(float(delta), 3),
+                                                 "box": box}
     model = fit_library([split.train], config=cfg)
     delta = held_out_delta_psnr(lambda x: enhance(x, model), split.held_out, scale=SCALE)
     chosen = "paired" if delta > 0 else "bicubic"

@@ -31,7 +31,7 @@ from .errors import ImageError
 
 __all__ = [
     "FRCCurve", "FRCResolution", "QualityScores", "MS_SSIM_WEIGHTS", "SSIM_SIGMA", "SSIM_RADIUS", "SSIM_K1", "SSIM_K2",
-    "fit_intensity_coefficients",
+    "SSIM_WINDOW", "fit_intensity_coefficients",
     "fit_intensity", "psnr", "ssim", "ms_ssim", "frc", "frc_resolution", "frc_mean", "foreground_mask",
     "masked_psnr", "fg_bg_psnr", "canny_edges", "edge_similarity_maps", "edge_similarity", "score_all",
 ]
@@ -40,7 +40,8 @@ __all__ = [
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: The Gaussian SSIM window: σ (px) and radius (px); skimage: int(3.5 * 1.5 + 0.5) = 5 -> 11x11.
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5
-_WIN = 2 * SSIM_RADIUS + 1
+#: Side of the SSIM window, px: the smallest image (or patch) SSIM is defined on.
+SSIM_WINDOW = 2 * SSIM_RADIUS + 1
 #: SSIM's stabilising constants: C1 = (K1 L)^2, C2 = (K2 L)^2 for a data range L (Wang et al. 2004).
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
@@ -77,8 +78,8 @@ def _data_range(ref: np.ndarray, data_range: float | None) -> float:
 
 
 def _check_window(shape: tuple[int, ...]) -> None:
-    if min(shape) < _WIN:
-        raise ImageError(f"image of shape {shape} is smaller than the {_WIN}x{_WIN} SSIM window")
+    if min(shape) < SSIM_WINDOW:
+        raise ImageError(f"image of shape {shape} is smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window")
 
 
 # ------------------------------------------------------------------------------------------- intensity fit
@@ -194,7 +195,7 @@ def _ms_ssim(ref: np.ndarray, est: np.ndarray, data_range: float, weights: tuple
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or w.size == 0 or np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be a non-empty sequence of non-negative numbers, got {weights!r}")
-    n_scales = min(w.size, 1 + int(math.floor(math.log2(min(ref.shape) / _WIN))))
+    n_scales = min(w.size, 1 + int(math.floor(math.log2(min(ref.shape) / SSIM_WINDOW))))
     w = w[:n_scales] / w[:n_scales].sum()
     result = 1.0
     for j in range(n_scales):

@@ -32,7 +32,7 @@ from torch import nn
 
 from .degradations import SYNTHETIC_II, BlurNoise, MultiScaleConfig, multiscale_pair, synthetic_lr
 from .image_ops import upsample_bicubic
-from .metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, fit_intensity_coefficients
+from .metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, SSIM_WINDOW, fit_intensity_coefficients
 from .normalisation import Normalisation
 from .noise import estimate_noise_sigma
 
@@ -273,8 +273,8 @@ def ssim_loss(prediction: torch.Tensor, target: torch.Tensor, data_range: float 
     tensors' units (network units: the LR frame's robust range is 1). Differentiable; patches smaller than the
     window raise ValueError.
     """
-    if min(prediction.shape[-2:]) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"SSIM needs patches of at least {2 * SSIM_RADIUS + 1} px, got {tuple(prediction.shape)}")
+    if min(prediction.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs patches of at least {SSIM_WINDOW} px, got {tuple(prediction.shape)}")
     taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=prediction.dtype, device=prediction.device)
     g = torch.exp(-taps ** 2 / (2 * SSIM_SIGMA ** 2))
     g = g / g.sum()
@@ -382,8 +382,8 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                          f"a {data_source.kind!r} one; build it with the matching make_*_dataset function")
     if getattr(network, "scale", data_source.scale) != data_source.scale:
         raise ValueError(f"the network upscales x{network.scale} but the data are x{data_source.scale}")
-    if config.ssim_weight and config.patch * data_source.scale < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"ssim_weight needs targets of at least {2 * SSIM_RADIUS + 1} px: patch {config.patch} "
+    if config.ssim_weight and config.patch * data_source.scale < SSIM_WINDOW:
+        raise ValueError(f"ssim_weight needs targets of at least {SSIM_WINDOW} px: patch {config.patch} "
                          f"at x{data_source.scale} gives {config.patch * data_source.scale}")
     device = training_device(config.device)
     if init_state is not None:
