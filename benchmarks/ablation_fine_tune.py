@@ -1,7 +1,7 @@
 """Ablation of the session fine-tune of a prior (issue 12): settings side by side on the same priors and pairs.
 
     python benchmarks/ablation_fine_tune.py --priors DIR [--variants base,avg0.995] [--pairs pair00,...]
-                                            [--budget-s 120] [--seeds 0,1,2] [--jobs 12] [--json F]
+                                            [--budget-s 120] [--seeds 0,1,2] [--with-net] [--jobs 12] [--json F]
 
 Each (pair, variant) fine-tunes the pair's leave-one-out prior (``DIR/excl-<pair>``, trained by
 ``benchmarks/train_prior.py`` as ``benchmarks/quality.py`` trains them) on the left 9 subimages of the pair's overlap
@@ -12,8 +12,9 @@ pair: the validation strip's ΔPSNR and ΔSSIM of the kept checkpoint (what a ch
 and, for the record, ΔPSNR / ΔSSIM over bicubic on the
 scored right column (one pass, no self-ensemble, no blend). With several ``--seeds``, :func:`combinations` also
 scores the outputs of the seeds' fine-tunes averaged, and blended with the pair's paired library (self-ensemble of
-:data:`ENSEMBLE` passes). Jobs run concurrently, one process each: give every job its own core (``--jobs``) or the
-budget buys fewer steps for all.
+:data:`ENSEMBLE` passes). With ``--with-net``, :func:`with_net` blends each variant's fine-tune with the session
+network trained from scratch on the same training area (``quality.py``'s ``net``). Jobs run concurrently, one
+process each: give every job its own core (``--jobs``) or the budget buys fewer steps for all.
 """
 from __future__ import annotations
 
@@ -42,22 +43,31 @@ ENSEMBLE = 4
 """Self-ensemble passes of the outputs combined by :func:`combinations` (what ``best`` serves at S = 2, 3)."""
 BLEND_WEIGHTS = (0.0, 0.25, 0.5)
 """Candidate weights of the paired library in :func:`combinations`' blends."""
+NET_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+"""Candidate weights of the from-scratch network in :func:`with_net`'s blends."""
 
 VARIANTS: dict[str, dict] = {
-    "base": {},                                   # FINE_TUNE as shipped
-    "l2": {"ssim_weight": 0.0},                   # plain L2 (FINE_TUNE before the structural term)
+    "base": {},                                   # FINE_TUNE as shipped: L1 + 0.01 (1 - SSIM)
+    "l2": {"loss": "l2", "ssim_weight": 0.0},     # plain L2 (FINE_TUNE before the structural term)
+    "l2-ssim0.01": {"loss": "l2"},                # L2 + 0.01 (1 - SSIM) (FINE_TUNE before L1)
+    "l1": {"ssim_weight": 0.0},                   # plain L1 (the session net's loss, fit_network's default)
+    "l1-ssim0.03": {"ssim_weight": 0.03},
     "avg0.99": {"average": 0.99},                 # checkpoints of the weights' moving average, ~100 steps
     "avg0.995": {"average": 0.995},               # ~200 steps
     "hr-gauss0.5": {"hr_filter": ("gaussian", 0.5)},  # the HR targets low-passed (σ fine px); validation stays noisy
     "hr-nlm": {"hr_filter": ("nlm", 0.8)},        # the HR targets denoised by NLM (h = 0.8 σ of the HR)
-    "ssim0.002": {"ssim_weight": 0.002},          # L2 + w (1 - SSIM) against the noisy HR (training.ssim_loss)
-    "ssim0.01": {"ssim_weight": 0.01},
-    "ssim0.02": {"ssim_weight": 0.02},
-    "ssim0.05": {"ssim_weight": 0.05},
+    "ssim0.002": {"loss": "l2", "ssim_weight": 0.002},  # L2 + w (1 - SSIM) against the noisy HR (training.ssim_loss)
+    "ssim0.01": {"loss": "l2", "ssim_weight": 0.01},
+    "ssim0.02": {"loss": "l2", "ssim_weight": 0.02},
+    "ssim0.05": {"loss": "l2", "ssim_weight": 0.05},
+    "l2-ssim0.01-boot0.3": {"loss": "l2", "bootstrap_fraction": 0.3},  # 30 % of the budget on LR-only pairs first
+    "l1-boot0.3": {"ssim_weight": 0.0, "bootstrap_fraction": 0.3},
 }
-"""Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant. Results: RESULTS.md, "Ablation:
-checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no average), "Ablation: denoised HR
-targets" (not kept) and "Ablation: a structural term" (kept: ``FINE_TUNE`` has ``ssim_weight`` 0.01)."""
+"""Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant, on top of ``FINE_TUNE``.
+Results: RESULTS.md, "Ablation: checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no
+average), "Ablation: denoised HR targets" (not kept), "Ablation: a structural term" (kept: ``ssim_weight`` 0.01)
+and "Ablation: L1 or L2 in the fine-tune" (kept: ``loss`` L1; the bootstrap not kept). The first three were
+measured when ``FINE_TUNE`` was plain L2."""
 
 
 def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dict:
@@ -98,6 +108,46 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     ensemble = partial(ensemble_run, predict, n=ENSEMBLE, align=2)  # as `best` serves it (self-ensemble)
     preds = {"validation": [ensemble(lr) for lr, _ in split.held_out], "scored": [ensemble(lr) for lr, _ in scored]}
     return row, preds
+
+
+def run_net(pair: str, budget_s: float, seed: int) -> dict:
+    """The session network from scratch on the pair's training area (``quality.py``'s ``net``:
+    :func:`refscope.models.net_fit.fit_network`'s defaults, LR-only bootstrap then the pairs, L1, no checkpoint
+    choice) for ``budget_s`` on 1 thread: its self-ensembled outputs on the validation strip and the scored column."""
+    import torch
+
+    from refscope.models.net_fit import fit_network, net_predictor
+
+    torch.set_num_threads(1)
+    p = load_pair(pair)
+    _, _, split = training_area(p, p.scale)
+    net = fit_network([split.train[0]], [split.train], scale=p.scale, budget_s=budget_s, seed=seed)
+    ensemble = partial(ensemble_run, net_predictor(net), n=ENSEMBLE, align=2)
+    return {"validation": [ensemble(lr) for lr, _ in split.held_out],
+            "scored": [ensemble(lr) for lr, _ in scored_subimages(p, p.scale)]}
+
+
+def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
+    """The fine-tune's outputs blended with the from-scratch network's, ``(1 - w) · ft + w · net`` with ``w`` of
+    :data:`NET_WEIGHTS` chosen on the validation strip (all self-ensembled): validation ΔPSNR and the scored
+    ΔPSNR / ΔSSIM of the fine-tune alone, the network alone and the chosen blend."""
+    p = load_pair(pair)
+    _, _, split = training_area(p, p.scale)
+    scored = scored_subimages(p, p.scale)
+    baselines = bicubic_scores(scored)
+
+    def val_score(outputs: list[np.ndarray]) -> float:
+        it = iter(outputs)
+        return held_out_delta_psnr(lambda _: next(it), split.held_out, scale=p.scale)
+
+    def mix(w: float, key: str) -> list[np.ndarray]:
+        return [(1 - w) * a + w * b for a, b in zip(tuned[key], net[key])]
+
+    by_w = {w: val_score(mix(w, "validation")) for w in NET_WEIGHTS}
+    w = max(by_w, key=by_w.get)
+    return {f"ft×{ENSEMBLE}": {"validation": by_w[0.0]} | score(scored, mix(0.0, "scored"), baselines),
+            f"net×{ENSEMBLE}": {"validation": val_score(net["validation"])} | score(scored, net["scored"], baselines),
+            "blend": {"validation": by_w[w], "w": w} | score(scored, mix(w, "scored"), baselines)}
 
 
 def filtered_targets(hr: np.ndarray, kind: str, amount: float) -> np.ndarray:
@@ -171,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=120.0, help="fine-tune seconds; 0: score the prior alone")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; with several, their outputs are also "
                         "averaged and blended with the library (combinations)")
+    parser.add_argument("--with-net", action="store_true", help="also train the session network from scratch on "
+                        "each pair (seed of the first) and blend it with each variant's fine-tune (with_net)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -187,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(run, [j[0] for j in jobs], [j[1] for j in jobs], [args.priors] * len(jobs),
                              [args.budget_s] * len(jobs), [j[2] for j in jobs]))
+        nets = (dict(zip(pairs, pool.map(run_net, pairs, [args.budget_s] * len(pairs), [seeds[0]] * len(pairs))))
+                if args.with_net else {})
         combined = {}
+        for v in variants if nets else ():
+            firsts = [next(d[1] for d in done if d[0]["pair"] == pair and d[0]["variant"] == v
+                           and d[0]["seed"] == seeds[0]) for pair in pairs]
+            blended = dict(zip(pairs, pool.map(with_net, pairs, firsts, [nets[pair] for pair in pairs])))
+            combined[f"{v} + net"] = blended
         if len(seeds) > 1:
             for v in variants:
                 per_pair = {pair: [d for d in done if d[0]["pair"] == pair and d[0]["variant"] == v] for pair in pairs}
@@ -215,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {pair} | " + " | ".join(f"{res[n][key]:+.4f}" for n in names) + " |")
             print("| **mean** | " + " | ".join(f"**{np.mean([r[n][key] for r in by_pair.values()]):+.4f}**"
                                              for n in names) + " |")
-        print("library weight chosen: " + ", ".join(f"{pair} {[res[n]['w'] for n in names if 'w' in res[n]]}"
-                                                    for pair, res in by_pair.items()))
+        print("weight chosen: " + ", ".join(f"{pair} {[res[n]['w'] for n in names if 'w' in res[n]]}"
+                                            for pair, res in by_pair.items()))
     return 0
 
 

@@ -207,6 +207,30 @@ def test_the_session_fine_tune_adds_the_structural_term(prior, pairs, monkeypatc
     assert calls == []
 
 
+def test_the_session_fine_tune_trains_on_l1_and_settings_may_add_a_bootstrap(prior, pairs, monkeypatch) -> None:
+    """FINE_TUNE's pixel loss is L1 (the prior's own is L2); ``bootstrap_fraction`` is a setting like the others
+    (an LR-only phase on the frame before the pairs), not a keyword the fine-tune refuses."""
+    from refscope.models import net_fit
+    from refscope.models.prior import fine_tune
+
+    losses: list[str] = []
+    real = net_fit.checkpointed_phase
+
+    def spied(net, cfg, *args, **kwargs):
+        losses.append(cfg.loss)
+        return real(net, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(net_fit, "checkpointed_phase", spied)
+    pair = pairs[3]
+    split = split_for_validation(pair.lr_region, pair.hr_grid, scale=2)
+    tuned = fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.3, validation=split.held_out)
+    assert losses == ["l1"] and [h["strategy"] for h in tuned.history] == ["real-pairs"]
+    boot = fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.6, validation=split.held_out,
+                     bootstrap_fraction=0.5, loss="l2")
+    assert losses[-1] == "l2" and [h["strategy"] for h in boot.history] == ["lr-only", "real-pairs"]
+    assert boot.history[0]["steps"] > 0
+
+
 def test_a_prior_can_train_with_the_structural_term(pairs, monkeypatch) -> None:
     """``PriorConfig.ssim_weight`` reaches the prior's training steps (``train_prior.py --ssim-weight``)."""
     from refscope.models import training
