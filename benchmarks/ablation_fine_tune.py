@@ -127,6 +127,13 @@ def run_net(pair: str, budget_s: float, seed: int) -> dict:
             "scored": [ensemble(lr) for lr, _ in scored_subimages(p, p.scale)]}
 
 
+def validation_score(outputs: list[np.ndarray], held_out, scale: int) -> float:
+    """Mean ΔPSNR over bicubic on the validation subimages ``held_out`` of ``outputs`` computed beforehand (one
+    S-times output per subimage, in order)."""
+    it = iter(outputs)
+    return held_out_delta_psnr(lambda _: next(it), held_out, scale=scale)
+
+
 def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
     """The fine-tune's outputs blended with the from-scratch network's, ``(1 - w) · ft + w · net`` with ``w`` of
     :data:`NET_WEIGHTS` chosen on the validation strip (all self-ensembled): validation ΔPSNR and the scored
@@ -137,8 +144,7 @@ def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
     baselines = bicubic_scores(scored)
 
     def val_score(outputs: list[np.ndarray]) -> float:
-        it = iter(outputs)
-        return held_out_delta_psnr(lambda _: next(it), split.held_out, scale=p.scale)
+        return validation_score(outputs, split.held_out, p.scale)
 
     def mix(w: float, key: str) -> list[np.ndarray]:
         return [(1 - w) * a + w * b for a, b in zip(tuned[key], net[key])]
@@ -185,8 +191,7 @@ def combinations(pair: str, runs: list[tuple[dict, dict]]) -> dict[str, dict]:
     lib_sc = [enhance(lr, library, method="paired") for lr, _ in scored]
 
     def val_score(outputs: list[np.ndarray]) -> float:
-        it = iter(outputs)
-        return held_out_delta_psnr(lambda _: next(it), split.held_out, scale=scale)
+        return validation_score(outputs, split.held_out, scale)
 
     out: dict[str, dict] = {}
     for k in range(1, len(runs) + 1):
