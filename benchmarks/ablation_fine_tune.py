@@ -33,7 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from quality import bicubic_scores, prior_dir, score, scored_subimages, training_area  # noqa: E402
+from quality import bicubic_scores, prior_dir, score, scored_subimages, session_net, training_area  # noqa: E402
 from sem_pairs import SCORED, load_pair  # noqa: E402
 
 from refscope.models.promotion import held_out_delta_psnr  # noqa: E402
@@ -111,17 +111,16 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
 
 
 def run_net(pair: str, budget_s: float, seed: int) -> dict:
-    """The session network from scratch on the pair's training area (``quality.py``'s ``net``:
-    :func:`refscope.models.net_fit.fit_network`'s defaults, LR-only bootstrap then the pairs, L1, no checkpoint
-    choice) for ``budget_s`` on 1 thread: its self-ensembled outputs on the validation strip and the scored column."""
+    """The session network from scratch on the pair's training area (:func:`quality.session_net`) for ``budget_s``
+    on 1 thread: its self-ensembled outputs on the validation strip and the scored column."""
     import torch
 
-    from refscope.models.net_fit import fit_network, net_predictor
+    from refscope.models.net_fit import net_predictor
 
     torch.set_num_threads(1)
     p = load_pair(pair)
     _, _, split = training_area(p, p.scale)
-    net = fit_network([split.train[0]], [split.train], scale=p.scale, budget_s=budget_s, seed=seed)
+    net = session_net(split, p.scale, budget_s, seed)
     ensemble = partial(ensemble_run, net_predictor(net), n=ENSEMBLE, align=2)
     return {"validation": [ensemble(lr) for lr, _ in split.held_out],
             "scored": [ensemble(lr) for lr, _ in scored_subimages(p, p.scale)]}

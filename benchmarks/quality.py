@@ -177,13 +177,22 @@ def training_area(p: LoadedPair, scale: int):
     return train_lr, train_hr, split_for_validation(train_lr, train_hr, scale=scale)
 
 
+def session_net(split, scale: int, budget_s: float, seed: int = 0):
+    """The ``net`` column: the session network trained from scratch on the training area's ``split.train``
+    (:func:`refscope.models.net_fit.fit_network`'s defaults: LR-only bootstrap on that area, then the pairs, L1,
+    no checkpoint choice) for ``budget_s`` seconds."""
+    from refscope.models.net_fit import fit_network
+
+    return fit_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed)
+
+
 def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, seed: int = 0, with_net: bool = True,
                ensemble: int = 1):
     """Fit paired, net, prior, prior+ft on the pair's training area; returns predictors and the validation choice."""
     import torch
 
     from refscope.daemon.learn.prior_store import load_prior
-    from refscope.models.net_fit import fit_network, net_predictor
+    from refscope.models.net_fit import net_predictor
     from refscope.models.prior import fine_tune, frame_normalisation
 
     torch.set_num_threads(1)
@@ -192,7 +201,7 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
     library.safe = choose_safe_baseline(library, [train_lr], validation)  # as the daemon's learner chooses it
     predictors = {"paired": lambda x: enhance(x, library, method="paired")}
-    net = fit_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed) if with_net else None
+    net = session_net(split, scale, budget_s, seed) if with_net else None
     if net is not None:
         predictors["net"] = net_predictor(net)
     prior = load_prior("auto", scale, priors_root)

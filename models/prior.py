@@ -56,8 +56,9 @@ from .training import Normalisation, TrainConfig, make_real_pair_dataset
 #: learning rate (a fifth of training from scratch) so the prior is adapted rather than overwritten, L1 (see
 #: "Loss" above; on the validation strips +0.018 dB over L2 on the mean, ``benchmarks/RESULTS.md`` "Ablation: L1 or
 #: L2 in the fine-tune") plus 0.01 x (1 - SSIM) (:func:`refscope.models.training.ssim_loss`; "Ablation: a
-#: structural term"), 16 patches per step.
-FINE_TUNE = {"lr": 2e-4, "loss": "l1", "batch": 16, "ssim_weight": 0.01}
+#: structural term"), 16 patches per step, no LR-only bootstrap before the pairs (it cost on the validation strips,
+#: same ablation).
+FINE_TUNE = {"lr": 2e-4, "loss": "l1", "batch": 16, "ssim_weight": 0.01, "bootstrap_fraction": 0.0}
 
 __all__ = ["PriorPair", "PriorConfig", "frame_normalisation", "prior_regions", "train_prior", "fine_tune", "IDENTITY",
            "FINE_TUNE", "ScanDegradation", "scanned_pair"]
@@ -85,7 +86,8 @@ class PriorPair:
 class PriorConfig:
     """How a prior is trained. ``budget_s``: wall-clock seconds. ``patch``: LR patch side; ``batch``: patches per
     Adam step at learning rate ``lr`` (the last quarter of the time at ``lr / 4``); ``loss`` ``"l2"`` (see the
-    module docstring), plus ``ssim_weight`` x (1 - SSIM) (:func:`refscope.models.training.ssim_loss`; 0: off). ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
+    module docstring), plus ``ssim_weight`` x (1 - SSIM) (:func:`refscope.models.training.ssim_loss`; 0: off).
+    ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
     :data:`refscope.models.networks.NETWORKS` entry. ``device``: the torch device of the steps (``"cuda"`` trains
     many times more steps in the same budget; :class:`~refscope.models.training.TrainConfig`). ``validate_every``:
     steps between two measurements on the held-out strips (module docstring); 0 trains on the whole overlaps and
@@ -240,4 +242,4 @@ def fine_tune(prior: NetFit, lr_frames: Sequence[np.ndarray], regions: Sequence[
     return fit_network(list(lr_frames), list(regions), scale=prior.scale, network=prior.network,
                        network_kwargs=prior.network_kwargs, budget_s=budget_s, init=prior,
                        normalisation=norm, validation=validation, seed=seed,
-                       **{"bootstrap_fraction": 0.0, **FINE_TUNE, **settings})
+                       **{**FINE_TUNE, **settings})

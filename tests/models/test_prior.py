@@ -185,7 +185,7 @@ def test_fine_tune_settings_replace_the_defaults(prior, pairs) -> None:
 
 
 def test_the_session_fine_tune_adds_the_structural_term(prior, pairs, monkeypatch) -> None:
-    """The shipped fine-tune trains on L2 + 0.01 (1 - SSIM) (FINE_TUNE); ``ssim_weight=0`` is plain L2."""
+    """The shipped fine-tune trains on L1 + 0.01 (1 - SSIM) (FINE_TUNE); ``ssim_weight=0`` is the pixel loss alone."""
     from refscope.models import training
     from refscope.models.prior import fine_tune
 
