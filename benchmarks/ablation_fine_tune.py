@@ -26,7 +26,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +36,16 @@ from quality import bicubic_scores, prior_dir, score, scored_subimages, session_
 from sem_pairs import SCORED, load_pair  # noqa: E402
 
 from refscope.models.promotion import held_out_delta_psnr  # noqa: E402
-from refscope.models.self_ensemble import ensemble_run  # noqa: E402
+from refscope.models.self_ensemble import DIHEDRAL  # noqa: E402
 
 ENSEMBLE = 4
 """Self-ensemble passes of the outputs combined by :func:`combinations` (what ``best`` serves at S = 2, 3)."""
+SERVED_BLENDS = {"ft×1": (1, None), "ft×2": (2, None), "blend×1": (1, "same"), "blend×1, net flipped": (1, "flipped"),
+                 "blend×2": (2, "same"), "blend×2, net flipped": (2, "flipped")}
+"""What :func:`with_net` also scores as a server could run it: (passes, how the network sees them) -- the fine-tune
+alone over the first n transforms of :data:`~refscope.models.self_ensemble.DIHEDRAL`, or one graph holding both
+networks run n times, the from-scratch network on the same transforms (``"same"``) or on the next n of them
+(``"flipped"``: the graph flips its input in y before that network, so two passes see four orientations)."""
 BLEND_WEIGHTS = (0.0, 0.25, 0.5)
 """Candidate weights of the paired library in :func:`combinations`' blends."""
 NET_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
@@ -105,14 +110,21 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
            "validation_d_ssim": on_validation["d_ssim"],
            "best_step": last.get("best_step"), "steps": last["steps"], "seconds": round(took, 1),
            "scored_d_psnr": result["d_psnr"], "scored_d_ssim": result["d_ssim"], "frc_px": result["frc_px"]}
-    ensemble = partial(ensemble_run, predict, n=ENSEMBLE, align=2)  # as `best` serves it (self-ensemble)
-    preds = {"validation": [ensemble(lr) for lr, _ in split.held_out], "scored": [ensemble(lr) for lr, _ in scored]}
-    return row, preds
+    return row, oriented_outputs(predict, split.held_out, scored)
 
 
-def run_net(pair: str, budget_s: float, seed: int) -> dict:
-    """The session network from scratch on the pair's training area (:func:`quality.session_net`) for ``budget_s``
-    on 1 thread: its self-ensembled outputs on the validation strip and the scored column."""
+def oriented_outputs(predict, held_out, scored) -> dict:
+    """``predict``'s outputs on the validation and scored subimages, each an (:data:`ENSEMBLE`, H, W) stack: one
+    output per transform of :data:`~refscope.models.self_ensemble.DIHEDRAL` (mapped back), in that order."""
+    def stack(lr: np.ndarray) -> np.ndarray:
+        return np.stack([t.invert(predict(np.ascontiguousarray(t.apply(lr)))) for t in DIHEDRAL[:ENSEMBLE]])
+
+    return {"validation": [stack(lr) for lr, _ in held_out], "scored": [stack(lr) for lr, _ in scored]}
+
+
+def run_net(pair: str, budget_s: float, seed: int, network_kwargs: dict | None = None) -> dict:
+    """The session network from scratch on the pair's training area (:func:`quality.session_net`, its network built
+    with ``network_kwargs``) for ``budget_s`` on 1 thread: its :func:`oriented_outputs`."""
     import torch
 
     from refscope.models.net_fit import net_predictor
@@ -120,10 +132,8 @@ def run_net(pair: str, budget_s: float, seed: int) -> dict:
     torch.set_num_threads(1)
     p = load_pair(pair)
     _, _, split = training_area(p, p.scale)
-    net = session_net(split, p.scale, budget_s, seed)
-    ensemble = partial(ensemble_run, net_predictor(net), n=ENSEMBLE, align=2)
-    return {"validation": [ensemble(lr) for lr, _ in split.held_out],
-            "scored": [ensemble(lr) for lr, _ in scored_subimages(p, p.scale)]}
+    net = session_net(split, p.scale, budget_s, seed, network_kwargs)
+    return oriented_outputs(net_predictor(net), split.held_out, scored_subimages(p, p.scale))
 
 
 def validation_score(outputs: list[np.ndarray], held_out, scale: int) -> float:
@@ -135,8 +145,9 @@ def validation_score(outputs: list[np.ndarray], held_out, scale: int) -> float:
 
 def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
     """The fine-tune's outputs blended with the from-scratch network's, ``(1 - w) · ft + w · net`` with ``w`` of
-    :data:`NET_WEIGHTS` chosen on the validation strip (all self-ensembled): validation ΔPSNR and the scored
-    ΔPSNR / ΔSSIM of the fine-tune alone, the network alone and the chosen blend."""
+    :data:`NET_WEIGHTS` chosen on the validation strip: validation ΔPSNR and the scored ΔPSNR / ΔSSIM of the
+    fine-tune alone, the network alone and the chosen blend (all self-ensembled over :data:`ENSEMBLE` passes), then
+    of each way of serving in :data:`SERVED_BLENDS` (``tuned`` and ``net``: :func:`oriented_outputs`)."""
     p = load_pair(pair)
     _, _, split = training_area(p, p.scale)
     scored = scored_subimages(p, p.scale)
@@ -145,14 +156,23 @@ def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
     def val_score(outputs: list[np.ndarray]) -> float:
         return validation_score(outputs, split.held_out, p.scale)
 
-    def mix(w: float, key: str) -> list[np.ndarray]:
-        return [(1 - w) * a + w * b for a, b in zip(tuned[key], net[key])]
+    def served(key: str, passes: int, net_sees: str | None, w: float) -> list[np.ndarray]:
+        first = slice(0, passes)
+        other = first if net_sees == "same" else slice(passes, 2 * passes)
+        return [(1 - w) * a[first].mean(0) + (w * b[other].mean(0) if w else 0.0)
+                for a, b in zip(tuned[key], net[key])]
 
-    by_w = {w: val_score(mix(w, "validation")) for w in NET_WEIGHTS}
-    w = max(by_w, key=by_w.get)
-    return {f"ft×{ENSEMBLE}": {"validation": by_w[0.0]} | score(scored, mix(0.0, "scored"), baselines),
-            f"net×{ENSEMBLE}": {"validation": val_score(net["validation"])} | score(scored, net["scored"], baselines),
-            "blend": {"validation": by_w[w], "w": w} | score(scored, mix(w, "scored"), baselines)}
+    def chosen(passes: int, net_sees: str | None) -> dict:
+        weights = NET_WEIGHTS if net_sees else (0.0,)
+        by_w = {w: val_score(served("validation", passes, net_sees, w)) for w in weights}
+        w = max(by_w, key=by_w.get)
+        return {"validation": by_w[w], "w": w} | score(scored, served("scored", passes, net_sees, w), baselines)
+
+    out = {f"ft×{ENSEMBLE}": chosen(ENSEMBLE, None),
+           f"net×{ENSEMBLE}": {"validation": val_score([b.mean(0) for b in net["validation"]])}
+           | score(scored, [b.mean(0) for b in net["scored"]], baselines),
+           "blend": chosen(ENSEMBLE, "same")}
+    return out | {name: chosen(passes, net_sees) for name, (passes, net_sees) in SERVED_BLENDS.items()}
 
 
 def filtered_targets(hr: np.ndarray, kind: str, amount: float) -> np.ndarray:
@@ -194,8 +214,8 @@ def combinations(pair: str, runs: list[tuple[dict, dict]]) -> dict[str, dict]:
 
     out: dict[str, dict] = {}
     for k in range(1, len(runs) + 1):
-        val = [np.mean([r[1]["validation"][i] for r in runs[:k]], axis=0) for i in range(len(split.held_out))]
-        sc = [np.mean([r[1]["scored"][i] for r in runs[:k]], axis=0) for i in range(len(scored))]
+        val = [np.mean([r[1]["validation"][i].mean(0) for r in runs[:k]], axis=0) for i in range(len(split.held_out))]
+        sc = [np.mean([r[1]["scored"][i].mean(0) for r in runs[:k]], axis=0) for i in range(len(scored))]
         out[f"net×{ENSEMBLE}, {k} seed(s)"] = {"validation": val_score(val)} | score(scored, sc, baselines)
         by_w = {w: val_score([w * a + (1 - w) * b for a, b in zip(lib_val, val)]) for w in BLEND_WEIGHTS}
         w = max(by_w, key=by_w.get)
@@ -227,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                         "averaged and blended with the library (combinations)")
     parser.add_argument("--with-net", action="store_true", help="also train the session network from scratch on "
                         "each pair (seed of the first) and blend it with each variant's fine-tune (with_net)")
+    parser.add_argument("--net-channels", type=int, help="feature channels of the from-scratch network of "
+                        "--with-net (default: the network's own)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -243,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(run, [j[0] for j in jobs], [j[1] for j in jobs], [args.priors] * len(jobs),
                              [args.budget_s] * len(jobs), [j[2] for j in jobs]))
-        nets = (dict(zip(pairs, pool.map(run_net, pairs, [args.budget_s] * len(pairs), [seeds[0]] * len(pairs))))
+        net_kwargs = {"channels": args.net_channels} if args.net_channels else None
+        nets = (dict(zip(pairs, pool.map(run_net, pairs, [args.budget_s] * len(pairs), [seeds[0]] * len(pairs),
+                                         [net_kwargs] * len(pairs))))
                 if args.with_net else {})
         combined = {}
         for v in variants if nets else ():

@@ -19,11 +19,14 @@ Methods (all in this run):
   ``tk_r_em`` package on the LR, then bicubic; network and placement on validation; GPL-3 and TensorFlow, so it
   runs in its own environment ``benchmarks/peers/tkrem/.venv``, created here: :mod:`external_peers`). A peer
   whose environment cannot be created is left out, saying so on stderr;
-- refscope: ``paired`` (the session library), ``net`` (the session network from scratch: LR-only bootstrap then the
-  pairs, as before issue 12), ``prior`` (the pretrained prior alone, trained without this pair or any pair sharing a
-  frame with it), ``prior+ft`` (that prior fine-tuned on the training area for ``--budget-s``, checkpoint chosen on
-  the validation strip) and ``best`` (what the product serves: among bicubic, paired and prior+ft, the one with the
-  best validation ΔPSNR).
+- refscope: ``paired`` (the session library), ``net`` (the companion: the smaller session network trained from
+  scratch for ``--budget-s``, LR-only bootstrap then the pairs, :func:`refscope.models.net_blend.companion_network`),
+  ``prior`` (the pretrained prior alone, trained without this pair or any pair sharing a frame with it),
+  ``prior+ft`` (that prior fine-tuned on the training area for ``--budget-s``, checkpoint chosen on the validation
+  strip), ``prior+ft+net`` (the two blended as a daemon round blends them, the companion's weight chosen on the
+  validation strip, :func:`~refscope.models.net_blend.choose_blend`) and ``best`` (what the product serves: among
+  bicubic, paired and that network, the one with the best validation ΔPSNR, self-ensembled with as many passes as
+  fit 0.5 s for a 1280x944 output, pulled toward the safe baseline where it is not trusted).
 
 Texture shift: for each pair, every refscope model fitted on it enhances the scored columns of the other pair of the
 same S (different specimen area, texture no reference showed); that prior is trained without either pair.
@@ -71,7 +74,9 @@ PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11":
            "pair08": "pair09", "pair09": "pair08"}
 PEERS_ENV = BM3D_ENV.path
 PEERS = ("blur", "nlm", "bm3d", "tk-r-em")
-OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "best, no blend", "best")
+OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "prior+ft+net",
+        "best, no blend", "best")
+SHIFT_METHODS = ("paired", "net", "prior", "prior+ft", "prior+ft+net", "best, no blend", "best")
 SERVE_BUDGET_S = 0.5
 """Seconds the served network may take for a 1280x944 output (issue 12, item 5): the self-ensemble size of ``best``
 is the largest whose passes fit (:func:`refscope.models.self_ensemble.ensemble_size_for`)."""
@@ -177,33 +182,37 @@ def training_area(p: LoadedPair, scale: int):
     return train_lr, train_hr, split_for_validation(train_lr, train_hr, scale=scale)
 
 
-def session_net(split, scale: int, budget_s: float, seed: int = 0):
+def session_net(split, scale: int, budget_s: float, seed: int = 0, network_kwargs: dict | None = None):
     """The ``net`` column: the session network trained from scratch on the training area's ``split.train``
-    (:func:`refscope.models.net_fit.fit_network`'s defaults: LR-only bootstrap on that area, then the pairs, L1,
-    no checkpoint choice) for ``budget_s`` seconds."""
-    from refscope.models.net_fit import fit_network
+    (:func:`refscope.models.net_blend.companion_network`: LR-only bootstrap on that area, then the pairs, L1, no
+    checkpoint choice) for ``budget_s`` seconds."""
+    from refscope.models.net_blend import companion_network
 
-    return fit_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed)
+    return companion_network([split.train[0]], [split.train], scale=scale, budget_s=budget_s, seed=seed,
+                             network_kwargs=network_kwargs)
 
 
-def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, seed: int = 0, with_net: bool = True,
-               ensemble: int = 1):
-    """Fit paired, net, prior, prior+ft on the pair's training area; returns predictors and the validation choice."""
+def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, seed: int = 0,
+               ensembles: dict[str, int] | None = None):
+    """Fit paired, net (the companion), prior, prior+ft and their blend on the pair's training area; returns
+    predictors, the validation strip and the validation choice. ``ensembles``: self-ensemble passes of ``best``
+    when it serves one network (``"network"``) or the blend (``"blend"``)."""
     import torch
 
     from refscope.daemon.learn.prior_store import load_prior
+    from refscope.models.net_blend import choose_blend, companion_kwargs
     from refscope.models.net_fit import net_predictor
     from refscope.models.prior import fine_tune, frame_normalisation
 
     torch.set_num_threads(1)
+    ensembles = {"network": 1, "blend": 1} | dict(ensembles or {})
     train_lr, train_hr, split = training_area(p, scale)
     validation = list(split.held_out)
     library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
     library.safe = choose_safe_baseline(library, [train_lr], validation)  # as the daemon's learner chooses it
     predictors = {"paired": lambda x: enhance(x, library, method="paired")}
-    net = session_net(split, scale, budget_s, seed) if with_net else None
-    if net is not None:
-        predictors["net"] = net_predictor(net)
+    companion = session_net(split, scale, budget_s, seed, companion_kwargs("auto", scale))
+    predictors["net"] = net_predictor(companion)
     prior = load_prior("auto", scale, priors_root)
     norm = frame_normalisation(p.lr)
     predictors["prior"] = net_predictor(replace(prior, normalisation=norm))
@@ -213,18 +222,24 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     predictors["prior+ft"] = net_predictor(tuned)
     for n in ENSEMBLE_SIZES[1:]:
         predictors[f"prior+ft×{n}"] = partial(ensemble_run, predictors["prior+ft"], n=n, align=2)
+    network, weight, by_weight = choose_blend(tuned, companion, validation)  # as a daemon round chooses it
+    predictors["prior+ft+net"] = net_predictor(network)
+    network_name = "prior+ft+net" if weight else "prior+ft"
     name, val = choose({"bicubic": lambda x: upsample_bicubic(x, scale), "paired": predictors["paired"],
-                        "prior+ft": predictors["prior+ft"]}, validation, scale)
-    served = f"prior+ft×{ensemble}" if name == "prior+ft" and ensemble > 1 else name
+                        network_name: predictors[network_name]}, validation, scale)
+    passes = ensembles["blend" if name == "prior+ft+net" else "network"]
+    served = f"{name}×{passes}" if name.startswith("prior+ft") and passes > 1 else name
+    if served not in predictors and name != "bicubic":
+        predictors[served] = partial(ensemble_run, predictors[name], n=passes, align=2)
     predictors["best, no blend"] = predictors[served] if name != "bicubic" else (lambda x: upsample_bicubic(x, scale))
     blends: list[dict] = []
     predictors["best"] = (safe_blended(predictors[served], library, blends) if name != "bicubic"
                           else predictors["best, no blend"])
     info = {"best_choice": served, "validation": val, "fine_tune_s": fine_tune_s, "safe_baseline": library.safe.to_dict(),
-            "safe_blend": blends,
-            "self_ensemble": ensemble,
+            "safe_blend": blends, "self_ensemble": passes, "companion_weight": weight,
+            "companion_validation": by_weight,
             "fine_tune_best_step": tuned.history[-1].get("best_step"), "fine_tune_steps": tuned.history[-1]["steps"],
-            "net_steps": [h["steps"] for h in net.history] if net else None}
+            "net_steps": [h["steps"] for h in companion.history]}
     return predictors, validation, info
 
 
@@ -242,24 +257,35 @@ def safe_blended(predict, library, record: list[dict]):
     return run
 
 
-def serving_pass_s(scale: int, runs: int = 5) -> float:
-    """Median seconds of one pass of the network served at ``scale`` (the shipped prior: the fine-tuned networks
-    have its architecture) exported to ONNX and served as the product serves it
-    (:func:`refscope.daemon.offline.net.onnx_runner`, every core) on a real LR crop whose S-times output is
-    1280x944 (the crop and timing of ``bench_net_serving.py``) -- measured before the pairs run, so that no other
-    work shares the cores."""
+def serving_pass_s(scale: int, runs: int = 5) -> dict[str, float]:
+    """Median seconds of one pass of what ``best`` may serve at ``scale``, exported to ONNX and served as the
+    product serves it (:func:`refscope.daemon.offline.net.onnx_runner`, every core) on a real LR crop whose
+    S-times output is 1280x944 (the crop and timing of ``bench_net_serving.py``): ``"network"`` the shipped prior
+    (the fine-tuned networks have its architecture), ``"blend"`` it blended with a companion-sized network
+    (:func:`refscope.models.net_blend.blend_fits`). Measured before the pairs run, so that no other work shares
+    the cores."""
     from bench_net_serving import OUTPUT, lr_frame, p50
 
     from refscope.daemon.learn.prior_store import SHIPPED_PRIORS, load_prior
     from refscope.daemon.offline.net import onnx_runner
-    from refscope.models.net_fit import export_netfit
+    from refscope.models.net_blend import blend_fits, companion_kwargs
+    from refscope.models.net_fit import NetFit, export_netfit
+    from refscope.models.networks import build_network
     from refscope.models.prior import frame_normalisation
 
     frame, _ = lr_frame()
     fit = load_prior("auto", scale, SHIPPED_PRIORS)
-    run = onnx_runner(*export_netfit(replace(fit, normalisation=frame_normalisation(frame))), threads=0)
+    fit = replace(fit, normalisation=frame_normalisation(frame))
+    kwargs = companion_kwargs(fit.network, scale)
+    companion = build_network(fit.network, scale=scale, seed=1, **kwargs)
+    blend = blend_fits([fit, NetFit(fit.network, scale, companion.state_dict(), fit.normalisation, kwargs)],
+                       [0.5, 0.5])
     crop = np.ascontiguousarray(frame[:OUTPUT[0] // scale, :OUTPUT[1] // scale])
-    return p50(lambda: run(crop), runs)[0]
+    out = {}
+    for name, served in (("network", fit), ("blend", blend)):
+        run = onnx_runner(*export_netfit(served), threads=0)
+        out[name] = p50(lambda: run(crop), runs)[0]
+    return out
 
 
 def bicubic_scores(subs) -> list:
@@ -278,18 +304,19 @@ def score(subs, estimates: list[np.ndarray], baselines: list) -> dict:
 
 
 def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_shift: bool,
-             with_tkrem: bool = False, peers_only: bool = False, ensembles: dict[int, int] | None = None) -> dict:
+             with_tkrem: bool = False, peers_only: bool = False,
+             ensembles: dict[int, dict[str, int]] | None = None) -> dict:
     start = time.perf_counter()
     p = load_pair(name)
     scale = p.scale
     scored = scored_subimages(p, scale)
     baselines = bicubic_scores(scored)
-    ensemble = (ensembles or {}).get(scale, 1)
+    ensemble = (ensembles or {}).get(scale)
     if peers_only:
         validation, info = list(training_area(p, scale)[2].held_out), {}
     else:
         predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s,
-                                                  ensemble=ensemble)
+                                                  ensembles=ensemble)
     result = {"pair": name, "factor": p.factor, "scale": scale, "info": info, "methods": {}}
     if not peers_only:
         for method in OURS:
@@ -304,12 +331,12 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
     if texture_shift and not peers_only and name in PARTNER:
         other = load_pair(PARTNER[name])
         shift_root = prior_dir(Path(priors), sorted([name, other.name]))
-        shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, with_net=False, ensemble=ensemble)
+        shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, ensembles=ensemble)
         target = scored_subimages(other, scale)
         target_baselines = bicubic_scores(target)
         result["shift"] = {"onto": other.name, "info": shift_info,
                            "methods": {m: score(target, [shifted[m](lr) for lr, _ in target], target_baselines)
-                                       for m in ("paired", "prior", "prior+ft", "best, no blend", "best")}}
+                                       for m in SHIFT_METHODS}}
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -358,7 +385,7 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
             top = max(peers, key=lambda m: r["methods"][m]["d_psnr"])
             i = r["info"]
             lines.append(f"| {r['pair']} | {top} | {r['methods'][top]['d_psnr']:+.2f} | {r['methods']['best']['d_psnr']:+.2f} | "
-                         f"{r['methods']['best']['d_psnr'] - r['methods'][top]['d_psnr']:+.2f} | {i['best_choice']} | "
+                         f"{r['methods']['best']['d_psnr'] - r['methods'][top]['d_psnr']:+.2f} | {chose(i)} | "
                          f"{i['fine_tune_s']:.0f} ({i['fine_tune_best_step']}/{i['fine_tune_steps']}) | "
                          + ", ".join(f"{m} {r['methods'][m].get('setting')}" for m in peers) + " |")
     elif peers:
@@ -388,20 +415,25 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
     shifts = [r for r in results if "shift" in r]
     if shifts:
         lines += ["", "Texture shift (model fitted on the pair, scored on the other pair of the same S; ΔPSNR dB):", "",
-                  "| fitted on | scored on | paired | prior | prior+ft | best, no blend | best | best chose "
-                  "| blended share |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| fitted on | scored on | " + " | ".join(SHIFT_METHODS) + " | best chose | blended share |",
+                  "|---|---|" + "---|" * (len(SHIFT_METHODS) + 2)]
         for r in shifts:
             s = r["shift"]
             lines.append(f"| {r['pair']} | {s['onto']} | " + " | ".join(
-                f"{s['methods'][m]['d_psnr']:+.2f}" if m in s["methods"] else "–"
-                for m in ("paired", "prior", "prior+ft", "best, no blend", "best"))
-                + f" | {s['info']['best_choice']} | {blended_share(s['info']):.4f} |")
+                f"{s['methods'][m]['d_psnr']:+.2f}" if m in s["methods"] else "–" for m in SHIFT_METHODS)
+                + f" | {chose(s['info'])} | {blended_share(s['info']):.4f} |")
     if ours:
         lines += ["", "Safe blend (`best` is the served model pulled toward the safe baseline where it is not "
                   "trusted, as the daemon serves it; `best, no blend` the model alone): share of scored output "
                   "pixels the baseline contributed to, per pair: "
                   + ", ".join(f"{r['pair']} {blended_share(r['info']):.4f}" for r in results) + "."]
     return "\n".join(lines)
+
+
+def chose(info: dict) -> str:
+    """What ``best`` served, with the companion's weight when it served the blend."""
+    weight = info.get("companion_weight")
+    return info["best_choice"] + (f" (w {weight:g})" if weight and "+net" in info["best_choice"] else "")
 
 
 def blended_share(info: dict) -> float:
@@ -447,9 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_texture_shift and not args.peers_only:
         needed |= {(tuple(sorted([n, PARTNER[n]])), load_pair(n).scale) for n in names if n in PARTNER}
     passes = {} if args.peers_only else {s: serving_pass_s(s) for s in sorted({load_pair(n).scale for n in names})}
-    ensembles = {s: ensemble_size_for(t, SERVE_BUDGET_S) for s, t in passes.items()}
-    print("served network, one pass for a 1280x944 output: " + ", ".join(
-        f"x{s} {t:.3f} s -> self-ensemble of {ensembles[s]}" for s, t in passes.items()), flush=True)
+    ensembles = {s: {k: ensemble_size_for(t, SERVE_BUDGET_S) for k, t in by.items()} for s, by in passes.items()}
+    print("served, one pass for a 1280x944 output: " + ", ".join(
+        f"x{s} {k} {t:.3f} s -> self-ensemble of {ensembles[s][k]}" for s, by in passes.items()
+        for k, t in by.items()), flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(ensure_prior, [priors] * len(needed), [list(e) for e, _ in needed], [s for _, s in needed],
                       [args.prior_budget_s] * len(needed)))

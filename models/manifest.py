@@ -37,7 +37,7 @@ MANIFEST_SCHEMA = "refscope.model-manifest/1"
 
 #: Model kinds produced by refscope today. Other lowercase ``[a-z0-9-]`` names are accepted so
 #: that new methods do not need a manifest change, but these are the ones the daemon knows.
-KNOWN_KINDS: tuple[str, ...] = ("paired-library", "compact", "fullres", "emsr", "bicubic")
+KNOWN_KINDS: tuple[str, ...] = ("paired-library", "compact", "fullres", "emsr", "blend", "bicubic")
 
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 

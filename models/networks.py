@@ -17,11 +17,14 @@ Every network here
 
 :data:`NETWORKS` maps a name to its constructor; :func:`build_network` builds one by name.
 The name ``"auto"`` stands for the network refscope serves at each scale
-(:func:`refscope.models.network_names.resolve_network`).
+(:func:`refscope.models.network_names.resolve_network`). :class:`BlendedSR` (``"blend"``, in
+:data:`COMPOSITE_NETWORKS`) is not trained itself: it serves several trained networks as one graph
+(:mod:`refscope.models.net_blend`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +34,10 @@ from .emsr import EMSR
 from .keys_upsample import KeysUpsample
 from .network_names import check_scale as _check_scale
 from .network_names import resolve_network
+from .tiling import conv_workspace_bytes_per_px
 
-__all__ = ["KeysUpsample", "CompactSR", "FullResSR", "NETWORKS", "build_network", "count_parameters"]
+__all__ = ["KeysUpsample", "CompactSR", "FullResSR", "BlendedSR", "NETWORKS", "COMPOSITE_NETWORKS", "build_network",
+           "count_parameters"]
 
 
 def _check_size(channels: int, n_layers: int) -> None:
@@ -152,6 +157,75 @@ class FullResSR(nn.Module):
         return self.upsample(x) + F.pixel_shuffle(self.tail(f), self.scale)
 
 
+class BlendedSR(nn.Module):
+    """Several trained networks served as one graph: the weighted mean of their outputs.
+
+    ::
+
+        y = Σ_k w_k · (g_k · f_k(a_k · x + b_k) + h_k),     Σ_k w_k = 1, w_k >= 0
+
+    where ``f_k`` is member k in its own network units and the affine maps carry the blend's input units into
+    them (``a_k``, ``b_k``) and its output back (``g_k``, ``h_k``): members trained with different
+    :class:`~refscope.models.training.Normalisation` serve together exactly. Two networks that start apart (a
+    fine-tuned prior and one trained from scratch on the same reference) err differently, so their mean is closer
+    to the HR than either (``benchmarks/RESULTS.md``, "Serving the fine-tune with a companion network").
+
+    The cost of a pass is the members' together; ``halo`` is the largest member's, ``align`` their least common
+    multiple and ``workspace_bytes_per_px`` the largest member's estimate plus two output-sized buffers (the
+    members run one after the other; a finished member's output and the running sum stay alive), so tiling stays
+    exact and memory bounded.
+
+    Parameters
+    ----------
+    scale : int
+        Upscaling factor S, every member's.
+    members : sequence of mappings
+        One per member: ``network`` (a :data:`NETWORKS` name), ``kwargs`` (its constructor's), ``input``
+        ``[a, b]`` and ``output`` ``[g, h]`` (the affine maps above; ``[1, 0]`` when the units agree).
+    weights : sequence of float
+        ``w_k``, one per member, non-negative, summing to 1.
+    """
+
+    def __init__(self, scale: int, *, members: Sequence[Mapping], weights: Sequence[float]) -> None:
+        super().__init__()
+        self.scale = _check_scale(scale)
+        if len(members) < 2 or len(weights) != len(members):
+            raise ValueError(f"a blend needs >= 2 members and one weight each, got {len(members)} members and "
+                             f"{len(weights)} weights")
+        if any(not math.isfinite(w) or w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+            raise ValueError(f"blend weights must be >= 0 and sum to 1, got {list(weights)}")
+        nets, maps = [], []
+        for k, member in enumerate(members):
+            if member.get("network") not in NETWORKS:
+                raise ValueError(f"blend member {k}: network must be one of {', '.join(NETWORKS)}, got "
+                                 f"{member.get('network')!r}")
+            gains = [float(v) for v in (*member.get("input", (1.0, 0.0)), *member.get("output", (1.0, 0.0)))]
+            if len(gains) != 4 or not all(math.isfinite(v) for v in gains) or gains[0] == 0 or gains[2] == 0:
+                raise ValueError(f"blend member {k}: input and output must be finite [gain != 0, offset] pairs, got "
+                                 f"{member.get('input')!r}, {member.get('output')!r}")
+            nets.append(NETWORKS[member["network"]](self.scale, **dict(member.get("kwargs") or {})))
+            maps.append(gains)
+        self.members = nn.ModuleList(nets)
+        self.weights = [float(w) for w in weights]
+        self.maps = maps
+        self.halo = max(int(net.halo) for net in nets)
+        self.align = math.lcm(*(int(net.align) for net in nets))
+        # members run one after the other: the largest one's working memory, plus the finished members' output
+        # and the running sum kept alive beside it (float32, S² per input px each)
+        self.workspace_bytes_per_px = (max(conv_workspace_bytes_per_px(net, self.scale) for net in nets)
+                                       + 2 * 4 * self.scale ** 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for net, w, (a, b, g, h) in zip(self.members, self.weights, self.maps):
+            if w == 0:
+                continue
+            y = net(x if (a, b) == (1.0, 0.0) else a * x + b)  # identity maps stay out of the graph
+            y = y if (w * g, w * h) == (1.0, 0.0) else (w * g) * y + w * h
+            out = y if out is None else out + y
+        return out
+
+
 #: Network constructors by name; each is called as ``constructor(scale, **kwargs)``.
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactSR,
@@ -159,14 +233,19 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "emsr": EMSR,
 }
 
+#: Networks made of trained :data:`NETWORKS` rather than trained themselves (:func:`build_network` builds them
+#: too, so a saved blend loads like any network; they are not offered for training).
+COMPOSITE_NETWORKS: dict[str, Callable[..., nn.Module]] = {"blend": BlendedSR}
+
+
 def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -> nn.Module:
     """Build the network registered as ``name`` for upscaling factor ``scale``.
 
     Parameters
     ----------
     name : str
-        A key of :data:`NETWORKS` (``"compact"``, ``"fullres"``, ``"emsr"``) or ``"auto"``
-        (:func:`~refscope.models.network_names.resolve_network`).
+        A key of :data:`NETWORKS` (``"compact"``, ``"fullres"``, ``"emsr"``), ``"auto"``
+        (:func:`~refscope.models.network_names.resolve_network`) or of :data:`COMPOSITE_NETWORKS` (``"blend"``).
     scale : int
         Upscaling factor S.
     seed : int, optional
@@ -180,12 +259,12 @@ def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -
     KeyError
         For an unknown name; the message lists the known ones.
     """
-    name = resolve_network(name, scale)
+    constructor = COMPOSITE_NETWORKS.get(name) or NETWORKS[resolve_network(name, scale)]
     if seed is None:
-        return NETWORKS[name](scale, **kwargs)
+        return constructor(scale, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return NETWORKS[name](scale, **kwargs)
+        return constructor(scale, **kwargs)
 
 
 def count_parameters(network: nn.Module) -> int:

@@ -331,7 +331,8 @@ def export_torch_module(
     kind, input_offset, input_scale, library_size, version, created, validation
         Manifest fields, see :class:`ModelManifest`; ``created`` defaults to now (UTC).
     workspace_bytes_per_px : float, optional
-        The module's peak inference memory per input pixel (manifest field); default: the conservative
+        The module's peak inference memory per input pixel (manifest field); default: the module's own
+        ``workspace_bytes_per_px`` attribute (a blend of networks has one), else the conservative
         :func:`refscope.models.tiling.conv_workspace_bytes_per_px` estimate from its layers.
     halo, align : int, optional
         The module's receptive radius and tile alignment, input px (manifest fields); default: the module's own
@@ -366,7 +367,8 @@ def export_torch_module(
         opset=opset,
         validation=validation,
         workspace_bytes_per_px=(workspace_bytes_per_px if workspace_bytes_per_px is not None
-                                else conv_workspace_bytes_per_px(module, scale)),
+                                else getattr(module, "workspace_bytes_per_px", None)
+                                or conv_workspace_bytes_per_px(module, scale)),
         halo=halo if halo is not None else getattr(module, "halo", None),
         align=align if align is not None else getattr(module, "align", None),
     )

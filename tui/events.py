@@ -82,8 +82,11 @@ def describe_event(type: str, payload: Mapping[str, Any]) -> str:
     if type == "pair_rejected":
         return f"reference rejected ({p.get('reason', '?')}): {_short(p.get('message', ''), 100)}"
     if type == "net_round":
-        return (f"network round {p.get('round', '?')} {p.get('status', '?')}: candidate "
-                f"{_f(p.get('candidate_delta_db'), '+.2f')} dB vs {p.get('champion', '?')} "
+        trained = " (companion)" if p.get("trained") == "companion" else ""
+        weight = p.get("companion_weight")
+        blend = f", companion weight {_f(weight, '.2f')}" if weight else ""
+        return (f"network round {p.get('round', '?')}{trained} {p.get('status', '?')}: candidate "
+                f"{_f(p.get('candidate_delta_db'), '+.2f')} dB{blend} vs {p.get('champion', '?')} "
                 f"{_f(p.get('champion_delta_db'), '+.2f')} dB — {p.get('reason', '')}")
     if type == "model_promoted" and p.get("kind") == "net":
         return (f"network v{p.get('version', '?')} promoted: ΔPSNR {_f(p.get('held_out_delta_db'), '+.2f')} dB — "

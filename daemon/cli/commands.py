@@ -244,6 +244,10 @@ def _net_flags(parser: argparse.ArgumentParser, *, network_default: str | None =
     parser.add_argument("--no-prior", action="store_true",
                         help="fit and train: start the network from scratch (LR-only bootstrap) instead of fine-tuning "
                         "the pretrained EM prior shipped for its network and scale")
+    parser.add_argument("--no-companion", action="store_true",
+                        help="fit: train the network alone; by default a smaller companion network is then trained "
+                        "from scratch for another --budget-s and the two are served blended where that wins on "
+                        "held-out reference area")
 
 
 def _pixel_flags(parser: argparse.ArgumentParser) -> None:

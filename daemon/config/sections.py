@@ -468,6 +468,10 @@ class TrainerConfig:
         prior: start the session's network from the pretrained EM prior shipped for its network and scale
             (:mod:`refscope.daemon.learn.prior_store`), fine-tuned with the checkpoint chosen on held-out reference area;
             off, or no prior for that scale: LR-only bootstrap then the pairs, as before.
+        companion: in the round after each fine-tune of the network (``rounds_per_pair`` >= 2), train a second,
+            smaller network from scratch on the same pairs and serve the two blended as one ONNX graph, the blend
+            weight chosen on held-out reference area (:mod:`refscope.models.net_blend`); the promotion gate judges
+            the blend like any candidate. Off: one network, as before.
     """
 
     SECTION: ClassVar[str] = "trainer"
@@ -500,6 +504,9 @@ class TrainerConfig:
     prior: bool = field(default=True, metadata=field_doc(
         "Start the network from the pretrained EM prior shipped for its network and scale (fine-tuned, best "
         "checkpoint on held-out reference area); false: LR-only bootstrap then the pairs."))
+    companion: bool = field(default=True, metadata=field_doc(
+        "Train a second, smaller network from scratch in the round after each fine-tune and serve both blended "
+        "(weight chosen on held-out reference area) where that wins; false: one network."))
 
     def __post_init__(self) -> None:
         check_types(self, "trainer.")

@@ -10,13 +10,17 @@ learns each pair):
    else from the promoted network (``<state_dir>/net.*``), else from scratch with an LR-only multi-scale
    bootstrap (paper 001) for ``bootstrap_fraction`` of the budget;
 2. **fine-tune** for ``budget_s`` seconds on the pairs' training areas with ``strategy``
-   (:func:`refscope.models.net_fit.fit_network`);
+   (:func:`refscope.models.net_fit.fit_network`) -- or, once that network has learned every pair it knows and the
+   **companion** has not (``trainer.companion``), train the companion instead: a smaller network from scratch on
+   the same pairs (:func:`refscope.models.net_blend.companion_network`), saved in ``<state_dir>/trainer/companion``;
+   the candidate is then the network blended with the companion in one graph, the companion's weight chosen on
+   the held-out subimages (:func:`refscope.models.net_blend.choose_blend`; 0: the network alone);
 3. **validate** on every held-out subimage of the session's pairs (the right column of each pair's 3x4 split,
    never trained on by library or network): the candidate, the champion named in the spec (the paired library
    as saved in the state folder, or the promoted network) and bicubic, by ΔPSNR over bicubic after a linear
    intensity fit (:func:`refscope.models.promotion.held_out_scores`);
-4. **checkpoint** the candidate (atomically) unless its output was non-finite, so the next round -- also after a
-   restart -- continues from it;
+4. **checkpoint** what the round trained (atomically) unless the candidate's output was non-finite, so the next
+   round -- also after a restart -- continues from it;
 5. **decide** (:func:`refscope.models.promotion.decide_promotion`: beat the champion, bicubic and the safe
    baseline -- the blur of bicubic best on the same subimages, :func:`refscope.models.peers.tuned_blur` -- by
    ``margin_db``) and, on a win, save the network and its ONNX export as the session's network
@@ -48,10 +52,14 @@ from ..worker import lower_priority
 from ..state.store import has_state, state_paths
 from ..wire.status import TrainingRound
 
-__all__ = ["CHECKPOINT_DIR", "RoundSpec", "run_round", "round_process_main"]
+__all__ = ["CHECKPOINT_DIR", "COMPANION_DIR", "RoundSpec", "run_round", "round_process_main"]
 
 CHECKPOINT_DIR = "trainer"
 """Sub-folder of the state folder holding the trainer's checkpoint (``net.*``) and ``trainer.json``."""
+COMPANION_DIR = f"{CHECKPOINT_DIR}/companion"
+"""Sub-folder of the state folder holding the companion network (``net.*``) the rounds blend with."""
+SESSION_PAIRS_KEY = "session_pairs"
+"""Key of the last history entry of a network a round trained: how many of the session's pairs it was trained on."""
 
 _log = logging.getLogger("refscope.trainer")
 
@@ -73,6 +81,8 @@ class RoundSpec:
         threads: PyTorch threads; nice: niceness added (process only); idle: train only on spare CPU time
             (``SCHED_IDLE``, see :func:`~refscope.daemon.worker.lower_priority`).
         prior: without a checkpoint or network to continue from, start from the shipped prior (``trainer.prior``).
+        companion: train a companion network in the round after the network's (``trainer.companion``; see
+            :func:`run_round`).
     """
 
     state_dir: str
@@ -88,15 +98,19 @@ class RoundSpec:
     nice: int = 0
     idle: bool = False
     prior: bool = True
+    companion: bool = True
 
 
 def _warm_start(spec: RoundSpec, scale: int) -> tuple[Any, str | None]:
-    """(NetFit or None, where it came from): the checkpoint, else the promoted network, if compatible."""
+    """(NetFit or None, where it came from): the checkpoint, else the promoted network (of a promoted blend, its
+    first member: the network the rounds fine-tune), if compatible."""
+    from refscope.models.net_blend import blend_members
+
     for folder, name in ((Path(spec.state_dir) / CHECKPOINT_DIR, "checkpoint"), (Path(spec.state_dir), "network")):
         if not has_net(folder):
             continue
         try:
-            fit = load_net(folder)
+            fit = blend_members(load_net(folder))[0]
         except StateError as exc:
             _log.warning("round %d: %s unusable for a warm start (%s)", spec.round_index, name, exc)
             continue
@@ -130,12 +144,41 @@ def _champion_scores(spec: RoundSpec, held_out: list, scale: int) -> dict | None
     return None
 
 
+def _stored_companion(spec: RoundSpec, scale: int) -> Any:
+    """The companion saved by an earlier round (``<state_dir>/trainer/companion``) if it is usable at ``scale``,
+    else None (a damaged one is logged and trained again)."""
+    folder = Path(spec.state_dir) / COMPANION_DIR
+    if not has_net(folder):
+        return None
+    try:
+        fit = load_net(folder)
+    except StateError as exc:
+        _log.warning("round %d: the companion is unusable (%s); training it again", spec.round_index, exc)
+        return None
+    return fit if fit.scale == scale else None
+
+
+def _session_pairs(fit: Any, default: int = 0) -> int:
+    """How many of the session's pairs ``fit`` was trained on (``default`` when it does not say)."""
+    counts = [h[SESSION_PAIRS_KEY] for h in fit.history if isinstance(h, dict) and SESSION_PAIRS_KEY in h]
+    return int(counts[-1]) if counts else default
+
+
 def run_round(spec: RoundSpec) -> TrainingRound:
     """Run one round in this process; returns the result: ``status`` ``"promoted"``, ``"kept"`` or ``"no_data"``
     (nothing to train on: only ``round``, ``network``, ``strategy``, ``champion_kind``, ``net_version``,
     ``reason`` and ``round_s``), the held-out scores of candidate and champion, the warm start, steps, times,
     pairs and sources (see :class:`~refscope.daemon.wire.status.TrainingRound`); non-finite scores are None.
+
+    With ``spec.companion`` (and the ``"real-pairs"`` strategy) a round trains one of two networks: the session
+    network (as above) or, when the network has a checkpoint or a promoted version to pair with and the
+    companion saved in ``<state_dir>/trainer/companion`` was trained on fewer of the session's pairs than that
+    network (or there is none), the **companion**: a smaller network trained from scratch for ``budget_s`` on the same
+    pairs (:func:`refscope.models.net_blend.companion_network`). Either way the candidate is the network blended
+    with the companion, the weight chosen on the held-out subimages (:func:`~refscope.models.net_blend.choose_blend`;
+    0: the network alone), and the gate judges that candidate.
     """
+    from refscope.models.net_blend import choose_blend, companion_network, companion_kwargs
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
@@ -148,18 +191,39 @@ def run_round(spec: RoundSpec) -> TrainingRound:
     scale = pairs.scale
     spec = replace(spec, network=resolve_network(spec.network, scale))  # "auto": the network served at S
     init, origin = _warm_start(spec, scale)
-    prior = _prior(spec, scale) if init is None else None
-    if prior is not None:
-        origin = "prior"
-        fit = fine_tune(prior, [lr for lr, _ in pairs.train], list(pairs.train), budget_s=spec.budget_s,
-                        validation=list(pairs.held_out), seed=spec.round_index)
+    with_companion = spec.companion and spec.strategy == "real-pairs"
+    companion = _stored_companion(spec, scale) if with_companion else None
+    trains_companion = (with_companion and init is not None  # after the network has learned every pair it knows
+                        and (companion is None
+                             or _session_pairs(companion) < _session_pairs(init, default=len(pairs.train))))
+    lr_frames = [lr for lr, _ in pairs.train]
+    if trains_companion:  # the network stays as it is; the companion is trained from scratch beside it
+        fit = init
+        companion = companion_network(lr_frames, list(pairs.train), scale=scale, network=spec.network,
+                                      budget_s=spec.budget_s, seed=spec.round_index,
+                                      network_kwargs=companion_kwargs(spec.network, scale))
+        companion.history[-1][SESSION_PAIRS_KEY] = len(pairs.train)
+        trained = companion
     else:
-        boot = 0.0 if init is not None else spec.bootstrap_fraction
-        fit = fit_network([lr for lr, _ in pairs.train], list(pairs.train), scale=scale, network=spec.network,
-                          budget_s=spec.budget_s, bootstrap_fraction=boot, strategy=spec.strategy,
-                          seed=spec.round_index, init=init)
+        prior = _prior(spec, scale) if init is None else None
+        if prior is not None:
+            origin = "prior"
+            fit = fine_tune(prior, lr_frames, list(pairs.train), budget_s=spec.budget_s,
+                            validation=list(pairs.held_out), seed=spec.round_index)
+        else:
+            boot = 0.0 if init is not None else spec.bootstrap_fraction
+            fit = fit_network(lr_frames, list(pairs.train), scale=scale, network=spec.network,
+                              budget_s=spec.budget_s, bootstrap_fraction=boot, strategy=spec.strategy,
+                              seed=spec.round_index, init=init)
+        if fit.history:
+            fit.history[-1][SESSION_PAIRS_KEY] = len(pairs.train)
+        trained = fit
     train_s = time.perf_counter() - start
-    candidate = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
+    weight = None
+    candidate_fit = fit
+    if companion is not None:
+        candidate_fit, weight, _ = choose_blend(fit, companion, list(pairs.held_out))
+    candidate = summarise_scores(held_out_scores(net_predictor(candidate_fit), pairs.held_out, scale=scale))
     champion = _champion_scores(spec, pairs.held_out, scale)
     champion_db = champion["d_psnr_db"] if champion is not None else 0.0
     _, baseline_db = tuned_blur(list(pairs.held_out), scale=scale)  # the safe baseline on the same subimages
@@ -168,20 +232,26 @@ def run_round(spec: RoundSpec) -> TrainingRound:
     finite = bool(np.isfinite(candidate["d_psnr_db"]))
     validation = {"held_out_d_psnr_db": candidate["d_psnr_db"], "held_out_d_ssim": candidate["d_ssim"]}
     checkpoint = Path(spec.state_dir) / CHECKPOINT_DIR
-    if finite:
+    if trains_companion:
+        if finite:  # the next rounds blend with it; a diverged one is trained again
+            save_net(Path(spec.state_dir) / COMPANION_DIR, companion, sources=[], validation={},
+                     version=str(spec.net_version))
+    elif finite:
         save_net(checkpoint, fit, sources=[], validation=validation, version=str(spec.net_version))
     else:  # a diverged candidate is not worth continuing from: the next round starts from the promoted network
         _discard(checkpoint)
     if decision.promote:
         sources = [s for pair in pairs.sources for s in pair]
-        save_net(spec.state_dir, fit, sources=sources, validation=validation, version=str(spec.net_version))
+        save_net(spec.state_dir, candidate_fit, sources=sources, validation=validation,
+                 version=str(spec.net_version))
     return TrainingRound(
         round=spec.round_index, network=spec.network, strategy=spec.strategy, champion_kind=spec.champion,
         net_version=spec.net_version, status="promoted" if decision.promote else "kept", reason=decision.reason,
         candidate=finite_json(candidate), champion=finite_json(champion), warm_start=origin,
-        steps=tuple(finite_json([h.get("steps") for h in fit.history])), train_s=train_s,
+        steps=tuple(finite_json([h.get("steps") for h in trained.history])), train_s=train_s,
         round_s=time.perf_counter() - start, pairs=len(pairs.train), held_out=len(pairs.held_out),
-        sources=tuple(finite_json(pairs.sources)), checkpointed=finite)
+        sources=tuple(finite_json(pairs.sources)), checkpointed=finite,
+        trained="companion" if trains_companion else "network", companion_weight=weight)
 
 
 def _discard(folder: Path) -> None:

@@ -233,7 +233,8 @@ class BackgroundTrainer(Worker):
             return RoundSpec(state_dir=str(self._state_dir), round_index=self._rounds, network=cfg.network,
                              strategy=cfg.strategy, budget_s=cfg.round_s, bootstrap_fraction=cfg.bootstrap_fraction,
                              champion=kind, margin_db=cfg.margin_db, net_version=self.net_version + 1,
-                             threads=cfg.threads, nice=cfg.nice, idle=cfg.idle_priority, prior=cfg.prior)
+                             threads=cfg.threads, nice=cfg.nice, idle=cfg.idle_priority, prior=cfg.prior,
+                             companion=cfg.companion)
 
     def _run_round(self, spec: RoundSpec) -> None:
         try:
@@ -360,13 +361,15 @@ class BackgroundTrainer(Worker):
         payload = {"round": spec.round_index, "status": status, "reason": result.reason,
                    "candidate_delta_db": cand, "champion_delta_db": champ, "champion": spec.champion,
                    "net_version": spec.net_version if status == "promoted" else self.net_version,
-                   "round_s": result.round_s, "pairs": result.pairs}
+                   "round_s": result.round_s, "pairs": result.pairs, "trained": result.trained,
+                   "companion_weight": result.companion_weight}
         if self._catalogue is not None and status != "no_data":
             scores = {"candidate": result.candidate, "champion": result.champion,
                       "champion_kind": spec.champion, "strategy": spec.strategy, "network": spec.network,
                       "budget_s": spec.budget_s, "steps": result.steps, "warm_start": result.warm_start,
                       "pairs": result.pairs, "held_out": result.held_out, "round": spec.round_index,
-                      "sources": result.sources}
+                      "sources": result.sources, "trained": result.trained,
+                      "companion_weight": result.companion_weight}
             try:
                 self._catalogue.record_model(f"net-{spec.net_version}", kind="net", method="net", library_size=None,
                                              scores=finite_json(scores), promoted=status == "promoted",

@@ -111,13 +111,16 @@ def split_pairs(regions: list[tuple[np.ndarray, np.ndarray]], *, scale: int, sou
 def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: SessionPairs, *, budget_s: float,
                     network: str = "auto", strategy: str = "real-pairs", seed: int = 0,
                     library_config: FitConfig | None = None, sources: list[str] = (),
-                    bootstrap_fraction: float = 0.3, use_prior: bool = True) -> dict:
+                    bootstrap_fraction: float = 0.3, use_prior: bool = True, companion: bool = True) -> dict:
     """Train the network on ``pairs.train``, validate network / paired library (fitted on the same training areas)
     / bicubic on ``pairs.held_out``, save network, pairs and ``best.json``; returns the ``best.json`` document.
 
     With ``use_prior`` and a shipped prior for (network, S) (:mod:`refscope.daemon.learn.prior_store`), the network is the prior
     fine-tuned on the pairs, its checkpoint chosen on the held-out subimages; otherwise LR-only bootstrap then
-    the pairs."""
+    the pairs. With ``companion`` (and the ``real-pairs`` strategy) a smaller network is then trained from scratch
+    for another ``budget_s`` and the network saved is the two blended, the weight chosen on the held-out
+    subimages (:mod:`refscope.models.net_blend`, as the daemon's rounds do; weight 0: the network alone)."""
+    from refscope.models.net_blend import choose_blend, companion_kwargs, companion_network
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
@@ -141,10 +144,17 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
     else:
         fit = fit_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
                           bootstrap_fraction=bootstrap_fraction, strategy=strategy, seed=seed)
+    steps = [h["steps"] for h in fit.history]
+    weight = partner_steps = None
+    if companion and strategy == "real-pairs":
+        partner = companion_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
+                                    seed=seed + 1, network_kwargs=companion_kwargs(network, scale))
+        fit, weight, _ = choose_blend(fit, partner, list(pairs.held_out))
+        partner_steps = [h["steps"] for h in partner.history]
     net = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     net.update({"network": network, "strategy": strategy, "budget_s": budget_s,
-                "start": "prior" if prior is not None else "scratch",
-                "steps": [h["steps"] for h in fit.history]})
+                "start": "prior" if prior is not None else "scratch", "steps": steps,
+                "companion_steps": partner_steps, "companion_weight": weight})
     best, reason = choose_best(net, paired)
     save_net(state_dir, fit, sources=list(sources), validation={"held_out_d_psnr_db": net["d_psnr_db"],
                                                                 "held_out_d_ssim": net["d_ssim"]})
@@ -171,9 +181,14 @@ def fit_net(args: argparse.Namespace, lr: LoadedImage, refs: list[LoadedImage],
     doc = fit_session_net(args.output, [lr.data], pairs, budget_s=args.budget_s, network=network,
                           seed=args.seed, library_config=config,
                           sources=[str(lr.path)] + [str(r.path) for r in refs],
-                          use_prior=not getattr(args, "no_prior", False))
+                          use_prior=not getattr(args, "no_prior", False),
+                          companion=not getattr(args, "no_companion", False))
     net = doc["scores"]["net"]
     print(f"network trained: {'+'.join(str(s) for s in net['steps'])} steps")
+    if net.get("companion_weight") is not None:
+        print(f"companion trained from scratch: {'+'.join(str(s) for s in net['companion_steps'])} steps; served "
+              + (f"blended with weight {net['companion_weight']:g}" if net["companion_weight"]
+                 else "the network alone (the blend did not help on the held-out subimages)"))
     _print_scores(doc["best"], doc["reason"], doc["scores"], doc["held_out_subimages"])
 
 
@@ -198,6 +213,7 @@ def _state_scale(folder: Path, requested: int | None) -> int | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``refscope train STATE_DIR LR.tif [HR.tif ...] --strategy S``: (re)train the network, gate, save."""
+    from refscope.models.net_blend import blend_members
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
@@ -228,7 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.strategy != "lr-only" and not pairs.train:
         raise ValueError(f"strategy {args.strategy} needs HR reference pairs: give HR.tif files (or fit the state "
                          f"folder with `refscope fit ... --method net` first), or use --strategy lr-only")
-    old = load_net(folder) if has_net(folder) else None
+    saved = load_net(folder) if has_net(folder) else None
+    old = blend_members(saved)[0] if saved is not None else None  # of a blend, the network the rounds fine-tune
     network = resolve_network(args.network or (old.network if old else "auto"), scale)
     compatible = old is not None and old.network == network and old.scale == scale
     init = old if compatible and not args.from_scratch else None
@@ -260,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"saved the network to {folder}; not validated (no held-out pairs), so `--method best` serves {fallback}")
         return 0
     cand = summarise_scores(held_out_scores(net_predictor(candidate), held, scale=scale))
-    champ = summarise_scores(held_out_scores(net_predictor(old), held, scale=scale)) if old is not None else None
+    champ = summarise_scores(held_out_scores(net_predictor(saved), held, scale=scale)) if saved is not None else None
     paired = _paired_scores(folder, held, n_old, best_doc, scale)
     replace = champ is None or cand["d_psnr_db"] > champ["d_psnr_db"]
     if replace:

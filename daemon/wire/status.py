@@ -267,6 +267,9 @@ class TrainingRound(_Part):
             bicubic. warm_start: ``"checkpoint"``, ``"network"``, ``"prior"`` or None.
         steps: optimiser steps per phase; train_s, round_s: seconds; pairs, held_out: counts; sources: [LR, HR]
             files of each pair trained on; checkpointed: the candidate was kept for the next round.
+        trained: what the round trained: ``"network"`` (the session network, from its warm start) or
+            ``"companion"`` (a second network from scratch, :mod:`refscope.models.net_blend`);
+            companion_weight: the companion's share in the candidate (0: the network alone; None: no companion).
         spec: the round's :class:`~refscope.daemon.learn.train_round.RoundSpec` as a dict (a round that raised).
 
     Fields a round did not produce are None and left out of :meth:`to_dict`; ``champion`` and ``warm_start``
@@ -290,6 +293,8 @@ class TrainingRound(_Part):
     held_out: int | None = _omitted()
     sources: tuple[Any, ...] | None = _omitted(sequence=True)
     checkpointed: bool | None = _omitted()
+    trained: str | None = _omitted()
+    companion_weight: float | None = _omitted()
     spec: Mapping[str, Any] | None = _omitted()
 
     @property

@@ -123,3 +123,14 @@ def test_wildcard_endpoints_are_reached_through_the_control_host():
     assert _reachable("tcp://*:5562", "tcp://10.0.0.2:5560") == "tcp://10.0.0.2:5562"
     assert _reachable("tcp://127.0.0.1:5561", "tcp://x:1") == "tcp://127.0.0.1:5561"
     assert _reachable(None, "tcp://x:1") is None
+
+
+def test_a_companion_round_and_its_blend_weight_are_told_in_the_log():
+    from refscope.tui.events import describe_event
+
+    payload = {"round": 2, "status": "promoted", "candidate_delta_db": 0.71, "champion": "net",
+               "champion_delta_db": 0.66, "reason": "beats", "trained": "companion", "companion_weight": 0.25}
+    line = describe_event("net_round", payload)
+    assert line.startswith("network round 2 (companion) promoted") and "companion weight 0.25" in line
+    plain = describe_event("net_round", {**payload, "trained": "network", "companion_weight": 0.0})
+    assert "companion" not in plain and plain.startswith("network round 2 promoted")

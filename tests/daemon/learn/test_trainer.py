@@ -54,7 +54,8 @@ def _store(folder: Path, split: HeldOutSplit) -> SessionPairs:
 
 def _spec(folder: Path, index: int = 1, **changes: Any) -> RoundSpec:
     options = dict(state_dir=str(folder), round_index=index, network="compact", strategy="real-pairs", budget_s=2.0,
-                   bootstrap_fraction=0.3, champion="bicubic", prior=False)  # the prior: tests/daemon/learn/test_priors.py
+                   bootstrap_fraction=0.3, champion="bicubic", prior=False,  # the prior: tests/daemon/learn/test_priors.py
+                   companion=False)  # the companion: test_rounds_alternate_network_and_companion_and_blend_them
     return RoundSpec(**{**options, **changes})
 
 
@@ -75,6 +76,63 @@ def test_round_warm_starts_checkpoints_and_promotes_only_by_the_gate(tmp_path: P
         assert result.checkpointed is True
     assert has_net(tmp_path / CHECKPOINT_DIR)
     assert has_net(tmp_path) == ("promoted" in (first.status, second.status))
+
+
+def test_rounds_alternate_network_and_companion_and_blend_them(tmp_path: Path, split) -> None:
+    """Round 1 trains the network; round 2, with the network's checkpoint and no companion, trains the companion
+    (the checkpoint untouched) and judges the blend; a new pair makes round 3 train the network again (the
+    companion is behind it then), round 4 the companion. The candidate's score is the blend's at the chosen weight."""
+    from refscope.daemon.learn.train_round import COMPANION_DIR
+    from refscope.models.net_blend import blend_fits
+    from refscope.models.net_fit import net_predictor
+    from refscope.models.promotion import held_out_delta_psnr
+
+    pairs = _store(tmp_path, split)
+    first = run_round(_spec(tmp_path, 1, companion=True))
+    assert first.trained == "network" and first.companion_weight is None
+    checkpoint = _sha(tmp_path / CHECKPOINT_DIR / "net.npz")
+    second = run_round(_spec(tmp_path, 2, companion=True))
+    assert second.trained == "companion" and second.warm_start == "checkpoint"
+    assert _sha(tmp_path / CHECKPOINT_DIR / "net.npz") == checkpoint and has_net(tmp_path / COMPANION_DIR)
+    w = second.companion_weight
+    assert w in (0.0, 0.25, 0.5, 0.75)
+    network, companion = load_net(tmp_path / CHECKPOINT_DIR), load_net(tmp_path / COMPANION_DIR)
+    served = network if w == 0 else blend_fits([network, companion], [1 - w, w])
+    expected = held_out_delta_psnr(net_predictor(served), split.held_out, scale=2)
+    assert second.candidate["d_psnr_db"] == pytest.approx(expected, abs=1e-6)
+    if second.status == "promoted":
+        assert load_net(tmp_path).network == ("blend" if w else "compact")
+
+    pairs.add(split.train, split.held_out, ["lr2.tif", "hr2.tif"])
+    save_pairs(tmp_path, pairs)
+    third = run_round(_spec(tmp_path, 3, companion=True))
+    assert third.trained == "network" and third.companion_weight is not None and third.pairs == 2
+    fourth = run_round(_spec(tmp_path, 4, companion=True))
+    assert fourth.trained == "companion"
+    assert run_round(_spec(tmp_path, 5, companion=True)).trained == "network"
+
+
+def test_a_promoted_blend_is_saved_served_and_judged_as_the_champion(tmp_path: Path, split) -> None:
+    """A blend saved as the session's network round-trips (weights, ONNX), and a round judges a candidate against
+    it (champion "net"), warm-starting from its first member (the network the rounds fine-tune)."""
+    from refscope.daemon.offline.net import onnx_runner
+    from refscope.models.net_blend import blend_fits
+    from refscope.models.net_fit import net_predictor
+
+    _store(tmp_path, split)
+    norm = Normalisation(float(np.percentile(split.train[0], 0.5)), 1.0 / float(np.ptp(split.train[0])))
+    members = [NetFit("compact", 2, build_network("compact", scale=2, seed=s).state_dict(), norm) for s in (1, 2)]
+    blend = blend_fits(members, [0.5, 0.5])
+    save_net(tmp_path, blend, sources=["lr.tif", "hr.tif"])
+    loaded = load_net(tmp_path)
+    lr = split.held_out[0][0]
+    assert loaded.network == "blend"
+    np.testing.assert_allclose(net_predictor(loaded)(lr), net_predictor(blend)(lr), atol=1e-5)
+    data, manifest = load_served(tmp_path)
+    np.testing.assert_allclose(onnx_runner(data, manifest, threads=1)(lr), net_predictor(blend)(lr), atol=2e-3)
+    result = run_round(_spec(tmp_path, 1, champion="net"))
+    assert result.warm_start == "network" and result.champion is not None
+    assert result.champion["d_psnr_db"] == pytest.approx(0.0, abs=1e-6)  # untrained members: bicubic
 
 
 def test_round_without_pairs_does_nothing(tmp_path: Path) -> None:

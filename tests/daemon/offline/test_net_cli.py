@@ -62,8 +62,20 @@ def test_fit_net_writes_state_and_best(state: Path, capsys) -> None:
     assert set(best["scores"]) == {"net", "paired", "bicubic"}
     assert len(best["scores"]["net"]["per_subimage_d_psnr_db"]) == 3
     data, manifest = load_served(state)
-    assert manifest.kind == "fullres" and manifest.scale == 2 and data[:4] != b""  # --network auto at x2
+    net = best["scores"]["net"]
+    assert len(net["companion_steps"]) == 2  # the companion: LR-only bootstrap, then the pairs
+    # --network auto at x2, blended with its companion where that won on the held-out subimages
+    assert manifest.kind == ("blend" if net["companion_weight"] else "fullres")
+    assert manifest.scale == 2 and data[:4] != b""
     assert load_net(state).build().scale == 2
+
+
+def test_fit_without_a_companion_saves_the_network_alone(files, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    lr, pairs = _pairs(files)
+    doc = fit_session_net(tmp_path / "alone", [lr], pairs, budget_s=1.0, companion=False)
+    assert doc["scores"]["net"]["companion_weight"] is None and doc["scores"]["net"]["companion_steps"] is None
+    assert load_net(tmp_path / "alone").network == "fullres"
 
 
 @pytest.mark.parametrize("method", ["net", "best", None])
