@@ -1,7 +1,8 @@
 """Ablation of the session fine-tune of a prior (issue 12): settings side by side on the same priors and pairs.
 
     python benchmarks/ablation_fine_tune.py --priors DIR [--variants base,avg0.995] [--pairs pair00,...]
-                                            [--budget-s 120] [--seeds 0,1,2] [--with-net] [--jobs 12] [--json F]
+                                            [--budget-s 120] [--seeds 0,1,2] [--with-net [--net-channels C | --companion]]
+                                            [--jobs 12] [--json F]
 
 Each (pair, variant) fine-tunes the pair's leave-one-out prior (``DIR/excl-<pair>``, trained by
 ``benchmarks/train_prior.py`` as ``benchmarks/quality.py`` trains them) on the left 9 subimages of the pair's overlap
@@ -12,8 +13,9 @@ pair: the validation strip's ΔPSNR and ΔSSIM of the kept checkpoint (what a ch
 and, for the record, ΔPSNR / ΔSSIM over bicubic on the
 scored right column (one pass, no self-ensemble, no blend). With several ``--seeds``, :func:`combinations` also
 scores the outputs of the seeds' fine-tunes averaged, and blended with the pair's paired library (self-ensemble of
-:data:`ENSEMBLE` passes). With ``--with-net``, :func:`with_net` blends each variant's fine-tune with the session
-network trained from scratch on the same training area (``quality.py``'s ``net``). Jobs run concurrently, one
+:data:`ENSEMBLE` passes). With ``--with-net``, :func:`with_net` blends each variant's fine-tune with a network
+trained from scratch on the same training area: at the served network's size, ``--net-channels`` wide, or
+(``--companion``) the product's companion, ``quality.py``'s ``net``. Jobs run concurrently, one
 process each: give every job its own core (``--jobs``) or the budget buys fewer steps for all.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(HERE))
 from quality import bicubic_scores, prior_dir, score, scored_subimages, session_net, training_area  # noqa: E402
 from sem_pairs import SCORED, load_pair  # noqa: E402
 
+from refscope.models.net_blend import companion_kwargs  # noqa: E402
 from refscope.models.promotion import held_out_delta_psnr  # noqa: E402
 from refscope.models.self_ensemble import DIHEDRAL  # noqa: E402
 
@@ -57,6 +60,8 @@ VARIANTS: dict[str, dict] = {
     "l2-ssim0.01": {"loss": "l2"},                # L2 + 0.01 (1 - SSIM) (FINE_TUNE before L1)
     "l1": {"ssim_weight": 0.0},                   # plain L1 (the session net's loss, fit_network's default)
     "l1-ssim0.03": {"ssim_weight": 0.03},
+    "l1-ssim0.1": {"ssim_weight": 0.1},
+    "l1-ssim0.3": {"ssim_weight": 0.3},
     "avg0.99": {"average": 0.99},                 # checkpoints of the weights' moving average, ~100 steps
     "avg0.995": {"average": 0.995},               # ~200 steps
     "hr-gauss0.5": {"hr_filter": ("gaussian", 0.5)},  # the HR targets low-passed (σ fine px); validation stays noisy
@@ -249,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                         "each pair (seed of the first) and blend it with each variant's fine-tune (with_net)")
     parser.add_argument("--net-channels", type=int, help="feature channels of the from-scratch network of "
                         "--with-net (default: the network's own)")
+    parser.add_argument("--companion", action="store_true", help="--with-net trains the product's companion "
+                        "(refscope.models.net_blend.companion_kwargs at each pair's scale) instead")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -265,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(run, [j[0] for j in jobs], [j[1] for j in jobs], [args.priors] * len(jobs),
                              [args.budget_s] * len(jobs), [j[2] for j in jobs]))
-        net_kwargs = {"channels": args.net_channels} if args.net_channels else None
+        net_kwargs = [companion_kwargs("auto", load_pair(pair).scale) if args.companion
+                      else {"channels": args.net_channels} if args.net_channels else None for pair in pairs]
         nets = (dict(zip(pairs, pool.map(run_net, pairs, [args.budget_s] * len(pairs), [seeds[0]] * len(pairs),
-                                         [net_kwargs] * len(pairs))))
+                                         net_kwargs)))
                 if args.with_net else {})
         combined = {}
         for v in variants if nets else ():

@@ -311,12 +311,12 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
     scale = p.scale
     scored = scored_subimages(p, scale)
     baselines = bicubic_scores(scored)
-    ensemble = (ensembles or {}).get(scale)
+    passes = (ensembles or {}).get(scale)  # self-ensemble passes of the network and of the blend at this scale
     if peers_only:
         validation, info = list(training_area(p, scale)[2].held_out), {}
     else:
         predictors, validation, info = our_models(p, scale, prior_dir(Path(priors), [name]), budget_s,
-                                                  ensembles=ensemble)
+                                                  ensembles=passes)
     result = {"pair": name, "factor": p.factor, "scale": scale, "info": info, "methods": {}}
     if not peers_only:
         for method in OURS:
@@ -331,7 +331,7 @@ def run_pair(name: str, priors: str, budget_s: float, with_bm3d: bool, texture_s
     if texture_shift and not peers_only and name in PARTNER:
         other = load_pair(PARTNER[name])
         shift_root = prior_dir(Path(priors), sorted([name, other.name]))
-        shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, ensembles=ensemble)
+        shifted, _, shift_info = our_models(p, scale, shift_root, budget_s, seed=1, ensembles=passes)
         target = scored_subimages(other, scale)
         target_baselines = bicubic_scores(target)
         result["shift"] = {"onto": other.name, "info": shift_info,

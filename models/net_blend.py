@@ -2,13 +2,14 @@
 
 Why
 ---
-The fine-tuned prior (:func:`refscope.models.prior.fine_tune`) and a network trained from scratch on the same
-reference (:func:`companion_network`: LR-only bootstrap, then the pairs, as paper 001 and the session network
+The fine-tuned prior (:func:`refscope.models.prior.fine_tune`) and a smaller network trained from scratch on the
+same reference (:func:`companion_network`: LR-only bootstrap, then the pairs, as paper 001 and the session network
 before issue 12) start far apart in weight space and err differently; the mean of their outputs is closer to the HR
-than either. On the physical SEM pairs, with both trained 120 s on the left 75 % of the overlap and the weight
-chosen on the validation strip, the blend scores +0.645 dB over bicubic on the held-out columns where the
-fine-tune alone scores +0.624 and the companion alone +0.612 (``benchmarks/RESULTS.md``, "Ablation: L1 or L2 in the
-fine-tune" and "Serving the fine-tune with a companion network"). It is a two-member ensemble of independently
+than either. On the physical SEM pairs, with both trained 120 s on the left 75 % of the overlap, the weight chosen
+on the validation strip and each served with the self-ensemble passes that fit 0.5 s for a 1280 x 944 output, the
+blend scores +0.645 dB over bicubic on the held-out columns where the fine-tune alone scores +0.615
+(``benchmarks/RESULTS.md``, "Serving the fine-tune with a companion network"; in ``benchmarks/quality.py``'s run
++0.643 against +0.614). It is a two-member ensemble of independently
 trained networks (Hansen & Salamon, IEEE TPAMI 1990; Lakshminarayanan et al., NeurIPS 2017): its gain is the
 members' disagreement, which neither a second seed of the same fine-tune (both stay near the prior) nor the
 geometric self-ensemble of one network (:mod:`.self_ensemble`) reaches.
