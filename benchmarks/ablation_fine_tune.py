@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 from quality import bicubic_scores, prior_dir, score, scored_subimages, session_net, training_area  # noqa: E402
 from sem_pairs import SCORED, load_pair  # noqa: E402
 
-from refscope.models.net_blend import companion_kwargs  # noqa: E402
+from refscope.models.net_blend import blend_outputs, companion_kwargs  # noqa: E402
 from refscope.models.promotion import held_out_delta_psnr  # noqa: E402
 from refscope.models.self_ensemble import DIHEDRAL  # noqa: E402
 
@@ -164,8 +164,8 @@ def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
     def served(key: str, passes: int, net_sees: str | None, w: float) -> list[np.ndarray]:
         first = slice(0, passes)
         other = first if net_sees == "same" else slice(passes, 2 * passes)
-        return [(1 - w) * a[first].mean(0) + (w * b[other].mean(0) if w else 0.0)
-                for a, b in zip(tuned[key], net[key])]
+        return blend_outputs([[a[first].mean(0) for a in tuned[key]], [b[other].mean(0) for b in net[key]]],
+                             (1 - w, w))
 
     def chosen(passes: int, net_sees: str | None) -> dict:
         weights = NET_WEIGHTS if net_sees else (0.0,)

@@ -220,8 +220,9 @@ class BlendedSR(nn.Module):
         for net, w, (a, b, g, h) in zip(self.members, self.weights, self.maps):
             if w == 0:
                 continue
-            y = net(x if (a, b) == (1.0, 0.0) else a * x + b)  # identity maps stay out of the graph
-            y = y if (w * g, w * h) == (1.0, 0.0) else (w * g) * y + w * h
+            y = (w * g) * net(x if (a, b) == (1.0, 0.0) else a * x + b)  # identity maps stay out of the graph
+            if h:
+                y = y + w * h
             out = y if out is None else out + y
         return out
 

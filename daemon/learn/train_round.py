@@ -101,20 +101,27 @@ class RoundSpec:
     companion: bool = True
 
 
+def _saved_net(folder: Path, spec: RoundSpec, unusable: str) -> Any:
+    """The network saved in ``folder`` (a NetFit), or None when there is none or it cannot be loaded (then logged
+    as ``unusable``: what the round does without it)."""
+    if not has_net(folder):
+        return None
+    try:
+        return load_net(folder)
+    except StateError as exc:
+        _log.warning("round %d: %s (%s)", spec.round_index, unusable, exc)
+        return None
+
+
 def _warm_start(spec: RoundSpec, scale: int) -> tuple[Any, str | None]:
     """(NetFit or None, where it came from): the checkpoint, else the promoted network (of a promoted blend, its
     first member: the network the rounds fine-tune), if compatible."""
     from refscope.models.net_blend import blend_members
 
     for folder, name in ((Path(spec.state_dir) / CHECKPOINT_DIR, "checkpoint"), (Path(spec.state_dir), "network")):
-        if not has_net(folder):
-            continue
-        try:
-            fit = blend_members(load_net(folder))[0]
-        except StateError as exc:
-            _log.warning("round %d: %s unusable for a warm start (%s)", spec.round_index, name, exc)
-            continue
-        if (fit.network, fit.scale) == (spec.network, scale):
+        saved = _saved_net(folder, spec, f"{name} unusable for a warm start")
+        fit = blend_members(saved)[0] if saved is not None else None
+        if fit is not None and (fit.network, fit.scale) == (spec.network, scale):
             return fit, name
     return None, None
 
@@ -147,15 +154,8 @@ def _champion_scores(spec: RoundSpec, held_out: list, scale: int) -> dict | None
 def _stored_companion(spec: RoundSpec, scale: int) -> Any:
     """The companion saved by an earlier round (``<state_dir>/trainer/companion``) if it is usable at ``scale``,
     else None (a damaged one is logged and trained again)."""
-    folder = Path(spec.state_dir) / COMPANION_DIR
-    if not has_net(folder):
-        return None
-    try:
-        fit = load_net(folder)
-    except StateError as exc:
-        _log.warning("round %d: the companion is unusable (%s); training it again", spec.round_index, exc)
-        return None
-    return fit if fit.scale == scale else None
+    fit = _saved_net(Path(spec.state_dir) / COMPANION_DIR, spec, "the companion is unusable; training it again")
+    return fit if fit is not None and fit.scale == scale else None
 
 
 def _session_pairs(fit: Any, default: int = 0) -> int:
