@@ -15,7 +15,8 @@ scored right column (one pass, no self-ensemble, no blend). With several ``--see
 scores the outputs of the seeds' fine-tunes averaged, and blended with the pair's paired library (self-ensemble of
 :data:`ENSEMBLE` passes). With ``--with-net``, :func:`with_net` blends each variant's fine-tune with a network
 trained from scratch on the same training area: at the served network's size, ``--net-channels`` wide, or
-(``--companion``) the product's companion, ``quality.py``'s ``net``. Jobs run concurrently, one
+(``--companion``) the product's companion, ``quality.py``'s ``net``; and scores the ways of serving of
+:data:`WITH_BASELINE` with the safe baseline's share mixed in (:mod:`refscope.models.net_blend`). Jobs run concurrently, one
 process each: give every job its own core (``--jobs``) or the budget buys fewer steps for all.
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ sys.path.insert(0, str(HERE))
 from quality import bicubic_scores, prior_dir, score, scored_subimages, session_net, training_area  # noqa: E402
 from sem_pairs import SCORED, load_pair  # noqa: E402
 
-from refscope.models.net_blend import blend_outputs, companion_kwargs  # noqa: E402
+from refscope.models.net_blend import BASELINE_WEIGHTS, baseline_fit, blend_outputs, companion_kwargs  # noqa: E402
+from refscope.models.peers import tuned_blur  # noqa: E402
 from refscope.models.promotion import held_out_delta_psnr  # noqa: E402
 from refscope.models.self_ensemble import DIHEDRAL  # noqa: E402
 
@@ -49,6 +51,12 @@ SERVED_BLENDS = {"ft×1": (1, None), "ft×2": (2, None), "blend×1": (1, "same")
 alone over the first n transforms of :data:`~refscope.models.self_ensemble.DIHEDRAL`, or one graph holding both
 networks run n times, the from-scratch network on the same transforms (``"same"``) or on the next n of them
 (``"flipped"``: the graph flips its input in y before that network, so two passes see four orientations)."""
+WITH_BASELINE = ("ft×2", "ft×4", "blend×1", "blend×2", "blend×4")
+"""Ways of serving (:data:`SERVED_BLENDS`, ``ft×4``, ``blend×4``) that :func:`with_net` also scores mixed with the
+safe baseline, ``(1 - u) · served + u · baseline`` with ``u`` of
+:data:`~refscope.models.net_blend.BASELINE_WEIGHTS` chosen on the validation strip after ``w`` (as a daemon round
+chooses them): the baseline is the product's layer (:func:`~refscope.models.net_blend.baseline_fit`) at the σ
+:func:`~refscope.models.peers.tuned_blur` picks on the validation strip."""
 BLEND_WEIGHTS = (0.0, 0.25, 0.5)
 """Candidate weights of the paired library in :func:`combinations`' blends."""
 NET_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
@@ -152,7 +160,11 @@ def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
     """The fine-tune's outputs blended with the from-scratch network's, ``(1 - w) · ft + w · net`` with ``w`` of
     :data:`NET_WEIGHTS` chosen on the validation strip: validation ΔPSNR and the scored ΔPSNR / ΔSSIM of the
     fine-tune alone, the network alone and the chosen blend (all self-ensembled over :data:`ENSEMBLE` passes), then
-    of each way of serving in :data:`SERVED_BLENDS` (``tuned`` and ``net``: :func:`oriented_outputs`)."""
+    of each way of serving in :data:`SERVED_BLENDS` (``tuned`` and ``net``: :func:`oriented_outputs`), and of those
+    in :data:`WITH_BASELINE` with the safe baseline's share (``… + base``)."""
+    from refscope.models.net_fit import net_predictor
+    from refscope.models.training import Normalisation
+
     p = load_pair(pair)
     _, _, split = training_area(p, p.scale)
     scored = scored_subimages(p, p.scale)
@@ -173,11 +185,27 @@ def with_net(pair: str, tuned: dict, net: dict) -> dict[str, dict]:
         w = max(by_w, key=by_w.get)
         return {"validation": by_w[w], "w": w} | score(scored, served("scored", passes, net_sees, w), baselines)
 
+    sigma, _ = tuned_blur(list(split.held_out), scale=p.scale)
+    base = net_predictor(baseline_fit(p.scale, sigma, Normalisation(0.0, 1.0)))
+    base_out = {"validation": [base(lr) for lr, _ in split.held_out], "scored": [base(lr) for lr, _ in scored]}
+
+    def with_baseline(passes: int, net_sees: str | None) -> dict:
+        w = chosen(passes, net_sees)["w"]
+
+        def mixed(key: str, u: float) -> list[np.ndarray]:
+            return blend_outputs([served(key, passes, net_sees, w), base_out[key]], (1 - u, u))
+
+        by_u = {u: val_score(mixed("validation", u)) for u in BASELINE_WEIGHTS}
+        u = max(sorted(by_u), key=by_u.get)
+        return {"validation": by_u[u], "w": w, "u": u, "sigma": sigma} | score(scored, mixed("scored", u), baselines)
+
+    ways = SERVED_BLENDS | {f"ft×{ENSEMBLE}": (ENSEMBLE, None), f"blend×{ENSEMBLE}": (ENSEMBLE, "same")}
     out = {f"ft×{ENSEMBLE}": chosen(ENSEMBLE, None),
            f"net×{ENSEMBLE}": {"validation": val_score([b.mean(0) for b in net["validation"]])}
            | score(scored, [b.mean(0) for b in net["scored"]], baselines),
            "blend": chosen(ENSEMBLE, "same")}
-    return out | {name: chosen(passes, net_sees) for name, (passes, net_sees) in SERVED_BLENDS.items()}
+    out |= {name: chosen(passes, net_sees) for name, (passes, net_sees) in SERVED_BLENDS.items()}
+    return out | {f"{name} + base": with_baseline(*ways[name]) for name in WITH_BASELINE}
 
 
 def filtered_targets(hr: np.ndarray, kind: str, amount: float) -> np.ndarray:
@@ -312,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                                              for n in names) + " |")
         print("weight chosen: " + ", ".join(f"{pair} {[res[n]['w'] for n in names if 'w' in res[n]]}"
                                             for pair, res in by_pair.items()))
+        if any("u" in r for res in by_pair.values() for r in res.values()):
+            print("baseline share chosen: " + ", ".join(f"{pair} {[res[n]['u'] for n in names if 'u' in res[n]]}"
+                                                        for pair, res in by_pair.items()))
     return 0
 
 

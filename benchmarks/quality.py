@@ -24,9 +24,11 @@ Methods (all in this run):
   ``prior`` (the pretrained prior alone, trained without this pair or any pair sharing a frame with it),
   ``prior+ft`` (that prior fine-tuned on the training area for ``--budget-s``, checkpoint chosen on the validation
   strip), ``prior+ft+net`` (the two blended as a daemon round blends them, the companion's weight chosen on the
-  validation strip, :func:`~refscope.models.net_blend.choose_blend`) and ``best`` (what the product serves: among
-  bicubic, paired and that network, the one with the best validation ΔPSNR, self-ensembled with as many passes as
-  fit 0.5 s for a 1280x944 output, pulled toward the safe baseline where it is not trusted).
+  validation strip, :func:`~refscope.models.net_blend.choose_blend`), ``prior+ft+net+base`` (that network with its
+  share of the safe baseline, chosen on the validation strip as a daemon round chooses it,
+  :func:`~refscope.models.net_blend.choose_baseline_share`: the network a round would serve) and ``best`` (what the
+  product serves: among bicubic, paired and that network, the one with the best validation ΔPSNR, self-ensembled
+  with as many passes as fit 0.5 s for a 1280x944 output, pulled toward the safe baseline where it is not trusted).
 
 Texture shift: for each pair, every refscope model fitted on it enhances the scored columns of the other pair of the
 same S (different specimen area, texture no reference showed); that prior is trained without either pair.
@@ -75,8 +77,8 @@ PARTNER = {"pair00": "pair16", "pair16": "pair00", "pair07": "pair11", "pair11":
 PEERS_ENV = BM3D_ENV.path
 PEERS = ("blur", "nlm", "bm3d", "tk-r-em")
 OURS = ("paired", "net", "prior", "prior+ft", "prior+ft×2", "prior+ft×4", "prior+ft×8", "prior+ft+net",
-        "best, no blend", "best")
-SHIFT_METHODS = ("paired", "net", "prior", "prior+ft", "prior+ft+net", "best, no blend", "best")
+        "prior+ft+net+base", "best, no blend", "best")
+SHIFT_METHODS = ("paired", "net", "prior", "prior+ft", "prior+ft+net", "prior+ft+net+base", "best, no blend", "best")
 SERVE_BUDGET_S = 0.5
 """Seconds the served network may take for a 1280x944 output (issue 12, item 5): the self-ensemble size of ``best``
 is the largest whose passes fit (:func:`refscope.models.self_ensemble.ensemble_size_for`)."""
@@ -196,16 +198,18 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
                ensembles: dict[str, int] | None = None):
     """Fit paired, net (the companion), prior, prior+ft and their blend on the pair's training area; returns
     predictors, the validation strip and the validation choice. ``ensembles``: self-ensemble passes of ``best``
-    when it serves one network (``"network"``) or the blend (``"blend"``)."""
+    when it serves one network (``"network"``) or the blend (``"blend"``), each with a share of the safe baseline
+    (``"network+base"``, ``"blend+base"``): the keys of :func:`serving_pass_s`."""
     import torch
 
     from refscope.daemon.learn.prior_store import load_prior
-    from refscope.models.net_blend import choose_blend, companion_kwargs
+    from refscope.models.net_blend import choose_baseline_share, choose_blend, companion_kwargs
     from refscope.models.net_fit import net_predictor
+    from refscope.models.peers import tuned_blur
     from refscope.models.prior import fine_tune, frame_normalisation
 
     torch.set_num_threads(1)
-    ensembles = {"network": 1, "blend": 1} | dict(ensembles or {})
+    ensembles = dict.fromkeys(("network", "blend", "network+base", "blend+base"), 1) | dict(ensembles or {})
     train_lr, train_hr, split = training_area(p, scale)
     validation = list(split.held_out)
     library = fit_library([(train_lr, train_hr)], config=FitConfig(scale=scale))
@@ -224,10 +228,14 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
         predictors[f"prior+ft×{n}"] = partial(ensemble_run, predictors["prior+ft"], n=n, align=2)
     network, weight, by_weight = choose_blend(tuned, companion, validation)  # as a daemon round chooses it
     predictors["prior+ft+net"] = net_predictor(network)
-    network_name = "prior+ft+net" if weight else "prior+ft"
+    sigma, _ = tuned_blur(validation, scale=scale)  # the safe baseline's σ, as a daemon round tunes it
+    network, share, by_share = choose_baseline_share(network, validation, sigma_px=sigma)
+    predictors["prior+ft+net+base"] = net_predictor(network)
+    network_name = "prior+ft" + ("+net" if weight else "") + ("+base" if share else "")  # what it holds
+    predictors.setdefault(network_name, predictors["prior+ft+net+base"])
     name, val = choose({"bicubic": lambda x: upsample_bicubic(x, scale), "paired": predictors["paired"],
                         network_name: predictors[network_name]}, validation, scale)
-    passes = ensembles["blend" if name == "prior+ft+net" else "network"]
+    passes = ensembles[("blend" if weight else "network") + ("+base" if share else "")]
     served = f"{name}×{passes}" if name.startswith("prior+ft") and passes > 1 else name
     if served not in predictors and name != "bicubic":
         predictors[served] = partial(ensemble_run, predictors[name], n=passes, align=2)
@@ -237,7 +245,8 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
                           else predictors["best, no blend"])
     info = {"best_choice": served, "validation": val, "fine_tune_s": fine_tune_s, "safe_baseline": library.safe.to_dict(),
             "safe_blend": blends, "self_ensemble": passes, "companion_weight": weight,
-            "companion_validation": by_weight,
+            "companion_validation": by_weight, "baseline_share": share, "baseline_sigma_px": sigma,
+            "baseline_validation": by_share,
             "fine_tune_best_step": tuned.history[-1].get("best_step"), "fine_tune_steps": tuned.history[-1]["steps"],
             "net_steps": [h["steps"] for h in companion.history]}
     return predictors, validation, info
@@ -262,15 +271,18 @@ def serving_pass_s(scale: int, runs: int = 5) -> dict[str, float]:
     product serves it (:func:`refscope.daemon.offline.net.onnx_runner`, every core) on a real LR crop whose
     S-times output is 1280x944 (the crop and timing of ``bench_net_serving.py``): ``"network"`` the shipped prior
     (the fine-tuned networks have its architecture), ``"blend"`` it blended with a companion-sized network
-    (:func:`refscope.models.net_blend.blend_fits`). Measured before the pairs run, so that no other work shares
-    the cores."""
+    (:func:`refscope.models.net_blend.blend_fits`), and each of the two with a share of the safe baseline at the
+    largest σ :func:`~refscope.models.peers.tuned_blur` may choose (``"network+base"``, ``"blend+base"``,
+    :func:`~refscope.models.net_blend.with_baseline`). Measured before the pairs run, so that no other work
+    shares the cores."""
     from bench_net_serving import OUTPUT, lr_frame, p50
 
     from refscope.daemon.learn.prior_store import SHIPPED_PRIORS, load_prior
     from refscope.daemon.offline.net import onnx_runner
-    from refscope.models.net_blend import blend_fits, companion_kwargs
+    from refscope.models.net_blend import blend_fits, companion_kwargs, with_baseline
     from refscope.models.net_fit import NetFit, export_netfit
     from refscope.models.networks import build_network
+    from refscope.models.peers import BLUR_SIGMAS
     from refscope.models.prior import frame_normalisation
 
     frame, _ = lr_frame()
@@ -282,7 +294,8 @@ def serving_pass_s(scale: int, runs: int = 5) -> dict[str, float]:
                        [0.5, 0.5])
     crop = np.ascontiguousarray(frame[:OUTPUT[0] // scale, :OUTPUT[1] // scale])
     out = {}
-    for name, served in (("network", fit), ("blend", blend)):
+    for name, served in (("network", fit), ("blend", blend), ("network+base", with_baseline(fit, max(BLUR_SIGMAS), 0.1)),
+                         ("blend+base", with_baseline(blend, max(BLUR_SIGMAS), 0.1))):
         run = onnx_runner(*export_netfit(served), threads=0)
         out[name] = p50(lambda: run(crop), runs)[0]
     return out
@@ -431,9 +444,11 @@ def render(results: list[dict], command: str, elapsed: float, budget_s: float) -
 
 
 def chose(info: dict) -> str:
-    """What ``best`` served, with the companion's weight when it served the blend."""
-    weight = info.get("companion_weight")
-    return info["best_choice"] + (f" (w {weight:g})" if weight and "+net" in info["best_choice"] else "")
+    """What ``best`` served, with the companion's weight and the baseline's share when it served the network."""
+    weight, share = info.get("companion_weight"), info.get("baseline_share")
+    parts = [f"w {weight:g}"] if weight else []
+    parts += [f"u {share:g}"] if share else []
+    return info["best_choice"] + (f" ({', '.join(parts)})" if parts and "+net" in info["best_choice"] else "")
 
 
 def blended_share(info: dict) -> float:

@@ -21,6 +21,18 @@ How
 exported to ONNX and served like any network (its pass costs the members' together). :func:`choose_blend` picks the
 companion's weight ``w`` in :data:`COMPANION_WEIGHTS` on held-out reference subimages (ΔPSNR over bicubic after a
 linear intensity fit, the promotion gate's measure); ``w = 0`` is the fine-tune alone, served as it is.
+
+The safe baseline as a member
+-----------------------------
+Both networks learn from a few reference subimages and both overshoot where those did not pin them down; a small
+share of the safe baseline (:mod:`refscope.models.baseline`: bicubic blurred by the σ tuned on the held-out
+subimages), ``(1 - u) · networks + u · baseline``, shrinks that variance toward an estimate that invents nothing
+(the shrinkage of Stein's estimator toward a fixed point; here it is chosen, not derived). :func:`with_baseline`
+adds it to the graph as a fixed member (:class:`~refscope.models.networks.BaselineSR`, a few ms per frame) and
+:func:`choose_baseline_share` picks ``u`` in :data:`BASELINE_WEIGHTS` on held-out subimages as :func:`choose_blend`
+picks ``w``. On the six physical SEM pairs, after the companion blend, it moved the scored quarter's mean ΔPSNR
+from +0.643 to +0.655 dB with no pair worse (``u`` 0.1-0.2 on three pairs, 0 on three; in ``quality.py``'s run the
+network's one-pass score +0.627 -> +0.639; ``benchmarks/RESULTS.md``, "The safe baseline as a blend member").
 """
 from __future__ import annotations
 
@@ -32,8 +44,9 @@ from .net_fit import NetFit, fit_network, net_predictor
 from .network_names import check_scale, resolve_network
 from .promotion import held_out_delta_psnr
 
-__all__ = ["COMPANION_WEIGHTS", "COMPANION_BOOTSTRAP", "COMPANION_CHANNELS", "companion_kwargs", "companion_network",
-           "blend_fits", "blend_members", "blend_outputs", "choose_blend"]
+__all__ = ["COMPANION_WEIGHTS", "COMPANION_BOOTSTRAP", "COMPANION_CHANNELS", "BASELINE_WEIGHTS", "companion_kwargs",
+           "companion_network", "blend_fits", "blend_members", "blend_outputs", "choose_blend", "baseline_fit",
+           "with_baseline", "choose_baseline_share"]
 
 COMPANION_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 """Candidate weights of the companion in ``(1 - w) · fine-tune + w · companion`` (0: the fine-tune alone)."""
@@ -47,6 +60,12 @@ third of the served network's cost at S = 2 and half at S = 3, 4 (ONNX Runtime o
 0.05 s beside 0.15 s at S = 2; 0.07 beside 0.14 s at S = 3), so the blend keeps two self-ensemble passes within
 the 0.5 s frame budget at S = 2, 3 and four at S = 4 (``benchmarks/RESULTS.md``, "Serving the fine-tune with a
 companion network")."""
+
+BASELINE_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
+"""Candidate shares ``u`` of the safe baseline in ``(1 - u) · networks + u · baseline`` (0: the networks alone)."""
+
+BASELINE = "baseline"
+"""Network name of the safe baseline's fixed layer (:data:`~refscope.models.networks.FIXED_NETWORKS`)."""
 
 Region = tuple[np.ndarray, np.ndarray]
 
@@ -153,3 +172,58 @@ def choose_blend(main: NetFit, companion: NetFit, validation: Sequence[Region], 
     best = max(sorted(scores), key=lambda w: scores[w])  # sorted: the first (smallest) of equal scores
     served = main if best == 0 else blend_fits([main, companion], [1.0 - best, best])
     return served, best, scores
+
+
+def baseline_fit(scale: int, sigma_px: float, normalisation) -> NetFit:
+    """The safe baseline (bicubic blurred by ``sigma_px`` output px, :class:`~refscope.models.networks.BaselineSR`)
+    as a :class:`NetFit` with no weights, in ``normalisation`` (any: the layer is linear with unit gain)."""
+    fit = NetFit(BASELINE, check_scale(scale), {}, normalisation, {"sigma_px": float(sigma_px)}, BASELINE, [])
+    fit.build()  # a bad σ raises here
+    return fit
+
+
+def _members_and_weights(fit: NetFit) -> tuple[list[NetFit], list[float]]:
+    if fit.network != "blend":
+        return [fit], [1.0]
+    return blend_members(fit), [float(w) for w in fit.network_kwargs["weights"]]
+
+
+def with_baseline(fit: NetFit, sigma_px: float, share: float) -> NetFit:
+    """``(1 - share) · fit + share · baseline`` as one blend (:func:`blend_fits`); ``fit`` itself for share 0.
+
+    A blend's members keep their weights scaled by ``1 - share``; the baseline is the last member, in the first
+    member's units. ``fit`` must not hold a baseline already (ValueError: add the share to the networks, not to a
+    blend that has one)."""
+    if not 0 <= share < 1:
+        raise ValueError(f"the baseline's share must lie in [0, 1), got {share!r}")
+    if share == 0:
+        return fit
+    members, weights = _members_and_weights(fit)
+    if any(m.network == BASELINE for m in members):
+        raise ValueError("this network already holds the safe baseline; add the share to the networks alone")
+    base = baseline_fit(fit.scale, sigma_px, members[0].normalisation)
+    return blend_fits([*members, base], [*(w * (1.0 - share) for w in weights), float(share)])
+
+
+def choose_baseline_share(fit: NetFit, validation: Sequence[Region], *, sigma_px: float,
+                          shares: Sequence[float] = BASELINE_WEIGHTS) -> tuple[NetFit, float, dict[float, float]]:
+    """The share ``u`` of the safe baseline (σ = ``sigma_px`` output px, e.g. :func:`~refscope.models.peers.tuned_blur`'s
+    on the same subimages) best on ``validation``, and what it serves.
+
+    ``fit`` and the baseline (the served layer itself, so its border handling is what is scored) run once on every
+    (LR, HR) subimage; each ``u`` of ``shares`` is scored as :func:`choose_blend` scores a weight; a tie keeps the
+    smaller ``u``. Returns ``(served, u, scores)``: ``fit`` itself when ``u`` is 0, else :func:`with_baseline`.
+    """
+    if not validation:
+        raise ValueError("choosing the baseline's share needs held-out (LR, HR) subimages")
+    if not shares or any(not 0 <= u < 1 for u in shares):
+        raise ValueError(f"baseline shares must lie in [0, 1), got {list(shares)}")
+    lrs = [lr for lr, _ in validation]
+    base = baseline_fit(fit.scale, sigma_px, fit.normalisation)
+    outputs = [[net_predictor(f)(lr) for lr in lrs] for f in (fit, base)]
+    scores = {}
+    for u in shares:
+        mixed = iter(blend_outputs(outputs, (1.0 - u, u)))
+        scores[float(u)] = held_out_delta_psnr(lambda _: next(mixed), tuple(validation), scale=fit.scale)
+    best = max(sorted(scores), key=lambda u: scores[u])
+    return with_baseline(fit, sigma_px, best), best, scores

@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .baseline import TRUNCATE
 from .emsr import EMSR
 from .keys_upsample import KeysUpsample
 from .network_names import check_scale as _check_scale
 from .network_names import resolve_network
 from .tiling import conv_workspace_bytes_per_px
 
-__all__ = ["KeysUpsample", "CompactSR", "FullResSR", "BlendedSR", "NETWORKS", "COMPOSITE_NETWORKS", "build_network",
-           "count_parameters"]
+__all__ = ["KeysUpsample", "CompactSR", "FullResSR", "BaselineSR", "BlendedSR", "NETWORKS", "COMPOSITE_NETWORKS",
+           "FIXED_NETWORKS", "build_network", "count_parameters"]
 
 
 def _check_size(channels: int, n_layers: int) -> None:
@@ -157,6 +158,61 @@ class FullResSR(nn.Module):
         return self.upsample(x) + F.pixel_shuffle(self.tail(f), self.scale)
 
 
+class BaselineSR(nn.Module):
+    """The safe baseline as a fixed layer: Keys bicubic upsampling blurred by a Gaussian of σ output px.
+
+    ::
+
+        y = (G_σ * bicubic_S(x)) / (G_σ * 1)                                                          (1)
+
+    the baseline of :mod:`refscope.models.baseline` (its equation (1)), with the Gaussian cut at
+    :data:`~refscope.models.baseline.TRUNCATE` σ as SciPy cuts it. Inside the frame the two are equal; within
+    ``4σ`` of the frame's edge this layer averages only the pixels inside the frame (normalised convolution: the
+    blur of the frame divided by the blur of ones), where :func:`~refscope.models.baseline.baseline_block`
+    reflects them, so that any tile of at least one pixel runs and the ONNX graph needs no padding mode. It has
+    no parameters: a blend (:class:`BlendedSR`) holds it as a member to pull the session's networks toward the
+    baseline by a share chosen on held-out references (:func:`refscope.models.net_blend.with_baseline`). Linear
+    with unit gain, so it serves unchanged in any :class:`~refscope.models.training.Normalisation`.
+
+    Parameters
+    ----------
+    scale : int
+        Upscaling factor S.
+    sigma_px : float
+        σ of the Gaussian, output px (>= 0; 0: bicubic itself).
+    """
+
+    def __init__(self, scale: int, *, sigma_px: float = 0.0) -> None:
+        super().__init__()
+        self.scale = _check_scale(scale)
+        if not (math.isfinite(sigma_px) and sigma_px >= 0):
+            raise ValueError(f"BaselineSR: sigma_px must be a finite number >= 0 output px, got {sigma_px!r}")
+        self.sigma_px = float(sigma_px)
+        self.radius = int(TRUNCATE * self.sigma_px + 0.5) if self.sigma_px > 0 else 0  # SciPy's cut
+        taps = torch.arange(-self.radius, self.radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (taps / self.sigma_px) ** 2) if self.radius else torch.ones(1, dtype=torch.float64)
+        kernel = (kernel / kernel.sum()).to(torch.float32)
+        self.register_buffer("kernel_x", kernel.reshape(1, 1, 1, -1), persistent=False)
+        self.register_buffer("kernel_y", kernel.reshape(1, 1, -1, 1), persistent=False)
+        self.upsample = KeysUpsample(self.scale)
+        self.halo = 2 + math.ceil(self.radius / self.scale)  # the Keys taps, then the Gaussian's reach in LR px
+        self.align = 1
+        # float32 buffers of the output's size alive at once: the bicubic image, one blurred pass, the result,
+        # one temporary (S² output px per input px)
+        self.workspace_bytes_per_px = 4.0 * 4 * self.scale ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.upsample(x)
+        if not self.radius:
+            return up
+        blurred = F.conv2d(F.conv2d(up, self.kernel_x, padding=(0, self.radius)), self.kernel_y,
+                           padding=(self.radius, 0))
+        # G_σ * 1 is separable too: the product of the row and column sums of the kernel inside the frame
+        across = F.conv2d(torch.ones_like(up[:1, :, :1, :]), self.kernel_x, padding=(0, self.radius))
+        down = F.conv2d(torch.ones_like(up[:1, :, :, :1]), self.kernel_y, padding=(self.radius, 0))
+        return blurred / (across * down)
+
+
 class BlendedSR(nn.Module):
     """Several trained networks served as one graph: the weighted mean of their outputs.
 
@@ -180,7 +236,8 @@ class BlendedSR(nn.Module):
     scale : int
         Upscaling factor S, every member's.
     members : sequence of mappings
-        One per member: ``network`` (a :data:`NETWORKS` name), ``kwargs`` (its constructor's), ``input``
+        One per member: ``network`` (a :data:`NETWORKS` or :data:`FIXED_NETWORKS` name), ``kwargs`` (its
+        constructor's), ``input``
         ``[a, b]`` and ``output`` ``[g, h]`` (the affine maps above; ``[1, 0]`` when the units agree).
     weights : sequence of float
         ``w_k``, one per member, non-negative, summing to 1.
@@ -196,14 +253,15 @@ class BlendedSR(nn.Module):
             raise ValueError(f"blend weights must be >= 0 and sum to 1, got {list(weights)}")
         nets, maps = [], []
         for k, member in enumerate(members):
-            if member.get("network") not in NETWORKS:
-                raise ValueError(f"blend member {k}: network must be one of {', '.join(NETWORKS)}, got "
-                                 f"{member.get('network')!r}")
+            constructor = NETWORKS.get(member.get("network")) or FIXED_NETWORKS.get(member.get("network"))
+            if constructor is None:
+                raise ValueError(f"blend member {k}: network must be one of {', '.join([*NETWORKS, *FIXED_NETWORKS])}, "
+                                 f"got {member.get('network')!r}")
             gains = [float(v) for v in (*member.get("input", (1.0, 0.0)), *member.get("output", (1.0, 0.0)))]
             if len(gains) != 4 or not all(math.isfinite(v) for v in gains) or gains[0] == 0 or gains[2] == 0:
                 raise ValueError(f"blend member {k}: input and output must be finite [gain != 0, offset] pairs, got "
                                  f"{member.get('input')!r}, {member.get('output')!r}")
-            nets.append(NETWORKS[member["network"]](self.scale, **dict(member.get("kwargs") or {})))
+            nets.append(constructor(self.scale, **dict(member.get("kwargs") or {})))
             maps.append(gains)
         self.members = nn.ModuleList(nets)
         self.weights = [float(w) for w in weights]
@@ -212,7 +270,8 @@ class BlendedSR(nn.Module):
         self.align = math.lcm(*(int(net.align) for net in nets))
         # members run one after the other: the largest one's working memory, plus the finished members' output
         # and the running sum kept alive beside it (float32, S² per input px each)
-        self.workspace_bytes_per_px = (max(conv_workspace_bytes_per_px(net, self.scale) for net in nets)
+        self.workspace_bytes_per_px = (max(getattr(net, "workspace_bytes_per_px", None)
+                                           or conv_workspace_bytes_per_px(net, self.scale) for net in nets)
                                        + 2 * 4 * self.scale ** 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,6 +297,10 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
 #: too, so a saved blend loads like any network; they are not offered for training).
 COMPOSITE_NETWORKS: dict[str, Callable[..., nn.Module]] = {"blend": BlendedSR}
 
+#: Fixed layers with no trained weights that a blend may hold as a member (:class:`BaselineSR`, the safe
+#: baseline); :func:`build_network` builds them too, they are not offered for training.
+FIXED_NETWORKS: dict[str, Callable[..., nn.Module]] = {"baseline": BaselineSR}
+
 
 def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -> nn.Module:
     """Build the network registered as ``name`` for upscaling factor ``scale``.
@@ -246,7 +309,8 @@ def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -
     ----------
     name : str
         A key of :data:`NETWORKS` (``"compact"``, ``"fullres"``, ``"emsr"``), ``"auto"``
-        (:func:`~refscope.models.network_names.resolve_network`) or of :data:`COMPOSITE_NETWORKS` (``"blend"``).
+        (:func:`~refscope.models.network_names.resolve_network`), of :data:`COMPOSITE_NETWORKS` (``"blend"``) or
+        of :data:`FIXED_NETWORKS` (``"baseline"``).
     scale : int
         Upscaling factor S.
     seed : int, optional
@@ -260,7 +324,7 @@ def build_network(name: str, *, scale: int, seed: int | None = None, **kwargs) -
     KeyError
         For an unknown name; the message lists the known ones.
     """
-    constructor = COMPOSITE_NETWORKS.get(name) or NETWORKS[resolve_network(name, scale)]
+    constructor = COMPOSITE_NETWORKS.get(name) or FIXED_NETWORKS.get(name) or NETWORKS[resolve_network(name, scale)]
     if seed is None:
         return constructor(scale, **kwargs)
     with torch.random.fork_rng(devices=[]):

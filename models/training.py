@@ -440,7 +440,7 @@ def predict(network: nn.Module, lr: np.ndarray, normalisation: Normalisation) ->
     if image.ndim != 2 or min(image.shape) < 2:
         raise ValueError(f"expected a 2-D LR frame of at least 2 x 2 px, got shape {image.shape}")
     was_training = network.training
-    device = next(network.parameters()).device                 # the device it is training on, if any
+    device = next(network.parameters(), torch.empty(0)).device  # the device it is training on (a fixed layer: CPU)
     network.eval()
     try:
         with torch.no_grad():

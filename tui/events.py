@@ -84,7 +84,9 @@ def describe_event(type: str, payload: Mapping[str, Any]) -> str:
     if type == "net_round":
         trained = " (companion)" if p.get("trained") == "companion" else ""
         weight = p.get("companion_weight")
-        blend = f", companion weight {_f(weight, '.2f')}" if weight else ""
+        share = p.get("baseline_share")
+        blend = (f", companion weight {_f(weight, '.2f')}" if weight else "") + (
+            f", baseline share {_f(share, '.2f')}" if share else "")
         return (f"network round {p.get('round', '?')}{trained} {p.get('status', '?')}: candidate "
                 f"{_f(p.get('candidate_delta_db'), '+.2f')} dB{blend} vs {p.get('champion', '?')} "
                 f"{_f(p.get('champion_delta_db'), '+.2f')} dB — {p.get('reason', '')}")

@@ -472,6 +472,10 @@ class TrainerConfig:
             smaller network from scratch on the same pairs and serve the two blended as one ONNX graph, the blend
             weight chosen on held-out reference area (:mod:`refscope.models.net_blend`); the promotion gate judges
             the blend like any candidate. Off: one network, as before.
+        baseline_share: mix a share of the safe baseline (bicubic blurred by the σ tuned on held-out reference
+            area) into every round's candidate, the share chosen on held-out reference area among 0, 0.1, 0.2 and
+            0.3 (:func:`refscope.models.net_blend.choose_baseline_share`; 0: the networks alone). Off: the
+            networks alone.
     """
 
     SECTION: ClassVar[str] = "trainer"
@@ -507,6 +511,9 @@ class TrainerConfig:
     companion: bool = field(default=True, metadata=field_doc(
         "Train a second, smaller network from scratch in the round after each fine-tune and serve both blended "
         "(weight chosen on held-out reference area) where that wins; false: one network."))
+    baseline_share: bool = field(default=True, metadata=field_doc(
+        "Mix a share (0 to 0.3, chosen on held-out reference area) of the safe baseline into each round's "
+        "candidate, in the same ONNX graph; false: the networks alone."))
 
     def __post_init__(self) -> None:
         check_types(self, "trainer.")

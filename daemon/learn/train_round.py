@@ -14,7 +14,9 @@ learns each pair):
    **companion** has not (``trainer.companion``), train the companion instead: a smaller network from scratch on
    the same pairs (:func:`refscope.models.net_blend.companion_network`), saved in ``<state_dir>/trainer/companion``;
    the candidate is then the network blended with the companion in one graph, the companion's weight chosen on
-   the held-out subimages (:func:`refscope.models.net_blend.choose_blend`; 0: the network alone);
+   the held-out subimages (:func:`refscope.models.net_blend.choose_blend`; 0: the network alone); and
+   (``trainer.baseline_share``) a share of the safe baseline is mixed into that candidate, chosen on the same
+   subimages (:func:`refscope.models.net_blend.choose_baseline_share`; 0: the networks alone);
 3. **validate** on every held-out subimage of the session's pairs (the right column of each pair's 3x4 split,
    never trained on by library or network): the candidate, the champion named in the spec (the paired library
    as saved in the state folder, or the promoted network) and bicubic, by ΔPSNR over bicubic after a linear
@@ -83,6 +85,7 @@ class RoundSpec:
         prior: without a checkpoint or network to continue from, start from the shipped prior (``trainer.prior``).
         companion: train a companion network in the round after the network's (``trainer.companion``; see
             :func:`run_round`).
+        baseline_share: mix a share of the safe baseline into the candidate (``trainer.baseline_share``).
     """
 
     state_dir: str
@@ -99,6 +102,7 @@ class RoundSpec:
     idle: bool = False
     prior: bool = True
     companion: bool = True
+    baseline_share: bool = True
 
 
 def _saved_net(folder: Path, spec: RoundSpec, unusable: str) -> Any:
@@ -176,9 +180,12 @@ def run_round(spec: RoundSpec) -> TrainingRound:
     network (or there is none), the **companion**: a smaller network trained from scratch for ``budget_s`` on the same
     pairs (:func:`refscope.models.net_blend.companion_network`). Either way the candidate is the network blended
     with the companion, the weight chosen on the held-out subimages (:func:`~refscope.models.net_blend.choose_blend`;
-    0: the network alone), and the gate judges that candidate.
+    0: the network alone). With ``spec.baseline_share`` a share of the safe baseline (the blur of bicubic best on
+    the held-out subimages) is mixed into it, chosen on the same subimages
+    (:func:`~refscope.models.net_blend.choose_baseline_share`; 0: the networks alone), and the gate judges that
+    candidate.
     """
-    from refscope.models.net_blend import choose_blend, companion_network, companion_kwargs
+    from refscope.models.net_blend import choose_baseline_share, choose_blend, companion_network, companion_kwargs
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
@@ -219,14 +226,16 @@ def run_round(spec: RoundSpec) -> TrainingRound:
             fit.history[-1][SESSION_PAIRS_KEY] = len(pairs.train)
         trained = fit
     train_s = time.perf_counter() - start
-    weight = None
+    weight = share = None
     candidate_fit = fit
     if companion is not None:
         candidate_fit, weight, _ = choose_blend(fit, companion, list(pairs.held_out))
+    sigma, baseline_db = tuned_blur(list(pairs.held_out), scale=scale)  # the safe baseline on the same subimages
+    if spec.baseline_share:
+        candidate_fit, share, _ = choose_baseline_share(candidate_fit, list(pairs.held_out), sigma_px=sigma)
     candidate = summarise_scores(held_out_scores(net_predictor(candidate_fit), pairs.held_out, scale=scale))
     champion = _champion_scores(spec, pairs.held_out, scale)
     champion_db = champion["d_psnr_db"] if champion is not None else 0.0
-    _, baseline_db = tuned_blur(list(pairs.held_out), scale=scale)  # the safe baseline on the same subimages
     decision = decide_promotion(candidate["d_psnr_db"], champion_db, margin_db=spec.margin_db,
                                 baseline_delta_db=baseline_db)
     finite = bool(np.isfinite(candidate["d_psnr_db"]))
@@ -251,7 +260,7 @@ def run_round(spec: RoundSpec) -> TrainingRound:
         steps=tuple(finite_json([h.get("steps") for h in trained.history])), train_s=train_s,
         round_s=time.perf_counter() - start, pairs=len(pairs.train), held_out=len(pairs.held_out),
         sources=tuple(finite_json(pairs.sources)), checkpointed=finite,
-        trained="companion" if trains_companion else "network", companion_weight=weight)
+        trained="companion" if trains_companion else "network", companion_weight=weight, baseline_share=share)
 
 
 def _discard(folder: Path) -> None:

@@ -234,7 +234,7 @@ class BackgroundTrainer(Worker):
                              strategy=cfg.strategy, budget_s=cfg.round_s, bootstrap_fraction=cfg.bootstrap_fraction,
                              champion=kind, margin_db=cfg.margin_db, net_version=self.net_version + 1,
                              threads=cfg.threads, nice=cfg.nice, idle=cfg.idle_priority, prior=cfg.prior,
-                             companion=cfg.companion)
+                             companion=cfg.companion, baseline_share=cfg.baseline_share)
 
     def _run_round(self, spec: RoundSpec) -> None:
         try:
@@ -362,14 +362,14 @@ class BackgroundTrainer(Worker):
                    "candidate_delta_db": cand, "champion_delta_db": champ, "champion": spec.champion,
                    "net_version": spec.net_version if status == "promoted" else self.net_version,
                    "round_s": result.round_s, "pairs": result.pairs, "trained": result.trained,
-                   "companion_weight": result.companion_weight}
+                   "companion_weight": result.companion_weight, "baseline_share": result.baseline_share}
         if self._catalogue is not None and status != "no_data":
             scores = {"candidate": result.candidate, "champion": result.champion,
                       "champion_kind": spec.champion, "strategy": spec.strategy, "network": spec.network,
                       "budget_s": spec.budget_s, "steps": result.steps, "warm_start": result.warm_start,
                       "pairs": result.pairs, "held_out": result.held_out, "round": spec.round_index,
                       "sources": result.sources, "trained": result.trained,
-                      "companion_weight": result.companion_weight}
+                      "companion_weight": result.companion_weight, "baseline_share": result.baseline_share}
             try:
                 self._catalogue.record_model(f"net-{spec.net_version}", kind="net", method="net", library_size=None,
                                              scores=finite_json(scores), promoted=status == "promoted",

@@ -111,7 +111,8 @@ def split_pairs(regions: list[tuple[np.ndarray, np.ndarray]], *, scale: int, sou
 def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: SessionPairs, *, budget_s: float,
                     network: str = "auto", strategy: str = "real-pairs", seed: int = 0,
                     library_config: FitConfig | None = None, sources: list[str] = (),
-                    bootstrap_fraction: float = 0.3, use_prior: bool = True, companion: bool = True) -> dict:
+                    bootstrap_fraction: float = 0.3, use_prior: bool = True, companion: bool = True,
+                    baseline_share: bool = True) -> dict:
     """Train the network on ``pairs.train``, validate network / paired library (fitted on the same training areas)
     / bicubic on ``pairs.held_out``, save network, pairs and ``best.json``; returns the ``best.json`` document.
 
@@ -119,8 +120,11 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
     fine-tuned on the pairs, its checkpoint chosen on the held-out subimages; otherwise LR-only bootstrap then
     the pairs. With ``companion`` (and the ``real-pairs`` strategy) a smaller network is then trained from scratch
     for another ``budget_s`` and the network saved is the two blended, the weight chosen on the held-out
-    subimages (:mod:`refscope.models.net_blend`, as the daemon's rounds do; weight 0: the network alone)."""
-    from refscope.models.net_blend import choose_blend, companion_kwargs, companion_network
+    subimages (:mod:`refscope.models.net_blend`, as the daemon's rounds do; weight 0: the network alone). With
+    ``baseline_share`` a share of the safe baseline is mixed into what is saved, chosen on the held-out subimages
+    (:func:`~refscope.models.net_blend.choose_baseline_share`, as the rounds do; 0: the networks alone)."""
+    from refscope.models.net_blend import choose_baseline_share, choose_blend, companion_kwargs, companion_network
+    from refscope.models.peers import tuned_blur
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
@@ -151,10 +155,14 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
                                     seed=seed + 1, network_kwargs=companion_kwargs(network, scale))
         fit, weight, _ = choose_blend(fit, partner, list(pairs.held_out))
         partner_steps = [h["steps"] for h in partner.history]
+    share = None
+    if baseline_share:
+        sigma, _ = tuned_blur(list(pairs.held_out), scale=scale)
+        fit, share, _ = choose_baseline_share(fit, list(pairs.held_out), sigma_px=sigma)
     net = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     net.update({"network": network, "strategy": strategy, "budget_s": budget_s,
                 "start": "prior" if prior is not None else "scratch", "steps": steps,
-                "companion_steps": partner_steps, "companion_weight": weight})
+                "companion_steps": partner_steps, "companion_weight": weight, "baseline_share": share})
     best, reason = choose_best(net, paired)
     save_net(state_dir, fit, sources=list(sources), validation={"held_out_d_psnr_db": net["d_psnr_db"],
                                                                 "held_out_d_ssim": net["d_ssim"]})
@@ -182,13 +190,16 @@ def fit_net(args: argparse.Namespace, lr: LoadedImage, refs: list[LoadedImage],
                           seed=args.seed, library_config=config,
                           sources=[str(lr.path)] + [str(r.path) for r in refs],
                           use_prior=not getattr(args, "no_prior", False),
-                          companion=not getattr(args, "no_companion", False))
+                          companion=not getattr(args, "no_companion", False),
+                          baseline_share=not getattr(args, "no_baseline_share", False))
     net = doc["scores"]["net"]
     print(f"network trained: {'+'.join(str(s) for s in net['steps'])} steps")
     if net.get("companion_weight") is not None:
         print(f"companion trained from scratch: {'+'.join(str(s) for s in net['companion_steps'])} steps; served "
               + (f"blended with weight {net['companion_weight']:g}" if net["companion_weight"]
                  else "the network alone (the blend did not help on the held-out subimages)"))
+    if net.get("baseline_share"):
+        print(f"with a share of {net['baseline_share']:g} of the safe baseline (chosen on the held-out subimages)")
     _print_scores(doc["best"], doc["reason"], doc["scores"], doc["held_out_subimages"])
 
 

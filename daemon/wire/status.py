@@ -270,6 +270,8 @@ class TrainingRound(_Part):
         trained: what the round trained: ``"network"`` (the session network, from its warm start) or
             ``"companion"`` (a second network from scratch, :mod:`refscope.models.net_blend`);
             companion_weight: the companion's share in the candidate (0: the network alone; None: no companion).
+            baseline_share: the safe baseline's share in the candidate (0: the networks alone; None: not chosen,
+            ``trainer.baseline_share`` off).
         spec: the round's :class:`~refscope.daemon.learn.train_round.RoundSpec` as a dict (a round that raised).
 
     Fields a round did not produce are None and left out of :meth:`to_dict`; ``champion`` and ``warm_start``
@@ -295,6 +297,7 @@ class TrainingRound(_Part):
     checkpointed: bool | None = _omitted()
     trained: str | None = _omitted()
     companion_weight: float | None = _omitted()
+    baseline_share: float | None = _omitted()
     spec: Mapping[str, Any] | None = _omitted()
 
     @property

@@ -134,3 +134,7 @@ def test_a_companion_round_and_its_blend_weight_are_told_in_the_log():
     assert line.startswith("network round 2 (companion) promoted") and "companion weight 0.25" in line
     plain = describe_event("net_round", {**payload, "trained": "network", "companion_weight": 0.0})
     assert "companion" not in plain and plain.startswith("network round 2 promoted")
+    assert "baseline" not in line
+    shared = describe_event("net_round", {**payload, "baseline_share": 0.2})
+    assert "companion weight 0.25, baseline share 0.20" in shared
+    assert "baseline" not in describe_event("net_round", {**payload, "baseline_share": 0.0})

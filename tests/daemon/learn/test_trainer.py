@@ -55,7 +55,8 @@ def _store(folder: Path, split: HeldOutSplit) -> SessionPairs:
 def _spec(folder: Path, index: int = 1, **changes: Any) -> RoundSpec:
     options = dict(state_dir=str(folder), round_index=index, network="compact", strategy="real-pairs", budget_s=2.0,
                    bootstrap_fraction=0.3, champion="bicubic", prior=False,  # the prior: tests/daemon/learn/test_priors.py
-                   companion=False)  # the companion: test_rounds_alternate_network_and_companion_and_blend_them
+                   companion=False,  # the companion: test_rounds_alternate_network_and_companion_and_blend_them
+                   baseline_share=False)  # the share: test_a_round_mixes_in_the_safe_baseline_it_chose
     return RoundSpec(**{**options, **changes})
 
 
@@ -110,6 +111,27 @@ def test_rounds_alternate_network_and_companion_and_blend_them(tmp_path: Path, s
     fourth = run_round(_spec(tmp_path, 4, companion=True))
     assert fourth.trained == "companion"
     assert run_round(_spec(tmp_path, 5, companion=True)).trained == "network"
+
+
+def test_a_round_mixes_in_the_safe_baseline_it_chose(tmp_path: Path, split) -> None:
+    """With ``baseline_share`` the candidate is the trained network mixed with the safe baseline (σ tuned on the
+    held-out subimages) at the share the round reports: its score is recomputed from the checkpoint and that
+    share; without it the share is not chosen (None)."""
+    from refscope.models.net_blend import BASELINE_WEIGHTS, with_baseline
+    from refscope.models.net_fit import net_predictor
+    from refscope.models.peers import tuned_blur
+    from refscope.models.promotion import held_out_delta_psnr
+
+    _store(tmp_path, split)
+    result = run_round(_spec(tmp_path, 1, baseline_share=True))
+    assert result.baseline_share in BASELINE_WEIGHTS and result.to_dict()["baseline_share"] == result.baseline_share
+    sigma, _ = tuned_blur(list(split.held_out), scale=2)
+    served = with_baseline(load_net(tmp_path / CHECKPOINT_DIR), sigma, result.baseline_share)
+    expected = held_out_delta_psnr(net_predictor(served), split.held_out, scale=2)
+    assert result.candidate["d_psnr_db"] == pytest.approx(expected, abs=1e-6)
+    if result.status == "promoted":
+        assert load_net(tmp_path).network == ("blend" if result.baseline_share else "compact")
+    assert run_round(_spec(tmp_path, 2)).baseline_share is None
 
 
 def test_a_promoted_blend_is_saved_served_and_judged_as_the_champion(tmp_path: Path, split) -> None:

@@ -64,8 +64,9 @@ def test_fit_net_writes_state_and_best(state: Path, capsys) -> None:
     data, manifest = load_served(state)
     net = best["scores"]["net"]
     assert len(net["companion_steps"]) == 2  # the companion: LR-only bootstrap, then the pairs
-    # --network auto at x2, blended with its companion where that won on the held-out subimages
-    assert manifest.kind == ("blend" if net["companion_weight"] else "fullres")
+    # --network auto at x2, blended with its companion and the safe baseline where they won on held-out subimages
+    assert net["baseline_share"] in (0.0, 0.1, 0.2, 0.3)
+    assert manifest.kind == ("blend" if net["companion_weight"] or net["baseline_share"] else "fullres")
     assert manifest.scale == 2 and data[:4] != b""
     assert load_net(state).build().scale == 2
 
@@ -73,9 +74,36 @@ def test_fit_net_writes_state_and_best(state: Path, capsys) -> None:
 def test_fit_without_a_companion_saves_the_network_alone(files, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     lr, pairs = _pairs(files)
-    doc = fit_session_net(tmp_path / "alone", [lr], pairs, budget_s=1.0, companion=False)
+    doc = fit_session_net(tmp_path / "alone", [lr], pairs, budget_s=1.0, companion=False, baseline_share=False)
     assert doc["scores"]["net"]["companion_weight"] is None and doc["scores"]["net"]["companion_steps"] is None
+    assert doc["scores"]["net"]["baseline_share"] is None
     assert load_net(tmp_path / "alone").network == "fullres"
+
+
+def test_fit_serves_the_share_of_the_safe_baseline_it_chose(files, tmp_path: Path) -> None:
+    """The saved network is the trained one mixed with the safe baseline at the share recorded in best.json
+    (σ tuned on the same held-out subimages): its held-out score is recomputed from the parts."""
+    from refscope.models.net_blend import blend_members
+    from refscope.models.net_fit import net_predictor
+    from refscope.models.peers import tuned_blur
+    from refscope.models.promotion import held_out_delta_psnr
+
+    torch.set_num_threads(1)
+    lr, pairs = _pairs(files)
+    doc = fit_session_net(tmp_path / "shared", [lr], pairs, budget_s=1.0, companion=False)
+    net, saved = doc["scores"]["net"], load_net(tmp_path / "shared")
+    share = net["baseline_share"]
+    assert share in (0.0, 0.1, 0.2, 0.3)
+    members = blend_members(saved)
+    if share:
+        assert [m.network for m in members] == ["fullres", "baseline"]
+        assert saved.network_kwargs["weights"] == pytest.approx([1 - share, share])
+        sigma, _ = tuned_blur(list(pairs.held_out), scale=2)
+        assert members[1].network_kwargs == {"sigma_px": sigma}
+    else:
+        assert saved.network == "fullres"
+    expected = held_out_delta_psnr(net_predictor(saved), pairs.held_out, scale=2)
+    assert net["d_psnr_db"] == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize("method", ["net", "best", None])
