@@ -162,16 +162,24 @@ def choose_blend(main: NetFit, companion: NetFit, validation: Sequence[Region], 
         raise ValueError("choosing a blend weight needs held-out (LR, HR) subimages")
     if not weights or any(not 0 <= w < 1 for w in weights):
         raise ValueError(f"companion weights must lie in [0, 1), got {list(weights)}")
+    best, scores = _best_mix(main, companion, validation, weights)
+    served = main if best == 0 else blend_fits([main, companion], [1.0 - best, best])
+    return served, best, scores
+
+
+def _best_mix(first: NetFit, second: NetFit, validation: Sequence[Region],
+              weights: Sequence[float]) -> tuple[float, dict[float, float]]:
+    """The ``w`` of ``weights`` whose ``(1 - w) · first + w · second`` scores best on ``validation`` (each network
+    run once per subimage; mean ΔPSNR over bicubic after a linear intensity fit; a tie keeps the smaller ``w``),
+    and every ``w``'s score (dB; -inf for a non-finite output)."""
     lrs = [lr for lr, _ in validation]
-    outputs = [[net_predictor(fit)(lr) for lr in lrs] for fit in (main, companion)]
-    scale = main.scale
+    outputs = [[net_predictor(fit)(lr) for lr in lrs] for fit in (first, second)]
     scores = {}
     for w in weights:
         mixed = iter(blend_outputs(outputs, (1.0 - w, w)))
-        scores[float(w)] = held_out_delta_psnr(lambda _: next(mixed), tuple(validation), scale=scale)
+        scores[float(w)] = held_out_delta_psnr(lambda _: next(mixed), tuple(validation), scale=first.scale)
     best = max(sorted(scores), key=lambda w: scores[w])  # sorted: the first (smallest) of equal scores
-    served = main if best == 0 else blend_fits([main, companion], [1.0 - best, best])
-    return served, best, scores
+    return best, scores
 
 
 def baseline_fit(scale: int, sigma_px: float, normalisation) -> NetFit:
@@ -218,12 +226,5 @@ def choose_baseline_share(fit: NetFit, validation: Sequence[Region], *, sigma_px
         raise ValueError("choosing the baseline's share needs held-out (LR, HR) subimages")
     if not shares or any(not 0 <= u < 1 for u in shares):
         raise ValueError(f"baseline shares must lie in [0, 1), got {list(shares)}")
-    lrs = [lr for lr, _ in validation]
-    base = baseline_fit(fit.scale, sigma_px, fit.normalisation)
-    outputs = [[net_predictor(f)(lr) for lr in lrs] for f in (fit, base)]
-    scores = {}
-    for u in shares:
-        mixed = iter(blend_outputs(outputs, (1.0 - u, u)))
-        scores[float(u)] = held_out_delta_psnr(lambda _: next(mixed), tuple(validation), scale=fit.scale)
-    best = max(sorted(scores), key=lambda u: scores[u])
+    best, scores = _best_mix(fit, baseline_fit(fit.scale, sigma_px, fit.normalisation), validation, shares)
     return with_baseline(fit, sigma_px, best), best, scores
