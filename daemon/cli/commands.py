@@ -245,12 +245,13 @@ def _net_flags(parser: argparse.ArgumentParser, *, network_default: str | None =
                         help="fit and train: start the network from scratch (LR-only bootstrap) instead of fine-tuning "
                         "the pretrained EM prior shipped for its network and scale")
     parser.add_argument("--no-companion", action="store_true",
-                        help="fit: train the network alone; by default a smaller companion network is then trained "
-                        "from scratch for another --budget-s and the two are served blended where that wins on "
-                        "held-out reference area")
+                        help="fit and train: train the network alone; by default a smaller companion network is "
+                        "then trained from scratch for another --budget-s and the two are served blended where that "
+                        "wins on held-out reference area")
     parser.add_argument("--no-baseline-share", action="store_true",
-                        help="fit: serve the networks alone; by default a share (0 to 0.3, chosen on held-out "
-                        "reference area) of the safe baseline, bicubic blurred by the tuned σ, is mixed into them")
+                        help="fit and train: serve the networks alone; by default a share (0 to 0.3, chosen on "
+                        "held-out reference area) of the safe baseline, bicubic blurred by the tuned σ, is mixed "
+                        "into them")
 
 
 def _pixel_flags(parser: argparse.ArgumentParser) -> None:

@@ -108,6 +108,31 @@ def split_pairs(regions: list[tuple[np.ndarray, np.ndarray]], *, scale: int, sou
     return pairs
 
 
+def as_served(fit, lr_frames: list[np.ndarray], pairs: SessionPairs, *, network: str, strategy: str,
+              budget_s: float, seed: int, companion: bool = True, baseline_share: bool = True) -> tuple:
+    """``fit`` as the product serves a trained network (the daemon's rounds do the same,
+    :mod:`refscope.daemon.learn.train_round`): with ``companion`` (``real-pairs`` strategy only) a smaller network
+    trained from scratch on ``pairs.train`` for another ``budget_s`` and blended in, its weight chosen on
+    ``pairs.held_out`` (:func:`~refscope.models.net_blend.choose_blend`; 0: the network alone); with
+    ``baseline_share`` a share of the safe baseline (bicubic blurred by the σ tuned on the same subimages) mixed in
+    (:func:`~refscope.models.net_blend.choose_baseline_share`; 0: the networks alone). Returns (the fit to save,
+    ``{"companion_steps", "companion_weight", "baseline_share"}``, None where a part was not tried)."""
+    from refscope.models.net_blend import choose_baseline_share, choose_blend, companion_kwargs, companion_network
+    from refscope.models.peers import tuned_blur
+
+    weight = partner_steps = share = None
+    if companion and strategy == "real-pairs" and pairs.train:
+        partner = companion_network(lr_frames, list(pairs.train), scale=pairs.scale, network=network,
+                                    budget_s=budget_s, seed=seed + 1,
+                                    network_kwargs=companion_kwargs(network, pairs.scale))
+        fit, weight, _ = choose_blend(fit, partner, list(pairs.held_out))
+        partner_steps = [h["steps"] for h in partner.history]
+    if baseline_share and pairs.held_out:
+        sigma, _ = tuned_blur(list(pairs.held_out), scale=pairs.scale)
+        fit, share, _ = choose_baseline_share(fit, list(pairs.held_out), sigma_px=sigma)
+    return fit, {"companion_steps": partner_steps, "companion_weight": weight, "baseline_share": share}
+
+
 def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: SessionPairs, *, budget_s: float,
                     network: str = "auto", strategy: str = "real-pairs", seed: int = 0,
                     library_config: FitConfig | None = None, sources: list[str] = (),
@@ -123,8 +148,6 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
     subimages (:mod:`refscope.models.net_blend`, as the daemon's rounds do; weight 0: the network alone). With
     ``baseline_share`` a share of the safe baseline is mixed into what is saved, chosen on the held-out subimages
     (:func:`~refscope.models.net_blend.choose_baseline_share`, as the rounds do; 0: the networks alone)."""
-    from refscope.models.net_blend import choose_baseline_share, choose_blend, companion_kwargs, companion_network
-    from refscope.models.peers import tuned_blur
     from refscope.models.net_fit import fit_network, net_predictor
     from refscope.models.prior import fine_tune
 
@@ -149,20 +172,11 @@ def fit_session_net(state_dir: str | Path, lr_frames: list[np.ndarray], pairs: S
         fit = fit_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
                           bootstrap_fraction=bootstrap_fraction, strategy=strategy, seed=seed)
     steps = [h["steps"] for h in fit.history]
-    weight = partner_steps = None
-    if companion and strategy == "real-pairs":
-        partner = companion_network(lr_frames, list(pairs.train), scale=scale, network=network, budget_s=budget_s,
-                                    seed=seed + 1, network_kwargs=companion_kwargs(network, scale))
-        fit, weight, _ = choose_blend(fit, partner, list(pairs.held_out))
-        partner_steps = [h["steps"] for h in partner.history]
-    share = None
-    if baseline_share:
-        sigma, _ = tuned_blur(list(pairs.held_out), scale=scale)
-        fit, share, _ = choose_baseline_share(fit, list(pairs.held_out), sigma_px=sigma)
+    fit, served = as_served(fit, lr_frames, pairs, network=network, strategy=strategy, budget_s=budget_s, seed=seed,
+                            companion=companion, baseline_share=baseline_share)
     net = summarise_scores(held_out_scores(net_predictor(fit), pairs.held_out, scale=scale))
     net.update({"network": network, "strategy": strategy, "budget_s": budget_s,
-                "start": "prior" if prior is not None else "scratch", "steps": steps,
-                "companion_steps": partner_steps, "companion_weight": weight, "baseline_share": share})
+                "start": "prior" if prior is not None else "scratch", "steps": steps, **served})
     best, reason = choose_best(net, paired)
     save_net(state_dir, fit, sources=list(sources), validation={"held_out_d_psnr_db": net["d_psnr_db"],
                                                                 "held_out_d_ssim": net["d_ssim"]})
@@ -194,13 +208,18 @@ def fit_net(args: argparse.Namespace, lr: LoadedImage, refs: list[LoadedImage],
                           baseline_share=not getattr(args, "no_baseline_share", False))
     net = doc["scores"]["net"]
     print(f"network trained: {'+'.join(str(s) for s in net['steps'])} steps")
-    if net.get("companion_weight") is not None:
-        print(f"companion trained from scratch: {'+'.join(str(s) for s in net['companion_steps'])} steps; served "
-              + (f"blended with weight {net['companion_weight']:g}" if net["companion_weight"]
-                 else "the network alone (the blend did not help on the held-out subimages)"))
-    if net.get("baseline_share"):
-        print(f"with a share of {net['baseline_share']:g} of the safe baseline (chosen on the held-out subimages)")
+    _print_served(net)
     _print_scores(doc["best"], doc["reason"], doc["scores"], doc["held_out_subimages"])
+
+
+def _print_served(served: dict) -> None:
+    """What :func:`as_served` added to the trained network (its companion, the baseline's share)."""
+    if served.get("companion_weight") is not None:
+        print(f"companion trained from scratch: {'+'.join(str(s) for s in served['companion_steps'])} steps; served "
+              + (f"blended with weight {served['companion_weight']:g}" if served["companion_weight"]
+                 else "the network alone (the blend did not help on the held-out subimages)"))
+    if served.get("baseline_share"):
+        print(f"with a share of {served['baseline_share']:g} of the safe baseline (chosen on the held-out subimages)")
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -275,6 +294,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 bootstrap_fraction=boot, strategy=args.strategy, seed=args.seed, init=init)
     steps = "+".join(str(h["steps"]) for h in candidate.history)
     print(f"trained {steps} steps in {time.perf_counter() - start:.1f} s")
+    trained_steps = [h["steps"] for h in candidate.history]
+    # judged and saved as served, like the saved network it competes with (a blend with companion and baseline)
+    candidate, served = as_served(candidate, [lr.data], pairs, network=network, strategy=args.strategy,
+                                  budget_s=args.budget_s, seed=args.seed,
+                                  companion=not getattr(args, "no_companion", False),
+                                  baseline_share=not getattr(args, "no_baseline_share", False))
+    _print_served(served)
     best_doc = load_best(folder) if folder.is_dir() else None
     held = pairs.held_out
     if not held:  # nothing to validate against: the network is saved, `--method best` keeps the fallback
@@ -293,7 +319,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     replace = champ is None or cand["d_psnr_db"] > champ["d_psnr_db"]
     if replace:
         cand.update({"network": network, "strategy": args.strategy, "budget_s": args.budget_s,
-                     "steps": [h["steps"] for h in candidate.history]})
+                     "steps": trained_steps, **served})
         save_net(folder, candidate, sources=[str(lr.path)] + list(args.hr),
                  validation={"held_out_d_psnr_db": cand["d_psnr_db"], "held_out_d_ssim": cand["d_ssim"]})
         net = cand
@@ -301,13 +327,14 @@ def cmd_train(args: argparse.Namespace) -> int:
               + (f" (replaces the previous network, {champ['d_psnr_db']:+.3f} dB)" if champ else ""))
     else:
         net = {**champ, **{k: v for k, v in (best_doc or {}).get("scores", {}).get("net", {}).items()
-                           if k in ("network", "strategy", "budget_s", "steps")}}
+                           if k in ("network", "strategy", "budget_s", "steps", "companion_steps",
+                                    "companion_weight", "baseline_share")}}
         print(f"candidate network ΔPSNR {cand['d_psnr_db']:+.3f} dB does not beat the saved network "
               f"({champ['d_psnr_db']:+.3f} dB) on {len(held)} held-out subimages: kept the saved network")
     save_pairs(folder, pairs)
     best, reason = choose_best(net, paired)
     scores = _scores_doc(net, paired)
-    scores["candidate"] = {**cand, "strategy": args.strategy, "accepted": bool(replace)}
+    scores["candidate"] = {**cand, "strategy": args.strategy, "accepted": bool(replace), **served}
     save_best(folder, {"best": best, "reason": reason, "validated": True, "scale": scale,
                        "held_out_subimages": len(held), "scores": scores, "command": "train",
                        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -193,6 +193,36 @@ def test_train_fresh_state_with_pair(files, tmp_path: Path, capsys) -> None:
     assert "needs HR reference pairs" in capsys.readouterr().err
 
 
+def test_train_judges_and_saves_the_candidate_as_it_would_be_served(files, tmp_path: Path, capsys) -> None:
+    """Like fit and the daemon's rounds, a real-pairs `train` blends a new companion and the safe baseline's share
+    into its candidate before judging it: the recorded score is the saved graph's own, whose members are the ones
+    the recorded weights call for."""
+    from refscope.daemon.state.net_store import load_pairs
+    from refscope.models.net_blend import blend_members
+    from refscope.models.promotion import held_out_delta_psnr
+
+    folder = tmp_path / "served"
+    assert main(["train", str(folder), str(files["lr"]), str(files["hr"]), "--strategy", "real-pairs",
+                 "--budget-s", "1", *FAST]) == 0
+    cand = load_best(folder)["scores"]["candidate"]
+    assert cand["accepted"]  # nothing saved to beat
+    assert len(cand["companion_steps"]) == 2 and cand["companion_weight"] in (0.0, 0.25, 0.5, 0.75)
+    assert cand["baseline_share"] in (0.0, 0.1, 0.2, 0.3)
+    saved = load_net(folder)
+    members = [m.network for m in blend_members(saved)]
+    assert len(members) == 1 + (cand["companion_weight"] > 0) + (cand["baseline_share"] > 0)
+    assert (members[-1] == "baseline") == (cand["baseline_share"] > 0)
+    expected = held_out_delta_psnr(net_predictor(saved), load_pairs(folder).held_out, scale=2)
+    assert cand["d_psnr_db"] == pytest.approx(expected, abs=1e-6)  # the saved weights are float32
+
+    alone = tmp_path / "alone"
+    assert main(["train", str(alone), str(files["lr"]), str(files["hr"]), "--strategy", "real-pairs",
+                 "--budget-s", "1", "--no-companion", "--no-baseline-share", *FAST]) == 0
+    cand = load_best(alone)["scores"]["candidate"]
+    assert cand["companion_weight"] is None and cand["baseline_share"] is None
+    assert load_net(alone).network == "fullres"
+
+
 def test_evaluate_model_prints_ttest(files, state: Path, tmp_path: Path, capsys) -> None:
     data, manifest = load_served(state)
     kind = manifest.kind  # the method is named after the model's kind
