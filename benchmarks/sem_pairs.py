@@ -22,6 +22,7 @@ import numpy as np
 from refscope.daemon.images import read_image
 from refscope.models.evaluation import split_subimages
 from refscope.models.pipeline import FitConfig, register_reference, training_grids
+from refscope.models.registration import PairGeometry
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("REFSCOPE_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "sem_pairs"
@@ -71,22 +72,58 @@ def load_pair(name: str) -> LoadedPair:
         boxes = {s: tuple(map(tuple, z[f"box{s}"].tolist())) for s in scales}
         return LoadedPair(name, files, float(z["factor"]), int(z["scale"]), z["lr"],
                           boxes, {s: z[f"grid{s}"] for s in scales})
-    lr = read_image(DATA / "raw" / files[0])
-    hr = read_image(DATA / "raw" / files[1])
-    factor = lr.pixel_size_nm / hr.pixel_size_nm
+    lr_px, hr_px, factor, geometry = _registered(entry)
     scale = min(int(math.floor(factor + 1e-6)), 4)
-    lr_px, hr_px = lr.data.astype(np.float64), hr.data.astype(np.float64)
-    geometry = register_reference(lr_px, hr_px, factor=factor, config=FitConfig(scale=scale))
-    boxes, grids = {}, {}
-    for s in range(2, 5):
-        if s <= factor + 1e-6:
-            boxes[s], grids[s] = training_grids(lr_px, hr_px, geometry, scale=s)
+    boxes, grids = _grids(lr_px, hr_px, factor, geometry)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, lr=lr_px, factor=factor, scale=scale, scales=np.array(sorted(boxes)),
              **{f"box{s}": np.array(b) for s, b in boxes.items()}, **{f"grid{s}": g for s, g in grids.items()})
     os.replace(tmp, cache)
     return LoadedPair(name, files, factor, scale, lr_px, boxes, grids)
+
+
+def _registered(entry: dict) -> tuple[np.ndarray, np.ndarray, float, PairGeometry]:
+    """(LR frame, HR scan, factor, geometry) of a pairs.json entry, registered by refscope itself."""
+    lr = read_image(DATA / "raw" / entry["lr_file"])
+    hr = read_image(DATA / "raw" / entry["hr_file"])
+    factor = lr.pixel_size_nm / hr.pixel_size_nm
+    lr_px, hr_px = lr.data.astype(np.float64), hr.data.astype(np.float64)
+    geometry = register_reference(lr_px, hr_px, factor=factor,
+                                  config=FitConfig(scale=min(int(math.floor(factor + 1e-6)), 4)))
+    return lr_px, hr_px, factor, geometry
+
+
+def _grids(lr: np.ndarray, hr: np.ndarray, factor: float, geometry: PairGeometry) -> tuple[dict, dict]:
+    """Overlap boxes and S-times HR grids for every S in 2..4 that ``factor`` allows."""
+    boxes, grids = {}, {}
+    for s in range(2, 5):
+        if s <= factor + 1e-6:
+            boxes[s], grids[s] = training_grids(lr, hr, geometry, scale=s)
+    return boxes, grids
+
+
+def load_subsampled_pair(name: str, step: int, phase_yx: tuple[int, int]) -> LoadedPair:
+    """The pair with its LR frame replaced by the sub-grid ``lr[py::step, px::step]``: a physical scan of the same
+    field ``step`` times coarser (an SEM point-samples; each pixel keeps its own dwell and noise), against the same
+    HR scan, whose noise stays independent of it. Its factor is ``step`` times the pair's, so an x2.4 pair becomes
+    an x4.8 one a x4 prior can learn from. Geometry: :meth:`PairGeometry.subsampled` of the pair's registration."""
+    entry = next(e for e in pair_table() if e["pair"] == name)
+    lr_px, hr_px, factor, geometry = _registered(entry)
+    lr_sub = np.ascontiguousarray(lr_px[phase_yx[0]::step, phase_yx[1]::step])
+    sub_factor = step * factor
+    boxes, grids = _grids(lr_sub, hr_px, sub_factor, geometry.subsampled(step, phase_yx))
+    return LoadedPair(f"{name}/{step}@{phase_yx[0]}{phase_yx[1]}", (entry["lr_file"], entry["hr_file"]), sub_factor,
+                      min(int(math.floor(sub_factor + 1e-6)), 4), lr_sub, boxes, grids)
+
+
+def subsampled_prior_pairs(scale: int, exclude: list[str] | tuple[str, ...] = (), step: int = 2) -> list[str]:
+    """Pairs too coarse for a x``scale`` prior whose LR sub-grid of ``step`` allows it (``factor < scale <=
+    step·factor``), none sharing a frame with ``exclude``: what :func:`load_subsampled_pair` adds to the prior."""
+    banned = related(exclude) if exclude else set()
+    return [e["pair"] for e in pair_table()
+            if e["pair"] not in banned and e["lr_px_nm"] / e["hr_px_nm"] + 1e-6 < scale
+            <= step * e["lr_px_nm"] / e["hr_px_nm"] + 1e-6]
 
 
 def related(names: list[str] | tuple[str, ...]) -> set[str]:

@@ -1,9 +1,9 @@
 """Train refscope's pretrained EM priors from the physical SEM pairs of ../shared/data/sem_pairs.
 
-    .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 600] [--exclude pair00,...] [--out DIR]
+    .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 300] [--exclude pair00,...] [--out DIR]
                                                [--network auto] [--device cpu|cuda]
                                                [--unpaired ../shared/data/sem_unpaired/raw [--unpaired-crop 96]]
-                                               [--ssim-weight 0.0]
+                                               [--ssim-weight 0.01] [--subsample-lr 2]
 
 For every S, the ``--network`` (default ``auto``: the network served at S,
 :data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair
@@ -12,7 +12,9 @@ the quality benchmark: a pair is never scored by a model that saw its images). T
 overlap is held out and the best checkpoint on it is kept (:func:`refscope.models.prior.train_prior`).
 ``--unpaired DIR`` adds one physical-style pair per HR-only frame of DIR (a random crop of ``--unpaired-crop`` LR px
 a side, scanned S times coarser by :func:`refscope.models.prior.scanned_pair`; measured not to help yet, see
-``benchmarks/RESULTS.md``). ``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
+``benchmarks/RESULTS.md``). ``--subsample-lr K`` adds, for every pair too coarse for S whose LR sub-grid of step K
+allows it (an x2.4 pair at S = 4), its K² sub-grids ``lr[py::K, px::K]`` against the same HR: physical scans K times
+coarser, since an SEM point-samples (:func:`sem_pairs.load_subsampled_pair`). ``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
 :mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, best checkpoint,
 device, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
 
@@ -34,13 +36,16 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sem_pairs import load_pair, prior_pairs  # noqa: E402
+from sem_pairs import load_pair, load_subsampled_pair, prior_pairs, subsampled_prior_pairs  # noqa: E402
 
 from refscope.daemon.atomic import atomic_write_json  # noqa: E402
 from refscope.daemon.state.net_store import save_net  # noqa: E402
 from refscope.models.prior import PriorConfig, PriorPair, ScanDegradation, scanned_pair, train_prior  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "daemon" / "learn" / "priors"
+#: w of the structural term L2 + w (1 − SSIM) of the shipped priors: chosen on the leave-one-out priors' validation
+#: strips (+0.03 dB, +0.005 SSIM over plain L2; benchmarks/RESULTS.md, "Where and how the priors are trained").
+SSIM_WEIGHT = 0.01
 SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwell; lung cells on an insert, Feb 2020; "
           "GitHub Advanced-Vision-and-Learning-Lab/SEM_Images_Lacunarity (MIT licence; Mohan & Peeples, SPIE "
           "Medical Imaging), as ../shared/data/sem_pairs")
@@ -66,7 +71,8 @@ def unpaired_pairs(folder: Path, scale: int, crop_lr: int, seed: int) -> tuple[l
 
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
                 network: str = "auto", device: str = "cpu", unpaired: Path | None = None,
-                unpaired_crop: int = 96, ssim_weight: float = 0.0) -> Path:
+                unpaired_crop: int = 96, ssim_weight: float | None = None, subsample_lr: int = 0) -> Path:
+    ssim_weight = SSIM_WEIGHT if ssim_weight is None else ssim_weight
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -76,21 +82,34 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
         lr_region, hr_grid = p.region(scale)
         pairs.append(PriorPair(p.lr, lr_region, hr_grid, name))
         files.extend(p.files)
+    subsampled: list[str] = []
+    if subsample_lr > 1:
+        for name in subsampled_prior_pairs(scale, exclude, subsample_lr):
+            for phase in ((py, px) for py in range(subsample_lr) for px in range(subsample_lr)):
+                p = load_subsampled_pair(name, subsample_lr, phase)
+                lr_region, hr_grid = p.region(scale)
+                pairs.append(PriorPair(p.lr, lr_region, hr_grid, p.name))
+                subsampled.append(p.name)
+            files.extend(p.files)
     scanned: list[str] = []
     if unpaired is not None:
         extra, scanned = unpaired_pairs(unpaired, scale, unpaired_crop, seed)
         pairs.extend(extra)
         files.extend(scanned)
-    print(f"x{scale}: training {network} on {', '.join(names)} for {budget_s:g} s", flush=True)
+    print(f"x{scale}: training {network} on {', '.join(names + subsampled)} for {budget_s:g} s", flush=True)
     fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network,
                                                                   device=device, ssim_weight=ssim_weight))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
             "licence_of_data": "MIT",
-            "degradation": ("none: physical LR/HR pairs (point-sampled, noisy LR scans)" if not scanned else
-                            f"physical pairs, plus {len(scanned)} HR-only frames scanned S times coarser "
-                            f"({ScanDegradation()}; {unpaired_crop} LR px crops)"),
+            "degradation": ("none: physical LR/HR pairs (point-sampled, noisy LR scans)"
+                            + (f", plus the {subsample_lr}x{subsample_lr} LR sub-grids of pairs too coarse for "
+                               f"x{scale} (coarser physical scans)" if subsampled else "")
+                            + ("" if not scanned else
+                               f", plus {len(scanned)} HR-only frames scanned S times coarser "
+                               f"({ScanDegradation()}; {unpaired_crop} LR px crops)")),
+            "subsampled_pairs": subsampled,
             "unpaired_frames": scanned,
             "loss": "L2 against the noisy HR grid (Noise2Noise)" + (f" + {ssim_weight:g} (1 - SSIM)" if ssim_weight
                                                                       else ""), "budget_s": budget_s,
@@ -118,7 +137,8 @@ def device_name(device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="2,3,4")
-    parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per scale (1 thread)")
+    parser.add_argument("--budget-s", type=float, default=300.0,
+                        help="training seconds per scale (1 thread; the shipped priors: 300 s on one CPU thread)")
     parser.add_argument("--exclude", default="", help="comma-separated pairs a leave-one-out prior must not see")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device of the training steps: cpu, cuda or cuda:N")
     parser.add_argument("--unpaired", type=Path, help="a folder of HR-only frames to add as scanned pairs")
     parser.add_argument("--unpaired-crop", type=int, default=96, help="LR px a side of each HR-only frame's crop")
-    parser.add_argument("--ssim-weight", type=float, default=0.0, help="w of the structural term L2 + w (1 - SSIM)")
+    parser.add_argument("--ssim-weight", type=float, default=SSIM_WEIGHT,
+                        help="w of the structural term L2 + w (1 - SSIM) (default 0.01, as the shipped priors; 0: L2)")
+    parser.add_argument("--subsample-lr", type=int, default=0,
+                        help="add the K x K LR sub-grids of pairs too coarse for S (0: none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
     for scale in (int(s) for s in args.scales.split(",")):
         train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network, args.device, args.unpaired,
-                    args.unpaired_crop, args.ssim_weight)
+                    args.unpaired_crop, args.ssim_weight, args.subsample_lr)
     return 0
 
 

@@ -83,6 +83,25 @@ class PairGeometry:
         v = np.asarray(yx_hr, dtype=np.float64)
         return v @ np.linalg.inv(self.matrix).T + np.asarray(self.offset_yx)
 
+    def subsampled(self, step: int, phase_yx: tuple[int, int] = (0, 0)) -> "PairGeometry":
+        """The geometry of the LR frame's sub-grid ``lr[py::step, px::step]``: a scan of the same field ``step``
+        times coarser (an SEM point-samples, so every ``step``-th pixel of a scan *is* a coarser scan of it).
+
+        Sub-grid pixel ``i'`` is LR pixel ``step·i' + p``, so sub-grid edge coordinates map to LR ones by
+        ``u = step·u' + c`` with ``c = p + 1/2 − step/2`` (centres onto centres), hence
+        ``u_hr = (step·A) (u' − (offset − c)/step)``: factor ``step·factor_yx``, offset ``(offset_yx − c)/step``
+        (sub-grid px), the same rotation and score.
+        """
+        if int(step) != step or step < 1:
+            raise ValueError(f"step must be a positive integer, got {step!r}")
+        step = int(step)
+        if len(phase_yx) != 2 or any(int(p) != p or not 0 <= p < step for p in phase_yx):
+            raise ValueError(f"phase_yx must be two integers in [0, {step}), got {phase_yx!r}")
+        centre = np.asarray(phase_yx, dtype=np.float64) + 0.5 - step / 2.0
+        offset = (np.asarray(self.offset_yx) - centre) / step
+        return PairGeometry(tuple(offset), (step * self.factor_yx[0], step * self.factor_yx[1]), self.rotation_deg,
+                            self.score)
+
     def hr_corners_lr(self, hr_shape: tuple[int, int]) -> np.ndarray:
         """LR coordinates (4, 2) of the HR field's corners: top-left, top-right, bottom-left, bottom-right."""
         h, w = hr_shape

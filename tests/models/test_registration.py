@@ -140,6 +140,39 @@ def test_overlap_box_unrotated_and_rotated():
     assert overlap_box(PairGeometry((-5.5, 10.0), (2.0, 2.0)), (300, 300), (100, 100)) == ((0, 44), (10, 60))
 
 
+@pytest.mark.parametrize("step, phase", [(1, (0, 0)), (2, (0, 0)), (2, (1, 0)), (3, (2, 1))])
+def test_subsampled_geometry_maps_each_sub_grid_pixel_where_its_lr_pixel_lies(step, phase):
+    g = PairGeometry((173.04, 227.16), (4.165, 4.161), 1.5, score=0.9)
+    sub = g.subsampled(step, phase)
+    i = np.array([[0, 0], [3, 7], [40, 11]], dtype=np.float64)
+    on_sub = sub.lr_to_hr(i + 0.5)                             # sub-grid pixel centres
+    on_lr = g.lr_to_hr(step * i + np.asarray(phase) + 0.5)     # the LR pixels they are
+    np.testing.assert_allclose(on_sub, on_lr, atol=1e-9)
+    assert sub.factor_yx == pytest.approx((step * 4.165, step * 4.161))
+    assert (sub.rotation_deg, sub.score) == (1.5, 0.9)
+
+
+def test_a_sub_grid_of_a_real_scan_resamples_its_hr_where_the_scene_is(rng):
+    true = PairGeometry((30.4, 50.7), (4.17, 4.17), 1.5)
+    scene, lr, hr = make_pair(rng, true, noise=0.0)
+    sub = true.subsampled(2, (1, 0))
+    lr_sub = lr[1::2, 0::2]
+    box = overlap_box(sub, lr_sub.shape, hr.shape)
+    out = resample_hr_to_lr_grid(hr, sub, box, 1)           # the HR on the coarser scan's own pixels
+    (y0, y1), (x0, x1) = box
+    assert np.corrcoef(out.ravel(), lr_sub[y0:y1, x0:x1].ravel())[0, 1] > 0.99
+    wrong = true.subsampled(2, (0, 1))                        # the other phase is one LR px off on both axes
+    out_wrong = resample_hr_to_lr_grid(hr, wrong, box, 1)
+    assert (np.corrcoef(out_wrong.ravel(), lr_sub[y0:y1, x0:x1].ravel())[0, 1]
+            < np.corrcoef(out.ravel(), lr_sub[y0:y1, x0:x1].ravel())[0, 1] - 0.01)
+
+
+@pytest.mark.parametrize("step, phase", [(0, (0, 0)), (1.5, (0, 0)), (2, (2, 0)), (2, (0, -1)), (2, (0,))])
+def test_subsampled_geometry_refuses_a_bad_step_or_phase(step, phase):
+    with pytest.raises(ValueError, match="step|phase"):
+        PairGeometry((0, 0), (4.0, 4.0)).subsampled(step, phase)
+
+
 @pytest.mark.parametrize("scale", [1, 2, 4])
 def test_resample_hr_to_lr_grid_matches_the_scene(rng, scale):
     true = PairGeometry((30.4, 50.7), (4.17, 4.17), 1.5)
