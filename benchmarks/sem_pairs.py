@@ -73,7 +73,7 @@ def load_pair(name: str) -> LoadedPair:
         return LoadedPair(name, files, float(z["factor"]), int(z["scale"]), z["lr"],
                           boxes, {s: z[f"grid{s}"] for s in scales})
     lr_px, hr_px, factor, geometry = _registered(entry)
-    scale = min(int(math.floor(factor + 1e-6)), 4)
+    scale = _scored_scale(factor)
     boxes, grids = _grids(lr_px, hr_px, factor, geometry)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -83,6 +83,11 @@ def load_pair(name: str) -> LoadedPair:
     return LoadedPair(name, files, factor, scale, lr_px, boxes, grids)
 
 
+def _scored_scale(factor: float) -> int:
+    """The S a pair of ``factor`` (LR px / HR px) is scored at: floor(factor), at most 4."""
+    return min(int(math.floor(factor + 1e-6)), 4)
+
+
 def _registered(entry: dict) -> tuple[np.ndarray, np.ndarray, float, PairGeometry]:
     """(LR frame, HR scan, factor, geometry) of a pairs.json entry, registered by refscope itself."""
     lr = read_image(DATA / "raw" / entry["lr_file"])
@@ -90,7 +95,7 @@ def _registered(entry: dict) -> tuple[np.ndarray, np.ndarray, float, PairGeometr
     factor = lr.pixel_size_nm / hr.pixel_size_nm
     lr_px, hr_px = lr.data.astype(np.float64), hr.data.astype(np.float64)
     geometry = register_reference(lr_px, hr_px, factor=factor,
-                                  config=FitConfig(scale=min(int(math.floor(factor + 1e-6)), 4)))
+                                  config=FitConfig(scale=_scored_scale(factor)))
     return lr_px, hr_px, factor, geometry
 
 
@@ -114,7 +119,7 @@ def load_subsampled_pair(name: str, step: int, phase_yx: tuple[int, int]) -> Loa
     sub_factor = step * factor
     boxes, grids = _grids(lr_sub, hr_px, sub_factor, geometry.subsampled(step, phase_yx))
     return LoadedPair(f"{name}/{step}@{phase_yx[0]}{phase_yx[1]}", (entry["lr_file"], entry["hr_file"]), sub_factor,
-                      min(int(math.floor(sub_factor + 1e-6)), 4), lr_sub, boxes, grids)
+                      _scored_scale(sub_factor), lr_sub, boxes, grids)
 
 
 def subsampled_prior_pairs(scale: int, exclude: list[str] | tuple[str, ...] = (), step: int = 2) -> list[str]:
