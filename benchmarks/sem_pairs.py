@@ -108,23 +108,27 @@ def _grids(lr: np.ndarray, hr: np.ndarray, factor: float, geometry: PairGeometry
     return boxes, grids
 
 
-def load_subsampled_pair(name: str, step: int, phase_yx: tuple[int, int]) -> LoadedPair:
-    """The pair with its LR frame replaced by the sub-grid ``lr[py::step, px::step]``: a physical scan of the same
-    field ``step`` times coarser (an SEM point-samples; each pixel keeps its own dwell and noise), against the same
-    HR scan, whose noise stays independent of it. Its factor is ``step`` times the pair's, so an x2.4 pair becomes
-    an x4.8 one a x4 prior can learn from. Geometry: :meth:`PairGeometry.subsampled` of the pair's registration."""
+def load_subsampled_pairs(name: str, step: int) -> list[LoadedPair]:
+    """The pair with its LR frame replaced by each of its ``step``² sub-grids ``lr[py::step, px::step]``: physical
+    scans of the same field ``step`` times coarser (an SEM point-samples; each pixel keeps its own dwell and noise),
+    against the same HR scan, whose noise stays independent of them. Their factor is ``step`` times the pair's, so an
+    x2.4 pair gives x4.8 ones a x4 prior can learn from. Geometry: :meth:`PairGeometry.subsampled` of the pair's
+    registration (registered once)."""
     entry = next(e for e in pair_table() if e["pair"] == name)
     lr_px, hr_px, factor, geometry = _registered(entry)
-    lr_sub = np.ascontiguousarray(lr_px[phase_yx[0]::step, phase_yx[1]::step])
     sub_factor = step * factor
-    boxes, grids = _grids(lr_sub, hr_px, sub_factor, geometry.subsampled(step, phase_yx))
-    return LoadedPair(f"{name}/{step}@{phase_yx[0]}{phase_yx[1]}", (entry["lr_file"], entry["hr_file"]), sub_factor,
-                      _scored_scale(sub_factor), lr_sub, boxes, grids)
+    out = []
+    for phase in ((py, px) for py in range(step) for px in range(step)):
+        lr_sub = np.ascontiguousarray(lr_px[phase[0]::step, phase[1]::step])
+        boxes, grids = _grids(lr_sub, hr_px, sub_factor, geometry.subsampled(step, phase))
+        out.append(LoadedPair(f"{name}/{step}@{phase[0]}{phase[1]}", (entry["lr_file"], entry["hr_file"]), sub_factor,
+                              _scored_scale(sub_factor), lr_sub, boxes, grids))
+    return out
 
 
 def subsampled_prior_pairs(scale: int, exclude: list[str] | tuple[str, ...] = (), step: int = 2) -> list[str]:
     """Pairs too coarse for a x``scale`` prior whose LR sub-grid of ``step`` allows it (``factor < scale <=
-    step·factor``), none sharing a frame with ``exclude``: what :func:`load_subsampled_pair` adds to the prior."""
+    step·factor``), none sharing a frame with ``exclude``: what :func:`load_subsampled_pairs` adds to the prior."""
     banned = related(exclude) if exclude else set()
     return [e["pair"] for e in pair_table()
             if e["pair"] not in banned and e["lr_px_nm"] / e["hr_px_nm"] + 1e-6 < scale

@@ -14,7 +14,8 @@ overlap is held out and the best checkpoint on it is kept (:func:`refscope.model
 a side, scanned S times coarser by :func:`refscope.models.prior.scanned_pair`; measured not to help yet, see
 ``benchmarks/RESULTS.md``). ``--subsample-lr K`` adds, for every pair too coarse for S whose LR sub-grid of step K
 allows it (an x2.4 pair at S = 4), its K² sub-grids ``lr[py::K, px::K]`` against the same HR: physical scans K times
-coarser, since an SEM point-samples (:func:`sem_pairs.load_subsampled_pair`). ``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
+coarser, since an SEM point-samples (:func:`sem_pairs.load_subsampled_pairs`; measured not to help either).
+``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
 :mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, best checkpoint,
 device, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
 
@@ -36,7 +37,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sem_pairs import load_pair, load_subsampled_pair, prior_pairs, subsampled_prior_pairs  # noqa: E402
+from sem_pairs import load_pair, load_subsampled_pairs, prior_pairs, subsampled_prior_pairs  # noqa: E402
 
 from refscope.daemon.atomic import atomic_write_json  # noqa: E402
 from refscope.daemon.state.net_store import save_net  # noqa: E402
@@ -71,8 +72,7 @@ def unpaired_pairs(folder: Path, scale: int, crop_lr: int, seed: int) -> tuple[l
 
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
                 network: str = "auto", device: str = "cpu", unpaired: Path | None = None,
-                unpaired_crop: int = 96, ssim_weight: float | None = None, subsample_lr: int = 0) -> Path:
-    ssim_weight = SSIM_WEIGHT if ssim_weight is None else ssim_weight
+                unpaired_crop: int = 96, ssim_weight: float = SSIM_WEIGHT, subsample_lr: int = 0) -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -85,8 +85,7 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
     subsampled: list[str] = []
     if subsample_lr > 1:
         for name in subsampled_prior_pairs(scale, exclude, subsample_lr):
-            for phase in ((py, px) for py in range(subsample_lr) for px in range(subsample_lr)):
-                p = load_subsampled_pair(name, subsample_lr, phase)
+            for p in load_subsampled_pairs(name, subsample_lr):
                 lr_region, hr_grid = p.region(scale)
                 pairs.append(PriorPair(p.lr, lr_region, hr_grid, p.name))
                 subsampled.append(p.name)
