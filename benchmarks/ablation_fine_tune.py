@@ -80,11 +80,14 @@ VARIANTS: dict[str, dict] = {
     "ssim0.05": {"loss": "l2", "ssim_weight": 0.05},
     "l2-ssim0.01-boot0.3": {"loss": "l2", "bootstrap_fraction": 0.3},  # 30 % of the budget on LR-only pairs first
     "l1-boot0.3": {"ssim_weight": 0.0, "bootstrap_fraction": 0.3},
+    "lr1e-4": {"lr": 1e-4},                       # FINE_TUNE's Adam rate (2e-4) halved / doubled
+    "lr4e-4": {"lr": 4e-4},
 }
 """Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant, on top of ``FINE_TUNE``.
 Results: RESULTS.md, "Ablation: checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no
 average), "Ablation: denoised HR targets" (not kept), "Ablation: a structural term" (kept: ``ssim_weight`` 0.01)
-and "Ablation: L1 or L2 in the fine-tune" (kept: ``loss`` L1; the bootstrap not kept). The first three were
+and "Ablation: L1 or L2 in the fine-tune" (kept: ``loss`` L1; the bootstrap not kept); the learning rates in
+"The ΔSSIM still missing" (flat: ``lr`` 2e-4 stays). The first three were
 measured when ``FINE_TUNE`` was plain L2."""
 
 

@@ -1,7 +1,7 @@
 """Real-data quality benchmark (issue 12): refscope's methods beside the classical and pretrained peers, per pair.
 
     .venv/bin/python benchmarks/quality.py [--pairs pair00,pair07] [--jobs 2] [--budget-s 120]
-        [--priors /tmp/refscope-priors] [--prior-budget-s 300] [--no-texture-shift] [--no-bm3d] [--no-tkrem]
+        [--priors /tmp/refscope-priors] [--prior-budget-s S] [--no-texture-shift] [--no-bm3d] [--no-tkrem]
         [--peers-only] [--no-write]
 
 Protocol (the 3x4 subimage split of each pair's overlap, refscope's own registration of the raw FEI files):
@@ -38,7 +38,7 @@ section of RESULTS.md (``quality12_peers``) and ``quality_peers_results.json``.
 
 Leave-one-out priors are trained by ``benchmarks/train_prior.py`` into ``--priors`` (``excl-<pairs>/<network>-x<S>``,
 the network ``auto`` serves at S)
-when missing.
+when missing, by that script's recipe (its step count at each S; ``--prior-budget-s`` caps it).
 """
 from __future__ import annotations
 
@@ -167,13 +167,16 @@ def prior_dir(priors: Path, exclude: list[str]) -> Path:
     return priors / ("excl-" + "+".join(sorted(exclude)))
 
 
-def ensure_prior(priors: Path, exclude: list[str], scale: int, budget_s: float) -> Path:
+def ensure_prior(priors: Path, exclude: list[str], scale: int, budget_s: float | None) -> Path:
+    """The leave-one-out prior's folder, trained by ``train_prior.py``'s recipe if missing (``budget_s``: its
+    ``--budget-s``, the wall-clock cap of the step recipe; None: the script's default)."""
     from refscope.daemon.learn.prior_store import prior_folder
 
     root = prior_dir(priors, exclude)
     if prior_folder("auto", scale, root) is None:
-        subprocess.run([sys.executable, str(HERE / "train_prior.py"), "--scales", str(scale), "--budget-s",
-                        str(budget_s), "--exclude", ",".join(exclude), "--out", str(root)], check=True)
+        cap = [] if budget_s is None else ["--budget-s", str(budget_s)]
+        subprocess.run([sys.executable, str(HERE / "train_prior.py"), "--scales", str(scale), *cap,
+                        "--exclude", ",".join(exclude), "--out", str(root)], check=True)
     return root
 
 
@@ -463,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=120.0, help="fine-tuning seconds per model (1 thread)")
     parser.add_argument("--priors", default="/tmp/refscope-priors", help="leave-one-out priors (trained if missing)")
-    parser.add_argument("--prior-budget-s", type=float, default=300.0)
+    parser.add_argument("--prior-budget-s", type=float, default=None,
+                        help="--budget-s of train_prior.py for missing priors (a cap on its step recipe)")
     parser.add_argument("--no-bm3d", action="store_true", help="leave BM3D out (its environment is not made)")
     parser.add_argument("--no-tkrem", action="store_true",
                         help="leave tk-r-em out (its TensorFlow environment, about 1.5 GB, is not made)")

@@ -1,9 +1,10 @@
 """Train refscope's pretrained EM priors from the physical SEM pairs of ../shared/data/sem_pairs.
 
-    .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--budget-s 300] [--exclude pair00,...] [--out DIR]
+    .venv/bin/python benchmarks/train_prior.py [--scales 2,3,4] [--steps auto|N|0] [--budget-s S] [--exclude ...]
+                                               [--out DIR]
                                                [--network auto] [--device cpu|cuda]
                                                [--unpaired ../shared/data/sem_unpaired/raw [--unpaired-crop 96]]
-                                               [--ssim-weight 0.01] [--subsample-lr 2]
+                                               [--ssim-weight 0.01] [--loss l2|l1] [--subsample-lr 2]
 
 For every S, the ``--network`` (default ``auto``: the network served at S,
 :data:`refscope.models.network_names.AUTO_NETWORK`) is trained on every pair whose factor allows S (an x10 pair
@@ -15,6 +16,11 @@ a side, scanned S times coarser by :func:`refscope.models.prior.scanned_pair`; m
 ``benchmarks/RESULTS.md``). ``--subsample-lr K`` adds, for every pair too coarse for S whose LR sub-grid of step K
 allows it (an x2.4 pair at S = 4), its K² sub-grids ``lr[py::K, px::K]`` against the same HR: physical scans K times
 coarser, since an SEM point-samples (:func:`sem_pairs.load_subsampled_pairs`; measured not to help either).
+The schedule is counted in Adam steps (``--steps auto``: :data:`RECIPE_STEPS`, what 300 s on one CPU thread made
+of the shipped priors; the last quarter of the steps at a quarter of the rate), so that a GPU or a busy machine
+trains the same recipe; ``--budget-s`` is then only a wall-clock cap (default 1,800 s; the card says
+``cut_by_budget`` if it stopped first). ``--steps 0`` trains for ``--budget-s`` seconds instead (default 300), the
+last quarter of the *time* at the lower rate: the recipe the shipped priors were trained with.
 ``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
 :mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, best checkpoint,
 device, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
@@ -47,6 +53,13 @@ DEFAULT_OUT = HERE.parent / "daemon" / "learn" / "priors"
 #: w of the structural term L2 + w (1 − SSIM) of the shipped priors: chosen on the leave-one-out priors' validation
 #: strips (+0.03 dB, +0.005 SSIM over plain L2; benchmarks/RESULTS.md, "Where and how the priors are trained").
 SSIM_WEIGHT = 0.01
+#: Adam steps of the shipped priors' recipe per S: what 300 s on one CPU thread of this repository's machine made of
+#: them (3,824 / 1,870 / 1,632, rounded; the cards say so), as a step count any device reproduces.
+RECIPE_STEPS = {2: 3800, 3: 1900, 4: 1600}
+TIME_BUDGET_S = 300.0
+"""Seconds of a time-scheduled prior (``--steps 0``): the shipped priors' recipe."""
+STEP_CAP_S = 1800.0
+"""Wall-clock cap of a step-scheduled prior unless ``--budget-s`` says otherwise."""
 SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwell; lung cells on an insert, Feb 2020; "
           "GitHub Advanced-Vision-and-Learning-Lab/SEM_Images_Lacunarity (MIT licence; Mohan & Peeples, SPIE "
           "Medical Imaging), as ../shared/data/sem_pairs")
@@ -70,9 +83,24 @@ def unpaired_pairs(folder: Path, scale: int, crop_lr: int, seed: int) -> tuple[l
     return pairs, files
 
 
+def recipe_steps(scale: int, steps: str | int) -> int:
+    """The step count of ``--steps`` at ``scale``: ``"auto"`` -> :data:`RECIPE_STEPS`, an integer as given (0: train
+    by time). Exits with a message for ``auto`` at an S the recipe has no count for."""
+    if str(steps) != "auto":
+        n = int(steps)
+        if n < 0:
+            raise SystemExit(f"--steps must be auto, 0 (train by time) or a positive count, got {steps}")
+        return n
+    if scale not in RECIPE_STEPS:
+        raise SystemExit(f"the recipe has no step count for x{scale} (only x{', x'.join(map(str, RECIPE_STEPS))}); "
+                         f"give --steps N, or --steps 0 to train for --budget-s seconds")
+    return RECIPE_STEPS[scale]
+
+
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
                 network: str = "auto", device: str = "cpu", unpaired: Path | None = None,
-                unpaired_crop: int = 96, ssim_weight: float = SSIM_WEIGHT, subsample_lr: int = 0) -> Path:
+                unpaired_crop: int = 96, ssim_weight: float = SSIM_WEIGHT, subsample_lr: int = 0,
+                loss: str = "l2", steps: int = 0) -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -95,9 +123,11 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
         extra, scanned = unpaired_pairs(unpaired, scale, unpaired_crop, seed)
         pairs.extend(extra)
         files.extend(scanned)
-    print(f"x{scale}: training {network} on {', '.join(names + subsampled)} for {budget_s:g} s", flush=True)
-    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, seed=seed, network=network,
-                                                                  device=device, ssim_weight=ssim_weight))
+    schedule = f"{steps} steps (cap {budget_s:g} s)" if steps else f"{budget_s:g} s"
+    print(f"x{scale}: training {network} on {', '.join(names + subsampled)} for {schedule}", flush=True)
+    fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, steps=steps, seed=seed,
+                                                                  network=network, device=device,
+                                                                  ssim_weight=ssim_weight, loss=loss))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
@@ -110,8 +140,10 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
                                f"({ScanDegradation()}; {unpaired_crop} LR px crops)")),
             "subsampled_pairs": subsampled,
             "unpaired_frames": scanned,
-            "loss": "L2 against the noisy HR grid (Noise2Noise)" + (f" + {ssim_weight:g} (1 - SSIM)" if ssim_weight
-                                                                      else ""), "budget_s": budget_s,
+            "loss": f"{loss.upper()} against the noisy HR grid (Noise2Noise)" + (f" + {ssim_weight:g} (1 - SSIM)"
+                                                                              if ssim_weight else ""),
+            "budget_s": budget_s, "schedule": fit.history[0]["schedule"],
+            "cut_by_budget": fit.history[0].get("cut_by_budget", False),
             "steps": fit.history[0]["steps"], "seconds": round(fit.history[0]["seconds"], 1), "seed": seed,
             "best_step": fit.history[0].get("best_step"),
             "best_validation_d_psnr_db": fit.history[0].get("best_validation_d_psnr_db"),
@@ -136,8 +168,13 @@ def device_name(device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", default="2,3,4")
-    parser.add_argument("--budget-s", type=float, default=300.0,
-                        help="training seconds per scale (1 thread; the shipped priors: 300 s on one CPU thread)")
+    parser.add_argument("--steps", default="auto",
+                        help="Adam steps per scale: auto (the recipe's count at each S, RECIPE_STEPS), N, or 0 to "
+                             "train for --budget-s seconds")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"with --steps 0: training seconds per scale (default {TIME_BUDGET_S:g}, the shipped "
+                             f"priors' recipe on one CPU thread); otherwise a wall-clock cap (default "
+                             f"{STEP_CAP_S:g})")
     parser.add_argument("--exclude", default="", help="comma-separated pairs a leave-one-out prior must not see")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
@@ -150,12 +187,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="w of the structural term L2 + w (1 - SSIM) (default 0.01, as the shipped priors; 0: L2)")
     parser.add_argument("--subsample-lr", type=int, default=0,
                         help="add the K x K LR sub-grids of pairs too coarse for S (0: none)")
+    parser.add_argument("--loss", choices=("l2", "l1"), default="l2",
+                        help="the pixel loss against the noisy HR (default l2, as the shipped priors)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
     for scale in (int(s) for s in args.scales.split(",")):
-        train_scale(scale, args.budget_s, exclude, args.out, args.seed, args.network, args.device, args.unpaired,
-                    args.unpaired_crop, args.ssim_weight, args.subsample_lr)
+        steps = recipe_steps(scale, args.steps)
+        budget_s = args.budget_s if args.budget_s is not None else (STEP_CAP_S if steps else TIME_BUDGET_S)
+        train_scale(scale, budget_s, exclude, args.out, args.seed, args.network, args.device, args.unpaired,
+                    args.unpaired_crop, args.ssim_weight, args.subsample_lr, args.loss, steps)
     return 0
 
 

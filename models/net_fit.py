@@ -207,14 +207,30 @@ class BestCheckpoint:
 
 
 def train_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, lr_tail: float = 0.25,
-           on_step=None) -> list:
-    """Train for ``budget_s`` seconds; the last ``lr_tail`` of the time at a quarter of the learning rate."""
+                on_step=None, steps: int = 0) -> list:
+    """Train for ``budget_s`` seconds; the last ``lr_tail`` of the time at a quarter of the learning rate.
+
+    With ``steps`` > 0 the schedule is counted in Adam steps instead: ``steps`` of them, the last ``lr_tail`` of
+    them at a quarter of the rate, and ``budget_s`` only a wall-clock cap on the whole phase (whatever is left of
+    it when the cap is reached is not trained). A step schedule takes the same path on any device; a time schedule
+    takes as many steps as the device makes (``benchmarks/RESULTS.md``, "Where and how the priors are trained").
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0 (0: the schedule follows the time budget), got {steps}")
     results = []
-    spans = [(budget_s * (1 - lr_tail), cfg.lr), (budget_s * lr_tail, cfg.lr / 4)] if lr_tail else [(budget_s, cfg.lr)]
-    for index, (seconds, rate) in enumerate(spans):
-        if seconds <= 0:
+    if steps:
+        tail = int(round(steps * lr_tail))
+        spans = [(steps - tail, cfg.lr), (tail, cfg.lr / 4)]
+    else:
+        spans = ([(budget_s * (1 - lr_tail), cfg.lr), (budget_s * lr_tail, cfg.lr / 4)] if lr_tail
+                 else [(budget_s, cfg.lr)])
+    start = time.perf_counter()
+    for index, (amount, rate) in enumerate(spans):
+        seconds = budget_s - (time.perf_counter() - start) if steps else amount
+        if amount <= 0 or seconds <= 0:
             continue
-        sub = TrainConfig(**{**cfg.__dict__, "lr": rate, "seed": cfg.seed + 1000 * index, "time_budget_s": None})
+        sub = TrainConfig(**{**cfg.__dict__, "lr": rate, "seed": cfg.seed + 1000 * index, "time_budget_s": None,
+                             **({"steps": int(amount)} if steps else {})})
         result = train(net, sub, source, init_state=state, budget_s=seconds, on_step=on_step)
         state = result.state_dict
         results.append(result)
@@ -222,16 +238,17 @@ def train_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state
 
 
 def checkpointed_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state, strategy: str,
-                       keeper: BestCheckpoint | None) -> tuple[dict | None, dict]:
-    """:func:`train_phase` whose weights are the best of ``keeper``'s measurements (None: the last weights). The
-    starting weights (``state``, else the network's own) are a candidate, then every ``keeper.every`` steps and the
-    last. Returns (weights, the phase's history record, with ``best_step``, ``best_validation_d_psnr_db`` and the
-    ``validation_curve`` of (step, dB) when a keeper chose)."""
+                       keeper: BestCheckpoint | None, steps: int = 0) -> tuple[dict | None, dict]:
+    """:func:`train_phase` (``steps``: its step schedule, 0 = by time) whose weights are the best of ``keeper``'s
+    measurements (None: the last weights). The starting weights (``state``, else the network's own) are a
+    candidate, then every ``keeper.every`` steps and the last. Returns (weights, the phase's history record, with
+    ``best_step``, ``best_validation_d_psnr_db`` and the ``validation_curve`` of (step, dB) when a keeper chose)."""
     if keeper is not None:
         if state is not None:
             warm_start(net, state)
         keeper.consider(0)  # the starting weights are a candidate
-    results = train_phase(net, cfg, source, budget_s, state, on_step=keeper.on_step if keeper else None)
+    results = train_phase(net, cfg, source, budget_s, state, on_step=keeper.on_step if keeper else None,
+                          steps=steps)
     state = results[-1].state_dict if results else state
     record = phase_record(strategy, results)
     if keeper is not None:

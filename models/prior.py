@@ -84,8 +84,11 @@ class PriorPair:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """How a prior is trained. ``budget_s``: wall-clock seconds. ``patch``: LR patch side; ``batch``: patches per
-    Adam step at learning rate ``lr`` (the last quarter of the time at ``lr / 4``); ``loss`` ``"l2"`` (see the
+    """How a prior is trained. ``budget_s``: wall-clock seconds. ``steps``: 0 trains for ``budget_s`` (the
+    schedule follows the clock: the last quarter of the *time* at ``lr / 4``); N > 0 trains N Adam steps, the last
+    quarter of the *steps* at ``lr / 4``, with ``budget_s`` only a cap (the same schedule on any device; the history
+    records ``cut_by_budget`` when the cap stopped it first). ``patch``: LR patch side; ``batch``: patches per
+    Adam step at learning rate ``lr``; ``loss`` ``"l2"`` (see the
     module docstring), plus ``ssim_weight`` x (1 - SSIM) (:func:`refscope.models.training.ssim_loss`; 0: off).
     ``network``/``network_kwargs``: ``"auto"`` (the network served at the scale) or a
     :data:`refscope.models.networks.NETWORKS` entry. ``device``: the torch device of the steps (``"cuda"`` trains
@@ -94,6 +97,7 @@ class PriorConfig:
     keeps the last weights."""
 
     budget_s: float = 300.0
+    steps: int = 0
     network: str = "auto"
     network_kwargs: dict = field(default_factory=dict)
     patch: int = 32
@@ -108,6 +112,8 @@ class PriorConfig:
     def __post_init__(self) -> None:
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be > 0 s, got {self.budget_s}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0: train for budget_s), got {self.steps}")
         if self.validate_every < 0:
             raise ValueError(f"validate_every must be >= 0 steps (0 = keep the last weights), "
                              f"got {self.validate_every}")
@@ -197,8 +203,8 @@ def prior_regions(pairs: Sequence[PriorPair], scale: int) -> list[tuple[np.ndarr
 
 
 def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig = PriorConfig()) -> NetFit:
-    """Train ``config.network`` for x``scale`` on every pair for ``config.budget_s`` seconds (1 thread is the
-    caller's choice); returns a :class:`NetFit` with the :data:`IDENTITY` normalisation and one history entry,
+    """Train ``config.network`` for x``scale`` on every pair for ``config.steps`` Adam steps, or ``config.budget_s``
+    seconds when ``steps`` is 0 (1 thread is the caller's choice); returns a :class:`NetFit` with the :data:`IDENTITY` normalisation and one history entry,
     holding the best checkpoint on the held-out strips (``best_step``, ``best_validation_d_psnr_db`` and the
     ``validation_curve`` of (step, dB) it was chosen from) unless ``config.validate_every`` is 0.
 
@@ -222,8 +228,11 @@ def train_prior(pairs: Sequence[PriorPair], *, scale: int, config: PriorConfig =
     cfg = TrainConfig(strategy="real-pairs", loss=config.loss, ssim_weight=config.ssim_weight, patch=patch,
                       batch=config.batch, lr=config.lr, steps=10 ** 9, seed=config.seed, device=config.device)
     keeper = BestCheckpoint(net, IDENTITY, validation, scale, config.validate_every) if validation else None
-    state, record = checkpointed_phase(net, cfg, source, config.budget_s, None, "prior", keeper)
+    state, record = checkpointed_phase(net, cfg, source, config.budget_s, None, "prior", keeper, steps=config.steps)
     record["pairs"] = [p.name for p in pairs]
+    record["schedule"] = {"steps": config.steps} if config.steps else {"seconds": config.budget_s}
+    if config.steps:
+        record["cut_by_budget"] = record["steps"] < config.steps
     return NetFit(network, int(scale), state, IDENTITY, dict(config.network_kwargs), "prior", [record])
 
 

@@ -244,3 +244,53 @@ def test_a_prior_can_train_with_the_structural_term(pairs, monkeypatch) -> None:
     calls.clear()
     train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=0.2, batch=4, patch=12, validate_every=0))
     assert calls == []
+
+
+def test_a_step_scheduled_prior_takes_its_steps_with_the_lower_rate_for_the_last_quarter(pairs, monkeypatch) -> None:
+    """``PriorConfig.steps``: exactly N Adam steps, the last quarter of them at a quarter of the rate, whatever the
+    clock says; ``budget_s`` only caps it (and the history says when it did)."""
+    import torch
+
+    rates: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    fit = train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=600.0, steps=40, batch=4, patch=12, lr=1e-3,
+                                                             validate_every=0))
+    record = fit.history[0]
+    assert record["steps"] == 40 and record["cut_by_budget"] is False and record["schedule"] == {"steps": 40}
+    assert rates == [1e-3] * 30 + [2.5e-4] * 10
+    rates.clear()
+    cut = train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=0.3, steps=10 ** 6, batch=4, patch=12,
+                                                             validate_every=0))
+    assert 0 < cut.history[0]["steps"] < 10 ** 6 and cut.history[0]["cut_by_budget"] is True
+    assert set(rates) == {1e-3}, "a capped run never reached its last quarter"
+    with pytest.raises(ValueError, match="steps"):
+        PriorConfig(steps=-1)
+
+
+def test_a_step_scheduled_prior_is_the_same_prior_however_fast_the_machine(pairs, monkeypatch) -> None:
+    """The same seed and step count give the same weights whether the steps take 0 s or a slow machine's time:
+    the reason the recipe counts steps (a time schedule on a GPU took 4x the steps and kept a worse checkpoint)."""
+    import time as time_module
+
+    import torch
+
+    config = PriorConfig(budget_s=600.0, steps=24, batch=4, patch=12, validate_every=8)
+    fast = train_prior(pairs[:2], scale=2, config=config)
+    real_step = torch.optim.Adam.step
+
+    def slow(self, *args, **kwargs):
+        time_module.sleep(0.01)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", slow)
+    slowed = train_prior(pairs[:2], scale=2, config=config)
+    assert fast.history[0]["steps"] == slowed.history[0]["steps"] == 24
+    assert fast.history[0]["best_step"] == slowed.history[0]["best_step"]
+    for key, value in fast.state_dict.items():
+        torch.testing.assert_close(slowed.state_dict[key], value, rtol=0, atol=1e-6)

@@ -125,5 +125,9 @@ def test_shipped_priors_have_a_model_card_and_load() -> None:
         assert f"{network}-x{scale}" in card
     for scale in (2, 3, 4):  # the network served at every scale starts from a shipped prior
         assert load_prior("auto", scale, SHIPPED_PRIORS) is not None, scale
+        # ... trained by the step recipe to its end, so that its recorded command gives the same prior anywhere
+        meta = json.loads((SHIPPED_PRIORS / f"fullres-x{scale}" / "card.json").read_text())
+        assert meta["schedule"] == {"steps": meta["steps"]} and meta["cut_by_budget"] is False, scale
+        assert "--budget-s" not in meta["command"], meta["command"]
     size = sum(f.stat().st_size for f in SHIPPED_PRIORS.rglob("*") if f.is_file())
     assert size < 10 * 2 ** 20, f"shipped priors take {size / 2 ** 20:.1f} MB (at most 10 MB)"
