@@ -82,12 +82,15 @@ VARIANTS: dict[str, dict] = {
     "l1-boot0.3": {"ssim_weight": 0.0, "bootstrap_fraction": 0.3},
     "lr1e-4": {"lr": 1e-4},                       # FINE_TUNE's Adam rate (2e-4) halved / doubled
     "lr4e-4": {"lr": 4e-4},
+    "sp1e-3": {"anchor_weight": 1e-3},            # L2-SP: α Σ (w − w_prior)² added to the loss
+    "sp1e-2": {"anchor_weight": 1e-2},
+    "sp1e-1": {"anchor_weight": 1e-1},
 }
 """Settings (keywords of :func:`refscope.models.prior.fine_tune`) of each variant, on top of ``FINE_TUNE``.
 Results: RESULTS.md, "Ablation: checkpoints of the fine-tune's weight average" (not kept: ``FINE_TUNE`` has no
 average), "Ablation: denoised HR targets" (not kept), "Ablation: a structural term" (kept: ``ssim_weight`` 0.01)
 and "Ablation: L1 or L2 in the fine-tune" (kept: ``loss`` L1; the bootstrap not kept); the learning rates in
-"The ΔSSIM still missing" (flat: ``lr`` 2e-4 stays). The first three were
+"The ΔSSIM still missing" (flat: ``lr`` 2e-4 stays), as L2-SP toward the prior (worse at every α: not kept). The first three were
 measured when ``FINE_TUNE`` was plain L2."""
 
 

@@ -20,7 +20,7 @@ The schedule is counted in Adam steps (``--steps auto``: :data:`RECIPE_STEPS`, w
 of the shipped priors; the last quarter of the steps at a quarter of the rate), so that a GPU or a busy machine
 trains the same recipe; ``--budget-s`` is then only a wall-clock cap (default 1,800 s; the card says
 ``cut_by_budget`` if it stopped first). ``--steps 0`` trains for ``--budget-s`` seconds instead (default 300), the
-last quarter of the *time* at the lower rate: the recipe the shipped priors were trained with.
+last quarter of the *time* at the lower rate, as the priors before this recipe were trained.
 ``--device cuda`` trains on a GPU. Writes ``<out>/<network>-x<S>/`` (the state folder
 :mod:`refscope.daemon.learn.prior_store` loads) and its ``card.json`` (data, licence, budget, steps, best checkpoint,
 device, machine). Default ``--out``: the package's shipped folder ``daemon/learn/priors``.
@@ -57,7 +57,7 @@ SSIM_WEIGHT = 0.01
 #: them (3,824 / 1,870 / 1,632, rounded; the cards say so), as a step count any device reproduces.
 RECIPE_STEPS = {2: 3800, 3: 1900, 4: 1600}
 TIME_BUDGET_S = 300.0
-"""Seconds of a time-scheduled prior (``--steps 0``): the shipped priors' recipe."""
+"""Seconds of a time-scheduled prior (``--steps 0``), as the priors before the step recipe."""
 STEP_CAP_S = 1800.0
 """Wall-clock cap of a step-scheduled prior unless ``--budget-s`` says otherwise."""
 SOURCE = ("Thermo Fisher/FEI Versa 3D, 5 kV, ETD secondary electrons, 30 us dwell; lung cells on an insert, Feb 2020; "
@@ -87,7 +87,7 @@ def recipe_steps(scale: int, steps: str | int) -> int:
     """The step count of ``--steps`` at ``scale``: ``"auto"`` -> :data:`RECIPE_STEPS`, an integer as given (0: train
     by time). Exits with a message for ``auto`` at an S the recipe has no count for."""
     if str(steps) != "auto":
-        n = int(steps)
+        n = int(steps) if str(steps).lstrip("-").isdigit() else -1
         if n < 0:
             raise SystemExit(f"--steps must be auto, 0 (train by time) or a positive count, got {steps}")
         return n

@@ -225,13 +225,16 @@ def train_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state
         spans = ([(budget_s * (1 - lr_tail), cfg.lr), (budget_s * lr_tail, cfg.lr / 4)] if lr_tail
                  else [(budget_s, cfg.lr)])
     start = time.perf_counter()
+    anchor = None
     for index, (amount, rate) in enumerate(spans):
         seconds = budget_s - (time.perf_counter() - start) if steps else amount
         if amount <= 0 or seconds <= 0:
             continue
         sub = TrainConfig(**{**cfg.__dict__, "lr": rate, "seed": cfg.seed + 1000 * index, "time_budget_s": None,
                              **({"steps": int(amount)} if steps else {})})
-        result = train(net, sub, source, init_state=state, budget_s=seconds, on_step=on_step)
+        if cfg.anchor_weight and anchor is None:  # every span pulls toward where the phase started
+            anchor = {k: v.detach().clone() for k, v in (state if state is not None else net.state_dict()).items()}
+        result = train(net, sub, source, init_state=state, budget_s=seconds, on_step=on_step, anchor=anchor)
         state = result.state_dict
         results.append(result)
     return results
@@ -275,7 +278,8 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
                 loss: str = "l1", ssim_weight: float = 0.0,
                 normalisation: Normalisation | None = None,
                 multiscale: MultiScaleConfig | None = None,
-                validation: Sequence[Region] = (), validate_every: int = 40, average: float = 0.0) -> NetFit:
+                validation: Sequence[Region] = (), validate_every: int = 40, average: float = 0.0,
+                anchor_weight: float = 0.0) -> NetFit:
     """Train ``network`` for x``scale`` within ``budget_s`` seconds: LR-only bootstrap, then fine-tune on pairs.
 
     Parameters
@@ -312,6 +316,9 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         fine-tune loss (``"l1"``). Chosen on the physical x2.4/x4.17 pairs (benchmarks/quality_net.py).
     ssim_weight : float
         Weight of a structural term added to the fine-tune loss (:func:`~refscope.models.training.ssim_loss`).
+    anchor_weight : float
+        α of the fine-tune's pull toward the weights it starts from (``init``'s, the prior's: L2-SP,
+        :attr:`~refscope.models.training.TrainConfig.anchor_weight`; 0 = off).
 
     Returns
     -------
@@ -357,7 +364,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         else:
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
         cfg = TrainConfig(strategy=strategy, loss=loss, ssim_weight=ssim_weight, patch=p, batch=batch, lr=lr,
-                          steps=10 ** 9, seed=seed + 1)
+                          steps=10 ** 9, seed=seed + 1, anchor_weight=anchor_weight)
         keeper = BestCheckpoint(net, norm, validation, scale, validate_every, average) if validation else None
         state, record = checkpointed_phase(net, cfg, source, left, state, strategy, keeper)
         history.append(record)

@@ -55,10 +55,12 @@ class TrainConfig:
     lambdas: (λ1, λ2, λ3) of eq. 16 (noise-robust only). noisier_sigma: σ of the noise that makes y', network
     units (None = the source's estimated LR noise level); each sample draws σ' = σ·U(noisier_range).
     ssim_weight: weight w of the structural term added to the loss, ``lp + w·(1 - SSIM)`` (:func:`ssim_loss`;
-    0 = off). grad_clip: max gradient norm (None = off). seed: all sampling randomness (NumPy); with the same network
-    initialisation and step count, training is reproducible. device: the torch device the steps run on
-    (``"cpu"``, ``"cuda"``, ``"cuda:1"``); patches are sampled on the CPU either way and the network is handed
-    back on the CPU.
+    0 = off). anchor_weight: weight α of ``α · Σ (w − w₀)²`` over every parameter, pulling the weights toward
+    where they started (L2-SP, Li, Grandvalet & Davoine, ICML 2018, eq. 3; w₀: :func:`train`'s ``anchor``, else
+    its starting weights; 0 = off). grad_clip: max gradient norm (None = off). seed: all sampling randomness
+    (NumPy); with the same network initialisation and step count, training is reproducible. device: the torch
+    device the steps run on (``"cpu"``, ``"cuda"``, ``"cuda:1"``); patches are sampled on the CPU either way and
+    the network is handed back on the CPU.
     """
 
     strategy: str = "real-pairs"
@@ -74,6 +76,7 @@ class TrainConfig:
     noisier_range: tuple[float, float] = (0.0, 1.0)
     lr_halve_every: int | None = None
     ssim_weight: float = 0.0
+    anchor_weight: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -88,6 +91,8 @@ class TrainConfig:
                              f"{self.steps}, {self.lr}")
         if not self.ssim_weight >= 0:
             raise ValueError(f"ssim_weight must be >= 0, got {self.ssim_weight}")
+        if not self.anchor_weight >= 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if len(self.lambdas) != 3 or min(self.lambdas) < 0:
             raise ValueError(f"lambdas must be three non-negative weights (eq. 16), got {self.lambdas}")
         low, high = self.noisier_range
@@ -354,7 +359,8 @@ def training_device(name: str) -> torch.device:
 
 def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
           init_state: dict[str, torch.Tensor] | None = None, budget_s: float | None = None,
-          on_step: Callable[[int, float], bool | None] | None = None) -> TrainResult:
+          on_step: Callable[[int, float], bool | None] | None = None,
+          anchor: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train ``network`` in place with Adam on patches from ``data_source``; returns its final weights.
 
     Parameters
@@ -372,6 +378,8 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
         Wall-clock limit in seconds, overriding ``config.time_budget_s``.
     on_step : callable, optional
         ``on_step(step, loss)`` after every step; returning True stops training (e.g. a cancel request).
+    anchor : dict, optional
+        The weights w₀ that ``config.anchor_weight`` pulls toward (default: the weights training starts from).
 
     Returns
     -------
@@ -395,6 +403,7 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
     sigma = data_source.noise_sigma if config.noisier_sigma is None else float(config.noisier_sigma)
     network.to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
+    anchored = _anchor_pairs(network, anchor, device) if config.anchor_weight else []
     losses: list[float] = []
     network.train()
     start = time.perf_counter()
@@ -418,6 +427,8 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
                 loss = lp_loss(out, target, p)
                 if config.ssim_weight:
                     loss = loss + config.ssim_weight * ssim_loss(out, target)
+            if anchored:
+                loss = loss + config.anchor_weight * sum(((w - w0) ** 2).sum() for w, w0 in anchored)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -431,6 +442,16 @@ def train(network: nn.Module, config: TrainConfig, data_source: PatchSource, *,
         network.to("cpu")
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     return TrainResult(state, len(losses), tuple(losses), time.perf_counter() - start)
+
+
+def _anchor_pairs(network: nn.Module, anchor: dict[str, torch.Tensor] | None,
+                  device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, its anchor value on ``device``) for every trainable parameter of ``network``."""
+    params = dict(network.named_parameters())
+    if anchor is not None and not set(params) <= set(anchor):
+        raise ValueError(f"the anchor lacks the network's parameters {sorted(set(params) - set(anchor))}")
+    source = anchor if anchor is not None else {k: v.detach() for k, v in params.items()}
+    return [(w, source[k].detach().to(device).clone()) for k, w in params.items() if w.requires_grad]
 
 
 def predict(network: nn.Module, lr: np.ndarray, normalisation: Normalisation) -> np.ndarray:

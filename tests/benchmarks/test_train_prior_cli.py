@@ -1,5 +1,5 @@
 """``benchmarks/train_prior.py``'s schedule options: the recipe counts Adam steps per S (``--steps auto``), the
-budget is then only a cap, and ``--steps 0`` keeps the time schedule of the shipped priors' earlier recipe."""
+budget is then only a cap, and ``--steps 0`` keeps the time schedule of the earlier recipe."""
 from __future__ import annotations
 
 import sys
@@ -39,7 +39,8 @@ def test_steps_zero_trains_by_time_and_a_given_budget_is_kept(calls) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [(["--scales", "5"], "no step count for x5"),
-                                           (["--scales", "2", "--steps", "-3"], "--steps must be")])
+                                           (["--scales", "2", "--steps", "-3"], "--steps must be"),
+                                           (["--scales", "2", "--steps", "many"], "--steps must be")])
 def test_a_scale_without_a_recipe_or_a_negative_count_is_refused(calls, argv, message) -> None:
     with pytest.raises(SystemExit, match=message):
         train_prior.main(argv)

@@ -281,3 +281,52 @@ def test_predict_returns_caller_units(rng):
     out = predict(small_net(3), lr, norm)                      # untrained = bicubic
     assert out.shape == (45, 51) and out.dtype == np.float64
     np.testing.assert_allclose(out, upsample_bicubic(lr, 3), atol=1e-3)
+
+
+def _distance(state: dict, start: dict) -> float:
+    return float(sum(((state[k] - start[k]) ** 2).sum() for k in start))
+
+
+def test_the_anchor_term_holds_the_weights_near_where_they_started(rng):
+    """L2-SP: α Σ (w − w₀)² is added to the loss (its value at the start is 0, so the first loss is the same), and
+    a strong α keeps the trained weights far closer to w₀ than training without it; a given anchor is the w₀."""
+    source = _sources(rng)["real-pairs"]
+    start = {k: v.detach().clone() for k, v in small_net().named_parameters()}
+    runs = {}
+    for alpha in (0.0, 10.0):
+        config = TrainConfig(strategy="real-pairs", patch=12, batch=4, steps=40, lr=3e-3, seed=1, anchor_weight=alpha)
+        runs[alpha] = train(small_net(), config, source)
+    assert runs[10.0].losses[0] == pytest.approx(runs[0.0].losses[0])
+    free, held = _distance(runs[0.0].state_dict, start), _distance(runs[10.0].state_dict, start)
+    assert held < 0.2 * free, (held, free)
+    # anchored elsewhere: the weights are pulled away from where they started, toward that anchor
+    elsewhere = {k: v + 0.05 for k, v in start.items()}
+    pulled = train(small_net(), TrainConfig(strategy="real-pairs", patch=12, batch=4, steps=40, lr=3e-3, seed=1,
+                                            anchor_weight=10.0), source, anchor=elsewhere)
+    assert _distance(pulled.state_dict, elsewhere) < _distance(start, elsewhere)
+    with pytest.raises(ValueError, match="anchor_weight"):
+        TrainConfig(anchor_weight=-1.0)
+    with pytest.raises(ValueError, match="lacks"):
+        train(small_net(), TrainConfig(patch=12, steps=1, anchor_weight=1.0), source, anchor={})
+
+
+def test_a_two_span_phase_pulls_toward_where_the_phase_started(rng, monkeypatch):
+    """train_phase's lower-rate span starts from the first span's weights but keeps the phase's start as w₀."""
+    from refscope.models import net_fit
+
+    source = _sources(rng)["real-pairs"]
+    net = small_net()
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    anchors = []
+    real = net_fit.train
+
+    def spy(*args, anchor=None, **kwargs):
+        anchors.append(anchor)
+        return real(*args, anchor=anchor, **kwargs)
+
+    monkeypatch.setattr(net_fit, "train", spy)
+    cfg = TrainConfig(strategy="real-pairs", patch=12, batch=4, lr=1e-3, anchor_weight=1.0)
+    results = net_fit.train_phase(net, cfg, source, 60.0, None, steps=8)
+    assert [r.steps for r in results] == [6, 2] and len(anchors) == 2 and anchors[0] is anchors[1]
+    for key, value in start.items():
+        torch.testing.assert_close(anchors[1][key], value)
