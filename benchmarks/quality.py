@@ -86,15 +86,20 @@ BM3D_MULT = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 # ------------------------------------------------------------------------------------------------ data
-def scored_subimages(p: LoadedPair, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The right column's 3 (LR subimage, HR reference) of the overlap at ``scale``."""
+def column_subimages(p: LoadedPair, scale: int, column: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 3 (LR subimage, HR reference) of ``column`` (0..COLS-1) of the overlap's 3x4 split at ``scale``."""
     box = p.boxes[scale]
     (y0, _), (x0, _) = box
     ys, xs = split_subimages(box)
-    c = COLS - 1
+    c = column
     return [(p.lr[ys[r]:ys[r + 1], xs[c]:xs[c + 1]],
              p.grids[scale][(ys[r] - y0) * scale:(ys[r + 1] - y0) * scale, (xs[c] - x0) * scale:(xs[c + 1] - x0) * scale])
             for r in range(ROWS)]
+
+
+def scored_subimages(p: LoadedPair, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The right column's 3 (LR subimage, HR reference) of the overlap at ``scale``."""
+    return column_subimages(p, scale, COLS - 1)
 
 
 def choose(candidates: dict, validation, scale: int):

@@ -25,10 +25,10 @@ from skimage.registration import phase_cross_correlation
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from quality import scored_subimages  # noqa: E402
-from sem_pairs import SCORED, load_pair  # noqa: E402
+from quality import column_subimages, scored_subimages  # noqa: E402
+from sem_pairs import SCORED, LoadedPair, load_pair  # noqa: E402
 
-from refscope.models.evaluation import COLS, ROWS, split_subimages  # noqa: E402
+from refscope.models.evaluation import COLS, ROWS  # noqa: E402
 from refscope.models.image_ops import upsample_bicubic  # noqa: E402
 from refscope.models.metrics import score_all  # noqa: E402
 
@@ -40,31 +40,25 @@ def clean_lr(hr_grid: np.ndarray, scale: int, lr_shape: tuple[int, int]) -> np.n
     return blurred[centre::scale, centre::scale][: lr_shape[0], : lr_shape[1]]
 
 
-def headroom(name: str) -> tuple[int, float, float]:
-    """(S, mean ΔPSNR dB, mean ΔSSIM) of bicubic of the clean LR over bicubic of the real LR, scored quarter."""
-    p = load_pair(name)
+def headroom(p: LoadedPair) -> tuple[float, float]:
+    """(mean ΔPSNR dB, mean ΔSSIM) of bicubic of the clean LR over bicubic of the real LR, scored quarter."""
     deltas = []
     for lr, ref in scored_subimages(p, p.scale):
         base = score_all(ref, upsample_bicubic(lr, p.scale))
         bound = score_all(ref, upsample_bicubic(clean_lr(ref, p.scale, lr.shape), p.scale))
         deltas.append((bound.psnr - base.psnr, bound.ssim - base.ssim))
-    return p.scale, float(np.mean([d[0] for d in deltas])), float(np.mean([d[1] for d in deltas]))
+    return float(np.mean([d[0] for d in deltas])), float(np.mean([d[1] for d in deltas]))
 
 
-def local_shifts(name: str) -> np.ndarray:
+def local_shifts(p: LoadedPair) -> np.ndarray:
     """(ROWS, COLS, 2) shift in fine px of the HR against bicubic(LR) in every subimage of the overlap."""
-    p = load_pair(name)
     s = p.scale
-    box = p.boxes[s]
-    (y0, _), (x0, _) = box
-    ys, xs = split_subimages(box)
     out = np.zeros((ROWS, COLS, 2))
-    for r in range(ROWS):
-        for c in range(COLS):
-            lr = p.lr[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].astype(np.float64)
-            hr = p.grids[s][(ys[r] - y0) * s:(ys[r + 1] - y0) * s, (xs[c] - x0) * s:(xs[c + 1] - x0) * s]
+    for c in range(COLS):
+        for r, (lr, hr) in enumerate(column_subimages(p, s, c)):
             shift, _, _ = phase_cross_correlation(ndimage.gaussian_filter(hr.astype(np.float64), s / 2),
-                                                  upsample_bicubic(lr, s), upsample_factor=20, normalization=None)
+                                                  upsample_bicubic(lr.astype(np.float64), s), upsample_factor=20,
+                                                  normalization=None)
             out[r, c] = shift
     return out
 
@@ -73,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", help="comma-separated pair names (default: the six scored pairs)")
     args = parser.parse_args(argv)
-    names = args.pairs.split(",") if args.pairs else list(SCORED)
+    pairs = {name: load_pair(name) for name in (args.pairs.split(",") if args.pairs else SCORED)}
     print("| pair | S | clean LR, bicubic: ΔPSNR dB | ΔSSIM |\n|---|---|---|---|")
-    for name in names:
-        s, d_psnr, d_ssim = headroom(name)
-        print(f"| {name} | {s} | {d_psnr:+.2f} | {d_ssim:+.4f} |", flush=True)
+    for name, p in pairs.items():
+        d_psnr, d_ssim = headroom(p)
+        print(f"| {name} | {p.scale} | {d_psnr:+.2f} | {d_ssim:+.4f} |", flush=True)
     print(f"\nlocal shift (dy, dx) fine px per subimage, rows top to bottom, column {COLS} scored:")
-    for name in names:
-        shifts = local_shifts(name)
+    for name, p in pairs.items():
+        shifts = local_shifts(p)
         print(f"{name}: max |shift| {np.abs(shifts).max():.2f} px, scored column max "
               f"{np.abs(shifts[:, -1]).max():.2f} px")
         for row in shifts:

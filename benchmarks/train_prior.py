@@ -87,7 +87,10 @@ def recipe_steps(scale: int, steps: str | int) -> int:
     """The step count of ``--steps`` at ``scale``: ``"auto"`` -> :data:`RECIPE_STEPS`, an integer as given (0: train
     by time). Exits with a message for ``auto`` at an S the recipe has no count for."""
     if str(steps) != "auto":
-        n = int(steps) if str(steps).lstrip("-").isdigit() else -1
+        try:
+            n = int(steps)
+        except ValueError:
+            n = -1
         if n < 0:
             raise SystemExit(f"--steps must be auto, 0 (train by time) or a positive count, got {steps}")
         return n
@@ -172,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Adam steps per scale: auto (the recipe's count at each S, RECIPE_STEPS), N, or 0 to "
                              "train for --budget-s seconds")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help=f"with --steps 0: training seconds per scale (default {TIME_BUDGET_S:g}, the shipped "
-                             f"priors' recipe on one CPU thread); otherwise a wall-clock cap (default "
+                        help=f"with --steps 0: training seconds per scale (default {TIME_BUDGET_S:g}, as the priors "
+                             f"before the step recipe); otherwise a wall-clock cap (default "
                              f"{STEP_CAP_S:g})")
     parser.add_argument("--exclude", default="", help="comma-separated pairs a leave-one-out prior must not see")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -225,15 +225,15 @@ def train_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float, state
         spans = ([(budget_s * (1 - lr_tail), cfg.lr), (budget_s * lr_tail, cfg.lr / 4)] if lr_tail
                  else [(budget_s, cfg.lr)])
     start = time.perf_counter()
-    anchor = None
+    # L2-SP: every span pulls toward where the phase started, not where the span did
+    anchor = ({k: v.detach().clone() for k, v in (state if state is not None else net.state_dict()).items()}
+              if cfg.anchor_weight else None)
     for index, (amount, rate) in enumerate(spans):
         seconds = budget_s - (time.perf_counter() - start) if steps else amount
         if amount <= 0 or seconds <= 0:
             continue
         sub = TrainConfig(**{**cfg.__dict__, "lr": rate, "seed": cfg.seed + 1000 * index, "time_budget_s": None,
                              **({"steps": int(amount)} if steps else {})})
-        if cfg.anchor_weight and anchor is None:  # every span pulls toward where the phase started
-            anchor = {k: v.detach().clone() for k, v in (state if state is not None else net.state_dict()).items()}
         result = train(net, sub, source, init_state=state, budget_s=seconds, on_step=on_step, anchor=anchor)
         state = result.state_dict
         results.append(result)
