@@ -212,7 +212,7 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
 
     from refscope.daemon.learn.prior_store import load_prior
     from refscope.models.net_blend import choose_baseline_share, choose_blend, companion_kwargs
-    from refscope.models.net_fit import net_predictor
+    from refscope.models.net_fit import largest_ensemble, net_predictor
     from refscope.models.peers import tuned_blur
     from refscope.models.prior import fine_tune, frame_normalisation
 
@@ -243,7 +243,8 @@ def our_models(p: LoadedPair, scale: int, priors_root: Path, budget_s: float, se
     predictors.setdefault(network_name, predictors["prior+ft+net+base"])
     name, val = choose({"bicubic": lambda x: upsample_bicubic(x, scale), "paired": predictors["paired"],
                         network_name: predictors[network_name]}, validation, scale)
-    passes = ensembles[("blend" if weight else "network") + ("+base" if share else "")]
+    passes = min(ensembles[("blend" if weight else "network") + ("+base" if share else "")],
+                 largest_ensemble(network))  # the passes that fit the serving budget, of those the network allows
     served = f"{name}×{passes}" if name.startswith("prior+ft") and passes > 1 else name
     if served not in predictors and name != "bicubic":
         predictors[served] = partial(ensemble_run, predictors[name], n=passes, align=2)

@@ -48,6 +48,7 @@ from sem_pairs import load_pair, load_subsampled_pairs, prior_pairs, subsampled_
 from refscope.daemon.atomic import atomic_write_json  # noqa: E402
 from refscope.daemon.state.net_store import save_net  # noqa: E402
 from refscope.models.prior import PriorConfig, PriorPair, ScanDegradation, scanned_pair, train_prior  # noqa: E402
+from refscope.models.training import AUGMENTATIONS  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "daemon" / "learn" / "priors"
 #: w of the structural term L2 + w (1 − SSIM) of the shipped priors: chosen on the leave-one-out priors' validation
@@ -103,7 +104,7 @@ def recipe_steps(scale: int, steps: str | int) -> int:
 def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed: int = 0,
                 network: str = "auto", device: str = "cpu", unpaired: Path | None = None,
                 unpaired_crop: int = 96, ssim_weight: float = SSIM_WEIGHT, subsample_lr: int = 0,
-                loss: str = "l2", steps: int = 0) -> Path:
+                loss: str = "l2", steps: int = 0, augment: str = "dihedral") -> Path:
     names = prior_pairs(scale, exclude)
     if not names:
         raise SystemExit(f"no pair allows x{scale} once {exclude} and the pairs sharing their frames are left out")
@@ -130,7 +131,8 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
     print(f"x{scale}: training {network} on {', '.join(names + subsampled)} for {schedule}", flush=True)
     fit = train_prior(pairs, scale=scale, config=PriorConfig(budget_s=budget_s, steps=steps, seed=seed,
                                                                   network=network, device=device,
-                                                                  ssim_weight=ssim_weight, loss=loss))
+                                                                  ssim_weight=ssim_weight, loss=loss,
+                                                                  augment=augment))
     folder = out / f"{fit.network}-x{scale}"
     save_net(folder, fit, sources=files)
     card = {"network": fit.network, "scale": scale, "pairs": names, "excluded": exclude, "data": SOURCE,
@@ -145,7 +147,7 @@ def train_scale(scale: int, budget_s: float, exclude: list[str], out: Path, seed
             "unpaired_frames": scanned,
             "loss": f"{loss.upper()} against the noisy HR grid (Noise2Noise)" + (f" + {ssim_weight:g} (1 - SSIM)"
                                                                               if ssim_weight else ""),
-            "budget_s": budget_s, "schedule": fit.history[0]["schedule"],
+            "augment": augment, "budget_s": budget_s, "schedule": fit.history[0]["schedule"],
             "cut_by_budget": fit.history[0].get("cut_by_budget", False),
             "steps": fit.history[0]["steps"], "seconds": round(fit.history[0]["seconds"], 1), "seed": seed,
             "best_step": fit.history[0].get("best_step"),
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the K x K LR sub-grids of pairs too coarse for S (0: none)")
     parser.add_argument("--loss", choices=("l2", "l1"), default="l2",
                         help="the pixel loss against the noisy HR (default l2, as the shipped priors)")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="dihedral",
+                        help="random transforms of the patch pairs (default dihedral, as the shipped priors; "
+                             "none: the scans' own orientation)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     exclude = [e for e in args.exclude.split(",") if e]
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = recipe_steps(scale, args.steps)
         budget_s = args.budget_s if args.budget_s is not None else (STEP_CAP_S if steps else TIME_BUDGET_S)
         train_scale(scale, budget_s, exclude, args.out, args.seed, args.network, args.device, args.unpaired,
-                    args.unpaired_crop, args.ssim_weight, args.subsample_lr, args.loss, steps)
+                    args.unpaired_crop, args.ssim_weight, args.subsample_lr, args.loss, steps, args.augment)
     return 0
 
 

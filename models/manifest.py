@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RefscopeModelError
+from .self_ensemble import ENSEMBLE_SIZES as _ENSEMBLE_SIZES
 
 __all__ = ["ManifestError", "ModelManifest", "KNOWN_KINDS", "MANIFEST_SCHEMA", "utc_now_iso"]
 
@@ -127,11 +128,16 @@ class ModelManifest:
         Tile windows must start at multiples of this many input px for the model to see the grid an untiled
         call sees (a stride-2 head: 2; window attention of side M: M; the paired library's query lattice:
         ``stride / gcd(S, stride)``; 1: any origin). ``None``: not known (as ``halo``).
+    max_ensemble : int or None
+        The most geometric self-ensemble passes the model may be served with (1, 2, 4 or 8,
+        :data:`refscope.models.self_ensemble.ENSEMBLE_SIZES`): a network trained on the scan's own orientation
+        is not symmetric under flips, and averaging flipped passes would undo what it learned (1).
+        ``None``: no limit recorded (models exported before it was recorded: any).
 
     Notes
     -----
-    ``halo`` and ``align`` are written by :meth:`to_dict` only when known, so a manifest without them reads and
-    writes exactly as before they existed.
+    ``halo``, ``align`` and ``max_ensemble`` are written by :meth:`to_dict` only when known, so a manifest without
+    them reads and writes exactly as before they existed.
     """
 
     kind: str
@@ -146,6 +152,7 @@ class ModelManifest:
     workspace_bytes_per_px: float | None = None
     halo: int | None = None
     align: int | None = None
+    max_ensemble: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
@@ -191,6 +198,11 @@ class ModelManifest:
                 if not _is_int(value) or value < least:
                     raise ManifestError(f"{name}: must be an integer >= {least} (input px) or null, got {value!r}")
                 object.__setattr__(self, name, int(value))
+        if self.max_ensemble is not None:
+            if not _is_int(self.max_ensemble) or self.max_ensemble not in _ENSEMBLE_SIZES:
+                raise ManifestError(f"max_ensemble: must be one of {', '.join(map(str, _ENSEMBLE_SIZES))} or null, "
+                                    f"got {self.max_ensemble!r}")
+            object.__setattr__(self, "max_ensemble", int(self.max_ensemble))
 
     # -- views -----------------------------------------------------------------------------------------------
 
@@ -218,7 +230,7 @@ class ModelManifest:
         for f in fields(self):
             out[f.name] = getattr(self, f.name)
         out["validation"] = self.validation_dict()
-        for name in ("halo", "align"):  # unknown: left out, as manifests written before these keys existed
+        for name in ("halo", "align", "max_ensemble"):  # unknown: left out, as manifests written before them
             if out[name] is None:
                 del out[name]
         return out

@@ -36,12 +36,14 @@ from .metrics import QualityScores, fit_intensity_coefficients, foreground_mask,
 from .networks import build_network, resolve_network
 from .promotion import held_out_delta_psnr
 from .registration import PairGeometry
-from .training import (Normalisation, PatchSource, TrainConfig, export_network, make_lr_only_dataset,
-                       make_real_pair_dataset, make_synthetic_dataset, predict, train, warm_start)
+from .self_ensemble import ENSEMBLE_SIZES, ensemble_for_augmentation
+from .training import (Normalisation, PatchSource, TrainConfig, augmentation_name, export_network,
+                       make_lr_only_dataset, make_real_pair_dataset, make_synthetic_dataset, predict, train,
+                       warm_start)
 
 __all__ = ["NET_STRATEGIES", "NetFit", "fit_network", "net_predictor", "default_patch", "score_predictors",
            "subimage_categories", "PooledSource", "lr_only_config", "standard_evaluation", "StandardScore",
-           "export_netfit", "train_phase", "phase_record", "BestCheckpoint", "checkpointed_phase"]
+           "export_netfit", "largest_ensemble", "train_phase", "phase_record", "BestCheckpoint", "checkpointed_phase"]
 
 NET_STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -80,8 +82,29 @@ def net_predictor(fit: NetFit, *, threads: int | None = None) -> Predictor:
 
 
 def export_netfit(fit: NetFit, **manifest_fields):
-    """ONNX bytes and :class:`~refscope.models.manifest.ModelManifest` of a fitted network."""
+    """ONNX bytes and :class:`~refscope.models.manifest.ModelManifest` of a fitted network; the manifest's
+    ``max_ensemble`` is :func:`largest_ensemble` of the fit."""
+    manifest_fields.setdefault("max_ensemble", largest_ensemble(fit))
     return export_network(fit.build(), fit.normalisation, kind=fit.network, **manifest_fields)
+
+
+def largest_ensemble(fit: NetFit) -> int:
+    """The most self-ensemble passes (:data:`~refscope.models.self_ensemble.ENSEMBLE_SIZES`) under which ``fit``
+    is still the model it was trained to be: the transforms its last training phase saw
+    (:func:`~refscope.models.self_ensemble.ensemble_for_augmentation` of the phase's ``augment``; phases recorded
+    before refscope recorded it were dihedral), the smallest over a blend's members. A network fitted on the
+    scan's own orientation (``augment="none"``) serves in 1 pass."""
+    if fit.network == "blend":
+        return min(_history_ensemble(record.get("phases") or []) for record in fit.history
+                   if isinstance(record, dict)) if fit.history else ENSEMBLE_SIZES[-1]
+    return _history_ensemble(fit.history)
+
+
+def _history_ensemble(history: Sequence[Mapping]) -> int:
+    trained = [record for record in history if isinstance(record, Mapping) and record.get("steps")]
+    if not trained:  # no training recorded (a fixed filter such as the safe baseline): every transform holds
+        return ENSEMBLE_SIZES[-1]
+    return ensemble_for_augmentation(str(trained[-1].get("augment", "dihedral")))
 
 
 class PooledSource(PatchSource):
@@ -253,7 +276,7 @@ def checkpointed_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float
     results = train_phase(net, cfg, source, budget_s, state, on_step=keeper.on_step if keeper else None,
                           steps=steps)
     state = results[-1].state_dict if results else state
-    record = phase_record(strategy, results)
+    record = phase_record(strategy, results) | {"augment": augmentation_name(cfg.augment)}
     if keeper is not None:
         keeper.consider(record["steps"])
         state = keeper.state
@@ -279,7 +302,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
                 normalisation: Normalisation | None = None,
                 multiscale: MultiScaleConfig | None = None,
                 validation: Sequence[Region] = (), validate_every: int = 40, average: float = 0.0,
-                anchor_weight: float = 0.0) -> NetFit:
+                anchor_weight: float = 0.0, augment: bool | str = "dihedral") -> NetFit:
     """Train ``network`` for x``scale`` within ``budget_s`` seconds: LR-only bootstrap, then fine-tune on pairs.
 
     Parameters
@@ -319,6 +342,9 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
     anchor_weight : float
         α of the fine-tune's pull toward the weights it starts from (``init``'s, the prior's: L2-SP,
         :attr:`~refscope.models.training.TrainConfig.anchor_weight`; 0 = off).
+    augment : bool or str
+        The random transforms of the fine-tune's patch pairs (:data:`~refscope.models.training.AUGMENTATIONS`;
+        ``"flips"`` keeps the scan's axes).
 
     Returns
     -------
@@ -364,7 +390,7 @@ def fit_network(lr_frames: Sequence[np.ndarray], regions: Sequence[Region], *, s
         else:
             source = make_real_pair_dataset(regions, scale, p, normalisation=norm, intensity_fit=False)
         cfg = TrainConfig(strategy=strategy, loss=loss, ssim_weight=ssim_weight, patch=p, batch=batch, lr=lr,
-                          steps=10 ** 9, seed=seed + 1, anchor_weight=anchor_weight)
+                          steps=10 ** 9, seed=seed + 1, anchor_weight=anchor_weight, augment=augment)
         keeper = BestCheckpoint(net, norm, validation, scale, validate_every, average) if validation else None
         state, record = checkpointed_phase(net, cfg, source, left, state, strategy, keeper)
         history.append(record)

@@ -315,6 +315,7 @@ def export_torch_module(
     workspace_bytes_per_px: float | None = None,
     halo: int | None = None,
     align: int | None = None,
+    max_ensemble: int | None = None,
 ) -> tuple[bytes, ModelManifest]:
     """Export a PyTorch upscaler to ONNX with dynamic N, H and W axes.
 
@@ -337,6 +338,8 @@ def export_torch_module(
     halo, align : int, optional
         The module's receptive radius and tile alignment, input px (manifest fields); default: the module's own
         ``halo`` / ``align`` attributes (every refscope network and the paired library have them), else unknown.
+    max_ensemble : int, optional
+        The most self-ensemble passes the model may be served with (manifest field; None: no limit recorded).
     sample_shape : tuple of int
         (H, W) of the tracing sample, in pixels. Any size the module accepts; avoid 1, which the
         tracer may treat as a broadcastable constant. The default 16 x 16 suits convolution networks.
@@ -371,6 +374,7 @@ def export_torch_module(
                                 or conv_workspace_bytes_per_px(module, scale)),
         halo=halo if halo is not None else getattr(module, "halo", None),
         align=align if align is not None else getattr(module, "align", None),
+        max_ensemble=max_ensemble,
     )
     if not isinstance(module, torch.nn.Module):
         raise OnnxModelError(f"expected a torch.nn.Module, got {type(module).__name__}", reason="export")

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Dihedral", "DIHEDRAL", "ENSEMBLE_SIZES", "ensemble_run", "ensemble_size_for"]
+__all__ = ["Dihedral", "DIHEDRAL", "ENSEMBLE_SIZES", "ensemble_for_augmentation", "ensemble_run",
+           "ensemble_size_for"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,21 @@ DIHEDRAL: tuple[Dihedral, ...] = (
 
 ENSEMBLE_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 """Ensemble sizes offered: prefixes of :data:`DIHEDRAL`."""
+
+
+_ENSEMBLE_FOR_AUGMENTATION = {"dihedral": 8, "flips": 4, "none": 1}
+
+
+def ensemble_for_augmentation(augment: str) -> int:
+    """The largest prefix of :data:`DIHEDRAL` a network trained with ``augment``
+    (:data:`refscope.models.training.AUGMENTATIONS`) is symmetric under: 8 for ``"dihedral"``, 4 (both flips, no
+    transpose) for ``"flips"``, 1 for ``"none"`` -- a network that learned the scan's own orientation would have
+    what it learned undone by a flipped pass."""
+    try:
+        return _ENSEMBLE_FOR_AUGMENTATION[augment]
+    except KeyError:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of "
+                         f"{', '.join(_ENSEMBLE_FOR_AUGMENTATION)}") from None
 
 
 def ensemble_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, n: int, *, align: int = 1) -> np.ndarray:

@@ -36,12 +36,14 @@ from .metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, SSIM_WINDOW, fit
 from .normalisation import Normalisation
 from .noise import estimate_noise_sigma
 
-__all__ = ["STRATEGIES", "Normalisation", "TrainConfig", "TrainResult", "training_device", "PatchSource",
-           "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss", "ssim_loss",
+__all__ = ["STRATEGIES", "AUGMENTATIONS", "augmentation_name", "Normalisation", "TrainConfig", "TrainResult",
+           "training_device", "PatchSource", "make_real_pair_dataset", "make_lr_only_dataset", "make_synthetic_dataset", "lp_loss", "ssim_loss",
            "noise_robust_loss", "train", "warm_start",
            "predict", "export_network"]
 
 STRATEGIES = ("real-pairs", "noise-robust", "lr-only", "synthetic")
+AUGMENTATIONS = ("dihedral", "flips", "none")
+"""Random transforms of each training patch pair (:class:`TrainConfig` ``augment``)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ class TrainConfig:
     strategy: one of :data:`STRATEGIES`. loss: ``"l1"`` or ``"l2"`` (mean |e|^p per pixel). patch: LR patch
     side p (targets are S·p). batch: patches per step. lr: Adam learning rate, halved every ``lr_halve_every``
     steps (None = constant). steps: maximum steps; time_budget_s: maximum seconds (None = no limit; the first
-    limit reached stops training). augment: random flips and 90° rotations (the 8 dihedral transforms).
+    limit reached stops training). augment: one of :data:`AUGMENTATIONS` -- ``"dihedral"`` (or True): random flips
+    and 90° rotations (the 8 dihedral transforms); ``"flips"``: flips of y and/or x only (4 transforms; the scan's
+    fast axis stays the x axis, so direction-dependent blur and noise of a raster scan are learned as such);
+    ``"none"`` (or False): none.
     lambdas: (λ1, λ2, λ3) of eq. 16 (noise-robust only). noisier_sigma: σ of the noise that makes y', network
     units (None = the source's estimated LR noise level); each sample draws σ' = σ·U(noisier_range).
     ssim_weight: weight w of the structural term added to the loss, ``lp + w·(1 - SSIM)`` (:func:`ssim_loss`;
@@ -70,7 +75,7 @@ class TrainConfig:
     lr: float = 5e-4
     steps: int = 2000
     time_budget_s: float | None = None
-    augment: bool = True
+    augment: bool | str = "dihedral"
     lambdas: tuple[float, float, float] = (1.0, 1.0, 1.0)
     noisier_sigma: float | None = None
     noisier_range: tuple[float, float] = (0.0, 1.0)
@@ -91,6 +96,7 @@ class TrainConfig:
                              f"{self.steps}, {self.lr}")
         if not self.ssim_weight >= 0:
             raise ValueError(f"ssim_weight must be >= 0, got {self.ssim_weight}")
+        augmentation_name(self.augment)
         if not self.anchor_weight >= 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if len(self.lambdas) != 3 or min(self.lambdas) < 0:
@@ -111,10 +117,24 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------ sources
-def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
-    x, y = np.rot90(x, k), np.rot90(y, k)
-    return (x[:, ::-1], y[:, ::-1]) if flip else (x, y)
+def augmentation_name(augment: bool | str) -> str:
+    """The :data:`AUGMENTATIONS` entry ``augment`` names (True = ``"dihedral"``, False = ``"none"``)."""
+    name = {True: "dihedral", False: "none"}.get(augment, augment) if isinstance(augment, bool) else augment
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augment must be True, False or one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
+    return name
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """One random transform of ``mode`` (``"dihedral"`` or ``"flips"``) applied to the input and target alike."""
+    if mode == "dihedral":
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x, y = np.rot90(x, k), np.rot90(y, k)
+        return (x[:, ::-1], y[:, ::-1]) if flip else (x, y)
+    flip_y, flip_x = bool(rng.integers(2)), bool(rng.integers(2))
+    if flip_y:
+        x, y = x[::-1], y[::-1]
+    return (x[:, ::-1], y[:, ::-1]) if flip_x else (x, y)
 
 
 class PatchSource:
@@ -131,12 +151,14 @@ class PatchSource:
     def _pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def sample(self, batch: int, rng: np.random.Generator, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, batch: int, rng: np.random.Generator, augment: bool | str = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        mode = augmentation_name(augment)
         xs, ys = [], []
         for _ in range(batch):
             x, y = self._pair(rng)
-            if augment:
-                x, y = _augment(x, y, rng)
+            if mode != "none":
+                x, y = _augment(x, y, rng, mode)
             xs.append(x)
             ys.append(y)
         return (np.ascontiguousarray(np.stack(xs)[:, None], dtype=np.float32),

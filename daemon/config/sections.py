@@ -196,7 +196,9 @@ class ServeConfig:
             (shares: README, "Memory").
         self_ensemble: passes of a served network over flipped and rotated copies of the frame, averaged
             (:mod:`refscope.models.self_ensemble`): 1, 2, 4 or 8; 0: the most that keep one frame within
-            ``frame_budget_s``, from the time the network took on the previous frames.
+            ``frame_budget_s``, from the time the network took on the previous frames. Either way no more than
+            the network allows (its manifest's ``max_ensemble``: 1 for a network fine-tuned on the scan's own
+            orientation, which flipped passes would undo).
         frame_budget_s: seconds one served frame may take for the network's passes when ``self_ensemble`` is 0
             (> 0).
         prior: before anything is learned from the session, serve the pretrained EM prior shipped for the scale
@@ -225,7 +227,8 @@ class ServeConfig:
         "frame served are derived from it."))
     self_ensemble: int = field(default=0, metadata=field_doc(
         "Passes of a served network over flipped and rotated copies of each frame, averaged (1, 2, 4 or 8); "
-        "0: as many as keep a frame within frame_budget_s."))
+        "0: as many as keep a frame within frame_budget_s. Never more than the network allows (1 for one "
+        "fine-tuned on the scan's own orientation)."))
     frame_budget_s: float = field(default=0.5, metadata=field_doc(
         "Seconds the network's passes may take per frame when self_ensemble is 0 (> 0)."))
     prior: bool = field(default=True, metadata=field_doc(

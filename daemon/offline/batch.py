@@ -44,7 +44,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,7 @@ def load_batch_model(state_dir: str | Path, method: str | None, *,
     label = f"best = {resolved}" if requested == "best" else resolved
     log.info("%s: batch serves %s (requested %s)", folder, resolved, requested)
     if resolved == "net":
-        return replace(served_net(folder), ensemble=self_ensemble), label
+        return served_net(folder).asked_ensemble(self_ensemble, log), label
     from ..state.model_store import load_model
     from ..state.net_store import load_served
     from ..state.store import has_state

@@ -22,7 +22,6 @@ import argparse
 import logging
 import math
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -426,7 +425,7 @@ def enhance_runner(state_dir: str | Path, method: str, *,
     if not folder.is_dir():
         raise StateError(f"{folder}: no such state folder; create one with `refscope fit LR.tif HR.tif -o {folder}`")
     if method == "net":
-        served = replace(served_net(folder), ensemble=self_ensemble)
+        served = served_net(folder).asked_ensemble(self_ensemble, log)
         return None, model_runner(served), served.scale, method
     if method == "bicubic" and not has_state(folder, "library") and has_net(folder):
         scale = load_served(folder)[1].scale

@@ -275,7 +275,7 @@ class ServingEngine:
             name, backend = "bicubic", "bicubic"  # every method maps a constant frame to itself
         served = self._model(state, name, backend)
         if name == "net":  # the prior runs one pass: it serves while the session learns, and must leave it the CPU
-            served = replace(served, ensemble=self._ensemble_for(array.shape, served.scale))
+            served = served.with_ensemble(self._ensemble_for(array.shape, served.scale))
         try:
             out = self._run_prior(served, array) if name == "prior" else self._run(served, array)
         except Exception as exc:  # noqa: BLE001 - one failed inference of the paired model: fall back for this frame
@@ -318,7 +318,8 @@ class ServingEngine:
 
     def _ensemble_for(self, shape: tuple[int, int], scale: int) -> int:
         """Self-ensemble size of the network on a frame of ``shape``: ``serve.self_ensemble`` when set, else the
-        most passes that fit ``serve.frame_budget_s`` at the pass time of the latest frames (1 before any)."""
+        most passes that fit ``serve.frame_budget_s`` at the pass time of the latest frames (1 before any); the
+        network's own :attr:`~.served_model.ServedModel.max_ensemble` caps either."""
         fixed = self.serve_config.self_ensemble
         if fixed:
             return fixed

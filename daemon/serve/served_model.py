@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import json
+import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -114,6 +115,29 @@ class ServedModel:
         return state
 
     # ------------------------------------------------------------------------------------------ what it is
+    @property
+    def max_ensemble(self) -> int:
+        """The most self-ensemble passes this model may run: its manifest's ``max_ensemble`` (a network fitted on
+        the scan's own orientation: 1), else every size of :data:`ENSEMBLE_SIZES`."""
+        recorded = self.manifest.max_ensemble if self.manifest is not None else None
+        return ENSEMBLE_SIZES[-1] if recorded is None else int(recorded)
+
+    def with_ensemble(self, n: int) -> ServedModel:
+        """This model averaging ``n`` passes (one of :data:`ENSEMBLE_SIZES`), or :attr:`max_ensemble` when it
+        allows fewer."""
+        if n not in ENSEMBLE_SIZES:
+            raise ValueError(f"self-ensemble size must be one of {ENSEMBLE_SIZES}, got {n!r}")
+        return replace(self, ensemble=min(int(n), self.max_ensemble))
+
+    def asked_ensemble(self, n: int, log: logging.Logger) -> ServedModel:
+        """:meth:`with_ensemble` for an operator's explicit ``--self-ensemble n``, saying on ``log`` when the
+        model allows fewer passes and why."""
+        served = self.with_ensemble(n)
+        if served.ensemble < n:
+            log.info("the %s model serves in %d pass(es), not the %d asked: it was fitted on the scan's own "
+                     "orientation, which flipped passes would undo", self.method, served.ensemble, n)
+        return served
+
     @property
     def backend(self) -> str:
         """``"onnx"``, ``"numpy"`` or ``"bicubic"``."""

@@ -16,8 +16,9 @@ def calls(monkeypatch) -> list[dict]:
     seen: list[dict] = []
 
     def fake_train_scale(scale, budget_s, exclude, out, seed, network, device, unpaired, unpaired_crop, ssim_weight,
-                         subsample_lr, loss, steps):
-        seen.append({"scale": scale, "budget_s": budget_s, "steps": steps, "exclude": exclude, "loss": loss})
+                         subsample_lr, loss, steps, augment):
+        seen.append({"scale": scale, "budget_s": budget_s, "steps": steps, "exclude": exclude, "loss": loss,
+                     "augment": augment})
 
     monkeypatch.setattr(train_prior, "train_scale", fake_train_scale)
     return seen
@@ -27,7 +28,14 @@ def test_the_default_recipe_counts_steps_per_scale_under_a_wall_clock_cap(calls)
     assert train_prior.main(["--scales", "2,3,4", "--exclude", "pair00"]) == 0
     assert [(c["scale"], c["steps"], c["budget_s"]) for c in calls] == [
         (s, train_prior.RECIPE_STEPS[s], train_prior.STEP_CAP_S) for s in (2, 3, 4)]
-    assert calls[0]["exclude"] == ["pair00"] and calls[0]["loss"] == "l2"
+    assert calls[0]["exclude"] == ["pair00"] and calls[0]["loss"] == "l2" and calls[0]["augment"] == "dihedral"
+
+
+def test_the_prior_may_learn_the_scans_own_orientation(calls) -> None:
+    train_prior.main(["--scales", "4", "--augment", "none"])
+    assert calls[-1]["augment"] == "none"
+    with pytest.raises(SystemExit):
+        train_prior.main(["--scales", "4", "--augment", "rotate"])
 
 
 def test_steps_zero_trains_by_time_and_a_given_budget_is_kept(calls) -> None:

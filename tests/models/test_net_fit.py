@@ -88,3 +88,47 @@ def test_pooled_source_reuses_pairs(pair) -> None:
     x, y = pooled.sample(24, np.random.default_rng(0))
     assert x.shape == (24, 1, 16, 16) and y.shape == (24, 1, 32, 32) and len(pooled.pool) == 8
     assert pooled.kind == "lr-only"
+
+
+def test_fit_network_hands_its_augmentation_to_the_pairs(pair, monkeypatch) -> None:
+    from refscope.models.training import PatchSource
+
+    seen: list[tuple[str, object]] = []
+    original = PatchSource.sample
+
+    def spy(self, batch, rng, augment=True):
+        seen.append((self.kind, augment))
+        return original(self, batch, rng, augment)
+
+    monkeypatch.setattr(PatchSource, "sample", spy)
+    lr, _, _, region = pair
+    fit_network([lr], [region], scale=2, budget_s=0.4, bootstrap_fraction=0.0, augment="flips")
+    assert seen and {a for _, a in seen} == {"flips"}
+    seen.clear()
+    fit_network([lr], [region], scale=2, budget_s=0.4, bootstrap_fraction=0.0)
+    assert seen and {a for _, a in seen} == {"dihedral"}  # the default: every transform of the grid
+
+
+def test_the_largest_self_ensemble_follows_what_the_last_phase_was_trained_on(pair) -> None:
+    """A network fitted on the scan's own orientation serves in 1 pass, on flips in 4, on every transform in 8;
+    a blend in the fewest of its members'; a fixed filter and a history from before ``augment`` was recorded in
+    any; the exported manifest says the same."""
+    from dataclasses import replace
+
+    from refscope.models.net_blend import baseline_fit, blend_fits
+    from refscope.models.net_fit import export_netfit, largest_ensemble
+    from refscope.models.training import Normalisation
+
+    lr, _, _, region = pair
+    fits = {mode: fit_network([lr], [region], scale=2, budget_s=0.3, bootstrap_fraction=0.0, augment=mode)
+            for mode in ("none", "flips", "dihedral")}
+    assert [fits[m].history[-1]["augment"] for m in fits] == ["none", "flips", "dihedral"]
+    assert [largest_ensemble(fits[m]) for m in fits] == [1, 4, 8]
+    base = baseline_fit(2, 1.0, Normalisation(0.0, 1.0))
+    assert largest_ensemble(base) == 8
+    assert largest_ensemble(blend_fits([fits["dihedral"], fits["none"]], (0.5, 0.5))) == 1
+    assert largest_ensemble(blend_fits([fits["flips"], base], (0.75, 0.25))) == 4
+    old = replace(fits["none"], history=[{k: v for k, v in h.items() if k != "augment"} for h in fits["none"].history])
+    assert largest_ensemble(old) == 8
+    _, manifest = export_netfit(fits["none"])
+    assert manifest.max_ensemble == 1

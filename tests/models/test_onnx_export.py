@@ -232,6 +232,18 @@ def test_manifest_records_tiling_and_reads_manifests_saved_before_it() -> None:
     assert (before.halo, before.align) == (None, None) and before.to_dict() == old
 
 
+def test_manifest_records_the_largest_self_ensemble_and_reads_manifests_saved_before_it() -> None:
+    """``max_ensemble`` round-trips; a manifest without it reads as no limit and writes back as it was."""
+    manifest = ModelManifest(kind="fullres", scale=2, max_ensemble=1, created="2026-12-05T07:00:00+00:00")
+    again = ModelManifest.from_json(manifest.to_json())
+    assert again == manifest and again.max_ensemble == 1
+    old = {k: v for k, v in manifest.to_dict().items() if k != "max_ensemble"}
+    before = ModelManifest.from_dict(old)
+    assert before.max_ensemble is None and before.to_dict() == old
+    _, exported = export_torch_module(TinySR(2), scale=2, max_ensemble=4)
+    assert exported.max_ensemble == 4
+
+
 def test_export_records_the_modules_halo_and_alignment() -> None:
     module = TinySR(2)
     module.halo, module.align = 2, 1
@@ -247,6 +259,8 @@ def test_export_records_the_modules_halo_and_alignment() -> None:
         ({"halo": -1}, "halo"),
         ({"align": 0}, "align"),
         ({"align": 2.5}, "align"),
+        ({"max_ensemble": 3}, "max_ensemble"),
+        ({"max_ensemble": 0}, "max_ensemble"),
         ({"scale": 0}, "scale"),
         ({"scale": 2.0}, "scale"),
         ({"kind": "Big Model"}, "kind"),

@@ -231,6 +231,43 @@ def test_the_session_fine_tune_trains_on_l1_and_settings_may_add_a_bootstrap(pri
     assert boot.history[0]["steps"] > 0
 
 
+def test_the_session_fine_tune_sees_the_pairs_as_scanned_and_serves_in_one_pass(prior, pairs, monkeypatch) -> None:
+    """FINE_TUNE trains on the session's patches in their own orientation (no flip, no turn: a raster scan is
+    not symmetric), so the tuned network allows one self-ensemble pass; the prior it starts from (trained on
+    every transform) allows 8, and ``augment`` is a setting like the others."""
+    from refscope.models import training
+    from refscope.models.net_fit import largest_ensemble
+    from refscope.models.prior import fine_tune
+
+    seen: list[object] = []
+    real = training.PatchSource.sample
+
+    def spied(self, batch, rng, augment=True):
+        seen.append(augment)
+        return real(self, batch, rng, augment)
+
+    monkeypatch.setattr(training.PatchSource, "sample", spied)
+    pair = pairs[3]
+    split = split_for_validation(pair.lr_region, pair.hr_grid, scale=2)
+    tuned = fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.3, validation=split.held_out)
+    assert seen and set(seen) == {"none"} and tuned.history[-1]["augment"] == "none"
+    assert largest_ensemble(tuned) == 1 and largest_ensemble(prior) == 8
+    seen.clear()
+    flipped = fine_tune(prior, [pair.lr_frame], [split.train], budget_s=0.2, validation=split.held_out,
+                        augment="flips")
+    assert set(seen) == {"flips"} and largest_ensemble(flipped) == 4
+
+
+def test_a_prior_trained_on_the_scans_own_orientation_serves_in_one_pass(pairs) -> None:
+    from refscope.models.net_fit import largest_ensemble
+
+    fit = train_prior(pairs[:2], scale=2, config=PriorConfig(budget_s=5.0, steps=6, validate_every=3,
+                                                             augment="none"))
+    assert fit.history[0]["augment"] == "none" and largest_ensemble(fit) == 1
+    with pytest.raises(ValueError, match="augment must be"):
+        PriorConfig(augment="transpose")
+
+
 def test_a_prior_can_train_with_the_structural_term(pairs, monkeypatch) -> None:
     """``PriorConfig.ssim_weight`` reaches the prior's training steps (``train_prior.py --ssim-weight``)."""
     from refscope.models import training

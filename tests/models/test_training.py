@@ -174,6 +174,36 @@ def test_normalisation_maps_robust_range_to_unit_interval_and_into_the_manifest(
     np.testing.assert_allclose(manifest.normalise(image), norm.apply(image), rtol=1e-5, atol=1e-5)
 
 
+def _ramp_source():
+    """A real-pair source whose LR and HR both increase along x only (constant along y)."""
+    lr = np.tile(np.arange(24, dtype=np.float64), (20, 1)) * 5 + 10
+    hr = np.kron(lr, np.ones((2, 2)))
+    return make_real_pair_dataset([(lr, hr)], 2, 8, intensity_fit=False)
+
+
+def _orientation(patch: np.ndarray) -> str:
+    """Which way a ramp patch runs: ``"x+"``, ``"x-"``, ``"y+"`` or ``"y-"``."""
+    dy, dx = np.diff(patch, axis=0).mean(), np.diff(patch, axis=1).mean()
+    return ("x+" if dx > 0 else "x-") if abs(dx) > abs(dy) else ("y+" if dy > 0 else "y-")
+
+
+@pytest.mark.parametrize("augment, seen", [("dihedral", {"x+", "x-", "y+", "y-"}), (True, {"x+", "x-", "y+", "y-"}),
+                                           ("flips", {"x+", "x-"}), ("none", {"x+"}), (False, {"x+"})])
+def test_augmentation_modes_transform_the_pairs_as_named(augment, seen):
+    # "flips" never transposes: the scan's fast axis stays x (direction-dependent blur and noise stay where they are)
+    x, y = _ramp_source().sample(64, np.random.default_rng(3), augment=augment)
+    assert {_orientation(a) for a in x[:, 0]} == seen
+    for a, b in zip(x[:, 0], y[:, 0]):  # input and target transformed alike
+        np.testing.assert_allclose(np.kron(a, np.ones((2, 2))), b, atol=1e-5)
+
+
+def test_an_unknown_augmentation_is_refused():
+    with pytest.raises(ValueError, match="augment must be"):
+        TrainConfig(augment="rotate")
+    with pytest.raises(ValueError, match="augment must be"):
+        _ramp_source().sample(2, np.random.default_rng(0), augment="transpose")
+
+
 # ------------------------------------------------------------------------------------------------ training
 def _held_out_loss(net: torch.nn.Module, source) -> float:
     """Mean ℓ1 error of the (clean-input) network on a fixed batch of the source."""

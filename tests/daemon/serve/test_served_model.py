@@ -140,6 +140,35 @@ def test_the_automatic_self_ensemble_fits_the_frame_budget(compact) -> None:
     assert bicubic.enhance(frame).ensemble == 1  # only a network is ensembled
 
 
+def test_a_network_fitted_on_the_scans_own_orientation_is_served_in_one_pass(compact, caplog) -> None:
+    """A manifest's ``max_ensemble`` caps the passes: the engine's automatic choice and a fixed
+    ``serve.self_ensemble`` both serve 1 pass (oracle: the session's single run), and an operator's
+    ``--self-ensemble 4`` is told why it got fewer; a manifest without the key keeps every size."""
+    import logging
+
+    data, manifest, _ = compact
+    oriented = replace(manifest, max_ensemble=1)
+    frame = _frame((64, 80))
+    generous = ServingEngine(ModelConfig(scale=2, method="net"), ServeConfig(frame_budget_s=60.0))
+    generous.set_net(data, oriented, 1)
+    assert [generous.enhance(frame).ensemble for _ in range(3)] == [1, 1, 1]
+    fixed = ServingEngine(ModelConfig(scale=2, method="net"), ServeConfig(self_ensemble=4))
+    fixed.set_net(data, oriented, 1)
+    result = fixed.enhance(frame)
+    assert result.ensemble == 1
+    np.testing.assert_allclose(result.image, fixed.served_model().run(frame), rtol=0, atol=1e-5)
+    served = onnx_model(data, oriented, method="net")
+    assert served.max_ensemble == 1 and served.with_ensemble(8).ensemble == 1
+    with caplog.at_level(logging.INFO, logger="refscope.test"):
+        assert served.asked_ensemble(4, logging.getLogger("refscope.test")).ensemble == 1
+    assert "1 pass(es), not the 4 asked" in caplog.text and "orientation" in caplog.text
+    flips = onnx_model(data, replace(manifest, max_ensemble=4), method="net")
+    assert [flips.with_ensemble(n).ensemble for n in (1, 2, 4, 8)] == [1, 2, 4, 4]
+    assert onnx_model(data, manifest, method="net").with_ensemble(8).ensemble == 8  # nothing recorded: any
+    with pytest.raises(ValueError, match="self-ensemble size"):
+        served.with_ensemble(3)
+
+
 def test_batch_workers_run_each_models_own_self_ensemble_on_one_cached_session(compact) -> None:
     """Dask workers keep one ONNX session per model checksum; two batches of the same network with different
     ``--self-ensemble`` in one process must each get their own number of passes (oracle: the served model's own
