@@ -131,11 +131,11 @@ def run(pair: str, variant: str, priors: str, budget_s: float, seed: int) -> dic
     took = time.perf_counter() - start
     predict = net_predictor(tuned)
     scored = scored_subimages(p, scale)
-    result = score(scored, [predict(lr) for lr, _ in scored], bicubic_scores(scored))
     held = list(split.held_out)
-    on_validation = score(held, [predict(lr) for lr, _ in held], bicubic_scores(held))
+    outputs = oriented_outputs(predict, held, scored)  # the first transform is the identity: one pass
+    result = score(scored, [o[0] for o in outputs["scored"]], bicubic_scores(scored))
+    on_validation = score(held, [o[0] for o in outputs["validation"]], bicubic_scores(held))
     last = tuned.history[-1]
-    outputs = oriented_outputs(predict, split.held_out, scored)
     by_passes = {n: validation_score([o[:n].mean(0) for o in outputs["validation"]], held, scale)
                  for n in (1, 2, ENSEMBLE)}  # the self-ensemble: first n transforms of DIHEDRAL, averaged
     row = {"pair": pair, "variant": variant, "seed": seed, "scale": scale,

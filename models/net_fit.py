@@ -37,9 +37,8 @@ from .networks import build_network, resolve_network
 from .promotion import held_out_delta_psnr
 from .registration import PairGeometry
 from .self_ensemble import ENSEMBLE_SIZES, ensemble_for_augmentation
-from .training import (Normalisation, PatchSource, TrainConfig, augmentation_name, export_network,
-                       make_lr_only_dataset, make_real_pair_dataset, make_synthetic_dataset, predict, train,
-                       warm_start)
+from .training import (Normalisation, PatchSource, TrainConfig, export_network, make_lr_only_dataset,
+                       make_real_pair_dataset, make_synthetic_dataset, predict, train, warm_start)
 
 __all__ = ["NET_STRATEGIES", "NetFit", "fit_network", "net_predictor", "default_patch", "score_predictors",
            "subimage_categories", "PooledSource", "lr_only_config", "standard_evaluation", "StandardScore",
@@ -95,8 +94,8 @@ def largest_ensemble(fit: NetFit) -> int:
     before refscope recorded it were dihedral), the smallest over a blend's members. A network fitted on the
     scan's own orientation (``augment="none"``) serves in 1 pass."""
     if fit.network == "blend":
-        return min(_history_ensemble(record.get("phases") or []) for record in fit.history
-                   if isinstance(record, dict)) if fit.history else ENSEMBLE_SIZES[-1]
+        return min((_history_ensemble(record.get("phases") or []) for record in fit.history
+                    if isinstance(record, Mapping)), default=ENSEMBLE_SIZES[-1])
     return _history_ensemble(fit.history)
 
 
@@ -276,7 +275,7 @@ def checkpointed_phase(net: nn.Module, cfg: TrainConfig, source, budget_s: float
     results = train_phase(net, cfg, source, budget_s, state, on_step=keeper.on_step if keeper else None,
                           steps=steps)
     state = results[-1].state_dict if results else state
-    record = phase_record(strategy, results) | {"augment": augmentation_name(cfg.augment)}
+    record = phase_record(strategy, results) | {"augment": cfg.augment}
     if keeper is not None:
         keeper.consider(record["steps"])
         state = keeper.state

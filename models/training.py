@@ -96,7 +96,7 @@ class TrainConfig:
                              f"{self.steps}, {self.lr}")
         if not self.ssim_weight >= 0:
             raise ValueError(f"ssim_weight must be >= 0, got {self.ssim_weight}")
-        augmentation_name(self.augment)
+        object.__setattr__(self, "augment", augmentation_name(self.augment))  # True/False -> its name
         if not self.anchor_weight >= 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
         if len(self.lambdas) != 3 or min(self.lambdas) < 0:
@@ -119,7 +119,7 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------------ sources
 def augmentation_name(augment: bool | str) -> str:
     """The :data:`AUGMENTATIONS` entry ``augment`` names (True = ``"dihedral"``, False = ``"none"``)."""
-    name = {True: "dihedral", False: "none"}.get(augment, augment) if isinstance(augment, bool) else augment
+    name = ("dihedral" if augment else "none") if isinstance(augment, bool) else augment
     if name not in AUGMENTATIONS:
         raise ValueError(f"augment must be True, False or one of {', '.join(AUGMENTATIONS)}; got {augment!r}")
     return name
